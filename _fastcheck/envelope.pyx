@@ -1,0 +1,434 @@
+# cython: language_level=3
+"""Compiled envelope check: the same algorithm as gateway/envelope/reference.py.
+
+Keep the two in step: every floating-point operation here happens in the same order as there,
+so the engines agree bit for bit (tests/envelope/test_engines_agree.py). The build sets
+-ffp-contract=off so that no multiply-add is fused into an FMA with a different rounding.
+
+Limits are acquired once into typed memoryviews held by the cdef class. Per call, the arguments
+are validated with the numpy C API and read through raw pointers: acquiring four typed
+memoryviews per call costs several hundred nanoseconds, more than the whole bounds+rate check.
+"""
+
+cimport cython
+import numpy as np
+cimport numpy as cnp
+from libc.math cimport INFINITY, NAN, fabs, isfinite, nextafter
+from libc.string cimport memset
+
+cnp.import_array()
+
+cdef enum:
+    SLOTS_PER_ACTUATOR = 6
+    NUDGES = 4
+
+cpdef enum Action:
+    OK = 0
+    CLAMP = 1
+    REJECT = 2
+    TRIP = 3
+
+cpdef enum CondOp:
+    LT = 0
+    LE = 1
+    GT = 2
+    GE = 3
+
+
+cdef inline const double* _vec(object a, Py_ssize_t n, str name) except NULL:
+    """Validate a 1-D float64 C-contiguous array of length n; return its data pointer."""
+    if not cnp.PyArray_Check(a):
+        raise ValueError(f"{name} must be a numpy array of float64, not {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT64:
+        raise ValueError(f"{name} must have dtype float64, not {arr.dtype}")
+    if cnp.PyArray_NDIM(arr) != 1:
+        raise ValueError(f"{name} must be 1-D, not {cnp.PyArray_NDIM(arr)}-D")
+    if cnp.PyArray_DIM(arr, 0) != n:
+        raise ValueError(f"{name} must have length {n}, not {cnp.PyArray_DIM(arr, 0)}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{name} must be C-contiguous")
+    return <const double*>cnp.PyArray_DATA(arr)
+
+
+cdef inline void* _out(object a, int typenum, Py_ssize_t n, str name) except NULL:
+    if not cnp.PyArray_Check(a):
+        raise ValueError(f"{name} must be a numpy array, not {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum:
+        raise ValueError(f"{name} has the wrong dtype {arr.dtype}")
+    if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIM(arr, 0) != n:
+        raise ValueError(f"{name} must be 1-D of length {n}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef inline double _dt(double dt) except? -1.0:
+    if not (isfinite(dt) and dt > 0.0):
+        raise ValueError(f"dt must be finite and > 0 seconds, not {dt}")
+    return dt
+
+
+@cython.final
+cdef class Kernel:
+    """Checks commands against one compiled envelope (see gateway/envelope/compiled.py)."""
+
+    cdef readonly Py_ssize_t n_a, n_s, n_slots, n_l, n_i, n_t, n_p, horizon
+    cdef readonly str engine
+    cdef Py_ssize_t lin0, ilk0, pred0, infeasible
+    cdef double pred_step
+    cdef const unsigned char[::1] policy
+    cdef const double[::1] act_min, act_max, act_rate, act_step, allowed_val
+    cdef const Py_ssize_t[::1] allowed_ptr
+    cdef const Py_ssize_t[::1] lin_ptr, lin_idx
+    cdef const double[::1] lin_coef, lin_rhs
+    cdef const Py_ssize_t[::1] ilk_ptr, ilk_idx, tgt_ilk, tgt_act
+    cdef const double[::1] ilk_coef, ilk_rhs, tgt_val
+    cdef const unsigned char[::1] ilk_op, tgt_upper, keep_on
+    cdef const Py_ssize_t[::1] pred_sensor, pred_u_ptr, pred_u_idx, pred_s_ptr, pred_s_idx
+    cdef const double[::1] pred_u_coef, pred_s_coef, pred_const, keep_lo, keep_hi
+    # Scratch, owned by this kernel: a Kernel is not shared between threads.
+    cdef double[::1] lo_b, hi_b, y, nxt, drive, lo_eff, hi_eff
+    cdef unsigned char[::1] active, bad, flags
+    cdef double[::1] clamped
+
+    def __init__(self, c):
+        import numpy as np
+        self.engine = "cython"
+        self.n_a = c.n_actuators
+        self.n_s = c.n_sensors
+        self.n_slots = c.n_slots
+        self.n_l = len(c.lin_rhs)
+        self.n_i = len(c.ilk_rhs)
+        self.n_t = len(c.tgt_val)
+        self.n_p = len(c.pred_sensor)
+        self.horizon = c.pred_horizon
+        self.pred_step = c.pred_step_s
+        self.lin0 = c.lin_slot0
+        self.ilk0 = c.ilk_slot0
+        self.pred0 = c.pred_slot0
+        self.infeasible = c.infeasible_slot
+        self.policy = c.slot_policy
+        self.act_min = c.act_min
+        self.act_max = c.act_max
+        self.act_rate = c.act_rate
+        self.act_step = c.act_step
+        self.allowed_ptr = c.allowed_ptr
+        self.allowed_val = c.allowed_val
+        self.lin_ptr = c.lin_ptr
+        self.lin_idx = c.lin_idx
+        self.lin_coef = c.lin_coef
+        self.lin_rhs = c.lin_rhs
+        self.ilk_ptr = c.ilk_ptr
+        self.ilk_idx = c.ilk_idx
+        self.ilk_coef = c.ilk_coef
+        self.ilk_rhs = c.ilk_rhs
+        self.ilk_op = c.ilk_op
+        self.tgt_ilk = c.tgt_ilk
+        self.tgt_act = c.tgt_act
+        self.tgt_upper = c.tgt_upper
+        self.tgt_val = c.tgt_val
+        self.pred_sensor = c.pred_sensor
+        self.pred_u_ptr = c.pred_u_ptr
+        self.pred_u_idx = c.pred_u_idx
+        self.pred_u_coef = c.pred_u_coef
+        self.pred_s_ptr = c.pred_s_ptr
+        self.pred_s_idx = c.pred_s_idx
+        self.pred_s_coef = c.pred_s_coef
+        self.pred_const = c.pred_const
+        self.keep_on = c.keep_on
+        self.keep_lo = c.keep_lo
+        self.keep_hi = c.keep_hi
+        # Buffers get at least one element so that &buf[0] is always valid.
+        self.lo_b = np.empty(max(self.n_a, 1))
+        self.hi_b = np.empty(max(self.n_a, 1))
+        self.clamped = np.empty(max(self.n_a, 1))
+        self.y = np.empty(max(self.n_s, 1))
+        self.nxt = np.empty(max(self.n_p, 1))
+        self.drive = np.empty(max(self.n_p, 1))
+        self.lo_eff = np.empty(max(self.n_p, 1))
+        self.hi_eff = np.empty(max(self.n_p, 1))
+        self.active = np.zeros(max(self.n_i, 1), dtype=np.uint8)
+        self.bad = np.zeros(max(self.n_p, 1), dtype=np.uint8)
+        self.flags = np.zeros(max(self.n_slots, 1), dtype=np.uint8)
+
+    # ---------------------------------------------------------------- Python entry points
+
+    def check_into(self, cmd, prev, sens, double dt, out, viol):
+        """Check ``cmd``; write the command to apply (or a copy of ``cmd``) into ``out`` and the
+        violation mask into ``viol``; return the action code. Raises ValueError on bad
+        arguments."""
+        cdef const double* u = _vec(cmd, self.n_a, "command")
+        cdef const double* p = _vec(prev, self.n_a, "previous")
+        cdef const double* s = _vec(sens, self.n_s, "sensors")
+        cdef double* o = <double*>_out(out, cnp.NPY_FLOAT64, self.n_a, "out")
+        cdef unsigned char* f = <unsigned char*>_out(viol, cnp.NPY_UINT8, self.n_slots, "viol")
+        return self._check(u, p, s, _dt(dt), o, f)
+
+    def check_batch(self, cmds, prev0, sens, double dt, out, actions, counts):
+        """Check a stream of commands (rows); the previous command of row k is the command
+        applied at row k-1 (rejected rows leave it unchanged). Writes ``out`` (rows), one action
+        per row and, per slot, how many rows violated it. Releases the GIL."""
+        cdef const double[:, ::1] u2 = cmds
+        cdef const double[:, ::1] s2 = sens
+        cdef double[:, ::1] o2 = out
+        cdef signed char[::1] acts = actions
+        cdef long long[::1] cnt = counts
+        cdef const double* p0 = _vec(prev0, self.n_a, "previous")
+        cdef Py_ssize_t n = u2.shape[0], k, j
+        if u2.shape[1] != self.n_a or o2.shape[0] != n or o2.shape[1] != self.n_a:
+            raise ValueError(f"commands and out must have shape (n, {self.n_a})")
+        if s2.shape[0] != n or s2.shape[1] != self.n_s:
+            raise ValueError(f"sensors must have shape ({n}, {self.n_s})")
+        if acts.shape[0] != n or cnt.shape[0] != self.n_slots:
+            raise ValueError("actions must have one entry per row and counts one per slot")
+        _dt(dt)
+        if n == 0:
+            cnt[:] = 0
+            return
+        cdef double[::1] prev = np.empty(max(self.n_a, 1))
+        cdef unsigned char* f = &self.flags[0]
+        cdef int action
+        cdef const double* pp = p0
+        for j in range(self.n_slots):
+            cnt[j] = 0
+        with nogil:
+            for k in range(n):
+                action = self._check(&u2[k, 0] if self.n_a else p0, pp,
+                                     &s2[k, 0] if self.n_s else p0, dt,
+                                     &o2[k, 0] if self.n_a else &prev[0], f)
+                acts[k] = <signed char>action
+                for j in range(self.n_slots):
+                    cnt[j] += f[j]
+                if action <= CLAMP and self.n_a:
+                    pp = &o2[k, 0]
+
+    # ---------------------------------------------------------------- the algorithm
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _check(self, const double* u, const double* p, const double* s, double dt,
+                    double* out, unsigned char* flags) noexcept nogil:
+        cdef int action = OK
+        cdef Py_ssize_t i, k, t, base, j, a, n_a = self.n_a
+        cdef double v, rate, step, val
+        cdef bint allowed_ok
+        memset(flags, 0, self.n_slots)
+        self._interlocks(s)
+        for i in range(n_a):
+            v = u[i]
+            base = SLOTS_PER_ACTUATOR * i
+            if not isfinite(v):
+                action = self._flag(flags, base, action)
+                continue
+            if not (v >= self.act_min[i]):
+                action = self._flag(flags, base + 1, action)
+            if not (v <= self.act_max[i]):
+                action = self._flag(flags, base + 2, action)
+            if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
+                allowed_ok = False
+                for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                    if v == self.allowed_val[j]:
+                        allowed_ok = True
+                        break
+                if not allowed_ok:
+                    action = self._flag(flags, base + 3, action)
+            rate = self.act_rate[i]
+            if rate != INFINITY and not (fabs(v - p[i]) <= rate * dt):
+                action = self._flag(flags, base + 4, action)
+            step = self.act_step[i]
+            if step != INFINITY and not (fabs(v - p[i]) <= step):
+                action = self._flag(flags, base + 5, action)
+        for t in range(self.n_t):
+            k = self.tgt_ilk[t]
+            if self.active[k]:
+                v = u[self.tgt_act[t]]
+                val = self.tgt_val[t]
+                if (not (v <= val)) if self.tgt_upper[t] else (not (v >= val)):
+                    action = self._flag(flags, self.ilk0 + k, action)
+        action = self._linear(u, s, flags, action, False)
+        action = self._predict(u, s, flags, action, False)
+        if action != CLAMP:
+            for i in range(n_a):
+                out[i] = u[i]
+            return action
+        if not self._clamp(u, p, dt, out):
+            action = self._flag(flags, self.infeasible, action)
+            for i in range(n_a):
+                out[i] = u[i]
+            return action
+        action = self._linear(out, s, flags, action, True)
+        action = self._predict(out, s, flags, action, True)
+        return action
+
+    cdef inline int _flag(self, unsigned char* flags, Py_ssize_t slot, int action) noexcept nogil:
+        flags[slot] = 1
+        if self.policy[slot] > action:
+            return self.policy[slot]
+        return action
+
+    cdef inline int _escalate(self, unsigned char* flags, Py_ssize_t slot, int action
+                              ) noexcept nogil:
+        action = self._flag(flags, slot, action)
+        if action < REJECT:
+            action = REJECT
+        return action
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void _interlocks(self, const double* s) noexcept nogil:
+        cdef Py_ssize_t k, j
+        cdef double lhs, rhs
+        cdef int op
+        for k in range(self.n_i):
+            lhs = 0.0
+            for j in range(self.ilk_ptr[k], self.ilk_ptr[k + 1]):
+                lhs += self.ilk_coef[j] * s[self.ilk_idx[j]]
+            op = self.ilk_op[k]
+            rhs = self.ilk_rhs[k]
+            if op == LT:
+                self.active[k] = not (lhs >= rhs)
+            elif op == LE:
+                self.active[k] = not (lhs > rhs)
+            elif op == GT:
+                self.active[k] = not (lhs <= rhs)
+            else:
+                self.active[k] = not (lhs < rhs)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _linear(self, const double* u, const double* s, unsigned char* flags, int action,
+                     bint escalate) noexcept nogil:
+        cdef Py_ssize_t r, j, idx, n_a = self.n_a
+        cdef double acc
+        for r in range(self.n_l):
+            acc = 0.0
+            for j in range(self.lin_ptr[r], self.lin_ptr[r + 1]):
+                idx = self.lin_idx[j]
+                acc += self.lin_coef[j] * (u[idx] if idx < n_a else s[idx - n_a])
+            if not (acc <= self.lin_rhs[r]):
+                if escalate:
+                    action = self._escalate(flags, self.lin0 + r, action)
+                else:
+                    action = self._flag(flags, self.lin0 + r, action)
+        return action
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _predict(self, const double* u, const double* s, unsigned char* flags, int action,
+                      bint escalate) noexcept nogil:
+        if self.n_p == 0:
+            return action
+        cdef Py_ssize_t q, j, h, sensor
+        cdef double d, y0, lo, hi, x
+        for q in range(self.n_p):
+            d = self.pred_const[q]
+            for j in range(self.pred_u_ptr[q], self.pred_u_ptr[q + 1]):
+                d += self.pred_u_coef[j] * u[self.pred_u_idx[j]]
+            self.drive[q] = d
+            y0 = s[self.pred_sensor[q]]
+            self.bad[q] = self.keep_on[q] and not isfinite(y0)
+            lo = self.keep_lo[q]
+            hi = self.keep_hi[q]
+            self.lo_eff[q] = lo if y0 >= lo else y0
+            self.hi_eff[q] = hi if y0 <= hi else y0
+        for j in range(self.n_s):
+            self.y[j] = s[j]
+        for h in range(self.horizon):
+            for q in range(self.n_p):
+                d = self.drive[q]
+                for j in range(self.pred_s_ptr[q], self.pred_s_ptr[q + 1]):
+                    d += self.pred_s_coef[j] * self.y[self.pred_s_idx[j]]
+                self.nxt[q] = self.y[self.pred_sensor[q]] + self.pred_step * d
+            for q in range(self.n_p):
+                x = self.nxt[q]
+                self.y[self.pred_sensor[q]] = x
+                if self.keep_on[q] and not self.bad[q] and not (
+                        self.lo_eff[q] <= x and x <= self.hi_eff[q]):
+                    self.bad[q] = 1
+        for q in range(self.n_p):
+            if self.bad[q]:
+                if escalate:
+                    action = self._escalate(flags, self.pred0 + q, action)
+                else:
+                    action = self._flag(flags, self.pred0 + q, action)
+        return action
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef bint _clamp(self, const double* u, const double* p, double dt, double* out
+                     ) noexcept nogil:
+        cdef Py_ssize_t i, t, a, j, nudges
+        cdef double v, lo, hi, rate_dt, step, r, pi, best, best_d, d, val
+        cdef bint limited, found
+        for i in range(self.n_a):
+            self.lo_b[i] = self.act_min[i]
+            self.hi_b[i] = self.act_max[i]
+        for t in range(self.n_t):
+            if self.active[self.tgt_ilk[t]]:
+                a = self.tgt_act[t]
+                val = self.tgt_val[t]
+                if self.tgt_upper[t]:
+                    if val < self.hi_b[a]:
+                        self.hi_b[a] = val
+                elif val > self.lo_b[a]:
+                    self.lo_b[a] = val
+        for i in range(self.n_a):
+            v = u[i]
+            if not isfinite(v):
+                return False
+            lo = self.lo_b[i]
+            hi = self.hi_b[i]
+            rate_dt = self.act_rate[i] * dt
+            step = self.act_step[i]
+            limited = self.act_rate[i] != INFINITY or step != INFINITY
+            pi = p[i]
+            if limited:
+                if not isfinite(pi):
+                    return False
+                r = rate_dt
+                if step < r:
+                    r = step
+                if pi - r > lo:
+                    lo = pi - r
+                if pi + r < hi:
+                    hi = pi + r
+            if not (lo <= hi):
+                return False
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
+                best = NAN
+                best_d = INFINITY
+                for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                    val = self.allowed_val[j]
+                    if val >= lo and val <= hi:
+                        d = fabs(val - v)
+                        if d < best_d:
+                            best_d = d
+                            best = val
+                if best_d == INFINITY:
+                    return False
+                v = best
+            if limited:
+                nudges = 0
+                while not (fabs(v - pi) <= rate_dt and fabs(v - pi) <= step):
+                    if nudges == NUDGES:
+                        return False
+                    v = nextafter(v, pi)
+                    nudges += 1
+                if nudges:
+                    if not (v >= self.lo_b[i] and v <= self.hi_b[i]):
+                        return False
+                    if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
+                        found = False
+                        for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                            if v == self.allowed_val[j]:
+                                found = True
+                        if not found:
+                            return False
+            out[i] = v
+        return True

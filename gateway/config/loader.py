@@ -1,0 +1,820 @@
+"""Read a site YAML file into :class:`~gateway.config.schema.Site`.
+
+All problems in a file are collected and reported together, each as
+``file:line: key.path: message``, so an engineer fixes a file in one pass. Nothing from the
+file is executed: see :mod:`gateway.config.yamlsrc`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.config import expr as ex
+from gateway.config import schema as s
+from gateway.config.yamlsrc import Issue, Node, SourceError, load
+
+E = TypeVar("E", bound=Enum)
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The site file is invalid. ``issues`` lists every problem found, in file order."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = sorted(issues, key=lambda i: (i.file, i.line))
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class _Abort(Exception):
+    """A value is missing or malformed; the error is already recorded."""
+
+
+class _Ctx:
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.issues: list[Issue] = []
+
+    def error(self, line: int, path: str, message: str) -> None:
+        self.issues.append(Issue(self.filename, line, path, message))
+
+
+class _Map:
+    """A YAML mapping being read: typed getters, error recording, unknown-key detection."""
+
+    def __init__(self, ctx: _Ctx, node: Node, path: str) -> None:
+        self.ctx = ctx
+        self.node = node
+        self.path = path
+        if not isinstance(node.value, dict):
+            ctx.error(node.line, path, f"must be a mapping, found {_kind(node)}")
+            raise _Abort
+        self.items: dict[str, Node] = node.value
+        self.used: set[str] = set()
+
+    def sub_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def line(self, key: str) -> int:
+        return self.node.key_lines.get(key, self.node.line)
+
+    def error(self, key: str, message: str) -> None:
+        self.ctx.error(self.line(key), self.sub_path(key), message)
+
+    def has(self, key: str) -> bool:
+        return key in self.items
+
+    def raw(self, key: str, required: bool) -> Node | None:
+        self.used.add(key)
+        node = self.items.get(key)
+        if node is None:
+            if required:
+                self.ctx.error(self.node.line, self.sub_path(key), "required key is missing")
+                raise _Abort
+            return None
+        if node.value is None and required:
+            self.error(key, "must have a value")
+            raise _Abort
+        return node
+
+    def _get(self, key: str, required: bool, conv: Callable[[Node, str], T]) -> T | None:
+        node = self.raw(key, required)
+        if node is None or node.value is None:
+            return None
+        return conv(node, self.sub_path(key))
+
+    # Typed getters. `req_*` records an error and aborts when missing; `opt_*` returns None.
+    def req_str(self, key: str) -> str:
+        return _need(self._get(key, True, self._str))
+
+    def opt_str(self, key: str) -> str | None:
+        return self._get(key, False, self._str)
+
+    def req_float(self, key: str) -> float:
+        return _need(self._get(key, True, self._float))
+
+    def opt_float(self, key: str) -> float | None:
+        return self._get(key, False, self._float)
+
+    def req_int(self, key: str) -> int:
+        return _need(self._get(key, True, self._int))
+
+    def opt_int(self, key: str) -> int | None:
+        return self._get(key, False, self._int)
+
+    def opt_bool(self, key: str) -> bool | None:
+        return self._get(key, False, self._bool)
+
+    def req_enum(self, key: str, enum: type[E]) -> E:
+        return _need(self._get(key, True, lambda n, p: self._enum(n, p, enum)))
+
+    def opt_enum(self, key: str, enum: type[E]) -> E | None:
+        return self._get(key, False, lambda n, p: self._enum(n, p, enum))
+
+    def opt_floats(self, key: str) -> tuple[float, ...] | None:
+        return self._get(key, False, lambda n, p: tuple(
+            self._float(item, f"{p}[{i}]") for i, item in enumerate(self._list(n, p))
+        ))
+
+    def opt_strs(self, key: str) -> tuple[str, ...] | None:
+        return self._get(key, False, lambda n, p: tuple(
+            self._str(item, f"{p}[{i}]") for i, item in enumerate(self._list(n, p))
+        ))
+
+    def map(self, key: str, required: bool = False) -> _Map | None:
+        node = self.raw(key, required)
+        if node is None or node.value is None:
+            return None
+        return _Map(self.ctx, node, self.sub_path(key))
+
+    def list(self, key: str) -> list[tuple[Node, str]]:
+        node = self.raw(key, False)
+        if node is None or node.value is None:
+            return []
+        path = self.sub_path(key)
+        return [(item, f"{path}[{i}]") for i, item in enumerate(self._list(node, path))]
+
+    def entries(self) -> Iterator[tuple[str, Node, str]]:
+        """Every key of this mapping (for mappings keyed by name, e.g. tags)."""
+        for key, node in self.items.items():
+            self.used.add(key)
+            yield key, node, self.sub_path(key)
+
+    def finish(self) -> None:
+        for key in self.items:
+            if key not in self.used:
+                self.error(key, "unknown key")
+
+    # Converters.
+    def _fail(self, node: Node, path: str, message: str) -> _Abort:
+        self.ctx.error(node.line, path, message)
+        return _Abort()
+
+    def _str(self, node: Node, path: str) -> str:
+        if not isinstance(node.value, str):
+            raise self._fail(node, path, f"must be text, found {_kind(node)}")
+        return node.value
+
+    def _float(self, node: Node, path: str) -> float:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(node, path, f"must be a number, found {_kind(node)}")
+        result = float(value)
+        if not math.isfinite(result):
+            raise self._fail(node, path, f"must be a finite number, not {result}")
+        return result
+
+    def _int(self, node: Node, path: str) -> int:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(node, path, f"must be a whole number, found {_kind(node)}")
+        return value
+
+    def _bool(self, node: Node, path: str) -> bool:
+        if not isinstance(node.value, bool):
+            raise self._fail(node, path, f"must be true or false, found {_kind(node)}")
+        return node.value
+
+    def _enum(self, node: Node, path: str, enum: type[E]) -> E:
+        choices = ", ".join(str(m.value) for m in enum)
+        if not isinstance(node.value, str):
+            raise self._fail(node, path, f"must be one of {choices}; found {_kind(node)}")
+        for member in enum:
+            if member.value == node.value:
+                return member
+        raise self._fail(node, path, f"must be one of {choices}; not {node.value!r}")
+
+    def _list(self, node: Node, path: str) -> list[Node]:
+        if not isinstance(node.value, list):
+            raise self._fail(node, path, f"must be a list, found {_kind(node)}")
+        return node.value
+
+
+def _need(value: T | None) -> T:
+    if value is None:
+        raise _Abort
+    return value
+
+
+def _kind(node: Node) -> str:
+    value = node.value
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"boolean {value}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"text {shown!r}"
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+@contextmanager
+def _section(ctx: _Ctx) -> Iterator[None]:
+    """Run one part of the reading; a recorded error aborts only that part."""
+    try:
+        yield
+    except _Abort:
+        pass
+
+
+def _build(m: _Map, cls: Callable[..., T], **kwargs: Any) -> T:
+    """Construct a dataclass, mapping its FieldError to the key's line in ``m``."""
+    try:
+        return cls(**kwargs)
+    except s.FieldError as exc:
+        m.error(exc.key, exc.message)
+        raise _Abort from None
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _read_site_info(root: _Map) -> s.SiteInfo:
+    m = _need(root.map("site", required=True))
+    info = _build(m, s.SiteInfo, name=m.req_str("name"),
+                  cycle_ms=_default(m.opt_float("cycle_ms"), 100.0),
+                  description=m.opt_str("description") or "")
+    m.finish()
+    return info
+
+
+def _default(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+def _read_security(m: _Map | None) -> s.OpcUaSecurity:
+    if m is None:
+        return s.OpcUaSecurity()
+    path = m.opt_str
+    sec = _build(
+        m, s.OpcUaSecurity,
+        policy=_default(m.opt_enum("policy", s.SecurityPolicy), s.SecurityPolicy.NONE),
+        mode=_default(m.opt_enum("mode", s.SecurityMode), s.SecurityMode.NONE),
+        certificate=_path(path("certificate")), private_key=_path(path("private_key")),
+        server_certificate=_path(path("server_certificate")),
+        username=m.opt_str("username"), password_env=m.opt_str("password_env"),
+    )
+    m.finish()
+    return sec
+
+
+def _path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
+
+
+def _read_modbus_ref(m: _Map) -> s.ModbusRef:
+    return _build(m, s.ModbusRef, table=m.req_enum("table", s.Table),
+                  address=m.req_int("address"))
+
+
+def _read_devices(ctx: _Ctx, root: _Map) -> dict[str, s.Device]:
+    devices: dict[str, s.Device] = {}
+    top = root.map("devices", required=True)
+    assert top is not None
+    for name, node, path in top.entries():
+        with _section(ctx):
+            m = _Map(ctx, node, path)
+            protocol = m.req_enum("protocol", s.Protocol)
+            device: s.Device
+            if protocol is s.Protocol.MODBUS_TCP:
+                hb = m.map("heartbeat")
+                heartbeat = None
+                if hb is not None:
+                    heartbeat = _read_modbus_ref(hb)
+                    hb.finish()
+                device = _build(
+                    m, s.ModbusDevice, name=name, host=m.req_str("host"),
+                    port=_default(m.opt_int("port"), 502), unit=_default(m.opt_int("unit"), 1),
+                    timeout_ms=_default(m.opt_float("timeout_ms"), 1000.0),
+                    poll_ms=_default(m.opt_float("poll_ms"), 100.0), heartbeat=heartbeat,
+                )
+            else:
+                hb_node = m.opt_str("heartbeat")
+                device = _build(
+                    m, s.OpcUaDevice, name=name, endpoint=m.req_str("endpoint"),
+                    security=_read_security(m.map("security")),
+                    timeout_ms=_default(m.opt_float("timeout_ms"), 2000.0),
+                    poll_ms=_default(m.opt_float("poll_ms"), 100.0),
+                    subscribe=_default(m.opt_bool("subscribe"), True),
+                    heartbeat=None if hb_node is None else _build(m, s.OpcUaRef, node=hb_node),
+                )
+            m.finish()
+            devices[name] = device
+    if not top.items:
+        top.ctx.error(top.node.line, "devices", "must define at least one device")
+    return devices
+
+
+def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str, s.Tag]:
+    tags: dict[str, s.Tag] = {}
+    top = root.map("tags", required=True)
+    assert top is not None
+    for name, node, path in top.entries():
+        with _section(ctx):
+            if not name.isidentifier():
+                top.error(name, "tag names must be identifiers (letters, digits, _)")
+                continue
+            m = _Map(ctx, node, path)
+            device_name = m.req_str("device")
+            device = devices.get(device_name)
+            ref: s.ModbusRef | s.OpcUaRef
+            if device is None:
+                m.error("device", f"unknown device {device_name!r}")
+                raise _Abort
+            if isinstance(device, s.ModbusDevice):
+                if m.has("node"):
+                    m.error("node", "a Modbus device's tags use table and address")
+                    raise _Abort
+                ref = _read_modbus_ref(m)
+            else:
+                if m.has("table") or m.has("address"):
+                    m.error("table" if m.has("table") else "address",
+                            "an OPC UA device's tags use node")
+                    raise _Abort
+                ref = _build(m, s.OpcUaRef, node=m.req_str("node"))
+            rng = m.opt_floats("range")
+            if rng is not None and len(rng) != 2:
+                m.error("range", f"must be [min, max], found {len(rng)} values")
+                raise _Abort
+            default_type = s.WireType.FLOAT32
+            if isinstance(ref, s.ModbusRef) and ref.table.is_bits:
+                default_type = s.WireType.BOOL
+            tag = _build(
+                m, s.Tag, name=name, device=device_name, kind=m.req_enum("kind", s.TagKind),
+                ref=ref, wire_type=_default(m.opt_enum("type", s.WireType), default_type),
+                byte_order=_default(m.opt_enum("byte_order", s.Order), s.Order.BIG),
+                word_order=_default(m.opt_enum("word_order", s.Order), s.Order.BIG),
+                scale=_default(m.opt_float("scale"), 1.0),
+                offset=_default(m.opt_float("offset"), 0.0), unit=m.opt_str("unit") or "",
+                range_min=None if rng is None else rng[0],
+                range_max=None if rng is None else rng[1],
+                safe_value=m.opt_float("safe_value"),
+                on_shutdown=_default(m.opt_enum("on_shutdown", s.ShutdownAction),
+                                     s.ShutdownAction.SAFE),
+            )
+            m.finish()
+            tags[name] = tag
+    if not any(t.kind is s.TagKind.ACTUATOR for t in tags.values()) and top.items:
+        top.ctx.error(top.node.line, "tags", "must define at least one actuator")
+    _check_addresses(top, tags, devices)
+    return tags
+
+
+def _check_addresses(top: _Map, tags: dict[str, s.Tag], devices: dict[str, s.Device]) -> None:
+    """Two tags may not share a register, bit or node of the same device."""
+    taken: dict[tuple[str, str, int | str], str] = {}
+    for tag in tags.values():
+        slots: list[tuple[str, str, int | str]]
+        if isinstance(tag.ref, s.ModbusRef):
+            table = tag.ref.table
+            # Holding and input registers, coils and discrete inputs are separate tables.
+            slots = [(tag.device, table.value, tag.ref.address + i)
+                     for i in range(tag.register_count)]
+            if tag.ref.address + tag.register_count - 1 > 65535:
+                top.error(tag.name, f"{tag.wire_type.value} at address {tag.ref.address} "
+                                    "runs past register 65535")
+        else:
+            slots = [(tag.device, "node", tag.ref.node)]
+        for slot in slots:
+            other = taken.get(slot)
+            if other is not None:
+                top.error(tag.name, f"address overlaps tag {other!r} on device {tag.device!r}")
+                break
+            taken[slot] = tag.name
+    for device in devices.values():
+        hb = device.heartbeat
+        if isinstance(device, s.ModbusDevice) and isinstance(hb, s.ModbusRef):
+            other = taken.get((device.name, hb.table.value, hb.address))
+            if other is not None:
+                top.error(other, f"address is the heartbeat of device {device.name!r}")
+        elif isinstance(hb, s.OpcUaRef) and (device.name, "node", hb.node) in taken:
+            top.error(taken[(device.name, "node", hb.node)],
+                      f"node is the heartbeat of device {device.name!r}")
+
+
+class _Names:
+    """Tag names known to expressions, by kind."""
+
+    def __init__(self, tags: dict[str, s.Tag]) -> None:
+        self.actuators = {n for n, t in tags.items() if t.kind is s.TagKind.ACTUATOR}
+        self.sensors = {n for n, t in tags.items() if t.kind is s.TagKind.SENSOR}
+
+    def check(self, form: ex.LinearForm, allow: str) -> str | None:
+        """Return a message for the first name not allowed; ``allow`` is 'any', 'sensor'."""
+        for name in form.names:
+            if name not in self.actuators and name not in self.sensors:
+                return f"unknown tag {name!r}"
+            if allow == "sensor" and name not in self.sensors:
+                return f"{name!r} is an actuator; only sensors may appear here"
+        return None
+
+
+def _parse(m: _Map, key: str, fn: Callable[[str], T]) -> T:
+    text = m.req_str(key)
+    try:
+        return fn(text)
+    except ex.ExprError as exc:
+        m.error(key, f"{exc} in {text!r}")
+        raise _Abort from None
+
+
+_CONDITION_OPS = frozenset({ex.Comparison.LT, ex.Comparison.LE, ex.Comparison.GT,
+                            ex.Comparison.GE})
+
+
+def _read_condition(m: _Map, key: str, names: _Names) -> ex.LinearRelation:
+    rel = _parse(m, key, lambda t: ex.parse_relation(t, _CONDITION_OPS))
+    problem = names.check(rel.form, "sensor")
+    if problem is not None:
+        m.error(key, problem)
+        raise _Abort
+    return rel
+
+
+def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
+    m = _need(root.map("envelope", required=True))
+    names = _Names(tags)
+    limits: dict[str, s.ActuatorLimits] = {}
+    lim_map = m.map("limits", required=True)
+    assert lim_map is not None
+    for name, node, path in lim_map.entries():
+        with _section(ctx):
+            if name not in names.actuators:
+                what = "a sensor" if name in names.sensors else "not a tag"
+                lim_map.error(name, f"limits name actuators; {name!r} is {what}")
+                raise _Abort
+            lm = _Map(ctx, node, path)
+            allowed = lm.opt_floats("allowed")
+            low = lm.opt_float("min")
+            high = lm.opt_float("max")
+            if allowed and (low is None or high is None):
+                low = min(allowed) if low is None else low
+                high = max(allowed) if high is None else high
+            if low is None:
+                lm.error("min", "required (or give allowed values)")
+                raise _Abort
+            if high is None:
+                lm.error("max", "required (or give allowed values)")
+                raise _Abort
+            lim = _build(
+                lm, s.ActuatorLimits, actuator=name, min=low, max=high,
+                max_rate_per_s=lm.opt_float("max_rate_per_s"), max_step=lm.opt_float("max_step"),
+                allowed=allowed, policy=_default(lm.opt_enum("policy", s.Policy), s.Policy.CLAMP),
+            )
+            lm.finish()
+            tag = tags[name]
+            assert tag.safe_value is not None
+            if not lim.min <= tag.safe_value <= lim.max or (
+                lim.allowed is not None and tag.safe_value not in lim.allowed
+            ):
+                where = f"[{lim.min}, {lim.max}]" if lim.allowed is None else f"{list(lim.allowed)}"
+                ctx.error(tag_line(root, name), f"tags.{name}.safe_value",
+                          f"{tag.safe_value} is outside its own limits {where}")
+            limits[name] = lim
+    for name in sorted(names.actuators - set(limits)):
+        ctx.error(lim_map.node.line, f"envelope.limits.{name}",
+                  "every actuator needs limits (min and max, or allowed values)")
+
+    constraints: list[s.LinearConstraint] = []
+    seen: dict[str, str] = {}
+    for node, path in m.list("constraints"):
+        with _section(ctx):
+            cm = _Map(ctx, node, path)
+            cname = cm.req_str("name")
+            _unique(cm, seen, cname, path)
+            rel = _parse(cm, "expr", lambda t: ex.parse_relation(
+                t, frozenset({ex.Comparison.LE, ex.Comparison.GE})))
+            problem = names.check(rel.form, "any")
+            if problem is not None:
+                cm.error("expr", problem)
+                raise _Abort
+            sign = 1.0 if rel.op is ex.Comparison.LE else -1.0
+            constraints.append(_build(
+                cm, s.LinearConstraint, name=cname, expr=cm.req_str("expr"),
+                terms=tuple((n, sign * c) for n, c in rel.form.terms), rhs=sign * rel.rhs + 0.0,
+                policy=_default(cm.opt_enum("policy", s.Policy), s.Policy.REJECT),
+            ))
+            cm.finish()
+
+    interlocks: list[s.Interlock] = []
+    for node, path in m.list("interlocks"):
+        with _section(ctx):
+            im = _Map(ctx, node, path)
+            iname = im.req_str("name")
+            _unique(im, seen, iname, path)
+            cond = _read_condition(im, "when", names)
+            then: list[s.Tightening] = []
+            then_items = im.list("then")
+            if not then_items and im.has("then"):
+                single = im.items["then"]
+                then_items = [(single, f"{path}.then")] if isinstance(single.value, str) else []
+            for tnode, tpath in then_items:
+                then.append(_read_tightening(ctx, tnode, tpath, names, limits))
+            interlocks.append(_build(
+                im, s.Interlock, name=iname, when=im.req_str("when"),
+                condition=cond.form.terms, op=s.ConditionOp(cond.op.value), rhs=cond.rhs,
+                then=tuple(then),
+                policy=_default(im.opt_enum("policy", s.Policy), s.Policy.CLAMP),
+            ))
+            im.finish()
+
+    prediction = None
+    pm = m.map("prediction")
+    if pm is not None:
+        with _section(ctx):
+            prediction = _read_prediction(ctx, pm, names, seen)
+    env = _build(m, s.Envelope, limits=tuple(limits[t] for t in tags if t in limits),
+                 constraints=tuple(constraints), interlocks=tuple(interlocks),
+                 prediction=prediction,
+                 nonfinite_policy=_default(m.opt_enum("nonfinite_policy", s.Policy),
+                                           s.Policy.TRIP))
+    m.finish()
+    return env
+
+
+def tag_line(root: _Map, name: str) -> int:
+    tags = root.items.get("tags")
+    if tags is None or not isinstance(tags.value, dict) or name not in tags.value:
+        return root.node.line
+    node = tags.value[name]
+    if isinstance(node.value, dict) and "safe_value" in node.key_lines:
+        return node.key_lines["safe_value"]
+    return tags.key_lines.get(name, node.line)
+
+
+def _unique(m: _Map, seen: dict[str, str], name: str, path: str) -> None:
+    if not name.strip():
+        m.error("name", "must not be empty")
+        raise _Abort
+    if name in seen:
+        m.error("name", f"{name!r} is already the name of {seen[name]}")
+        raise _Abort
+    seen[name] = path
+
+
+def _read_tightening(ctx: _Ctx, node: Node, path: str, names: _Names,
+                     limits: dict[str, s.ActuatorLimits]) -> s.Tightening:
+    def fail(message: str) -> _Abort:
+        ctx.error(node.line, path, message)
+        return _Abort()
+
+    if not isinstance(node.value, str):
+        raise fail("must be text such as 'inflow_valve <= 0'")
+    try:
+        rel = ex.parse_relation(node.value, frozenset({ex.Comparison.LE, ex.Comparison.GE}))
+    except ex.ExprError as exc:
+        raise fail(f"{exc} in {node.value!r}") from None
+    if len(rel.form.terms) != 1 or rel.form.terms[0][1] <= 0:
+        raise fail("must bound one actuator, e.g. 'inflow_valve <= 0'")
+    name, coef = rel.form.terms[0]
+    if name not in names.actuators:
+        raise fail(f"{name!r} is not an actuator")
+    value = rel.rhs / coef
+    lim = limits.get(name)
+    if lim is not None and not lim.min <= value <= lim.max:
+        raise fail(f"bound {value} is outside {name}'s limits [{lim.min}, {lim.max}]")
+    return s.Tightening(name, rel.op is ex.Comparison.LE, value)
+
+
+def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names, seen: dict[str, str]) -> s.Prediction:
+    models: list[s.SensorModel] = []
+    mm = _need(pm.map("model", required=True))
+    for sensor, node, path in mm.entries():
+        with _section(ctx):
+            if sensor not in names.sensors:
+                mm.error(sensor, f"{sensor!r} is not a sensor")
+                raise _Abort
+            if not isinstance(node.value, str):
+                mm.error(sensor, "must be a linear expression (the sensor's rate per second)")
+                raise _Abort
+            try:
+                form = ex.parse_form(node.value)
+            except ex.ExprError as exc:
+                mm.error(sensor, f"{exc} in {node.value!r}")
+                raise _Abort from None
+            problem = names.check(form, "any")
+            if problem is not None:
+                mm.error(sensor, problem)
+                raise _Abort
+            models.append(s.SensorModel(sensor, node.value, form.terms, form.constant))
+    keep: list[s.KeepRange] = []
+    km = _need(pm.map("keep", required=True))
+    modelled = {m.sensor for m in models}
+    for sensor, node, path in km.entries():
+        with _section(ctx):
+            if sensor not in modelled:
+                km.error(sensor, f"{sensor!r} has no model row, so its prediction is constant; "
+                                 "add it under prediction.model")
+                raise _Abort
+            rm = _Map(ctx, node, path)
+            low, high = rm.opt_float("min"), rm.opt_float("max")
+            if low is None and high is None:
+                rm.error("min", "give min, max or both")
+                raise _Abort
+            keep.append(_build(rm, s.KeepRange, sensor=sensor,
+                               min=-math.inf if low is None else low,
+                               max=math.inf if high is None else high))
+            rm.finish()
+    pred = _build(pm, s.Prediction, step_s=pm.req_float("step_s"),
+                  horizon_steps=pm.req_int("horizon_steps"), model=tuple(models),
+                  keep=tuple(keep),
+                  policy=_default(pm.opt_enum("policy", s.Policy), s.Policy.REJECT))
+    pm.finish()
+    return pred
+
+
+def _read_controller(ctx: _Ctx, root: _Map, names: _Names, base: Path) -> s.ControllerSpec:
+    m = root.map("controller")
+    if m is None:
+        return s.ControllerSpec()
+    model = m.opt_str("model")
+    spec = _build(
+        m, s.ControllerSpec,
+        kind=_default(m.opt_enum("kind", s.ControllerKind), s.ControllerKind.NONE),
+        model=None if model is None else (base / model),
+        sha256=m.opt_str("sha256"), inputs=m.opt_strs("inputs") or (),
+        outputs=m.opt_strs("outputs") or (),
+        input_offset=m.opt_floats("input_offset") or (),
+        input_scale=m.opt_floats("input_scale") or (),
+        output_offset=m.opt_floats("output_offset") or (),
+        output_scale=m.opt_floats("output_scale") or (),
+        deadline_ms=_default(m.opt_float("deadline_ms"), 20.0),
+        silence_timeout_ms=_default(m.opt_float("silence_timeout_ms"), 1000.0),
+    )
+    for name in spec.inputs:
+        if name not in names.sensors and name not in names.actuators:
+            m.error("inputs", f"unknown tag {name!r}")
+    for name in spec.outputs:
+        if name not in names.actuators:
+            m.error("outputs", f"{name!r} is not an actuator")
+    m.finish()
+    return spec
+
+
+def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec, ...]:
+    m = root.map("fallback")
+    specs: list[s.FallbackSpec] = []
+    if m is None:
+        return ()
+    for name, node, path in m.entries():
+        with _section(ctx):
+            if name not in names.actuators:
+                m.error(name, f"{name!r} is not an actuator")
+                raise _Abort
+            fm = _Map(ctx, node, path)
+            rules: list[s.Rule] = []
+            for rnode, rpath in fm.list("rules"):
+                with _section(ctx):
+                    rm = _Map(ctx, rnode, rpath)
+                    cond = _read_condition(rm, "when", names)
+                    rules.append(_build(rm, s.Rule, when=rm.req_str("when"),
+                                        condition=cond.form.terms,
+                                        op=s.ConditionOp(cond.op.value), rhs=cond.rhs,
+                                        value=rm.req_float("value")))
+                    rm.finish()
+            measurement = fm.opt_str("measurement")
+            if measurement is not None and measurement not in names.sensors:
+                fm.error("measurement", f"{measurement!r} is not a sensor")
+                raise _Abort
+            specs.append(_build(
+                fm, s.FallbackSpec, actuator=name, kind=fm.req_enum("kind", s.FallbackKind),
+                measurement=measurement, setpoint=fm.opt_float("setpoint"),
+                kp=_default(fm.opt_float("kp"), 0.0),
+                ki_per_s=_default(fm.opt_float("ki_per_s"), 0.0),
+                kd_s=_default(fm.opt_float("kd_s"), 0.0),
+                reverse=_default(fm.opt_bool("reverse"), False), value=fm.opt_float("value"),
+                rules=tuple(rules),
+            ))
+            fm.finish()
+    return tuple(specs)
+
+
+def _read_simple(root: _Map, key: str, cls: Callable[..., T],
+                 fields: dict[str, Callable[[_Map, str], Any]]) -> T:
+    """A flat section whose keys map one to one onto the dataclass's fields."""
+    m = root.map(key)
+    if m is None:
+        return cls()
+    kwargs = {name: getter(m, name) for name, getter in fields.items() if m.has(name)}
+    result = _build(m, cls, **kwargs)
+    m.finish()
+    return result
+
+
+def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
+    m = root.map("northbound")
+    if m is None:
+        return s.Northbound()
+    modbus = opcua = None
+    mm = m.map("modbus")
+    if mm is not None:
+        with _section(ctx):
+            kw: dict[str, Any] = {}
+            for key in ("host",):
+                if mm.has(key):
+                    kw[key] = mm.req_str(key)
+            for key in ("port", "unit"):
+                if mm.has(key):
+                    kw[key] = mm.req_int(key)
+            for key in ("allow", "ai_clients"):
+                if mm.has(key):
+                    kw[key] = mm.opt_strs(key) or ()
+            modbus = _build(mm, s.ModbusServerSpec, **kw)
+            mm.finish()
+    om = m.map("opcua")
+    if om is not None:
+        with _section(ctx):
+            users: list[s.OpcUaUser] = []
+            for unode, upath in om.list("users"):
+                with _section(ctx):
+                    um = _Map(ctx, unode, upath)
+                    users.append(_build(um, s.OpcUaUser, name=um.req_str("name"),
+                                        password_env=um.req_str("password_env"),
+                                        role=um.opt_str("role") or "operator"))
+                    um.finish()
+            okw: dict[str, Any] = {"users": tuple(users),
+                                   "security": _read_security(om.map("security"))}
+            if om.has("endpoint"):
+                okw["endpoint"] = om.req_str("endpoint")
+            if om.has("allow_anonymous"):
+                okw["allow_anonymous"] = om.opt_bool("allow_anonymous")
+            opcua = _build(om, s.OpcUaServerSpec, **okw)
+            om.finish()
+    m.finish()
+    return s.Northbound(modbus=modbus, opcua=opcua)
+
+
+_SECTIONS = ("site", "devices", "tags", "envelope", "controller", "fallback", "detection",
+             "operation", "northbound", "audit")
+
+
+def load_config(path: str | Path) -> s.Site:
+    """Read and validate the site file at ``path``.
+
+    Raises :class:`ConfigError` listing every problem as ``file:line: key.path: message``.
+    Relative paths inside the file (models, certificates, the audit database) are resolved
+    against the file's folder.
+    """
+    source = Path(path)
+    name = str(path)
+    try:
+        root_node = load(source)
+    except SourceError as exc:
+        raise ConfigError([exc.issue]) from None
+    ctx = _Ctx(name)
+    root = _Map(ctx, root_node, "")
+    base = source.parent
+    site_info = devices = tags = envelope = None
+    with _section(ctx):
+        site_info = _read_site_info(root)
+    with _section(ctx):
+        devices = _read_devices(ctx, root)
+    if devices is not None:
+        with _section(ctx):
+            tags = _read_tags(ctx, root, devices)
+    result: dict[str, Any] = {}
+    if tags is not None:
+        names = _Names(tags)
+        with _section(ctx):
+            envelope = _read_envelope(ctx, root, tags)
+        with _section(ctx):
+            result["controller"] = _read_controller(ctx, root, names, base)
+        with _section(ctx):
+            result["fallback"] = _read_fallback(ctx, root, names)
+    with _section(ctx):
+        result["detection"] = _read_simple(root, "detection", s.Detection, {
+            "divergence": lambda m, k: m.opt_bool(k),
+            **{k: (lambda m, k: m.opt_float(k)) for k in (
+                "divergence_drift", "divergence_threshold", "violation_window_s",
+                "stale_after_ms", "canary_period_s", "canary_tolerance")},
+            **{k: (lambda m, k: m.opt_int(k)) for k in ("violation_max", "deadline_misses_max")},
+        })
+    with _section(ctx):
+        result["operation"] = _read_simple(root, "operation", s.Operation, {
+            "start_mode": lambda m, k: m.opt_enum(k, s.StartMode),
+            "clean_shadow_s": lambda m, k: m.opt_float(k),
+            "bypass_max_s": lambda m, k: m.opt_float(k),
+        })
+    with _section(ctx):
+        result["northbound"] = _read_northbound(ctx, root)
+    with _section(ctx):
+        audit = _read_simple(root, "audit", s.AuditSpec, {
+            "path": lambda m, k: Path(m.req_str(k)),
+            "sample_every_n": lambda m, k: m.opt_int(k),
+        })
+        result["audit"] = s.AuditSpec(path=base / audit.path, sample_every_n=audit.sample_every_n)
+    for key in root.items:
+        if key not in _SECTIONS:
+            root.error(key, f"unknown section (expected one of: {', '.join(_SECTIONS)})")
+    if ctx.issues or site_info is None or devices is None or tags is None or envelope is None:
+        if not ctx.issues:  # every abort records an issue first; this guards a broken reader
+            ctx.error(root_node.line, "", "invalid site file")
+        raise ConfigError(ctx.issues)
+    return s.Site(source=source, site=site_info, devices=tuple(devices.values()),
+                  tags=tuple(tags.values()), envelope=envelope, **result)

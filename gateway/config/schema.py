@@ -1,0 +1,707 @@
+"""The site configuration as frozen, validated dataclasses.
+
+Every field carries its unit in its name where it has one. Each class checks its own fields in
+``__post_init__`` and raises :class:`FieldError` naming the key; the loader turns that into a
+``file:line: key.path: message`` line. Checks that need several sections (tag names in
+expressions, duplicate addresses) live in :mod:`gateway.config.loader`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+
+class FieldError(ValueError):
+    """A field's value is invalid. ``key`` is the field's key in the YAML mapping."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def _finite(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise FieldError(key, f"must be a finite number, not {value}")
+
+
+def _positive(key: str, value: float) -> None:
+    _finite(key, value)
+    if value <= 0:
+        raise FieldError(key, f"must be > 0, not {value}")
+
+
+class Protocol(str, Enum):
+    MODBUS_TCP = "modbus_tcp"
+    OPCUA = "opcua"
+
+
+class TagKind(str, Enum):
+    SENSOR = "sensor"
+    ACTUATOR = "actuator"
+
+
+class Table(str, Enum):
+    """Modbus data tables."""
+
+    HOLDING_REGISTER = "holding_register"
+    INPUT_REGISTER = "input_register"
+    COIL = "coil"
+    DISCRETE_INPUT = "discrete_input"
+
+    @property
+    def is_bits(self) -> bool:
+        return self in (Table.COIL, Table.DISCRETE_INPUT)
+
+    @property
+    def writable(self) -> bool:
+        return self in (Table.HOLDING_REGISTER, Table.COIL)
+
+
+class WireType(str, Enum):
+    """Data type on the wire. Register widths: 16-bit types take one, 32-bit two, 64-bit four."""
+
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+    @property
+    def registers(self) -> int:
+        return {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2}.get(
+            self.value, 2 if self is WireType.FLOAT32 else 4
+        )
+
+    @property
+    def is_integer(self) -> bool:
+        return self in (WireType.INT16, WireType.UINT16, WireType.INT32, WireType.UINT32)
+
+    @property
+    def integer_range(self) -> tuple[int, int]:
+        """Representable raw range of an integer or bool type."""
+        return {
+            WireType.BOOL: (0, 1),
+            WireType.INT16: (-(2**15), 2**15 - 1),
+            WireType.UINT16: (0, 2**16 - 1),
+            WireType.INT32: (-(2**31), 2**31 - 1),
+            WireType.UINT32: (0, 2**32 - 1),
+        }[self]
+
+
+class Order(str, Enum):
+    """Byte order within a register, or word order across registers."""
+
+    BIG = "big"
+    LITTLE = "little"
+
+
+class Policy(str, Enum):
+    """What a violated constraint does. Ordered by severity (see :attr:`severity`)."""
+
+    CLAMP = "clamp"
+    REJECT = "reject"
+    TRIP = "trip"
+
+    @property
+    def severity(self) -> int:
+        return {"clamp": 1, "reject": 2, "trip": 3}[self.value]
+
+
+class ShutdownAction(str, Enum):
+    """What the gateway leaves an actuator at when it shuts down cleanly."""
+
+    SAFE = "safe"
+    HOLD = "hold"
+
+
+class SecurityMode(str, Enum):
+    NONE = "none"
+    SIGN = "sign"
+    SIGN_AND_ENCRYPT = "sign_and_encrypt"
+
+
+class SecurityPolicy(str, Enum):
+    NONE = "none"
+    BASIC256SHA256 = "Basic256Sha256"
+
+
+# --------------------------------------------------------------------------- site, devices
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    name: str
+    cycle_ms: float = 100.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise FieldError("name", "must not be empty")
+        _positive("cycle_ms", self.cycle_ms)
+
+
+@dataclass(frozen=True)
+class ModbusRef:
+    """A Modbus address: table and 0-based register/bit address."""
+
+    table: Table
+    address: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.address <= 65535:
+            raise FieldError("address", f"must be 0..65535, not {self.address}")
+
+
+@dataclass(frozen=True)
+class OpcUaRef:
+    """An OPC UA node id in its string form, e.g. ``ns=2;s=Tank.Level``."""
+
+    node: str
+
+    def __post_init__(self) -> None:
+        if not _looks_like_nodeid(self.node):
+            raise FieldError(
+                "node", f"{self.node!r} is not a node id (expected e.g. 'ns=2;s=Tank.Level')"
+            )
+
+
+def _looks_like_nodeid(text: str) -> bool:
+    parts = text.split(";")
+    last = parts[-1]
+    if len(last) < 3 or last[0] not in "isgb" or last[1] != "=":
+        return False
+    if len(parts) == 2:
+        return parts[0].startswith("ns=") and parts[0][3:].isdigit()
+    return len(parts) == 1
+
+
+@dataclass(frozen=True)
+class OpcUaSecurity:
+    policy: SecurityPolicy = SecurityPolicy.NONE
+    mode: SecurityMode = SecurityMode.NONE
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_certificate: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+
+    def __post_init__(self) -> None:
+        secured = self.policy is not SecurityPolicy.NONE
+        if secured != (self.mode is not SecurityMode.NONE):
+            raise FieldError("mode", "policy and mode must both be none or both be set")
+        if secured and (self.certificate is None or self.private_key is None):
+            key = "certificate" if self.certificate is None else "private_key"
+            raise FieldError(key, f"required with security policy {self.policy.value}")
+        if (self.username is None) != (self.password_env is None):
+            key = "password_env" if self.password_env is None else "username"
+            raise FieldError(key, "username and password_env go together")
+
+
+@dataclass(frozen=True)
+class ModbusDevice:
+    name: str
+    host: str
+    port: int = 502
+    unit: int = 1
+    timeout_ms: float = 1000.0
+    poll_ms: float = 100.0
+    heartbeat: ModbusRef | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise FieldError("host", "must not be empty")
+        if not 1 <= self.port <= 65535:
+            raise FieldError("port", f"must be 1..65535, not {self.port}")
+        if not 0 <= self.unit <= 255:
+            raise FieldError("unit", f"must be 0..255, not {self.unit}")
+        _positive("timeout_ms", self.timeout_ms)
+        _positive("poll_ms", self.poll_ms)
+        if self.heartbeat is not None and not self.heartbeat.table.writable:
+            raise FieldError("heartbeat", "must be a holding_register or coil (it is written)")
+
+    @property
+    def protocol(self) -> Protocol:
+        return Protocol.MODBUS_TCP
+
+
+@dataclass(frozen=True)
+class OpcUaDevice:
+    name: str
+    endpoint: str
+    security: OpcUaSecurity = field(default_factory=OpcUaSecurity)
+    timeout_ms: float = 2000.0
+    poll_ms: float = 100.0
+    subscribe: bool = True
+    heartbeat: OpcUaRef | None = None
+
+    def __post_init__(self) -> None:
+        if not self.endpoint.startswith("opc.tcp://"):
+            raise FieldError("endpoint", f"must start with opc.tcp://, not {self.endpoint!r}")
+        _positive("timeout_ms", self.timeout_ms)
+        _positive("poll_ms", self.poll_ms)
+
+    @property
+    def protocol(self) -> Protocol:
+        return Protocol.OPCUA
+
+
+Device = ModbusDevice | OpcUaDevice
+
+
+# --------------------------------------------------------------------------- tags
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One process value: a sensor the gateway reads or an actuator it writes.
+
+    Engineering value = raw * ``scale`` + ``offset``. Sensors declare their plausible range
+    (``range_min``/``range_max``, a reading outside it is bad input); actuators declare the
+    ``safe_value`` written on trip and on loss of control.
+    """
+
+    name: str
+    device: str
+    kind: TagKind
+    ref: ModbusRef | OpcUaRef
+    wire_type: WireType = WireType.FLOAT32
+    byte_order: Order = Order.BIG
+    word_order: Order = Order.BIG
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    range_min: float | None = None
+    range_max: float | None = None
+    safe_value: float | None = None
+    on_shutdown: ShutdownAction = ShutdownAction.SAFE
+
+    def __post_init__(self) -> None:
+        _finite("scale", self.scale)
+        if self.scale == 0:
+            raise FieldError("scale", "must not be 0")
+        _finite("offset", self.offset)
+        if isinstance(self.ref, ModbusRef) and self.ref.table.is_bits:
+            if self.wire_type is not WireType.BOOL:
+                raise FieldError("type", f"a {self.ref.table.value} holds bits: type must be bool")
+        if self.kind is TagKind.SENSOR:
+            if self.safe_value is not None:
+                raise FieldError("safe_value", "only actuators have a safe value")
+            if self.range_min is None or self.range_max is None:
+                raise FieldError("range", "a sensor needs its plausible range [min, max]")
+            _finite("range", self.range_min)
+            _finite("range", self.range_max)
+            if self.range_min > self.range_max:
+                raise FieldError("range", f"min ({self.range_min}) > max ({self.range_max})")
+        else:
+            if self.safe_value is None:
+                raise FieldError("safe_value", "every actuator needs a safe value")
+            _finite("safe_value", self.safe_value)
+            if isinstance(self.ref, ModbusRef) and not self.ref.table.writable:
+                raise FieldError(
+                    "table", f"an actuator must be writable; {self.ref.table.value} is read-only"
+                )
+
+    @property
+    def register_count(self) -> int:
+        return 1 if isinstance(self.ref, ModbusRef) and self.ref.table.is_bits else (
+            self.wire_type.registers
+        )
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+@dataclass(frozen=True)
+class ActuatorLimits:
+    """Per-actuator limits, engineering units. Rate in units per second, step per write."""
+
+    actuator: str
+    min: float
+    max: float
+    max_rate_per_s: float | None = None
+    max_step: float | None = None
+    allowed: tuple[float, ...] | None = None
+    policy: Policy = Policy.CLAMP
+
+    def __post_init__(self) -> None:
+        _finite("min", self.min)
+        _finite("max", self.max)
+        if self.max < self.min:
+            raise FieldError("max", f"must be >= min ({self.min})")
+        if self.max_rate_per_s is not None:
+            _positive("max_rate_per_s", self.max_rate_per_s)
+        if self.max_step is not None:
+            _positive("max_step", self.max_step)
+        if self.allowed is not None:
+            if not self.allowed:
+                raise FieldError("allowed", "must list at least one value")
+            for value in self.allowed:
+                _finite("allowed", value)
+                if not self.min <= value <= self.max:
+                    raise FieldError("allowed", f"{value} is outside [{self.min}, {self.max}]")
+            if len(set(self.allowed)) != len(self.allowed):
+                raise FieldError("allowed", "values must be distinct")
+
+
+@dataclass(frozen=True)
+class LinearConstraint:
+    """``sum(coef * tag) <= rhs`` over actuators and sensors (``>=`` is stored negated)."""
+
+    name: str
+    expr: str
+    terms: tuple[tuple[str, float], ...]
+    rhs: float
+    policy: Policy = Policy.REJECT
+
+    def __post_init__(self) -> None:
+        if self.policy is Policy.CLAMP:
+            raise FieldError(
+                "policy",
+                "clamp is not defined for a constraint coupling several values (no unique "
+                "projection respects every other limit); use reject or trip",
+            )
+
+
+class ConditionOp(str, Enum):
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+
+
+@dataclass(frozen=True)
+class Tightening:
+    """While an interlock holds: ``actuator <= value`` (upper) or ``actuator >= value``."""
+
+    actuator: str
+    upper: bool
+    value: float
+
+
+@dataclass(frozen=True)
+class Interlock:
+    """``when`` a linear condition on sensors holds, actuator limits tighten (``then``).
+
+    A condition over a sensor that reads NaN counts as holding: unknown state is treated as
+    the dangerous one.
+    """
+
+    name: str
+    when: str
+    condition: tuple[tuple[str, float], ...]
+    op: ConditionOp
+    rhs: float
+    then: tuple[Tightening, ...]
+    policy: Policy = Policy.CLAMP
+
+    def __post_init__(self) -> None:
+        if not self.then:
+            raise FieldError("then", "must tighten at least one actuator")
+
+
+@dataclass(frozen=True)
+class SensorModel:
+    """``d sensor / dt = sum(coef * tag) + constant`` (per second), tags being sensors or
+    actuators."""
+
+    sensor: str
+    expr: str
+    terms: tuple[tuple[str, float], ...]
+    constant: float
+
+
+@dataclass(frozen=True)
+class KeepRange:
+    sensor: str
+    min: float
+    max: float
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.min) or math.isnan(self.max):
+            raise FieldError("min", "must not be NaN")
+        if self.max < self.min:
+            raise FieldError("max", f"must be >= min ({self.min})")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A linear process model rolled forward by explicit Euler steps of ``step_s`` for
+    ``horizon_steps`` steps with the command held; a command that would take a kept sensor
+    outside its range (or further outside, if it already is) violates ``predict.<sensor>``."""
+
+    step_s: float
+    horizon_steps: int
+    model: tuple[SensorModel, ...]
+    keep: tuple[KeepRange, ...]
+    policy: Policy = Policy.REJECT
+
+    def __post_init__(self) -> None:
+        _positive("step_s", self.step_s)
+        if not 1 <= self.horizon_steps <= 10_000:
+            raise FieldError("horizon_steps", f"must be 1..10000, not {self.horizon_steps}")
+        if self.policy is Policy.CLAMP:
+            raise FieldError("policy", "clamp is not defined for the prediction; use reject or trip")
+        if not self.keep:
+            raise FieldError("keep", "must name at least one sensor to keep in range")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    limits: tuple[ActuatorLimits, ...]
+    constraints: tuple[LinearConstraint, ...] = ()
+    interlocks: tuple[Interlock, ...] = ()
+    prediction: Prediction | None = None
+    nonfinite_policy: Policy = Policy.TRIP
+
+    def __post_init__(self) -> None:
+        if self.nonfinite_policy is Policy.CLAMP:
+            raise FieldError("nonfinite_policy", "NaN/inf cannot be clamped; use reject or trip")
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+class ControllerKind(str, Enum):
+    ONNX = "onnx"
+    EXTERNAL = "external"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """The AI controller: an ONNX model run in-process, or an external program writing its
+    commands through the northbound servers, or none (fallback control only)."""
+
+    kind: ControllerKind = ControllerKind.NONE
+    model: Path | None = None
+    sha256: str | None = None
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    input_offset: tuple[float, ...] = ()
+    input_scale: tuple[float, ...] = ()
+    output_offset: tuple[float, ...] = ()
+    output_scale: tuple[float, ...] = ()
+    deadline_ms: float = 20.0
+    silence_timeout_ms: float = 1000.0
+
+    def __post_init__(self) -> None:
+        _positive("deadline_ms", self.deadline_ms)
+        _positive("silence_timeout_ms", self.silence_timeout_ms)
+        if self.kind is ControllerKind.ONNX:
+            if self.model is None:
+                raise FieldError("model", "required for an onnx controller")
+            if self.sha256 is None or len(self.sha256) != 64 or any(
+                c not in "0123456789abcdef" for c in self.sha256
+            ):
+                raise FieldError("sha256", "must be the model's sha256 as 64 lowercase hex digits")
+            if not self.inputs:
+                raise FieldError("inputs", "must list the model's input tags")
+        if self.kind is not ControllerKind.NONE and not self.outputs:
+            raise FieldError("outputs", "must list the actuators the controller drives")
+        for key, size in (("input_offset", len(self.inputs)), ("input_scale", len(self.inputs)),
+                          ("output_offset", len(self.outputs)),
+                          ("output_scale", len(self.outputs))):
+            values: tuple[float, ...] = getattr(self, key)
+            if values and len(values) != size:
+                raise FieldError(key, f"has {len(values)} values for {size} tags")
+            for value in values:
+                _finite(key, value)
+                if key.endswith("scale") and value == 0:
+                    raise FieldError(key, "scales must not be 0")
+
+
+class FallbackKind(str, Enum):
+    PID = "pid"
+    FIXED = "fixed"
+    HOLD = "hold"
+    RULES = "rules"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``when`` the condition on sensors holds, output ``value``. First match wins."""
+
+    when: str
+    condition: tuple[tuple[str, float], ...]
+    op: ConditionOp
+    rhs: float
+    value: float
+
+    def __post_init__(self) -> None:
+        _finite("value", self.value)
+
+
+@dataclass(frozen=True)
+class FallbackSpec:
+    """The deterministic controller that drives one actuator when the AI does not."""
+
+    actuator: str
+    kind: FallbackKind
+    measurement: str | None = None
+    setpoint: float | None = None
+    kp: float = 0.0
+    ki_per_s: float = 0.0
+    kd_s: float = 0.0
+    reverse: bool = False
+    value: float | None = None
+    rules: tuple[Rule, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("kp", "ki_per_s", "kd_s"):
+            gain: float = getattr(self, key)
+            _finite(key, gain)
+            if gain < 0:
+                raise FieldError(key, "gains must be >= 0 (use reverse: true to invert action)")
+        if self.kind is FallbackKind.PID:
+            if self.measurement is None:
+                raise FieldError("measurement", "a pid needs the sensor it controls")
+            if self.setpoint is None:
+                raise FieldError("setpoint", "a pid needs a setpoint")
+            _finite("setpoint", self.setpoint)
+        if self.kind in (FallbackKind.FIXED, FallbackKind.RULES):
+            if self.value is None:
+                raise FieldError(
+                    "value", "required (the fixed value, or the rules' default output)"
+                )
+            _finite("value", self.value)
+        if self.kind is FallbackKind.RULES and not self.rules:
+            raise FieldError("rules", "must list at least one rule")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Detector settings; each can be switched off. Residuals are in engineering units."""
+
+    divergence: bool = True
+    divergence_drift: float = 1.0
+    divergence_threshold: float = 20.0
+    violation_window_s: float = 10.0
+    violation_max: int = 5
+    stale_after_ms: float = 1000.0
+    deadline_misses_max: int = 3
+    canary_period_s: float = 60.0
+    canary_tolerance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        for key in ("divergence_drift", "divergence_threshold", "violation_window_s",
+                    "stale_after_ms", "canary_period_s"):
+            _positive(key, getattr(self, key))
+        _finite("canary_tolerance", self.canary_tolerance)
+        if self.canary_tolerance < 0:
+            raise FieldError("canary_tolerance", "must be >= 0")
+        for key in ("violation_max", "deadline_misses_max"):
+            if getattr(self, key) < 0:
+                raise FieldError(key, "must be >= 0")
+
+
+class StartMode(str, Enum):
+    AUTO = "auto"
+    SHADOW = "shadow"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """Mode policy: where the gateway starts and how recovery toward the AI is gated."""
+
+    start_mode: StartMode = StartMode.MANUAL
+    clean_shadow_s: float = 300.0
+    bypass_max_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _positive("clean_shadow_s", self.clean_shadow_s)
+        _positive("bypass_max_s", self.bypass_max_s)
+
+
+@dataclass(frozen=True)
+class ModbusServerSpec:
+    host: str = "127.0.0.1"
+    port: int = 1502
+    unit: int = 1
+    allow: tuple[str, ...] = ("127.0.0.1",)
+    ai_clients: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise FieldError("port", f"must be 1..65535, not {self.port}")
+        if not 0 <= self.unit <= 255:
+            raise FieldError("unit", f"must be 0..255, not {self.unit}")
+
+
+@dataclass(frozen=True)
+class OpcUaUser:
+    name: str
+    password_env: str
+    role: str = "operator"
+
+    def __post_init__(self) -> None:
+        if self.role not in ("operator", "ai", "viewer", "admin"):
+            raise FieldError("role", f"must be operator, ai, viewer or admin, not {self.role!r}")
+
+
+@dataclass(frozen=True)
+class OpcUaServerSpec:
+    endpoint: str = "opc.tcp://127.0.0.1:4841/gateway/"
+    allow_anonymous: bool = False
+    security: OpcUaSecurity = field(default_factory=OpcUaSecurity)
+    users: tuple[OpcUaUser, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.endpoint.startswith("opc.tcp://"):
+            raise FieldError("endpoint", f"must start with opc.tcp://, not {self.endpoint!r}")
+        if not self.allow_anonymous and not self.users:
+            raise FieldError("users", "list users, or set allow_anonymous: true explicitly")
+
+
+@dataclass(frozen=True)
+class Northbound:
+    modbus: ModbusServerSpec | None = None
+    opcua: OpcUaServerSpec | None = None
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    path: Path = Path("audit.db")
+    sample_every_n: int = 100
+
+    def __post_init__(self) -> None:
+        if self.sample_every_n < 0:
+            raise FieldError("sample_every_n", "must be >= 0 (0 records no nominal cycles)")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A whole validated site file. Tag order in the file fixes the order of the envelope's
+    actuator and sensor vectors."""
+
+    source: Path
+    site: SiteInfo
+    devices: tuple[Device, ...]
+    tags: tuple[Tag, ...]
+    envelope: Envelope
+    controller: ControllerSpec = field(default_factory=ControllerSpec)
+    fallback: tuple[FallbackSpec, ...] = ()
+    detection: Detection = field(default_factory=Detection)
+    operation: Operation = field(default_factory=Operation)
+    northbound: Northbound = field(default_factory=Northbound)
+    audit: AuditSpec = field(default_factory=AuditSpec)
+
+    @property
+    def actuators(self) -> tuple[Tag, ...]:
+        return tuple(t for t in self.tags if t.kind is TagKind.ACTUATOR)
+
+    @property
+    def sensors(self) -> tuple[Tag, ...]:
+        return tuple(t for t in self.tags if t.kind is TagKind.SENSOR)
+
+    def tag(self, name: str) -> Tag:
+        for tag in self.tags:
+            if tag.name == name:
+                return tag
+        raise KeyError(name)

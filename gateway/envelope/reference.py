@@ -1,0 +1,306 @@
+"""The pure-Python reference engine: the specification of the envelope's semantics.
+
+``_fastcheck/envelope.pyx`` implements the same algorithm with the same floating-point
+operations in the same order, so both engines give bit-identical verdicts; the test suite checks
+that with hypothesis. Change both together.
+
+Semantics of one check of command ``u`` given the previous applied command ``p``, sensors ``s``
+and the time since the previous write ``dt`` (seconds):
+
+1. Interlock conditions are evaluated on ``s``. A condition whose value is NaN *holds*:
+   an unknown sensor is treated as the dangerous state.
+2. Each actuator value must be finite, within ``[min, max]``, one of its allowed values (exact
+   equality), within ``max_rate_per_s * dt`` of ``p`` and within ``max_step`` of ``p``. A rate or
+   step limit with a non-finite ``p`` is violated: a jump from an unknown position cannot be
+   bounded. Under a holding interlock, its tightened bounds apply too.
+3. Linear constraints ``a·[u; s] <= b`` are evaluated term by term, skipping nothing: a NaN in
+   any used value violates the constraint.
+4. The prediction rolls ``y' = A y + B u + c`` forward by explicit Euler steps from ``y = s``
+   with ``u`` held; a kept sensor must stay within its keep-range at every step, or, if it is
+   already outside, get no further outside than it is now.
+5. The action is the most severe policy among violated constraints. When it is ``CLAMP`` the
+   command is projected per actuator into the intersection of its bounds, holding interlocks'
+   tightenings and its rate/step window around ``p``, then onto the nearest allowed value
+   (ties to the lower). If that set is empty the verdict escalates to ``REJECT``
+   (``envelope.clamp_infeasible``); otherwise the projection is checked against the linear
+   constraints and the prediction, and any violation there escalates to at least ``REJECT``.
+
+Every comparison is written so that NaN fails it (``not (x <= limit)``), never passes it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gateway.envelope.compiled import (
+    SLOTS_PER_ACTUATOR,
+    Action,
+    CompiledEnvelope,
+    CondOp,
+    F64,
+)
+
+# How many ulps a clamped value may be nudged toward the previous value so that rounding in
+# `p - r` cannot leave it a hair outside its own rate window.
+_NUDGES = 4
+
+
+class ReferenceKernel:
+    """Checks commands against one compiled envelope; same interface as the Cython kernel."""
+
+    engine = "python"
+
+    def __init__(self, c: CompiledEnvelope) -> None:
+        self.c = c
+        self.n_a = c.n_actuators
+        self.n_s = c.n_sensors
+        self.n_slots = c.n_slots
+        self.policy = c.slot_policy.tolist()
+        self.act_min = c.act_min.tolist()
+        self.act_max = c.act_max.tolist()
+        self.act_rate = c.act_rate.tolist()
+        self.act_step = c.act_step.tolist()
+        self.allowed = [
+            c.allowed_val[c.allowed_ptr[i] : c.allowed_ptr[i + 1]].tolist() for i in range(self.n_a)
+        ]
+        self.lin = [
+            (list(zip(c.lin_idx[c.lin_ptr[r] : c.lin_ptr[r + 1]].tolist(),
+                      c.lin_coef[c.lin_ptr[r] : c.lin_ptr[r + 1]].tolist(), strict=True)),
+             float(c.lin_rhs[r]))
+            for r in range(len(c.lin_rhs))
+        ]
+        self.ilk = [
+            (list(zip(c.ilk_idx[c.ilk_ptr[k] : c.ilk_ptr[k + 1]].tolist(),
+                      c.ilk_coef[c.ilk_ptr[k] : c.ilk_ptr[k + 1]].tolist(), strict=True)),
+             int(c.ilk_op[k]), float(c.ilk_rhs[k]))
+            for k in range(len(c.ilk_rhs))
+        ]
+        self.tgt = list(zip(c.tgt_ilk.tolist(), c.tgt_act.tolist(), c.tgt_upper.tolist(),
+                            c.tgt_val.tolist(), strict=True))
+        n_p = len(c.pred_sensor)
+        self.pred = [
+            (int(c.pred_sensor[p]),
+             list(zip(c.pred_u_idx[c.pred_u_ptr[p] : c.pred_u_ptr[p + 1]].tolist(),
+                      c.pred_u_coef[c.pred_u_ptr[p] : c.pred_u_ptr[p + 1]].tolist(), strict=True)),
+             list(zip(c.pred_s_idx[c.pred_s_ptr[p] : c.pred_s_ptr[p + 1]].tolist(),
+                      c.pred_s_coef[c.pred_s_ptr[p] : c.pred_s_ptr[p + 1]].tolist(), strict=True)),
+             float(c.pred_const[p]), bool(c.keep_on[p]), float(c.keep_lo[p]), float(c.keep_hi[p]))
+            for p in range(n_p)
+        ]
+        self.pred_step = c.pred_step_s
+        self.horizon = c.pred_horizon
+        self.lin0 = c.lin_slot0
+        self.ilk0 = c.ilk_slot0
+        self.pred0 = c.pred_slot0
+        self.infeasible = c.infeasible_slot
+
+    # -- public interface (validated by the caller, gateway.envelope.engine) --------------------
+
+    def check_into(self, cmd: F64, prev: F64, sens: F64, dt: float, out: F64, viol: np.ndarray
+                   ) -> int:
+        flags = [0] * self.n_slots
+        action, clamped = self._check(cmd.tolist(), prev.tolist(), sens.tolist(), dt, flags)
+        out[:] = clamped
+        viol[:] = flags
+        return action
+
+    def check_batch(self, cmds: F64, prev0: F64, sens: F64, dt: float, out: F64,
+                    actions: np.ndarray, counts: np.ndarray) -> None:
+        prev = prev0.tolist()
+        totals = [0] * self.n_slots
+        for k in range(cmds.shape[0]):
+            flags = [0] * self.n_slots
+            action, clamped = self._check(cmds[k].tolist(), prev, sens[k].tolist(), dt, flags)
+            out[k, :] = clamped
+            actions[k] = action
+            for j in range(self.n_slots):
+                totals[j] += flags[j]
+            if action <= Action.CLAMP:
+                prev = clamped
+        counts[:] = totals
+
+    # -- the algorithm ------------------------------------------------------------------------
+
+    def _check(self, u: list[float], p: list[float], s: list[float], dt: float,
+               flags: list[int]) -> tuple[int, list[float]]:
+        action = 0
+        policy = self.policy
+
+        def flag(slot: int) -> None:
+            nonlocal action
+            flags[slot] = 1
+            if policy[slot] > action:
+                action = policy[slot]
+
+        active = self._interlocks(s)
+        for i in range(self.n_a):
+            v = u[i]
+            base = SLOTS_PER_ACTUATOR * i
+            if not math.isfinite(v):
+                flag(base)
+                continue
+            if not (v >= self.act_min[i]):
+                flag(base + 1)
+            if not (v <= self.act_max[i]):
+                flag(base + 2)
+            allowed = self.allowed[i]
+            if allowed and v not in allowed:
+                flag(base + 3)
+            rate = self.act_rate[i]
+            if rate != math.inf and not (abs(v - p[i]) <= rate * dt):
+                flag(base + 4)
+            step = self.act_step[i]
+            if step != math.inf and not (abs(v - p[i]) <= step):
+                flag(base + 5)
+        for k, a, upper, val in self.tgt:
+            if active[k]:
+                v = u[a]
+                if not (v <= val) if upper else not (v >= val):
+                    flag(self.ilk0 + k)
+        for r in self._linear(u, s):
+            flag(self.lin0 + r)
+        for q in self._predict(u, s):
+            flag(self.pred0 + q)
+
+        if action != Action.CLAMP:
+            return action, list(u)
+        clamped = self._clamp(u, p, dt, active)
+        if clamped is None:
+            flag(self.infeasible)
+            return action, list(u)
+        escalate = [self.lin0 + r for r in self._linear(clamped, s)]
+        escalate += [self.pred0 + q for q in self._predict(clamped, s)]
+        for slot in escalate:
+            flag(slot)
+            if action < Action.REJECT:
+                action = Action.REJECT
+        return action, clamped
+
+    def _interlocks(self, s: list[float]) -> list[bool]:
+        active = []
+        for terms, op, rhs in self.ilk:
+            lhs = 0.0
+            for j, coef in terms:
+                lhs += coef * s[j]
+            if op == CondOp.LT:
+                holds = not (lhs >= rhs)
+            elif op == CondOp.LE:
+                holds = not (lhs > rhs)
+            elif op == CondOp.GT:
+                holds = not (lhs <= rhs)
+            else:
+                holds = not (lhs < rhs)
+            active.append(holds)
+        return active
+
+    def _linear(self, u: list[float], s: list[float]) -> list[int]:
+        bad = []
+        n_a = self.n_a
+        for r, (terms, rhs) in enumerate(self.lin):
+            acc = 0.0
+            for j, coef in terms:
+                acc += coef * (u[j] if j < n_a else s[j - n_a])
+            if not (acc <= rhs):
+                bad.append(r)
+        return bad
+
+    def _predict(self, u: list[float], s: list[float]) -> list[int]:
+        if not self.pred:
+            return []
+        drive = []
+        lo_eff = []
+        hi_eff = []
+        bad = [False] * len(self.pred)
+        for q, (sensor, u_terms, _, const, keep, lo, hi) in enumerate(self.pred):
+            d = const
+            for j, coef in u_terms:
+                d += coef * u[j]
+            drive.append(d)
+            y0 = s[sensor]
+            if keep and not math.isfinite(y0):
+                bad[q] = True
+            lo_eff.append(lo if y0 >= lo else y0)
+            hi_eff.append(hi if y0 <= hi else y0)
+        y = list(s)
+        step = self.pred_step
+        nxt = [0.0] * len(self.pred)
+        for _ in range(self.horizon):
+            for q, (sensor, _, s_terms, _, _, _, _) in enumerate(self.pred):
+                d = drive[q]
+                for j, coef in s_terms:
+                    d += coef * y[j]
+                nxt[q] = y[sensor] + step * d
+            for q, row in enumerate(self.pred):
+                y[row[0]] = nxt[q]
+                if row[4] and not bad[q] and not (lo_eff[q] <= nxt[q] and nxt[q] <= hi_eff[q]):
+                    bad[q] = True
+        return [q for q in range(len(bad)) if bad[q]]
+
+    def _clamp(self, u: list[float], p: list[float], dt: float, active: list[bool]
+               ) -> list[float] | None:
+        # Bounds tightened by holding interlocks.
+        lo_b = list(self.act_min)
+        hi_b = list(self.act_max)
+        for k, a, upper, val in self.tgt:
+            if active[k]:
+                if upper:
+                    if val < hi_b[a]:
+                        hi_b[a] = val
+                elif val > lo_b[a]:
+                    lo_b[a] = val
+        out = []
+        for i in range(self.n_a):
+            v = u[i]
+            if not math.isfinite(v):
+                return None
+            lo = lo_b[i]
+            hi = hi_b[i]
+            rate_dt = self.act_rate[i] * dt
+            step = self.act_step[i]
+            limited = self.act_rate[i] != math.inf or step != math.inf
+            pi = p[i]
+            if limited:
+                if not math.isfinite(pi):
+                    return None
+                r = rate_dt
+                if step < r:
+                    r = step
+                if pi - r > lo:
+                    lo = pi - r
+                if pi + r < hi:
+                    hi = pi + r
+            if not (lo <= hi):
+                return None
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            allowed = self.allowed[i]
+            if allowed:
+                best = math.nan
+                best_d = math.inf
+                for a in allowed:
+                    if a >= lo and a <= hi:
+                        d = abs(a - v)
+                        if d < best_d:
+                            best_d = d
+                            best = a
+                if best_d == math.inf:
+                    return None
+                v = best
+            if limited:
+                # pi - r and pi + r are rounded: move v toward pi, an ulp at a time, until
+                # |v - pi| passes the very tests the check applies, then re-check the bounds.
+                nudges = 0
+                while not (abs(v - pi) <= rate_dt and abs(v - pi) <= step):
+                    if nudges == _NUDGES:
+                        return None
+                    v = math.nextafter(v, pi)
+                    nudges += 1
+                if nudges and (not (v >= lo_b[i] and v <= hi_b[i])
+                               or (allowed and v not in allowed)):
+                    return None
+            out.append(v)
+        return out
