@@ -17,14 +17,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
 class ExprError(ValueError):
     """The text is not a valid linear expression; the message says where and why."""
 
 
-class Comparison(str, Enum):
+class Comparison(StrEnum):
     """Comparison operators, by their symbol."""
 
     LE = "<="

@@ -8,15 +8,17 @@ file is executed: see :mod:`gateway.config.yamlsrc`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import expr as ex
 from gateway.config import schema as s
 from gateway.config.yamlsrc import Issue, Node, SourceError, load
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 E = TypeVar("E", bound=Enum)
 T = TypeVar("T")
@@ -117,12 +119,12 @@ class _Map:
 
     def opt_floats(self, key: str) -> tuple[float, ...] | None:
         return self._get(key, False, lambda n, p: tuple(
-            self._float(item, f"{p}[{i}]") for i, item in enumerate(self._list(n, p))
+            self._float(item, f"{p}[{i}]") for i, item in enumerate(self._seq(n, p))
         ))
 
     def opt_strs(self, key: str) -> tuple[str, ...] | None:
         return self._get(key, False, lambda n, p: tuple(
-            self._str(item, f"{p}[{i}]") for i, item in enumerate(self._list(n, p))
+            self._str(item, f"{p}[{i}]") for i, item in enumerate(self._seq(n, p))
         ))
 
     def map(self, key: str, required: bool = False) -> _Map | None:
@@ -131,12 +133,12 @@ class _Map:
             return None
         return _Map(self.ctx, node, self.sub_path(key))
 
-    def list(self, key: str) -> list[tuple[Node, str]]:
+    def items_of(self, key: str) -> list[tuple[Node, str]]:
         node = self.raw(key, False)
         if node is None or node.value is None:
             return []
         path = self.sub_path(key)
-        return [(item, f"{path}[{i}]") for i, item in enumerate(self._list(node, path))]
+        return [(item, f"{path}[{i}]") for i, item in enumerate(self._seq(node, path))]
 
     def entries(self) -> Iterator[tuple[str, Node, str]]:
         """Every key of this mapping (for mappings keyed by name, e.g. tags)."""
@@ -188,7 +190,7 @@ class _Map:
                 return member
         raise self._fail(node, path, f"must be one of {choices}; not {node.value!r}")
 
-    def _list(self, node: Node, path: str) -> list[Node]:
+    def _seq(self, node: Node, path: str) -> list[Node]:
         if not isinstance(node.value, list):
             raise self._fail(node, path, f"must be a list, found {_kind(node)}")
         return node.value
@@ -217,10 +219,8 @@ def _kind(node: Node) -> str:
 @contextmanager
 def _section(ctx: _Ctx) -> Iterator[None]:
     """Run one part of the reading; a recorded error aborts only that part."""
-    try:
+    with suppress(_Abort):
         yield
-    except _Abort:
-        pass
 
 
 def _build(m: _Map, cls: Callable[..., T], **kwargs: Any) -> T:
@@ -483,7 +483,7 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
 
     constraints: list[s.LinearConstraint] = []
     seen: dict[str, str] = {}
-    for node, path in m.list("constraints"):
+    for node, path in m.items_of("constraints"):
         with _section(ctx):
             cm = _Map(ctx, node, path)
             cname = cm.req_str("name")
@@ -503,17 +503,19 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
             cm.finish()
 
     interlocks: list[s.Interlock] = []
-    for node, path in m.list("interlocks"):
+    for node, path in m.items_of("interlocks"):
         with _section(ctx):
             im = _Map(ctx, node, path)
             iname = im.req_str("name")
             _unique(im, seen, iname, path)
             cond = _read_condition(im, "when", names)
             then: list[s.Tightening] = []
-            then_items = im.list("then")
-            if not then_items and im.has("then"):
-                single = im.items["then"]
-                then_items = [(single, f"{path}.then")] if isinstance(single.value, str) else []
+            single = im.items.get("then")
+            if single is not None and isinstance(single.value, str):
+                im.used.add("then")  # one tightening may be written without a list
+                then_items = [(single, f"{path}.then")]
+            else:
+                then_items = im.items_of("then")
             for tnode, tpath in then_items:
                 then.append(_read_tightening(ctx, tnode, tpath, names, limits))
             interlocks.append(_build(
@@ -585,7 +587,7 @@ def _read_tightening(ctx: _Ctx, node: Node, path: str, names: _Names,
 def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names, seen: dict[str, str]) -> s.Prediction:
     models: list[s.SensorModel] = []
     mm = _need(pm.map("model", required=True))
-    for sensor, node, path in mm.entries():
+    for sensor, node, _path in mm.entries():
         with _section(ctx):
             if sensor not in names.sensors:
                 mm.error(sensor, f"{sensor!r} is not a sensor")
@@ -669,7 +671,7 @@ def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec
                 raise _Abort
             fm = _Map(ctx, node, path)
             rules: list[s.Rule] = []
-            for rnode, rpath in fm.list("rules"):
+            for rnode, rpath in fm.items_of("rules"):
                 with _section(ctx):
                     rm = _Map(ctx, rnode, rpath)
                     cond = _read_condition(rm, "when", names)
@@ -731,7 +733,7 @@ def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
     if om is not None:
         with _section(ctx):
             users: list[s.OpcUaUser] = []
-            for unode, upath in om.list("users"):
+            for unode, upath in om.items_of("users"):
                 with _section(ctx):
                     um = _Map(ctx, unode, upath)
                     users.append(_build(um, s.OpcUaUser, name=um.req_str("name"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 
@@ -34,17 +34,17 @@ def _positive(key: str, value: float) -> None:
         raise FieldError(key, f"must be > 0, not {value}")
 
 
-class Protocol(str, Enum):
+class Protocol(StrEnum):
     MODBUS_TCP = "modbus_tcp"
     OPCUA = "opcua"
 
 
-class TagKind(str, Enum):
+class TagKind(StrEnum):
     SENSOR = "sensor"
     ACTUATOR = "actuator"
 
 
-class Table(str, Enum):
+class Table(StrEnum):
     """Modbus data tables."""
 
     HOLDING_REGISTER = "holding_register"
@@ -61,7 +61,7 @@ class Table(str, Enum):
         return self in (Table.HOLDING_REGISTER, Table.COIL)
 
 
-class WireType(str, Enum):
+class WireType(StrEnum):
     """Data type on the wire. Register widths: 16-bit types take one, 32-bit two, 64-bit four."""
 
     BOOL = "bool"
@@ -94,14 +94,14 @@ class WireType(str, Enum):
         }[self]
 
 
-class Order(str, Enum):
+class Order(StrEnum):
     """Byte order within a register, or word order across registers."""
 
     BIG = "big"
     LITTLE = "little"
 
 
-class Policy(str, Enum):
+class Policy(StrEnum):
     """What a violated constraint does. Ordered by severity (see :attr:`severity`)."""
 
     CLAMP = "clamp"
@@ -113,20 +113,20 @@ class Policy(str, Enum):
         return {"clamp": 1, "reject": 2, "trip": 3}[self.value]
 
 
-class ShutdownAction(str, Enum):
+class ShutdownAction(StrEnum):
     """What the gateway leaves an actuator at when it shuts down cleanly."""
 
     SAFE = "safe"
     HOLD = "hold"
 
 
-class SecurityMode(str, Enum):
+class SecurityMode(StrEnum):
     NONE = "none"
     SIGN = "sign"
     SIGN_AND_ENCRYPT = "sign_and_encrypt"
 
 
-class SecurityPolicy(str, Enum):
+class SecurityPolicy(StrEnum):
     NONE = "none"
     BASIC256SHA256 = "Basic256Sha256"
 
@@ -286,9 +286,9 @@ class Tag:
         if self.scale == 0:
             raise FieldError("scale", "must not be 0")
         _finite("offset", self.offset)
-        if isinstance(self.ref, ModbusRef) and self.ref.table.is_bits:
-            if self.wire_type is not WireType.BOOL:
-                raise FieldError("type", f"a {self.ref.table.value} holds bits: type must be bool")
+        if (isinstance(self.ref, ModbusRef) and self.ref.table.is_bits
+                and self.wire_type is not WireType.BOOL):
+            raise FieldError("type", f"a {self.ref.table.value} holds bits: type must be bool")
         if self.kind is TagKind.SENSOR:
             if self.safe_value is not None:
                 raise FieldError("safe_value", "only actuators have a safe value")
@@ -368,7 +368,7 @@ class LinearConstraint:
             )
 
 
-class ConditionOp(str, Enum):
+class ConditionOp(StrEnum):
     LT = "<"
     LE = "<="
     GT = ">"
@@ -446,7 +446,8 @@ class Prediction:
         if not 1 <= self.horizon_steps <= 10_000:
             raise FieldError("horizon_steps", f"must be 1..10000, not {self.horizon_steps}")
         if self.policy is Policy.CLAMP:
-            raise FieldError("policy", "clamp is not defined for the prediction; use reject or trip")
+            raise FieldError("policy",
+                             "clamp is not defined for the prediction; use reject or trip")
         if not self.keep:
             raise FieldError("keep", "must name at least one sensor to keep in range")
 
@@ -467,7 +468,7 @@ class Envelope:
 # --------------------------------------------------------------------------- the rest
 
 
-class ControllerKind(str, Enum):
+class ControllerKind(StrEnum):
     ONNX = "onnx"
     EXTERNAL = "external"
     NONE = "none"
@@ -516,7 +517,7 @@ class ControllerSpec:
                     raise FieldError(key, "scales must not be 0")
 
 
-class FallbackKind(str, Enum):
+class FallbackKind(StrEnum):
     PID = "pid"
     FIXED = "fixed"
     HOLD = "hold"
@@ -600,7 +601,7 @@ class Detection:
                 raise FieldError(key, "must be >= 0")
 
 
-class StartMode(str, Enum):
+class StartMode(StrEnum):
     AUTO = "auto"
     SHADOW = "shadow"
     MANUAL = "manual"

@@ -15,7 +15,7 @@ from typing import TypeAlias
 
 import yaml
 
-Scalar: TypeAlias = None | bool | int | float | str
+Scalar: TypeAlias = bool | int | float | str | None
 
 # Tags that the YAML core schema resolves plain scalars to; nothing else is ever built.
 _SCALAR_TAGS = {

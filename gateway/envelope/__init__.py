@@ -8,16 +8,19 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from gateway.config.schema import Site
 from gateway.envelope.compiled import Action, CompiledEnvelope, compile_site
 from gateway.envelope.engine import (
     ENGINES,
-    Envelope,
     EngineUnavailable,
+    Envelope,
     Verdict,
     select_engine,
 )
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Site
 
 __all__ = ["ENGINE", "ENGINES", "Action", "CompiledEnvelope", "EngineUnavailable", "Envelope",
            "Verdict", "compile", "select_engine"]
@@ -31,6 +34,6 @@ if ENGINE == "python":
     )
 
 
-def compile(site: Site, engine: str | None = None) -> Envelope:  # noqa: A001 - the API's name
+def compile(site: Site, engine: str | None = None) -> Envelope:
     """Compile ``site``'s envelope for ``engine`` (default: :data:`ENGINE`)."""
     return Envelope(compile_site(site), engine or ENGINE)

@@ -31,16 +31,14 @@ Every comparison is written so that NaN fails it (``not (x <= limit)``), never p
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
+from gateway.envelope.compiled import SLOTS_PER_ACTUATOR, Action, CompiledEnvelope, CondOp
 
-from gateway.envelope.compiled import (
-    SLOTS_PER_ACTUATOR,
-    Action,
-    CompiledEnvelope,
-    CondOp,
-    F64,
-)
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gateway.envelope.compiled import F64
 
 # How many ulps a clamped value may be nudged toward the previous value so that rounding in
 # `p - r` cannot leave it a hair outside its own rate window.

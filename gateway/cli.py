@@ -1,0 +1,177 @@
+"""``safety-gateway``: the command line.
+
+Exit codes (stable, documented in the README):
+
+- 0: success;
+- 1: the command ran and found a failure (a benchmark target missed when asked to enforce it);
+- 2: bad input: usage, or an invalid site file (every problem is listed as file:line);
+- 3: the environment cannot run the gateway (e.g. the compiled engine is required but missing).
+
+No command prints a traceback for bad input; an unexpected internal error prints one line and
+exits 70 (EX_SOFTWARE), with the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from gateway.config.schema import ActuatorLimits, Site, Tag
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_ENVIRONMENT = 3
+EXIT_INTERNAL = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_INPUT)
+
+
+def _summary(site: Site, engine: str) -> dict[str, Any]:
+    from gateway.envelope.compiled import compile_site
+
+    compiled = compile_site(site)
+    limits = {lim.actuator: lim for lim in site.envelope.limits}
+    env = site.envelope
+    constraints: list[dict[str, Any]] = []
+    for lim in env.limits:
+        constraints.append({"name": lim.actuator, "kind": "limits", "policy": lim.policy.value})
+    for con in env.constraints:
+        constraints.append({"name": con.name, "kind": "linear", "expr": con.expr,
+                            "policy": con.policy.value})
+    for ilk in env.interlocks:
+        constraints.append({"name": ilk.name, "kind": "interlock", "when": ilk.when,
+                            "then": [f"{t.actuator} {'<=' if t.upper else '>='} {t.value}"
+                                     for t in ilk.then], "policy": ilk.policy.value})
+    if env.prediction is not None:
+        pred = env.prediction
+        for keep in pred.keep:
+            constraints.append({"name": f"predict.{keep.sensor}", "kind": "prediction",
+                                "min": keep.min, "max": keep.max,
+                                "horizon_s": pred.step_s * pred.horizon_steps,
+                                "policy": pred.policy.value})
+    return {
+        "ok": True,
+        "file": str(site.source),
+        "site": site.site.name,
+        "engine": engine,
+        "actuators": [_actuator(t, limits[t.name]) for t in site.actuators],
+        "sensors": [
+            {"name": t.name, "unit": t.unit, "min": t.range_min, "max": t.range_max,
+             "device": t.device}
+            for t in site.sensors
+        ],
+        "constraints": constraints,
+        "constraint_slots": len(compiled.slot_names),
+    }
+
+
+def _actuator(tag: Tag, lim: ActuatorLimits) -> dict[str, Any]:
+    return {"name": tag.name, "unit": tag.unit, "min": lim.min, "max": lim.max,
+            "safe_value": tag.safe_value, "max_rate_per_s": lim.max_rate_per_s,
+            "max_step": lim.max_step, "allowed": None if lim.allowed is None else list(lim.allowed),
+            "policy": lim.policy.value, "device": tag.device}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.envelope import ENGINE
+
+    status = EXIT_OK
+    reports: list[dict[str, Any]] = []
+    for path in args.config:
+        try:
+            site = load_config(path)
+        except ConfigError as exc:
+            status = EXIT_INPUT
+            if args.json:
+                reports.append({"ok": False, "file": path,
+                                "errors": [str(i) for i in exc.issues]})
+            else:
+                print(str(exc), file=sys.stderr)
+            continue
+        summary = _summary(site, ENGINE)
+        if args.json:
+            reports.append(summary)
+        else:
+            n_con = len(site.envelope.constraints)
+            n_ilk = len(site.envelope.interlocks)
+            pred = site.envelope.prediction
+            print(f"{path}: ok: site {site.site.name!r}, {len(site.sensors)} sensors, "
+                  f"{len(site.actuators)} actuators, {n_con} linear constraints, "
+                  f"{n_ilk} interlocks, prediction "
+                  f"{'off' if pred is None else f'{pred.horizon_steps} x {pred.step_s} s'}, "
+                  f"engine {ENGINE}")
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    return status
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks import BENCHES
+
+    bench = BENCHES.get(args.what)
+    if bench is None:
+        print(f"unknown bench {args.what!r}; one of: {', '.join(sorted(BENCHES))}",
+              file=sys.stderr)
+        return EXIT_INPUT
+    result = bench.run(quick=args.quick)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(bench.format_text(result))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="safety-gateway", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = sub.add_parser("check", help="validate site files and summarise their envelope")
+    check.add_argument("config", nargs="+", help="site YAML file(s)")
+    check.add_argument("--json", action="store_true", help="machine-readable summary")
+    check.set_defaults(func=cmd_check)
+
+    bench = sub.add_parser("bench", help="measure performance figures")
+    bench.add_argument("what", help="which bench: envelope")
+    bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from gateway.envelope.engine import EngineUnavailable
+
+        if isinstance(exc, EngineUnavailable):
+            print(f"safety-gateway: {exc}", file=sys.stderr)
+            return EXIT_ENVIRONMENT
+        if args.debug:
+            traceback.print_exc()
+        print(f"safety-gateway: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --debug for details; please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
