@@ -90,7 +90,7 @@ cdef class Kernel:
     cdef const double[::1] pred_u_coef, pred_s_coef, pred_const, keep_lo, keep_hi
     # Scratch, owned by this kernel: a Kernel is not shared between threads.
     cdef double[::1] lo_b, hi_b, y, nxt, drive, lo_eff, hi_eff
-    cdef unsigned char[::1] active, bad, flags
+    cdef unsigned char[::1] active, bad, flags, feasible
     cdef double[::1] clamped
 
     def __init__(self, c):
@@ -152,6 +152,7 @@ cdef class Kernel:
         self.active = np.zeros(max(self.n_i, 1), dtype=np.uint8)
         self.bad = np.zeros(max(self.n_p, 1), dtype=np.uint8)
         self.flags = np.zeros(max(self.n_slots, 1), dtype=np.uint8)
+        self.feasible = np.zeros(max(self.n_a, 1), dtype=np.uint8)
 
     # ---------------------------------------------------------------- Python entry points
 
@@ -165,6 +166,25 @@ cdef class Kernel:
         cdef double* o = <double*>_out(out, cnp.NPY_FLOAT64, self.n_a, "out")
         cdef unsigned char* f = <unsigned char*>_out(viol, cnp.NPY_UINT8, self.n_slots, "viol")
         return self._check(u, p, s, _dt(dt), o, f)
+
+    def project_into(self, cmd, prev, sens, double dt, out, feasible):
+        """Project ``cmd`` per actuator into bounds, holding interlocks' tightenings, the
+        rate/step window and the allowed values; write it into ``out`` and 1/0 per actuator
+        into ``feasible``; return how many actuators have no feasible value (those keep their
+        proposed value in ``out``)."""
+        cdef const double* u = _vec(cmd, self.n_a, "command")
+        cdef const double* p = _vec(prev, self.n_a, "previous")
+        cdef const double* s = _vec(sens, self.n_s, "sensors")
+        cdef double* o = <double*>_out(out, cnp.NPY_FLOAT64, self.n_a, "out")
+        cdef unsigned char* m = <unsigned char*>_out(feasible, cnp.NPY_UINT8, self.n_a,
+                                                     "feasible")
+        cdef Py_ssize_t i, bad = 0
+        _dt(dt)
+        self._interlocks(s)
+        self._clamp(u, p, dt, o, m)
+        for i in range(self.n_a):
+            bad += m[i] == 0
+        return bad
 
     def check_batch(self, cmds, prev0, sens, double dt, out, actions, counts):
         """Check a stream of commands (rows); the previous command of row k is the command
@@ -253,7 +273,8 @@ cdef class Kernel:
             for i in range(n_a):
                 out[i] = u[i]
             return action
-        if not self._clamp(u, p, dt, out):
+        # A clamp-only verdict: project, and escalate if some actuator has no feasible value.
+        if not self._clamp(u, p, dt, out, &self.feasible[0]):
             action = self._flag(flags, self.infeasible, action)
             for i in range(n_a):
                 out[i] = u[i]
@@ -357,11 +378,13 @@ cdef class Kernel:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef bint _clamp(self, const double* u, const double* p, double dt, double* out
-                     ) noexcept nogil:
-        cdef Py_ssize_t i, t, a, j, nudges
-        cdef double v, lo, hi, rate_dt, step, r, pi, best, best_d, d, val
-        cdef bint limited, found
+    cdef bint _clamp(self, const double* u, const double* p, double dt, double* out,
+                     unsigned char* feasible) noexcept nogil:
+        """Project each actuator into its feasible set (see the reference's _clamp); return
+        True when every actuator has one. Infeasible actuators keep their proposed value."""
+        cdef Py_ssize_t i, t, a
+        cdef double val
+        cdef bint all_ok = True
         for i in range(self.n_a):
             self.lo_b[i] = self.act_min[i]
             self.hi_b[i] = self.act_max[i]
@@ -375,60 +398,75 @@ cdef class Kernel:
                 elif val > self.lo_b[a]:
                     self.lo_b[a] = val
         for i in range(self.n_a):
-            v = u[i]
-            if not isfinite(v):
+            out[i] = u[i]
+            feasible[i] = 0
+            # Every actuator is projected, also after an infeasible one (no short-circuit).
+            if not self._project_one(i, u[i], p[i], dt, out, feasible):
+                all_ok = False
+        return all_ok
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef bint _project_one(self, Py_ssize_t i, double v, double pi, double dt, double* out,
+                           unsigned char* feasible) noexcept nogil:
+        cdef Py_ssize_t j, nudges
+        cdef double lo, hi, rate_dt, step, r, best, best_d, d, val
+        cdef bint limited, found
+        if not isfinite(v):
+            return False
+        lo = self.lo_b[i]
+        hi = self.hi_b[i]
+        rate_dt = self.act_rate[i] * dt
+        step = self.act_step[i]
+        limited = self.act_rate[i] != INFINITY or step != INFINITY
+        if limited:
+            if not isfinite(pi):
                 return False
-            lo = self.lo_b[i]
-            hi = self.hi_b[i]
-            rate_dt = self.act_rate[i] * dt
-            step = self.act_step[i]
-            limited = self.act_rate[i] != INFINITY or step != INFINITY
-            pi = p[i]
-            if limited:
-                if not isfinite(pi):
-                    return False
-                r = rate_dt
-                if step < r:
-                    r = step
-                if pi - r > lo:
-                    lo = pi - r
-                if pi + r < hi:
-                    hi = pi + r
-            if not (lo <= hi):
+            r = rate_dt
+            if step < r:
+                r = step
+            if pi - r > lo:
+                lo = pi - r
+            if pi + r < hi:
+                hi = pi + r
+        if not (lo <= hi):
+            return False
+        if v < lo:
+            v = lo
+        if v > hi:
+            v = hi
+        if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
+            best = NAN
+            best_d = INFINITY
+            for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                val = self.allowed_val[j]
+                if val >= lo and val <= hi:
+                    d = fabs(val - v)
+                    if d < best_d:
+                        best_d = d
+                        best = val
+            if best_d == INFINITY:
                 return False
-            if v < lo:
-                v = lo
-            if v > hi:
-                v = hi
-            if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
-                best = NAN
-                best_d = INFINITY
-                for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
-                    val = self.allowed_val[j]
-                    if val >= lo and val <= hi:
-                        d = fabs(val - v)
-                        if d < best_d:
-                            best_d = d
-                            best = val
-                if best_d == INFINITY:
+            v = best
+        if limited:
+            nudges = 0
+            while not (fabs(v - pi) <= rate_dt and fabs(v - pi) <= step):
+                if nudges == NUDGES:
+                    break
+                v = nextafter(v, pi)
+                nudges += 1
+            if not (fabs(v - pi) <= rate_dt and fabs(v - pi) <= step):
+                return False
+            if nudges:
+                if not (v >= self.lo_b[i] and v <= self.hi_b[i]):
                     return False
-                v = best
-            if limited:
-                nudges = 0
-                while not (fabs(v - pi) <= rate_dt and fabs(v - pi) <= step):
-                    if nudges == NUDGES:
+                if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
+                    found = False
+                    for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                        if v == self.allowed_val[j]:
+                            found = True
+                    if not found:
                         return False
-                    v = nextafter(v, pi)
-                    nudges += 1
-                if nudges:
-                    if not (v >= self.lo_b[i] and v <= self.hi_b[i]):
-                        return False
-                    if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
-                        found = False
-                        for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
-                            if v == self.allowed_val[j]:
-                                found = True
-                        if not found:
-                            return False
-            out[i] = v
+        out[i] = v
+        feasible[i] = 1
         return True

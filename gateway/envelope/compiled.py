@@ -249,3 +249,26 @@ def compile_envelope(
     )
     _ro(*(v for v in vars(compiled).values() if isinstance(v, np.ndarray)))
     return compiled
+
+
+def actuators_of_slots(c: CompiledEnvelope) -> tuple[frozenset[int], ...]:
+    """For each slot, the actuators whose values it constrains.
+
+    Per-actuator slots name their actuator; a linear constraint its actuator terms; an
+    interlock the actuators it tightens; a prediction row every actuator of the process model
+    (rows are coupled through the sensors); the clamp-infeasible slot none (it follows from
+    other slots).
+    """
+    n_a = c.n_actuators
+    out: list[frozenset[int]] = [frozenset({i}) for i in range(n_a)
+                                 for _ in range(SLOTS_PER_ACTUATOR)]
+    for r in range(len(c.lin_rhs)):
+        idx = c.lin_idx[c.lin_ptr[r] : c.lin_ptr[r + 1]].tolist()
+        out.append(frozenset(i for i in idx if i < n_a))
+    for k in range(len(c.ilk_rhs)):
+        out.append(frozenset(int(a) for a, ilk in zip(c.tgt_act, c.tgt_ilk, strict=True)
+                             if ilk == k))
+    model_actuators = frozenset(int(i) for i in c.pred_u_idx.tolist())
+    out.extend(model_actuators for _ in range(len(c.pred_sensor)))
+    out.append(frozenset())
+    return tuple(out)

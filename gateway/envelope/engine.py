@@ -41,6 +41,9 @@ class Kernel(Protocol):
     def check_batch(self, cmds: F64, prev0: F64, sens: F64, dt: float, out: F64,
                     actions: np.ndarray, counts: np.ndarray) -> None: ...
 
+    def project_into(self, cmd: F64, prev: F64, sens: F64, dt: float, out: F64,
+                     feasible: np.ndarray) -> int: ...
+
 
 def _compiled_kernel_class() -> tuple[type | None, str]:
     try:
@@ -182,6 +185,21 @@ class Envelope:
                     and viol.shape == (self.n_slots,)):
                 raise ValueError(f"viol must be a uint8 array of length {self.n_slots}")
         return self.kernel.check_into(command, previous, sensors, dt, out, viol)
+
+    def project_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
+                     feasible: np.ndarray) -> int:
+        """Project ``command`` per actuator into its own feasible set (bounds, holding
+        interlocks' tightenings, rate/step window, allowed values), whatever the coupled
+        constraints say. Writes ``out`` and ``feasible`` (uint8, 1 where the actuator has a
+        feasible value; others keep their proposed value) and returns the number infeasible.
+        The gate uses it to repair what can be repaired before resorting to safe values."""
+        if self._validate:
+            self._check_args(command, previous, sensors, dt)
+            _require_vector(out, "out", self.n_actuators)
+            if not (isinstance(feasible, np.ndarray) and feasible.dtype == np.uint8
+                    and feasible.shape == (self.n_actuators,)):
+                raise ValueError(f"feasible must be a uint8 array of length {self.n_actuators}")
+        return self.kernel.project_into(command, previous, sensors, dt, out, feasible)
 
     def check_batch(self, commands: F64, previous: F64, sensors: F64, dt: float
                     ) -> tuple[F64, np.ndarray, np.ndarray]:

@@ -104,6 +104,15 @@ class ReferenceKernel:
         viol[:] = flags
         return action
 
+    def project_into(self, cmd: F64, prev: F64, sens: F64, dt: float, out: F64,
+                     feasible: np.ndarray) -> int:
+        u = cmd.tolist()
+        mask = [0] * self.n_a
+        projected = self._clamp(u, prev.tolist(), dt, self._interlocks(sens.tolist()), mask)
+        out[:] = projected
+        feasible[:] = mask
+        return self.n_a - sum(mask)
+
     def check_batch(self, cmds: F64, prev0: F64, sens: F64, dt: float, out: F64,
                     actions: np.ndarray, counts: np.ndarray) -> None:
         prev = prev0.tolist()
@@ -164,8 +173,10 @@ class ReferenceKernel:
 
         if action != Action.CLAMP:
             return action, list(u)
-        clamped = self._clamp(u, p, dt, active)
-        if clamped is None:
+        # A clamp-only verdict: project, and escalate if some actuator has no feasible value.
+        mask = [0] * self.n_a
+        clamped = self._clamp(u, p, dt, active, mask)
+        if 0 in mask:
             flag(self.infeasible)
             return action, list(u)
         escalate = [self.lin0 + r for r in self._linear(clamped, s)]
@@ -236,8 +247,10 @@ class ReferenceKernel:
                     bad[q] = True
         return [q for q in range(len(bad)) if bad[q]]
 
-    def _clamp(self, u: list[float], p: list[float], dt: float, active: list[bool]
-               ) -> list[float] | None:
+    def _clamp(self, u: list[float], p: list[float], dt: float, active: list[bool],
+               feasible: list[int]) -> list[float]:
+        """Project each actuator into its feasible set; ``feasible[i]`` is set to 1 where that
+        set is not empty. An infeasible actuator keeps its proposed value in the result."""
         # Bounds tightened by holding interlocks.
         lo_b = list(self.act_min)
         hi_b = list(self.act_max)
@@ -248,11 +261,11 @@ class ReferenceKernel:
                         hi_b[a] = val
                 elif val > lo_b[a]:
                     lo_b[a] = val
-        out = []
+        out = list(u)
         for i in range(self.n_a):
             v = u[i]
             if not math.isfinite(v):
-                return None
+                continue
             lo = lo_b[i]
             hi = hi_b[i]
             rate_dt = self.act_rate[i] * dt
@@ -261,7 +274,7 @@ class ReferenceKernel:
             pi = p[i]
             if limited:
                 if not math.isfinite(pi):
-                    return None
+                    continue
                 r = rate_dt
                 if step < r:
                     r = step
@@ -270,7 +283,7 @@ class ReferenceKernel:
                 if pi + r < hi:
                     hi = pi + r
             if not (lo <= hi):
-                return None
+                continue
             if v < lo:
                 v = lo
             if v > hi:
@@ -286,7 +299,7 @@ class ReferenceKernel:
                             best_d = d
                             best = a
                 if best_d == math.inf:
-                    return None
+                    continue
                 v = best
             if limited:
                 # pi - r and pi + r are rounded: move v toward pi, an ulp at a time, until
@@ -294,11 +307,14 @@ class ReferenceKernel:
                 nudges = 0
                 while not (abs(v - pi) <= rate_dt and abs(v - pi) <= step):
                     if nudges == _NUDGES:
-                        return None
+                        break
                     v = math.nextafter(v, pi)
                     nudges += 1
+                if not (abs(v - pi) <= rate_dt and abs(v - pi) <= step):
+                    continue
                 if nudges and (not (v >= lo_b[i] and v <= hi_b[i])
                                or (allowed and v not in allowed)):
-                    return None
-            out.append(v)
+                    continue
+            out[i] = v
+            feasible[i] = 1
         return out

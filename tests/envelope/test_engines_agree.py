@@ -5,7 +5,8 @@ step, linear constraints over actuators and sensors, interlocks, prediction, eve
 envelopes); for each, 200 inputs are drawn with numpy from a mix of ordinary values, values
 exactly on a boundary (limits, allowed values, previous +- rate*dt, tightenings), and hostile
 ones (NaN, +-inf, +-1e308, -0.0, subnormals). Action, violation mask and output command must be
-identical, bit for bit. One run covers well over 100,000 cases.
+identical, bit for bit, and so must the per-actuator projection. One run covers well over
+100,000 cases.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def compare(spec: Spec, seed: int) -> int:
     out_r = np.empty(c.n_actuators)
     viol_f = np.zeros(c.n_slots, dtype=np.uint8)
     viol_r = np.zeros(c.n_slots, dtype=np.uint8)
+    feas_f = np.zeros(c.n_actuators, dtype=np.uint8)
+    feas_r = np.zeros(c.n_actuators, dtype=np.uint8)
     for k in range(n):
         a_f = fast.check_into(cmds[k], prev[k], sens[k], float(dts[k]), out_f, viol_f)
         a_r = ref.check_into(cmds[k], prev[k], sens[k], float(dts[k]), out_r, viol_r)
@@ -148,6 +151,12 @@ def compare(spec: Spec, seed: int) -> int:
             f"{fast.names_of(viol_f)} != {ref.names_of(viol_r)}; {where}")
         assert out_f.view(np.uint64).tolist() == out_r.view(np.uint64).tolist(), (
             f"out {out_f!r} != {out_r!r}; {where}")
+        bad_f = fast.project_into(cmds[k], prev[k], sens[k], float(dts[k]), out_f, feas_f)
+        bad_r = ref.project_into(cmds[k], prev[k], sens[k], float(dts[k]), out_r, feas_r)
+        assert bad_f == bad_r, where
+        assert feas_f.tolist() == feas_r.tolist(), where
+        assert out_f.view(np.uint64).tolist() == out_r.view(np.uint64).tolist(), (
+            f"projection {out_f!r} != {out_r!r}; {where}")
     return n
 
 

@@ -1,0 +1,107 @@
+"""The last gate before equipment: the one invariant of DESIGN.md, as code.
+
+Every command the gateway writes passes :meth:`Gate.admit`, which returns a command that either
+passes the envelope, or holds some actuators at their configured safe values and passes the
+envelope in every constraint that touches a non-safe actuator. :func:`admissible` is the same
+rule as a predicate, for tests and for the wire layer's check after encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gateway.envelope.compiled import Action, actuators_of_slots
+
+if TYPE_CHECKING:
+    from gateway.envelope.compiled import F64
+    from gateway.envelope.engine import Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A command cleared for the equipment.
+
+    ``command`` is what to write; ``safe`` marks actuators replaced by their safe value;
+    ``clamped`` is True when some values were projected into their limits; ``violations``
+    names what the command as proposed to the gate violated (empty when it passed as is).
+    """
+
+    command: F64
+    safe: tuple[bool, ...]
+    clamped: bool
+    violations: tuple[str, ...]
+
+
+class Gate:
+    """Admits commands for one envelope and one set of safe values."""
+
+    def __init__(self, envelope: Envelope, safe_values: F64) -> None:
+        if safe_values.shape != (envelope.n_actuators,):
+            raise ValueError(f"safe_values must have length {envelope.n_actuators}")
+        self.envelope = envelope
+        self.safe_values = np.array(safe_values, dtype=np.float64)
+        self.safe_values.setflags(write=False)
+        self._slot_actuators = actuators_of_slots(envelope.compiled)
+        self._out = np.empty(envelope.n_actuators)
+        self._viol = np.zeros(envelope.n_slots, dtype=np.uint8)
+        self._feasible = np.zeros(envelope.n_actuators, dtype=np.uint8)
+        self._all_safe = (True,) * envelope.n_actuators
+        self._none_safe = (False,) * envelope.n_actuators
+
+    def admit(self, chosen: F64, previous: F64, sensors: F64, dt_s: float) -> Admitted:
+        """Return what may be written instead of ``chosen``, repairing as little as possible.
+
+        1. ``chosen`` passes: written as is. 2. It only needs clamping: the envelope's
+        projection (which passes a re-check by construction). 3. Otherwise each actuator is
+        projected into its own feasible set, and the ones that have none take their safe
+        value; if that passes, it is written. 4. Otherwise the actuators named by the
+        constraints still violated take their safe values too, and the result is written if it
+        is :meth:`admissible`. 5. Otherwise every actuator takes its safe value.
+        """
+        env = self.envelope
+        if np.array_equal(chosen, self.safe_values):
+            # Safe values are admissible by definition; clamping them toward the previous
+            # command would delay the safe state.
+            return Admitted(self.safe_values.copy(), self._all_safe, False, ())
+        out = self._out
+        viol = self._viol
+        code = env.check_into(chosen, previous, sensors, dt_s, out, viol)
+        if code == Action.OK:
+            return Admitted(chosen.copy(), self._none_safe, False, ())
+        names = env.names_of(viol)
+        if code == Action.CLAMP:
+            return Admitted(out.copy(), self._none_safe, True, names)
+        candidate = np.empty_like(chosen)
+        env.project_into(chosen, previous, sensors, dt_s, candidate, self._feasible)
+        safe = [not f for f in self._feasible.tolist()]
+        for i, is_safe in enumerate(safe):
+            if is_safe:
+                candidate[i] = self.safe_values[i]
+        if env.check_into(candidate, previous, sensors, dt_s, out, viol) == Action.OK:
+            return Admitted(candidate, tuple(safe), True, names)
+        for slot in np.flatnonzero(viol).tolist():
+            for i in self._slot_actuators[slot]:
+                safe[i] = True
+                candidate[i] = self.safe_values[i]
+        if not all(safe) and self.admissible(candidate, previous, sensors, dt_s):
+            return Admitted(candidate, tuple(safe), True, names)
+        return Admitted(self.safe_values.copy(), self._all_safe, False, names)
+
+    def admissible(self, command: F64, previous: F64, sensors: F64, dt_s: float) -> bool:
+        """The invariant: every violated constraint concerns only actuators at their safe value.
+
+        A command that passes the envelope is admissible; so is the all-safe command. The
+        clamp-infeasible slot follows from other slots and is not judged on its own.
+        """
+        env = self.envelope
+        code = env.check_into(command, previous, sensors, dt_s, self._out, self._viol)
+        if code == Action.OK:
+            return True
+        at_safe = {i for i in range(env.n_actuators) if command[i] == self.safe_values[i]}
+        for slot in np.flatnonzero(self._viol).tolist():
+            if not self._slot_actuators[slot] <= at_safe:
+                return False
+        return True

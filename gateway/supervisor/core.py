@@ -1,0 +1,207 @@
+"""The supervisor: the decision module of the Simplex architecture, pure and sans-IO.
+
+``Supervisor.step(snapshot, proposal, now_s)`` judges the AI's proposal against the envelope,
+runs the detectors, moves the mode machine, chooses the output and passes it through the gate
+of the one invariant. It performs no I/O and reads no clock, so the same code runs live, in
+drills at accelerated time, in tests and in forensic replay.
+
+One step, in order:
+
+1. Expire bypasses (``tick``); apply queued operator requests.
+2. Input health: bad, stale or implausible sensors become NaN for everything downstream
+   (the envelope then fails safe on them) and demand SAFE_STOP.
+3. Every fallback controller computes (hot standby), whatever the mode.
+4. The proposal: unusable or late → controller findings; otherwise the envelope's verdict, the
+   violation-rate window, the divergence detectors and the canary comparison.
+5. Findings move the mode toward safety only, and latch (unless their detector is bypassed).
+6. The output: AUTO takes the AI's command when the envelope passed or clamped it, else the
+   fallback; SHADOW and MANUAL take the fallback; SAFE_STOP takes the safe values.
+7. The gate admits it (envelope check of the chosen command; clamp; safe values for offending
+   actuators; all safe values as the last resort).
+8. The fallback controllers track what was applied (bumpless transfer).
+
+Failover therefore happens in the step that sees the anomaly: no cycle of unsafe output.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gateway.control.bank import FallbackBank
+from gateway.envelope.compiled import Action
+from gateway.envelope.gate import Gate
+from gateway.supervisor.decision import Decision, ProposalAnomaly, Source
+from gateway.supervisor.detectors import (
+    Canary,
+    ControllerHealth,
+    Divergence,
+    Finding,
+    InputHealth,
+    ViolationRate,
+)
+from gateway.supervisor.events import Event, EventKind
+from gateway.supervisor.modes import Mode, ModeConfig, ModeMachine, OperatorRequest, RequestKind
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Site
+    from gateway.envelope.compiled import F64
+    from gateway.envelope.engine import Envelope, Verdict
+    from gateway.supervisor.decision import Proposal, Snapshot
+    from gateway.supervisor.detectors import CanaryCases
+
+# Smallest step used for rate limits when the clock does not advance between two steps.
+_MIN_DT_S = 1e-6
+
+
+class Supervisor:
+    """Supervises one site.
+
+    ``initial_command`` is what the actuators hold now (their read-back, or the safe values):
+    the rate limits of the first step are measured from it and the fallbacks start from it.
+    ``canary`` holds the current model's golden cases, if it has any.
+    """
+
+    def __init__(self, site: Site, envelope: Envelope, initial_command: F64, start_s: float,
+                 canary: CanaryCases | None = None) -> None:
+        n_a = envelope.n_actuators
+        if initial_command.shape != (n_a,):
+            raise ValueError(f"initial_command must have length {n_a}")
+        self.site = site
+        self.envelope = envelope
+        self.safe_values = np.array([t.safe_value for t in site.actuators], dtype=np.float64)
+        self.gate = Gate(envelope, self.safe_values)
+        self.bank = FallbackBank(site, initial_command)
+        op = site.operation
+        self.modes = ModeMachine(ModeConfig(start_mode=Mode(op.start_mode.value),
+                                            clean_shadow_s=op.clean_shadow_s,
+                                            bypass_max_s=op.bypass_max_s))
+        self.inputs = InputHealth(site)
+        self.divergence = Divergence(site, self.bank.kinds)
+        self.violations = ViolationRate(site)
+        self.controller = ControllerHealth(site)
+        self.canary = Canary(canary, site.detection.canary_period_s, start_s)
+        self.silence_s = site.controller.silence_timeout_ms / 1000.0
+        self.previous = np.array(initial_command, dtype=np.float64)
+        self.last_s = start_s - site.site.cycle_ms / 1000.0
+        self._pending: list[Event] = []
+        self._requests: list[OperatorRequest] = []
+        # Detectors that tripped in the current latch: reported once, re-asserted if needed.
+        self._tripped: set[str] = set()
+        self._n_a = n_a
+        self._all_fallback = (Source.FALLBACK,) * n_a
+        self._all_ai = (Source.AI,) * n_a
+
+    @property
+    def mode(self) -> Mode:
+        return self.modes.mode
+
+    def request(self, req: OperatorRequest) -> None:
+        """Queue an operator request; it is applied at the start of the next step, and its
+        outcome (applied or refused, with the reason) is in that step's events."""
+        self._requests.append(req)
+
+    def step(self, snapshot: Snapshot, proposal: Proposal | None, now_s: float) -> Decision:
+        """One control cycle. Never raises for anything the plant, the AI or an operator does."""
+        dt = now_s - self.last_s
+        if not dt > _MIN_DT_S:
+            dt = _MIN_DT_S
+        self.last_s = max(now_s, self.last_s)
+        events = self._pending
+        self._pending = []
+        events += self.modes.tick(now_s)
+        for req in self._requests:
+            applied = self.modes.request(now_s, req)
+            events += applied
+            if req.kind is RequestKind.RESET_TRIP and any(
+                    e.kind is EventKind.RESET for e in applied):
+                self._reset_detectors()
+        self._requests.clear()
+
+        sensors, findings = self.inputs.check(snapshot.sensors.tolist(),
+                                              snapshot.good.tolist(), snapshot.age_s.tolist())
+        sensor_vec = np.array(sensors, dtype=np.float64)
+        fallback = self.bank.update(sensors, dt)
+
+        verdict, ai, anomaly = self._judge(proposal, now_s, sensor_vec, dt)
+        findings += self.controller.update(anomaly)
+        if verdict is not None:
+            assert ai is not None
+            if verdict.action == Action.TRIP:
+                findings.append(_envelope_finding(verdict))
+            findings += self.violations.update(now_s, not verdict.ok)
+            findings += self.divergence.update(ai.tolist(), self.bank.reference.tolist())
+            if not verdict.ok and self.modes.mode is Mode.SHADOW:
+                self.modes.anomaly(now_s)
+        if proposal is not None:
+            findings += self.canary.update(proposal.canary)
+        for finding in findings:
+            events += self._apply(finding, now_s)
+
+        mode = self.modes.mode
+        if mode is Mode.AUTO and verdict is not None and verdict.clamped is not None:
+            chosen, source = verdict.clamped, Source.AI
+        elif mode is Mode.SAFE_STOP:
+            chosen, source = self.safe_values, Source.SAFE
+        else:
+            chosen, source = fallback, Source.FALLBACK
+        admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt)
+        command = admitted.command
+        if any(admitted.safe):
+            sources = tuple(Source.SAFE if s else source for s in admitted.safe)
+        else:
+            sources = self._all_ai if source is Source.AI else (
+                (Source.SAFE,) * self._n_a if source is Source.SAFE else self._all_fallback)
+        self.bank.track(command.tolist(), source is Source.AI)
+        self.previous = command
+        clamped = admitted.clamped or (source is Source.AI and verdict is not None
+                                       and verdict.action == Action.CLAMP)
+        return Decision(now_s, mode, command, source, sources, verdict, fallback, clamped,
+                        tuple(events), self.canary.due(now_s))
+
+    # -------------------------------------------------------------------------------------
+
+    def _judge(self, proposal: Proposal | None, now_s: float, sensors: F64, dt: float
+               ) -> tuple[Verdict | None, F64 | None, ProposalAnomaly | None]:
+        """The envelope's verdict on the proposal, or the anomaly that stands in for it."""
+        if proposal is None:
+            return None, None, None
+        if proposal.anomaly is not None:
+            return None, None, proposal.anomaly
+        values = proposal.values
+        if (proposal.produced_at_s is not None
+                and not now_s - proposal.produced_at_s <= self.silence_s):
+            return None, None, ProposalAnomaly.SILENT
+        if not (isinstance(values, np.ndarray) and values.dtype == np.float64
+                and values.shape == (self._n_a,)):
+            return None, None, ProposalAnomaly.WRONG_OUTPUT_SHAPE
+        values = np.ascontiguousarray(values)
+        return self.envelope.check(values, self.previous, sensors, dt), values, None
+
+    def _apply(self, finding: Finding, now_s: float) -> list[Event]:
+        """Move the mode for ``finding``; report a detector once per latch."""
+        mode = self.modes.mode
+        tightens = finding.target.safety_rank > mode.safety_rank
+        if finding.detector in self._tripped and not tightens:
+            return []
+        events = self.modes.trip(now_s, finding.detector, finding.reason, finding.target)
+        if any(e.kind is EventKind.TRIP for e in events):
+            self._tripped.add(finding.detector)
+            if finding.evidence:
+                events = [Event(e.at_s, e.kind, e.name, e.reason, e.requester,
+                                e.evidence + finding.evidence)
+                          if e.kind is EventKind.TRIP else e for e in events]
+        return events
+
+    def _reset_detectors(self) -> None:
+        self._tripped.clear()
+        self.divergence.reset()
+        self.violations.reset()
+        self.controller.reset()
+
+
+def _envelope_finding(verdict: Verdict) -> Finding:
+    names = ", ".join(verdict.violations)
+    return Finding("envelope", Mode.MANUAL, f"trip constraint violated: {names}",
+                   (("violations", names),))

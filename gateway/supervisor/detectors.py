@@ -1,0 +1,261 @@
+"""Anomaly detectors. Each turns evidence into :class:`Finding` s that name a mode to fall to.
+
+All are pure and cheap (plain floats in the per-cycle path); time comes in as ``now_s``.
+Sensing problems (stale, bad quality, implausible) demand SAFE_STOP, because the fallback
+controllers read the same sensors; problems of the AI demand MANUAL (fallback control).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from gateway.config.schema import DivergenceMethod, FallbackKind
+from gateway.supervisor.changepoint import Cusum, CusumConfig, PageHinkley, PageHinkleyConfig
+from gateway.supervisor.decision import ProposalAnomaly
+from gateway.supervisor.modes import Mode
+from gateway.supervisor.window import RateWindow
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from gateway.config.schema import Site
+    from gateway.envelope.compiled import F64
+    from gateway.supervisor.changepoint import ChangeDetector
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A detector's demand: fall to ``target`` because of ``reason``."""
+
+    detector: str
+    target: Mode
+    reason: str
+    evidence: tuple[tuple[str, float | str], ...] = ()
+
+
+class InputHealth:
+    """Sensor readings that are stale, of bad quality, non-finite or outside their declared
+    range (widened by ``input_range_margin`` of the range) are replaced by NaN for everything
+    downstream, and each demands SAFE_STOP."""
+
+    def __init__(self, site: Site) -> None:
+        margin = site.detection.input_range_margin
+        self.names = tuple(t.name for t in site.sensors)
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+        for t in site.sensors:
+            assert t.range_min is not None
+            assert t.range_max is not None
+            span = t.range_max - t.range_min
+            self.lo.append(t.range_min - margin * span)
+            self.hi.append(t.range_max + margin * span)
+        self.stale_s = site.detection.stale_after_ms / 1000.0
+
+    def check(
+        self, sensors: Sequence[float], good: Sequence[bool], age_s: Sequence[float]
+    ) -> tuple[list[float], list[Finding]]:
+        masked = list(sensors)
+        findings: list[Finding] = []
+        for i, value in enumerate(sensors):
+            if not good[i]:
+                why, name = "bad quality", "input.quality"
+            elif not (age_s[i] <= self.stale_s):
+                why, name = f"stale: {age_s[i]:.3f} s old (limit {self.stale_s} s)", "input.stale"
+            elif not (self.lo[i] <= value <= self.hi[i]):
+                why, name = (
+                    f"reading {value} outside its range [{self.lo[i]}, {self.hi[i]}]",
+                    "input.range",
+                )
+            else:
+                continue
+            masked[i] = math.nan
+            findings.append(
+                Finding(
+                    f"{name}.{self.names[i]}",
+                    Mode.SAFE_STOP,
+                    f"{self.names[i]}: {why}",
+                    (("value", value), ("age_s", age_s[i])),
+                )
+            )
+        return masked, findings
+
+
+class Divergence:
+    """Divergence of the AI from the fallback, per closed-loop (PID) actuator.
+
+    The residual is ``(ai - reference) / (max - min)``, the reference being the fallback PID's
+    own opinion (see :mod:`gateway.control.bank`: it does not follow the AI while the AI is in
+    control). CUSUM or Page-Hinkley accumulates it, so a brief disagreement (a transient, a
+    different but sensible move) passes and a sustained one trips. Fixed, hold and rule
+    fallbacks have no model of the process to disagree with, so their actuators are not judged
+    here (the envelope still is).
+    """
+
+    def __init__(self, site: Site, kinds: Sequence[FallbackKind]) -> None:
+        det = site.detection
+        limits = {lim.actuator: lim for lim in site.envelope.limits}
+        self.watch: list[tuple[int, str, float, ChangeDetector]] = []
+        if not det.divergence:
+            return
+        for i, tag in enumerate(site.actuators):
+            if kinds[i] is not FallbackKind.PID:
+                continue
+            lim = limits[tag.name]
+            span = lim.max - lim.min if lim.max > lim.min else 1.0
+            detector: ChangeDetector
+            if det.divergence_method is DivergenceMethod.PAGE_HINKLEY:
+                detector = PageHinkley(
+                    PageHinkleyConfig(
+                        delta=det.divergence_drift, threshold=det.divergence_threshold
+                    )
+                )
+            else:
+                detector = Cusum(
+                    CusumConfig(drift=det.divergence_drift, threshold=det.divergence_threshold)
+                )
+            self.watch.append((i, tag.name, 1.0 / span, detector))
+
+    def update(self, ai: Sequence[float], fallback: Sequence[float]) -> list[Finding]:
+        findings = []
+        for i, name, inv_span, detector in self.watch:
+            if detector.alarm:
+                continue  # latched; reported once
+            if detector.update((ai[i] - fallback[i]) * inv_span):
+                evidence = tuple((k, v) for k, v in detector.evidence().items())
+                findings.append(
+                    Finding(
+                        f"divergence.{name}",
+                        Mode.MANUAL,
+                        f"AI diverges from the fallback on {name}",
+                        evidence,
+                    )
+                )
+        return findings
+
+    def reset(self) -> None:
+        for *_, detector in self.watch:
+            detector.reset()
+
+
+class ViolationRate:
+    """Too many cycles whose proposal the envelope did not pass as is."""
+
+    def __init__(self, site: Site) -> None:
+        det = site.detection
+        self.window = RateWindow(det.violation_window_s, det.violation_max)
+        self.max = det.violation_max
+
+    def update(self, now_s: float, flagged: bool) -> list[Finding]:
+        if self.window.record(now_s, flagged):
+            return [
+                Finding(
+                    "violation_rate",
+                    Mode.MANUAL,
+                    f"{self.window.count} proposals clamped or rejected within "
+                    f"{self.window.window_s} s (limit {self.max})",
+                    (("count", self.window.count), ("fraction", self.window.fraction)),
+                )
+            ]
+        return []
+
+    def reset(self) -> None:
+        self.window.reset()
+
+
+class ControllerHealth:
+    """Deadline misses in a row, and proposals that are unusable outright."""
+
+    _IMMEDIATE: ClassVar[frozenset[ProposalAnomaly]] = frozenset(
+        {
+            ProposalAnomaly.NONFINITE_OUTPUT,
+            ProposalAnomaly.WRONG_OUTPUT_SHAPE,
+            ProposalAnomaly.RUNTIME_ERROR,
+            ProposalAnomaly.SILENT,
+        }
+    )
+    _LATE: ClassVar[frozenset[ProposalAnomaly]] = frozenset(
+        {ProposalAnomaly.DEADLINE_MISSED, ProposalAnomaly.BUSY}
+    )
+
+    def __init__(self, site: Site) -> None:
+        self.max_misses = site.detection.deadline_misses_max
+        self.misses = 0
+
+    def update(self, anomaly: ProposalAnomaly | None) -> list[Finding]:
+        if anomaly is None:
+            self.misses = 0
+            return []
+        if anomaly in self._LATE:
+            self.misses += 1
+            if self.misses > self.max_misses:
+                return [
+                    Finding(
+                        "deadline",
+                        Mode.MANUAL,
+                        f"{self.misses} controller deadlines missed in a row "
+                        f"(limit {self.max_misses})",
+                        (("misses", self.misses),),
+                    )
+                ]
+            return []
+        if anomaly in self._IMMEDIATE:
+            name = "ai_silent" if anomaly is ProposalAnomaly.SILENT else f"controller.{anomaly}"
+            return [Finding(name, Mode.MANUAL, f"controller: {anomaly}")]
+        return []  # NONFINITE_INPUT: the input detectors own that fault
+
+    def reset(self) -> None:
+        self.misses = 0
+
+
+@dataclass(frozen=True)
+class CanaryCases:
+    """Golden inputs and the outputs the model gave on them when it was registered."""
+
+    inputs: F64
+    outputs: F64
+    tolerance: float
+
+
+class Canary:
+    """Periodically asks for the model's outputs on golden inputs; a deviation beyond the
+    tolerance (a swapped or tampered model) trips."""
+
+    def __init__(self, cases: CanaryCases | None, period_s: float, start_s: float) -> None:
+        self.cases = cases
+        self.period_s = period_s
+        self.next_due_s = start_s
+        self.asked = False
+
+    def due(self, now_s: float) -> bool:
+        if self.cases is None or now_s < self.next_due_s:
+            return False
+        self.next_due_s = now_s + self.period_s
+        self.asked = True
+        return True
+
+    def update(self, outputs: F64 | None) -> list[Finding]:
+        if outputs is None or self.cases is None:
+            return []
+        expected = self.cases.outputs
+        if outputs.shape != expected.shape:
+            return [
+                Finding(
+                    "canary",
+                    Mode.MANUAL,
+                    f"canary outputs have shape {outputs.shape}, expected {expected.shape}",
+                )
+            ]
+        deviation = float(abs(outputs - expected).max()) if expected.size else 0.0
+        if not deviation <= self.cases.tolerance:  # NaN deviates
+            return [
+                Finding(
+                    "canary",
+                    Mode.MANUAL,
+                    f"model output on golden inputs deviates by {deviation:.6g} "
+                    f"(tolerance {self.cases.tolerance})",
+                    (("deviation", deviation), ("tolerance", self.cases.tolerance)),
+                )
+            ]
+        return []
