@@ -8,13 +8,18 @@ Exit codes (stable, documented in the README):
 - 3: the environment cannot run the gateway (e.g. the compiled engine is required but missing).
 
 No command prints a traceback for bad input; an unexpected internal error prints one line and
-exits 70 (EX_SOFTWARE), with the traceback only under ``--debug``.
+exits 70 (EX_SOFTWARE), with the traceback only under ``--debug``. If the reader of standard
+output goes away (``safety-gateway check --json site.yaml | head -1``), the rest of the output is
+dropped quietly and the exit code is 0: the reader chose to stop reading, and whether the pipe
+broke before or after the last write depends only on buffering (``PYTHONUNBUFFERED``), so no
+other code could be given consistently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -157,7 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        status = func(args)
+        # Flush here rather than at interpreter exit, so that a closed pipe is handled below.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_OK
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
@@ -171,6 +182,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"safety-gateway: internal error: {type(exc).__name__}: {exc} "
               "(rerun with --debug for details; please report it)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away.
+
+    What the Python documentation recommends (signal module, "Note on SIGPIPE"): without it,
+    the interpreter's final flush of the unwritten buffer raises BrokenPipeError again and
+    prints "Exception ignored ..." on stderr.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        # stdout is not a real file (replaced by a test harness, or already closed): there is
+        # no descriptor to redirect, and no final flush to a pipe that could fail.
+        return
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Envelope constraints are written the way an engineer reads them::
 
 The grammar is a small recursive-descent parser over linear forms: sums and differences of
 terms, multiplication and division by constants, unary signs and parentheses. A product of two
-tags, division by a tag, powers or function calls are refused with a message saying why, because
-the compiled kernel evaluates only ``a·x (op) b``.
+tags, division by a tag, powers (``**`` or ``^``) or function calls are refused with a message
+saying why, because the compiled kernel evaluates only ``a·x (op) b``. Names and numbers are
+ASCII; nesting (parentheses and unary signs) is limited to :data:`MAX_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -56,14 +57,31 @@ class LinearRelation:
     rhs: float
 
 
+# Names and numbers are ASCII only: `\d` would also match e.g. Arabic-Indic digits, which
+# float() accepts ("1\u0660" looks like "1." and reads as 10).
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+_NAME = re.compile(NAME_PATTERN)
 _TOKEN = re.compile(
     r"\s*(?:"
-    r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"(?P<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+    rf"|(?P<name>{NAME_PATTERN})"
     r"|(?P<op><=|>=|==|!=|\*\*|[-+*/()<>=^,%])"
     r")"
 )
+_SPACE = re.compile(r"\s*")
 _MAX_LENGTH = 4096
+# Parentheses and unary signs nest; each level costs the recursive descent a few stack frames.
+# No real constraint comes near this, and it keeps every input far from RecursionError.
+MAX_DEPTH = 64
+# The bound should make RecursionError impossible; the public functions still turn one into an
+# ExprError, so that a caller already deep in its own stack cannot crash on a parse.
+_TOO_DEEP = f"nested too deeply (more than {MAX_DEPTH} levels)"
+
+
+def is_name(text: str) -> bool:
+    """True if ``text`` is a name the parser reads as one tag (ASCII letters, digits, ``_``;
+    not starting with a digit)."""
+    return _NAME.fullmatch(text) is not None
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
@@ -72,12 +90,13 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
     tokens: list[tuple[str, str, int]] = []
     pos = 0
     while pos < len(text):
-        if text[pos:].strip() == "":
+        space = _SPACE.match(text, pos)  # always matches, possibly empty
+        start = pos if space is None else space.end()
+        if start == len(text):
             break
         match = _TOKEN.match(text, pos)
         if match is None or match.end() == pos:
-            bad = text[pos:].lstrip()[:1]
-            raise ExprError(f"unexpected character {bad!r} at column {pos + 1}")
+            raise ExprError(f"unexpected character {text[start]!r} at column {start + 1}")
         kind = match.lastgroup
         assert kind is not None
         tokens.append((kind, match.group(kind), match.start(kind) + 1))
@@ -94,6 +113,13 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def enter(self, col: int) -> None:
+        """Count one level of nesting (a parenthesis or a unary sign) starting at ``col``."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ExprError(f"{_TOO_DEEP} at column {col}")
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -115,9 +141,11 @@ class _Parser:
 
     def term(self) -> _Form:
         left = self.unary()
-        while (tok := self.peek()) is not None and tok[0] == "op" and tok[1] in ("*", "/", "**"):
+        while (tok := self.peek()) is not None and tok[0] == "op" and tok[1] in (
+            "*", "/", "**", "^"
+        ):
             self.take()
-            if tok[1] == "**":
+            if tok[1] in ("**", "^"):  # '^' is a power in most notations, never a XOR here
                 raise ExprError(f"not linear: powers are not allowed (column {tok[2]})")
             right = self.unary()
             if tok[1] == "*":
@@ -137,7 +165,9 @@ class _Parser:
         tok = self.peek()
         if tok is not None and tok[0] == "op" and tok[1] in "+-":
             self.take()
+            self.enter(tok[2])
             inner = self.unary()
+            self.depth -= 1
             return _scale(inner, -1.0) if tok[1] == "-" else inner
         return self.atom()
 
@@ -154,7 +184,9 @@ class _Parser:
                 raise ExprError(f"function calls are not allowed ({text}() at column {col})")
             return {text: 1.0}, 0.0
         if text == "(":
+            self.enter(col)
             inner = self.expr()
+            self.depth -= 1
             closing = self.take()
             if closing[1] != ")":
                 raise ExprError(f"expected ')' at column {closing[2]}, found {closing[1]!r}")
@@ -195,7 +227,17 @@ def _freeze(form: _Form) -> LinearForm:
 
 
 def parse_form(text: str) -> LinearForm:
-    """Parse a linear expression without a comparison, e.g. ``0.02*inflow - 0.01*outflow``."""
+    """Parse a linear expression without a comparison, e.g. ``0.02*inflow - 0.01*outflow``.
+
+    Raises :class:`ExprError` naming the problem and its column.
+    """
+    try:
+        return _parse_form(text)
+    except RecursionError:
+        raise ExprError(_TOO_DEEP) from None
+
+
+def _parse_form(text: str) -> LinearForm:
     parser = _Parser(text)
     if not parser.tokens:
         raise ExprError("expression is empty")
@@ -214,6 +256,13 @@ def parse_relation(text: str, allowed: frozenset[Comparison] | None = None) -> L
     ``allowed`` restricts the operators (e.g. only ``<=``/``>=`` for linear constraints).
     Raises :class:`ExprError` naming the problem and its column.
     """
+    try:
+        return _parse_relation(text, allowed)
+    except RecursionError:
+        raise ExprError(_TOO_DEEP) from None
+
+
+def _parse_relation(text: str, allowed: frozenset[Comparison] | None) -> LinearRelation:
     parser = _Parser(text)
     if not parser.tokens:
         raise ExprError("expression is empty")

@@ -37,9 +37,20 @@ class _Abort(Exception):
 
 
 class _Ctx:
+    """The issues found so far, and the names of the items that failed to read.
+
+    An item that fails (a device, tag, limits entry or model row) has its error recorded once;
+    later checks that refer to it by name consult these sets and stay silent, so that one
+    mistake is reported as that mistake and not also as "unknown device", "not a tag", ...
+    """
+
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.issues: list[Issue] = []
+        self.failed_devices: set[str] = set()
+        self.failed_tags: set[str] = set()
+        self.failed_limits: set[str] = set()
+        self.failed_models: set[str] = set()
 
     def error(self, line: int, path: str, message: str) -> None:
         self.issues.append(Issue(self.filename, line, path, message))
@@ -85,11 +96,17 @@ class _Map:
 
     def _get(self, key: str, required: bool, conv: Callable[[Node, str], T]) -> T | None:
         node = self.raw(key, required)
-        if node is None or node.value is None:
+        if node is None:
             return None
+        if node.value is None:
+            # `max_rate_per_s:` with the value forgotten must not silently mean "no rate limit"
+            # (or any other default): a key that is written needs a value.
+            self.error(key, "must have a value")
+            raise _Abort
         return conv(node, self.sub_path(key))
 
-    # Typed getters. `req_*` records an error and aborts when missing; `opt_*` returns None.
+    # Typed getters. `req_*` records an error and aborts when missing; `opt_*` returns None
+    # when the key is absent. Either records an error and aborts when the key has no value.
     def req_str(self, key: str) -> str:
         return _need(self._get(key, True, self._str))
 
@@ -232,6 +249,16 @@ def _build(m: _Map, cls: Callable[..., T], **kwargs: Any) -> T:
         raise _Abort from None
 
 
+def _build_at(m: _Map, key: str, cls: Callable[..., T], **kwargs: Any) -> T:
+    """Construct a dataclass read from the single value at ``key`` of ``m`` (e.g. a node id
+    written as text); any FieldError is reported at ``key``."""
+    try:
+        return cls(**kwargs)
+    except s.FieldError as exc:
+        m.error(key, exc.message)
+        raise _Abort from None
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -302,10 +329,13 @@ def _read_devices(ctx: _Ctx, root: _Map) -> dict[str, s.Device]:
                     timeout_ms=_default(m.opt_float("timeout_ms"), 2000.0),
                     poll_ms=_default(m.opt_float("poll_ms"), 100.0),
                     subscribe=_default(m.opt_bool("subscribe"), True),
-                    heartbeat=None if hb_node is None else _build(m, s.OpcUaRef, node=hb_node),
+                    heartbeat=None if hb_node is None
+                    else _build_at(m, "heartbeat", s.OpcUaRef, node=hb_node),
                 )
             m.finish()
             devices[name] = device
+        if name not in devices:
+            ctx.failed_devices.add(name)
     if not top.items:
         top.ctx.error(top.node.line, "devices", "must define at least one device")
     return devices
@@ -317,15 +347,18 @@ def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str,
     assert top is not None
     for name, node, path in top.entries():
         with _section(ctx):
-            if not name.isidentifier():
-                top.error(name, "tag names must be identifiers (letters, digits, _)")
-                continue
+            # The expression parser's own pattern: every tag can then be named in expressions.
+            if not ex.is_name(name):
+                top.error(name, "tag names must be identifiers (ASCII letters, digits and _, "
+                                "not starting with a digit)")
+                raise _Abort
             m = _Map(ctx, node, path)
             device_name = m.req_str("device")
             device = devices.get(device_name)
             ref: s.ModbusRef | s.OpcUaRef
             if device is None:
-                m.error("device", f"unknown device {device_name!r}")
+                if device_name not in ctx.failed_devices:
+                    m.error("device", f"unknown device {device_name!r}")
                 raise _Abort
             if isinstance(device, s.ModbusDevice):
                 if m.has("node"):
@@ -360,7 +393,11 @@ def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str,
             )
             m.finish()
             tags[name] = tag
-    if not any(t.kind is s.TagKind.ACTUATOR for t in tags.values()) and top.items:
+        if name not in tags:
+            ctx.failed_tags.add(name)
+    # A tag that failed to read may have been the actuator; its own error is already reported.
+    if (not any(t.kind is s.TagKind.ACTUATOR for t in tags.values()) and top.items
+            and not ctx.failed_tags):
         top.ctx.error(top.node.line, "tags", "must define at least one actuator")
     _check_addresses(top, tags, devices)
     return tags
@@ -399,20 +436,47 @@ def _check_addresses(top: _Map, tags: dict[str, s.Tag], devices: dict[str, s.Dev
 
 
 class _Names:
-    """Tag names known to expressions, by kind."""
+    """Tag names known to expressions, by kind, and the names of tags that failed to read
+    (``failed``: their kind is unknown and their error is already reported)."""
 
-    def __init__(self, tags: dict[str, s.Tag]) -> None:
+    def __init__(self, tags: dict[str, s.Tag], failed: set[str]) -> None:
         self.actuators = {n for n, t in tags.items() if t.kind is s.TagKind.ACTUATOR}
         self.sensors = {n for n, t in tags.items() if t.kind is s.TagKind.SENSOR}
+        self.failed = frozenset(failed)
 
-    def check(self, form: ex.LinearForm, allow: str) -> str | None:
-        """Return a message for the first name not allowed; ``allow`` is 'any', 'sensor'."""
+    def require(self, form: ex.LinearForm, allow: str, m: _Map, key: str) -> None:
+        """Check the names of ``form``, read from ``key`` of ``m``; ``allow`` is 'any' or 'sensor'.
+
+        The first name that is unknown or not allowed is reported at ``key``. Raises
+        :class:`_Abort` after reporting, and also, without reporting, if the form names a tag
+        that failed to read: the expression cannot be checked, and a second message about that
+        tag would mislead.
+        """
         for name in form.names:
+            if name in self.failed:
+                continue
             if name not in self.actuators and name not in self.sensors:
-                return f"unknown tag {name!r}"
+                m.error(key, f"unknown tag {name!r}")
+                raise _Abort
             if allow == "sensor" and name not in self.sensors:
-                return f"{name!r} is an actuator; only sensors may appear here"
-        return None
+                m.error(key, f"{name!r} is an actuator; only sensors may appear here")
+                raise _Abort
+        if any(name in self.failed for name in form.names):
+            raise _Abort
+
+    def reserved(self) -> frozenset[str]:
+        """Names the envelope compiler gives its own slots; constraints and interlocks may not
+        take them, as verdicts, the audit log and the dashboard name violations by slot."""
+        # Must match gateway.envelope.compiled (ACTUATOR_SLOTS, INFEASIBLE, "predict.<sensor>");
+        # not imported from there because the envelope depends on the config, not the reverse.
+        return frozenset(
+            {f"{a}.{slot}" for a in self.actuators for slot in _ACTUATOR_SLOTS}
+            | {f"predict.{sensor}" for sensor in self.sensors}
+            | {"envelope.clamp_infeasible"}
+        )
+
+
+_ACTUATOR_SLOTS = ("finite", "min", "max", "allowed", "rate", "step")
 
 
 def _parse(m: _Map, key: str, fn: Callable[[str], T]) -> T:
@@ -430,20 +494,18 @@ _CONDITION_OPS = frozenset({ex.Comparison.LT, ex.Comparison.LE, ex.Comparison.GT
 
 def _read_condition(m: _Map, key: str, names: _Names) -> ex.LinearRelation:
     rel = _parse(m, key, lambda t: ex.parse_relation(t, _CONDITION_OPS))
-    problem = names.check(rel.form, "sensor")
-    if problem is not None:
-        m.error(key, problem)
-        raise _Abort
+    names.require(rel.form, "sensor", m, key)
     return rel
 
 
-def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
+def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names) -> s.Envelope:
     m = _need(root.map("envelope", required=True))
-    names = _Names(tags)
     limits: dict[str, s.ActuatorLimits] = {}
     lim_map = m.map("limits", required=True)
     assert lim_map is not None
     for name, node, path in lim_map.entries():
+        if name in names.failed:
+            continue  # the tag's own error is reported; its limits cannot be checked
         with _section(ctx):
             if name not in names.actuators:
                 what = "a sensor" if name in names.sensors else "not a tag"
@@ -451,6 +513,9 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
                 raise _Abort
             lm = _Map(ctx, node, path)
             allowed = lm.opt_floats("allowed")
+            if allowed is not None and not allowed:
+                lm.error("allowed", "must list at least one value")
+                raise _Abort
             low = lm.opt_float("min")
             high = lm.opt_float("max")
             if allowed and (low is None or high is None):
@@ -469,31 +534,32 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
             )
             lm.finish()
             tag = tags[name]
-            assert tag.safe_value is not None
-            if not lim.min <= tag.safe_value <= lim.max or (
-                lim.allowed is not None and tag.safe_value not in lim.allowed
-            ):
-                where = f"[{lim.min}, {lim.max}]" if lim.allowed is None else f"{list(lim.allowed)}"
+            safe = tag.safe_value
+            assert safe is not None
+            if lim.allowed is not None and safe not in lim.allowed:
                 ctx.error(tag_line(root, name), f"tags.{name}.safe_value",
-                          f"{tag.safe_value} is outside its own limits {where}")
+                          f"{safe} is not one of the allowed values {list(lim.allowed)}")
+            elif not lim.min <= safe <= lim.max:
+                ctx.error(tag_line(root, name), f"tags.{name}.safe_value",
+                          f"{safe} is outside its own limits [{lim.min}, {lim.max}]")
             limits[name] = lim
-    for name in sorted(names.actuators - set(limits)):
+        if name not in limits:
+            ctx.failed_limits.add(name)
+    for name in sorted(names.actuators - set(limits) - ctx.failed_limits):
         ctx.error(lim_map.node.line, f"envelope.limits.{name}",
                   "every actuator needs limits (min and max, or allowed values)")
 
     constraints: list[s.LinearConstraint] = []
     seen: dict[str, str] = {}
+    reserved = names.reserved()
     for node, path in m.items_of("constraints"):
         with _section(ctx):
             cm = _Map(ctx, node, path)
             cname = cm.req_str("name")
-            _unique(cm, seen, cname, path)
+            _unique(cm, seen, reserved, cname, path)
             rel = _parse(cm, "expr", lambda t: ex.parse_relation(
                 t, frozenset({ex.Comparison.LE, ex.Comparison.GE})))
-            problem = names.check(rel.form, "any")
-            if problem is not None:
-                cm.error("expr", problem)
-                raise _Abort
+            names.require(rel.form, "any", cm, "expr")
             sign = 1.0 if rel.op is ex.Comparison.LE else -1.0
             constraints.append(_build(
                 cm, s.LinearConstraint, name=cname, expr=cm.req_str("expr"),
@@ -507,7 +573,7 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
         with _section(ctx):
             im = _Map(ctx, node, path)
             iname = im.req_str("name")
-            _unique(im, seen, iname, path)
+            _unique(im, seen, reserved, iname, path)
             cond = _read_condition(im, "when", names)
             then: list[s.Tightening] = []
             single = im.items.get("then")
@@ -530,7 +596,7 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag]) -> s.Envelope:
     pm = m.map("prediction")
     if pm is not None:
         with _section(ctx):
-            prediction = _read_prediction(ctx, pm, names, seen)
+            prediction = _read_prediction(ctx, pm, names)
     env = _build(m, s.Envelope, limits=tuple(limits[t] for t in tags if t in limits),
                  constraints=tuple(constraints), interlocks=tuple(interlocks),
                  prediction=prediction,
@@ -550,9 +616,13 @@ def tag_line(root: _Map, name: str) -> int:
     return tags.key_lines.get(name, node.line)
 
 
-def _unique(m: _Map, seen: dict[str, str], name: str, path: str) -> None:
+def _unique(m: _Map, seen: dict[str, str], reserved: frozenset[str], name: str,
+            path: str) -> None:
     if not name.strip():
         m.error("name", "must not be empty")
+        raise _Abort
+    if name in reserved:
+        m.error("name", f"{name!r} is reserved for a built-in constraint")
         raise _Abort
     if name in seen:
         m.error("name", f"{name!r} is already the name of {seen[name]}")
@@ -575,6 +645,8 @@ def _read_tightening(ctx: _Ctx, node: Node, path: str, names: _Names,
     if len(rel.form.terms) != 1 or rel.form.terms[0][1] <= 0:
         raise fail("must bound one actuator, e.g. 'inflow_valve <= 0'")
     name, coef = rel.form.terms[0]
+    if name in names.failed:
+        raise _Abort  # the tag's own error is reported
     if name not in names.actuators:
         raise fail(f"{name!r} is not an actuator")
     value = rel.rhs / coef
@@ -584,11 +656,13 @@ def _read_tightening(ctx: _Ctx, node: Node, path: str, names: _Names,
     return s.Tightening(name, rel.op is ex.Comparison.LE, value)
 
 
-def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names, seen: dict[str, str]) -> s.Prediction:
+def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names) -> s.Prediction:
     models: list[s.SensorModel] = []
     mm = _need(pm.map("model", required=True))
     for sensor, node, _path in mm.entries():
         with _section(ctx):
+            if sensor in names.failed:
+                raise _Abort  # the tag's own error is reported
             if sensor not in names.sensors:
                 mm.error(sensor, f"{sensor!r} is not a sensor")
                 raise _Abort
@@ -600,16 +674,22 @@ def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names, seen: dict[str, str]) -
             except ex.ExprError as exc:
                 mm.error(sensor, f"{exc} in {node.value!r}")
                 raise _Abort from None
-            problem = names.check(form, "any")
-            if problem is not None:
-                mm.error(sensor, problem)
-                raise _Abort
+            names.require(form, "any", mm, sensor)
             models.append(s.SensorModel(sensor, node.value, form.terms, form.constant))
+        if not models or models[-1].sensor != sensor:
+            ctx.failed_models.add(sensor)
     keep: list[s.KeepRange] = []
     km = _need(pm.map("keep", required=True))
     modelled = {m.sensor for m in models}
     for sensor, node, path in km.entries():
         with _section(ctx):
+            if sensor in names.failed or sensor in ctx.failed_models:
+                raise _Abort  # the tag's or the model row's own error is reported
+            if sensor not in names.sensors:
+                known = sensor in names.actuators
+                km.error(sensor, f"{sensor!r} is not a sensor" if known
+                         else f"unknown tag {sensor!r}")
+                raise _Abort
             if sensor not in modelled:
                 km.error(sensor, f"{sensor!r} has no model row, so its prediction is constant; "
                                  "add it under prediction.model")
@@ -623,6 +703,8 @@ def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names, seen: dict[str, str]) -
                                min=-math.inf if low is None else low,
                                max=math.inf if high is None else high))
             rm.finish()
+    if not keep and km.items:
+        raise _Abort  # every entry failed, each with its own error; "must name one" would mislead
     pred = _build(pm, s.Prediction, step_s=pm.req_float("step_s"),
                   horizon_steps=pm.req_int("horizon_steps"), model=tuple(models),
                   keep=tuple(keep),
@@ -650,10 +732,10 @@ def _read_controller(ctx: _Ctx, root: _Map, names: _Names, base: Path) -> s.Cont
         silence_timeout_ms=_default(m.opt_float("silence_timeout_ms"), 1000.0),
     )
     for name in spec.inputs:
-        if name not in names.sensors and name not in names.actuators:
+        if name not in names.sensors and name not in names.actuators | names.failed:
             m.error("inputs", f"unknown tag {name!r}")
     for name in spec.outputs:
-        if name not in names.actuators:
+        if name not in names.actuators | names.failed:
             m.error("outputs", f"{name!r} is not an actuator")
     m.finish()
     return spec
@@ -666,12 +748,15 @@ def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec
         return ()
     for name, node, path in m.entries():
         with _section(ctx):
+            if name in names.failed:
+                raise _Abort  # the tag's own error is reported
             if name not in names.actuators:
                 m.error(name, f"{name!r} is not an actuator")
                 raise _Abort
             fm = _Map(ctx, node, path)
             rules: list[s.Rule] = []
-            for rnode, rpath in fm.items_of("rules"):
+            rule_items = fm.items_of("rules")
+            for rnode, rpath in rule_items:
                 with _section(ctx):
                     rm = _Map(ctx, rnode, rpath)
                     cond = _read_condition(rm, "when", names)
@@ -681,32 +766,51 @@ def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec
                                         value=rm.req_float("value")))
                     rm.finish()
             measurement = fm.opt_str("measurement")
-            if measurement is not None and measurement not in names.sensors:
+            if measurement is not None and measurement not in names.sensors | names.failed:
                 fm.error("measurement", f"{measurement!r} is not a sensor")
                 raise _Abort
-            specs.append(_build(
-                fm, s.FallbackSpec, actuator=name, kind=fm.req_enum("kind", s.FallbackKind),
+            kwargs: dict[str, Any] = dict(
+                actuator=name, kind=fm.req_enum("kind", s.FallbackKind),
                 measurement=measurement, setpoint=fm.opt_float("setpoint"),
                 kp=_default(fm.opt_float("kp"), 0.0),
                 ki_per_s=_default(fm.opt_float("ki_per_s"), 0.0),
                 kd_s=_default(fm.opt_float("kd_s"), 0.0),
                 reverse=_default(fm.opt_bool("reverse"), False), value=fm.opt_float("value"),
                 rules=tuple(rules),
-            ))
+            )
             fm.finish()
+            if len(rules) < len(rule_items):
+                # A rule failed with its own error: the spec's checks (e.g. "must list at least
+                # one rule") would run on a partial list and mislead.
+                raise _Abort
+            specs.append(_build(fm, s.FallbackSpec, **kwargs))
     return tuple(specs)
 
 
 def _read_simple(root: _Map, key: str, cls: Callable[..., T],
                  fields: dict[str, Callable[[_Map, str], Any]]) -> T:
-    """A flat section whose keys map one to one onto the dataclass's fields."""
+    """A flat section whose keys map one to one onto the dataclass's fields.
+
+    A key that is absent takes the dataclass's default; a key that is present must have a
+    value (``divergence:`` with nothing after it is an error, never a silent default or None:
+    the getters refuse it). Every bad key is reported, not only the first.
+    """
     m = root.map(key)
     if m is None:
         return cls()
-    kwargs = {name: getter(m, name) for name, getter in fields.items() if m.has(name)}
-    result = _build(m, cls, **kwargs)
+    kwargs: dict[str, Any] = {}
+    failed = False
+    for name, getter in fields.items():
+        if not m.has(name):
+            continue
+        try:
+            kwargs[name] = getter(m, name)
+        except _Abort:
+            failed = True
     m.finish()
-    return result
+    if failed:
+        raise _Abort
+    return _build(m, cls, **kwargs)
 
 
 def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
@@ -782,9 +886,9 @@ def load_config(path: str | Path) -> s.Site:
             tags = _read_tags(ctx, root, devices)
     result: dict[str, Any] = {}
     if tags is not None:
-        names = _Names(tags)
+        names = _Names(tags, ctx.failed_tags)
         with _section(ctx):
-            envelope = _read_envelope(ctx, root, tags)
+            envelope = _read_envelope(ctx, root, tags, names)
         with _section(ctx):
             result["controller"] = _read_controller(ctx, root, names, base)
         with _section(ctx):
@@ -792,9 +896,10 @@ def load_config(path: str | Path) -> s.Site:
     with _section(ctx):
         result["detection"] = _read_simple(root, "detection", s.Detection, {
             "divergence": lambda m, k: m.opt_bool(k),
+            "divergence_method": lambda m, k: m.opt_enum(k, s.DivergenceMethod),
             **{k: (lambda m, k: m.opt_float(k)) for k in (
                 "divergence_drift", "divergence_threshold", "violation_window_s",
-                "stale_after_ms", "canary_period_s", "canary_tolerance")},
+                "stale_after_ms", "canary_period_s", "canary_tolerance", "input_range_margin")},
             **{k: (lambda m, k: m.opt_int(k)) for k in ("violation_max", "deadline_misses_max")},
         })
     with _section(ctx):

@@ -9,6 +9,7 @@ expressions, duplicate addresses) live in :mod:`gateway.config.loader`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -171,14 +172,29 @@ class OpcUaRef:
             )
 
 
+# OPC UA Part 6, 5.3.1.10 (NodeId string form): `[ns=<index>;]<type>=<identifier>`, the type
+# being i (numeric, UInt32), s (string), g (GUID) or b (opaque, base64). The namespace index is
+# a UInt16. asyncua splits the text on ';', so a ';' inside a string identifier is refused too.
+_DIGITS = re.compile(r"[0-9]+")
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
 def _looks_like_nodeid(text: str) -> bool:
     parts = text.split(";")
-    last = parts[-1]
-    if len(last) < 3 or last[0] not in "isgb" or last[1] != "=":
-        return False
     if len(parts) == 2:
-        return parts[0].startswith("ns=") and parts[0][3:].isdigit()
-    return len(parts) == 1
+        ns = parts[0]
+        if not ns.startswith("ns=") or not _DIGITS.fullmatch(ns[3:]) or int(ns[3:]) > 0xFFFF:
+            return False
+    elif len(parts) != 1:
+        return False
+    kind, eq, ident = parts[-1].partition("=")
+    if not eq or not ident:
+        return False
+    if kind == "i":
+        return _DIGITS.fullmatch(ident) is not None and int(ident) <= 0xFFFF_FFFF
+    if kind == "g":
+        return _GUID.fullmatch(ident) is not None
+    return kind in ("s", "b")
 
 
 @dataclass(frozen=True)
@@ -256,6 +272,8 @@ Device = ModbusDevice | OpcUaDevice
 
 # --------------------------------------------------------------------------- tags
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
 
 @dataclass(frozen=True)
 class Tag:
@@ -306,6 +324,32 @@ class Tag:
                 raise FieldError(
                     "table", f"an actuator must be writable; {self.ref.table.value} is read-only"
                 )
+            self._check_encodable(self.safe_value)
+
+    def _check_encodable(self, value: float) -> None:
+        """The safe value is what the gateway writes when everything else has failed, so it must
+        survive encoding: raw = round((value - offset) / scale) must fit the wire type and decode
+        back to ``value`` (to 1e-9 relative)."""
+        raw_exact = (value - self.offset) / self.scale
+        if not self.wire_type.is_integer and self.wire_type is not WireType.BOOL:
+            if self.wire_type is WireType.FLOAT32 and abs(raw_exact) > _FLOAT32_MAX:
+                raise FieldError("safe_value", f"{value} cannot be represented as float32 with "
+                                               f"scale {self.scale} and offset {self.offset} "
+                                               f"(raw {raw_exact:g} overflows)")
+            return
+        raw = round(raw_exact) if math.isfinite(raw_exact) else None
+        low, high = self.wire_type.integer_range
+        if (raw is None or not low <= raw <= high
+                or abs(raw * self.scale + self.offset - value) > 1e-9 * max(1.0, abs(value))):
+            hint = ""
+            if self.wire_type is WireType.BOOL:
+                hint = (f"; the only values allowed for a bool are {self.offset + 0.0} and "
+                        f"{self.offset + self.scale}")
+            raise FieldError(
+                "safe_value",
+                f"{value} cannot be represented as {self.wire_type.value} with scale "
+                f"{self.scale} and offset {self.offset} (raw {raw_exact:g}){hint}",
+            )
 
     @property
     def register_count(self) -> int:
@@ -575,34 +619,67 @@ class FallbackSpec:
             raise FieldError("rules", "must list at least one rule")
 
 
+class DivergenceMethod(StrEnum):
+    """The change detector run on each actuator's divergence residual.
+
+    ``cusum`` measures the residual against zero, so it also flags an offset present from the
+    first sample; ``page_hinkley`` measures it against its own running mean and reacts only to
+    changes (see :mod:`gateway.supervisor.changepoint`).
+    """
+
+    CUSUM = "cusum"
+    PAGE_HINKLEY = "page_hinkley"
+
+
 @dataclass(frozen=True)
 class Detection:
-    """Detector settings; each can be switched off. Residuals are in engineering units."""
+    """Detector settings; each can be switched off.
+
+    Divergence: per actuator, the residual is ``(ai - fallback) / (max - min)``, the gap
+    between the AI's and the fallback controller's outputs as a fraction of the actuator's range
+    (its limits' max - min), so one setting suits actuators with different units.
+    ``divergence_drift`` (the slack per sample: CUSUM's k, Page-Hinkley's delta) and
+    ``divergence_threshold`` (the accumulated excess that raises the alarm: h, lambda) are in
+    those fractions (the threshold in fractions times samples), and must be > 0.
+    ``divergence_method`` picks the detector.
+
+    ``violation_max``: cycles with a non-OK proposal (any verdict other than OK) tolerated within
+    ``violation_window_s`` seconds; one more trips the detector (>= 0).
+
+    ``input_range_margin``: how far a sensor reading may lie outside its declared range before it
+    counts as out of range, as a fraction of the range (max - min); 0 means none (>= 0).
+    """
 
     divergence: bool = True
-    divergence_drift: float = 1.0
-    divergence_threshold: float = 20.0
+    divergence_method: DivergenceMethod = DivergenceMethod.CUSUM
+    divergence_drift: float = 0.05
+    divergence_threshold: float = 1.0
     violation_window_s: float = 10.0
-    violation_max: int = 5
+    violation_max: int = 20
     stale_after_ms: float = 1000.0
     deadline_misses_max: int = 3
     canary_period_s: float = 60.0
     canary_tolerance: float = 1e-4
+    input_range_margin: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("divergence_drift", "divergence_threshold", "violation_window_s",
                     "stale_after_ms", "canary_period_s"):
             _positive(key, getattr(self, key))
-        _finite("canary_tolerance", self.canary_tolerance)
-        if self.canary_tolerance < 0:
-            raise FieldError("canary_tolerance", "must be >= 0")
+        for key in ("canary_tolerance", "input_range_margin"):
+            value = getattr(self, key)
+            _finite(key, value)
+            if value < 0:
+                raise FieldError(key, f"must be >= 0, not {value}")
         for key in ("violation_max", "deadline_misses_max"):
             if getattr(self, key) < 0:
                 raise FieldError(key, "must be >= 0")
 
 
 class StartMode(StrEnum):
-    AUTO = "auto"
+    """Where the gateway starts. Never AUTO: the AI earns control through a clean SHADOW
+    period and an authorised approval, also after a restart."""
+
     SHADOW = "shadow"
     MANUAL = "manual"
 

@@ -66,28 +66,28 @@ class FallbackBank:
                 self._loops.append((_pid(spec, limits[tag.name].min, limits[tag.name].max,
                                          start), None, sensor_index[_need(spec.measurement)]))
         self.closed_loop = tuple(k is FallbackKind.PID for k in self.kinds)
-        self._out = np.empty(len(actuators))
         self._reference: list[tuple[int, Pid, int]] = []
         for i, (ctl, _, j) in enumerate(self._loops):
             if isinstance(ctl, Pid):
                 twin = Pid(ctl.config, initial_output=ctl.output)
                 self._reference.append((i, twin, j))
-        self.reference = np.empty(len(actuators))
+        # The reference PIDs' outputs (the standby outputs where there is no reference PID).
+        self.reference: list[float] = [float(x) for x in initial]
 
     def update(self, sensors: Sequence[float], dt_s: float) -> F64:
         """Every controller's output for this cycle (a new array, actuator order)."""
-        out = self._out
-        for i, (ctl, rules, j) in enumerate(self._loops):
+        out: list[float] = []
+        for ctl, rules, j in self._loops:
             if rules is not None:
-                out[i] = rules.update(sensors)
+                out.append(rules.update(sensors))
             else:
                 assert ctl is not None
-                out[i] = ctl.update(sensors[j] if j >= 0 else 0.0, dt_s)
-        ref = self.reference
-        ref[:] = out
+                out.append(ctl.update(sensors[j] if j >= 0 else 0.0, dt_s))
+        ref = list(out)
         for i, twin, j in self._reference:
             ref[i] = twin.update(sensors[j], dt_s)
-        return out.copy()
+        self.reference = ref
+        return np.array(out, dtype=np.float64)
 
     def track(self, applied: Sequence[float], ai_in_control: bool) -> None:
         """Tell every controller what was applied this cycle (bumpless transfer); the

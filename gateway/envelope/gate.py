@@ -8,8 +8,7 @@ rule as a predicate, for tests and for the wire layer's check after encoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
     from gateway.envelope.engine import Envelope
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
+class Admitted(NamedTuple):
     """A command cleared for the equipment.
 
     ``command`` is what to write; ``safe`` marks actuators replaced by their safe value;
@@ -44,6 +42,7 @@ class Gate:
         self.envelope = envelope
         self.safe_values = np.array(safe_values, dtype=np.float64)
         self.safe_values.setflags(write=False)
+        self._safe_list = self.safe_values.tolist()
         self._slot_actuators = actuators_of_slots(envelope.compiled)
         self._out = np.empty(envelope.n_actuators)
         self._viol = np.zeros(envelope.n_slots, dtype=np.uint8)
@@ -62,7 +61,7 @@ class Gate:
         is :meth:`admissible`. 5. Otherwise every actuator takes its safe value.
         """
         env = self.envelope
-        if np.array_equal(chosen, self.safe_values):
+        if chosen is self.safe_values or chosen.tolist() == self._safe_list:
             # Safe values are admissible by definition; clamping them toward the previous
             # command would delay the safe state.
             return Admitted(self.safe_values.copy(), self._all_safe, False, ())

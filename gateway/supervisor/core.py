@@ -70,15 +70,20 @@ class Supervisor:
             raise ValueError(f"initial_command must have length {n_a}")
         self.site = site
         self.envelope = envelope
-        self.safe_values = np.array([t.safe_value for t in site.actuators], dtype=np.float64)
-        self.gate = Gate(envelope, self.safe_values)
+        self.gate = Gate(envelope, np.array([t.safe_value for t in site.actuators]))
+        self.safe_values = self.gate.safe_values
         self.bank = FallbackBank(site, initial_command)
         op = site.operation
         self.modes = ModeMachine(ModeConfig(start_mode=Mode(op.start_mode.value),
                                             clean_shadow_s=op.clean_shadow_s,
                                             bypass_max_s=op.bypass_max_s))
         self.inputs = InputHealth(site)
-        self.divergence = Divergence(site, self.bank.kinds)
+        names = [t.name for t in site.actuators]
+        driven = set(site.controller.outputs) if site.controller.outputs else set(names)
+        # Actuators the AI does not drive take the fallback's value inside the proposal.
+        self._not_driven = [i for i, n in enumerate(names) if n not in driven]
+        self.divergence = Divergence(site, self.bank.kinds,
+                                     [n in driven for n in names])
         self.violations = ViolationRate(site)
         self.controller = ControllerHealth(site)
         self.canary = Canary(canary, site.detection.canary_period_s, start_s)
@@ -124,14 +129,14 @@ class Supervisor:
         sensor_vec = np.array(sensors, dtype=np.float64)
         fallback = self.bank.update(sensors, dt)
 
-        verdict, ai, anomaly = self._judge(proposal, now_s, sensor_vec, dt)
+        verdict, ai, anomaly = self._judge(proposal, now_s, sensor_vec, dt, fallback)
         findings += self.controller.update(anomaly)
         if verdict is not None:
             assert ai is not None
             if verdict.action == Action.TRIP:
                 findings.append(_envelope_finding(verdict))
             findings += self.violations.update(now_s, not verdict.ok)
-            findings += self.divergence.update(ai.tolist(), self.bank.reference.tolist())
+            findings += self.divergence.update(ai.tolist(), self.bank.reference)
             if not verdict.ok and self.modes.mode is Mode.SHADOW:
                 self.modes.anomaly(now_s)
         if proposal is not None:
@@ -162,8 +167,8 @@ class Supervisor:
 
     # -------------------------------------------------------------------------------------
 
-    def _judge(self, proposal: Proposal | None, now_s: float, sensors: F64, dt: float
-               ) -> tuple[Verdict | None, F64 | None, ProposalAnomaly | None]:
+    def _judge(self, proposal: Proposal | None, now_s: float, sensors: F64, dt: float,
+               fallback: F64) -> tuple[Verdict | None, F64 | None, ProposalAnomaly | None]:
         """The envelope's verdict on the proposal, or the anomaly that stands in for it."""
         if proposal is None:
             return None, None, None
@@ -176,7 +181,9 @@ class Supervisor:
         if not (isinstance(values, np.ndarray) and values.dtype == np.float64
                 and values.shape == (self._n_a,)):
             return None, None, ProposalAnomaly.WRONG_OUTPUT_SHAPE
-        values = np.ascontiguousarray(values)
+        values = np.array(values)  # a copy: the caller's array is never changed
+        for i in self._not_driven:
+            values[i] = fallback[i]
         return self.envelope.check(values, self.previous, sensors, dt), values, None
 
     def _apply(self, finding: Finding, now_s: float) -> list[Event]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,8 +61,7 @@ class Source(StrEnum):
     SAFE = "safe"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome of one step.
 
     ``command`` is what the runtime writes (it passed :class:`gateway.envelope.gate.Gate`);
@@ -70,6 +69,8 @@ class Decision:
     actuator the gate replaced is SAFE); ``verdict`` is the envelope's verdict on the AI's
     proposal (None when there was none); ``clamped`` tells whether the written command is a
     projection; ``canary_due`` asks the runtime to run the golden inputs this cycle.
+    Immutable; a NamedTuple because one is built every cycle and a frozen dataclass costs
+    several microseconds to construct.
     """
 
     at_s: float

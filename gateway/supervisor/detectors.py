@@ -93,14 +93,15 @@ class Divergence:
     here (the envelope still is).
     """
 
-    def __init__(self, site: Site, kinds: Sequence[FallbackKind]) -> None:
+    def __init__(self, site: Site, kinds: Sequence[FallbackKind], driven: Sequence[bool]
+                 ) -> None:
         det = site.detection
         limits = {lim.actuator: lim for lim in site.envelope.limits}
         self.watch: list[tuple[int, str, float, ChangeDetector]] = []
         if not det.divergence:
             return
         for i, tag in enumerate(site.actuators):
-            if kinds[i] is not FallbackKind.PID:
+            if kinds[i] is not FallbackKind.PID or not driven[i]:
                 continue
             lim = limits[tag.name]
             span = lim.max - lim.min if lim.max > lim.min else 1.0
