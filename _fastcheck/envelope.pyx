@@ -156,25 +156,25 @@ cdef class Kernel:
 
     # ---------------------------------------------------------------- Python entry points
 
-    def check_into(self, cmd, prev, sens, double dt, out, viol):
+    def check_into(self, command, previous, sensors, double dt, out, viol):
         """Check ``cmd``; write the command to apply (or a copy of ``cmd``) into ``out`` and the
         violation mask into ``viol``; return the action code. Raises ValueError on bad
         arguments."""
-        cdef const double* u = _vec(cmd, self.n_a, "command")
-        cdef const double* p = _vec(prev, self.n_a, "previous")
-        cdef const double* s = _vec(sens, self.n_s, "sensors")
+        cdef const double* u = _vec(command, self.n_a, "command")
+        cdef const double* p = _vec(previous, self.n_a, "previous")
+        cdef const double* s = _vec(sensors, self.n_s, "sensors")
         cdef double* o = <double*>_out(out, cnp.NPY_FLOAT64, self.n_a, "out")
         cdef unsigned char* f = <unsigned char*>_out(viol, cnp.NPY_UINT8, self.n_slots, "viol")
         return self._check(u, p, s, _dt(dt), o, f)
 
-    def project_into(self, cmd, prev, sens, double dt, out, feasible):
+    def project_into(self, command, previous, sensors, double dt, out, feasible):
         """Project ``cmd`` per actuator into bounds, holding interlocks' tightenings, the
         rate/step window and the allowed values; write it into ``out`` and 1/0 per actuator
         into ``feasible``; return how many actuators have no feasible value (those keep their
         proposed value in ``out``)."""
-        cdef const double* u = _vec(cmd, self.n_a, "command")
-        cdef const double* p = _vec(prev, self.n_a, "previous")
-        cdef const double* s = _vec(sens, self.n_s, "sensors")
+        cdef const double* u = _vec(command, self.n_a, "command")
+        cdef const double* p = _vec(previous, self.n_a, "previous")
+        cdef const double* s = _vec(sensors, self.n_s, "sensors")
         cdef double* o = <double*>_out(out, cnp.NPY_FLOAT64, self.n_a, "out")
         cdef unsigned char* m = <unsigned char*>_out(feasible, cnp.NPY_UINT8, self.n_a,
                                                      "feasible")
@@ -219,8 +219,9 @@ cdef class Kernel:
                                      &s2[k, 0] if self.n_s else p0, dt,
                                      &o2[k, 0] if self.n_a else &prev[0], f)
                 acts[k] = <signed char>action
-                for j in range(self.n_slots):
-                    cnt[j] += f[j]
+                if action != OK:  # an OK verdict flags nothing
+                    for j in range(self.n_slots):
+                        cnt[j] += f[j]
                 if action <= CLAMP and self.n_a:
                     pp = &o2[k, 0]
 
@@ -234,30 +235,38 @@ cdef class Kernel:
         cdef Py_ssize_t i, k, t, base, j, a, n_a = self.n_a
         cdef double v, rate, step, val
         cdef bint allowed_ok
+        # Local pointers: writes through `flags` (unsigned char*) may alias anything, so
+        # without them the compiler reloads every memoryview field on each iteration.
+        cdef const double* amin = &self.act_min[0] if n_a else NULL
+        cdef const double* amax = &self.act_max[0] if n_a else NULL
+        cdef const double* arate = &self.act_rate[0] if n_a else NULL
+        cdef const double* astep = &self.act_step[0] if n_a else NULL
+        cdef const Py_ssize_t* aptr = &self.allowed_ptr[0]
         memset(flags, 0, self.n_slots)
-        self._interlocks(s)
+        if self.n_i:
+            self._interlocks(s)
         for i in range(n_a):
             v = u[i]
             base = SLOTS_PER_ACTUATOR * i
             if not isfinite(v):
                 action = self._flag(flags, base, action)
                 continue
-            if not (v >= self.act_min[i]):
+            if not (v >= amin[i]):
                 action = self._flag(flags, base + 1, action)
-            if not (v <= self.act_max[i]):
+            if not (v <= amax[i]):
                 action = self._flag(flags, base + 2, action)
-            if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
+            if aptr[i + 1] > aptr[i]:
                 allowed_ok = False
-                for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                for j in range(aptr[i], aptr[i + 1]):
                     if v == self.allowed_val[j]:
                         allowed_ok = True
                         break
                 if not allowed_ok:
                     action = self._flag(flags, base + 3, action)
-            rate = self.act_rate[i]
+            rate = arate[i]
             if rate != INFINITY and not (fabs(v - p[i]) <= rate * dt):
                 action = self._flag(flags, base + 4, action)
-            step = self.act_step[i]
+            step = astep[i]
             if step != INFINITY and not (fabs(v - p[i]) <= step):
                 action = self._flag(flags, base + 5, action)
         for t in range(self.n_t):
@@ -267,8 +276,10 @@ cdef class Kernel:
                 val = self.tgt_val[t]
                 if (not (v <= val)) if self.tgt_upper[t] else (not (v >= val)):
                     action = self._flag(flags, self.ilk0 + k, action)
-        action = self._linear(u, s, flags, action, False)
-        action = self._predict(u, s, flags, action, False)
+        if self.n_l:
+            action = self._linear(u, s, flags, action, False)
+        if self.n_p:
+            action = self._predict(u, s, flags, action, False)
         if action != CLAMP:
             for i in range(n_a):
                 out[i] = u[i]
@@ -323,12 +334,16 @@ cdef class Kernel:
                      bint escalate) noexcept nogil:
         cdef Py_ssize_t r, j, idx, n_a = self.n_a
         cdef double acc
+        cdef const Py_ssize_t* ptr = &self.lin_ptr[0]
+        cdef const Py_ssize_t* lidx = &self.lin_idx[0]
+        cdef const double* coef = &self.lin_coef[0]
+        cdef const double* rhs = &self.lin_rhs[0]
         for r in range(self.n_l):
             acc = 0.0
-            for j in range(self.lin_ptr[r], self.lin_ptr[r + 1]):
-                idx = self.lin_idx[j]
-                acc += self.lin_coef[j] * (u[idx] if idx < n_a else s[idx - n_a])
-            if not (acc <= self.lin_rhs[r]):
+            for j in range(ptr[r], ptr[r + 1]):
+                idx = lidx[j]
+                acc += coef[j] * (u[idx] if idx < n_a else s[idx - n_a])
+            if not (acc <= rhs[r]):
                 if escalate:
                     action = self._escalate(flags, self.lin0 + r, action)
                 else:
@@ -341,8 +356,17 @@ cdef class Kernel:
                       bint escalate) noexcept nogil:
         if self.n_p == 0:
             return action
-        cdef Py_ssize_t q, j, h, sensor
+        cdef Py_ssize_t q, j, h, sensor, n_p = self.n_p
         cdef double d, y0, lo, hi, x
+        cdef double* y = &self.y[0]
+        cdef double* nxt = &self.nxt[0]
+        cdef double* drive = &self.drive[0]
+        cdef const Py_ssize_t* sptr = &self.pred_s_ptr[0]
+        # A model may have no sensor terms at all: never take &x[0] of an empty array.
+        cdef const Py_ssize_t* sidx = &self.pred_s_idx[0] if self.pred_s_idx.shape[0] else NULL
+        cdef const double* scoef = &self.pred_s_coef[0] if self.pred_s_coef.shape[0] else NULL
+        cdef const Py_ssize_t* psens = &self.pred_sensor[0]
+        cdef double step_s = self.pred_step
         for q in range(self.n_p):
             d = self.pred_const[q]
             for j in range(self.pred_u_ptr[q], self.pred_u_ptr[q + 1]):
@@ -355,16 +379,16 @@ cdef class Kernel:
             self.lo_eff[q] = lo if y0 >= lo else y0
             self.hi_eff[q] = hi if y0 <= hi else y0
         for j in range(self.n_s):
-            self.y[j] = s[j]
+            y[j] = s[j]
         for h in range(self.horizon):
-            for q in range(self.n_p):
-                d = self.drive[q]
-                for j in range(self.pred_s_ptr[q], self.pred_s_ptr[q + 1]):
-                    d += self.pred_s_coef[j] * self.y[self.pred_s_idx[j]]
-                self.nxt[q] = self.y[self.pred_sensor[q]] + self.pred_step * d
-            for q in range(self.n_p):
-                x = self.nxt[q]
-                self.y[self.pred_sensor[q]] = x
+            for q in range(n_p):
+                d = drive[q]
+                for j in range(sptr[q], sptr[q + 1]):
+                    d += scoef[j] * y[sidx[j]]
+                nxt[q] = y[psens[q]] + step_s * d
+            for q in range(n_p):
+                x = nxt[q]
+                y[psens[q]] = x
                 if self.keep_on[q] and not self.bad[q] and not (
                         self.lo_eff[q] <= x and x <= self.hi_eff[q]):
                     self.bad[q] = 1

@@ -35,13 +35,13 @@ class Kernel(Protocol):
 
     engine: str
 
-    def check_into(self, cmd: F64, prev: F64, sens: F64, dt: float, out: F64,
+    def check_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
                    viol: np.ndarray) -> int: ...
 
     def check_batch(self, cmds: F64, prev0: F64, sens: F64, dt: float, out: F64,
                     actions: np.ndarray, counts: np.ndarray) -> None: ...
 
-    def project_into(self, cmd: F64, prev: F64, sens: F64, dt: float, out: F64,
+    def project_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
                      feasible: np.ndarray) -> int: ...
 
 
@@ -115,6 +115,8 @@ class Verdict(NamedTuple):
 
 
 _ACTIONS = tuple(Action)
+_OK = Action.OK
+_new_verdict = tuple.__new__
 
 
 def _require_vector(value: object, name: str, size: int) -> None:
@@ -158,7 +160,12 @@ class Envelope:
         self._slot_names = compiled.slot_names
         self._out = np.empty(self.n_actuators)
         self._viol = np.zeros(self.n_slots, dtype=np.uint8)
-        self._validate = engine == "python"  # the compiled kernel validates its own arguments
+        self._validate = engine == "python"
+        if not self._validate:
+            # The compiled kernel validates its own arguments: call it without a Python frame
+            # in between (the wrapper cost more than the whole bounds+rate check).
+            self.check_into = self.kernel.check_into  # type: ignore[method-assign]
+            self.project_into = self.kernel.project_into  # type: ignore[method-assign]
 
     def check(self, command: F64, previous: F64, sensors: F64, dt: float) -> Verdict:
         """Check ``command`` (see :mod:`gateway.envelope.reference` for the semantics)."""
@@ -167,11 +174,13 @@ class Envelope:
         if self._validate:
             self._check_args(command, previous, sensors, dt)
         code = self.kernel.check_into(command, previous, sensors, dt, out, viol)
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (a per-cycle cost).
         if code == 0:
-            return Verdict(Action.OK, (), out.copy())
+            return _new_verdict(Verdict, (_OK, (), out.copy()))
         names = self._slot_names
-        violations = tuple(names[i] for i in np.flatnonzero(viol).tolist())
-        return Verdict(_ACTIONS[code], violations, out.copy() if code == 1 else None)
+        violations = tuple([names[i] for i in np.flatnonzero(viol).tolist()])
+        return _new_verdict(Verdict, (_ACTIONS[code], violations,
+                                      out.copy() if code == 1 else None))
 
     def check_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
                    viol: np.ndarray) -> int:

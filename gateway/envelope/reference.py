@@ -96,19 +96,20 @@ class ReferenceKernel:
 
     # -- public interface (validated by the caller, gateway.envelope.engine) --------------------
 
-    def check_into(self, cmd: F64, prev: F64, sens: F64, dt: float, out: F64, viol: np.ndarray
-                   ) -> int:
+    def check_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
+                   viol: np.ndarray) -> int:
         flags = [0] * self.n_slots
-        action, clamped = self._check(cmd.tolist(), prev.tolist(), sens.tolist(), dt, flags)
+        action, clamped = self._check(command.tolist(), previous.tolist(), sensors.tolist(), dt,
+                                      flags)
         out[:] = clamped
         viol[:] = flags
         return action
 
-    def project_into(self, cmd: F64, prev: F64, sens: F64, dt: float, out: F64,
+    def project_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
                      feasible: np.ndarray) -> int:
-        u = cmd.tolist()
         mask = [0] * self.n_a
-        projected = self._clamp(u, prev.tolist(), dt, self._interlocks(sens.tolist()), mask)
+        projected = self._clamp(command.tolist(), previous.tolist(), dt,
+                                self._interlocks(sensors.tolist()), mask)
         out[:] = projected
         feasible[:] = mask
         return self.n_a - sum(mask)

@@ -307,3 +307,16 @@ def test_empty_envelope(engine):
     assert verdict.ok
     _, actions, _ = env.check_batch(np.zeros((3, 0)), v(), np.zeros((3, 0)), 0.1)
     assert actions.tolist() == [0, 0, 0]
+
+
+def test_keyword_arguments_work_on_both_engines(engine):
+    env = envelope(engine, [lim("a", 0, 10)])
+    out = np.empty(1)
+    viol = np.zeros(env.n_slots, dtype=np.uint8)
+    code = env.check_into(command=v(20), previous=v(5), sensors=v(), dt=1.0, out=out, viol=viol)
+    assert code == Action.CLAMP
+    feasible = np.zeros(1, dtype=np.uint8)
+    bad = env.project_into(command=v(20), previous=v(5), sensors=v(), dt=1.0, out=out,
+                           feasible=feasible)
+    assert bad == 0
+    assert out[0] == 10.0
