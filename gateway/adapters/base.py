@@ -1,0 +1,150 @@
+"""What every adapter shares: connection states, the error hierarchy, readings and the tag store.
+
+Pure: no protocol library is imported here, so the runtime and the supervisor can depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from gateway.supervisor.decision import Snapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+
+class ConnectionState(StrEnum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"  # waiting before the next reconnect attempt
+    CLOSED = "closed"
+
+
+class AdapterError(Exception):
+    """Base of every error an adapter raises; never a foreign library's own exception."""
+
+
+class DeviceUnavailable(AdapterError):
+    """No answer: not connected, connection lost, timeout. The write did not happen (or it is
+    unknown whether it did: treat it as not done, and never replay it)."""
+
+
+class DeviceRejected(AdapterError):
+    """The device answered with an error (Modbus exception code, OPC UA bad status)."""
+
+    def __init__(self, message: str, code: int | str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EncodingError(AdapterError, ValueError):
+    """A value cannot be represented in its tag's wire type (NaN, out of range)."""
+
+
+class Reading(NamedTuple):
+    """One tag's latest value in engineering units, its quality, and when it was read
+    (monotonic seconds of the adapter's injected clock)."""
+
+    value: float
+    good: bool
+    at_s: float
+
+
+@dataclass
+class TagStore:
+    """Latest reading of every tag, written by the adapters, read by the control loop.
+
+    Single event loop: no locking. A tag never read has value NaN, bad quality, and infinite age.
+    """
+
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self._readings: dict[str, Reading] = {
+            n: Reading(math.nan, False, -math.inf) for n in self.names}
+
+    def update(self, name: str, value: float, good: bool, at_s: float) -> None:
+        if name not in self._readings:
+            raise KeyError(f"unknown tag {name!r}")
+        self._readings[name] = Reading(value, good, at_s)
+
+    def mark_bad(self, names: Iterable[str], at_s: float) -> None:
+        """The device holding these tags is gone: keep the last value, flag it bad."""
+        for name in names:
+            old = self._readings[name]
+            self._readings[name] = Reading(old.value, False, old.at_s if old.good else at_s)
+
+    def get(self, name: str) -> Reading:
+        return self._readings[name]
+
+    def snapshot(self, sensors: Sequence[str], now_s: float) -> Snapshot:
+        """The supervisor's view of ``sensors`` at ``now_s`` (ages from the read times)."""
+        readings = [self._readings[n] for n in sensors]
+        return Snapshot(np.array([r.value for r in readings], dtype=np.float64),
+                        np.array([r.good for r in readings], dtype=np.bool_),
+                        np.array([now_s - r.at_s for r in readings], dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- northbound
+
+
+class Role(StrEnum):
+    """Who a northbound client is, as the site config says (OPC UA user, Modbus source)."""
+
+    AI = "ai"  # an external AI controller: its writes are proposals
+    OPERATOR = "operator"  # SCADA / HMI: its writes are operator setpoints
+    VIEWER = "viewer"  # read only
+    ADMIN = "admin"  # operator rights plus trip resets and bypasses
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """A northbound client: protocol ("modbus" or "opcua"), its address ("ip:port"), its
+    authenticated user name if any, and its role."""
+
+    protocol: str
+    address: str
+    user: str | None
+    role: Role
+
+
+class WriteOutcome(NamedTuple):
+    """The answer to one tag's write: accepted, or refused with a reason.
+
+    ``code`` is 0 when accepted, else the Modbus exception code to answer with (3: illegal
+    data value, i.e. outside the envelope; 2: illegal address, e.g. a read-only tag; 4: device
+    failure, e.g. the write could not be forwarded). OPC UA servers map a refusal to
+    BadOutOfRange (code 3), BadNotWritable (2) or BadCommunicationError (4).
+    """
+
+    accepted: bool
+    code: int
+    reason: str
+
+
+ACCEPTED = WriteOutcome(True, 0, "")
+
+
+class NorthboundHandler:
+    """What the northbound servers call; the runtime implements it. (A base class, not a
+    Protocol, so that servers can be tested with a small subclass.)"""
+
+    async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
+                    ) -> dict[str, WriteOutcome]:
+        """Validate and apply setpoint writes (engineering units), one outcome per tag.
+
+        ``atomic`` (a Modbus FC16 request): if any tag is refused, none is applied, and every
+        tag's outcome is the refusal. Otherwise (OPC UA) each tag stands alone.
+        """
+        raise NotImplementedError
+
+    async def request(self, client: ClientInfo, kind: str, detector: str | None,
+                      duration_s: float | None) -> WriteOutcome:
+        """An operator request (``gateway.supervisor.modes.RequestKind`` value)."""
+        raise NotImplementedError
