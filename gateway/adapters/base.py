@@ -6,6 +6,7 @@ Pure: no protocol library is imported here, so the runtime and the supervisor ca
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
@@ -131,10 +132,10 @@ class WriteOutcome(NamedTuple):
 ACCEPTED = WriteOutcome(True, 0, "")
 
 
-class NorthboundHandler:
-    """What the northbound servers call; the runtime implements it. (A base class, not a
-    Protocol, so that servers can be tested with a small subclass.)"""
+class NorthboundHandler(ABC):
+    """What the northbound servers call; the runtime implements it (tests subclass it)."""
 
+    @abstractmethod
     async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
                     ) -> dict[str, WriteOutcome]:
         """Validate and apply setpoint writes (engineering units), one outcome per tag.
@@ -142,9 +143,8 @@ class NorthboundHandler:
         ``atomic`` (a Modbus FC16 request): if any tag is refused, none is applied, and every
         tag's outcome is the refusal. Otherwise (OPC UA) each tag stands alone.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
         """An operator request (``gateway.supervisor.modes.RequestKind`` value)."""
-        raise NotImplementedError
