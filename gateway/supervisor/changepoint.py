@@ -93,7 +93,74 @@ class CusumConfig:
         _require_positive("threshold", self.threshold)
 
 
-class Cusum:
+class _TwoSided:
+    """State and rules shared by both tests: the two one-sided statistics, their clamping at 0,
+    the strict threshold, and the latching alarm."""
+
+    __slots__ = ("_alarm", "_g_neg", "_g_pos", "_last_reason", "_n_samples", "_threshold")
+
+    _threshold: float
+    _g_pos: float
+    _g_neg: float
+    _n_samples: int
+    _alarm: bool
+    _last_reason: str | None
+
+    @property
+    def g_pos(self) -> float:
+        """Evidence the residual mean rose, residual units times samples."""
+        return self._g_pos
+
+    @property
+    def g_neg(self) -> float:
+        """Evidence the residual mean fell, residual units times samples."""
+        return self._g_neg
+
+    @property
+    def n_samples(self) -> int:
+        """Samples consumed since the last reset, including the one that raised the alarm."""
+        return self._n_samples
+
+    @property
+    def alarm(self) -> bool:
+        """True from the sample that raised the alarm until ``reset()``."""
+        return self._alarm
+
+    @property
+    def last_reason(self) -> str | None:
+        """Why the alarm was raised (a ``REASON_*`` string), or None when not alarmed."""
+        return self._last_reason
+
+    def _accumulate(self, deviation: float, allowance: float) -> bool:
+        """Add one finite deviation to both statistics; return the alarm."""
+        g_pos = self._g_pos + deviation - allowance
+        g_neg = self._g_neg - deviation - allowance
+        self._g_pos = g_pos = g_pos if g_pos > 0.0 else 0.0
+        self._g_neg = g_neg = g_neg if g_neg > 0.0 else 0.0
+        # No NaN can reach the clamps above (which would turn it into 0, "no change"): the
+        # deviation is finite and both statistics are finite while not alarmed, so the worst
+        # an extreme residual can do is overflow one statistic to +inf, which alarms.
+        threshold = self._threshold
+        if g_pos > threshold:
+            return self._raise(REASON_INCREASE)
+        if g_neg > threshold:
+            return self._raise(REASON_DECREASE)
+        return False
+
+    def _clear(self) -> None:
+        self._g_pos = 0.0
+        self._g_neg = 0.0
+        self._n_samples = 0
+        self._alarm = False
+        self._last_reason = None
+
+    def _raise(self, reason: str) -> bool:
+        self._alarm = True
+        self._last_reason = reason
+        return True
+
+
+class Cusum(_TwoSided):
     """Two-sided tabular CUSUM on a residual whose in-control mean is zero.
 
     Per sample ``r``::
@@ -111,25 +178,10 @@ class Cusum:
     """
 
     # drift and threshold are copied into slots: one attribute load per use instead of two.
-    __slots__ = (
-        "_alarm",
-        "_config",
-        "_drift",
-        "_g_neg",
-        "_g_pos",
-        "_last_reason",
-        "_n_samples",
-        "_threshold",
-    )
+    __slots__ = ("_config", "_drift")
 
     _config: CusumConfig
     _drift: float
-    _threshold: float
-    _g_pos: float
-    _g_neg: float
-    _n_samples: int
-    _alarm: bool
-    _last_reason: str | None
 
     def __init__(self, config: CusumConfig) -> None:
         self._config = config
@@ -142,31 +194,6 @@ class Cusum:
         """The tuning this detector was built with."""
         return self._config
 
-    @property
-    def g_pos(self) -> float:
-        """Upper statistic (evidence the residual mean rose), residual units times samples."""
-        return self._g_pos
-
-    @property
-    def g_neg(self) -> float:
-        """Lower statistic (evidence the residual mean fell), residual units times samples."""
-        return self._g_neg
-
-    @property
-    def n_samples(self) -> int:
-        """Samples consumed since the last reset, including the one that raised the alarm."""
-        return self._n_samples
-
-    @property
-    def alarm(self) -> bool:
-        """True from the sample that raised the alarm until :meth:`reset`."""
-        return self._alarm
-
-    @property
-    def last_reason(self) -> str | None:
-        """Why the alarm was raised (a ``REASON_*`` string), or None when not alarmed."""
-        return self._last_reason
-
     def update(self, residual: float) -> bool:
         """Consume one residual (actuator units) and return :attr:`alarm`. Never raises."""
         if self._alarm:
@@ -174,20 +201,7 @@ class Cusum:
         self._n_samples += 1
         if not _isfinite(residual):
             return self._raise(REASON_NOT_FINITE)
-        drift = self._drift
-        g_pos = self._g_pos + residual - drift
-        g_neg = self._g_neg - residual - drift
-        self._g_pos = g_pos = g_pos if g_pos > 0.0 else 0.0
-        self._g_neg = g_neg = g_neg if g_neg > 0.0 else 0.0
-        # No NaN can reach the clamps above (which would turn it into 0, "no change"): the
-        # residual is finite and both statistics are finite while not alarmed, so the worst
-        # an extreme residual can do is overflow one statistic to +inf, which alarms.
-        threshold = self._threshold
-        if g_pos > threshold:
-            return self._raise(REASON_INCREASE)
-        if g_neg > threshold:
-            return self._raise(REASON_DECREASE)
-        return False
+        return self._accumulate(residual, self._drift)
 
     def evidence(self) -> dict[str, float]:
         """``g_pos``, ``g_neg``, ``threshold``, ``drift`` and ``n_samples`` (as a float)."""
@@ -201,16 +215,7 @@ class Cusum:
 
     def reset(self) -> None:
         """Clear the alarm, the reason, both statistics and the sample count."""
-        self._g_pos = 0.0
-        self._g_neg = 0.0
-        self._n_samples = 0
-        self._alarm = False
-        self._last_reason = None
-
-    def _raise(self, reason: str) -> bool:
-        self._alarm = True
-        self._last_reason = reason
-        return True
+        self._clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +245,7 @@ class PageHinkleyConfig:
             raise ValueError(f"`alpha` must be in (0, 1], got {self.alpha!r}")
 
 
-class PageHinkley:
+class PageHinkley(_TwoSided):
     """Two-sided Page-Hinkley test for a change in the residual's mean.
 
     Per sample ``x`` (the running mean ``m`` is updated with ``x`` first)::
@@ -260,31 +265,13 @@ class PageHinkley:
     """
 
     # Tuning copied into slots as in Cusum.
-    __slots__ = (
-        "_alarm",
-        "_alpha",
-        "_config",
-        "_delta",
-        "_g_neg",
-        "_g_pos",
-        "_last_reason",
-        "_mean",
-        "_n_samples",
-        "_threshold",
-        "_weight",
-    )
+    __slots__ = ("_alpha", "_config", "_delta", "_mean", "_weight")
 
     _config: PageHinkleyConfig
     _alpha: float
     _delta: float
-    _threshold: float
     _mean: float
     _weight: float
-    _g_pos: float
-    _g_neg: float
-    _n_samples: int
-    _alarm: bool
-    _last_reason: str | None
 
     def __init__(self, config: PageHinkleyConfig) -> None:
         self._config = config
@@ -303,31 +290,6 @@ class PageHinkley:
         """The running (weighted) mean of the residual, in residual units; 0 before any sample."""
         return self._mean
 
-    @property
-    def g_pos(self) -> float:
-        """Evidence the mean rose, residual units times samples."""
-        return self._g_pos
-
-    @property
-    def g_neg(self) -> float:
-        """Evidence the mean fell, residual units times samples."""
-        return self._g_neg
-
-    @property
-    def n_samples(self) -> int:
-        """Samples consumed since the last reset, including the one that raised the alarm."""
-        return self._n_samples
-
-    @property
-    def alarm(self) -> bool:
-        """True from the sample that raised the alarm until :meth:`reset`."""
-        return self._alarm
-
-    @property
-    def last_reason(self) -> str | None:
-        """Why the alarm was raised (a ``REASON_*`` string), or None when not alarmed."""
-        return self._last_reason
-
     def update(self, residual: float) -> bool:
         """Consume one residual (actuator units) and return :attr:`alarm`. Never raises."""
         if self._alarm:
@@ -343,19 +305,8 @@ class PageHinkley:
         mean = self._mean
         self._mean = mean = mean - mean * inv_weight + residual * inv_weight
         # May overflow to +-inf for residuals near the float range; that drives one statistic
-        # to +inf and alarms, it cannot produce NaN (see Cusum.update).
-        deviation = residual - mean
-        delta = self._delta
-        g_pos = self._g_pos + deviation - delta
-        g_neg = self._g_neg - deviation - delta
-        self._g_pos = g_pos = g_pos if g_pos > 0.0 else 0.0
-        self._g_neg = g_neg = g_neg if g_neg > 0.0 else 0.0
-        threshold = self._threshold
-        if g_pos > threshold:
-            return self._raise(REASON_INCREASE)
-        if g_neg > threshold:
-            return self._raise(REASON_DECREASE)
-        return False
+        # to +inf and alarms, it cannot produce NaN (see _TwoSided._accumulate).
+        return self._accumulate(residual - mean, self._delta)
 
     def evidence(self) -> dict[str, float]:
         """``g_pos``, ``g_neg``, ``mean``, ``threshold``, ``delta``, ``alpha``, ``n_samples``."""
@@ -374,13 +325,4 @@ class PageHinkley:
         """Clear the alarm, the reason, the statistics, the running mean and the count."""
         self._mean = 0.0
         self._weight = 0.0
-        self._g_pos = 0.0
-        self._g_neg = 0.0
-        self._n_samples = 0
-        self._alarm = False
-        self._last_reason = None
-
-    def _raise(self, reason: str) -> bool:
-        self._alarm = True
-        self._last_reason = reason
-        return True
+        self._clear()
