@@ -131,7 +131,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"unknown bench {args.what!r}; one of: {', '.join(sorted(BENCHES))}",
               file=sys.stderr)
         return EXIT_INPUT
-    result = bench.run(quick=args.quick)
+    from gateway.config import ConfigError
+
+    try:
+        result = bench.run(quick=args.quick)
+    except ConfigError as exc:
+        # The benches use the example sites of a source checkout (configs/).
+        print(f"safety-gateway bench {args.what}: needs the example sites of a source "
+              f"checkout:\n{exc}", file=sys.stderr)
+        return EXIT_INPUT
     if args.json:
         print(json.dumps(result, indent=2))
     else:
