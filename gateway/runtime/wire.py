@@ -1,0 +1,90 @@
+"""The invariant after encoding: what the device will hold must pass the envelope.
+
+Scaling, rounding and integer ranges can move a value: 99.995 % written as a uint16 with scale
+0.01 becomes raw 10000, i.e. 100.00 %. :class:`WireGate` computes the exact engineering value
+each actuator will hold (``codec.wire_value``) and checks the vector with the envelope's gate.
+If rounding pushed a value across a limit, it tries that actuator's representable neighbours,
+closest first; if no choice passes, every actuator gets its safe value (safe values are
+representable: the site loader checks that).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from gateway.adapters import codec
+from gateway.adapters.base import EncodingError
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Tag
+    from gateway.envelope.compiled import F64
+    from gateway.envelope.gate import Gate
+
+
+class WireCommand(NamedTuple):
+    """Values to write (engineering units, exactly representable on the wire); ``safe`` marks
+    actuators at their safe value because nothing else passed; ``adjusted`` marks actuators
+    moved to a representable neighbour."""
+
+    values: F64
+    safe: tuple[bool, ...]
+    adjusted: tuple[bool, ...]
+
+
+class WireGate:
+    """Checks commands after encoding, for the actuators of one site (site order)."""
+
+    def __init__(self, actuators: tuple[Tag, ...], gate: Gate) -> None:
+        if len(actuators) != gate.envelope.n_actuators:
+            raise ValueError("one tag per actuator of the envelope is needed")
+        self.tags = actuators
+        self.gate = gate
+        safe = [codec.wire_value(t, float(v)) for t, v in zip(actuators, gate.safe_values,
+                                                                strict=True)]
+        if safe != gate.safe_values.tolist():
+            raise ValueError("a safe value is not exactly representable in its wire type")
+        self._none = (False,) * len(actuators)
+        self._all = (True,) * len(actuators)
+
+    def admit(self, command: F64, previous: F64, sensors: F64, dt_s: float) -> WireCommand:
+        """The values to write for ``command`` (already admitted by the envelope's gate);
+        ``previous`` is what the devices hold now."""
+        wire = command.copy()
+        moved: list[int] = []
+        for i, tag in enumerate(self.tags):
+            try:
+                w = codec.wire_value(tag, float(command[i]))
+            except EncodingError:
+                return self._safe()
+            if w != command[i]:
+                wire[i] = w
+                moved.append(i)
+        gate = self.gate
+        if not moved or gate.admissible(wire, previous, sensors, dt_s):
+            return WireCommand(wire, self._none, self._adjusted(moved, wire, command))
+        for i in moved:
+            if gate.admissible(wire, previous, sensors, dt_s):
+                break
+            target = float(command[i])
+            try:
+                options = sorted(codec.neighbours(self.tags[i], target),
+                                 key=lambda w: abs(w - target))
+            except EncodingError:
+                return self._safe()
+            for option in options:
+                wire[i] = option
+                if gate.admissible(wire, previous, sensors, dt_s):
+                    break
+        if gate.admissible(wire, previous, sensors, dt_s):
+            return WireCommand(wire, self._none, self._adjusted(moved, wire, command))
+        return self._safe()
+
+    def _adjusted(self, moved: list[int], wire: F64, command: F64) -> tuple[bool, ...]:
+        if not moved:
+            return self._none
+        return tuple(bool(wire[i] != command[i]) for i in range(len(self.tags)))
+
+    def _safe(self) -> WireCommand:
+        return WireCommand(np.array(self.gate.safe_values), self._all, self._none)

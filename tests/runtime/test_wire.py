@@ -1,0 +1,73 @@
+"""The wire gate: the values the device will hold pass the envelope, after encoding."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gateway
+import gateway.envelope
+from gateway.adapters import codec
+from gateway.envelope.gate import Gate
+from gateway.runtime.wire import WireGate
+
+TANK = "configs/water_tank.yaml"
+
+
+@functools.cache
+def wire_gate(engine: str, inflow_max: float = 100.0) -> WireGate:
+    site = gateway.load_config(TANK)
+    limits = tuple(replace(lim, max=inflow_max) if lim.actuator == "inflow_valve" else lim
+                   for lim in site.envelope.limits)
+    site = replace(site, envelope=replace(site.envelope, limits=limits))
+    env = gateway.envelope.compile(site, engine)
+    gate = Gate(env, np.array([t.safe_value for t in site.actuators]))
+    return WireGate(site.actuators, gate)
+
+
+SENSORS = np.array([2.5, 0.01])
+
+
+def test_representable_command_is_written_as_is(engine):
+    wg = wire_gate(engine)
+    out = wg.admit(np.array([31.0, 30.0, 0.0]), np.array([30.0, 30.0, 0.0]), SENSORS, 0.1)
+    np.testing.assert_array_equal(out.values, [31.0, 30.0, 0.0])
+    assert out.safe == (False, False, False)
+
+
+def test_rounding_over_a_limit_takes_the_neighbour_below(engine):
+    # uint16, scale 0.01: 99.995 rounds to raw 10000 = 100.00 %, over a 99.995 % limit.
+    wg = wire_gate(engine, inflow_max=99.995)
+    command = np.array([99.995, 30.0, 0.0])
+    assert codec.wire_value(wg.tags[0], 99.995) > 99.995
+    out = wg.admit(command, np.array([99.0, 30.0, 0.0]), SENSORS, 1.0)
+    assert out.values[0] == codec.wire_value(wg.tags[0], 99.99)
+    assert out.values[0] <= 99.995
+    assert out.adjusted == (True, False, False)
+    assert out.safe == (False, False, False)
+
+
+def test_unencodable_command_writes_safe_values(engine):
+    wg = wire_gate(engine)
+    out = wg.admit(np.array([700.0, 30.0, 0.0]), np.array([30.0, 30.0, 0.0]), SENSORS, 0.1)
+    np.testing.assert_array_equal(out.values, wg.gate.safe_values)
+    assert out.safe == (True, True, True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.0, 100.0), st.floats(0.0, 100.0), st.floats(0.0, 100.0),
+       st.floats(0.0, 100.0), st.sampled_from([95.0, 99.995, 99.999, 100.0]))
+def test_whatever_is_written_is_admissible_and_representable(inflow, pump, prev_in, prev_pump,
+                                                             inflow_max):
+    for engine in ("cython", "python"):
+        wg = wire_gate(engine, inflow_max=inflow_max)
+        previous = np.array([prev_in, prev_pump, 0.0])
+        admitted = wg.gate.admit(np.array([inflow, pump, 0.0]), previous, SENSORS, 0.5)
+        out = wg.admit(admitted.command, previous, SENSORS, 0.5)
+        assert wg.gate.admissible(out.values, previous, SENSORS, 0.5)
+        for tag, value in zip(wg.tags, out.values, strict=True):
+            assert codec.wire_value(tag, float(value)) == value
