@@ -73,6 +73,8 @@ class FallbackBank:
                 self._reference.append((i, twin, j))
         # The reference PIDs' outputs (the standby outputs where there is no reference PID).
         self.reference: list[float] = [float(x) for x in initial]
+        # Operator setpoints (actuator index -> value) that replace the fallback's output.
+        self.overrides: dict[int, float] = {}
 
     def update(self, sensors: Sequence[float], dt_s: float) -> F64:
         """Every controller's output for this cycle (a new array, actuator order)."""
@@ -87,6 +89,8 @@ class FallbackBank:
         for i, twin, j in self._reference:
             ref[i] = twin.update(sensors[j], dt_s)
         self.reference = ref
+        for i, value in self.overrides.items():
+            out[i] = value
         return np.array(out, dtype=np.float64)
 
     def track(self, applied: Sequence[float], ai_in_control: bool) -> None:

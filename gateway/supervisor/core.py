@@ -89,6 +89,10 @@ class Supervisor:
         self.canary = Canary(canary, site.detection.canary_period_s, start_s)
         self.silence_s = site.controller.silence_timeout_ms / 1000.0
         self.previous = np.array(initial_command, dtype=np.float64)
+        # The AI's own last command: while it is not in control it is judged as if it were,
+        # on its own trajectory; judging it against the fallback's output would clamp every
+        # disagreement with the fallback's position and no shadow period would ever be clean.
+        self.ai_previous = self.previous.copy()
         self.last_s = start_s - site.site.cycle_ms / 1000.0
         self._pending: list[Event] = []
         self._requests: list[OperatorRequest] = []
@@ -107,6 +111,21 @@ class Supervisor:
         outcome (applied or refused, with the reason) is in that step's events."""
         self._requests.append(req)
 
+    def set_operator_setpoint(self, actuator: int, value: float | None) -> None:
+        """Hold ``actuator`` at an operator's setpoint instead of its fallback output (None
+        releases it). Honoured while the mode is MANUAL; leaving MANUAL releases every one."""
+        if value is None:
+            self.bank.overrides.pop(actuator, None)
+        else:
+            self.bank.overrides[actuator] = value
+
+    def record_write(self, command: F64) -> None:
+        """A command written between steps (an operator's validated write-through): rate
+        limits of the next step are measured from it, and the fallbacks track it."""
+        # The AI's own trajectory is left alone: what was written says nothing about it.
+        self.previous = np.array(command, dtype=np.float64)
+        self.bank.track(self.previous.tolist(), False)
+
     def step(self, snapshot: Snapshot, proposal: Proposal | None, now_s: float) -> Decision:
         """One control cycle. Never raises for anything the plant, the AI or an operator does."""
         dt = now_s - self.last_s
@@ -123,6 +142,8 @@ class Supervisor:
                     e.kind is EventKind.RESET for e in applied):
                 self._reset_detectors()
         self._requests.clear()
+        if self.bank.overrides and self.modes.mode is not Mode.MANUAL:
+            self.bank.overrides.clear()
 
         sensors, findings = self.inputs.check(snapshot.sensors.tolist(),
                                               snapshot.good.tolist(), snapshot.age_s.tolist())
@@ -160,10 +181,14 @@ class Supervisor:
                 (Source.SAFE,) * self._n_a if source is Source.SAFE else self._all_fallback)
         self.bank.track(command.tolist(), source is Source.AI)
         self.previous = command
+        if source is Source.AI or mode is Mode.MANUAL or mode is Mode.SAFE_STOP:
+            # In AUTO the AI's trajectory is what was applied; outside SHADOW it restarts from
+            # the applied output, so that SHADOW begins where the plant is.
+            self.ai_previous = command
         clamped = admitted.clamped or (source is Source.AI and verdict is not None
                                        and verdict.action == Action.CLAMP)
         return Decision(now_s, mode, command, source, sources, verdict, fallback, clamped,
-                        tuple(events), self.canary.due(now_s))
+                        tuple(events), self.canary.due(now_s), sensor_vec, dt)
 
     # -------------------------------------------------------------------------------------
 
@@ -184,7 +209,12 @@ class Supervisor:
         values = np.array(values)  # a copy: the caller's array is never changed
         for i in self._not_driven:
             values[i] = fallback[i]
-        return self.envelope.check(values, self.previous, sensors, dt), values, None
+        in_control = self.modes.mode is Mode.AUTO
+        verdict = self.envelope.check(values, self.previous if in_control else self.ai_previous,
+                                      sensors, dt)
+        if verdict.clamped is not None:
+            self.ai_previous = verdict.clamped
+        return verdict, values, None
 
     def _apply(self, finding: Finding, now_s: float) -> list[Event]:
         """Move the mode for ``finding``; report a detector once per latch."""

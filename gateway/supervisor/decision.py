@@ -68,7 +68,9 @@ class Decision(NamedTuple):
     ``source`` is where it came from before the gate, ``sources`` per actuator after it (an
     actuator the gate replaced is SAFE); ``verdict`` is the envelope's verdict on the AI's
     proposal (None when there was none); ``clamped`` tells whether the written command is a
-    projection; ``canary_due`` asks the runtime to run the golden inputs this cycle.
+    projection; ``canary_due`` asks the runtime to run the golden inputs this cycle;
+    ``sensors`` and ``dt_s`` are what the command was judged with (bad readings as NaN), so
+    that the check after encoding judges the same way.
     Immutable; a NamedTuple because one is built every cycle and a frozen dataclass costs
     several microseconds to construct.
     """
@@ -83,3 +85,5 @@ class Decision(NamedTuple):
     clamped: bool
     events: tuple[Event, ...]
     canary_due: bool
+    sensors: F64
+    dt_s: float

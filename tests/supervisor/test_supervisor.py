@@ -341,3 +341,46 @@ def test_step_never_raises_on_garbage_proposals(engine):
     for values in garbage:
         d = loop.step(proposal=Proposal(values, produced_at_s=loop.now_s))  # type: ignore[arg-type]
         assert np.isfinite(d.command).all()
+
+
+def test_operator_setpoint_holds_in_manual_and_is_released_on_leaving(engine):
+    loop = Loop(engine)
+    loop.sup.set_operator_setpoint(1, 45.0)  # outflow pump
+    for _ in range(30):
+        d = loop.step(None)
+    assert d.command[1] == 45.0  # reached within the pump's rate limit, then held
+    loop.request(RequestKind.TO_SHADOW)
+    d = loop.step(good_policy(loop))
+    assert loop.sup.bank.overrides == {}
+    for _ in range(30):
+        d = loop.step(good_policy(loop))
+    assert d.command[1] == 30.0  # back to the fixed fallback
+
+
+def test_record_write_moves_the_rate_reference(engine):
+    loop = Loop(engine)
+    loop.sup.record_write(np.array([30.0, 40.0, 0.0]))
+    loop.sup.set_operator_setpoint(1, 40.0)
+    d = loop.step(None)
+    assert d.command[1] == 40.0  # no ramp back from 30: the write is the new reference
+
+
+def test_shadow_judges_the_ai_on_its_own_trajectory(engine):
+    # The AI wants the pump at 45 % while the fallback holds it at 30 %: in SHADOW it ramps
+    # toward 45 on its own trajectory (clamped only while ramping), then is clean, and AUTO
+    # can be granted; judged against the fallback's 30 % it would be clamped forever.
+    loop = Loop(engine)
+    loop.request(RequestKind.TO_SHADOW)
+    verdicts = []
+    for _ in range(int(loop.sup.site.operation.clean_shadow_s / 0.1) + 20):
+        ai = good_policy(loop)
+        ai[1] = 45.0
+        verdicts.append(loop.step(ai).verdict)
+    assert all(v is not None and v.ok for v in verdicts[-30:])
+    assert loop.decisions[-1].command[1] == 30.0  # the fallback stayed in control
+    loop.request(RequestKind.TO_AUTO)
+    ai = good_policy(loop)
+    ai[1] = 45.0
+    d = loop.step(ai)
+    assert d.mode is Mode.AUTO
+    assert d.command[1] == pytest.approx(32.5)  # from the applied 30 % at 25 %/s
