@@ -1,0 +1,464 @@
+"""The gateway's northbound Modbus TCP server: SCADA and external AI controllers connect here.
+
+Our own implementation on asyncio streams (not pymodbus's server, which its maintainers do not
+describe as hardened for hostile networks): every frame is validated before any other work,
+reads are answered from the in-memory :class:`~gateway.adapters.modbus_map.RegisterImage`
+without awaiting anything, and every write is a request handed to the runtime's
+:class:`~gateway.adapters.base.NorthboundHandler`, which checks it against the safety envelope.
+The register layout is documented in :mod:`gateway.adapters.modbus_map`.
+
+Frames from clients are hostile. Per connection, each frame is handled in order:
+
+1. MBAP header (Modbus Messaging on TCP/IP Implementation Guide V1.0b, 3.1.3): exactly 7
+   bytes. Protocol id other than 0, or a length field outside 2..254 (unit id + a PDU of at
+   most 253 bytes, Modbus Application Protocol V1.1b3, 4.1) closes the connection: the peer is
+   not speaking Modbus, and no resynchronisation of a byte stream is safe. The rest of the
+   frame (length - 1 bytes) must arrive within ``frame_timeout_s`` (as must the rest of a
+   header once its first byte arrived), else the connection is closed. Several frames in one
+   TCP segment are handled one by one; bytes after a valid frame are the next frame's header.
+2. Unit id: the configured ``spec.unit``, or 255 (the TCP implementation guide recommends
+   0xFF when a TCP device is addressed directly). Any other value, including 0 (a broadcast in
+   serial Modbus: a gateway must never fan a write out), is answered with exception 0x0B
+   (gateway target device failed to respond).
+3. Function code allowlist {3, 4, 6, 16}; anything else: exception 1 (illegal function).
+4. PDU length exact for the function (FC3/4/6: 4 data bytes; FC16: 5 + byte count, byte count
+   = 2 x quantity), quantity 1..125 (reads) or 1..123 (FC16): else exception 3 (illegal data
+   value). Then the address range (no wrap past 65535, wholly inside mapped registers; writes
+   cover whole float32 setpoints only, so FC6 always gets this answer): else exception 2.
+5. Reads are answered from the image. Writes decode the float32 values (NaN and inf are passed
+   on: the envelope's ``nonfinite_policy`` decides) and ``await handler.write(client, values,
+   atomic=True)``. All accepted: the normal echo response; the image is *not* changed here (the
+   runtime mirrors the value it actually applied). Any refused: that refusal's exception code
+   (3: outside the envelope). A handler failure: exception 4, logged, server keeps serving.
+
+Connections: a peer whose IP is not in ``spec.allow`` (addresses or CIDR networks; empty
+refuses everyone) is closed at once, logged once per address; beyond ``max_connections``
+concurrent connections new ones are closed at once; a connection silent for ``idle_timeout_s``
+between frames is closed; a peer that does not read its answers is closed after
+``frame_timeout_s``. Peers in ``spec.ai_clients`` write as :attr:`Role.AI` (proposals), the
+others as :attr:`Role.OPERATOR`.
+
+Nothing here bounds how long the handler takes: it is the runtime's job to answer (with a
+refusal if it must), and cancelling a write half-way to the device would be worse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, NamedTuple
+
+from gateway.adapters.base import (
+    AdapterError,
+    ClientInfo,
+    NorthboundHandler,
+    Role,
+    WriteOutcome,
+)
+from gateway.adapters.modbus_map import RegisterImage
+from gateway.config.schema import Table
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from gateway.adapters.modbus_map import NorthboundMap
+    from gateway.config.schema import ModbusServerSpec
+
+logger = logging.getLogger(__name__)
+
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+_HEAD3 = struct.Struct(">HHHBBB")  # MBAP + function code + (exception code | byte count)
+_ECHO = struct.Struct(">HHHBBHH")  # MBAP + function code + address + quantity/value
+_ADDR_QTY = struct.Struct(">HH")
+_FLOAT32 = struct.Struct(">f")
+
+UNIT_THIS_DEVICE = 255
+MAX_READ_QUANTITY = 125  # Modbus Application Protocol V1.1b3, 6.3 / 6.4
+MAX_WRITE_QUANTITY = 123  # 6.12
+_MIN_LENGTH, _MAX_LENGTH = 2, 254
+
+
+class FunctionCode(IntEnum):
+    READ_HOLDING_REGISTERS = 3
+    READ_INPUT_REGISTERS = 4
+    WRITE_SINGLE_REGISTER = 6
+    WRITE_MULTIPLE_REGISTERS = 16
+
+
+class ExceptionCode(IntEnum):
+    """Modbus exception codes the server answers with (Application Protocol V1.1b3, 7)."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_DATA_ADDRESS = 0x02
+    ILLEGAL_DATA_VALUE = 0x03
+    SERVER_DEVICE_FAILURE = 0x04
+    GATEWAY_TARGET_FAILED = 0x0B
+
+
+_FUNCTIONS = frozenset(int(f) for f in FunctionCode)
+_REFUSAL_CODES = frozenset(range(1, 0x0C))  # exception codes a handler may answer with
+
+
+class _Violation(Exception):
+    """The byte stream is not Modbus TCP: close the connection."""
+
+
+class _Write(NamedTuple):
+    """A write request that passed every check: what the handler is asked, and the echo."""
+
+    fc: int
+    address: int
+    quantity: int
+    values: dict[str, float]
+
+
+@dataclass
+class ServerStats:
+    """Counters since start (cheap ints; the ops layer exports them)."""
+
+    accepted: int = 0
+    refused_not_allowed: int = 0
+    refused_too_many: int = 0
+    frames: int = 0
+    exceptions: int = 0
+    protocol_violations: int = 0
+    timeouts: int = 0
+    handler_failures: int = 0
+
+
+class _Once:
+    """Keys seen before, so a repeated fault is logged once at its level, then at debug.
+    Bounded: a hostile network cannot grow it without limit (past the cap, debug only)."""
+
+    def __init__(self, cap: int = 1024) -> None:
+        self._seen: set[tuple[str, str]] = set()
+        self._cap = cap
+
+    def level(self, kind: str, key: str, level: int) -> int:
+        k = (kind, key)
+        if k in self._seen or len(self._seen) >= self._cap:
+            return logging.DEBUG
+        self._seen.add(k)
+        return level
+
+
+def _networks(key: str, entries: tuple[str, ...]
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for text in entries:
+        try:
+            nets.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{key}: {text!r} is not an IP address or network") from None
+    return tuple(nets)
+
+
+def _peer_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return ip
+
+
+class ModbusServer:
+    """The northbound Modbus TCP server of one site (behaviour in the module docstring).
+
+    ``port`` overrides ``spec.port`` (0 binds an ephemeral port, for tests; see :attr:`port`).
+    Raises ``ValueError`` for an entry of ``spec.allow``/``spec.ai_clients`` that is not an
+    address or network, or a non-positive timeout or connection limit.
+    """
+
+    def __init__(self, map: NorthboundMap, spec: ModbusServerSpec,
+                 handler: NorthboundHandler, *, port: int | None = None,
+                 idle_timeout_s: float = 60.0, frame_timeout_s: float = 2.0,
+                 max_connections: int = 16) -> None:
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0, not {idle_timeout_s}")
+        if not frame_timeout_s > 0:
+            raise ValueError(f"frame_timeout_s must be > 0, not {frame_timeout_s}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, not {max_connections}")
+        if port is not None and not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0..65535, not {port}")
+        self.map = map
+        self.spec = spec
+        self.image = RegisterImage(map)
+        self.stats = ServerStats()
+        self._handler = handler
+        self._port_wanted = spec.port if port is None else port
+        self._idle_s = idle_timeout_s
+        self._frame_s = frame_timeout_s
+        self._max = max_connections
+        self._allow = _networks("allow", spec.allow)
+        self._ai = _networks("ai_clients", spec.ai_clients)
+        self._units = frozenset((spec.unit, UNIT_THIS_DEVICE))
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._once = _Once()
+        self._bound_port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port. Raises ``RuntimeError`` before :meth:`start`."""
+        if self._bound_port is None:
+            raise RuntimeError("server not started")
+        return self._bound_port
+
+    @property
+    def connections(self) -> int:
+        """Connections currently open (allowed and being served)."""
+        return len(self._sessions)
+
+    async def start(self) -> None:
+        """Bind ``spec.host`` and the port and start accepting. Raises :class:`AdapterError`
+        if the address cannot be bound, ``RuntimeError`` if already started."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._closing = False
+        try:
+            self._server = await asyncio.start_server(
+                self._on_connect, self.spec.host, self._port_wanted, reuse_address=True)
+        except OSError as exc:
+            raise AdapterError(
+                f"modbus server cannot listen on {self.spec.host}:{self._port_wanted}: {exc}"
+            ) from exc
+        self._bound_port = int(self._server.sockets[0].getsockname()[1])
+        logger.info("modbus server listening on %s:%d (unit %d)", self.spec.host,
+                    self._bound_port, self.spec.unit)
+
+    async def stop(self) -> None:
+        """Stop accepting and close every connection (a write awaiting the handler is
+        cancelled: its client gets no answer). Idempotent."""
+        self._closing = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        sessions = list(self._sessions)
+        for task in sessions:
+            task.cancel()
+        if sessions:
+            await asyncio.wait(sessions)
+        if server is not None:
+            await server.wait_closed()
+
+    async def __aenter__(self) -> ModbusServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ the mirror
+
+    def set_sensor(self, name: str, value: float) -> None:
+        """Mirror a sensor's engineering value (see :meth:`RegisterImage.set_sensor`)."""
+        self.image.set_sensor(name, value)
+
+    def set_actuator(self, name: str, value: float) -> None:
+        """Mirror the value last applied to an actuator's device."""
+        self.image.set_actuator(name, value)
+
+    def set_status(self, mode_code: int, latched: bool, incident: bool, heartbeat: int) -> None:
+        """Mirror the gateway status (:class:`~gateway.adapters.modbus_map.ModeCode`)."""
+        self.image.set_status(mode_code, latched, incident, heartbeat)
+
+    def set_rejection(self, code: int, actuator_index: int | None) -> None:
+        """Mirror the last rejection (:class:`~gateway.adapters.modbus_map.RejectionCode`,
+        0-based actuator index or None)."""
+        self.image.set_rejection(code, actuator_index)
+
+    # ------------------------------------------------------------------ connections
+
+    def _allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+        return ip is not None and any(ip in net for net in self._allow)
+
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback: refusals cost no task, and the session runs in a task we own (in
+        # Python 3.11 the streams module logs a cancelled callback task as an error on stop).
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
+        ip = _peer_ip(host)
+        if self._closing:
+            writer.transport.abort()
+            return
+        if not self._allowed(ip):
+            self.stats.refused_not_allowed += 1
+            logger.log(self._once.level("refused", host, logging.WARNING),
+                       "modbus: refused connection from %s (not in northbound.modbus.allow)",
+                       host)
+            writer.transport.abort()
+            return
+        if len(self._sessions) >= self._max:
+            self.stats.refused_too_many += 1
+            logger.log(self._once.level("full", host, logging.WARNING),
+                       "modbus: refused connection from %s: %d connections already open",
+                       host, self._max)
+            writer.transport.abort()
+            return
+        self.stats.accepted += 1
+        role = Role.AI if ip is not None and any(ip in net for net in self._ai) else (
+            Role.OPERATOR)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        client = ClientInfo("modbus", address, None, role)
+        task = asyncio.get_running_loop().create_task(
+            self._session(reader, writer, client, host), name=f"modbus {address}")
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       client: ClientInfo, host: str) -> None:
+        address = client.address
+        try:
+            await self._serve(reader, writer, client)
+        except _Violation as exc:
+            self.stats.protocol_violations += 1
+            logger.log(self._once.level("violation", host, logging.WARNING),
+                       "modbus: closed %s: %s", address, exc)
+        except TimeoutError:
+            self.stats.timeouts += 1
+            logger.debug("modbus: closed %s: timeout", address)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                self.stats.protocol_violations += 1
+                logger.log(self._once.level("violation", host, logging.WARNING),
+                           "modbus: closed %s: truncated frame", address)
+        except ConnectionError as exc:
+            logger.debug("modbus: connection %s lost: %s", address, exc)
+        finally:
+            # Answers already written are normally in the kernel by now; a peer that left
+            # some unread in our buffer is not reading, and must not hold the socket open.
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()
+            else:
+                writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     client: ClientInfo) -> None:
+        loop = asyncio.get_running_loop()
+        frame_s, idle_s = self._frame_s, self._idle_s
+        while True:
+            async with asyncio.timeout(frame_s) as deadline:
+                # The previous answer must leave (a peer that pipelines without reading is
+                # closed), then the next frame may take its time to start, not to finish.
+                await writer.drain()
+                deadline.reschedule(loop.time() + idle_s)
+                first = await reader.readexactly(1)
+                deadline.reschedule(loop.time() + frame_s)
+                head = first + await reader.readexactly(6)
+                tid, protocol, length, unit = _MBAP.unpack(head)
+                if protocol != 0:
+                    raise _Violation(f"protocol id {protocol}, not 0 (Modbus)")
+                if not _MIN_LENGTH <= length <= _MAX_LENGTH:
+                    raise _Violation(f"MBAP length {length} outside {_MIN_LENGTH}..{_MAX_LENGTH}")
+                pdu = await reader.readexactly(length - 1)
+            self.stats.frames += 1
+            answer = self._answer(tid, unit, pdu)
+            if isinstance(answer, _Write):
+                answer = await self._write(tid, unit, client, answer)
+            writer.write(answer)
+
+    # ------------------------------------------------------------------ requests
+
+    def _exception(self, tid: int, unit: int, fc: int, code: int) -> bytes:
+        self.stats.exceptions += 1
+        return _HEAD3.pack(tid, 0, 3, unit, (fc | 0x80) & 0xFF, code)
+
+    def _answer(self, tid: int, unit: int, pdu: bytes) -> bytes | _Write:
+        """The whole answer to a request, or the checked write the handler must decide.
+        Pure and synchronous: a read never waits for anything."""
+        fc = pdu[0]
+        if unit not in self._units:
+            return self._exception(tid, unit, fc, ExceptionCode.GATEWAY_TARGET_FAILED)
+        if fc not in _FUNCTIONS:
+            return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_FUNCTION)
+        n = len(pdu) - 1
+        if fc == FunctionCode.WRITE_MULTIPLE_REGISTERS:
+            if n < 5:
+                return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_VALUE)
+            address, quantity = _ADDR_QTY.unpack_from(pdu, 1)
+            count = pdu[5]
+            if (not 1 <= quantity <= MAX_WRITE_QUANTITY or count != 2 * quantity
+                    or n != 5 + count):
+                return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_VALUE)
+            return self._check_write(tid, unit, fc, address, quantity, pdu, 6)
+        if n != 4:
+            return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_VALUE)
+        address, quantity = _ADDR_QTY.unpack_from(pdu, 1)
+        if fc == FunctionCode.WRITE_SINGLE_REGISTER:
+            # ``quantity`` is the value here; one register is never a whole float32 setpoint.
+            return self._check_write(tid, unit, fc, address, 1, pdu, 3)
+        if not 1 <= quantity <= MAX_READ_QUANTITY:
+            return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_VALUE)
+        table = (Table.HOLDING_REGISTER if fc == FunctionCode.READ_HOLDING_REGISTERS
+                 else Table.INPUT_REGISTER)
+        data = self.image.read(table, address, quantity) if address + quantity <= 65536 else None
+        if data is None:
+            return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+        return _HEAD3.pack(tid, 0, 3 + len(data), unit, fc, len(data)) + data
+
+    def _check_write(self, tid: int, unit: int, fc: int, address: int, quantity: int,
+                     pdu: bytes, at: int) -> bytes | _Write:
+        tags = (self.map.setpoints_in(address, quantity) if address + quantity <= 65536
+                else None)
+        if tags is None:
+            return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+        values = {tag: float(_FLOAT32.unpack_from(pdu, at + 4 * i)[0])
+                  for i, tag in enumerate(tags)}
+        return _Write(fc, address, quantity, values)
+
+    async def _write(self, tid: int, unit: int, client: ClientInfo, req: _Write) -> bytes:
+        fc = req.fc
+        if client.role is Role.VIEWER:
+            return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+        try:
+            outcomes = await self._handler.write(client, dict(req.values), atomic=True)
+        except AdapterError as exc:
+            self.stats.handler_failures += 1
+            logger.log(self._once.level("adapter", type(exc).__name__, logging.WARNING),
+                       "modbus: write from %s failed: %s", client.address, exc)
+            return self._exception(tid, unit, fc, ExceptionCode.SERVER_DEVICE_FAILURE)
+        except Exception:
+            # A bug in the handler: the client gets "device failure", the server lives on.
+            self.stats.handler_failures += 1
+            logger.exception("modbus: handler raised on a write from %s", client.address)
+            return self._exception(tid, unit, fc, ExceptionCode.SERVER_DEVICE_FAILURE)
+        code = self._refusal(outcomes, req.values)
+        if code:
+            return self._exception(tid, unit, fc, code)
+        return _ECHO.pack(tid, 0, 6, unit, fc, req.address, req.quantity)
+
+    def _refusal(self, outcomes: object, values: dict[str, float]) -> int:
+        """0 if every tag was accepted, else the exception code to answer with (the first
+        refusal in address order; a malformed answer from the handler counts as a failure)."""
+        if not isinstance(outcomes, dict):
+            logger.error("modbus: handler returned %r, not a dict of outcomes",
+                         type(outcomes).__name__)
+            self.stats.handler_failures += 1
+            return ExceptionCode.SERVER_DEVICE_FAILURE
+        answers = [outcomes.get(tag) for tag in values]
+        for tag, outcome in zip(values, answers, strict=True):
+            if not isinstance(outcome, WriteOutcome):
+                logger.error("modbus: handler gave no outcome for %r", tag)
+                self.stats.handler_failures += 1
+                return ExceptionCode.SERVER_DEVICE_FAILURE
+        for tag, outcome in zip(values, answers, strict=True):
+            assert outcome is not None  # checked above
+            if not outcome.accepted:
+                if outcome.code in _REFUSAL_CODES:
+                    return int(outcome.code)
+                logger.error("modbus: handler refused %r with code %r (not an exception "
+                             "code)", tag, outcome.code)
+                return ExceptionCode.SERVER_DEVICE_FAILURE
+        return 0

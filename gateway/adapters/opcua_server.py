@@ -1,0 +1,442 @@
+"""Northbound OPC UA server: what SCADA and external AI controllers see of the gateway.
+
+Address space (namespace ``urn:safety-gateway:<site name>``, index 2 as the first namespace the
+server registers), under ``Objects/Gateway``::
+
+    Sensors/<tag>      Double, read only     ns=2;s=Gateway.Sensors.<tag>
+    Actuators/<tag>    Double, writable      ns=2;s=Gateway.Actuators.<tag>
+    Status/Mode        String                ns=2;s=Gateway.Status.Mode
+    Status/Latched     Boolean               ns=2;s=Gateway.Status.Latched
+    Status/Heartbeat   UInt32                ns=2;s=Gateway.Status.Heartbeat
+    Status/ActiveIncident Boolean            ns=2;s=Gateway.Status.ActiveIncident
+    Status/LastRejection  String             ns=2;s=Gateway.Status.LastRejection
+    RequestMode(Mode: String), ResetTrip(), Bypass(Detector: String, Seconds: Double),
+    EndBypass(Detector: String)              ns=2;s=Gateway.<method>
+
+Writes. Every WriteValue that targets an Actuators variable is handed to the runtime on its own
+(``handler.write(client, {tag: value}, atomic=False)``); the others of the same request go on
+regardless. An **accepted** write is answered Good *without changing the node*: the runtime
+forwards the (envelope-checked) value southbound and then mirrors what was really applied with
+:meth:`OpcUaServer.set_actuator`, so reading an actuator always shows the applied value, never a
+request. A refusal is answered for that node alone: code 3 -> BadOutOfRange, 2 -> BadNotWritable,
+4 -> BadCommunicationError (anything else BadInternalError). Sensors and Status refuse writes with
+BadNotWritable; viewers get BadUserAccessDenied. Only Value attributes are writable.
+
+Who: each session's user (UserName token, password checked against the environment variable
+``password_env`` at login time, in constant time) has the role the site gives it; an anonymous
+session gets ``Role.OPERATOR`` and is only possible when ``allow_anonymous`` is true (otherwise the
+token type is not even offered, and the user manager refuses it as well). A user whose password
+variable is missing cannot log in (logged once). Methods: RequestMode needs operator or admin;
+ResetTrip, Bypass and EndBypass need admin; others get BadUserAccessDenied. A method returns
+(Accepted: Boolean, Message: String) with a Good status once the runtime has answered.
+
+The mirror API (:meth:`set_sensor`, :meth:`set_actuator`, :meth:`set_status`,
+:meth:`set_rejection`) writes through ``server.write_attribute_value``, the trusted path that
+does not pass the write hook.
+
+Built on asyncua 2.1 internals (the attribute write service and session creation are wrapped;
+see shared/NOTES-libraries.md): the version is pinned exactly.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import math
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, cast
+from urllib.parse import urlparse
+
+from asyncua import ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+
+from gateway.adapters.base import ClientInfo, NorthboundHandler, Role, WriteOutcome
+from gateway.adapters.opcua_client import certificate_uri
+from gateway.config.schema import SecurityMode, SecurityPolicy
+
+if TYPE_CHECKING:
+    from gateway.config.schema import OpcUaServerSpec, OpcUaUser, Site
+
+_log = logging.getLogger("gateway.adapters.opcua")
+
+NAMESPACE_INDEX: Final = 2
+"""The index asyncua gives the first namespace a server registers (0 is OPC UA's, 1 the
+server's own URI); :func:`opcua_nodes` and the server agree on it."""
+
+STATUS_NODES: Final = (("Mode", ua.VariantType.String), ("Latched", ua.VariantType.Boolean),
+                       ("Heartbeat", ua.VariantType.UInt32),
+                       ("ActiveIncident", ua.VariantType.Boolean),
+                       ("LastRejection", ua.VariantType.String))
+METHODS: Final = ("RequestMode", "ResetTrip", "Bypass", "EndBypass")
+
+_REFUSAL_STATUS: Final = {3: StatusCodes.BadOutOfRange, 2: StatusCodes.BadNotWritable,
+                          4: StatusCodes.BadCommunicationError}
+_MODE_REQUESTS: Final = {"auto": "to_auto", "shadow": "to_shadow", "manual": "to_manual",
+                         "safe_stop": "to_safe_stop"}
+_METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip": (Role.ADMIN,),
+                        "Bypass": (Role.ADMIN,), "EndBypass": (Role.ADMIN,)}
+_WRITER_ROLES: Final = (Role.AI, Role.OPERATOR, Role.ADMIN)
+
+
+def namespace_uri(site: Site) -> str:
+    return f"urn:safety-gateway:{site.site.name}"
+
+
+def _nodeid_text(path: str) -> str:
+    return f"ns={NAMESPACE_INDEX};s=Gateway{'.' if path else ''}{path}"
+
+
+def _nid(path: str) -> ua.NodeId:
+    return ua.NodeId.from_string(_nodeid_text(path))
+
+
+def _status(code: int) -> ua.StatusCode:
+    return ua.StatusCode(ua.UInt32(code))
+
+
+def opcua_nodes(site: Site) -> list[dict[str, Any]]:
+    """The northbound node ids, as ``safety-gateway map`` shows them: one entry per sensor,
+    actuator, status variable and method, with ``tag`` (the tag, status or method name),
+    ``nodeid`` (string form, namespace index 2), ``writable`` and ``kind`` ("sensor",
+    "actuator", "status", "method"). Pure: no server is started."""
+    nodes: list[dict[str, Any]] = []
+    for tag in site.sensors:
+        nodes.append({"tag": tag.name, "nodeid": _nodeid_text(f"Sensors.{tag.name}"),
+                      "writable": False, "kind": "sensor"})
+    for tag in site.actuators:
+        nodes.append({"tag": tag.name, "nodeid": _nodeid_text(f"Actuators.{tag.name}"),
+                      "writable": True, "kind": "actuator"})
+    for name, _ in STATUS_NODES:
+        nodes.append({"tag": name, "nodeid": _nodeid_text(f"Status.{name}"),
+                      "writable": False, "kind": "status"})
+    for name in METHODS:
+        nodes.append({"tag": name, "nodeid": _nodeid_text(name), "writable": False,
+                      "kind": "method"})
+    return nodes
+
+
+@dataclass
+class _GatewayUser(User):
+    """An authenticated northbound session's identity (asyncua role User, never Admin)."""
+
+    gateway_role: Role = Role.VIEWER
+
+
+# The session serving the current request (set by the wrapped session's write/call, which run
+# in the request's own task), so hooks can name the client's address.
+_SESSION: contextvars.ContextVar[Any] = contextvars.ContextVar("opcua_session", default=None)
+
+
+class _Users(UserManager):
+    """asyncua user manager: site users by name and env-var password; anonymous if allowed."""
+
+    def __init__(self, spec: OpcUaServerSpec) -> None:
+        self._spec = spec
+        self._users: dict[str, OpcUaUser] = {u.name: u for u in spec.users}
+        self._missing_logged: set[str] = set()
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        # ``certificate`` is the secure channel's client certificate (asyncua passes it for
+        # every token type); X509 identity tokens are not offered, so no username = anonymous.
+        if username is None:
+            if self._spec.allow_anonymous:
+                return _GatewayUser(role=UserRole.User, name=None, gateway_role=Role.OPERATOR)
+            _log.info("OPC UA login refused: anonymous access is not allowed")
+            return None
+        user = self._users.get(username)
+        if user is None:
+            _log.info("OPC UA login refused: unknown user %r", username)
+            return None
+        expected = os.environ.get(user.password_env)
+        if expected is None:
+            if username not in self._missing_logged:
+                self._missing_logged.add(username)
+                _log.warning("OPC UA user %r cannot log in: environment variable %s is not set",
+                             username, user.password_env)
+            return None
+        if password is None or not hmac.compare_digest(password.encode(), expected.encode()):
+            _log.info("OPC UA login refused: wrong password for %r", username)
+            return None
+        return _GatewayUser(role=UserRole.User, name=username, gateway_role=Role(user.role))
+
+
+class OpcUaServer:
+    """The gateway's northbound OPC UA server for ``site`` (needs ``site.northbound.opcua``)."""
+
+    def __init__(self, site: Site, handler: NorthboundHandler) -> None:
+        spec = site.northbound.opcua
+        if spec is None:
+            raise ValueError("the site has no northbound.opcua section")
+        self.site = site
+        self.spec = spec
+        self._handler = handler
+        self._server: Server | None = None
+        self._sensors = {t.name: _nid(f"Sensors.{t.name}")
+                         for t in site.sensors}
+        self._actuators = {t.name: _nid(f"Actuators.{t.name}")
+                           for t in site.actuators}
+        self._actuator_by_node = {nid: name for name, nid in self._actuators.items()}
+        self._status = {name: _nid(f"Status.{name}") for name, _ in STATUS_NODES}
+        self._read_only = set(self._sensors.values()) | set(self._status.values())
+
+    @property
+    def endpoint(self) -> str:
+        return self.spec.endpoint
+
+    @property
+    def port(self) -> int:
+        port = urlparse(self.spec.endpoint).port
+        return 4840 if port is None else port
+
+    # ----------------------------------------------------------------- start / stop
+
+    async def start(self) -> None:
+        """Build the address space and listen. Raises ``RuntimeError`` if the namespace
+        index is not 2 (the published node ids would be wrong) and ``OSError`` if the port
+        is taken."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        spec, sec = self.spec, self.spec.security
+        server = Server(user_manager=_Users(spec))
+        await server.init()
+        server.set_endpoint(spec.endpoint)
+        server.set_server_name(f"safety-gateway {self.site.site.name}")
+        if sec.policy is SecurityPolicy.NONE:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            if sec.certificate is None or sec.private_key is None:
+                raise ValueError("a secured endpoint needs certificate and private_key")
+            await server.load_certificate(str(sec.certificate))
+            await server.load_private_key(str(sec.private_key))
+            uri = certificate_uri(sec.certificate.read_bytes())
+            if uri is not None:
+                await server.set_application_uri(uri)
+            server.set_security_policy([
+                ua.SecurityPolicyType.Basic256Sha256_Sign if sec.mode is SecurityMode.SIGN
+                else ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        tokens: list[type] = []
+        if spec.allow_anonymous:
+            tokens.append(ua.AnonymousIdentityToken)
+        if spec.users:
+            tokens.append(ua.UserNameIdentityToken)
+        server.set_identity_tokens(tokens)
+        idx = await server.register_namespace(namespace_uri(self.site))
+        if idx != NAMESPACE_INDEX:
+            raise RuntimeError(f"namespace index {idx}, expected {NAMESPACE_INDEX}")
+        await self._build(server)
+        self._hook(server)
+        await server.start()
+        self._server = server
+        _log.info("OPC UA server for %s listening on %s", self.site.site.name, spec.endpoint)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+
+    async def _build(self, server: Server) -> None:
+        ns = NAMESPACE_INDEX
+        gateway = await server.nodes.objects.add_object(_nid(""), f"{ns}:Gateway")
+        waiting = _status(StatusCodes.BadWaitingForInitialData)
+        for folder_name, nodes, writable in (("Sensors", self._sensors, False),
+                                             ("Actuators", self._actuators, True)):
+            folder = await gateway.add_folder(_nid(folder_name),
+                                              f"{ns}:{folder_name}")
+            for name, nid in nodes.items():
+                var = await folder.add_variable(nid, f"{ns}:{name}",
+                                                ua.Variant(0.0, ua.VariantType.Double))
+                if writable:
+                    await var.set_writable()
+                await server.write_attribute_value(nid, ua.DataValue(StatusCode=waiting))
+        status = await gateway.add_folder(_nid("Status"), f"{ns}:Status")
+        initial: dict[str, Any] = {"Mode": self.site.operation.start_mode.value,
+                                   "Latched": False, "Heartbeat": 0, "ActiveIncident": False,
+                                   "LastRejection": ""}
+        for name, vtype in STATUS_NODES:
+            await status.add_variable(self._status[name], f"{ns}:{name}",
+                                      ua.Variant(initial[name], vtype))
+
+        def arg(name: str, vtype: ua.VariantType) -> ua.Argument:
+            return ua.Argument(Name=name, DataType=ua.NodeId(ua.Int32(vtype.value)), ValueRank=-1)
+
+        outputs = [arg("Accepted", ua.VariantType.Boolean), arg("Message", ua.VariantType.String)]
+        detector = arg("Detector", ua.VariantType.String)
+        signatures = {"RequestMode": [arg("Mode", ua.VariantType.String)], "ResetTrip": [],
+                      "Bypass": [detector, arg("Seconds", ua.VariantType.Double)],
+                      "EndBypass": [detector]}
+        for name in METHODS:
+            await gateway.add_method(_nid(name), f"{ns}:{name}",
+                                     self._method(name), signatures[name], outputs)
+
+    # ----------------------------------------------------------------- hooks into asyncua
+
+    def _hook(self, server: Server) -> None:
+        iserver = server.iserver
+        original_create = iserver.create_session
+
+        def create_session(name: Any, user: Any = None, external: bool = False) -> Any:
+            session = (original_create(name, external=external) if user is None
+                       else original_create(name, user=user, external=external))
+            if external:
+                for attr in ("write", "call"):
+                    setattr(session, attr, _in_session(session, getattr(session, attr)))
+            return session
+
+        # asyncua 2.1 internals (pinned): per-session context and per-node write answers.
+        iserver.create_session = create_session  # type: ignore[method-assign]
+        service = iserver.attribute_service
+        original_write = service.write
+
+        async def write(params: ua.WriteParameters, user: Any = None) -> list[ua.StatusCode]:
+            if not isinstance(user, _GatewayUser):
+                # Only the server's own internal session is Admin; anything else that is not
+                # one of our authenticated users is refused (fail closed).
+                if user is None or (isinstance(user, User) and user.role is UserRole.Admin):
+                    result: list[ua.StatusCode] = await (original_write(params) if user is None
+                                                         else original_write(params, user=user))
+                    return result
+                return [_status(StatusCodes.BadUserAccessDenied)
+                        for _ in params.NodesToWrite]
+            return [await self._write_one(wv, user, original_write)
+                    for wv in params.NodesToWrite]
+
+        service.write = write  # type: ignore[method-assign]
+
+    async def _write_one(self, wv: ua.WriteValue, user: _GatewayUser,
+                         original_write: Any) -> ua.StatusCode:
+        tag = self._actuator_by_node.get(wv.NodeId)
+        if tag is None:
+            if wv.NodeId in self._read_only or wv.NodeId.NamespaceIndex == NAMESPACE_INDEX:
+                return _status(StatusCodes.BadNotWritable)
+            result: list[ua.StatusCode] = await original_write(
+                ua.WriteParameters(NodesToWrite=[wv]), user=user)
+            return result[0]
+        if wv.AttributeId != AttributeIds.Value:
+            return _status(StatusCodes.BadNotWritable)
+        if wv.IndexRange:
+            return _status(StatusCodes.BadWriteNotSupported)
+        client = self._client_info(user)
+        if client.role not in _WRITER_ROLES:
+            return _status(StatusCodes.BadUserAccessDenied)
+        variant = wv.Value.Value if wv.Value is not None else None
+        raw = variant.Value if variant is not None else None
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            return _status(StatusCodes.BadTypeMismatch)
+        try:
+            outcomes = await self._handler.write(client, {tag: float(raw)}, atomic=False)
+            outcome = outcomes[tag]
+        except Exception:  # the runtime failed: refuse this node, keep serving the others
+            _log.exception("northbound write of %s by %s failed in the handler", tag, client)
+            return _status(StatusCodes.BadInternalError)
+        if outcome.accepted:
+            return _status(StatusCodes.Good)
+        return _status(_REFUSAL_STATUS.get(outcome.code, StatusCodes.BadInternalError))
+
+    def _client_info(self, user: _GatewayUser) -> ClientInfo:
+        session = _SESSION.get()
+        peer = getattr(session, "name", None)
+        address = (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2
+                   else "unknown")
+        return ClientInfo("opcua", address, user.name, user.gateway_role)
+
+    def _method(self, name: str) -> Any:
+        async def call(parent: ua.NodeId, *args: ua.Variant) -> Any:
+            session = _SESSION.get()
+            user = getattr(session, "user", None)
+            if not isinstance(user, _GatewayUser):
+                return _status(StatusCodes.BadUserAccessDenied)
+            client = self._client_info(user)
+            if client.role not in _METHOD_ROLES[name]:
+                return _status(StatusCodes.BadUserAccessDenied)
+            values = [a.Value if isinstance(a, ua.Variant) else a for a in args]
+            request = _parse_request(name, values)
+            if request is None:
+                return _status(StatusCodes.BadInvalidArgument)
+            kind, detector, seconds = request
+            try:
+                outcome: WriteOutcome = await self._handler.request(client, kind, detector,
+                                                                    seconds)
+            except Exception:
+                _log.exception("OPC UA %s by %s failed in the handler", name, client)
+                return _status(StatusCodes.BadInternalError)
+            message = "accepted" if outcome.accepted else outcome.reason or "refused"
+            return [ua.Variant(outcome.accepted, ua.VariantType.Boolean),
+                    ua.Variant(message, ua.VariantType.String)]
+
+        return call
+
+    # ----------------------------------------------------------------- mirror (trusted path)
+
+    async def _mirror(self, nid: ua.NodeId, variant: ua.Variant, good: bool = True) -> None:
+        server = self._server
+        if server is None:
+            raise RuntimeError("server not started")
+        now = cast("ua.DateTime", datetime.now(UTC))
+        status = _status(StatusCodes.Good if good else StatusCodes.BadNoCommunication)
+        await server.write_attribute_value(
+            nid, ua.DataValue(variant, StatusCode=status, SourceTimestamp=now,
+                              ServerTimestamp=now))
+
+    async def set_sensor(self, name: str, value: float, good: bool) -> None:
+        """Mirror a sensor reading. A bad reading shows as BadNoCommunication (OPC UA then
+        carries no value, Part 4, 7.7.1). ``KeyError`` for an unknown sensor."""
+        await self._mirror(self._sensors[name], ua.Variant(float(value), ua.VariantType.Double),
+                           good and math.isfinite(value))
+
+    async def set_actuator(self, name: str, value: float) -> None:
+        """Mirror the value last applied to an actuator (what clients read back)."""
+        await self._mirror(self._actuators[name], ua.Variant(float(value),
+                                                             ua.VariantType.Double))
+
+    async def set_status(self, mode: str, latched: bool, heartbeat: int, incident: bool) -> None:
+        """Mirror the supervisor's status; ``heartbeat`` wraps modulo 2**32."""
+        for name, value in (("Mode", mode), ("Latched", bool(latched)),
+                            ("Heartbeat", heartbeat % 2**32),
+                            ("ActiveIncident", bool(incident))):
+            vtype = dict(STATUS_NODES)[name]
+            await self._mirror(self._status[name], ua.Variant(value, vtype))
+
+    async def set_rejection(self, text: str) -> None:
+        """Mirror the latest refusal (what was refused and why) for operators."""
+        await self._mirror(self._status["LastRejection"],
+                           ua.Variant(text, ua.VariantType.String))
+
+
+def _parse_request(name: str, values: list[Any]
+                   ) -> tuple[str, str | None, float | None] | None:
+    """(kind, detector, duration_s) for a method call, or None if the arguments are wrong."""
+    if name == "RequestMode":
+        if len(values) != 1 or not isinstance(values[0], str):
+            return None
+        kind = _MODE_REQUESTS.get(values[0].strip().lower())
+        return None if kind is None else (kind, None, None)
+    if name == "ResetTrip":
+        return ("reset_trip", None, None) if not values else None
+    if name == "EndBypass":
+        if len(values) != 1 or not isinstance(values[0], str) or not values[0]:
+            return None
+        return "end_bypass", values[0], None
+    if (len(values) != 2 or not isinstance(values[0], str) or not values[0]
+            or isinstance(values[1], bool) or not isinstance(values[1], (int, float))
+            or not math.isfinite(values[1]) or values[1] <= 0):
+        return None
+    return "bypass", values[0], float(values[1])
+
+
+def _in_session(session: Any, method: Any) -> Any:
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        token = _SESSION.set(session)
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            _SESSION.reset(token)
+
+    return wrapped
