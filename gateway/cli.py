@@ -123,6 +123,91 @@ def cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def wire_map(site: Site) -> dict[str, Any]:
+    """The northbound Modbus map, the OPC UA node ids and the southbound addresses of a site."""
+    from gateway.adapters.modbus_map import NorthboundMap
+    from gateway.adapters.opcua_server import opcua_nodes
+    from gateway.config.schema import ModbusRef
+
+    nmap = NorthboundMap.from_site(site)
+    southbound = []
+    for tag in site.tags:
+        ref = tag.ref
+        southbound.append({
+            "tag": tag.name, "device": tag.device,
+            "table": ref.table.value if isinstance(ref, ModbusRef) else "opcua",
+            "address": ref.address if isinstance(ref, ModbusRef) else ref.node,
+            "type": tag.wire_type.value, "word_order": tag.word_order.value,
+            "byte_order": tag.byte_order.value, "scale": tag.scale, "offset": tag.offset,
+            "kind": tag.kind.value})
+    return {"unit": nmap.unit, "modbus": nmap.entries(),
+            "opcua": [{k: n[k] for k in ("tag", "nodeid", "writable")}
+                      for n in opcua_nodes(site)],
+            "southbound": southbound}
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+
+    try:
+        site = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
+    result = wire_map(site)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"northbound Modbus (unit {result['unit']}):")
+    for e in result["modbus"]:
+        rw = "rw" if e["writable"] else "r "
+        print(f"  {e['table']:<17} {e['address']:>5}  {rw}  {e['type']:<8} {e['tag']}")
+    print("northbound OPC UA:")
+    for n in result["opcua"]:
+        print(f"  {n['nodeid']:<45} {'rw' if n['writable'] else 'r '}  {n['tag']}")
+    print("southbound:")
+    for s in result["southbound"]:
+        print(f"  {s['device']:<12} {s['table']:<17} {s['address']!s:<28} {s['type']:<8} "
+              f"x{s['scale']:g}{s['offset']:+g}  {s['tag']} ({s['kind']})")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from gateway.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    # The protocol libraries log every node they create and every frame at INFO/DEBUG: that
+    # would bury the gateway's own fault lines. Their warnings and errors still show.
+    for noisy in ("asyncua", "pymodbus"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        site = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
+    from gateway.runtime.gateway import Gateway
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(site).run(stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        # Typically a northbound port that cannot be bound.
+        print(f"safety-gateway run: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks import BENCHES
 
@@ -156,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", nargs="+", help="site YAML file(s)")
     check.add_argument("--json", action="store_true", help="machine-readable summary")
     check.set_defaults(func=cmd_check)
+
+    wmap = sub.add_parser("map", help="print the northbound maps and southbound addresses")
+    wmap.add_argument("config", help="site YAML file")
+    wmap.add_argument("--json", action="store_true", help="machine-readable map")
+    wmap.set_defaults(func=cmd_map)
+
+    run = sub.add_parser("run", help="run the gateway (SIGINT/SIGTERM stop it cleanly)")
+    run.add_argument("config", help="site YAML file")
+    run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="measure performance figures")
     bench.add_argument("what", help="which bench: envelope, supervisor")

@@ -1,0 +1,449 @@
+"""The running gateway: adapters, controller, supervisor and northbound servers on one loop.
+
+One asyncio event loop, structured with a task group: one task per southbound device (it keeps
+the tag store current and reconnects by itself), the northbound servers, and the control cycle.
+Each cycle:
+
+1. snapshot the sensors from the tag store;
+2. take the AI's proposal (the ONNX policy under its deadline, or the external AI's latest
+   write);
+3. ``supervisor.step`` decides (pure);
+4. the wire gate checks what each device will hold after encoding (the invariant);
+5. write each device's actuators and its heartbeat, concurrently, bounded by the cycle;
+6. mirror sensors, applied values and status to the northbound servers.
+
+Northbound writes: an external AI's write is checked against the envelope at once (refused with
+code 3 if it breaks it) and becomes the proposal of the next cycles. An operator's write is a
+setpoint, taken in MANUAL mode only: it is checked, encoded, checked again, forwarded to the
+device before the answer (validated write-through), and then held by the supervisor in place of
+that actuator's fallback until the mode leaves MANUAL. A setpoint farther away than the rate and
+step limits allow in one write is a target: the first step toward it is written before the
+answer, and the control cycles ramp the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+import gateway.envelope
+from gateway.adapters.base import (
+    ACCEPTED,
+    AdapterError,
+    ClientInfo,
+    NorthboundHandler,
+    Role,
+    TagStore,
+    WriteOutcome,
+)
+from gateway.config.schema import ControllerKind, ModbusDevice, ShutdownAction
+from gateway.runtime.external import ExternalCommands
+from gateway.runtime.schedule import CycleSchedule
+from gateway.runtime.wire import WireGate
+from gateway.supervisor.core import Supervisor
+from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from gateway.config.schema import Site
+    from gateway.control.ai import AiWiring
+    from gateway.control.onnx_policy import OnnxPolicy
+    from gateway.envelope.compiled import F64
+    from gateway.supervisor.decision import Decision, Proposal
+
+log = logging.getLogger("gateway.runtime")
+
+MODE_CODES = {Mode.AUTO: 0, Mode.SHADOW: 1, Mode.MANUAL: 2, Mode.SAFE_STOP: 3}
+# Who may ask for what. Resets and bypasses weaken protection: administrators only.
+_ALLOWED: dict[Role, frozenset[RequestKind]] = {
+    Role.ADMIN: frozenset(RequestKind),
+    Role.OPERATOR: frozenset({RequestKind.TO_MANUAL, RequestKind.TO_SAFE_STOP,
+                              RequestKind.TO_SHADOW, RequestKind.TO_AUTO,
+                              RequestKind.RESET_TRIP}),
+}
+
+
+class DeviceClient(Protocol):
+    """What the runtime needs of a southbound client (Modbus or OPC UA)."""
+
+    async def run(self) -> None: ...
+
+    async def write(self, values: Mapping[str, float]) -> None: ...
+
+    async def write_heartbeat(self, counter: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class FaultLog:
+    """One log line when a fault starts, one when it clears; debug lines while it persists."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, str] = {}
+
+    def fault(self, key: str, message: str) -> None:
+        if key in self.active:
+            log.debug("fault=%s still: %s", key, message)
+            return
+        self.active[key] = message
+        log.warning("fault=%s %s", key, message)
+
+    def clear(self, key: str) -> None:
+        if self.active.pop(key, None) is not None:
+            log.info("fault=%s cleared", key)
+
+
+def _make_client(device: Any, tags: list[Any], store: TagStore, clock: Callable[[], float]
+                 ) -> DeviceClient:
+    # Imported here: the protocol libraries load only for the devices a site really has.
+    if isinstance(device, ModbusDevice):
+        from gateway.adapters.modbus_client import ModbusDeviceClient
+
+        return ModbusDeviceClient(device, tags, store, clock=clock)
+    from gateway.adapters.opcua_client import OpcUaDeviceClient
+
+    return OpcUaDeviceClient(device, tags, store, clock=clock)
+
+
+class Gateway(NorthboundHandler):
+    """One site's gateway. ``clients`` replaces the southbound clients (tests, drills)."""
+
+    def __init__(self, site: Site, *, engine: str | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 clients: dict[str, DeviceClient] | None = None,
+                 servers: bool = True, startup_wait_s: float = 2.0) -> None:
+        self.site = site
+        self.clock = clock
+        self.envelope = gateway.envelope.compile(site, engine)
+        self.actuators = site.actuators
+        self.names = tuple(t.name for t in self.actuators)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.sensor_names = tuple(t.name for t in site.sensors)
+        self.store = TagStore(tuple(t.name for t in site.tags))
+        self.period_s = site.site.cycle_ms / 1000.0
+        self.startup_wait_s = startup_wait_s
+        if clients is None:
+            clients = {d.name: _make_client(d, [t for t in site.tags if t.device == d.name],
+                                            self.store, clock) for d in site.devices}
+        self.clients = clients
+        self.by_device: dict[str, list[int]] = {}
+        for i, tag in enumerate(self.actuators):
+            self.by_device.setdefault(tag.device, []).append(i)
+        self.external = ExternalCommands(self.names)
+        self.policy: OnnxPolicy | None = None
+        self.wiring: AiWiring | None = None
+        self.faults = FaultLog()
+        self.supervisor: Supervisor | None = None
+        self.wire: WireGate | None = None
+        self.applied = np.array([t.safe_value for t in self.actuators], dtype=np.float64)
+        self.heartbeat = 0
+        self.last_write_s = -math.inf
+        self.lateness_s: list[float] = []
+        self.decisions: list[Decision] = []  # the last few, for tests and the dashboard
+        self.servers_enabled = servers
+        self.modbus_server: Any = None
+        self.opcua_server: Any = None
+        self._write_lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then leave each actuator as its shutdown policy says."""
+        log.info("starting site=%s engine=%s devices=%d cycle_ms=%s", self.site.site.name,
+                 self.envelope.engine, len(self.clients), self.site.site.cycle_ms)
+        self._load_policy()
+        tasks = [asyncio.create_task(c.run(), name=f"device:{n}")
+                 for n, c in self.clients.items()]
+        try:
+            await self._start_servers()
+            await self._start_supervisor()
+            self.ready.set()
+            await self._cycles(stop)
+        finally:
+            await self._shutdown(tasks)
+
+    def _load_policy(self) -> None:
+        if self.site.controller.kind is not ControllerKind.ONNX:
+            return
+        from gateway.control.ai import AiWiring, onnx_policy_config
+        from gateway.control.onnx_policy import ModelError, load_policy
+
+        try:
+            self.policy = load_policy(onnx_policy_config(self.site))
+        except ModelError as exc:
+            # Refused at load: run on fallback control, loudly.
+            log.error("model refused, running on fallback control: %s", exc)
+            return
+        self.wiring = AiWiring(self.site)
+        log.info("model loaded path=%s sha256=%s", self.policy.model_path,
+                 self.policy.model_sha256)
+
+    async def _start_servers(self) -> None:
+        if not self.servers_enabled:
+            return
+        nb = self.site.northbound
+        if nb.modbus is not None:
+            from gateway.adapters.modbus_map import NorthboundMap
+            from gateway.adapters.modbus_server import ModbusServer
+
+            self.modbus_server = ModbusServer(NorthboundMap.from_site(self.site), nb.modbus,
+                                              self)
+            await self.modbus_server.start()
+        if nb.opcua is not None:
+            from gateway.adapters.opcua_server import OpcUaServer
+
+            self.opcua_server = OpcUaServer(self.site, self)
+            await self.opcua_server.start()
+
+    async def _start_supervisor(self) -> None:
+        """Seed the supervisor with the actuators' read-back (their safe values where none)."""
+        deadline = self.clock() + self.startup_wait_s
+        while self.clock() < deadline:
+            if all(self.store.get(n).good for n in self.names):
+                break
+            await asyncio.sleep(0.02)
+        initial = np.array([r.value if (r := self.store.get(n)).good else s
+                            for n, s in zip(self.names, self.applied.tolist(), strict=True)])
+        self.applied = initial
+        self.supervisor = Supervisor(self.site, self.envelope, initial, self.clock())
+        self.wire = WireGate(self.actuators, self.supervisor.gate)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        safe = {i for i, t in enumerate(self.actuators)
+                if t.on_shutdown is ShutdownAction.SAFE}
+        if safe and self.supervisor is not None:
+            values = self.applied.copy()
+            for i in safe:
+                values[i] = self.supervisor.safe_values[i]
+            await self._write_devices(values, only=safe)
+            log.info("shutdown: safe values written to %s",
+                     ", ".join(self.names[i] for i in sorted(safe)))
+        for task in tasks:
+            task.cancel()
+        # The device tasks end with CancelledError, collected here; a cancellation of this
+        # task itself still propagates out of gather.
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("device task %s ended with %s: %s", task.get_name(),
+                          type(result).__name__, result)
+        for client in self.clients.values():
+            await client.close()
+        if self.modbus_server is not None:
+            await self.modbus_server.stop()
+        if self.opcua_server is not None:
+            await self.opcua_server.stop()
+        if self.policy is not None:
+            self.policy.close()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ the cycle
+
+    async def _cycles(self, stop: asyncio.Event) -> None:
+        schedule = CycleSchedule(self.period_s, self.clock())
+        while not stop.is_set():
+            now = self.clock()
+            self.lateness_s.append(schedule.lateness_s(now))
+            if len(self.lateness_s) > 100_000:
+                del self.lateness_s[:50_000]
+            await self.cycle(now)
+            nxt = schedule.advance(self.clock())
+            delay = nxt - self.clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def cycle(self, now: float) -> Decision:
+        """One control cycle (public so that drills can step the gateway themselves)."""
+        sup = self.supervisor
+        wire = self.wire
+        assert sup is not None
+        assert wire is not None
+        snapshot = self.store.snapshot(self.sensor_names, now)
+        decision = sup.step(snapshot, self._proposal(snapshot.sensors, now), now)
+        written = wire.admit(decision.command, self.applied, decision.sensors, decision.dt_s)
+        if any(written.safe) or any(written.adjusted):
+            sup.record_write(written.values)
+        async with self._write_lock:
+            await self._write_devices(written.values, heartbeat=True)
+            self.applied = written.values
+            self.last_write_s = now
+        for event in decision.events:
+            log.info("event kind=%s name=%s mode=%s reason=%s requester=%s", event.kind,
+                     event.name, decision.mode, event.reason, event.requester)
+        await self._mirror(decision)
+        self.decisions.append(decision)
+        if len(self.decisions) > 1000:
+            del self.decisions[:500]
+        return decision
+
+    def _proposal(self, sensors: F64, now: float) -> Proposal | None:
+        if self.policy is not None and self.wiring is not None:
+            inference = self.policy.infer(self.wiring.inputs(sensors, self.applied))
+            return self.wiring.proposal(inference, now)
+        if self.site.controller.kind is ControllerKind.EXTERNAL:
+            return self.external.proposal(self.applied)
+        return None
+
+    async def _write_devices(self, values: F64, heartbeat: bool = False,
+                             only: set[int] | None = None) -> bool:
+        """Write each device's actuators concurrently; True when every write succeeded."""
+        if heartbeat:
+            self.heartbeat += 1
+        jobs = []
+        names = []
+        for device, indexes in self.by_device.items():
+            chosen = [i for i in indexes if only is None or i in only]
+            if not chosen:
+                continue
+            client = self.clients[device]
+            jobs.append(client.write({self.names[i]: float(values[i]) for i in chosen}))
+            names.append(f"write:{device}")
+        if heartbeat:
+            for device, client in self.clients.items():
+                jobs.append(client.write_heartbeat(self.heartbeat))
+                names.append(f"heartbeat:{device}")
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*jobs, return_exceptions=True), max(self.period_s, 0.05))
+        except TimeoutError:
+            self.faults.fault("write-timeout", "device writes did not finish within a cycle")
+            return False
+        self.faults.clear("write-timeout")
+        ok = True
+        for key, result in zip(names, results, strict=True):
+            if isinstance(result, AdapterError):
+                ok = False
+                self.faults.fault(key, f"{type(result).__name__}: {result}")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self.faults.clear(key)
+        return ok
+
+    async def _mirror(self, decision: Decision) -> None:
+        sup = self.supervisor
+        assert sup is not None
+        latched = sup.modes.latched
+        if self.modbus_server is not None:
+            srv = self.modbus_server
+            for name in self.sensor_names:
+                srv.set_sensor(name, self.store.get(name).value)
+            for i, name in enumerate(self.names):
+                srv.set_actuator(name, float(self.applied[i]))
+            srv.set_status(MODE_CODES[decision.mode], latched, False, self.heartbeat % 65536)
+        if self.opcua_server is not None:
+            srv = self.opcua_server
+            for name in self.sensor_names:
+                r = self.store.get(name)
+                await srv.set_sensor(name, r.value, r.good)
+            for i, name in enumerate(self.names):
+                await srv.set_actuator(name, float(self.applied[i]))
+            await srv.set_status(decision.mode.value, latched, self.heartbeat, False)
+
+    # ------------------------------------------------------------------ northbound
+
+    def _sensors_now(self) -> F64:
+        sup = self.supervisor
+        assert sup is not None
+        snap = self.store.snapshot(self.sensor_names, self.clock())
+        masked, _ = sup.inputs.check(snap.sensors.tolist(), snap.good.tolist(),
+                                     snap.age_s.tolist())
+        return np.array(masked, dtype=np.float64)
+
+    async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
+                    ) -> dict[str, WriteOutcome]:
+        if self.supervisor is None:
+            return dict.fromkeys(values, WriteOutcome(False, 4, "gateway is starting"))
+        outcomes: dict[str, WriteOutcome] = {}
+        for name in values:
+            if name not in self.index:
+                outcomes[name] = WriteOutcome(False, 2, f"{name} is not a writable setpoint")
+            elif client.role not in (Role.AI, Role.OPERATOR, Role.ADMIN):
+                outcomes[name] = WriteOutcome(False, 2, f"role {client.role} may not write")
+        sensors = self._sensors_now()
+        groups = [dict(values)] if atomic else [{k: v} for k, v in values.items()]
+        for group in groups:
+            if any(k in outcomes for k in group):
+                continue
+            outcome = await self._write_group(client, group, sensors)
+            for name in group:
+                outcomes[name] = outcome
+        if atomic and any(not o.accepted for o in outcomes.values()):
+            refusal = next(o for o in outcomes.values() if not o.accepted)
+            return dict.fromkeys(values, refusal)
+        return outcomes
+
+    async def _write_group(self, client: ClientInfo, group: dict[str, float], sensors: F64
+                           ) -> WriteOutcome:
+        sup = self.supervisor
+        wire = self.wire
+        assert sup is not None
+        assert wire is not None
+        candidate = self.applied.copy()
+        for name, value in group.items():
+            candidate[self.index[name]] = value
+        # The setpoint itself must lie inside the envelope (rate and step limits apply to
+        # the movement, which the control cycle paces; they are not judged here).
+        verdict = self.envelope.check(candidate, candidate, sensors, self.period_s)
+        if not verdict.ok:
+            return WriteOutcome(False, 3, "outside the envelope: " + ", ".join(
+                verdict.violations))
+        now = self.clock()
+        if client.role is Role.AI:
+            self.external.write(group, now)
+            return ACCEPTED
+        if sup.mode is not Mode.MANUAL:
+            return WriteOutcome(False, 4, f"operator setpoints are taken in MANUAL mode only "
+                                          f"(mode is {sup.mode})")
+        async with self._write_lock:
+            # The setpoint is the target; the first step toward it (within the rate and step
+            # limits since the last write) goes to the device before the answer, and the
+            # control cycle ramps the rest.
+            dt = max(now - self.last_write_s, 1e-3)
+            changed = {self.index[n] for n in group}
+            admitted = sup.gate.admit(candidate, self.applied, sensors, dt)
+            if any(admitted.safe[i] for i in changed):
+                return WriteOutcome(False, 3, "outside the envelope now: " + ", ".join(
+                    admitted.violations))
+            first = self.applied.copy()
+            for i in changed:
+                first[i] = admitted.command[i]
+            written = wire.admit(first, self.applied, sensors, dt)
+            if any(written.safe) or not sup.gate.admissible(written.values, self.applied,
+                                                            sensors, dt):
+                return WriteOutcome(False, 3, "no representable first step inside the envelope")
+            if not await self._write_devices(written.values, only=changed):
+                return WriteOutcome(False, 4, "the device did not take the write")
+            for i in changed:
+                self.applied[i] = written.values[i]
+            self.last_write_s = now
+            sup.record_write(self.applied)
+            for name, value in group.items():
+                sup.set_operator_setpoint(self.index[name], value)
+        log.info("operator write by=%s from=%s values=%s", client.user, client.address, group)
+        return ACCEPTED
+
+    async def request(self, client: ClientInfo, kind: str, detector: str | None,
+                      duration_s: float | None) -> WriteOutcome:
+        sup = self.supervisor
+        if sup is None:
+            return WriteOutcome(False, 4, "gateway is starting")
+        try:
+            request_kind = RequestKind(kind)
+        except ValueError:
+            return WriteOutcome(False, 3, f"unknown request {kind!r}")
+        authorised = request_kind in _ALLOWED.get(client.role, frozenset())
+        who = client.user or client.address
+        sup.request(OperatorRequest(request_kind, who, authorised, detector, duration_s))
+        if not authorised:
+            return WriteOutcome(False, 2, f"role {client.role} may not {kind}")
+        return WriteOutcome(True, 0, "queued for the next cycle")
