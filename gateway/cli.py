@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -192,19 +193,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     from gateway.runtime.gateway import Gateway
 
-    async def main() -> None:
+    async def main() -> dict[str, float]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Gateway(site).run(stop)
+        gw = Gateway(site)
+        await gw.run(stop)
+        return gw.stats()
 
     try:
-        asyncio.run(main())
+        stats = asyncio.run(main())
     except OSError as exc:
         # Typically a northbound port that cannot be bound.
         print(f"safety-gateway run: {exc}", file=sys.stderr)
         return EXIT_ENVIRONMENT
+    if args.stats_json:
+        Path(args.stats_json).write_text(json.dumps(stats, indent=2))
     return EXIT_OK
 
 
@@ -249,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway (SIGINT/SIGTERM stop it cleanly)")
     run.add_argument("config", help="site YAML file")
+    run.add_argument("--stats-json", metavar="PATH",
+                     help="at shutdown, write cycle statistics (lateness percentiles) here")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="measure performance figures")

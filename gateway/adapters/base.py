@@ -75,11 +75,12 @@ class TagStore:
             raise KeyError(f"unknown tag {name!r}")
         self._readings[name] = Reading(value, good, at_s)
 
-    def mark_bad(self, names: Iterable[str], at_s: float) -> None:
-        """The device holding these tags is gone: keep the last value, flag it bad."""
+    def mark_bad(self, names: Iterable[str]) -> None:
+        """The device holding these tags is gone: keep the last value and when it was read
+        (its age keeps growing), flag it bad."""
         for name in names:
             old = self._readings[name]
-            self._readings[name] = Reading(old.value, False, old.at_s if old.good else at_s)
+            self._readings[name] = Reading(old.value, False, old.at_s)
 
     def get(self, name: str) -> Reading:
         return self._readings[name]

@@ -180,7 +180,7 @@ class OpcUaDeviceClient:
                 except Exception as exc:  # a bug or a library surprise: keep the device going
                     _log.exception("%s: unexpected error", self.device.name)
                     self._fault = f"unexpected {type(exc).__name__}"
-                self._store.mark_bad(self._tags, self._clock())
+                self._store.mark_bad(self._tags)
                 await self._drop_client()
                 if self._closed:
                     break
@@ -188,7 +188,7 @@ class OpcUaDeviceClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max_s)
         finally:
-            self._store.mark_bad(self._tags, self._clock())
+            self._store.mark_bad(self._tags)
             await asyncio.shield(self._drop_client())
             self.state = ConnectionState.CLOSED if self._closed else (
                 ConnectionState.DISCONNECTED)
@@ -353,7 +353,7 @@ class OpcUaDeviceClient:
         status = dv.StatusCode
         value = decode(dv.Value.Value, self._tags[name]) if dv.Value is not None else None
         if (status is not None and not status.is_good()) or value is None:
-            self._store.mark_bad((name,), now)
+            self._store.mark_bad((name,))
         else:
             self._store.update(name, value, True, now)
 

@@ -151,6 +151,7 @@ class Gateway(NorthboundHandler):
         self.modbus_server: Any = None
         self.opcua_server: Any = None
         self._write_lock = asyncio.Lock()
+        self._schedule: CycleSchedule | None = None
         self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -245,10 +246,28 @@ class Gateway(NorthboundHandler):
             self.policy.close()
         log.info("stopped")
 
+    @property
+    def skipped(self) -> int:
+        return self._schedule.skipped if self._schedule is not None else 0
+
+    def stats(self) -> dict[str, float]:
+        """Cycle statistics: count, skipped cycles and lateness percentiles (milliseconds)."""
+        late = sorted(self.lateness_s)
+        if not late:
+            return {"cycles": 0.0}
+
+        def pct(q: float) -> float:
+            return 1000.0 * late[min(len(late) - 1, int(q * len(late)))]
+
+        return {"cycles": float(len(late)), "skipped": float(self.skipped),
+                "lateness_ms_p50": pct(0.5), "lateness_ms_p99": pct(0.99),
+                "lateness_ms_max": 1000.0 * late[-1]}
+
     # ------------------------------------------------------------------ the cycle
 
     async def _cycles(self, stop: asyncio.Event) -> None:
         schedule = CycleSchedule(self.period_s, self.clock())
+        self._schedule = schedule
         while not stop.is_set():
             now = self.clock()
             self.lateness_s.append(schedule.lateness_s(now))

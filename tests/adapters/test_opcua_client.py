@@ -34,7 +34,7 @@ from gateway.config.schema import (
     TagKind,
     WireType,
 )
-from tests.adapters.opcua_plc import OpcUaPlc, PlcVariable, free_port
+from simulators.plc_opcua import OpcUaPlc, PlcVariable, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable

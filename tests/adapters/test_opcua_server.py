@@ -47,7 +47,7 @@ from gateway.config.schema import (
     TagKind,
     WireType,
 )
-from tests.adapters.opcua_plc import free_port
+from simulators.plc_opcua import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

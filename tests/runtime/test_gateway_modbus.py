@@ -1,6 +1,6 @@
 """The gateway between a real Modbus test PLC and real Modbus clients, on loopback.
 
-The PLC is a pymodbus server that records every write it receives (tests/adapters/plc.py); the
+The PLC is a pymodbus server that records every write it receives (simulators/plc_modbus.py); the
 gateway runs its real southbound client, supervisor and northbound server. Two clients connect
 from different loopback source addresses: 127.0.0.1 is an operator (SCADA), 127.0.0.2 the
 external AI controller, as the site says.
@@ -20,7 +20,7 @@ from gateway.adapters.base import ClientInfo, Role
 from gateway.config.schema import ModbusServerSpec, Table
 from gateway.runtime.gateway import Gateway
 from gateway.supervisor.modes import Mode
-from tests.adapters.plc import TestPLC, free_port
+from simulators.plc_modbus import TestPLC, free_port
 
 AI_IP = "127.0.0.2"
 

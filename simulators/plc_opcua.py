@@ -163,3 +163,34 @@ class OpcUaPlc:
     def written(self, name: str) -> list[PlcWrite]:
         """The writes clients made to ``name``."""
         return [w for w in self.writes if w.name == name]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m simulators.plc_opcua --port N NAME...``: serve Double variables at
+    ``ns=2;s=NAME`` until SIGINT/SIGTERM (benchmarks run the PLC in its own process)."""
+    import argparse
+    import asyncio
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m simulators.plc_opcua")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("names", nargs="+", help="variable names (Double, initially 0)")
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        plc = OpcUaPlc([PlcVariable(n, ua.VariantType.Double, 0.0) for n in args.names],
+                       port=args.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await plc.start()
+        await stop.wait()
+        await plc.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""Modbus TCP southbound client: keeps one device's tags current and writes its actuators.
+
+pymodbus 3.16 is used here and nowhere else above this package. Everything it can raise or
+answer is translated at this boundary into :mod:`gateway.adapters.base`'s errors: an exception
+response becomes :class:`DeviceRejected` (with the Modbus exception code), a lost connection or
+a timeout becomes :class:`DeviceUnavailable`.
+
+Safety rules kept here:
+
+- a write is encoded completely before any byte is sent: one unencodable value and nothing of
+  the request is written;
+- a write is attempted only on a live connection and never queued: after a reconnect nothing
+  is replayed (the reconnect itself sends reads only);
+- pymodbus's own automatic reconnect and request retries are switched off (``reconnect_delay=0``,
+  ``retries=0``): a retried write could land late, and reconnect timing is ours to log and bound;
+- any timeout drops the connection (a late answer could otherwise be taken for the answer to
+  the next request), marks every tag of the device bad and backs off before reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from gateway.adapters.base import (
+    ConnectionState,
+    DeviceRejected,
+    DeviceUnavailable,
+    EncodingError,
+)
+from gateway.adapters.codec import decode, decode_bit, encode, encode_bit
+from gateway.adapters.readplan import plan_reads
+from gateway.config.schema import ModbusRef, Table, TagKind
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from pymodbus.pdu import ModbusPDU
+
+    from gateway.adapters.base import TagStore
+    from gateway.adapters.readplan import ReadBlock
+    from gateway.config.schema import ModbusDevice, Tag
+
+__all__ = ["ModbusDeviceClient"]
+
+_log = logging.getLogger("gateway.adapters.modbus")
+
+
+class _ConnectionLost(Exception):
+    """Internal: the session with the device is over (closed, timed out, answered nonsense)."""
+
+
+class ModbusDeviceClient:
+    """One Modbus TCP device: polls its tags into ``store`` and writes its actuators.
+
+    ``tags`` are this device's tags (all are polled, actuators included, so their read-back is
+    current); every name must be in ``store``. ``clock`` stamps readings (monotonic seconds).
+    Reconnect delays double from ``backoff_initial_s`` up to ``backoff_max_s`` and return to the
+    initial delay after a complete successful poll cycle.
+
+    Use: run :meth:`run` as a task; call :meth:`write` / :meth:`write_heartbeat` from the control
+    loop; :meth:`close` (or cancel the task) to stop.
+    """
+
+    def __init__(self, device: ModbusDevice, tags: Sequence[Tag], store: TagStore,
+                 clock: Callable[[], float] = time.monotonic,
+                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0) -> None:
+        if not 0 < backoff_initial_s <= backoff_max_s:
+            raise ValueError(f"backoff must satisfy 0 < initial ({backoff_initial_s}) <= max "
+                             f"({backoff_max_s})")
+        for tag in tags:
+            if tag.device != device.name:
+                raise ValueError(f"{tag.name}: belongs to device {tag.device!r}, "
+                                 f"not {device.name!r}")
+            if not isinstance(tag.ref, ModbusRef):
+                raise ValueError(f"{tag.name}: not a Modbus tag")
+            if tag.name not in store.names:
+                raise ValueError(f"{tag.name}: not in the tag store")
+        self.device = device
+        self._tags = {t.name: t for t in tags}
+        self._names = tuple(self._tags)
+        self._plan = plan_reads(tags)
+        self._store = store
+        self._clock = clock
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._timeout_s = device.timeout_ms / 1000.0
+        self._poll_s = device.poll_ms / 1000.0
+        self._state = ConnectionState.DISCONNECTED
+        self._client: AsyncModbusTcpClient | None = None
+        self._wake = asyncio.Event()  # connection lost or close(): stop waiting now
+        self._closing = False
+        self._running = False
+        self._fault: str | None = None  # connection-level fault being reported
+        self._faults: dict[str, str] = {}  # per read block / per tag (undecodable value)
+        self._cycle_done = False  # a full poll cycle succeeded in this session
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    # ------------------------------------------------------------------ logging
+
+    def _report(self, key: str | None, message: str) -> None:
+        """A connection-level fault: warn once while the same fault persists, then debug."""
+        if key != self._fault:
+            _log.warning("%s: %s", self.device.name, message)
+            self._fault = key
+        else:
+            _log.debug("%s: %s", self.device.name, message)
+
+    def _report_in(self, key: str, message: str) -> None:
+        """A fault of one block or tag: warn once while it persists, then debug."""
+        if self._faults.get(key) != message:
+            _log.warning("%s: %s", self.device.name, message)
+            self._faults[key] = message
+        else:
+            _log.debug("%s: %s", self.device.name, message)
+
+    def _cleared(self, key: str, message: str) -> None:
+        if self._faults.pop(key, None) is not None:
+            _log.info("%s: %s", self.device.name, message)
+
+    # ------------------------------------------------------------------ connection
+
+    async def run(self) -> None:
+        """Connect, poll every ``poll_ms``, reconnect with backoff; until :meth:`close` or
+        cancellation. Never raises except :class:`asyncio.CancelledError` (re-raised)."""
+        if self._running:
+            raise RuntimeError(f"{self.device.name}: run() is already running")
+        self._running = True
+        delay = self._backoff_initial_s
+        try:
+            while not self._closing:
+                self._state = ConnectionState.CONNECTING
+                self._cycle_done = False
+                try:
+                    client = await self._connect()
+                    self._state = ConnectionState.CONNECTED
+                    await self._poll(client)
+                except _ConnectionLost as exc:
+                    self._report(str(exc), str(exc))
+                except Exception:  # a bug must not stop the gateway: log, back off, retry
+                    _log.exception("%s: unexpected error in the poll loop", self.device.name)
+                    self._fault = "unexpected"
+                if self._cycle_done:
+                    delay = self._backoff_initial_s
+                self._drop()
+                if self._closing:
+                    break
+                self._state = ConnectionState.BACKOFF
+                self._wake.clear()  # a loss already handled must not cut the backoff short
+                await self._wait(delay)
+                delay = min(2 * delay, self._backoff_max_s)
+        finally:
+            self._running = False
+            self._drop()
+            self._state = (ConnectionState.CLOSED if self._closing
+                           else ConnectionState.DISCONNECTED)
+
+    async def _connect(self) -> AsyncModbusTcpClient:
+        self._wake.clear()
+        client = AsyncModbusTcpClient(
+            self.device.host, port=self.device.port, name=self.device.name,
+            reconnect_delay=0, retries=0, timeout=self._timeout_s,
+            trace_connect=self._on_connect_change)
+        self._client = client
+        try:
+            async with asyncio.timeout(2 * self._timeout_s):
+                ok = await client.connect()
+        except TimeoutError:
+            ok = False
+        if not ok or not client.connected:
+            raise _ConnectionLost(
+                f"cannot connect to {self.device.host}:{self.device.port}")
+        if self._closing:  # close() was called while connecting
+            raise _ConnectionLost("closed")
+        return client
+
+    def _on_connect_change(self, connected: bool) -> None:
+        if not connected:
+            self._wake.set()
+
+    def _drop(self) -> None:
+        """End the session: close the socket, mark every tag bad (the values are no longer
+        live)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        if self._state is ConnectionState.CONNECTED:
+            self._store.mark_bad(self._names)
+            self._state = ConnectionState.DISCONNECTED
+
+    def _lose(self, reason: str) -> _ConnectionLost:
+        """The session is broken (timeout, garbled answer): close it now so that no late
+        answer can be taken for another request's, and wake the poll loop."""
+        self._drop()
+        self._wake.set()
+        return _ConnectionLost(reason)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the connection drops or close() is called."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        """Close the connection and stop :meth:`run` (it returns at its next step); tags are
+        marked bad. Idempotent."""
+        self._closing = True
+        self._wake.set()
+        self._drop()
+        self._state = ConnectionState.CLOSED
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll(self, client: AsyncModbusTcpClient) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not self._closing:
+            for index, block in enumerate(self._plan):
+                await self._read_block(client, index, block)
+            if not self._cycle_done:
+                self._cycle_done = True
+                if self._fault is not None:  # the fault is over only once a cycle went through
+                    _log.info("%s: connected and polling again", self.device.name)
+                    self._fault = None
+            next_at += self._poll_s
+            now = loop.time()
+            if next_at < now:  # overran: start the next cycle now, do not burst to catch up
+                next_at = now
+            await self._wait(next_at - now)
+            if self._client is not client or not client.connected:
+                raise self._lose("connection lost")
+
+    async def _request(self, client: AsyncModbusTcpClient, what: str,
+                       call: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        """Send one request; the answer's exception code (if any) is left to the caller.
+        Raises _ConnectionLost (already dropped) when not connected, on timeout or on a
+        transport error."""
+        if self._client is not client or not client.connected:
+            raise self._lose("connection lost")
+        try:
+            # Outer bound: pymodbus's own timeout covers the answer; this also covers waiting
+            # for its request lock behind another request.
+            async with asyncio.timeout(2 * self._timeout_s + 0.05):
+                response = await call()
+        except TimeoutError:
+            raise self._lose(f"{what}: no answer within {self.device.timeout_ms} ms") from None
+        except ModbusException as exc:  # ConnectionException, ModbusIOException (timeout)
+            raise self._lose(f"{what}: {exc}") from None
+        return response
+
+    async def _read_block(self, client: AsyncModbusTcpClient, index: int,
+                          block: ReadBlock) -> None:
+        unit = self.device.unit
+        read = {
+            Table.HOLDING_REGISTER: client.read_holding_registers,
+            Table.INPUT_REGISTER: client.read_input_registers,
+            Table.COIL: client.read_coils,
+            Table.DISCRETE_INPUT: client.read_discrete_inputs,
+        }[block.table]
+        what = f"read {block.table.value} {block.start}+{block.count}"
+        response = await self._request(
+            client, what, lambda: read(block.start, count=block.count, device_id=unit))
+        names = [name for name, _ in block.members]
+        if response.isError():
+            code = getattr(response, "exception_code", None)
+            self._report_in(f"block {index}", f"{what}: exception code {code}")
+            self._store.mark_bad(names)
+            return
+        data: Sequence[int] = response.bits if block.table.is_bits else response.registers
+        if len(data) < block.count:
+            self._report_in(f"block {index}", f"{what}: answer holds {len(data)} values")
+            self._store.mark_bad(names)
+            return
+        self._cleared(f"block {index}", f"{what}: good again")
+        at_s = self._clock()
+        for name, offset in block.members:
+            tag = self._tags[name]
+            try:
+                if block.table.is_bits:
+                    value = decode_bit(tag, bool(data[offset]))
+                else:
+                    value = decode(tag, [int(r) for r in
+                                         data[offset:offset + tag.wire_type.registers]])
+            except EncodingError as exc:
+                self._report_in(f"tag {name}", str(exc))
+                self._store.mark_bad([name])
+                continue
+            self._cleared(f"tag {name}", f"{name} decodes again")
+            self._store.update(name, value, good=True, at_s=at_s)
+
+    # ------------------------------------------------------------------ writing
+
+    async def write(self, values: Mapping[str, float]) -> None:
+        """Write actuator values (engineering units), one request per tag, in mapping order:
+        FC6 for a one-register value, FC16 for a multi-register one, FC5 for a coil.
+
+        Everything is encoded first: EncodingError (also for a tag that is not a writable
+        actuator of this device) and nothing is sent. Then DeviceUnavailable if not connected
+        (writes are never queued), DeviceRejected (``code`` = Modbus exception code) if the
+        device refuses one, DeviceUnavailable on timeout or connection loss. Modbus has no
+        transactions: after a failure, the tags before it in the mapping are written; the
+        error message names them.
+        """
+        ops: list[tuple[Tag, tuple[int, ...] | bool]] = []
+        for name, value in values.items():
+            tag = self._tags.get(name)
+            if tag is None or tag.kind is not TagKind.ACTUATOR:
+                raise EncodingError(f"{name}: not an actuator of device {self.device.name!r}")
+            assert isinstance(tag.ref, ModbusRef)
+            if tag.ref.table is Table.COIL:
+                ops.append((tag, encode_bit(tag, value)))
+            elif tag.ref.table is Table.HOLDING_REGISTER:
+                ops.append((tag, encode(tag, value)))
+            else:
+                raise EncodingError(f"{name}: {tag.ref.table.value} is not writable")
+        done: list[str] = []
+        for tag, payload in ops:
+            assert isinstance(tag.ref, ModbusRef)
+            try:
+                await self._write_one(tag.name, tag.ref.address, payload)
+            except (DeviceRejected, DeviceUnavailable) as exc:
+                if done:
+                    exc.args = (f"{exc.args[0]} (already written: {', '.join(done)})",)
+                raise
+            done.append(tag.name)
+
+    async def write_heartbeat(self, counter: int) -> None:
+        """Write the device's heartbeat: ``counter % 65536`` to a holding register (FC6), or
+        ``counter % 2`` to a coil (FC5). No heartbeat configured: nothing happens. Errors as
+        :meth:`write`."""
+        ref = self.device.heartbeat
+        if ref is None:
+            return
+        payload: tuple[int, ...] | bool = (
+            counter % 2 == 1 if ref.table is Table.COIL else (counter % 65536,))
+        await self._write_one("heartbeat", ref.address, payload)
+
+    async def _write_one(self, name: str, address: int, payload: tuple[int, ...] | bool
+                         ) -> None:
+        client = self._client
+        if (self._state is not ConnectionState.CONNECTED or self._closing or client is None
+                or not client.connected):
+            raise DeviceUnavailable(f"{self.device.name}: not connected; {name} not written")
+        unit = self.device.unit
+        if isinstance(payload, bool):
+            fc, what = 5, f"write {name} (coil {address})"
+            call: Callable[[], Awaitable[ModbusPDU]] = lambda: client.write_coil(  # noqa: E731
+                address, payload, device_id=unit)
+        elif len(payload) == 1:
+            fc, what = 6, f"write {name} (register {address})"
+            call = lambda: client.write_register(  # noqa: E731
+                address, payload[0], device_id=unit)
+        else:
+            fc, what = 16, f"write {name} (registers {address}+{len(payload)})"
+            call = lambda: client.write_registers(  # noqa: E731
+                address, list(payload), device_id=unit)
+        try:
+            response = await self._request(client, what, call)
+        except _ConnectionLost as exc:
+            raise DeviceUnavailable(f"{self.device.name}: {exc}; {name} may not be written"
+                                    ) from None
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            raise DeviceRejected(f"{self.device.name}: {what}: exception code {code}", code)
+        # The normal answers echo address (and value or quantity): a mismatch is a garbled
+        # session, whether the write happened is unknown.
+        echo_ok = response.function_code == fc and response.address == address and (
+            (fc == 5 and list(response.bits[:1]) == [payload])
+            or (fc == 6 and list(response.registers) == list(payload))  # type: ignore[arg-type]
+            or (fc == 16 and response.count == len(payload)))  # type: ignore[arg-type]
+        if not echo_ok:
+            raise DeviceUnavailable(
+                f"{self.device.name}: {what}: answer does not echo the request ({response})")
