@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from benchmarks import envelope, supervisor
+from benchmarks import envelope, supervisor, wire
 
 
 class BenchModule(Protocol):
@@ -22,4 +22,5 @@ class BenchModule(Protocol):
 BENCHES: dict[str, BenchModule] = {
     "envelope": envelope,
     "supervisor": supervisor,
+    "wire": wire,
 }

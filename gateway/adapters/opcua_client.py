@@ -147,7 +147,9 @@ class OpcUaDeviceClient:
         self._backoff_max_s = backoff_max_s
         self._timeout_s = device.timeout_ms / 1000.0
         self._poll_s = device.poll_ms / 1000.0
-        self._probe_s = max(1.0, 5 * self._poll_s)
+        # With a subscription the probe also vouches for unchanged values (see _serve): often
+        # enough that a value is never older than a quarter second while the link is healthy.
+        self._subscription_probe_s = 0.25
         self.state = ConnectionState.DISCONNECTED
         self._client: Client | None = None
         # Node types read at connect: a VariantType, or the Bad status name when unreadable.
@@ -314,8 +316,13 @@ class OpcUaDeviceClient:
                                      name, _status_name(result))
             while not self._closed:
                 await self._probe(client)
+                # A subscription sends nothing while a value does not change, so a healthy
+                # connection must vouch for its values, or they would look stale to the
+                # supervisor's input detector: a successful probe confirms every good value
+                # as current now.
+                self._confirm_current()
                 try:
-                    await asyncio.wait_for(self._lost.wait(), self._probe_s)
+                    await asyncio.wait_for(self._lost.wait(), self._subscription_probe_s)
                 except TimeoutError:
                     continue
                 raise DeviceUnavailable("connection lost")
@@ -339,6 +346,13 @@ class OpcUaDeviceClient:
                 except TimeoutError:
                     continue
                 raise DeviceUnavailable("connection lost")
+
+    def _confirm_current(self) -> None:
+        now = self._clock()
+        for name in self._tags:
+            reading = self._store.get(name)
+            if reading.good:
+                self._store.update(name, reading.value, True, now)
 
     async def _probe(self, client: Client) -> None:
         dv = (await asyncio.wait_for(
