@@ -301,8 +301,9 @@ class ModbusDeviceClient:
     # ------------------------------------------------------------------ writing
 
     async def write(self, values: Mapping[str, float]) -> None:
-        """Write actuator values (engineering units), one request per tag, in mapping order:
-        FC6 for a one-register value, FC16 for a multi-register one, FC5 for a coil.
+        """Write actuator values (engineering units). Holding-register values at contiguous
+        addresses go out together in one FC16 request (at most 123 registers; FC6 for a single
+        register), in address order; each coil is one FC5 request.
 
         Everything is encoded first: EncodingError (also for a tag that is not a writable
         actuator of this device) and nothing is sent. Then DeviceUnavailable if not connected
@@ -324,15 +325,14 @@ class ModbusDeviceClient:
             else:
                 raise EncodingError(f"{name}: {tag.ref.table.value} is not writable")
         done: list[str] = []
-        for tag, payload in ops:
-            assert isinstance(tag.ref, ModbusRef)
+        for names, address, payload in _batches(ops):
             try:
-                await self._write_one(tag.name, tag.ref.address, payload)
+                await self._write_one("+".join(names), address, payload)
             except (DeviceRejected, DeviceUnavailable) as exc:
                 if done:
                     exc.args = (f"{exc.args[0]} (already written: {', '.join(done)})",)
                 raise
-            done.append(tag.name)
+            done.extend(names)
 
     async def write_heartbeat(self, counter: int) -> None:
         """Write the device's heartbeat: ``counter % 65536`` to a holding register (FC6), or
@@ -381,3 +381,32 @@ class ModbusDeviceClient:
         if not echo_ok:
             raise DeviceUnavailable(
                 f"{self.device.name}: {what}: answer does not echo the request ({response})")
+
+
+# FC16 carries at most 123 registers (Modbus application protocol, 6.12).
+_MAX_WRITE_REGISTERS = 123
+
+
+def _batches(ops: list[tuple[Tag, tuple[int, ...] | bool]]
+             ) -> list[tuple[list[str], int, tuple[int, ...] | bool]]:
+    """Group encoded writes into requests: contiguous holding registers merge (in address
+    order, up to 123 registers), coils stay one request each."""
+    requests: list[tuple[list[str], int, tuple[int, ...] | bool]] = []
+    registers = sorted(((tag, p) for tag, p in ops if not isinstance(p, bool)),
+                       key=lambda op: op[0].ref.address)  # type: ignore[union-attr]
+    for tag, payload in registers:
+        assert isinstance(tag.ref, ModbusRef)
+        assert not isinstance(payload, bool)
+        if requests:
+            names, start, merged = requests[-1]
+            assert not isinstance(merged, bool)
+            if (start + len(merged) == tag.ref.address
+                    and len(merged) + len(payload) <= _MAX_WRITE_REGISTERS):
+                requests[-1] = ([*names, tag.name], start, merged + payload)
+                continue
+        requests.append(([tag.name], tag.ref.address, payload))
+    for tag, bit in ops:
+        if isinstance(bit, bool):
+            assert isinstance(tag.ref, ModbusRef)
+            requests.append(([tag.name], tag.ref.address, bit))
+    return requests

@@ -145,6 +145,11 @@ class Gateway(NorthboundHandler):
         self.applied = np.array([t.safe_value for t in self.actuators], dtype=np.float64)
         self.heartbeat = 0
         self.last_write_s = -math.inf
+        # What each actuator was last written (NaN: unknown, write it next cycle), and when
+        # every actuator is next written whether it changed or not.
+        self.written = np.full(len(self.actuators), math.nan)
+        self.refresh_period_s = 1.0
+        self.next_refresh_s = -math.inf
         self.lateness_s: list[float] = []
         self.decisions: list[Decision] = []  # the last few, for tests and the dashboard
         self.servers_enabled = servers
@@ -292,7 +297,16 @@ class Gateway(NorthboundHandler):
         if any(written.safe) or any(written.adjusted):
             sup.record_write(written.values)
         async with self._write_lock:
-            await self._write_devices(written.values, heartbeat=True)
+            # Report by exception: write what changed, and everything once a second so that
+            # a value changed at the PLC (a local panel, a restart) is put right.
+            if now >= self.next_refresh_s:
+                self.next_refresh_s = now + self.refresh_period_s
+                changed = None
+            else:
+                changed = {i for i, (a, b) in enumerate(zip(written.values.tolist(),
+                                                            self.written.tolist(), strict=True))
+                           if a != b}
+            await self._write_devices(written.values, heartbeat=True, only=changed)
             self.applied = written.values
             self.last_write_s = now
         for event in decision.events:
@@ -319,6 +333,7 @@ class Gateway(NorthboundHandler):
             self.heartbeat += 1
         jobs = []
         names = []
+        attempted: dict[str, list[int]] = {}
         for device, indexes in self.by_device.items():
             chosen = [i for i in indexes if only is None or i in only]
             if not chosen:
@@ -326,6 +341,7 @@ class Gateway(NorthboundHandler):
             client = self.clients[device]
             jobs.append(client.write({self.names[i]: float(values[i]) for i in chosen}))
             names.append(f"write:{device}")
+            attempted[f"write:{device}"] = chosen
         if heartbeat:
             for device, client in self.clients.items():
                 jobs.append(client.write_heartbeat(self.heartbeat))
@@ -335,17 +351,23 @@ class Gateway(NorthboundHandler):
                 asyncio.gather(*jobs, return_exceptions=True), max(self.period_s, 0.05))
         except TimeoutError:
             self.faults.fault("write-timeout", "device writes did not finish within a cycle")
+            self.written[:] = math.nan
             return False
         self.faults.clear("write-timeout")
         ok = True
         for key, result in zip(names, results, strict=True):
+            chosen = attempted.get(key, [])
             if isinstance(result, AdapterError):
                 ok = False
                 self.faults.fault(key, f"{type(result).__name__}: {result}")
+                for i in chosen:
+                    self.written[i] = math.nan  # unknown: write again next cycle
             elif isinstance(result, BaseException):
                 raise result
             else:
                 self.faults.clear(key)
+                for i in chosen:
+                    self.written[i] = values[i]
         return ok
 
     async def _mirror(self, decision: Decision) -> None:

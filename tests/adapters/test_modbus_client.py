@@ -124,11 +124,16 @@ def test_write_reaches_the_plc_with_the_right_function_codes() -> None:
             await wait_until(lambda: client.state is ConnectionState.CONNECTED)
             await client.write({"valve": 12.5, "speed": 150.0, "run": 1.0})
             got = [(w.function_code, w.address, w.values, w.result) for w in plc.writes]
-            assert got == [(16, 20, [0x4148, 0x0000], 0), (6, 22, [1500], 0), (5, 7, [1], 0)]
+            # valve (float32 at 20-21) and speed (22) are contiguous: one FC16 request.
+            assert got == [(16, 20, [0x4148, 0x0000, 1500], 0), (5, 7, [1], 0)]
             assert await plc.get_registers(HR, 20, 3) == [0x4148, 0x0000, 1500]
             assert await plc.get_bits(CO, 7, 1) == [True]
+            plc.writes.clear()
+            await client.write({"speed": 151.0})  # one register alone: FC6
+            got = [(w.function_code, w.address, w.values, w.result) for w in plc.writes]
+            assert got == [(6, 22, [1510], 0)]
             # read-back of actuators through the poll
-            await wait_until(lambda: store.get("speed").value == pytest.approx(150.0))
+            await wait_until(lambda: store.get("speed").value == pytest.approx(151.0))
             assert store.get("valve").value == 12.5
     run(body)
 

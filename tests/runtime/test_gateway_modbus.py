@@ -99,6 +99,16 @@ async def scenario(engine: str) -> None:
             beat2 = (await plc.get_registers(Table.HOLDING_REGISTER, 100, 1))[0]
             assert beat2 > beat1  # the heartbeat the PLC's watchdog watches
 
+            # Report by exception: a steady actuator is not rewritten every cycle, but a
+            # value changed at the PLC (a local panel) is put right by the periodic refresh.
+            n_before = len(plc.writes)
+            await asyncio.sleep(0.5)
+            to_inflow = [w for w in plc.writes[n_before:]
+                         if w.table is Table.HOLDING_REGISTER and w.address == 0]
+            assert len(to_inflow) <= 1
+            await plc.set_registers(Table.HOLDING_REGISTER, 0, [5000])
+            assert await wait_for_registers(plc, [3000], 2.0) == [3000]
+
             # An out-of-envelope AI write is refused with exception 3 and reaches nothing.
             rr = await ai.write_registers(0, regs(180.0), device_id=1)
             assert rr.isError()
