@@ -121,6 +121,22 @@ def bench_onnx(calls: int) -> dict[str, float]:
     return result
 
 
+def calibration_ns(calls: int = 200_000) -> float:
+    """Median ns of an empty Python function call: this host's speed right now. The machines
+    here change speed by 2x from one minute to the next; quote figures with this beside them."""
+
+    def nothing() -> None:
+        return None
+
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        for _ in range(calls):
+            nothing()
+        samples.append((time.perf_counter_ns() - t0) / calls)
+    return statistics.median(samples)
+
+
 def run(quick: bool) -> dict[str, Any]:
     steps, warmup, calls = (3_000, 300, 1_000) if quick else (30_000, 2_000, 10_000)
     compiled = bench_step("cython", steps, warmup)
@@ -138,7 +154,8 @@ def run(quick: bool) -> dict[str, Any]:
                     "step_us_median_max"],
                 "step_us_p99_max": compiled["step_us_p99"] <= TARGETS["step_us_p99_max"]},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "numpy": np.__version__, "engine": "cython"},
+                    "numpy": np.__version__, "engine": "cython",
+                    "empty_call_ns": calibration_ns(), "load_avg_1min": os.getloadavg()[0]},
     }
     return result
 
@@ -156,6 +173,8 @@ def format_text(result: dict[str, Any]) -> str:
         f"p99 {result['onnx_us_p99']:7.1f} us   anomalies {int(result['onnx_anomalies'])}",
         f"  infer_sync              : median {result['onnx_sync_us_median']:7.1f} us   "
         f"p99 {result['onnx_sync_us_p99']:7.1f} us",
+        f"host: an empty Python call took {result['machine']['empty_call_ns']:.0f} ns "
+        f"(load {result['machine']['load_avg_1min']:.2f})",
         f"targets: step median <= {TARGETS['step_us_median_max']} us: "
         f"{'met' if met['step_us_median_max'] else 'MISSED'}; "
         f"step p99 <= {TARGETS['step_us_p99_max']} us: "
