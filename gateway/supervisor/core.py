@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from gateway.supervisor.decision import Proposal, Snapshot
     from gateway.supervisor.detectors import CanaryCases
 
+_F64 = np.dtype(np.float64)
+_new = tuple.__new__
 # Smallest step used for rate limits when the clock does not advance between two steps.
 _MIN_DT_S = 1e-6
 
@@ -187,8 +189,10 @@ class Supervisor:
             self.ai_previous = command
         clamped = admitted.clamped or (source is Source.AI and verdict is not None
                                        and verdict.action == Action.CLAMP)
-        return Decision(now_s, mode, command, source, sources, verdict, fallback, clamped,
-                        tuple(events), self.canary.due(now_s), sensor_vec, dt)
+        # tuple.__new__ skips the NamedTuple's Python-level __new__: built every cycle.
+        return _new(Decision, (now_s, mode, command, source, sources, verdict, fallback,
+                               clamped, tuple(events), self.canary.due(now_s), sensor_vec,
+                               dt))
 
     # -------------------------------------------------------------------------------------
 
@@ -203,12 +207,15 @@ class Supervisor:
         if (proposal.produced_at_s is not None
                 and not now_s - proposal.produced_at_s <= self.silence_s):
             return None, None, ProposalAnomaly.SILENT
-        if not (isinstance(values, np.ndarray) and values.dtype == np.float64
+        if not (isinstance(values, np.ndarray) and values.dtype is _F64
                 and values.shape == (self._n_a,)):
             return None, None, ProposalAnomaly.WRONG_OUTPUT_SHAPE
-        values = np.array(values)  # a copy: the caller's array is never changed
-        for i in self._not_driven:
-            values[i] = fallback[i]
+        if self._not_driven:
+            values = np.array(values)  # a copy: the caller's array is never changed
+            for i in self._not_driven:
+                values[i] = fallback[i]
+        elif not values.flags.c_contiguous:
+            values = np.ascontiguousarray(values)
         in_control = self.modes.mode is Mode.AUTO
         verdict = self.envelope.check(values, self.previous if in_control else self.ai_previous,
                                       sensors, dt)
