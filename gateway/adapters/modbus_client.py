@@ -20,6 +20,7 @@ Safety rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -205,11 +206,9 @@ class ModbusDeviceClient:
 
     async def _wait(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if the connection drops or close() is called."""
-        try:
+        with contextlib.suppress(TimeoutError):  # the full wait is the normal case
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
-        except TimeoutError:
-            pass
 
     async def close(self) -> None:
         """Close the connection and stop :meth:`run` (it returns at its next step); tags are

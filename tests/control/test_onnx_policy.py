@@ -466,7 +466,6 @@ def test_missing_file_and_non_regular_files_are_not_found(tmp_path):
     assert issubclass(ModelNotFound, ModelError)
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 def test_fifo_is_refused_without_blocking(tmp_path):
     # Opening a FIFO for reading normally blocks until a writer appears: start-up would hang.
     fifo = tmp_path / "policy.onnx"
