@@ -418,10 +418,31 @@ class Gateway(NorthboundHandler):
             outcome = await self._write_group(client, group, sensors)
             for name in group:
                 outcomes[name] = outcome
-        if atomic and any(not o.accepted for o in outcomes.values()):
-            refusal = next(o for o in outcomes.values() if not o.accepted)
-            return dict.fromkeys(values, refusal)
+        refused = [(name, o) for name, o in outcomes.items() if not o.accepted]
+        key = f"refused:{client.address}"
+        if refused:
+            name, outcome = refused[0]
+            # One line while a client keeps being refused, not one per write (a hostile
+            # client must not be able to flood the log); the audit log keeps every one.
+            self.faults.fault(key, f"write refused tag={name} code={outcome.code} "
+                                   f"reason={outcome.reason}")
+            await self._show_rejection(name, outcome)
+        else:
+            self.faults.clear(key)
+        if atomic and refused:
+            return dict.fromkeys(values, refused[0][1])
         return outcomes
+
+    async def _show_rejection(self, name: str, outcome: WriteOutcome) -> None:
+        """Let operators read the latest refusal on the northbound status."""
+        if self.modbus_server is not None:
+            from gateway.adapters.modbus_map import RejectionCode
+
+            code = (RejectionCode.UNKNOWN_TAG if name not in self.index
+                    else RejectionCode.from_exception_code(outcome.code))
+            self.modbus_server.set_rejection(code, self.index.get(name))
+        if self.opcua_server is not None:
+            await self.opcua_server.set_rejection(f"{name}: {outcome.reason}")
 
     async def _write_group(self, client: ClientInfo, group: dict[str, float], sensors: F64
                            ) -> WriteOutcome:
@@ -440,6 +461,13 @@ class Gateway(NorthboundHandler):
                 verdict.violations))
         now = self.clock()
         if client.role is Role.AI:
+            # Accepting what would never be used would tell the AI its commands count.
+            if self.site.controller.kind is not ControllerKind.EXTERNAL:
+                return WriteOutcome(False, 4, "this site's AI controller is not external")
+            driven = self.site.controller.outputs
+            refused = [n for n in group if n not in driven]
+            if refused:
+                return WriteOutcome(False, 2, f"not driven by the AI: {', '.join(refused)}")
             self.external.write(group, now)
             return ACCEPTED
         if sup.mode is not Mode.MANUAL:
@@ -449,7 +477,10 @@ class Gateway(NorthboundHandler):
             # The setpoint is the target; the first step toward it (within the rate and step
             # limits since the last write) goes to the device before the answer, and the
             # control cycle ramps the rest.
-            dt = max(now - self.last_write_s, 1e-3)
+            dt = now - self.last_write_s
+            if not math.isfinite(dt):
+                dt = self.period_s  # nothing written yet: allow one cycle's movement
+            dt = max(dt, 1e-3)
             changed = {self.index[n] for n in group}
             admitted = sup.gate.admit(candidate, self.applied, sensors, dt)
             if any(admitted.safe[i] for i in changed):

@@ -129,6 +129,8 @@ async def scenario(engine: str) -> None:
             rr = await op.write_registers(2, regs(150.0), device_id=1)
             assert rr.isError()
             assert rr.exception_code == 3
+            status = await op.read_input_registers(1004, count=2, device_id=1)
+            assert status.registers == [1, 2]  # outside the envelope; actuator index 1, +1
             assert plc.writes[n_before:] == [] or all(
                 w.address != 1 for w in plc.writes[n_before:])
 

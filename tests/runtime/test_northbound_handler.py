@@ -1,0 +1,107 @@
+"""The runtime's answers to northbound writes and requests, without sockets (the servers and
+the end-to-end test cover the wire)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import gateway
+from gateway.adapters.base import ClientInfo, Role
+from gateway.config.schema import ControllerKind
+from gateway.runtime.gateway import Gateway
+
+AI = ClientInfo("modbus", "127.0.0.2:5000", None, Role.AI)
+OPERATOR = ClientInfo("modbus", "127.0.0.1:5000", None, Role.OPERATOR)
+VIEWER = ClientInfo("opcua", "127.0.0.1:5001", "v", Role.VIEWER)
+
+
+class FakeDevice:
+    def __init__(self) -> None:
+        self.writes: list[dict[str, float]] = []
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def write(self, values: dict[str, float]) -> None:
+        self.writes.append(dict(values))
+
+    async def write_heartbeat(self, counter: int) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def started(kind: ControllerKind = ControllerKind.EXTERNAL) -> tuple[Gateway, FakeDevice]:
+    site = gateway.load_config("configs/water_tank.yaml")
+    site = replace(site, controller=replace(site.controller, kind=kind))
+    device = FakeDevice()
+    gw = Gateway(site, clients={"plc": device}, servers=False, startup_wait_s=0.0)
+    for name in ("level", "inflow_rate"):
+        gw.store.update(name, 2.5 if name == "level" else 0.01, True, gw.clock())
+    await gw._start_supervisor()
+    return gw, device
+
+
+def test_ai_writes_only_what_it_drives():
+    async def body() -> None:
+        gw, device = await started()
+        out = await gw.write(AI, {"inflow_valve": 10.0}, atomic=True)
+        assert out["inflow_valve"].accepted
+        out = await gw.write(AI, {"drain_valve": 1.0}, atomic=True)  # not a controller output
+        assert out["drain_valve"] == (False, 2, "not driven by the AI: drain_valve")
+        assert device.writes == []  # AI writes are proposals, never written through
+    asyncio.run(body())
+
+
+def test_ai_write_refused_when_the_ai_is_not_external():
+    async def body() -> None:
+        gw, _ = await started(ControllerKind.NONE)
+        out = await gw.write(AI, {"inflow_valve": 10.0}, atomic=True)
+        assert not out["inflow_valve"].accepted
+        assert out["inflow_valve"].code == 4
+        assert gw.external.written_at_s is None
+    asyncio.run(body())
+
+
+def test_out_of_envelope_and_unknown_and_viewer_writes_are_refused():
+    async def body() -> None:
+        gw, device = await started()
+        out = await gw.write(OPERATOR, {"inflow_valve": 130.0}, atomic=True)
+        assert out["inflow_valve"].code == 3
+        assert "inflow_valve.max" in out["inflow_valve"].reason
+        out = await gw.write(OPERATOR, {"level": 1.0}, atomic=True)
+        assert out["level"].code == 2
+        out = await gw.write(VIEWER, {"inflow_valve": 10.0}, atomic=False)
+        assert out["inflow_valve"].code == 2
+        # atomic: one refused tag refuses the whole request
+        out = await gw.write(OPERATOR, {"inflow_valve": 31.0, "outflow_pump": 130.0},
+                             atomic=True)
+        assert not any(o.accepted for o in out.values())
+        assert device.writes == []
+    asyncio.run(body())
+
+
+def test_operator_setpoint_in_manual_is_written_through():
+    async def body() -> None:
+        gw, device = await started()
+        out = await gw.write(OPERATOR, {"outflow_pump": 45.0}, atomic=True)
+        assert out["outflow_pump"].accepted
+        assert len(device.writes) == 1
+        (first,) = device.writes
+        assert set(first) == {"outflow_pump"}
+        assert 20.0 < first["outflow_pump"] <= 45.0  # a first step from the safe 20 %
+    asyncio.run(body())
+
+
+def test_requests_are_authorised_by_role():
+    async def body() -> None:
+        gw, _ = await started()
+        assert (await gw.request(OPERATOR, "to_shadow", None, None)).accepted
+        refused = await gw.request(OPERATOR, "bypass", "ai_silent", 10.0)
+        assert not refused.accepted
+        assert refused.code == 2
+        assert (await gw.request(AI, "to_auto", None, None)).code == 2
+        assert (await gw.request(OPERATOR, "nonsense", None, None)).code == 3
+    asyncio.run(body())
