@@ -105,3 +105,21 @@ def test_requests_are_authorised_by_role():
         assert (await gw.request(AI, "to_auto", None, None)).code == 2
         assert (await gw.request(OPERATOR, "nonsense", None, None)).code == 3
     asyncio.run(body())
+
+
+def test_fault_log_lines_and_bound(caplog):
+    from gateway.runtime.gateway import FaultLog
+
+    caplog.set_level("DEBUG", logger="gateway.runtime")
+    faults = FaultLog(limit=3)
+    for _ in range(5):
+        faults.fault("a", "broken")
+    faults.clear("a")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    infos = [r for r in caplog.records if r.levelname == "INFO"]
+    assert len(warnings) == 1  # one line when it starts, not one per occurrence
+    assert len(infos) == 1  # one when it clears
+    for k in range(10):
+        faults.fault(f"client{k}", "refused")
+    assert len(faults.active) == 3
+    assert list(faults.active) == ["client7", "client8", "client9"]
