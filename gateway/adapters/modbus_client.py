@@ -94,6 +94,7 @@ class ModbusDeviceClient:
         self._poll_s = device.poll_ms / 1000.0
         self._state = ConnectionState.DISCONNECTED
         self._client: AsyncModbusTcpClient | None = None
+        self._writer: AsyncModbusTcpClient | None = None  # separate write connection, if any
         self._wake = asyncio.Event()  # connection lost or close(): stop waiting now
         self._closing = False
         self._running = False
@@ -165,21 +166,31 @@ class ModbusDeviceClient:
                            else ConnectionState.DISCONNECTED)
 
     async def _connect(self) -> AsyncModbusTcpClient:
+        """Open the session: the polling connection and, where configured, a second one for
+        writes. Either failing fails the session (and a later loss of either drops both)."""
         self._wake.clear()
+        client = await self._open()
+        self._client = client
+        if self.device.separate_write_connection:
+            self._writer = await self._open()
+        return client
+
+    async def _open(self) -> AsyncModbusTcpClient:
         client = AsyncModbusTcpClient(
             self.device.host, port=self.device.port, name=self.device.name,
             reconnect_delay=0, retries=0, timeout=self._timeout_s,
             trace_connect=self._on_connect_change)
-        self._client = client
         try:
             async with asyncio.timeout(2 * self._timeout_s):
                 ok = await client.connect()
         except TimeoutError:
             ok = False
         if not ok or not client.connected:
+            client.close()
             raise _ConnectionLost(
                 f"cannot connect to {self.device.host}:{self.device.port}")
         if self._closing:  # close() was called while connecting
+            client.close()
             raise _ConnectionLost("closed")
         return client
 
@@ -191,8 +202,10 @@ class ModbusDeviceClient:
         """End the session: close the socket, mark every tag bad (the values are no longer
         live)."""
         client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        writer, self._writer = self._writer, None
+        for c in (client, writer):
+            if c is not None:
+                c.close()
         if self._state is ConnectionState.CONNECTED:
             self._store.mark_bad(self._names)
             self._state = ConnectionState.DISCONNECTED
@@ -238,13 +251,16 @@ class ModbusDeviceClient:
             await self._wait(next_at - now)
             if self._client is not client or not client.connected:
                 raise self._lose("connection lost")
+            if self.device.separate_write_connection and (
+                    self._writer is None or not self._writer.connected):
+                raise self._lose("write connection lost")
 
     async def _request(self, client: AsyncModbusTcpClient, what: str,
                        call: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
         """Send one request; the answer's exception code (if any) is left to the caller.
         Raises _ConnectionLost (already dropped) when not connected, on timeout or on a
         transport error."""
-        if self._client is not client or not client.connected:
+        if client not in (self._client, self._writer) or not client.connected:
             raise self._lose("connection lost")
         try:
             # Outer bound: pymodbus's own timeout covers the answer; this also covers waiting
@@ -346,7 +362,11 @@ class ModbusDeviceClient:
 
     async def _write_one(self, name: str, address: int, payload: tuple[int, ...] | bool
                          ) -> None:
-        client = self._client
+        client = self._writer if self._writer is not None else self._client
+        if client is not None and client is self._writer and not client.connected:
+            # The write connection died while polling goes on: end the session, so that the
+            # poll loop reconnects both (and marks the tags bad meanwhile).
+            self._lose("write connection lost")
         if (self._state is not ConnectionState.CONNECTED or self._closing or client is None
                 or not client.connected):
             raise DeviceUnavailable(f"{self.device.name}: not connected; {name} not written")

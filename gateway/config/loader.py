@@ -320,6 +320,8 @@ def _read_devices(ctx: _Ctx, root: _Map) -> dict[str, s.Device]:
                     port=_default(m.opt_int("port"), 502), unit=_default(m.opt_int("unit"), 1),
                     timeout_ms=_default(m.opt_float("timeout_ms"), 1000.0),
                     poll_ms=_default(m.opt_float("poll_ms"), 100.0), heartbeat=heartbeat,
+                    separate_write_connection=_default(
+                        m.opt_bool("separate_write_connection"), False),
                 )
             else:
                 hb_node = m.opt_str("heartbeat")

@@ -221,6 +221,10 @@ class OpcUaSecurity:
 
 @dataclass(frozen=True)
 class ModbusDevice:
+    """A Modbus TCP device. ``separate_write_connection`` opens a second TCP connection for
+    writes and heartbeats, so that they never wait behind polls (lower write latency); leave it
+    off for devices that accept a single connection."""
+
     name: str
     host: str
     port: int = 502
@@ -228,6 +232,7 @@ class ModbusDevice:
     timeout_ms: float = 1000.0
     poll_ms: float = 100.0
     heartbeat: ModbusRef | None = None
+    separate_write_connection: bool = False
 
     def __post_init__(self) -> None:
         if not self.host:

@@ -328,3 +328,34 @@ def test_constructor_checks_its_tags() -> None:
         ModbusDeviceClient(device, [other], TagStore(("x",)))
     with pytest.raises(ValueError, match="not in the tag store"):
         ModbusDeviceClient(device, SENSORS, TagStore(()))
+
+
+def test_separate_write_connection() -> None:
+    """Writes and heartbeats on their own connection (a second client): they work, a
+    PLC restart reconnects both, and nothing is replayed."""
+
+    async def body() -> None:
+        tags = SENSORS + ACTUATORS
+        async with TestPLC() as plc, running(plc.port, tags, separate_write_connection=True,
+                                             heartbeat=ModbusRef(HR, 40)) as (client, store):
+            await wait_until(lambda: client.state is ConnectionState.CONNECTED
+                             and all_good(store))
+            assert client._writer is not None
+            assert client._writer is not client._client
+            await client.write({"valve": 12.5, "speed": 150.0})
+            await client.write_heartbeat(7)
+            got = [(w.function_code, w.address, w.values) for w in plc.writes]
+            assert got == [(16, 20, [0x4148, 0x0000, 1500]), (6, 40, [7])]
+            await plc.stop()
+            await wait_until(lambda: not all_good(store))
+            with pytest.raises(DeviceUnavailable):
+                await client.write({"speed": 1.0})
+            n_before = len(plc.writes)
+            await plc.start()
+            await wait_until(lambda: client.state is ConnectionState.CONNECTED
+                             and all_good(store), timeout_s=5.0)
+            await asyncio.sleep(0.2)
+            assert plc.writes[n_before:] == []  # the reconnect itself wrote nothing
+            await client.write({"speed": 2.0})
+            assert [w.values for w in plc.writes[n_before:]] == [[20]]
+    run(body)
