@@ -20,7 +20,6 @@ import contextlib
 import os
 import platform
 import signal
-import socket
 import statistics
 import struct
 import sys
@@ -29,17 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simulators.ports import free_port
+
 N_SENSORS = 8
 N_ACTUATORS = 8
 TARGETS = {"read_ratio_max": 1.2, "write_ratio_max": 2.5, "write_p99_us_max": 1000.0,
            "validated_writes_per_s_min": 3000.0, "cycle_lateness_ms_p99_max": 2.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -138,7 +132,7 @@ async def _timed(fn: Any, n: int) -> list[float]:
 async def _modbus(n: int, seconds: float, folder: Path) -> dict[str, float]:
     from pymodbus.client import AsyncModbusTcpClient
 
-    plc_port, nb_port = _free_port(), _free_port()
+    plc_port, nb_port = free_port(), free_port()
     site = folder / "bench_modbus.yaml"
     site.write_text(_site_yaml("modbus", plc_port, nb_port))
     stats = folder / "stats_modbus.json"
@@ -238,7 +232,7 @@ async def _opcua(n: int, folder: Path) -> dict[str, float]:
     from asyncua import ua
     from asyncua.client.client import Client
 
-    plc_port, nb_port = _free_port(), _free_port()
+    plc_port, nb_port = free_port(), free_port()
     site = folder / "bench_opcua.yaml"
     site.write_text(_site_yaml("opcua", plc_port, nb_port))
     names = [f"S{i}" for i in range(N_SENSORS)] + [f"A{i}" for i in range(N_ACTUATORS)]

@@ -31,7 +31,6 @@ server's datastore, not the wire, and are not in ``writes``.
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.config.schema import Table
+from simulators.ports import free_port
 
 if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
@@ -71,14 +71,6 @@ class WriteRecord:
     @property
     def table(self) -> Table:
         return _WRITE_TABLE[self.function_code]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -21,13 +21,14 @@ the value. ``reject`` makes the PLC refuse writes to a node with a chosen status
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asyncua import ua
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
+
+from simulators.ports import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,14 +38,6 @@ NAMESPACE_URI = "urn:safety-gateway:test-plc"
 
 def _nid(name: str) -> ua.NodeId:
     return ua.NodeId.from_string(f"ns=2;s={name}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.envelope.engine import ENGINES, make_kernel  # noqa: F401 - re-exported for tests
+from gateway.envelope.engine import ENGINES
 
 
 @pytest.fixture(params=ENGINES)

@@ -13,7 +13,8 @@ import pytest
 
 from gateway.cli import main
 from gateway.config.schema import Table
-from simulators.plc_modbus import TestPLC, free_port
+from simulators.plc_modbus import TestPLC
+from simulators.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -65,7 +65,6 @@ class FallbackBank:
             else:
                 self._loops.append((_pid(spec, limits[tag.name].min, limits[tag.name].max,
                                          start), None, sensor_index[_need(spec.measurement)]))
-        self.closed_loop = tuple(k is FallbackKind.PID for k in self.kinds)
         self._reference: list[tuple[int, Pid, int]] = []
         for i, (ctl, _, j) in enumerate(self._loops):
             if isinstance(ctl, Pid):

@@ -157,7 +157,6 @@ class Envelope:
         self.n_actuators = compiled.n_actuators
         self.n_sensors = compiled.n_sensors
         self.n_slots = compiled.n_slots
-        self._slot_names = compiled.slot_names
         self._out = np.empty(self.n_actuators)
         self._viol = np.zeros(self.n_slots, dtype=np.uint8)
         self._validate = engine == "python"
@@ -177,9 +176,7 @@ class Envelope:
         # tuple.__new__ skips the NamedTuple's Python-level __new__ (a per-cycle cost).
         if code == 0:
             return _new_verdict(Verdict, (_OK, (), out.copy()))
-        names = self._slot_names
-        violations = tuple([names[i] for i in np.flatnonzero(viol).tolist()])
-        return _new_verdict(Verdict, (_ACTIONS[code], violations,
+        return _new_verdict(Verdict, (_ACTIONS[code], self.names_of(viol),
                                       out.copy() if code == 1 else None))
 
     def check_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
@@ -242,4 +239,5 @@ class Envelope:
 
     def names_of(self, viol: np.ndarray) -> tuple[str, ...]:
         """Constraint names flagged in a violation mask from :meth:`check_into`."""
-        return tuple(self._slot_names[i] for i in np.flatnonzero(viol).tolist())
+        names = self.constraint_names
+        return tuple([names[i] for i in np.flatnonzero(viol).tolist()])

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -52,7 +53,7 @@ from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from gateway.config.schema import Site
+    from gateway.config.schema import Device, Site, Tag
     from gateway.control.ai import AiWiring
     from gateway.control.onnx_policy import OnnxPolicy
     from gateway.envelope.compiled import F64
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.runtime")
 
-MODE_CODES = {Mode.AUTO: 0, Mode.SHADOW: 1, Mode.MANUAL: 2, Mode.SAFE_STOP: 3}
 # Who may ask for what. Resets and bypasses weaken protection: administrators only.
 _ALLOWED: dict[Role, frozenset[RequestKind]] = {
     Role.ADMIN: frozenset(RequestKind),
@@ -106,8 +106,8 @@ class FaultLog:
             log.info("fault=%s cleared", key)
 
 
-def _make_client(device: Any, tags: list[Any], store: TagStore, clock: Callable[[], float]
-                 ) -> DeviceClient:
+def _make_client(device: Device, tags: list[Tag], store: TagStore,
+                 clock: Callable[[], float]) -> DeviceClient:
     # Imported here: the protocol libraries load only for the devices a site really has.
     if isinstance(device, ModbusDevice):
         from gateway.adapters.modbus_client import ModbusDeviceClient
@@ -156,8 +156,8 @@ class Gateway(NorthboundHandler):
         self.written = np.full(len(self.actuators), math.nan)
         self.refresh_period_s = 1.0
         self.next_refresh_s = -math.inf
-        self.lateness_s: list[float] = []
-        self.decisions: list[Decision] = []  # the last few, for tests and the dashboard
+        self.lateness_s: deque[float] = deque(maxlen=100_000)
+        self.decisions: deque[Decision] = deque(maxlen=1000)  # for tests and dashboards
         self.servers_enabled = servers
         self.modbus_server: Any = None
         self.opcua_server: Any = None
@@ -282,8 +282,6 @@ class Gateway(NorthboundHandler):
         while not stop.is_set():
             now = self.clock()
             self.lateness_s.append(schedule.lateness_s(now))
-            if len(self.lateness_s) > 100_000:
-                del self.lateness_s[:50_000]
             await self.cycle(now)
             nxt = schedule.advance(self.clock())
             delay = nxt - self.clock()
@@ -320,8 +318,6 @@ class Gateway(NorthboundHandler):
                      event.name, decision.mode, event.reason, event.requester)
         await self._mirror(decision)
         self.decisions.append(decision)
-        if len(self.decisions) > 1000:
-            del self.decisions[:500]
         return decision
 
     def _proposal(self, sensors: F64, now: float) -> Proposal | None:
@@ -381,12 +377,15 @@ class Gateway(NorthboundHandler):
         assert sup is not None
         latched = sup.modes.latched
         if self.modbus_server is not None:
+            from gateway.adapters.modbus_map import ModeCode
+
             srv = self.modbus_server
             for name in self.sensor_names:
                 srv.set_sensor(name, self.store.get(name).value)
             for i, name in enumerate(self.names):
                 srv.set_actuator(name, float(self.applied[i]))
-            srv.set_status(MODE_CODES[decision.mode], latched, False, self.heartbeat % 65536)
+            srv.set_status(ModeCode.of(decision.mode.value), latched, False,
+                           self.heartbeat % 65536)
         if self.opcua_server is not None:
             srv = self.opcua_server
             for name in self.sensor_names:

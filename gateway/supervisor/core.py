@@ -101,8 +101,6 @@ class Supervisor:
         # Detectors that tripped in the current latch: reported once, re-asserted if needed.
         self._tripped: set[str] = set()
         self._n_a = n_a
-        self._all_fallback = (Source.FALLBACK,) * n_a
-        self._all_ai = (Source.AI,) * n_a
 
     @property
     def mode(self) -> Mode:
@@ -176,11 +174,7 @@ class Supervisor:
             chosen, source = fallback, Source.FALLBACK
         admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt)
         command = admitted.command
-        if any(admitted.safe):
-            sources = tuple(Source.SAFE if s else source for s in admitted.safe)
-        else:
-            sources = self._all_ai if source is Source.AI else (
-                (Source.SAFE,) * self._n_a if source is Source.SAFE else self._all_fallback)
+        sources = tuple(Source.SAFE if s else source for s in admitted.safe)
         self.bank.track(command.tolist(), source is Source.AI)
         self.previous = command
         if source is Source.AI or mode is Mode.MANUAL or mode is Mode.SAFE_STOP:

@@ -227,13 +227,11 @@ class Canary:
         self.cases = cases
         self.period_s = period_s
         self.next_due_s = start_s
-        self.asked = False
 
     def due(self, now_s: float) -> bool:
         if self.cases is None or now_s < self.next_due_s:
             return False
         self.next_due_s = now_s + self.period_s
-        self.asked = True
         return True
 
     def update(self, outputs: F64 | None) -> list[Finding]:

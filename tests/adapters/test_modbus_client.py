@@ -25,7 +25,8 @@ from gateway.adapters.base import (
 from gateway.adapters.codec import encode
 from gateway.adapters.modbus_client import ModbusDeviceClient
 from gateway.config.schema import ModbusDevice, ModbusRef, Order, Table, Tag, TagKind, WireType
-from simulators.plc_modbus import TestPLC, free_port
+from simulators.plc_modbus import TestPLC
+from simulators.ports import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine

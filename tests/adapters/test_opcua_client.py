@@ -34,7 +34,8 @@ from gateway.config.schema import (
     TagKind,
     WireType,
 )
-from simulators.plc_opcua import OpcUaPlc, PlcVariable, free_port
+from simulators.plc_opcua import OpcUaPlc, PlcVariable
+from simulators.ports import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable

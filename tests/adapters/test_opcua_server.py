@@ -47,7 +47,7 @@ from gateway.config.schema import (
     TagKind,
     WireType,
 )
-from simulators.plc_opcua import free_port
+from simulators.ports import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

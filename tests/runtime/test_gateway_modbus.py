@@ -20,7 +20,8 @@ from gateway.adapters.base import ClientInfo, Role
 from gateway.config.schema import ModbusServerSpec, Table
 from gateway.runtime.gateway import Gateway
 from gateway.supervisor.modes import Mode
-from simulators.plc_modbus import TestPLC, free_port
+from simulators.plc_modbus import TestPLC
+from simulators.ports import free_port
 
 AI_IP = "127.0.0.2"
 
