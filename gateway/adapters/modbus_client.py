@@ -66,11 +66,17 @@ class ModbusDeviceClient:
 
     Use: run :meth:`run` as a task; call :meth:`write` / :meth:`write_heartbeat` from the control
     loop; :meth:`close` (or cancel the task) to stop.
+
+    ``polling=False`` is stepped time (drills run the plant and the gateway in lockstep): the
+    connection is kept by :meth:`run` as usual, but tags are read only when :meth:`refresh` is
+    awaited, once per step, so readings carry the drill's clock and nothing is read between
+    steps.
     """
 
     def __init__(self, device: ModbusDevice, tags: Sequence[Tag], store: TagStore,
                  clock: Callable[[], float] = time.monotonic,
-                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0) -> None:
+                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0,
+                 *, polling: bool = True) -> None:
         if not 0 < backoff_initial_s <= backoff_max_s:
             raise ValueError(f"backoff must satisfy 0 < initial ({backoff_initial_s}) <= max "
                              f"({backoff_max_s})")
@@ -92,6 +98,7 @@ class ModbusDeviceClient:
         self._backoff_max_s = backoff_max_s
         self._timeout_s = device.timeout_ms / 1000.0
         self._poll_s = device.poll_ms / 1000.0
+        self._polling = polling
         self._state = ConnectionState.DISCONNECTED
         self._client: AsyncModbusTcpClient | None = None
         self._writer: AsyncModbusTcpClient | None = None  # separate write connection, if any
@@ -237,14 +244,11 @@ class ModbusDeviceClient:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while not self._closing:
-            for index, block in enumerate(self._plan):
-                await self._read_block(client, index, block)
-            if not self._cycle_done:
-                self._cycle_done = True
-                if self._fault is not None:  # the fault is over only once a cycle went through
-                    _log.info("%s: connected and polling again", self.device.name)
-                    self._fault = None
-            next_at += self._poll_s
+            if self._polling:
+                await self._read_all(client)
+                next_at += self._poll_s
+            else:  # stepped: refresh() reads; this loop only watches the connection
+                next_at += 0.05
             now = loop.time()
             if next_at < now:  # overran: start the next cycle now, do not burst to catch up
                 next_at = now
@@ -254,6 +258,25 @@ class ModbusDeviceClient:
             if self.device.separate_write_connection and (
                     self._writer is None or not self._writer.connected):
                 raise self._lose("write connection lost")
+
+    async def _read_all(self, client: AsyncModbusTcpClient) -> None:
+        for index, block in enumerate(self._plan):
+            await self._read_block(client, index, block)
+        if not self._cycle_done:
+            self._cycle_done = True
+            if self._fault is not None:  # the fault is over only once a cycle went through
+                _log.info("%s: connected and polling again", self.device.name)
+                self._fault = None
+
+    async def refresh(self) -> None:
+        """Read every tag once now (stepped time). Without a connection, or if it breaks
+        during the read, the tags simply stay as they are (bad after a loss) and :meth:`run`
+        reconnects; never raises for the device's behaviour."""
+        client = self._client
+        if client is None or not client.connected or self._state is not ConnectionState.CONNECTED:
+            return
+        with contextlib.suppress(_ConnectionLost):
+            await self._read_all(client)
 
     async def _request(self, client: AsyncModbusTcpClient, what: str,
                        call: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:

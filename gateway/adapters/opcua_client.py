@@ -123,11 +123,16 @@ class OpcUaDeviceClient:
     ``tags`` are the site's tags on this device (their ``ref`` must be an :class:`OpcUaRef`);
     ``clock`` stamps readings (monotonic seconds); backoff doubles from ``backoff_initial_s``
     up to ``backoff_max_s`` between reconnect attempts.
+
+    ``polling=False`` is stepped time (drills): no subscription and no polling; the tags are
+    read when :meth:`refresh` is awaited, once per step, and :meth:`run` only keeps the session
+    alive (a probe every quarter second notices a lost server).
     """
 
     def __init__(self, device: OpcUaDevice, tags: Sequence[Tag], store: TagStore,
                  clock: Callable[[], float] = time.monotonic,
-                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0) -> None:
+                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0,
+                 *, polling: bool = True) -> None:
         if not 0 < backoff_initial_s <= backoff_max_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
         self.device = device
@@ -147,6 +152,7 @@ class OpcUaDeviceClient:
         self._backoff_max_s = backoff_max_s
         self._timeout_s = device.timeout_ms / 1000.0
         self._poll_s = device.poll_ms / 1000.0
+        self._polling = polling
         # With a subscription the probe also vouches for unchanged values (see _serve): often
         # enough that a value is never older than a quarter second while the link is healthy.
         self._subscription_probe_s = 0.25
@@ -302,7 +308,15 @@ class OpcUaDeviceClient:
         """Return or raise when the connection is lost (or on close)."""
         client = self._client
         assert client is not None
-        if self.device.subscribe:
+        if not self._polling:
+            while not self._closed:
+                await self._probe(client)
+                try:
+                    await asyncio.wait_for(self._lost.wait(), self._subscription_probe_s)
+                except TimeoutError:
+                    continue
+                raise DeviceUnavailable("connection lost")
+        elif self.device.subscribe:
             sub = await asyncio.wait_for(
                 client.create_subscription(self.device.poll_ms, _Handler(self)), self._timeout_s)
             nodes = [client.get_node(self._nodeids[n]) for n in self._tags]
@@ -346,6 +360,27 @@ class OpcUaDeviceClient:
                 except TimeoutError:
                     continue
                 raise DeviceUnavailable("connection lost")
+
+    async def refresh(self) -> None:
+        """Read every tag once now (stepped time). Without a session the tags stay as they
+        are (bad after a loss) and :meth:`run` reconnects; a read that fails marks them bad.
+        Never raises for the server's behaviour."""
+        client = self._client
+        if client is None or self.state is not ConnectionState.CONNECTED or not self._tags:
+            return
+        names = list(self._tags)
+        try:
+            values = await asyncio.wait_for(
+                client.read_attributes([client.get_node(self._nodeids[n]) for n in names]),
+                self._timeout_s)
+        except (*_IO_ERRORS, AdapterError) as exc:
+            self._store.mark_bad(names)
+            self._report(exc)
+            self._lost.set()
+            return
+        now = self._clock()
+        for name, dv in zip(names, values, strict=True):
+            self._apply(name, dv, now)
 
     def _confirm_current(self) -> None:
         now = self._clock()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from gateway.control.onnx_policy import OnnxPolicy
     from gateway.envelope.compiled import F64
     from gateway.supervisor.decision import Decision, Proposal
+    from gateway.supervisor.detectors import CanaryCases
 
 log = logging.getLogger("gateway.runtime")
 
@@ -78,6 +80,8 @@ class DeviceClient(Protocol):
     async def write(self, values: Mapping[str, float]) -> None: ...
 
     async def write_heartbeat(self, counter: int) -> None: ...
+
+    async def refresh(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -107,24 +111,30 @@ class FaultLog:
 
 
 def _make_client(device: Device, tags: list[Tag], store: TagStore,
-                 clock: Callable[[], float]) -> DeviceClient:
+                 clock: Callable[[], float], polling: bool) -> DeviceClient:
     # Imported here: the protocol libraries load only for the devices a site really has.
     if isinstance(device, ModbusDevice):
         from gateway.adapters.modbus_client import ModbusDeviceClient
 
-        return ModbusDeviceClient(device, tags, store, clock=clock)
+        return ModbusDeviceClient(device, tags, store, clock=clock, polling=polling)
     from gateway.adapters.opcua_client import OpcUaDeviceClient
 
-    return OpcUaDeviceClient(device, tags, store, clock=clock)
+    return OpcUaDeviceClient(device, tags, store, clock=clock, polling=polling)
 
 
 class Gateway(NorthboundHandler):
-    """One site's gateway. ``clients`` replaces the southbound clients (tests, drills)."""
+    """One site's gateway. ``clients`` replaces the southbound clients (tests).
+
+    ``stepped=True`` is for drills, which own the clock and step plant and gateway in lockstep:
+    the southbound clients read only when :meth:`refresh` is awaited, and the drill calls
+    :meth:`open`, then :meth:`refresh` and :meth:`cycle` once per step, then :meth:`close`.
+    """
 
     def __init__(self, site: Site, *, engine: str | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  clients: dict[str, DeviceClient] | None = None,
-                 servers: bool = True, startup_wait_s: float = 2.0) -> None:
+                 servers: bool = True, startup_wait_s: float = 2.0,
+                 stepped: bool = False, canary: CanaryCases | None = None) -> None:
         self.site = site
         self.clock = clock
         self.envelope = gateway.envelope.compile(site, engine)
@@ -137,7 +147,14 @@ class Gateway(NorthboundHandler):
         self.startup_wait_s = startup_wait_s
         if clients is None:
             clients = {d.name: _make_client(d, [t for t in site.tags if t.device == d.name],
-                                            self.store, clock) for d in site.devices}
+                                            self.store, clock, not stepped)
+                       for d in site.devices}
+        self.stepped = stepped
+        # The model's golden cases: the supervisor asks for them every canary period, and the
+        # next cycle runs the model on them beside its proposal.
+        self.canary = canary
+        self._canary_due = False
+        self.last_proposal: Proposal | None = None
         self.clients = clients
         self.by_device: dict[str, list[int]] = {}
         for i, tag in enumerate(self.actuators):
@@ -163,24 +180,39 @@ class Gateway(NorthboundHandler):
         self.opcua_server: Any = None
         self._write_lock = asyncio.Lock()
         self._schedule: CycleSchedule | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then leave each actuator as its shutdown policy says."""
+        try:
+            await self.open()
+            await self._cycles(stop)
+        finally:
+            await self.close()
+
+    async def open(self) -> None:
+        """Start the devices' tasks, the northbound servers and the supervisor (seeded with
+        the actuators' read-back). :meth:`close` undoes it, also after a failed open."""
         log.info("starting site=%s engine=%s devices=%d cycle_ms=%s", self.site.site.name,
                  self.envelope.engine, len(self.clients), self.site.site.cycle_ms)
         self._load_policy()
-        tasks = [asyncio.create_task(c.run(), name=f"device:{n}")
-                 for n, c in self.clients.items()]
-        try:
-            await self._start_servers()
-            await self._start_supervisor()
-            self.ready.set()
-            await self._cycles(stop)
-        finally:
-            await self._shutdown(tasks)
+        self._tasks = [asyncio.create_task(c.run(), name=f"device:{n}")
+                       for n, c in self.clients.items()]
+        await self._start_servers()
+        await self._start_supervisor()
+        self.ready.set()
+
+    async def close(self) -> None:
+        """Leave each actuator as its shutdown policy says, stop devices and servers."""
+        tasks, self._tasks = self._tasks, []
+        await self._shutdown(tasks)
+
+    async def refresh(self) -> None:
+        """Read every device's tags once now (stepped time; see the class docstring)."""
+        await asyncio.gather(*(c.refresh() for c in self.clients.values()))
 
     def _load_policy(self) -> None:
         if self.site.controller.kind is not ControllerKind.ONNX:
@@ -217,15 +249,19 @@ class Gateway(NorthboundHandler):
 
     async def _start_supervisor(self) -> None:
         """Seed the supervisor with the actuators' read-back (their safe values where none)."""
-        deadline = self.clock() + self.startup_wait_s
-        while self.clock() < deadline:
+        # Real time, not self.clock(): a drill's clock stands still until it steps.
+        deadline = time.monotonic() + self.startup_wait_s
+        while time.monotonic() < deadline:
+            if self.stepped:
+                await self.refresh()
             if all(self.store.get(n).good for n in self.names):
                 break
             await asyncio.sleep(0.02)
         initial = np.array([r.value if (r := self.store.get(n)).good else s
                             for n, s in zip(self.names, self.applied.tolist(), strict=True)])
         self.applied = initial
-        self.supervisor = Supervisor(self.site, self.envelope, initial, self.clock())
+        self.supervisor = Supervisor(self.site, self.envelope, initial, self.clock(),
+                                     canary=self.canary if self.policy is not None else None)
         self.wire = WireGate(self.actuators, self.supervisor.gate)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -296,7 +332,10 @@ class Gateway(NorthboundHandler):
         assert sup is not None
         assert wire is not None
         snapshot = self.store.snapshot(self.sensor_names, now)
-        decision = sup.step(snapshot, self._proposal(snapshot.sensors, now), now)
+        proposal = self._proposal(snapshot.sensors, now)
+        self.last_proposal = proposal
+        decision = sup.step(snapshot, proposal, now)
+        self._canary_due = decision.canary_due
         written = wire.admit(decision.command, self.applied, decision.sensors, decision.dt_s)
         if any(written.safe) or any(written.adjusted):
             sup.record_write(written.values)
@@ -323,10 +362,25 @@ class Gateway(NorthboundHandler):
     def _proposal(self, sensors: F64, now: float) -> Proposal | None:
         if self.policy is not None and self.wiring is not None:
             inference = self.policy.infer(self.wiring.inputs(sensors, self.applied))
-            return self.wiring.proposal(inference, now)
+            proposal = self.wiring.proposal(inference, now)
+            if self._canary_due and self.canary is not None:
+                self._canary_due = False
+                proposal = dataclasses.replace(proposal, canary=self._run_canary(self.policy))
+            return proposal
         if self.site.controller.kind is ControllerKind.EXTERNAL:
             return self.external.proposal(self.applied)
         return None
+
+    def _run_canary(self, policy: OnnxPolicy) -> F64:
+        """The model's outputs on the golden inputs (NaN rows where it gave none: a model
+        that cannot answer its own golden cases deviates)."""
+        assert self.canary is not None
+        rows = []
+        for row in self.canary.inputs:
+            out = policy.infer(np.ascontiguousarray(row, dtype=np.float64)).outputs
+            rows.append(np.full(self.canary.outputs.shape[1], math.nan) if out is None
+                        else np.asarray(out, dtype=np.float64))
+        return np.array(rows, dtype=np.float64)
 
     async def _write_devices(self, values: F64, heartbeat: bool = False,
                              only: set[int] | None = None) -> bool:
