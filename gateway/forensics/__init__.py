@@ -1,0 +1,1 @@
+"""Forensics: evidence about what a model did and how it differs from another."""
