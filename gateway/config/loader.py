@@ -815,6 +815,38 @@ def _read_simple(root: _Map, key: str, cls: Callable[..., T],
     return _build(m, cls, **kwargs)
 
 
+def _read_per_sensor(m: _Map, key: str, names: _Names | None) -> tuple[tuple[str, float], ...]:
+    """A mapping from sensor tag name to a finite number > 0 (``detection.max_rate_per_s``).
+
+    Every bad entry is reported at its own line and key path: a name that is not a sensor (an
+    actuator, or no tag at all), a value that is not a finite number > 0. ``names`` is None
+    when the tags could not be read (their errors are reported); names are then not checked.
+    Raises :class:`_Abort` after reporting.
+    """
+    node = _need(m.raw(key, True))  # `max_rate_per_s:` with nothing after it is an error
+    sub = _Map(m.ctx, node, m.sub_path(key))
+    pairs: list[tuple[str, float]] = []
+    failed = False
+    for name, item, path in sub.entries():
+        try:
+            if names is not None and name not in names.sensors:
+                if name in names.failed:
+                    raise _Abort  # the tag's own error is reported
+                sub.error(name, f"{name!r} is not a sensor" if name in names.actuators
+                          else f"unknown tag {name!r}")
+                raise _Abort
+            value = sub._float(item, path)
+            if not value > 0:
+                sub.error(name, f"must be > 0, not {value}")
+                raise _Abort
+            pairs.append((name, value))
+        except _Abort:
+            failed = True
+    if failed:
+        raise _Abort
+    return tuple(pairs)
+
+
 def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
     m = root.map("northbound")
     if m is None:
@@ -896,6 +928,7 @@ def load_config(path: str | Path) -> s.Site:
         with _section(ctx):
             result["fallback"] = _read_fallback(ctx, root, names)
     with _section(ctx):
+        known = None if tags is None else _Names(tags, ctx.failed_tags)
         result["detection"] = _read_simple(root, "detection", s.Detection, {
             "divergence": lambda m, k: m.opt_bool(k),
             "divergence_method": lambda m, k: m.opt_enum(k, s.DivergenceMethod),
@@ -903,6 +936,8 @@ def load_config(path: str | Path) -> s.Site:
                 "divergence_drift", "divergence_threshold", "violation_window_s",
                 "stale_after_ms", "canary_period_s", "canary_tolerance", "input_range_margin")},
             **{k: (lambda m, k: m.opt_int(k)) for k in ("violation_max", "deadline_misses_max")},
+            **{k: (lambda m, k: _read_per_sensor(m, k, known)) for k in (
+                "frozen_after_s", "max_rate_per_s")},
         })
     with _section(ctx):
         result["operation"] = _read_simple(root, "operation", s.Operation, {

@@ -653,6 +653,29 @@ class Detection:
 
     ``input_range_margin``: how far a sensor reading may lie outside its declared range before it
     counts as out of range, as a fraction of the range (max - min); 0 means none (>= 0).
+
+    Input plausibility, per sensor and opt-in (both default to empty: off). Each is a sequence
+    of ``(sensor tag name, number)`` pairs, written in YAML as a mapping from sensor name to
+    a finite number > 0; each name at most once. A finding demands SAFE_STOP, like a stale
+    reading, and the reading is NaN for everything downstream while it stands.
+
+    * ``frozen_after_s``: a sensor whose good readings have been bit-for-bit identical for
+      this many seconds (between the readings' timestamps) is frozen: a stuck transmitter or
+      a frozen PLC image, since a live instrument has measurement noise. A bad, stale or
+      out-of-range reading restarts the count (each of those is a fault of its own). Leave
+      out sensors that legitimately repeat a value: counters, setpoints, coarse quantisation.
+    * ``max_rate_per_s``: the fastest the measured quantity can physically change, in its
+      engineering units per second, measurement noise included. A good reading that differs
+      from the last plausible one by more than ``max_rate_per_s * dt`` is implausible (a
+      spoofed or glitching value); ``dt`` is the time between the two readings' timestamps,
+      never less than one cycle (``site.cycle_ms``), so the limit must also cover the noise
+      between two readings one cycle apart. An implausible reading does not become the
+      baseline: a value that jumped stays implausible until enough time has passed since the
+      last plausible reading for the move to be possible. The first reading, and the first
+      after a bad, stale or out-of-range one, is not judged: it becomes the new baseline.
+
+    Raises :class:`FieldError` for a value that is not finite and > 0 or a repeated name;
+    that the names are sensors is checked by the loader.
     """
 
     divergence: bool = True
@@ -666,8 +689,18 @@ class Detection:
     canary_period_s: float = 60.0
     canary_tolerance: float = 1e-4
     input_range_margin: float = 0.0
+    frozen_after_s: tuple[tuple[str, float], ...] = ()
+    max_rate_per_s: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        for key in ("frozen_after_s", "max_rate_per_s"):
+            seen: set[str] = set()
+            for name, value in getattr(self, key):
+                if name in seen:
+                    raise FieldError(key, f"{name!r} is listed twice")
+                seen.add(name)
+                if not (math.isfinite(value) and value > 0):
+                    raise FieldError(key, f"{name}: must be finite and > 0, not {value}")
         for key in ("divergence_drift", "divergence_threshold", "violation_window_s",
                     "stale_after_ms", "canary_period_s"):
             _positive(key, getattr(self, key))

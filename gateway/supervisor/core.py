@@ -145,8 +145,8 @@ class Supervisor:
         if self.bank.overrides and self.modes.mode is not Mode.MANUAL:
             self.bank.overrides.clear()
 
-        sensors, findings = self.inputs.check(snapshot.sensors.tolist(),
-                                              snapshot.good.tolist(), snapshot.age_s.tolist())
+        sensors, findings = self.inputs.check(snapshot.sensors.tolist(), snapshot.good.tolist(),
+                                              snapshot.age_s.tolist(), now_s)
         sensor_vec = np.array(sensors, dtype=np.float64)
         fallback = self.bank.update(sensors, dt)
 

@@ -35,13 +35,47 @@ class Finding:
     evidence: tuple[tuple[str, float | str], ...] = ()
 
 
+class _Watch:
+    """The plausibility state of one sensor with ``frozen_after_s`` or ``max_rate_per_s``.
+
+    ``value`` and ``at_s`` are the last plausible reading and its timestamp (NaN: no baseline
+    yet, or since a gap); ``since_s`` is the timestamp from which ``value`` has repeated;
+    ``suspect`` tells whether the last judged reading raised a finding.
+    """
+
+    __slots__ = ("at_s", "frozen_s", "index", "max_rate", "name", "since_s", "suspect", "value")
+
+    def __init__(self, index: int, name: str, frozen_s: float, max_rate: float) -> None:
+        self.index = index
+        self.name = name
+        self.frozen_s = frozen_s
+        self.max_rate = max_rate
+        self.value = math.nan
+        self.at_s = math.nan
+        self.since_s = math.nan
+        self.suspect = False
+
+
 class InputHealth:
     """Sensor readings that are stale, of bad quality, non-finite or outside their declared
     range (widened by ``input_range_margin`` of the range) are replaced by NaN for everything
-    downstream, and each demands SAFE_STOP."""
+    downstream, and each demands SAFE_STOP.
+
+    So are, for the sensors named in ``detection.frozen_after_s`` and
+    ``detection.max_rate_per_s`` (see :class:`gateway.config.schema.Detection`), readings that
+    are frozen (bit-for-bit the same value for ``frozen_after_s`` seconds) or implausible
+    (further from the last plausible reading than ``max_rate_per_s`` times the time between
+    the two, that time being at least one cycle). A reading's timestamp is ``now_s - age``.
+    A faulty reading (bad, stale, out of range, NaN) breaks the history: the next good one is
+    a new baseline, judged for neither, and its frozen count starts again. An implausible
+    reading does not move the baseline, so a value that jumped stays implausible until the
+    time since the last plausible reading would have allowed the jump; each finding repeats
+    while its condition holds (the supervisor reports a detector once per latch).
+    """
 
     def __init__(self, site: Site) -> None:
-        margin = site.detection.input_range_margin
+        det = site.detection
+        margin = det.input_range_margin
         self.names = tuple(t.name for t in site.sensors)
         self.lo: list[float] = []
         self.hi: list[float] = []
@@ -51,11 +85,35 @@ class InputHealth:
             span = t.range_max - t.range_min
             self.lo.append(t.range_min - margin * span)
             self.hi.append(t.range_max + margin * span)
-        self.stale_s = site.detection.stale_after_ms / 1000.0
+        self.stale_s = det.stale_after_ms / 1000.0
+        # Readings that arrive within one cycle of each other (poll jitter, a reading seen by
+        # two steps) are judged as one cycle apart: measurement noise over a vanishing dt
+        # would otherwise look like an impossible rate.
+        self.min_dt_s = site.site.cycle_ms / 1000.0
+        frozen = dict(det.frozen_after_s)
+        rates = dict(det.max_rate_per_s)
+        for key, named in (("frozen_after_s", frozen), ("max_rate_per_s", rates)):
+            for name in named:
+                if name not in self.names:
+                    raise ValueError(f"detection.{key}: {name!r} is not a sensor")
+        # Only the configured sensors, in sensor order; empty (the default) costs nothing.
+        self.watches = [
+            _Watch(i, name, frozen.get(name, math.inf), rates.get(name, math.inf))
+            for i, name in enumerate(self.names) if name in frozen or name in rates
+        ]
 
     def check(
-        self, sensors: Sequence[float], good: Sequence[bool], age_s: Sequence[float]
+        self, sensors: Sequence[float], good: Sequence[bool], age_s: Sequence[float],
+        now_s: float | None = None,
     ) -> tuple[list[float], list[Finding]]:
+        """The readings with every untrustworthy one replaced by NaN, and the findings.
+
+        ``now_s`` is the step's time; the supervisor passes it every cycle, and only then are
+        frozen and implausible readings judged (and the history moved on). Without it (a
+        check between steps, e.g. for an operator's write), the history is left alone and
+        the sensors under a frozen or implausibility finding at the last step stay masked,
+        without a finding.
+        """
         masked = list(sensors)
         findings: list[Finding] = []
         for i, value in enumerate(sensors):
@@ -79,7 +137,61 @@ class InputHealth:
                     (("value", value), ("age_s", age_s[i])),
                 )
             )
+        if self.watches:
+            if now_s is None:
+                for w in self.watches:
+                    if w.suspect:
+                        masked[w.index] = math.nan
+            else:
+                self._plausibility(masked, age_s, now_s, findings)
         return masked, findings
+
+    def _plausibility(self, masked: list[float], age_s: Sequence[float], now_s: float,
+                      findings: list[Finding]) -> None:
+        """Judge the configured sensors' readings that passed the other checks (in place)."""
+        for w in self.watches:
+            i = w.index
+            x = masked[i]
+            at = now_s - age_s[i]
+            if x != x or not math.isfinite(at):
+                # A faulty reading (reported above) or no usable timestamp: no judgement
+                # across the gap; the next good reading is a new baseline.
+                w.value = math.nan
+                w.suspect = False
+                continue
+            previous = w.value
+            if previous != previous:
+                w.value, w.at_s, w.since_s, w.suspect = x, at, at, False
+                continue
+            if x == previous:
+                w.at_s = at
+                frozen_s = at - w.since_s
+                w.suspect = frozen_s >= w.frozen_s
+                if w.suspect:
+                    masked[i] = math.nan
+                    findings.append(Finding(
+                        f"input.frozen.{w.name}", Mode.SAFE_STOP,
+                        f"{w.name}: frozen at {x} for {frozen_s:.1f} s "
+                        f"(limit {w.frozen_s} s)",
+                        (("value", x), ("frozen_s", frozen_s), ("limit_s", w.frozen_s)),
+                    ))
+                continue
+            dt = at - w.at_s
+            if not dt > self.min_dt_s:
+                dt = self.min_dt_s
+            rate = abs(x - previous) / dt
+            w.suspect = rate > w.max_rate
+            if w.suspect:
+                masked[i] = math.nan  # the baseline stays the last plausible reading
+                findings.append(Finding(
+                    f"input.rate.{w.name}", Mode.SAFE_STOP,
+                    f"{w.name}: changed from {previous} to {x} in {dt:.3f} s, "
+                    f"{rate:.6g} per s (limit {w.max_rate} per s)",
+                    (("value", x), ("previous", previous), ("dt_s", dt),
+                     ("rate_per_s", rate), ("limit_per_s", w.max_rate)),
+                ))
+            else:
+                w.value, w.at_s, w.since_s = x, at, at
 
 
 class Divergence:

@@ -686,6 +686,36 @@ CASES = [
          "must be operator, ai, viewer or admin, not 'root'"),
     Case("detection-negative", "northbound:\n", "detection:\n  violation_max: -1\n\nnorthbound:\n",
          "detection.violation_max", "violation_max: -1", "must be >= 0"),
+    Case("frozen-unknown-tag", "northbound:\n",
+         "detection:\n  frozen_after_s: {levle: 30}\n\nnorthbound:\n",
+         "detection.frozen_after_s.levle", "levle: 30", "unknown tag 'levle'"),
+    Case("frozen-actuator", "northbound:\n",
+         "detection:\n  frozen_after_s:\n    level: 30\n    valve: 30\n\nnorthbound:\n",
+         "detection.frozen_after_s.valve", "valve: 30", "'valve' is not a sensor"),
+    Case("frozen-zero", "northbound:\n",
+         "detection:\n  frozen_after_s:\n    level: 0\n\nnorthbound:\n",
+         "detection.frozen_after_s.level", "    level: 0\n", "must be > 0, not 0.0"),
+    Case("frozen-text", "northbound:\n",
+         "detection:\n  frozen_after_s: {level: long}\n\nnorthbound:\n",
+         "detection.frozen_after_s.level", "level: long", "must be a number, found text 'long'"),
+    Case("frozen-not-a-mapping", "northbound:\n",
+         "detection:\n  frozen_after_s: [level]\n\nnorthbound:\n",
+         "detection.frozen_after_s", "frozen_after_s: [level]", "must be a mapping, found a list"),
+    Case("rate-negative", "northbound:\n",
+         "detection:\n  max_rate_per_s:\n    flow: -2.5\n\nnorthbound:\n",
+         "detection.max_rate_per_s.flow", "flow: -2.5", "must be > 0, not -2.5"),
+    Case("rate-inf", "northbound:\n",
+         "detection:\n  max_rate_per_s: {temp: .inf}\n\nnorthbound:\n",
+         "detection.max_rate_per_s.temp", "temp: .inf", "must be a finite number, not inf"),
+    Case("rate-nan", "northbound:\n",
+         "detection:\n  max_rate_per_s: {temp: .nan}\n\nnorthbound:\n",
+         "detection.max_rate_per_s.temp", "temp: .nan", "must be a finite number, not nan"),
+    Case("rate-actuator", "northbound:\n",
+         "detection:\n  max_rate_per_s: {heater: 1.0}\n\nnorthbound:\n",
+         "detection.max_rate_per_s.heater", "heater: 1.0", "'heater' is not a sensor"),
+    Case("rate-unknown-tag", "northbound:\n",
+         "detection:\n  max_rate_per_s: {pressure: 1.0}\n\nnorthbound:\n",
+         "detection.max_rate_per_s.pressure", "pressure: 1.0", "unknown tag 'pressure'"),
     Case("operation-unknown-mode", "northbound:\n", "operation:\n  start_mode: turbo\n\n"
          "northbound:\n", "operation.start_mode", "start_mode: turbo",
          "must be one of shadow, manual; not 'turbo'"),
@@ -799,6 +829,8 @@ def test_one_mistake_gives_one_error(tmp_path: Path, old, new, key, at):
     [
         ("detection", "divergence_drift"),
         ("detection", "violation_max"),
+        ("detection", "frozen_after_s"),
+        ("detection", "max_rate_per_s"),
         ("operation", "clean_shadow_s"),
         ("audit", "sample_every_n"),
     ],
@@ -830,6 +862,41 @@ def test_empty_value_is_not_silently_none(tmp_path: Path, section, key):
         value = getattr(getattr(site, section), key)
         assert value is not None
         assert value == getattr(getattr(s, section.capitalize())(), key)
+
+
+def test_per_sensor_detection_loads_in_file_order(tmp_path: Path):
+    text = edit(BASE, "northbound:\n", "detection:\n  frozen_after_s: {temp: 600, level: 30}\n"
+                "  max_rate_per_s:\n    level: 0.05\n    flow: 2\n\nnorthbound:\n")
+    site = load_config(write(tmp_path, text))
+    assert site.detection.frozen_after_s == (("temp", 600.0), ("level", 30.0))
+    assert site.detection.max_rate_per_s == (("level", 0.05), ("flow", 2.0))
+    assert s.Detection().frozen_after_s == () == s.Detection().max_rate_per_s  # off by default
+
+
+def test_every_bad_per_sensor_entry_is_reported(tmp_path: Path):
+    text = edit(BASE, "northbound:\n", "detection:\n  max_rate_per_s:\n    level: 0\n"
+                "    pump: 5\n    flow: .inf\n    temp: 3\n  frozen_after_s: {levle: 1}\n"
+                "\nnorthbound:\n")
+    path = write(tmp_path, text)
+    issues = issues_of(path)
+    assert_issue(path, issues, line_of(text, "level: 0\n"), "detection.max_rate_per_s.level",
+                 "must be > 0, not 0.0")
+    assert_issue(path, issues, line_of(text, "pump: 5"), "detection.max_rate_per_s.pump",
+                 "'pump' is not a sensor")
+    assert_issue(path, issues, line_of(text, "flow: .inf"), "detection.max_rate_per_s.flow",
+                 "must be a finite number, not inf")
+    assert_issue(path, issues, line_of(text, "levle: 1"), "detection.frozen_after_s.levle",
+                 "unknown tag 'levle'")
+    assert len(issues) == 4, shown(issues)
+
+
+def test_per_sensor_entry_for_a_tag_that_failed_is_not_reported_again(tmp_path: Path):
+    text = edit(BASE, "    range: [0.0, 300.0]", "    range: [300.0, 0.0]")
+    text = edit(text, "northbound:\n", "detection:\n  max_rate_per_s: {temp: 3}\n\nnorthbound:\n")
+    path = write(tmp_path, text)
+    issues = issues_of(path)
+    assert_issue(path, issues, line_of(text, "range: [300.0, 0.0]"), "tags.temp.range", "")
+    assert len(issues) == 1, shown(issues)
 
 
 def test_bad_heartbeat_node_names_the_heartbeat_key(tmp_path: Path):
