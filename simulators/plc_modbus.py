@@ -24,6 +24,11 @@ by the server's ``trace_pdu`` hook, which sees requests as they come off the wir
 address with that exception code (through the ``SimDevice`` action callback, which runs before
 the value is stored, so a refused write changes nothing).
 
+``on_store`` (optional) sees each client write that passed the address and ``reject`` checks as a
+:class:`StoreRequest`, just before its values are stored; nothing else runs between the call and
+the store, so calls come in storage order. Returning an exception code refuses the write (e.g. to
+keep some registers read-only), ``None`` lets it through. ``clock`` stamps ``WriteRecord.at_s``.
+
 Values set from the test (``set_registers``, ``set_float32``, ``set_bits``) go through the
 server's datastore, not the wire, and are not in ``writes``.
 """
@@ -31,6 +36,7 @@ server's datastore, not the wire, and are not in ``writes``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import struct
 import time
 from dataclasses import dataclass, field
@@ -44,6 +50,8 @@ from gateway.config.schema import Table
 from simulators.ports import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from pymodbus.pdu import ModbusPDU
 
 WRITE_CODES = frozenset({5, 6, 15, 16, 22, 23})
@@ -58,7 +66,7 @@ _WRITE_TABLE = {5: Table.COIL, 15: Table.COIL, 6: Table.HOLDING_REGISTER,
 @dataclass
 class WriteRecord:
     """One write request as the PLC received it. ``values``: registers (FC6/16/23) or bits
-    (FC5/15); ``at_s``: ``time.monotonic()`` on arrival; ``result``: None until answered, then 0
+    (FC5/15); ``at_s``: the PLC's ``clock()`` on arrival; ``result``: None until answered, then 0
     (accepted) or the Modbus exception code sent back."""
 
     function_code: int
@@ -71,6 +79,29 @@ class WriteRecord:
     @property
     def table(self) -> Table:
         return _WRITE_TABLE[self.function_code]
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A client write about to be stored (see ``TestPLC.on_store``). ``values``: registers
+    (FC6/16/22/23) or bits (FC5/15) starting at ``address`` of ``table``."""
+
+    function_code: int
+    table: Table
+    address: int
+    values: list[int] | list[bool]
+    block_start: int
+    block: Sequence[int]  # the table's registers before the write, block[0] at block_start
+
+    def register_after(self, address: int) -> int:
+        """Holding register ``address`` as it will be once this write is stored (registers
+        tables only: coils are packed in the block)."""
+        if self.table.is_bits:
+            raise ValueError("register_after is for register tables")
+        offset = address - self.address
+        if 0 <= offset < len(self.values):
+            return int(self.values[offset])
+        return int(self.block[address - self.block_start])
 
 
 @dataclass
@@ -87,9 +118,14 @@ class TestPLC:
     port: int = 0
     writes: list[WriteRecord] = field(default_factory=list)
     reject: dict[int, int] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    on_store: Callable[[StoreRequest], int | None] | None = None
 
     def __post_init__(self) -> None:
+        # The server whose datastore holds the memory: set from the moment it is built until a
+        # stop has taken its snapshot, so that values set meanwhile are never lost.
         self._server: ModbusTcpServer | None = None
+        self._listening = False
         # Retentive memory, used while the server is down and to seed it at start.
         self._image: dict[Table, list[int] | list[bool]] = {
             Table.HOLDING_REGISTER: [0] * self.holding,
@@ -102,10 +138,12 @@ class TestPLC:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._listening
 
     async def start(self) -> None:
-        """Listen on 127.0.0.1:``port`` (a free port the first time if ``port`` is 0)."""
+        """Listen on 127.0.0.1:``port`` (a free port the first time if ``port`` is 0).
+
+        Raises OSError (errno EADDRINUSE) if the port cannot be bound."""
         if self._server is not None:
             raise RuntimeError("already running")
         if self.port == 0:
@@ -126,19 +164,39 @@ class TestPLC:
         )
         server = ModbusTcpServer(device, address=("127.0.0.1", self.port),
                                  trace_pdu=self._trace_pdu)
-        await server.serve_forever(background=True)
         self._server = server
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus 3.16 reports a failed bind this way
+            await self._abandon(server)
+            raise OSError(errno.EADDRINUSE,
+                          f"cannot listen on 127.0.0.1:{self.port}: {exc}") from exc
+        except BaseException:
+            await self._abandon(server)
+            raise
+        self._listening = True
 
-    async def stop(self) -> None:
-        """Stop listening and drop every client connection; register contents are kept."""
-        server = self._server
-        if server is None:
-            return
+    async def _abandon(self, server: ModbusTcpServer) -> None:
+        """Undo a failed start, keeping what was set meanwhile."""
         for table in Table:
             self._image[table] = await self._read(server, table, 0, len(self._image[table]))
         self._server = None
         await server.shutdown()  # type: ignore[no-untyped-call]
+
+    async def stop(self) -> None:
+        """Stop listening and drop every client connection; register contents are kept."""
+        server = self._server
+        if server is None or not self._listening:
+            return
+        self._listening = False
+        await server.shutdown()  # type: ignore[no-untyped-call]
         await asyncio.sleep(0)  # let the transports' close callbacks run
+        # Snapshot only now: writes that arrived while shutting down are kept, and values set
+        # meanwhile from the test side went to the server's memory (still ``self._server``).
+        # The reads do not suspend, so nothing lands between the snapshot and the switch.
+        for table in Table:
+            self._image[table] = await self._read(server, table, 0, len(self._image[table]))
+        self._server = None
 
     async def restart(self) -> None:
         await self.stop()
@@ -211,7 +269,7 @@ class TestPLC:
             return pdu
         if not sending:
             values = [int(v) for v in (pdu.bits if code in (5, 15) else pdu.registers)]
-            self.writes.append(WriteRecord(code, pdu.address, values, time.monotonic(),
+            self.writes.append(WriteRecord(code, pdu.address, values, self.clock(),
                                            pdu.transaction_id))
             return pdu
         for record in reversed(self.writes):
@@ -230,6 +288,11 @@ class TestPLC:
         for rejected, code in self.reject.items():
             if rejected in span:
                 return ExcCodes(code)
+        if self.on_store is not None:
+            refused = self.on_store(StoreRequest(function_code, _WRITE_TABLE[function_code],
+                                                 address, set_values, start_address, current))
+            if refused is not None:
+                return ExcCodes(refused)
         return None
 
 

@@ -17,10 +17,16 @@ attribute write service (asyncua 2.1 internal API, see shared/NOTES-libraries.md
 server's own side: what the PLC received, with the variant type it arrived in, and the status
 it answered. A write the PLC answers Bad is recorded too (with that status) but does not change
 the value. ``reject`` makes the PLC refuse writes to a node with a chosen status.
+
+Options: ``path`` (the endpoint's path, ``/plc/`` by default), ``server_name``, ``clock`` (stamps
+``PlcWrite.at_s``), ``on_write`` (called with each ``PlcWrite`` as it is recorded, in arrival
+order), and ``PlcVariable.writable=False`` for variables clients may only read (their writes are
+answered BadUserAccessDenied by asyncua and recorded with that status).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +37,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from simulators.ports import free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 NAMESPACE_URI = "urn:safety-gateway:test-plc"
 
@@ -42,11 +48,13 @@ def _nid(name: str) -> ua.NodeId:
 
 @dataclass(frozen=True)
 class PlcVariable:
-    """A variable at ``ns=2;s=<name>`` of OPC UA type ``vtype`` with an initial value."""
+    """A variable at ``ns=2;s=<name>`` of OPC UA type ``vtype`` with an initial value;
+    ``writable=False``: clients may only read it."""
 
     name: str
     vtype: ua.VariantType
     initial: Any = 0
+    writable: bool = True
 
     @property
     def nodeid(self) -> str:
@@ -56,12 +64,13 @@ class PlcVariable:
 @dataclass(frozen=True)
 class PlcWrite:
     """One value a client wrote: the node's name, the value and the variant type it arrived in,
-    and the status the PLC answered (``"Good"`` when stored)."""
+    the status the PLC answered (``"Good"`` when stored) and the PLC's ``clock()`` then."""
 
     name: str
     value: Any
     vtype: ua.VariantType
     status: str
+    at_s: float = 0.0
 
 
 @dataclass
@@ -71,28 +80,39 @@ class OpcUaPlc:
     writes: list[PlcWrite] = field(default_factory=list)
     reject: dict[str, int] = field(default_factory=dict)
     """Node name -> status code the PLC answers to writes to it (instead of storing them)."""
+    path: str = "/plc/"
+    server_name: str = "safety-gateway test PLC"
+    clock: Callable[[], float] = time.monotonic
+    on_write: Callable[[PlcWrite], None] | None = None
 
     def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/': {self.path!r}")
+        # The server whose address space holds the values: set from the moment the address
+        # space is built until a stop has taken its snapshot, so that ``set``/``get`` never
+        # race a start or a stop. ``_listening``: whether clients can reach it.
         self._server: Any = None
+        self._listening = False
         self._values: dict[str, Any] = {v.name: v.initial for v in self.variables}
         self._types = {v.name: v.vtype for v in self.variables}
 
     @property
     def endpoint(self) -> str:
-        return f"opc.tcp://127.0.0.1:{self.port}/plc/"
+        return f"opc.tcp://127.0.0.1:{self.port}{self.path}"
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._listening
 
     async def start(self) -> None:
-        """Listen on :attr:`endpoint`. Values survive a stop/start (a PLC keeps its memory)."""
+        """Listen on :attr:`endpoint`. Values survive a stop/start (a PLC keeps its memory).
+        Raises OSError if the port cannot be bound (nothing is left running)."""
         if self._server is not None:
             raise RuntimeError("already running")
         server = Server()
         await server.init()
         server.set_endpoint(self.endpoint)
-        server.set_server_name("safety-gateway test PLC")
+        server.set_server_name(self.server_name)
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         idx = await server.register_namespace(NAMESPACE_URI)
         if idx != 2:
@@ -102,7 +122,8 @@ class OpcUaPlc:
             node = await folder.add_variable(
                 _nid(var.name), var.name,
                 ua.Variant(self._values[var.name], var.vtype))
-            await node.set_writable()
+            if var.writable:
+                await node.set_writable()
         service = server.iserver.attribute_service
         original = service.write
 
@@ -117,26 +138,39 @@ class OpcUaPlc:
                     one = ua.WriteParameters(NodesToWrite=[wv])
                     status = (await original(one) if user is None
                               else await original(one, user=user))[0]
-                if name in self._types and variant is not None:
-                    self.writes.append(PlcWrite(name, variant.Value, variant.VariantType,
-                                                status.name))
+                if (name in self._types and variant is not None
+                        and wv.AttributeId == AttributeIds.Value):
+                    record = PlcWrite(name, variant.Value, variant.VariantType, status.name,
+                                      self.clock())
+                    self.writes.append(record)
+                    if self.on_write is not None:
+                        self.on_write(record)
                 results.append(status)
             return results
 
         service.write = recording_write  # type: ignore[method-assign]  # asyncua 2.1 internal
-        await server.start()
         self._server = server
         self._idx = idx
+        try:
+            await server.start()
+        except BaseException:
+            self._server = None
+            raise
+        self._listening = True
 
     async def stop(self) -> None:
         """Stop listening (clients see the connection drop). Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
+        server = self._server
+        if server is None or not self._listening:
             return
+        self._listening = False
+        await server.stop()
+        # Snapshot after the stop, so writes that arrived while stopping are kept; reading
+        # the in-process address space does not suspend, so nothing lands in between.
         for var in self.variables:
             self._values[var.name] = (
                 await server.get_node(_nid(var.name)).read_value())
-        await server.stop()
+        self._server = None
 
     async def set(self, name: str, value: Any, status: int = 0) -> None:
         """Change a variable from the PLC's side (not recorded as a client write). A Bad
