@@ -56,8 +56,8 @@ def bench_step(engine: str, steps: int, warmup: int) -> dict[str, float]:
     sup = _supervisor(engine)
     level = 2.5
     now = 0.0
-    good = np.array([True, True])
-    age = np.array([0.05, 0.05])
+    good = np.array([True, True, True, True])
+    age = np.array([0.05, 0.05, 0.05, 0.05])
     sup.request(OperatorRequest(RequestKind.TO_SHADOW, "bench", True))
     samples: list[float] = []
     gc.collect()
@@ -69,7 +69,8 @@ def bench_step(engine: str, steps: int, warmup: int) -> dict[str, float]:
             prev = sup.previous
             inflow = min(max(30.0 + 40.0 * (2.5 - level), prev[0] - 1.0), prev[0] + 1.0)
             proposal = Proposal(np.array([inflow, 30.0, 0.0]), produced_at_s=now)
-            snapshot = Snapshot(np.array([level, 0.01]), good, age)
+            # level, inflow_rate, demand, uptime_s: the water tank's sensors in site order
+            snapshot = Snapshot(np.array([level, 0.01, 0.004, 1000.0 + now]), good, age)
             t0 = time.perf_counter_ns()
             decision = sup.step(snapshot, proposal, now)
             t1 = time.perf_counter_ns()
@@ -104,7 +105,8 @@ def bench_onnx(calls: int) -> dict[str, float]:
         wiring = AiWiring(site)
         result: dict[str, float] = {}
         with load_policy(onnx_policy_config(site)) as policy:
-            x = wiring.inputs(np.array([2.5, 0.01]), np.array([30.0, 30.0, 0.0]))
+            x = wiring.inputs(np.array([2.5, 0.01, 0.004, 1000.0]),
+                              np.array([30.0, 30.0, 0.0]))
             for name, fn in (("onnx", policy.infer), ("onnx_sync", policy.infer_sync)):
                 for _ in range(200):
                     fn(x)

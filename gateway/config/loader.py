@@ -934,7 +934,8 @@ def load_config(path: str | Path) -> s.Site:
             "divergence_method": lambda m, k: m.opt_enum(k, s.DivergenceMethod),
             **{k: (lambda m, k: m.opt_float(k)) for k in (
                 "divergence_drift", "divergence_threshold", "violation_window_s",
-                "stale_after_ms", "canary_period_s", "canary_tolerance", "input_range_margin")},
+                "stale_after_ms", "canary_period_s", "canary_tolerance", "input_range_margin",
+                "gross_violation")},
             **{k: (lambda m, k: m.opt_int(k)) for k in ("violation_max", "deadline_misses_max")},
             **{k: (lambda m, k: _read_per_sensor(m, k, known)) for k in (
                 "frozen_after_s", "max_rate_per_s")},

@@ -654,6 +654,13 @@ class Detection:
     ``input_range_margin``: how far a sensor reading may lie outside its declared range before it
     counts as out of range, as a fraction of the range (max - min); 0 means none (>= 0).
 
+    ``gross_violation``: a proposal that the envelope would have to move by more than this
+    fraction of an actuator's range (limits max - min, or the span of its allowed values) to
+    make it admissible this cycle trips at once (to MANUAL). Small clamps are routine (a
+    controller a little faster than a rate limit); a proposal far outside what the actuator may
+    do now is a controller that is not doing its job (a hijack, a backdoor firing). In [0, 1];
+    0 turns the check off.
+
     Input plausibility, per sensor and opt-in (both default to empty: off). Each is a sequence
     of ``(sensor tag name, number)`` pairs, written in YAML as a mapping from sensor name to
     a finite number > 0; each name at most once. A finding demands SAFE_STOP, like a stale
@@ -689,10 +696,13 @@ class Detection:
     canary_period_s: float = 60.0
     canary_tolerance: float = 1e-4
     input_range_margin: float = 0.0
+    gross_violation: float = 0.25
     frozen_after_s: tuple[tuple[str, float], ...] = ()
     max_rate_per_s: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.gross_violation <= 1.0:
+            raise FieldError("gross_violation", f"must be in [0, 1], not {self.gross_violation}")
         for key in ("frozen_after_s", "max_rate_per_s"):
             seen: set[str] = set()
             for name, value in getattr(self, key):

@@ -38,6 +38,7 @@ from gateway.supervisor.detectors import (
     ControllerHealth,
     Divergence,
     Finding,
+    GrossViolation,
     InputHealth,
     ViolationRate,
 )
@@ -87,6 +88,8 @@ class Supervisor:
         self.divergence = Divergence(site, self.bank.kinds,
                                      [n in driven for n in names])
         self.violations = ViolationRate(site)
+        self.gross = GrossViolation(site, envelope)
+        self._gross_findings: list[Finding] = []
         self.controller = ControllerHealth(site)
         self.canary = Canary(canary, site.detection.canary_period_s, start_s)
         self.silence_s = site.controller.silence_timeout_ms / 1000.0
@@ -157,6 +160,9 @@ class Supervisor:
             if verdict.action == Action.TRIP:
                 findings.append(_envelope_finding(verdict))
             findings += self.violations.update(now_s, not verdict.ok)
+            if self._gross_findings:
+                findings += self._gross_findings
+                self._gross_findings = []
             findings += self.divergence.update(ai.tolist(), self.bank.reference)
             if not verdict.ok and self.modes.mode is Mode.SHADOW:
                 self.modes.anomaly(now_s)
@@ -211,8 +217,12 @@ class Supervisor:
         elif not values.flags.c_contiguous:
             values = np.ascontiguousarray(values)
         in_control = self.modes.mode is Mode.AUTO
-        verdict = self.envelope.check(values, self.previous if in_control else self.ai_previous,
-                                      sensors, dt)
+        previous = self.previous if in_control else self.ai_previous
+        verdict = self.envelope.check(values, previous, sensors, dt)
+        # Only on the AI's own trajectory (AUTO, SHADOW): while it is quarantined it is judged
+        # against what the fallback applied, and disagreeing with the fallback is no attack.
+        if verdict.action != Action.OK and (in_control or self.modes.mode is Mode.SHADOW):
+            self._gross_findings = self.gross.update(values, previous, sensors, dt)
         if verdict.clamped is not None:
             self.ai_previous = verdict.clamped
         return verdict, values, None

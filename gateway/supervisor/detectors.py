@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
+
 from gateway.config.schema import DivergenceMethod, FallbackKind
 from gateway.supervisor.changepoint import Cusum, CusumConfig, PageHinkley, PageHinkleyConfig
 from gateway.supervisor.decision import ProposalAnomaly
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
     from gateway.config.schema import Site
     from gateway.envelope.compiled import F64
+    from gateway.envelope.engine import Envelope
     from gateway.supervisor.changepoint import ChangeDetector
 
 
@@ -320,6 +323,55 @@ class ControllerHealth:
 
     def reset(self) -> None:
         self.misses = 0
+
+
+class GrossViolation:
+    """Trips on a proposal far outside what each actuator may do this cycle.
+
+    Judged only when the envelope did not pass the proposal (so it costs nothing in normal
+    operation): the proposal is projected per actuator into its own feasible set this cycle
+    (bounds, interlock tightenings, rate and step window, allowed values) and the largest move,
+    as a fraction of that actuator's range, is compared with ``detection.gross_violation``.
+    """
+
+    def __init__(self, site: Site, envelope: Envelope) -> None:
+        self.limit = site.detection.gross_violation
+        self.envelope = envelope
+        self.names = [t.name for t in site.actuators]
+        spans = []
+        limits = {lim.actuator: lim for lim in site.envelope.limits}
+        for name in self.names:
+            lim = limits.get(name)
+            span = 0.0
+            if lim is not None and lim.min is not None and lim.max is not None:
+                span = lim.max - lim.min
+            elif lim is not None and lim.allowed:
+                span = max(lim.allowed) - min(lim.allowed)
+            spans.append(1.0 / span if span > 0 else 0.0)
+        self.inv_span = np.array(spans, dtype=np.float64)
+        self._out = np.empty(len(self.names))
+        self._feasible = np.zeros(len(self.names), dtype=np.uint8)
+
+    def update(self, values: F64, previous: F64, sensors: F64, dt: float) -> list[Finding]:
+        if not self.limit > 0:
+            return []
+        self.envelope.project_into(values, previous, sensors, dt, self._out, self._feasible)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: handled just below
+            gaps = np.abs(values - self._out) * self.inv_span
+        # NaN proposals are the non-finite policy's business; an infeasible actuator's gap is
+        # unknown (its projection kept the proposal) and is left to the envelope's verdict.
+        gaps[~np.isfinite(gaps) | (self._feasible == 0)] = 0.0
+        i = int(np.argmax(gaps))
+        gap = float(gaps[i])
+        if not gap > self.limit:
+            return []
+        name = self.names[i]
+        return [Finding("envelope.gross", Mode.MANUAL,
+                        f"{name}: proposal {float(values[i]):g} is {gap:.0%} of its range away "
+                        f"from what it may do now ({float(self._out[i]):g}); limit "
+                        f"{self.limit:.0%}",
+                        (("actuator", name), ("proposal", float(values[i])),
+                         ("admissible", float(self._out[i])), ("gap", gap)))]
 
 
 @dataclass(frozen=True)

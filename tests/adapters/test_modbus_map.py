@@ -44,20 +44,20 @@ def test_water_tank_layout() -> None:
     site = load_config(CONFIGS / "water_tank.yaml")
     nmap = NorthboundMap.from_site(site)
     assert nmap.unit == 1
-    assert nmap.sensors == ("level", "inflow_rate")
+    sensors = ("level", "inflow_rate", "demand", "uptime_s")
+    assert nmap.sensors == sensors
     assert nmap.actuators == ("inflow_valve", "outflow_pump", "drain_valve")
     entries = nmap.entries()
-    assert entries[:2] == [
-        {"tag": "level", "table": "input_register", "address": 0, "type": "float32",
-         "scale": 1.0, "writable": False},
-        {"tag": "inflow_rate", "table": "input_register", "address": 2, "type": "float32",
-         "scale": 1.0, "writable": False},
-    ]
-    assert [e["tag"] for e in entries[2:8]] == STATUS_TAGS
-    assert [e["address"] for e in entries[2:8]] == list(range(1000, 1006))
+    n = len(sensors)
+    assert entries[:n] == [
+        {"tag": name, "table": "input_register", "address": 2 * i, "type": "float32",
+         "scale": 1.0, "writable": False}
+        for i, name in enumerate(sensors)]
+    assert [e["tag"] for e in entries[n:n + 6]] == STATUS_TAGS
+    assert [e["address"] for e in entries[n:n + 6]] == list(range(1000, 1006))
     assert all(e["type"] == "uint16" and e["table"] == "input_register" and not e["writable"]
-               for e in entries[2:8])
-    assert entries[8:] == [
+               for e in entries[n:n + 6])
+    assert entries[n + 6:] == [
         {"tag": name, "table": "holding_register", "address": 2 * j, "type": "float32",
          "scale": 1.0, "writable": True}
         for j, name in enumerate(("inflow_valve", "outflow_pump", "drain_valve"))]

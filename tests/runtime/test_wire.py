@@ -29,7 +29,7 @@ def wire_gate(engine: str, inflow_max: float = 100.0) -> WireGate:
     return WireGate(site.actuators, gate)
 
 
-SENSORS = np.array([2.5, 0.01])
+SENSORS = np.array([2.5, 0.01, 0.004, 1000.0])  # level, inflow_rate, demand, uptime_s
 
 
 def test_representable_command_is_written_as_is(engine):

@@ -30,15 +30,19 @@ class Tank:
         self.history.append(self.level_m)
 
     def snapshot(self, age_s: float = 0.05, good: bool = True) -> Snapshot:
-        return Snapshot(np.array([self.level_m, 0.01]), np.array([good, True]),
-                        np.array([age_s, age_s]))
+        # The site's sensors: level, inflow_rate, demand, uptime_s (only the level is faulted).
+        return Snapshot(np.array([self.level_m, 0.01, 0.004, 1000.0]),
+                        np.array([good, True, True, True]), np.array([age_s] * 4))
 
 
 def tank_supervisor(engine: str, start_s: float = 0.0, clean_shadow_s: float = 5.0,
-                    **kwargs: object) -> Supervisor:
-    """The example water-tank site; the clean shadow period is shortened for tests."""
+                    gross_violation: float | None = None, **kwargs: object) -> Supervisor:
+    """The example water-tank site; the clean shadow period is shortened for tests.
+    ``gross_violation`` overrides the site's (0 turns that detector off)."""
     site = gateway.load_config(TANK)
     site = replace(site, operation=replace(site.operation, clean_shadow_s=clean_shadow_s))
+    if gross_violation is not None:
+        site = replace(site, detection=replace(site.detection, gross_violation=gross_violation))
     env = gateway.envelope.compile(site, engine)
     initial = np.array([30.0, 30.0, 0.0])
     return Supervisor(site, env, initial, start_s, **kwargs)  # type: ignore[arg-type]

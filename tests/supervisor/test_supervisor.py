@@ -80,7 +80,7 @@ def test_nonfinite_ai_output_fails_over_in_the_same_step(engine, bad):
 
 
 def test_clamped_ai_output_is_applied_clamped_not_as_proposed(engine):
-    loop = Loop(engine)
+    loop = Loop(engine, gross_violation=0.0)  # a 50 % jump would be gross: judged below
     loop.to_auto(good_policy)
     prev = loop.sup.previous.copy()
     d = loop.step(np.array([prev[0] + 50.0, 30.0, 0.0]))  # far beyond the rate limit
@@ -138,7 +138,7 @@ def test_divergence_does_not_flag_a_sensible_different_policy_for_ten_minutes(en
 
 
 def test_violation_rate_trips_on_persistent_clamping(engine):
-    loop = Loop(engine)
+    loop = Loop(engine, gross_violation=0.0)  # the rate detector alone
     loop.to_auto(good_policy)
     for _ in range(200):
         d = loop.step(np.array([120.0, 30.0, 0.0]))  # above max every cycle: clamped
@@ -148,7 +148,7 @@ def test_violation_rate_trips_on_persistent_clamping(engine):
 
 
 def test_occasional_clamps_do_not_trip(engine):
-    loop = Loop(engine)
+    loop = Loop(engine, gross_violation=0.0)  # the rate detector alone
     loop.to_auto(good_policy)
     for k in range(3000):
         ai = good_policy(loop)
@@ -159,6 +159,47 @@ def test_occasional_clamps_do_not_trip(engine):
     assert trips(loop) == []
 
 
+# --------------------------------------------------------------------- gross violation
+
+
+def test_gross_violation_fails_over_in_the_step_that_sees_it(engine):
+    # A hijack: inflow from its ~30 % to 100 % and the pump stopped, in one cycle.
+    loop = Loop(engine)
+    loop.to_auto(good_policy)
+    prev = loop.sup.previous.copy()
+    d = loop.step(np.array([100.0, 0.0, 0.0]))
+    assert d.mode is Mode.MANUAL
+    assert d.source is Source.FALLBACK
+    assert "envelope.gross" in trips(loop)
+    trip = next(e for e in d.events if e.kind is EventKind.TRIP)
+    assert ("actuator", "inflow_valve") in trip.evidence or ("actuator", "outflow_pump") in (
+        trip.evidence)
+    assert abs(d.command[0] - prev[0]) <= 2.0 + 1e-9  # the fallback, within the rate limit
+
+
+def test_small_clamps_are_not_gross(engine):
+    # 5 % beyond the rate window each time: clamped, counted, never gross.
+    loop = Loop(engine)
+    loop.to_auto(good_policy)
+    for k in range(300):
+        ai = good_policy(loop)
+        if k % 50 == 0:
+            ai[0] = loop.sup.previous[0] + 7.0  # 2 % allowed per cycle: 5 % of range beyond
+        d = loop.step(ai)
+        assert d.clamped or k % 50 != 0
+    assert loop.sup.mode is Mode.AUTO
+    assert trips(loop) == []
+
+
+def test_gross_is_not_judged_while_the_ai_is_quarantined(engine):
+    # In MANUAL the AI is judged against the fallback's trajectory: disagreeing with it is not
+    # an attack, and a reset must not be latched again by it at once.
+    loop = Loop(engine)
+    for _ in range(20):
+        loop.step(np.array([90.0, 30.0, 0.0]))  # 60 % away from the fallback's 30 %
+    assert "envelope.gross" not in trips(loop)
+
+
 # --------------------------------------------------------------------- inputs
 
 
@@ -167,13 +208,16 @@ def test_sensor_faults_go_to_safe_stop_with_safe_values(engine, fault):
     loop = Loop(engine)
     loop.to_auto(good_policy)
     level = loop.tank.level_m
+    ok4, t4 = np.array([True] * 4), np.array([0.1] * 4)
+
+    def sensed(level_m: float) -> np.ndarray:
+        return np.array([level_m, 0.01, 0.004, 1000.0])  # level, inflow, demand, uptime
+
     snap = {
-        "stale": Snapshot(np.array([level, 0.01]), np.array([True, True]), np.array([5.0, 0.1])),
-        "quality": Snapshot(np.array([level, 0.01]), np.array([False, True]),
-                            np.array([0.1, 0.1])),
-        "range": Snapshot(np.array([7.5, 0.01]), np.array([True, True]), np.array([0.1, 0.1])),
-        "nan": Snapshot(np.array([math.nan, 0.01]), np.array([True, True]),
-                        np.array([0.1, 0.1])),
+        "stale": Snapshot(sensed(level), ok4, np.array([5.0, 0.1, 0.1, 0.1])),
+        "quality": Snapshot(sensed(level), np.array([False, True, True, True]), t4),
+        "range": Snapshot(sensed(7.5), ok4, t4),
+        "nan": Snapshot(sensed(math.nan), ok4, t4),
     }[fault]
     d = loop.step(good_policy(loop), snapshot=snap)
     assert d.mode is Mode.SAFE_STOP

@@ -110,9 +110,9 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     def _snapshot(self) -> tuple[Snapshot, np.ndarray]:
         level = self.tank.level_m
-        sensors = np.array([level, 0.01])
-        good = np.array([True, True])
-        age = np.array([0.05, 0.05])
+        sensors = np.array([level, 0.01, 0.004, 1000.0])  # level, inflow, demand, uptime
+        good = np.array([True] * 4)
+        age = np.array([0.05] * 4)
         if self.fault == "stale":
             age[0] = 10.0
         elif self.fault == "quality":
