@@ -50,10 +50,10 @@ def line_of(path: Path, needle: str) -> int:
 def test_valid_file_prints_a_summary(capsys):
     code, out, err = run(capsys, "check", str(WATER))
     assert code == EXIT_OK
-    # water tank: sensors level, inflow_rate; actuators inflow_valve, outflow_pump,
+    # water tank: sensors level, inflow_rate, demand, uptime_s; actuators inflow_valve, outflow_pump,
     # drain_valve; constraints total_flow, pump_dry_run; two interlocks; 10 steps of 1 s
     assert out == (
-        f"{WATER}: ok: site 'water-tank', 2 sensors, 3 actuators, 2 linear constraints, "
+        f"{WATER}: ok: site 'water-tank', 4 sensors, 3 actuators, 2 linear constraints, "
         f"2 interlocks, prediction 10 x 1.0 s, engine {ENGINE}\n"
     )
     assert "Traceback" not in err
@@ -66,7 +66,7 @@ def test_two_valid_files(capsys):
     assert len(lines) == 2
     assert lines[0].startswith(f"{WATER}: ok: site 'water-tank'")
     assert lines[1] == (
-        f"{BOILER}: ok: site 'boiler', 2 sensors, 3 actuators, 3 linear constraints, "
+        f"{BOILER}: ok: site 'boiler', 3 sensors, 3 actuators, 3 linear constraints, "
         f"3 interlocks, prediction 10 x 2.0 s, engine {ENGINE}"
     )
 
@@ -91,7 +91,7 @@ def test_json_summary_of_a_valid_file(capsys):
             unit, low, high, safe)
     assert actuators["drain_valve"]["allowed"] == [0.0, 1.0]
     sensors = {x["name"]: x for x in report["sensors"]}
-    assert list(sensors) == ["level", "inflow_rate"]
+    assert list(sensors) == ["level", "inflow_rate", "demand", "uptime_s"]
     assert (sensors["level"]["unit"], sensors["level"]["min"], sensors["level"]["max"]) == (
         "m", 0.0, 5.0)
     assert sensors["inflow_rate"]["max"] == 0.05

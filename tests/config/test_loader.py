@@ -189,10 +189,10 @@ def test_water_tank_loads():
     assert site.site.name == "water-tank"
     assert site.site.cycle_ms == 100.0
     # tag order is file order; it fixes the envelope's vectors
-    assert [t.name for t in site.tags] == ["level", "inflow_rate", "inflow_valve",
-                                           "outflow_pump", "drain_valve"]
+    assert [t.name for t in site.tags] == ["level", "inflow_rate", "demand", "uptime_s",
+                                           "inflow_valve", "outflow_pump", "drain_valve"]
     assert [t.name for t in site.actuators] == ["inflow_valve", "outflow_pump", "drain_valve"]
-    assert [t.name for t in site.sensors] == ["level", "inflow_rate"]
+    assert [t.name for t in site.sensors] == ["level", "inflow_rate", "demand", "uptime_s"]
 
     (plc,) = site.devices
     assert isinstance(plc, s.ModbusDevice)
@@ -265,8 +265,8 @@ def test_water_tank_loads():
 
 def test_boiler_loads():
     site = load_config(CONFIGS / "boiler.yaml")
-    assert [t.name for t in site.tags] == ["pressure", "temperature", "heater", "relief_valve",
-                                           "burner_stage"]
+    assert [t.name for t in site.tags] == ["pressure", "temperature", "uptime_s", "heater",
+                                           "relief_valve", "burner_stage"]
     (plc,) = site.devices
     assert isinstance(plc, s.OpcUaDevice)
     assert plc.endpoint == "opc.tcp://127.0.0.1:4840/boiler/"
@@ -294,16 +294,18 @@ def test_boiler_loads():
     assert pred is not None
     rows = {m.sensor: m for m in pred.model}
     assert list(rows) == ["temperature", "pressure"]
-    # 0.08 h + 0.4 b - 0.004 (T - 20)  =  0.08 h + 0.4 b - 0.004 T + 0.08
+    # 0.00347 h + 0.0694 b - 0.000578 (T - 20) - 0.0144 - 0.0067 r: the parenthesis
+    # distributes, constants fold (0.000578 * 20 - 0.0144)
     temp = rows["temperature"]
     assert dict(temp.terms) == pytest.approx(
-        {"heater": 0.08, "burner_stage": 0.4, "temperature": -0.004})
-    assert temp.constant == pytest.approx(0.08)
-    # 0.002 (T - 20) - 0.004 r - 0.01 (p - 1)  =  0.002 T - 0.004 r - 0.01 p - 0.04 + 0.01
+        {"heater": 0.00347, "burner_stage": 0.0694, "temperature": -0.000578,
+         "relief_valve": -0.0067})
+    assert temp.constant == pytest.approx(0.000578 * 20 - 0.0144)
     pres = rows["pressure"]
     assert dict(pres.terms) == pytest.approx(
-        {"temperature": 0.002, "relief_valve": -0.004, "pressure": -0.01})
-    assert pres.constant == pytest.approx(-0.03)
+        {"heater": 0.00118, "burner_stage": 0.0236, "temperature": -0.00015,
+         "relief_valve": -0.00174})
+    assert pres.constant == pytest.approx(0.00015 * 20 - 0.00375)
     keep = {k.sensor: k for k in pred.keep}
     assert keep["pressure"].min == -math.inf  # only max given
     assert keep["pressure"].max == 15.0
