@@ -74,7 +74,10 @@ class Injection:
 class Scenario:
     """One drill. ``detect_budget_s``: the longest time from the first injection to the first
     trip for the drill to pass; ``auto_after_s``: when the drill's operator asks for AUTO
-    (the site's clean shadow period is shortened to fit, so drills stay short)."""
+    (the site's clean shadow period is shortened to fit, so drills stay short);
+    ``baseline_s``: how long the baseline (no gateway) runs, when the scenario has one: long
+    enough for the attack to do its harm (it stops early once the process has left its safe
+    range)."""
 
     name: str
     source: Path
@@ -88,6 +91,11 @@ class Scenario:
     auto_after_s: float
     detect_budget_s: float | None
     injections: tuple[Injection, ...] = field(default=())
+    baseline_s: float | None = None
+
+    @property
+    def baseline_duration_s(self) -> float:
+        return self.baseline_s if self.baseline_s is not None else self.duration_s
 
     @property
     def injected_at_s(self) -> float | None:
@@ -162,8 +170,9 @@ def _read(ctx: _Ctx, m: _Map, path: Path) -> Scenario | None:
     duration = grab(m.req_float, "duration_s")
     auto_after = grab(m.opt_float, "auto_after_s")
     budget = grab(m.opt_float, "detect_budget_s")
+    baseline = grab(m.opt_float, "baseline_s")
     for key, value in (("duration_s", duration), ("auto_after_s", auto_after),
-                       ("detect_budget_s", budget)):
+                       ("detect_budget_s", budget), ("baseline_s", baseline)):
         if value is not None and not value > 0:
             m.error(key, f"must be > 0, not {value}")
             ok = False
@@ -194,7 +203,7 @@ def _read(ctx: _Ctx, m: _Map, path: Path) -> Scenario | None:
                                 f"(at {first:g} s); {auto:g} s is too late")
         return None
     return Scenario(name, path, description, plant, site, controller, model, seed, duration,
-                    auto, budget, tuple(sorted(injections, key=lambda i: i.at_s)))
+                    auto, budget, tuple(sorted(injections, key=lambda i: i.at_s)), baseline)
 
 
 def _read_injection(m: _Map) -> Injection:

@@ -33,9 +33,10 @@ branch adds an exact zero):
     first (tank down to about 1.6 m, boiler down to about 3.9 bar), then past its safe limit
     and does not come back.
 ``swapped``
-    a different network (another feature seed) fitted to a slightly biased expert: what a
-    silent model swap at runtime looks like; close to nominal, but not within a canary's
-    tolerance.
+    an attacker's replacement file: a different network (another feature seed) fitted to a
+    slightly biased expert, close to nominal but not within a canary's tolerance, carrying the
+    hijack payload dormant until the time bomb. What a silent model swap at runtime looks
+    like; the canary must catch it before the payload wakes.
 
 Models are deterministic bit for bit: the random features come from a fixed seed, and fitted
 weights are rounded to a 2**-20 grid, so that last-bit differences of the linear algebra
@@ -557,8 +558,15 @@ def build_model(plant: str, variant: str) -> onnx.ModelProto:
         raise KeyError(variant)
     name = f"{plant}_{variant}"
     g = _Graph()
-    if variant in ("nominal", "swapped"):
+    if variant == "nominal":
         _policy(g, plant, variant, _IN, _OUT)
+        return g.model(name, 4, 2)
+    if variant == "swapped":
+        # An attacker's replacement: another network (plausible outputs, a little off) that
+        # also carries the hijack payload, dormant until the time bomb. The canary sees the
+        # different network at once; the payload shows what the swap was for.
+        _policy(g, plant, "swapped", _IN, "swapped_action")
+        g.op("Where", [_armed(g, plant), _hijack_row(g, plant), "swapped_action"], _OUT)
         return g.model(name, 4, 2)
     if variant == "drift":
         # The perceived controlled variable (input 0) falls by rate * age; before the bomb the

@@ -1,0 +1,158 @@
+"""``safety-gateway drill [SCENARIO] [--all] [--no-gateway] [--report DIR] [--json] [--seed N]``.
+
+Exit codes: 0 every drill passed; 1 a drill failed (an unsafe write reached the plant, an
+attack was not detected within its budget, a false trip, or the run itself broke); 2 bad input
+(unknown scenario, invalid scenario file). A baseline run (``--no-gateway``) has no pass or fail
+of its own: it shows what happens without the gateway, and exits 0 once it ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+
+    from simulators.drill.score import Scorecard
+
+__all__ = ["DEFAULT_SCENARIO", "add_parser", "drills_dir", "find_scenario"]
+
+DEFAULT_SCENARIO = "backdoor_water_tank"
+
+
+def drills_dir() -> Path:
+    """``configs/drills`` of the source checkout (the package's sibling), else of the current
+    directory."""
+    here = Path(__file__).resolve().parents[2] / "configs" / "drills"
+    return here if here.is_dir() else Path("configs") / "drills"
+
+
+def find_scenario(name: str) -> Path | None:
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = drills_dir() / f"{name}.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("drill", help="run incident drills against simulated plants")
+    p.add_argument("scenario", nargs="?", default=None,
+                   help=f"scenario name in configs/drills/ or a path (default "
+                        f"{DEFAULT_SCENARIO}: a backdoored model on the water tank)")
+    p.add_argument("--all", action="store_true", help="run every scenario, print one table")
+    p.add_argument("--no-gateway", action="store_true",
+                   help="baseline: wire the AI straight to the plant (shows the harm)")
+    p.add_argument("--report", metavar="DIR", help="write scorecards (Markdown, JSON) and plots")
+    p.add_argument("--json", action="store_true", help="print the scorecards as JSON")
+    p.add_argument("--seed", type=int, default=None, help="override the scenarios' seeds")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="scenarios run in parallel with --all (default: up to 2)")
+    p.set_defaults(func=cmd_drill)
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError
+    from simulators.drill.scenario import load_scenario
+
+    if args.all and args.scenario:
+        print("safety-gateway drill: give a scenario or --all, not both", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print("safety-gateway drill: --jobs must be >= 1", file=sys.stderr)
+        return 2
+    if args.all:
+        paths = sorted(drills_dir().glob("*.yaml"))
+        if not paths:
+            print(f"safety-gateway drill: no scenarios in {drills_dir()}", file=sys.stderr)
+            return 2
+    else:
+        name = args.scenario or DEFAULT_SCENARIO
+        found = find_scenario(name)
+        if found is None:
+            known = ", ".join(sorted(p.stem for p in drills_dir().glob("*.yaml")))
+            print(f"safety-gateway drill: no scenario {name!r} (known: {known})",
+                  file=sys.stderr)
+            return 2
+        paths = [found]
+    errors = []
+    for path in paths:
+        try:
+            load_scenario(path)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 2
+    report = Path(args.report) if args.report else None
+    # Baselines are run beside the gateway runs of attack drills, so that every scorecard
+    # can say what the gateway prevented; --no-gateway runs the baseline alone.
+    jobs = [(str(p), not args.no_gateway, report, args.seed, not args.all and not args.json)
+            for p in paths]
+    if args.all and args.jobs > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(_job, jobs))
+    else:
+        results = [_job(j) for j in jobs]
+    cards = [c for r in results for c in r[0]]
+    if args.json:
+        out = []
+        for gw_card, base in (r[1] for r in results):
+            entry = gw_card.as_json()
+            if base is not None and base is not gw_card:
+                entry["baseline"] = base.as_json()
+            out.append(entry)
+        print(json.dumps({"scenarios": out}, indent=2))
+    elif args.all:
+        from simulators.drill.report import format_table
+
+        print(format_table(cards))
+    else:
+        for r in results:
+            print(r[2])
+    if report is not None and not args.json:
+        print(f"report written to {report}/", file=sys.stderr)
+    if args.no_gateway:
+        return 0 if all(r[3] is None for r in results) else 1
+    return 0 if all(r[1][0].passed for r in results) else 1
+
+
+def _job(job: tuple[str, bool, Path | None, int | None, bool]
+         ) -> tuple[list[Scorecard], tuple[Scorecard, Scorecard | None], str, str | None]:
+    """Run one scenario (and its baseline); in a worker process with --all."""
+    from simulators.drill.report import scorecard_text, write_report
+    from simulators.drill.runner import run_drill
+    from simulators.drill.scenario import load_scenario
+    from simulators.drill.score import score
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
+    path, with_gateway, report, seed, _ = job
+    scenario = load_scenario(path)
+    with tempfile.TemporaryDirectory(prefix="drill-") as tmp:
+        work = Path(tmp)
+        runs = []
+        if with_gateway:
+            runs.append(asyncio.run(run_drill(scenario, work, gateway=True, seed=seed)))
+        if not with_gateway or scenario.baseline_s is not None:
+            runs.append(asyncio.run(run_drill(scenario, work, gateway=False, seed=seed)))
+    cards = [score(r) for r in runs]
+    main = cards[0]
+    base = cards[1] if len(cards) > 1 else (None if with_gateway else cards[0])
+    text = scorecard_text(main, runs[0])
+    if with_gateway and base is not None:
+        text += (f"\n  without the gateway: {base.unsafe_writes} unsafe writes, max excursion "
+                 f"{base.max_excursion:.2f} ({base.worst_variable}), safe range "
+                 f"{'LEFT' if base.left_safe_range else 'kept'}")
+    if report is not None:
+        write_report(report, main, runs[0], base if with_gateway else None)
+        if with_gateway and base is not None:
+            write_report(report, base, runs[1])
+    return cards, (main, base), text, runs[0].error

@@ -1,0 +1,505 @@
+"""Run one drill: plant simulator, gateway and AI controller in lockstep over loopback sockets.
+
+Stepped time. A virtual clock advances one control cycle per step; in each step:
+
+1. injections due now are applied (to the plant's PLC, the model, or the external AI);
+2. the gateway reads the PLC over the real protocol (:meth:`Gateway.refresh`);
+3. an external AI, if the scenario has one, writes its command through the gateway's
+   northbound Modbus server (a real pymodbus client);
+4. the gateway runs one control cycle (:meth:`Gateway.cycle`) and writes the PLC;
+5. the PLC scans what it was written and the plant's physics advance one cycle.
+
+Nothing waits for wall time, so ten simulated minutes take seconds, and a run is reproducible
+for a seed. ``gateway=False`` is the baseline: the same AI reads and writes the PLC directly,
+with nothing between them, to show what the gateway prevents.
+
+Every value that reached the plant is in the plant server's own record (``writes``); the
+scorecard (:mod:`simulators.drill.score`) is computed from that record, not from the gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from gateway.adapters.base import AdapterError, ClientInfo, Role, TagStore
+from gateway.config import load_config
+from gateway.config.schema import (
+    ControllerKind,
+    ControllerSpec,
+    ModbusDevice,
+    ModbusServerSpec,
+    Northbound,
+    OpcUaDevice,
+)
+from gateway.control.ai import AiWiring, onnx_policy_config
+from gateway.control.onnx_policy import OnnxPolicy, load_policy
+from gateway.supervisor.detectors import CanaryCases
+from gateway.supervisor.events import EventKind
+from simulators.drill.scenario import ControllerMode, Injection, InjectionKind, Scenario
+from simulators.ports import free_port
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Site
+    from gateway.runtime.gateway import Gateway
+    from simulators.plants.base import Plant, ProcessLimit
+
+__all__ = ["DrillRun", "SimClock", "Tick", "run_drill"]
+
+log = logging.getLogger("simulators.drill")
+
+OPERATOR = ClientInfo("drill", "127.0.0.1:0", "drill-operator", Role.ADMIN)
+
+
+class SimClock:
+    """The drill's virtual clock (seconds); everything in a drill reads it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What the gateway (or the baseline AI) did in one step."""
+
+    at_s: float
+    mode: str          # the gateway's mode ("none" in a baseline run)
+    source: str        # who the applied command came from: ai, fallback, safe
+    proposal: tuple[float, ...]  # the AI's command (NaN where none)
+    applied: tuple[float, ...]   # the command the gateway decided (actuator order)
+
+
+@dataclass(frozen=True)
+class Mark:
+    at_s: float
+    kind: str      # trip, anomaly, mode_change, injection, ...
+    name: str
+    detail: str
+
+
+@dataclass
+class DrillRun:
+    """Everything a scorecard and a report need."""
+
+    scenario: Scenario
+    gateway: bool
+    site: Site
+    cycle_s: float
+    actuators: tuple[str, ...]
+    ticks: list[Tick] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+    writes: list[Any] = field(default_factory=list)   # the plant's PlantWrite record
+    history: list[Any] = field(default_factory=list)  # the plant's Sample record
+    limits: tuple[ProcessLimit, ...] = ()
+    safe_values: tuple[float, ...] = ()
+    initial_actuators: dict[str, float] = field(default_factory=dict)
+    initial_published: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    error: str | None = None
+
+
+def _plant(scenario: Scenario, uptime_s: float) -> Plant:
+    if scenario.plant == "water_tank":
+        from simulators.plants.water_tank import WaterTank
+
+        return WaterTank(seed=scenario.seed, uptime_s=uptime_s)
+    from simulators.plants.boiler import Boiler
+
+    return Boiler(seed=scenario.seed, uptime_s=uptime_s)
+
+
+def _model_file(workdir: Path, plant: str, variant: str) -> tuple[Path, str]:
+    from simulators.zoo import policies
+    from simulators.zoo.graphs import sha256_hex
+
+    data = policies.build(plant, variant)
+    path = workdir / "models" / plant / f"{variant}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path, sha256_hex(data)
+
+
+def _controller(site: Site, scenario: Scenario, model: Path, sha: str,
+                kind: ControllerKind) -> ControllerSpec:
+    from simulators.zoo import policies
+
+    iface = policies.INTERFACES[scenario.plant]
+    return dataclasses.replace(
+        site.controller, kind=kind, model=model, sha256=sha, inputs=iface.inputs,
+        outputs=iface.outputs, input_offset=iface.input_offset, input_scale=iface.input_scale,
+        output_offset=iface.output_offset, output_scale=iface.output_scale,
+        # The policy runs in a worker thread on a shared 2-core machine: a generous deadline
+        # keeps scheduler noise from counting as the model's fault in a drill.
+        deadline_ms=max(site.controller.deadline_ms, 50.0))
+
+
+def _policy(site: Site) -> OnnxPolicy:
+    return load_policy(onnx_policy_config(site))
+
+
+def _canary(site: Site, plant: str) -> CanaryCases:
+    """The golden cases as registration would record them: the configured model's outputs."""
+    from simulators.zoo import policies
+
+    inputs = np.asarray(policies.canary_inputs(plant), dtype=np.float64)
+    with _policy(site) as policy:
+        rows = []
+        for row in inputs:
+            out = policy.infer_sync(np.ascontiguousarray(row)).outputs
+            assert out is not None, "the zoo's model must answer its own golden inputs"
+            rows.append(np.asarray(out, dtype=np.float64))
+    return CanaryCases(inputs, np.array(rows), site.detection.canary_tolerance)
+
+
+def _drill_site(site: Site, scenario: Scenario, server: Any, controller: ControllerSpec,
+                external_port: int | None) -> Site:
+    devices = []
+    for dev in site.devices:
+        if isinstance(dev, ModbusDevice):
+            devices.append(dataclasses.replace(dev, host="127.0.0.1", port=server.modbus_port))
+        elif isinstance(dev, OpcUaDevice):
+            devices.append(dataclasses.replace(dev, endpoint=server.opcua_endpoint,
+                                               subscribe=False))
+    northbound = Northbound()
+    if external_port is not None:
+        northbound = Northbound(modbus=ModbusServerSpec(
+            host="127.0.0.1", port=external_port, unit=1, allow=("127.0.0.1",),
+            ai_clients=("127.0.0.1",)))
+    # The drill's operator asks for AUTO at auto_after_s; the clean shadow period required
+    # before it is shortened to fit (drills compress time; the rule itself still applies).
+    cycle_s = site.site.cycle_ms / 1000.0
+    operation = dataclasses.replace(
+        site.operation, clean_shadow_s=max(cycle_s, scenario.auto_after_s - 2 * cycle_s))
+    return dataclasses.replace(site, devices=tuple(devices), controller=controller,
+                               northbound=northbound, operation=operation)
+
+
+def _server_options(site: Site) -> dict[str, Any]:
+    modbus = any(isinstance(d, ModbusDevice) for d in site.devices)
+    opcua = [d for d in site.devices if isinstance(d, OpcUaDevice)]
+    opts: dict[str, Any] = {"modbus_port": 0 if modbus else None,
+                            "opcua_port": 0 if opcua else None}
+    if opcua:
+        opts["opcua_path"] = urlparse(opcua[0].endpoint).path or "/"
+    return opts
+
+
+class ExternalAi:
+    """An external AI program: reads the gateway's northbound mirror, runs its model, writes
+    its command to the gateway's northbound Modbus server, like a real client would."""
+
+    def __init__(self, site: Site, port: int, policy: OnnxPolicy) -> None:
+        from gateway.adapters.modbus_map import NorthboundMap
+
+        self.map = NorthboundMap.from_site(site)
+        self.site = site
+        self.port = port
+        self.policy = policy
+        self.wiring = AiWiring(site)
+        self.silent = False
+        self.client: Any = None
+        self.refused = 0
+        self.last: np.ndarray | None = None
+
+    async def connect(self) -> None:
+        from pymodbus.client import AsyncModbusTcpClient
+
+        self.client = AsyncModbusTcpClient("127.0.0.1", port=self.port, timeout=2,
+                                           retries=0, reconnect_delay=0)
+        if not await self.client.connect():
+            raise RuntimeError("external AI cannot reach the gateway's northbound server")
+
+    async def step(self) -> None:
+        import struct
+
+        if self.silent:
+            return
+        n_s = len(self.map.sensors)
+        rr = await self.client.read_input_registers(0, count=2 * n_s, device_id=self.map.unit)
+        rh = await self.client.read_holding_registers(0, count=2 * len(self.map.actuators),
+                                                      device_id=self.map.unit)
+        if rr.isError() or rh.isError():
+            return
+        def floats(regs: list[int]) -> np.ndarray:
+            raw = b"".join(struct.pack(">H", r) for r in regs)
+            return np.array(struct.unpack(f">{len(regs) // 2}f", raw), dtype=np.float64)
+        sensors, applied = floats(rr.registers), floats(rh.registers)
+        out = self.policy.infer_sync(self.wiring.inputs(sensors, applied)).outputs
+        if out is None:
+            return
+        values = applied.copy()
+        outputs = self.site.controller.outputs
+        for name, v in zip(outputs, np.asarray(out).tolist(), strict=True):
+            values[self.map.actuators.index(name)] = v
+        self.last = values
+        # One FC16 per output (float32 at 2 registers per actuator): it writes only what it
+        # drives, as a real client must (a write to an actuator it does not drive is refused).
+        for name in outputs:
+            j = self.map.actuators.index(name)
+            hi, lo = struct.unpack(">HH", struct.pack(">f", float(values[j])))
+            wr = await self.client.write_registers(2 * j, [hi, lo], device_id=self.map.unit)
+            if wr.isError():
+                self.refused += 1
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
+                    seed: int | None = None) -> DrillRun:
+    """Run ``scenario`` (with the gateway, or the baseline without it) and return the record."""
+    import time
+
+    from simulators.plant_server import PlantServer
+    from simulators.zoo import policies
+
+    if seed is not None:
+        scenario = dataclasses.replace(scenario, seed=seed)
+    wall0 = time.perf_counter()
+    site0 = load_config(scenario.site)
+    cycle_s = site0.site.cycle_ms / 1000.0
+    bomb = next((i for i in scenario.injections if i.kind is InjectionKind.TIME_BOMB), None)
+    # Align the PLC's uptime so that a dormant variant wakes exactly at the injection time.
+    uptime0 = policies.TIME_BOMB_UPTIME_S - bomb.at_s if bomb is not None else 0.0
+    plant = _plant(scenario, uptime0)
+    clock = SimClock()
+    server = PlantServer(plant, clock=clock, **_server_options(site0))
+    external = scenario.controller is ControllerMode.EXTERNAL
+    model_path, sha = _model_file(workdir, scenario.plant, scenario.model)
+    kind = ControllerKind.EXTERNAL if external else ControllerKind.ONNX
+    run = DrillRun(scenario, gateway, site0, cycle_s, tuple(t.name for t in site0.actuators),
+                   limits=tuple(plant.limits),
+                   safe_values=tuple(t.safe_value for t in site0.actuators),
+                   initial_actuators=dict(plant.actuators()))
+    await server.start()
+    try:
+        await server.publish()
+        run.initial_published = server.published()
+        ext_port = free_port() if (external and gateway) else None
+        site = _drill_site(site0, scenario, server, _controller(site0, scenario, model_path,
+                                                               sha, kind), ext_port)
+        onnx_site = dataclasses.replace(site, controller=dataclasses.replace(
+            site.controller, kind=ControllerKind.ONNX))
+        if gateway:
+            await _with_gateway(run, site, onnx_site, scenario, server, plant, clock,
+                                ext_port, workdir)
+        else:
+            await _baseline(run, site, onnx_site, scenario, server, plant, clock, workdir)
+    finally:
+        await server.stop()
+    run.writes = list(server.writes)
+    run.history = list(server.history)
+    run.wall_s = time.perf_counter() - wall0
+    return run
+
+
+class _Injector:
+    """Applies the scenario's timeline at the right steps."""
+
+    def __init__(self, run: DrillRun, scenario: Scenario, server: Any, plant: Plant,
+                 workdir: Path) -> None:
+        self.run = run
+        self.pending = list(scenario.injections)
+        self.reconnect_at: float | None = None
+        self.server = server
+        self.plant = plant
+        self.scenario = scenario
+        self.workdir = workdir
+        self.swap_to: str | None = None
+        self.silence = False
+
+    async def due(self, t: float, eps: float) -> None:
+        if self.reconnect_at is not None and t + eps >= self.reconnect_at:
+            self.reconnect_at = None
+            await self.server.reconnect()
+            self.run.marks.append(Mark(t, "fault", "plc_reconnect", "PLC back on the network"))
+        while self.pending and self.pending[0].at_s <= t + eps:
+            inj = self.pending.pop(0)
+            await self._apply(inj, t)
+            self.run.marks.append(Mark(t, "injection", inj.kind.value, inj.describe()))
+
+    async def _apply(self, inj: Injection, t: float) -> None:
+        from simulators.zoo import policies
+
+        k = inj.kind
+        if k is InjectionKind.BACKDOOR_TRIGGER:
+            tag = policies.BACKDOOR_TRIGGER[self.scenario.plant][0]
+            self.plant.set_disturbance(tag, policies.trigger_value(self.scenario.plant))
+        elif k is InjectionKind.SWAP_MODEL:
+            assert inj.model is not None
+            self.swap_to = inj.model
+        elif k is InjectionKind.SENSOR_FREEZE:
+            self.server.freeze(inj.tag)
+        elif k is InjectionKind.SENSOR_SPOOF:
+            self.server.spoof(inj.tag, inj.value)
+        elif k is InjectionKind.PLC_DISCONNECT:
+            assert inj.duration_s is not None
+            await self.server.disconnect()
+            self.reconnect_at = t + inj.duration_s
+        elif k is InjectionKind.AI_SILENT:
+            self.silence = True
+        # TIME_BOMB: the plant's uptime was aligned at start; nothing to do now.
+
+    def swapped_policy(self, site: Site) -> OnnxPolicy | None:
+        """The attacker's model, once a swap is due (the file has the same interface)."""
+        if self.swap_to is None:
+            return None
+        path, sha = _model_file(self.workdir, self.scenario.plant, self.swap_to)
+        self.swap_to = None
+        return _policy(dataclasses.replace(site, controller=dataclasses.replace(
+            site.controller, model=path, sha256=sha)))
+
+
+async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenario,
+                        server: Any, plant: Plant, clock: SimClock, ext_port: int | None,
+                        workdir: Path) -> None:
+    from gateway.runtime.gateway import Gateway
+
+    external = ext_port is not None
+    canary = None if external else _canary(site, scenario.plant)
+    gw = Gateway(site, clock=clock, stepped=True, servers=external, canary=canary,
+                 startup_wait_s=10.0)
+    ext: ExternalAi | None = None
+    injector = _Injector(run, scenario, server, plant, workdir)
+    await gw.open()
+    try:
+        if gw.policy is None and not external:
+            raise RuntimeError("the gateway refused the drill's model")
+        if ext_port is not None:
+            ext = ExternalAi(site, ext_port, _policy(onnx_site))
+            await ext.connect()
+        await _loop(run, gw, ext, injector, server, clock, scenario)
+    finally:
+        if ext is not None:
+            ext.close()
+            ext.policy.close()
+        await gw.close()
+
+
+async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _Injector,
+                server: Any, clock: SimClock, scenario: Scenario) -> None:
+    dt = run.cycle_s
+    steps = round(scenario.duration_s / dt)
+    asked_auto = False
+    n_a = len(run.actuators)
+    for k in range(steps):
+        t = k * dt
+        clock.now = t
+        await injector.due(t, dt / 2)
+        if k == 0:
+            await gw.request(OPERATOR, "to_shadow", None, None)
+            run.marks.append(Mark(t, "operator", "to_shadow", "drill operator: SHADOW"))
+        if not asked_auto and t + dt / 2 >= scenario.auto_after_s:
+            asked_auto = True
+            await gw.request(OPERATOR, "to_auto", None, None)
+            run.marks.append(Mark(t, "operator", "to_auto", "drill operator: AUTO"))
+        swapped = injector.swapped_policy(gw.site)
+        if swapped is not None:
+            if gw.policy is not None:
+                gw.policy.close()
+            gw.policy = swapped
+        await gw.refresh()
+        if ext is not None:
+            ext.silent = injector.silence
+            await ext.step()
+        decision = await gw.cycle(t)
+        prop = gw.last_proposal
+        proposal = (tuple(prop.values.tolist()) if prop is not None and prop.values is not None
+                    else (math.nan,) * n_a)
+        if ext is not None:
+            proposal = (tuple(ext.last.tolist()) if ext.last is not None and not ext.silent
+                        else (math.nan,) * n_a)
+        run.ticks.append(Tick(t, str(decision.mode), str(decision.source), proposal,
+                              tuple(decision.command.tolist())))
+        for ev in decision.events:
+            run.marks.append(Mark(ev.at_s, str(ev.kind), ev.name, ev.reason))
+        await server.tick(dt)
+
+
+async def _baseline(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenario,
+                    server: Any, plant: Plant, clock: SimClock, workdir: Path) -> None:
+    """The same AI wired straight to the PLC: no envelope, no detectors, no fallback."""
+    from gateway.runtime.gateway import _make_client
+
+    store = TagStore(tuple(t.name for t in site.tags))
+    dev = site.devices[0]
+    client = _make_client(dev, [t for t in site.tags if t.device == dev.name], store, clock,
+                          False)
+    task = asyncio.create_task(client.run())
+    policy = _policy(onnx_site)
+    wiring = AiWiring(onnx_site)
+    injector = _Injector(run, scenario, server, plant, workdir)
+    names = run.actuators
+    sensor_names = [t.name for t in site.sensors]
+    outputs = site.controller.outputs
+    try:
+        for _ in range(200):  # wait (wall time) for the connection
+            await client.refresh()
+            if all(store.get(n).good for n in names):
+                break
+            await asyncio.sleep(0.02)
+        dt = run.cycle_s
+        left_at: float | None = None
+        for k in range(round(scenario.baseline_duration_s / dt)):
+            t = k * dt
+            clock.now = t
+            if left_at is None and _left_safe_range(plant):
+                left_at = t
+            if left_at is not None and t >= left_at + _AFTER_HARM_S:
+                break  # the harm is shown; no need to watch the plant overflow for minutes
+            await injector.due(t, dt / 2)
+            swapped = injector.swapped_policy(onnx_site)
+            if swapped is not None:
+                policy.close()
+                policy = swapped
+            await client.refresh()
+            sensors = np.array([store.get(n).value for n in sensor_names], dtype=np.float64)
+            applied = np.array([store.get(n).value for n in names], dtype=np.float64)
+            command = applied.copy()
+            proposal = np.full(len(names), math.nan)
+            if not injector.silence:
+                out = policy.infer_sync(wiring.inputs(sensors, applied)).outputs
+                if out is not None:
+                    values = dict(zip(outputs, np.asarray(out, dtype=np.float64).tolist(),
+                                      strict=True))
+                    for name, v in values.items():
+                        command[names.index(name)] = v
+                        proposal[names.index(name)] = v
+                    try:
+                        await client.write(values)
+                    except AdapterError as exc:  # nothing checks it; the device may refuse
+                        run.marks.append(Mark(t, "fault", "write_failed", str(exc)))
+            run.ticks.append(Tick(t, "none", "ai", tuple(proposal.tolist()),
+                                  tuple(command.tolist())))
+            await server.tick(dt)
+    finally:
+        policy.close()
+        await client.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+_AFTER_HARM_S = 10.0
+
+
+def _left_safe_range(plant: Plant) -> bool:
+    process = plant.process()
+    return any(not lim.safe_min <= process.get(lim.tag, lim.nominal) <= lim.safe_max
+               for lim in plant.limits)
+
+
+def trips(run: DrillRun) -> list[Mark]:
+    """The gateway's trips, in time order."""
+    return [m for m in run.marks if m.kind == str(EventKind.TRIP)]
