@@ -12,6 +12,7 @@ direct one (``infer_sync``).
 from __future__ import annotations
 
 import gc
+import math
 import os
 import platform
 import statistics
@@ -69,8 +70,11 @@ def bench_step(engine: str, steps: int, warmup: int) -> dict[str, float]:
             prev = sup.previous
             inflow = min(max(30.0 + 40.0 * (2.5 - level), prev[0] - 1.0), prev[0] + 1.0)
             proposal = Proposal(np.array([inflow, 30.0, 0.0]), produced_at_s=now)
-            # level, inflow_rate, demand, uptime_s: the water tank's sensors in site order
-            snapshot = Snapshot(np.array([level, 0.01, 0.004, 1000.0 + now]), good, age)
+            # level, inflow_rate, demand, uptime_s: the water tank's sensors in site order; the
+            # level reading carries a little noise, as a live transmitter does (the site's
+            # frozen-sensor check would take a noiseless steady level for a stuck one).
+            reading = level + 0.002 * math.sin(1.7 * k)
+            snapshot = Snapshot(np.array([reading, 0.01, 0.004, 1000.0 + now]), good, age)
             t0 = time.perf_counter_ns()
             decision = sup.step(snapshot, proposal, now)
             t1 = time.perf_counter_ns()

@@ -90,6 +90,7 @@ class Supervisor:
         self.violations = ViolationRate(site)
         self.gross = GrossViolation(site, envelope)
         self._gross_findings: list[Finding] = []
+        self._ai_in_control = False  # the last step's command came from the AI
         self.controller = ControllerHealth(site)
         self.canary = Canary(canary, site.detection.canary_period_s, start_s)
         self.silence_s = site.controller.silence_timeout_ms / 1000.0
@@ -123,11 +124,16 @@ class Supervisor:
             self.bank.overrides[actuator] = value
 
     def record_write(self, command: F64) -> None:
-        """A command written between steps (an operator's validated write-through): rate
-        limits of the next step are measured from it, and the fallbacks track it."""
-        # The AI's own trajectory is left alone: what was written says nothing about it.
+        """A command written instead of the last step's (an operator's validated
+        write-through, or the wire gate's adjustment after encoding): rate limits of the next
+        step are measured from it, and the fallbacks track it."""
+        # The AI's own trajectory is left alone: what was written says nothing about it. The
+        # reference PIDs follow only if the AI is not in control: the wire gate adjusts the
+        # AI's command (rounding to the register's resolution) nearly every cycle, and a
+        # reference that followed those writes would follow the AI itself, blinding the
+        # divergence detector to a slow, stealthy bias.
         self.previous = np.array(command, dtype=np.float64)
-        self.bank.track(self.previous.tolist(), False)
+        self.bank.track(self.previous.tolist(), self._ai_in_control)
 
     def step(self, snapshot: Snapshot, proposal: Proposal | None, now_s: float) -> Decision:
         """One control cycle. Never raises for anything the plant, the AI or an operator does."""
@@ -181,7 +187,8 @@ class Supervisor:
         admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt)
         command = admitted.command
         sources = tuple(Source.SAFE if s else source for s in admitted.safe)
-        self.bank.track(command.tolist(), source is Source.AI)
+        self._ai_in_control = source is Source.AI
+        self.bank.track(command.tolist(), self._ai_in_control)
         self.previous = command
         if source is Source.AI or mode is Mode.MANUAL or mode is Mode.SAFE_STOP:
             # In AUTO the AI's trajectory is what was applied; outside SHADOW it restarts from

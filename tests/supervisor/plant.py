@@ -36,11 +36,18 @@ class Tank:
 
 
 def tank_supervisor(engine: str, start_s: float = 0.0, clean_shadow_s: float = 5.0,
-                    gross_violation: float | None = None, **kwargs: object) -> Supervisor:
+                    gross_violation: float | None = None, plausibility: bool = False,
+                    **kwargs: object) -> Supervisor:
     """The example water-tank site; the clean shadow period is shortened for tests.
-    ``gross_violation`` overrides the site's (0 turns that detector off)."""
+    ``gross_violation`` overrides the site's (0 turns that detector off). The site's frozen
+    and rate checks on the level are off unless ``plausibility``: this tank's readings have no
+    measurement noise, and a steady noiseless level is exactly what a frozen sensor looks
+    like (tests/supervisor/test_input_plausibility.py tests those checks with noise)."""
     site = gateway.load_config(TANK)
     site = replace(site, operation=replace(site.operation, clean_shadow_s=clean_shadow_s))
+    if not plausibility:
+        site = replace(site, detection=replace(site.detection, frozen_after_s=(),
+                                               max_rate_per_s=()))
     if gross_violation is not None:
         site = replace(site, detection=replace(site.detection, gross_violation=gross_violation))
     env = gateway.envelope.compile(site, engine)

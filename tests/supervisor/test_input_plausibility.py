@@ -318,7 +318,7 @@ def test_check_without_now_keeps_suspects_masked_and_changes_nothing():
 
 
 def test_no_configured_sensor_means_no_watch():
-    h = health()
+    h = health(frozen_after_s=(), max_rate_per_s=())  # the example site configures the level
     assert h.watches == []
     n = len(h.names)
     masked, findings = h.check(readings(h, 2.5), [True] * n, [0.05] * n, 0.0)

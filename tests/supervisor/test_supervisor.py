@@ -110,6 +110,21 @@ def test_divergence_catches_a_stealthy_bias_before_the_danger_limit(engine):
     assert max(loop.tank.history) < 4.8  # caught before the keep-range limit
 
 
+def test_divergence_sees_the_bias_through_the_wire_gates_rounding(engine):
+    # The runtime writes what the register can hold (0.01 % steps) and tells the supervisor
+    # with record_write nearly every cycle; the reference PID must still not follow the AI.
+    loop = Loop(engine)
+    loop.to_auto(good_policy)
+    for _ in range(3000):
+        d = loop.step(biased_policy(loop))
+        if d.mode is not Mode.AUTO:
+            break
+        loop.sup.record_write(np.round(d.command, 2) + 0.001)  # as encoded, never equal
+    assert d.mode is Mode.MANUAL
+    assert any(name.startswith("divergence.") for name in trips(loop))
+    assert max(loop.tank.history) < 4.8
+
+
 def different_policy(loop: Loop) -> np.ndarray:
     """A sensible AI that is not the fallback: its own setpoint (2.6 m) and gain."""
     level = loop.tank.level_m
