@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from benchmarks import envelope, supervisor, wire
+from benchmarks import audit, envelope, replay, supervisor, wire
 
 
 class BenchModule(Protocol):
@@ -20,7 +20,9 @@ class BenchModule(Protocol):
 
 
 BENCHES: dict[str, BenchModule] = {
+    "audit": audit,
     "envelope": envelope,
+    "replay": replay,
     "supervisor": supervisor,
     "wire": wire,
 }

@@ -259,10 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="measure performance figures")
-    bench.add_argument("what", help="which bench: envelope, supervisor, wire")
+    bench.add_argument("what", help="which bench: envelope, supervisor, wire, audit, replay")
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     bench.set_defaults(func=cmd_bench)
+
+    # Commands that live with their own subsystem register themselves.
+    from gateway.audit.cli import add_parser as add_audit
+    from gateway.forensics.cli import add_parser as add_forensics
+    from gateway.registry.cli import add_parser as add_model
+    from simulators.drill.cli import add_parser as add_drill
+    from simulators.plant_server import add_parser as add_simulate
+
+    add_audit(sub)
+    add_model(sub)
+    add_forensics(sub)
+    add_simulate(sub)
+    add_drill(sub)
     return parser
 
 
