@@ -50,8 +50,9 @@ def line_of(path: Path, needle: str) -> int:
 def test_valid_file_prints_a_summary(capsys):
     code, out, err = run(capsys, "check", str(WATER))
     assert code == EXIT_OK
-    # water tank: sensors level, inflow_rate, demand, uptime_s; actuators inflow_valve, outflow_pump,
-    # drain_valve; constraints total_flow, pump_dry_run; two interlocks; 10 steps of 1 s
+    # water tank: sensors level, inflow_rate, demand, uptime_s; actuators inflow_valve,
+    # outflow_pump, drain_valve; constraints total_flow, pump_dry_run; two interlocks;
+    # 10 steps of 1 s
     assert out == (
         f"{WATER}: ok: site 'water-tank', 4 sensors, 3 actuators, 2 linear constraints, "
         f"2 interlocks, prediction 10 x 1.0 s, engine {ENGINE}\n"

@@ -74,6 +74,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
         if not paths:
             print(f"safety-gateway drill: no scenarios in {drills_dir()}", file=sys.stderr)
             return 2
+        if args.no_gateway:
+            # Baselines of the scenarios that have one (an attack to show); a clean run has
+            # nothing to show without the gateway.
+            paths = [p for p in paths if _has_baseline(p)]
     else:
         name = args.scenario or DEFAULT_SCENARIO
         found = find_scenario(name)
@@ -123,6 +127,16 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.no_gateway:
         return 0 if all(r[3] is None for r in results) else 1
     return 0 if all(r[1][0].passed for r in results) else 1
+
+
+def _has_baseline(path: Path) -> bool:
+    from gateway.config import ConfigError
+    from simulators.drill.scenario import load_scenario
+
+    try:
+        return load_scenario(path).baseline_s is not None
+    except ConfigError:
+        return True  # reported as bad input below
 
 
 def _job(job: tuple[str, bool, Path | None, int | None, bool]

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from simulators.drill.runner import DrillRun
     from simulators.drill.score import Scorecard
 

@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -48,7 +47,9 @@ from simulators.drill.scenario import ControllerMode, Injection, InjectionKind, 
 from simulators.ports import free_port
 
 if TYPE_CHECKING:
-    from gateway.config.schema import Site
+    from pathlib import Path
+
+    from gateway.config.schema import Device, Site
     from gateway.runtime.gateway import Gateway
     from simulators.plants.base import Plant, ProcessLimit
 
@@ -164,7 +165,7 @@ def _canary(site: Site, plant: str) -> CanaryCases:
 
 def _drill_site(site: Site, scenario: Scenario, server: Any, controller: ControllerSpec,
                 external_port: int | None) -> Site:
-    devices = []
+    devices: list[Device] = []
     for dev in site.devices:
         if isinstance(dev, ModbusDevice):
             devices.append(dataclasses.replace(dev, host="127.0.0.1", port=server.modbus_port))
@@ -281,7 +282,7 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
     kind = ControllerKind.EXTERNAL if external else ControllerKind.ONNX
     run = DrillRun(scenario, gateway, site0, cycle_s, tuple(t.name for t in site0.actuators),
                    limits=tuple(plant.limits),
-                   safe_values=tuple(t.safe_value for t in site0.actuators),
+                   safe_values=tuple(float(t.safe_value or 0.0) for t in site0.actuators),
                    initial_actuators=dict(plant.actuators()))
     await server.start()
     try:
@@ -472,8 +473,8 @@ async def _baseline(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenar
             if not injector.silence:
                 out = policy.infer_sync(wiring.inputs(sensors, applied)).outputs
                 if out is not None:
-                    values = dict(zip(outputs, np.asarray(out, dtype=np.float64).tolist(),
-                                      strict=True))
+                    values = {name: _saturate(site.tag(name), v) for name, v in zip(
+                        outputs, np.asarray(out, dtype=np.float64).tolist(), strict=True)}
                     for name, v in values.items():
                         command[names.index(name)] = v
                         proposal[names.index(name)] = v
@@ -492,6 +493,21 @@ async def _baseline(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenar
 
 
 _AFTER_HARM_S = 10.0
+
+_REGISTER_RANGE = {"int16": (-32768, 32767), "uint16": (0, 65535),
+                   "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1)}
+
+
+def _saturate(tag: Any, value: float) -> float:
+    """What a plain driver does with a value its register cannot hold: saturate it. (The
+    baseline has no envelope; this only keeps the write from failing to encode.)"""
+    span = _REGISTER_RANGE.get(str(tag.wire_type))
+    if span is None or not math.isfinite(value):
+        return value
+    scale = getattr(tag, "scale", 1.0)
+    offset = getattr(tag, "offset", 0.0)
+    lo, hi = sorted((span[0] * scale + offset, span[1] * scale + offset))
+    return min(max(value, lo), hi)
 
 
 def _left_safe_range(plant: Plant) -> bool:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from gateway.config import ConfigError
 from simulators.drill.cli import drills_dir, find_scenario
 from simulators.drill.scenario import InjectionKind, load_scenario
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DRILLS = sorted(drills_dir().glob("*.yaml"))
 

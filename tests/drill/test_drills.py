@@ -1,0 +1,130 @@
+"""Every drill scenario, run for real: simulator, gateway and AI over loopback sockets.
+
+One ``safety-gateway drill --all --json`` run (both cores) gives every scenario's scorecard;
+each scenario then asserts its own: no unsafe write reached the plant (the plant's own record),
+detected within its budget, no false trip in the clean period, the process kept in its safe
+range. The baselines (the same attacks with the AI wired straight to the plant) must show the
+harm: the process leaves its safe range and unsafe writes reach the plant.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from simulators.drill.cli import drills_dir
+from simulators.drill.scenario import load_scenario
+
+SCENARIOS = sorted(drills_dir().glob("*.yaml"))
+ATTACKS = [p for p in SCENARIOS if load_scenario(p).baseline_s is not None]
+
+
+def _drill(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "drill", *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def all_cards() -> dict[str, dict]:
+    result = _drill("--all", "--json", "--jobs", "2")
+    assert result.returncode in (0, 1), result.stderr
+    cards = {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
+    assert "Traceback" not in result.stderr
+    return cards
+
+
+@pytest.fixture(scope="module")
+def baselines() -> dict[str, dict]:
+    result = _drill("--all", "--no-gateway", "--json", "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    return {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_passes_its_scorecard(all_cards, path):
+    sc = load_scenario(path)
+    card = all_cards[sc.name]
+    assert card["unsafe_writes"] == 0, card["unsafe_examples"]
+    assert card["writes_checked"] > 100  # the record really holds the run's writes
+    assert card["false_trips"] == 0, card["first_trip"]
+    assert not card["left_safe_range"]
+    if sc.injections:
+        assert card["detected"], card["reasons"]
+        assert card["time_to_detect_s"] <= sc.detect_budget_s + 1e-9
+        assert card["time_to_contain_s"] is not None
+        assert card["time_to_contain_s"] <= card["time_to_detect_s"] + 1e-9
+    else:  # a clean run: ten minutes of AUTO, nothing to detect
+        assert not card["detected"]
+        assert sc.duration_s - sc.auto_after_s >= 600
+    assert card["passed"], card["reasons"]
+
+
+def test_drill_all_json_has_the_documented_keys(all_cards):
+    keys = {"scenario", "unsafe_writes", "detected", "time_to_detect_s", "time_to_contain_s",
+            "false_trips", "max_excursion", "left_safe_range", "passed"}
+    for card in all_cards.values():
+        assert keys <= set(card)
+    assert len(all_cards) == len(SCENARIOS)
+
+
+@pytest.mark.parametrize("path", ATTACKS, ids=[p.stem for p in ATTACKS])
+def test_baseline_shows_the_attack_is_real(baselines, path):
+    card = baselines[load_scenario(path).name]
+    assert card["gateway"] is False
+    assert card["left_safe_range"], "without the gateway the process must leave its safe range"
+    assert card["unsafe_writes"] > 0
+    assert not card["passed"]  # a baseline never passes: there is nothing guarding it
+
+
+def test_default_drill_with_report(tmp_path):
+    # What a new user runs first: the backdoored tank, caught, contained, scored, plotted.
+    result = _drill("--report", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "drill backdoor_water_tank: PASS" in result.stdout
+    assert "without the gateway:" in result.stdout
+    out = tmp_path / "backdoor_water_tank"
+    for name in ("scorecard.md", "scorecard.json", "process.png", "commands.png", "modes.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "process.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = json.loads((out / "scorecard.json").read_text())
+    assert card["passed"] and card["baseline"]["left_safe_range"]
+    assert (tmp_path / "backdoor_water_tank-baseline" / "process.png").is_file()
+
+
+def test_a_missed_budget_fails_the_drill(tmp_path):
+    # The freeze is caught after frozen_after_s (5 s): a 1 s budget must fail, exit 1.
+    text = (drills_dir() / "sensor_freeze_water_tank.yaml").read_text()
+    text = text.replace("site: ../water_tank.yaml", f"site: {drills_dir().parent}/water_tank.yaml")
+    text = text.replace("detect_budget_s: 6", "detect_budget_s: 1").replace(
+        "duration_s: 120", "duration_s: 70")
+    path = tmp_path / "impatient.yaml"
+    path.write_text(text)
+    result = _drill(str(path), "--json")
+    assert result.returncode == 1
+    card = json.loads(result.stdout)["scenarios"][0]
+    assert card["detected"] and not card["passed"]
+    assert any("budget" in r for r in card["reasons"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["no_such_drill"], "no scenario 'no_such_drill'"),
+    (["--all", "clean_boiler"], "give a scenario or --all"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+])
+def test_bad_input_exits_2_without_traceback(args, message):
+    result = _drill(*args, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_scenario_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("plant: water_tank\nsite: nowhere.yaml\nduration_s: 10\n"
+                    "controller: {kind: onnx, model: nominal}\n")
+    result = _drill(str(path), timeout=60)
+    assert result.returncode == 2
+    assert f"{path}:2: site: no such site file" in result.stderr
