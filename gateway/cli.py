@@ -267,11 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands that live with their own subsystem register themselves.
     from gateway.audit.cli import add_parser as add_audit
     from gateway.forensics.cli import add_parser as add_forensics
+    from gateway.incident.cli import add_parser as add_incidents
     from gateway.registry.cli import add_parser as add_model
     from simulators.drill.cli import add_parser as add_drill
     from simulators.plant_server import add_parser as add_simulate
 
     add_audit(sub)
+    add_incidents(sub)
     add_model(sub)
     add_forensics(sub)
     add_simulate(sub)

@@ -51,6 +51,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="run every scenario, print one table")
     p.add_argument("--no-gateway", action="store_true",
                    help="baseline: wire the AI straight to the plant (shows the harm)")
+    p.add_argument("--baselines", action="store_true",
+                   help="with --all: also run each attack's baseline (a single scenario "
+                        "always does)")
     p.add_argument("--report", metavar="DIR", help="write scorecards (Markdown, JSON) and plots")
     p.add_argument("--json", action="store_true", help="print the scorecards as JSON")
     p.add_argument("--seed", type=int, default=None, help="override the scenarios' seeds")
@@ -99,8 +102,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     report = Path(args.report) if args.report else None
     # Baselines are run beside the gateway runs of attack drills, so that every scorecard
     # can say what the gateway prevented; --no-gateway runs the baseline alone.
-    jobs = [(str(p), not args.no_gateway, report, args.seed, not args.all and not args.json)
-            for p in paths]
+    baseline = args.baselines or not args.all
+    jobs = [(str(p), not args.no_gateway, report, args.seed, baseline) for p in paths]
     if args.all and args.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             results = list(pool.map(_job, jobs))
@@ -148,14 +151,14 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool]
     from simulators.drill.score import score
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
-    path, with_gateway, report, seed, _ = job
+    path, with_gateway, report, seed, with_baseline = job
     scenario = load_scenario(path)
     with tempfile.TemporaryDirectory(prefix="drill-") as tmp:
         work = Path(tmp)
         runs = []
         if with_gateway:
             runs.append(asyncio.run(run_drill(scenario, work, gateway=True, seed=seed)))
-        if not with_gateway or scenario.baseline_s is not None:
+        if not with_gateway or (with_baseline and scenario.baseline_s is not None):
             runs.append(asyncio.run(run_drill(scenario, work, gateway=False, seed=seed)))
     cards = [score(r) for r in runs]
     main = cards[0]

@@ -1,0 +1,383 @@
+"""``safety-gateway incidents list|show|note|ack|check|resolve|export``: incidents, by hand.
+
+:func:`add_parser` adds ``incidents`` to the top-level subparsers; each subcommand sets ``func``
+to a callable taking the parsed ``argparse.Namespace`` and returning the exit code:
+
+- 0: done;
+- 1: the incident does not exist, the request was refused (already resolved, item already
+  done), the audit database is held by a running gateway, the records could not be written, or
+  (``export``) the bundle was written but the audit chain does not verify;
+- 2: bad input (a missing file or one that is not an audit database, an empty text or name).
+
+Errors print one line on stderr, never a traceback.
+
+Reading (``list``, ``show``, ``export``) works while a gateway runs: it uses read-only
+connections. Writing (``note``, ``ack``, ``check``, ``resolve``) appends hash-chained records
+through an :class:`~gateway.audit.log.AuditLog`, and only one audit log may write a database
+at a time (an exclusive lock beside it, so that two writers never fork the chain). While a
+gateway holds the database, these commands fail with exit 1 and say so: the request must then
+go through the running gateway (its operator API), which records it in the same chain.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+    from gateway.incident.manager import IncidentManager
+    from gateway.incident.model import Incident
+
+__all__ = ["add_parser", "format_incident"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_INPUT: Final = 2
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``incidents`` and its subcommands to ``sub``."""
+    top = sub.add_parser("incidents", help="list, read, annotate, resolve and export incidents",
+                         description=__doc__.split("\n\n")[0] if __doc__ else None)
+    commands = top.add_subparsers(dest="incidents_command", required=True, metavar="COMMAND",
+                                  parser_class=type(top))
+
+    def db_arg(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--db", required=True, type=Path, metavar="DB",
+                            help="the audit database (SQLite)")
+
+    listing = commands.add_parser("list", help="list incidents, newest last")
+    db_arg(listing)
+    listing.add_argument("--open", action="store_true", help="only those not resolved")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=_command(_list))
+
+    show = commands.add_parser("show", help="one incident: trigger, phases, timeline, checklist")
+    show.add_argument("id", metavar="ID")
+    db_arg(show)
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=_command(_show))
+
+    note = commands.add_parser("note", help="add an operator's note (moves it to investigating)")
+    note.add_argument("id", metavar="ID")
+    note.add_argument("text", metavar="TEXT")
+    note.add_argument("--by", required=True, metavar="WHO", help="who writes it")
+    db_arg(note)
+    note.add_argument("--json", action="store_true", help="print the incident as JSON")
+    note.set_defaults(func=_command(_note))
+
+    ack = commands.add_parser("ack", help="acknowledge an incident (moves it to investigating)")
+    ack.add_argument("id", metavar="ID")
+    ack.add_argument("text", nargs="?", default="", metavar="TEXT")
+    ack.add_argument("--by", required=True, metavar="WHO", help="who acknowledges")
+    db_arg(ack)
+    ack.add_argument("--json", action="store_true", help="print the incident as JSON")
+    ack.set_defaults(func=_command(_ack))
+
+    check = commands.add_parser("check", help="mark a checklist item done")
+    check.add_argument("id", metavar="ID")
+    check.add_argument("phase", metavar="PHASE",
+                       help="detection, containment, investigation, forensics or recovery")
+    check.add_argument("item", metavar="ITEM", help="the item's number in its phase (from 0) "
+                       "as `show` lists it, or its exact text")
+    check.add_argument("--by", required=True, metavar="WHO", help="who did it")
+    db_arg(check)
+    check.add_argument("--json", action="store_true", help="print the incident as JSON")
+    check.set_defaults(func=_command(_check))
+
+    resolve = commands.add_parser("resolve", help="resolve an incident with a summary")
+    resolve.add_argument("id", metavar="ID")
+    resolve.add_argument("--by", required=True, metavar="WHO", help="who resolves it")
+    resolve.add_argument("--summary", required=True, metavar="TEXT",
+                         help="what happened and what was done")
+    db_arg(resolve)
+    resolve.add_argument("--json", action="store_true", help="print the incident as JSON")
+    resolve.set_defaults(func=_command(_resolve))
+
+    export = commands.add_parser(
+        "export", help="write the evidence bundle and post-incident report",
+        description="Write OUT/ID/: incident.json, flight_recorder.{jsonl,csv}, "
+                    "audit_excerpt.jsonl, chain_proof.json, models.json, config.json, "
+                    "report.md with plots, manifest.json. Exit 1 if the audit chain does "
+                    "not verify (the bundle is written anyway: it is evidence).")
+    export.add_argument("id", metavar="ID")
+    export.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="folder to write the bundle in (as DIR/ID/)")
+    db_arg(export)
+    export.add_argument("--force", action="store_true",
+                        help="replace an earlier bundle of the same incident")
+    export.add_argument("--json", action="store_true", help="print the result as JSON")
+    export.set_defaults(func=_command(_export))
+
+
+def _command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from gateway.audit.store import AuditError, NotAuditDatabase
+        from gateway.incident.model import IncidentError, UnknownIncident
+
+        try:
+            return fn(args)
+        except _Fail as exc:
+            _error(args, str(exc))
+            return exc.code
+        except NotAuditDatabase as exc:
+            _error(args, str(exc))
+            return EXIT_INPUT
+        except UnknownIncident as exc:
+            _error(args, str(exc))
+            return EXIT_FAILED
+        except (IncidentError, AuditError) as exc:
+            _error(args, str(exc))
+            return EXIT_FAILED
+    return run
+
+
+def _error(args: argparse.Namespace, message: str) -> None:
+    print(f"safety-gateway incidents {args.incidents_command}: {message}", file=sys.stderr)
+
+
+def _need_db(args: argparse.Namespace) -> Path:
+    db: Path = args.db
+    if not db.is_file():
+        raise _Fail(EXIT_INPUT, f"{db}: no such audit database")
+    return db
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=str))
+
+
+def _utc(wall_s: float | None) -> str:
+    from gateway.incident.model import utc_text
+
+    return utc_text(wall_s)
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def _list(args: argparse.Namespace) -> int:
+    from gateway.incident.store import load_incidents
+
+    incidents = load_incidents(_need_db(args))
+    if args.open:
+        incidents = [i for i in incidents if i.is_open]
+    if args.json:
+        _print_json([i.summary() for i in incidents])
+        return EXIT_OK
+    if not incidents:
+        print("no incidents")
+        return EXIT_OK
+    for inc in incidents:
+        s = inc.summary()
+        print(f"{inc.id}  {inc.phase:<13}  opened {_utc(inc.opened_wall_s)}  "
+              f"{inc.trigger.detector}: {inc.trigger.reason}  "
+              f"(trips {s['trips']}, checklist {s['checklist_done']}/{s['checklist_items']})")
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    from gateway.incident.store import load_incident
+
+    problems: list[str] = []
+    incident = load_incident(_need_db(args), args.id, problems=problems)
+    if args.json:
+        out = incident.to_json()
+        out["problems"] = problems
+        _print_json(_finite(out))
+    else:
+        print(format_incident(incident))
+        for problem in problems:
+            print(f"warning: {problem}")
+    return EXIT_OK
+
+
+def _finite(obj: Any) -> Any:
+    from gateway.incident.model import finite_json
+
+    return finite_json(obj)
+
+
+def format_incident(incident: Incident) -> str:
+    """A readable, plain-text account of an incident (``incidents show``)."""
+    from gateway.incident.model import ChecklistPhase, Phase, evidence_text
+
+    t0 = incident.opened_at_s
+    lines = [f"{incident.id}  ({incident.phase})",
+             f"  site      {incident.site}",
+             f"  opened    {_utc(incident.opened_wall_s)}  (supervisor time {t0})",
+             f"  trigger   {incident.trigger.detector}: {incident.trigger.reason}"]
+    if incident.trigger.evidence:
+        lines.append(f"  evidence  {evidence_text(incident.trigger.evidence)}")
+    lines += [f"  mode      {incident.mode_at_trip} -> {incident.mode_after_trip}",
+              f"  model     {incident.model.path or '-'}  sha256 {incident.model.sha256 or '-'}",
+              f"  config    sha256 {incident.config_sha256 or '-'}",
+              f"  playbook  {incident.playbook.name} rule {incident.playbook.rule or '-'}"]
+    fr = incident.flight_recorder
+    if fr is not None:
+        state = "stored" if fr.stored else "not stored yet"
+        lines.append(f"  recorder  {fr.frames} frames, {fr.start_s - fr.trigger_s:+g} s to "
+                     f"{fr.end_s - fr.trigger_s:+g} s around the trip ({state})")
+    if incident.resolution is not None:
+        r = incident.resolution
+        lines.append(f"  resolved  by {r.who} at {_utc(r.wall_s)}: {r.summary}")
+    lines += ["", "phases:"]
+    for phase in Phase:
+        change = incident.phase_change(phase)
+        if change is not None:
+            lines.append(f"  {phase:<13} {_utc(change.wall_s)}  {change.reason}"
+                         + (f" ({change.by})" if change.by else ""))
+    lines += ["", "containment:"]
+    lines += [f"  {c.step:<16} {c.status:<11} {c.detail}" for c in incident.containment] or [
+        "  (none)"]
+    if incident.notifications:
+        lines += ["", "notifications:"]
+        lines += [f"  {n.hook} ({n.kind}) {'sent' if n.ok else 'FAILED'}: {n.detail}"
+                  for n in incident.notifications]
+    lines += ["", "timeline:"]
+    for e in incident.timeline:
+        rel = (f"{e.at_s - t0:+9.2f} s" if e.at_s is not None and t0 is not None
+               else " " * 11)
+        lines.append(f"  {_utc(e.wall_s)} {rel}  {e.text}" + (f"  [{e.who}]" if e.who else ""))
+    lines += ["", "checklist (check with: incidents check ID PHASE N --by WHO --db DB):"]
+    for step in ChecklistPhase:
+        items = incident.checklist_of(step)
+        if not items:
+            continue
+        lines.append(f"  {step}:")
+        lines += [f"    [{'x' if item.done else ' '}] {k}. {item.text}"
+                  + (f"  (by {item.by})" if item.done else "")
+                  for k, item in enumerate(items)]
+    return "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gateway.incident.export import ExportError, export_incident
+
+    db = _need_db(args)
+    try:
+        bundle = export_incident(db, args.id, args.out, overwrite=args.force)
+    except ExportError as exc:
+        raise _Fail(EXIT_FAILED, str(exc)) from None
+    proof = json.loads((bundle / "chain_proof.json").read_text(encoding="utf-8"))
+    files = sorted(p.name for p in bundle.iterdir())
+    if args.json:
+        _print_json({"bundle": str(bundle), "files": files, "chain_ok": proof["ok"],
+                     "verify": proof["verify"]["message"]})
+    else:
+        print(f"{bundle}: {len(files)} files; report {bundle / 'report.md'}")
+        print(f"audit chain: {proof['verify']['message']}")
+    if not proof["ok"]:
+        _error(args, "the audit chain does not verify; the bundle records where it breaks")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def _writer(args: argparse.Namespace) -> tuple[Any, IncidentManager]:
+    """An audit log on the database and a manager holding the incident. Raises _Fail."""
+    from gateway.audit.log import AuditLog
+    from gateway.audit.store import AuditError, NotAuditDatabase, lock_path
+    from gateway.incident.manager import IncidentManager
+    from gateway.incident.playbook import Playbook
+    from gateway.incident.store import load_incident
+
+    db = _need_db(args)
+    by = args.by
+    if not by.strip():
+        raise _Fail(EXIT_INPUT, "--by must name who does it")
+    load_incident(db, args.id)  # unknown id or foreign file: before taking the lock
+    try:
+        audit = AuditLog(db)
+    except NotAuditDatabase as exc:
+        raise _Fail(EXIT_INPUT, str(exc)) from None
+    except AuditError as exc:
+        if _held(lock_path(db.resolve())):
+            raise _Fail(EXIT_FAILED, f"{db} is open for writing by a running gateway; send "
+                                     "this request through the gateway's operator API (it "
+                                     "records it in the same audit chain)") from None
+        raise _Fail(EXIT_FAILED, str(exc)) from None
+    # Read again under the lock: nothing can change the incident from here on.
+    incident = load_incident(db, args.id)
+    manager = IncidentManager(incident.site, Playbook(name="", rules=()), audit,
+                              existing=[incident])
+    return audit, manager
+
+
+def _held(lock: Path) -> bool:
+    """Whether another process holds the audit writer's lock."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases our lock, if we got it
+    return False
+
+
+def _source() -> str:
+    return f"cli@{socket.gethostname()}"
+
+
+def _write(args: argparse.Namespace, change: Callable[[IncidentManager], Incident],
+           done: str) -> int:
+    from gateway.incident.model import BadRequest, IncidentError
+
+    audit, manager = _writer(args)
+    try:
+        try:
+            incident = change(manager)
+        except IncidentError as exc:
+            code = EXIT_INPUT if isinstance(exc, BadRequest) else EXIT_FAILED
+            raise _Fail(code, str(exc)) from None
+    finally:
+        written = audit.close(timeout_s=10.0)
+    if not written:
+        raise _Fail(EXIT_FAILED, f"the records could not be written to {args.db}: "
+                                 f"{audit.alarm or 'audit storage failing'}")
+    if args.json:
+        _print_json(_finite(incident.to_json()))
+    else:
+        print(f"{incident.id}: {done}; phase {incident.phase}")
+    return EXIT_OK
+
+
+def _note(args: argparse.Namespace) -> int:
+    return _write(args, lambda m: m.note(args.id, args.by, _source(), args.text), "note added")
+
+
+def _ack(args: argparse.Namespace) -> int:
+    return _write(args, lambda m: m.acknowledge(args.id, args.by, _source(), args.text),
+                  "acknowledged")
+
+
+def _check(args: argparse.Namespace) -> int:
+    return _write(args, lambda m: m.check(args.id, args.phase, args.item, args.by, _source()),
+                  f"checklist {args.phase} item {args.item} done")
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    return _write(args, lambda m: m.resolve(args.id, args.by, _source(), args.summary),
+                  "resolved")

@@ -1,0 +1,669 @@
+"""Incidents: what one is, and how its audit records build it.
+
+An incident is never stored as a row that is updated: every change is one audit record of kind
+``incident`` (hash-chained with everything else), and an :class:`Incident` is the fold of its
+records in sequence order (:func:`fold`). The manager applies the very same fold to the payloads
+it appends, so what a running gateway holds in memory and what ``safety-gateway incidents``
+reads back from the database are equal by construction.
+
+Payloads (canonical JSON; every one has ``"incident": ID`` and ``"action"``; ``wall_s`` is the
+manager's wall clock, UTC seconds since the epoch; ``at_s`` the supervisor's monotonic time of
+the cycle concerned, null when there is none, e.g. for an operator's note before any cycle):
+
+``open``
+    ``site, wall_s, at_s, trigger {detector, reason, at_s, target, evidence [[k, v], ...]},
+    mode_at_trip, mode_after_trip, model {path, sha256}, config_sha256,
+    playbook {name, source, sha256, rule}, checklist {phase: [item, ...]}, notify [hook, ...],
+    flight_recorder {trigger_s, start_s, end_s} | null``
+``phase``
+    ``phase, wall_s, at_s, by, reason``: the incident moved forward to ``phase``.
+``event``
+    ``wall_s, at_s, kind, name, reason, requester, evidence, mode, repeated`` (a supervisor
+    event while the incident is open; a further trip has ``kind: "trip"``, ``joined: true`` and
+    the playbook ``rule`` it matched; ``repeated`` counts identical events folded into this one).
+``note``
+    ``wall_s, at_s, who, source, text, acknowledge``.
+``containment``
+    ``wall_s, at_s, step, status, detail`` (+ ``factor`` for rate_limit). Status is one of
+    :class:`ContainmentStatus`.
+``notify``
+    ``wall_s, hook, kind, target, status ("sent" | "failed"), detail, duration_s``.
+``checklist``
+    ``wall_s, phase, index, item, who, source`` (an item done), or ``wall_s, added
+    {phase: [item, ...]}, rule`` (items added by a further trip's playbook rule).
+``resolve``
+    ``wall_s, at_s, who, source, summary``.
+``flight_recorder``
+    ``wall_s, part, parts, frames, total_frames, trigger_s, start_s, end_s, header, frames_jsonl``:
+    part ``part`` (from 0, in frame order, contiguous) of the frozen window, written once the
+    window is complete; ``parts`` is the number of parts on the last part and 0 on the others;
+    ``frames`` the frames in this part, ``total_frames`` the frames up to and including this
+    part (the window's total on the last part); ``header`` is the recorder's JSONL header line
+    (part 0 only; null without recording info); ``frames_jsonl`` the frames' lines, exactly as
+    :func:`gateway.forensics.recorder.write_jsonl` writes them (each ending in a newline), so
+    that ``header + "\\n" + the parts' text`` is the window's JSONL file.
+
+Evidence is ``[[key, value], ...]`` with text or numbers; a non-finite number is written
+``{"$f": "nan"}`` (or ``"inf"``, ``"-inf"``), as the flight recorder writes it: canonical JSON
+would write the text ``"nan"``, which could not be told apart from evidence that is text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "BadRequest",
+    "ChecklistItem",
+    "ChecklistPhase",
+    "ContainmentRecord",
+    "ContainmentStatus",
+    "EntryKind",
+    "Incident",
+    "IncidentError",
+    "ModelIdentity",
+    "Note",
+    "NotificationRecord",
+    "Phase",
+    "PhaseChange",
+    "PlaybookRef",
+    "RecorderRef",
+    "Resolution",
+    "TimelineEntry",
+    "Trigger",
+    "finite_json",
+    "fold",
+    "fold_record",
+    "utc_text",
+]
+
+KIND: Final = "incident"
+
+
+class IncidentError(Exception):
+    """An incident request that cannot be done: an unknown id, a resolved incident, a missing
+    summary, an unauthorised resolve, an unknown checklist item."""
+
+
+class BadRequest(IncidentError):
+    """The request itself is malformed: an empty name, text or summary, an unknown checklist
+    phase."""
+
+
+class UnknownIncident(IncidentError, KeyError):
+    """No incident has this id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown incident"
+
+
+class Phase(StrEnum):
+    """Where an incident stands. Phases only move forward (a phase may be skipped, e.g. an
+    operator's note before the output left the AI goes straight to ``investigating``)."""
+
+    DETECTED = "detected"            # a detector tripped
+    CONTAINED = "contained"          # the applied output no longer comes from the AI
+    INVESTIGATING = "investigating"  # an operator acknowledged, noted or checked something
+    RESOLVED = "resolved"            # an authorised operator resolved it, with a summary
+
+    @property
+    def rank(self) -> int:
+        return _PHASE_RANK[self]
+
+
+_PHASE_RANK: Final = {p: i for i, p in enumerate(Phase)}
+
+
+class ChecklistPhase(StrEnum):
+    """The five phases of incident response, under which a playbook lists its checklist."""
+
+    DETECTION = "detection"
+    CONTAINMENT = "containment"
+    INVESTIGATION = "investigation"
+    FORENSICS = "forensics"
+    RECOVERY = "recovery"
+
+
+_CHECKLIST_ORDER: Final = {p: i for i, p in enumerate(ChecklistPhase)}
+
+
+class ContainmentStatus(StrEnum):
+    REQUESTED = "requested"      # the manager handed the action to the runtime
+    APPLIED = "applied"          # the runtime (or the supervisor) applied it
+    ALREADY = "already"          # nothing to do: the supervisor's trip already did it
+    REFUSED = "refused"          # the supervisor refused the request
+    UNSUPPORTED = "unsupported"  # the runtime cannot apply this step
+    FAILED = "failed"            # applying it failed
+
+
+class EntryKind(StrEnum):
+    OPENED = "opened"
+    EVENT = "event"
+    PHASE = "phase"
+    NOTE = "note"
+    CONTAINMENT = "containment"
+    NOTIFY = "notify"
+    CHECKLIST = "checklist"
+    RESOLVED = "resolved"
+    FLIGHT_RECORDER = "flight_recorder"
+
+
+Evidence = tuple[tuple[str, float | str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A trip: the detector, its reason and evidence, the supervisor time, the mode it
+    demanded (``target``: manual or safe_stop)."""
+
+    detector: str
+    reason: str
+    at_s: float | None
+    evidence: Evidence = ()
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    path: str | None
+    sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybookRef:
+    """The playbook in force when the incident opened, and the rule its trigger matched
+    (None when no rule matched)."""
+
+    name: str
+    source: str | None
+    sha256: str | None
+    rule: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseChange:
+    phase: Phase
+    wall_s: float
+    at_s: float | None
+    by: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainmentRecord:
+    step: str
+    status: ContainmentStatus
+    detail: str
+    wall_s: float
+    at_s: float | None
+    factor: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    hook: str
+    kind: str
+    target: str
+    ok: bool
+    detail: str
+    wall_s: float
+    duration_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChecklistItem:
+    phase: ChecklistPhase
+    text: str
+    done: bool = False
+    by: str | None = None
+    wall_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    who: str
+    source: str
+    text: str
+    wall_s: float
+    at_s: float | None
+    acknowledge: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    who: str
+    source: str
+    summary: str
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderRef:
+    """The incident's flight-recorder window (supervisor times). ``parts_stored`` of
+    ``parts`` records hold it; it is complete in the database when they are equal and
+    ``parts`` > 0 (``parts`` is 0 until the window is complete in the recorder)."""
+
+    trigger_s: float
+    start_s: float
+    end_s: float
+    frames: int = 0
+    parts: int = 0
+    parts_stored: int = 0
+
+    @property
+    def stored(self) -> bool:
+        return self.parts > 0 and self.parts_stored == self.parts
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One line of the incident's story. ``wall_s`` UTC seconds; ``at_s`` supervisor time
+    (None when not tied to a cycle); ``who`` the operator for operator actions."""
+
+    wall_s: float
+    at_s: float | None
+    kind: EntryKind
+    text: str
+    who: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One incident (see the module docstring for how it is built).
+
+    ``opened_at_s`` is the trip's supervisor time, ``opened_wall_s`` the wall clock when the
+    incident opened. ``trips`` lists every trip of the incident, the first (``trigger``)
+    included. ``checklist`` is the playbook's checklist for every phase with what is done.
+    """
+
+    id: str
+    site: str
+    trigger: Trigger
+    opened_at_s: float | None
+    opened_wall_s: float
+    phase: Phase
+    phases: tuple[PhaseChange, ...]
+    mode_at_trip: str
+    mode_after_trip: str
+    model: ModelIdentity
+    config_sha256: str | None
+    playbook: PlaybookRef
+    notifications_planned: tuple[str, ...] = ()
+    containment: tuple[ContainmentRecord, ...] = ()
+    notifications: tuple[NotificationRecord, ...] = ()
+    checklist: tuple[ChecklistItem, ...] = ()
+    trips: tuple[Trigger, ...] = ()
+    notes: tuple[Note, ...] = ()
+    timeline: tuple[TimelineEntry, ...] = ()
+    flight_recorder: RecorderRef | None = None
+    resolution: Resolution | None = None
+    records: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.phase is not Phase.RESOLVED
+
+    def phase_change(self, phase: Phase) -> PhaseChange | None:
+        """When the incident reached ``phase`` (None if it has not, or skipped it)."""
+        for change in self.phases:
+            if change.phase is phase:
+                return change
+        return None
+
+    def checklist_of(self, phase: ChecklistPhase) -> tuple[ChecklistItem, ...]:
+        return tuple(item for item in self.checklist if item.phase is phase)
+
+    def summary(self) -> dict[str, Any]:
+        """A short JSON-ready view (for listings)."""
+        done = sum(1 for item in self.checklist if item.done)
+        return {"id": self.id, "site": self.site, "phase": self.phase.value,
+                "opened_wall_s": self.opened_wall_s, "opened_at_s": self.opened_at_s,
+                "detector": self.trigger.detector, "reason": self.trigger.reason,
+                "trips": len(self.trips), "notes": len(self.notes),
+                "checklist_done": done, "checklist_items": len(self.checklist),
+                "flight_recorder_stored": (self.flight_recorder is not None
+                                           and self.flight_recorder.stored)}
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (enums as their text, tuples as lists)."""
+        out: dict[str, Any] = dataclasses.asdict(self)
+        out["is_open"] = self.is_open
+        return out
+
+
+# ------------------------------------------------------------------------------------- folding
+
+
+_NONFINITE: Final = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _num(value: Any, what: str) -> float:
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]  # canonical JSON's spelling of a non-finite float
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number, not {value!r}")
+    return float(value)
+
+
+def _opt_num(value: Any, what: str) -> float | None:
+    return None if value is None else _num(value, what)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text, not {value!r}")
+    return value
+
+
+def _opt_text(value: Any, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def _evidence(value: Any) -> Evidence:
+    if not isinstance(value, list | tuple):
+        raise ValueError("evidence must be a list of [key, value] pairs")
+    out: list[tuple[str, float | str]] = []
+    for pair in value:
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or not isinstance(pair[0], str):
+            raise ValueError(f"evidence item {pair!r} is not a [key, value] pair")
+        v = pair[1]
+        if isinstance(v, dict) and set(v) == {"$f"}:  # a tagged non-finite float
+            v = _num(v["$f"], f"evidence {pair[0]}")
+        out.append((pair[0], v if isinstance(v, str) else _num(v, f"evidence {pair[0]}")))
+    return tuple(out)
+
+
+def evidence_text(evidence: Evidence) -> str:
+    """``key=value, ...`` for reports and timelines."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in evidence)
+
+
+def _trigger(obj: Any) -> Trigger:
+    if not isinstance(obj, dict):
+        raise ValueError("trigger must be an object")
+    return Trigger(detector=_text(obj.get("detector"), "trigger.detector"),
+                   reason=_text(obj.get("reason", ""), "trigger.reason"),
+                   at_s=_opt_num(obj.get("at_s"), "trigger.at_s"),
+                   evidence=_evidence(obj.get("evidence", [])),
+                   target=_opt_text(obj.get("target"), "trigger.target"))
+
+
+def _checklist(obj: Any) -> tuple[ChecklistItem, ...]:
+    if not isinstance(obj, dict):
+        raise ValueError("checklist must be an object of phase: [items]")
+    items: list[ChecklistItem] = []
+    for phase in ChecklistPhase:  # always in the five phases' order
+        texts = obj.get(phase.value, [])
+        if not isinstance(texts, list):
+            raise ValueError(f"checklist.{phase} must be a list")
+        items.extend(ChecklistItem(phase, _text(t, f"checklist.{phase}")) for t in texts)
+    unknown = set(obj) - {p.value for p in ChecklistPhase}
+    if unknown:
+        raise ValueError(f"checklist has unknown phases {sorted(unknown)}")
+    return tuple(items)
+
+
+def _entry(incident: Incident, payload: Mapping[str, Any], kind: EntryKind, text: str,
+           who: str | None = None) -> Incident:
+    entry = TimelineEntry(_num(payload.get("wall_s"), "wall_s"),
+                          _opt_num(payload.get("at_s"), "at_s"), kind, text, who)
+    return replace(incident, timeline=(*incident.timeline, entry),
+                   records=incident.records + 1)
+
+
+def _open(payload: Mapping[str, Any]) -> Incident:
+    trigger = _trigger(payload.get("trigger"))
+    model = payload.get("model") or {}
+    book = payload.get("playbook") or {}
+    if not isinstance(model, dict) or not isinstance(book, dict):
+        raise ValueError("model and playbook must be objects")
+    fr = payload.get("flight_recorder")
+    recorder = None
+    if fr is not None:
+        if not isinstance(fr, dict):
+            raise ValueError("flight_recorder must be an object")
+        recorder = RecorderRef(_num(fr.get("trigger_s"), "flight_recorder.trigger_s"),
+                               _num(fr.get("start_s"), "flight_recorder.start_s"),
+                               _num(fr.get("end_s"), "flight_recorder.end_s"))
+    wall_s = _num(payload.get("wall_s"), "wall_s")
+    at_s = _opt_num(payload.get("at_s"), "at_s")
+    notify = payload.get("notify", [])
+    if not isinstance(notify, list):
+        raise ValueError("notify must be a list")
+    incident = Incident(
+        id=_text(payload.get("incident"), "incident"),
+        site=_text(payload.get("site"), "site"),
+        trigger=trigger, opened_at_s=at_s, opened_wall_s=wall_s, phase=Phase.DETECTED,
+        phases=(PhaseChange(Phase.DETECTED, wall_s, at_s, None,
+                            f"trip by {trigger.detector}"),),
+        mode_at_trip=_text(payload.get("mode_at_trip"), "mode_at_trip"),
+        mode_after_trip=_text(payload.get("mode_after_trip"), "mode_after_trip"),
+        model=ModelIdentity(_opt_text(model.get("path"), "model.path"),
+                            _opt_text(model.get("sha256"), "model.sha256")),
+        config_sha256=_opt_text(payload.get("config_sha256"), "config_sha256"),
+        playbook=PlaybookRef(_text(book.get("name", ""), "playbook.name"),
+                             _opt_text(book.get("source"), "playbook.source"),
+                             _opt_text(book.get("sha256"), "playbook.sha256"),
+                             _opt_text(book.get("rule"), "playbook.rule")),
+        notifications_planned=tuple(_text(n, "notify") for n in notify),
+        checklist=_checklist(payload.get("checklist", {})),
+        trips=(trigger,), flight_recorder=recorder)
+    text = f"incident opened: {trigger.detector}: {trigger.reason}"
+    if trigger.evidence:
+        text += f" ({evidence_text(trigger.evidence)})"
+    return _entry(incident, payload, EntryKind.OPENED, text)
+
+
+def _phase(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    phase = Phase(_text(payload.get("phase"), "phase"))
+    if phase.rank <= incident.phase.rank:
+        raise ValueError(f"phase {phase} does not move forward from {incident.phase}")
+    by = _opt_text(payload.get("by"), "by")
+    reason = _text(payload.get("reason", ""), "reason")
+    change = PhaseChange(phase, _num(payload.get("wall_s"), "wall_s"),
+                         _opt_num(payload.get("at_s"), "at_s"), by, reason)
+    incident = replace(incident, phase=phase, phases=(*incident.phases, change))
+    return _entry(incident, payload, EntryKind.PHASE,
+                  f"phase {phase}" + (f": {reason}" if reason else ""), by)
+
+
+def _event(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    kind = _text(payload.get("kind"), "kind")
+    name = _text(payload.get("name"), "name")
+    reason = _text(payload.get("reason", ""), "reason")
+    requester = _opt_text(payload.get("requester"), "requester")
+    evidence = _evidence(payload.get("evidence", []))
+    repeated = payload.get("repeated", 0)
+    if kind == "trip":
+        trip = Trigger(name, reason, _opt_num(payload.get("at_s"), "at_s"), evidence,
+                       _opt_text(payload.get("target"), "target"))
+        incident = replace(incident, trips=(*incident.trips, trip))
+    text = f"{kind} {name}: {reason}"
+    if kind == "trip" and evidence:
+        text += f" ({evidence_text(evidence)})"
+    if isinstance(repeated, int) and repeated > 0:
+        text += f" (and {repeated} more like it before)"
+    return _entry(incident, payload, EntryKind.EVENT, text, requester)
+
+
+def _note(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    note = Note(_text(payload.get("who"), "who"), _text(payload.get("source", ""), "source"),
+                _text(payload.get("text"), "text"), _num(payload.get("wall_s"), "wall_s"),
+                _opt_num(payload.get("at_s"), "at_s"), bool(payload.get("acknowledge", False)))
+    incident = replace(incident, notes=(*incident.notes, note))
+    text = "acknowledged" if note.acknowledge else "note"
+    if note.text:
+        text += f": {note.text}"
+    return _entry(incident, payload, EntryKind.NOTE, text, note.who)
+
+
+def _containment(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    record = ContainmentRecord(_text(payload.get("step"), "step"),
+                               ContainmentStatus(_text(payload.get("status"), "status")),
+                               _text(payload.get("detail", ""), "detail"),
+                               _num(payload.get("wall_s"), "wall_s"),
+                               _opt_num(payload.get("at_s"), "at_s"),
+                               _opt_num(payload.get("factor"), "factor"))
+    incident = replace(incident, containment=(*incident.containment, record))
+    step = record.step if record.factor is None else f"{record.step} x{record.factor:g}"
+    return _entry(incident, payload, EntryKind.CONTAINMENT,
+                  f"containment {step}: {record.status}"
+                  + (f": {record.detail}" if record.detail else ""))
+
+
+def _notify(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    status = _text(payload.get("status"), "status")
+    record = NotificationRecord(_text(payload.get("hook"), "hook"),
+                                _text(payload.get("kind"), "kind"),
+                                _text(payload.get("target", ""), "target"),
+                                status == "sent", _text(payload.get("detail", ""), "detail"),
+                                _num(payload.get("wall_s"), "wall_s"),
+                                _opt_num(payload.get("duration_s"), "duration_s"))
+    incident = replace(incident, notifications=(*incident.notifications, record))
+    return _entry(incident, payload, EntryKind.NOTIFY,
+                  f"notification {record.hook} ({record.kind}) {status}"
+                  + (f": {record.detail}" if record.detail else ""))
+
+
+def _checklist_change(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    added = payload.get("added")
+    if added is not None:
+        extra = _checklist(added)
+        items = list(incident.checklist)
+        items += [item for item in extra
+                  if not any(i.phase is item.phase and i.text == item.text for i in items)]
+        # A stable sort keeps each phase's items in order, and the phases in theirs.
+        items.sort(key=lambda i: _CHECKLIST_ORDER[i.phase])
+        rule = _opt_text(payload.get("rule"), "rule")
+        incident = replace(incident, checklist=tuple(items))
+        return _entry(incident, payload, EntryKind.CHECKLIST,
+                      f"checklist items added{f' by rule {rule}' if rule else ''}: "
+                      + "; ".join(i.text for i in extra))
+    phase = ChecklistPhase(_text(payload.get("phase"), "phase"))
+    index = payload.get("index")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ValueError("checklist index must be a whole number")
+    who = _text(payload.get("who"), "who")
+    wall_s = _num(payload.get("wall_s"), "wall_s")
+    items = list(incident.checklist)
+    positions = [k for k, i in enumerate(items) if i.phase is phase]
+    if not 0 <= index < len(positions):
+        raise ValueError(f"checklist {phase} has no item {index}")
+    k = positions[index]
+    items[k] = replace(items[k], done=True, by=who, wall_s=wall_s)
+    incident = replace(incident, checklist=tuple(items))
+    return _entry(incident, payload, EntryKind.CHECKLIST,
+                  f"checklist {phase} done: {items[k].text}", who)
+
+
+def _resolve(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    resolution = Resolution(_text(payload.get("who"), "who"),
+                            _text(payload.get("source", ""), "source"),
+                            _text(payload.get("summary"), "summary"),
+                            _num(payload.get("wall_s"), "wall_s"))
+    incident = replace(incident, resolution=resolution)
+    return _entry(incident, payload, EntryKind.RESOLVED, f"resolved: {resolution.summary}",
+                  resolution.who)
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"flight_recorder {what} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _flight_recorder(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    part = _count(payload.get("part"), "part")
+    parts = _count(payload.get("parts"), "parts")
+    total = _count(payload.get("total_frames"), "total_frames")
+    ref = incident.flight_recorder
+    trigger_s = _num(payload.get("trigger_s"), "trigger_s")
+    start_s = _num(payload.get("start_s"), "start_s")
+    end_s = _num(payload.get("end_s"), "end_s")
+    if ref is None:
+        ref = RecorderRef(trigger_s, start_s, end_s)
+    if part != ref.parts_stored:
+        raise ValueError(f"flight_recorder part {part} out of order "
+                         f"({ref.parts_stored} stored)")
+    ref = replace(ref, frames=total, parts=parts, parts_stored=ref.parts_stored + 1)
+    incident = replace(incident, flight_recorder=ref)
+    if not ref.stored:
+        return replace(incident, records=incident.records + 1)
+    return _entry(incident, payload, EntryKind.FLIGHT_RECORDER,
+                  f"flight-recorder window stored: {total} frames, "
+                  f"{start_s - trigger_s:+g} s to {end_s - trigger_s:+g} s around the trip")
+
+
+_FOLDS: Final = {
+    "phase": _phase,
+    "event": _event,
+    "note": _note,
+    "containment": _containment,
+    "notify": _notify,
+    "checklist": _checklist_change,
+    "resolve": _resolve,
+    "flight_recorder": _flight_recorder,
+}
+
+
+def fold_record(incident: Incident | None, payload: Mapping[str, Any]) -> Incident:
+    """Apply one record's payload to ``incident`` (None for an ``open`` record) and return
+    the new incident. Pure. Raises ``ValueError`` for a malformed payload, an ``open`` of an
+    incident that exists, any other action before ``open``, an unknown action, or a phase that
+    does not move forward."""
+    action = payload.get("action")
+    if action == "open":
+        if incident is not None:
+            raise ValueError(f"incident {incident.id} is opened twice")
+        return _open(payload)
+    if incident is None:
+        raise ValueError(f"{action!r} record of an incident that was never opened")
+    fn = _FOLDS.get(action) if isinstance(action, str) else None
+    if fn is None:
+        raise ValueError(f"unknown incident action {action!r}")
+    try:
+        return fn(incident, payload)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed {action} record: {exc}") from None
+
+
+def fold(payloads: Iterable[Mapping[str, Any]]) -> dict[str, Incident]:
+    """Fold payloads (in record order) into incidents, by id, in the order they opened.
+    Raises ``ValueError`` like :func:`fold_record`."""
+    incidents: dict[str, Incident] = {}
+    for payload in payloads:
+        ident = payload.get("incident")
+        if not isinstance(ident, str):
+            raise ValueError("record names no incident")
+        incidents[ident] = fold_record(incidents.get(ident), payload)
+    return incidents
+
+
+def utc_text(wall_s: float | None) -> str:
+    """``2024-05-01 12:00:00.000Z`` for wall-clock seconds; "-" for None or non-finite."""
+    if wall_s is None or not math.isfinite(wall_s):
+        return "-"
+    try:
+        return datetime.fromtimestamp(wall_s, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    except (OverflowError, OSError, ValueError):
+        return repr(wall_s)
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with non-finite floats written as canonical JSON writes them ("nan", "inf",
+    "-inf"), so that strict JSON can hold it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj

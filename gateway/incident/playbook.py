@@ -1,0 +1,486 @@
+"""Playbooks: YAML files in ``configs/playbooks/`` that say what to do when a detector trips.
+
+A playbook maps triggers (detector names, matched by shell-style patterns: ``envelope*``,
+``input.*``, ``canary``, ``*``) to
+
+* **containment** steps: ``manual``, ``shadow``, ``safe_stop`` (mode requests the runtime passes
+  to the supervisor as requester ``playbook``; a step the supervisor's trip already satisfies is
+  recorded as such and not requested), ``rate_limit`` with a ``factor`` in (0, 1] (the runtime
+  scales the actuators' rate limits, if it supports that), ``quarantine_model`` (keep the model
+  from being re-enabled until it is investigated);
+* **notifications**: named hooks of kind ``log``, ``webhook`` (``url``, ``timeout_s``) or
+  ``command`` (``argv``, a list: never a shell string; ``timeout_s``);
+* **checklist** items per phase of incident response (detection, containment, investigation,
+  forensics, recovery), added to the playbook's common checklist.
+
+Rules are tried in file order; the first whose ``match`` has a pattern matching the detector's
+name applies. Unless a rule says ``join_open_incident: false`` (or the playbook does, at the top
+level), a trip while an incident is open joins that incident instead of opening another: one
+attack, one incident.
+
+Errors are reported like site errors (``file:line: key.path: message``), all at once.
+
+Example::
+
+    name: default
+    join_open_incident: true
+    hooks:
+      ops_log: {kind: log, level: warning}
+      soc: {kind: webhook, url: "http://soc.example:8080/incidents", timeout_s: 3}
+      pager: {kind: command, argv: [/usr/local/bin/page, "{incident}", "{message}"]}
+    checklist:
+      detection: ["confirm the trip on the dashboard"]
+    rules:
+      - name: model_integrity
+        match: [canary]
+        containment: [manual, quarantine_model]
+        notify: [ops_log, soc]
+      - name: any
+        match: ["*"]
+        containment: [manual, {kind: rate_limit, factor: 0.5}]
+        notify: [ops_log]
+
+Command arguments may hold the placeholders ``{incident}``, ``{site}``, ``{detector}``,
+``{reason}`` and ``{message}``; each is replaced by its text inside that one argument (no shell
+is involved, so no quoting is needed and none can break out).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from gateway.config.loader import ConfigError, _Abort, _Ctx, _Map
+from gateway.config.yamlsrc import Issue, Node, SourceError
+from gateway.config.yamlsrc import load as load_yaml
+from gateway.incident.model import ChecklistPhase
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+T = TypeVar("T")
+
+__all__ = [
+    "DEFAULT_PLAYBOOK",
+    "ContainmentKind",
+    "ContainmentStep",
+    "HookKind",
+    "NotificationSpec",
+    "Playbook",
+    "Rule",
+    "load_playbook",
+    "redact_url",
+]
+
+DEFAULT_PLAYBOOK: Final = Path(__file__).resolve().parents[2] / "configs" / "playbooks" / \
+    "default.yaml"
+PLACEHOLDERS: Final = ("incident", "site", "detector", "reason", "message")
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_PLACEHOLDER_RE: Final = re.compile(r"\{([a-z_]*)\}")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+class ContainmentKind(StrEnum):
+    MANUAL = "manual"
+    SHADOW = "shadow"
+    SAFE_STOP = "safe_stop"
+    RATE_LIMIT = "rate_limit"
+    QUARANTINE_MODEL = "quarantine_model"
+
+
+class HookKind(StrEnum):
+    LOG = "log"
+    WEBHOOK = "webhook"
+    COMMAND = "command"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainmentStep:
+    """One containment step; ``factor`` (0 < factor <= 1) only for ``rate_limit``."""
+
+    kind: ContainmentKind
+    factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is ContainmentKind.RATE_LIMIT:
+            if self.factor is None or not (math.isfinite(self.factor)
+                                           and 0.0 < self.factor <= 1.0):
+                raise ValueError(f"rate_limit `factor` must be in (0, 1], not {self.factor!r}")
+        elif self.factor is not None:
+            raise ValueError(f"`factor` applies to rate_limit only, not {self.kind}")
+
+    def describe(self) -> str:
+        return self.kind.value if self.factor is None else f"{self.kind} x{self.factor:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationSpec:
+    """A notification hook. ``log``: a log line at ``level``; ``webhook``: a JSON POST to
+    ``url`` (http or https), failing after ``timeout_s``; ``command``: run ``argv`` (no shell)
+    and wait at most ``timeout_s``, a non-zero exit being a failure."""
+
+    name: str
+    kind: HookKind
+    url: str | None = None
+    argv: tuple[str, ...] = ()
+    timeout_s: float = 5.0
+    level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.fullmatch(self.name):
+            raise ValueError(f"hook name {self.name!r} must be 1-64 letters, digits, . _ -")
+        if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= 600):
+            raise ValueError(f"`timeout_s` must be in (0, 600] seconds, not {self.timeout_s!r}")
+        if self.kind is HookKind.WEBHOOK:
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"`url` must be an http:// or https:// URL, not {self.url!r}")
+        elif self.url is not None:
+            raise ValueError(f"`url` applies to webhooks only, not {self.kind}")
+        if self.kind is HookKind.COMMAND:
+            if not self.argv or not all(isinstance(a, str) for a in self.argv) or not self.argv[0]:
+                raise ValueError("`argv` must be a non-empty list of text (the program first)")
+            for arg in self.argv:
+                for name in _PLACEHOLDER_RE.findall(arg):
+                    if name not in PLACEHOLDERS:
+                        raise ValueError(f"`argv`: unknown placeholder {{{name}}} (known: "
+                                         + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS) + ")")
+        elif self.argv:
+            raise ValueError(f"`argv` applies to commands only, not {self.kind}")
+        if self.level not in LOG_LEVELS:
+            raise ValueError(f"`level` must be one of {', '.join(LOG_LEVELS)}, not "
+                             f"{self.level!r}")
+
+    @property
+    def target(self) -> str:
+        """Where it goes, for the incident record."""
+        if self.kind is HookKind.WEBHOOK:
+            return redact_url(self.url or "")
+        if self.kind is HookKind.COMMAND:
+            return self.argv[0]
+        return f"log:{self.level}"
+
+    def command(self, values: Mapping[str, str]) -> list[str]:
+        """``argv`` with the placeholders replaced by ``values`` (missing ones by "")."""
+        def sub(m: re.Match[str]) -> str:
+            return values.get(m.group(1), "")
+        return [_PLACEHOLDER_RE.sub(sub, arg) for arg in self.argv]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A playbook entry: which triggers, and what to do."""
+
+    name: str
+    match: tuple[str, ...]
+    containment: tuple[ContainmentStep, ...] = ()
+    notify: tuple[str, ...] = ()
+    checklist: Mapping[ChecklistPhase, tuple[str, ...]] = field(default_factory=dict)
+    join_open_incident: bool | None = None
+    description: str = ""
+
+    def matches(self, detector: str) -> bool:
+        return any(fnmatch.fnmatchcase(detector, pattern) for pattern in self.match)
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """A loaded playbook (see the module docstring). ``hooks`` by name; ``checklist`` is the
+    common checklist per phase; ``sha256`` is the file's (None when built in code)."""
+
+    name: str
+    rules: tuple[Rule, ...]
+    hooks: Mapping[str, NotificationSpec] = field(default_factory=dict)
+    checklist: Mapping[ChecklistPhase, tuple[str, ...]] = field(default_factory=dict)
+    join_open_incident: bool = True
+    description: str = ""
+    source: str | None = None
+    sha256: str | None = None
+    _cache: dict[str, Rule | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            for hook in rule.notify:
+                if hook not in self.hooks:
+                    raise ValueError(f"rule {rule.name!r} notifies unknown hook {hook!r}")
+
+    def rule_for(self, detector: str) -> Rule | None:
+        """The first rule matching ``detector`` (None if none does). Cached per name."""
+        cache = self._cache
+        if detector in cache:
+            return cache[detector]
+        found = next((r for r in self.rules if r.matches(detector)), None)
+        if len(cache) < 4096:  # names come from the site's detectors: a small set
+            cache[detector] = found
+        return found
+
+    def joins_open(self, rule: Rule | None) -> bool:
+        """Whether a trip matched by ``rule`` joins an open incident."""
+        if rule is not None and rule.join_open_incident is not None:
+            return rule.join_open_incident
+        return self.join_open_incident
+
+    def checklist_for(self, rule: Rule | None) -> dict[str, list[str]]:
+        """The common checklist plus ``rule``'s items, per phase (JSON-ready)."""
+        out: dict[str, list[str]] = {}
+        for phase in ChecklistPhase:
+            items = list(self.checklist.get(phase, ()))
+            if rule is not None:
+                items += [i for i in rule.checklist.get(phase, ()) if i not in items]
+            out[phase.value] = items
+        return out
+
+    def hooks_for(self, rule: Rule | None) -> tuple[NotificationSpec, ...]:
+        return tuple(self.hooks[name] for name in rule.notify) if rule is not None else ()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the user name and password it may carry (never recorded)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def load_playbook(path: str | Path) -> Playbook:
+    """Read a playbook file. Raises :class:`gateway.config.ConfigError` listing every
+    problem (``file:line: key.path: message``)."""
+    path = Path(path)
+    try:
+        root = load_yaml(path)
+    except SourceError as exc:
+        raise ConfigError([exc.issue]) from None
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:  # read once already: only a race gets here
+        raise ConfigError([Issue(str(path), 0, "", f"cannot read: {exc.strerror}")]) from None
+    ctx = _Ctx(str(path))
+    book = None
+    try:
+        book = _read(ctx, _Map(ctx, root, ""), path, digest)
+    except _Abort:
+        book = None
+    if ctx.issues or book is None:
+        raise ConfigError(ctx.issues or [Issue(str(path), 0, "", "invalid playbook")])
+    return book
+
+
+def _grab(fn: Callable[[], T], ok: list[bool]) -> T | None:
+    """Call a getter; an error (already recorded) marks the playbook invalid and reading goes
+    on, so that every problem is reported at once."""
+    try:
+        return fn()
+    except _Abort:
+        ok[0] = False
+        return None
+
+
+def _read(ctx: _Ctx, m: _Map, path: Path, digest: str) -> Playbook | None:
+    ok = [True]
+    name = _grab(lambda: m.opt_str("name"), ok) or path.stem
+    description = _grab(lambda: m.opt_str("description"), ok) or ""
+    join = _grab(lambda: m.opt_bool("join_open_incident"), ok)
+
+    hooks: dict[str, NotificationSpec] = {}
+    hm = _grab(lambda: m.map("hooks"), ok)
+    if isinstance(hm, _Map):
+        for key, node, where in hm.entries():
+            try:
+                hooks[key] = _read_hook(ctx, key, node, where)
+            except _Abort:
+                ok[0] = False
+        hm.finish()
+
+    checklist: dict[ChecklistPhase, tuple[str, ...]] = {}
+    cm = _grab(lambda: m.map("checklist"), ok)
+    if isinstance(cm, _Map):
+        try:
+            checklist = _read_checklist(cm)
+        except _Abort:
+            ok[0] = False
+
+    rules: list[Rule] = []
+    names: dict[str, int] = {}
+    items = _grab(lambda: m.items_of("rules"), ok)
+    if not m.has("rules"):
+        ctx.error(m.node.line, "rules", "required key is missing")
+        ok[0] = False
+    elif isinstance(items, list):
+        if not items:
+            m.error("rules", "a playbook needs at least one rule")
+            ok[0] = False
+        for node, where in items:
+            # Names first, so that a duplicate is reported even when a rule has other errors.
+            name_node = node.value.get("name") if isinstance(node.value, dict) else None
+            if name_node is not None and isinstance(name_node.value, str):
+                first = names.setdefault(name_node.value, name_node.line)
+                if first != name_node.line:
+                    ctx.error(name_node.line, f"{where}.name",
+                              f"duplicate rule name (first at line {first})")
+                    ok[0] = False
+            try:
+                rm = _Map(ctx, node, where)
+                rules.append(_read_rule(rm, hooks, hm if isinstance(hm, _Map) else None))
+            except _Abort:
+                ok[0] = False
+    m.finish()
+    if not ok[0]:
+        return None
+    return Playbook(name=str(name), rules=tuple(rules), hooks=hooks, checklist=checklist,
+                    join_open_incident=True if join is None else bool(join),
+                    description=str(description), source=str(path), sha256=digest)
+
+
+def _read_hook(ctx: _Ctx, name: str, node: Node, where: str) -> NotificationSpec:
+    hm = _Map(ctx, node, where)
+    kind = hm.req_enum("kind", HookKind)
+    url = hm.opt_str("url")
+    argv = hm.opt_strs("argv")
+    timeout = hm.opt_float("timeout_s")
+    level = hm.opt_str("level")
+    hm.finish()
+    try:
+        return NotificationSpec(name=name, kind=kind, url=url, argv=argv or (),
+                                timeout_s=5.0 if timeout is None else timeout,
+                                level=level or "warning")
+    except ValueError as exc:
+        message = str(exc)
+        key = next((k for k in ("url", "argv", "timeout_s", "level") if f"`{k}`" in message),
+                   None)
+        if key is not None and hm.has(key):
+            hm.error(key, message.replace(f"`{key}` ", "", 1))
+        else:
+            ctx.error(node.line, where, message)
+        raise _Abort from None
+
+
+def _read_checklist(cm: _Map) -> dict[ChecklistPhase, tuple[str, ...]]:
+    out: dict[ChecklistPhase, tuple[str, ...]] = {}
+    failed = False
+    for phase in ChecklistPhase:
+        try:
+            items = cm.opt_strs(phase.value)
+        except _Abort:
+            failed = True
+            continue
+        if items is not None:
+            blank = [i for i, text in enumerate(items) if not text.strip()]
+            if blank:
+                cm.error(phase.value, f"item {blank[0]} is empty")
+                failed = True
+            out[phase] = tuple(text.strip() for text in items)
+    for key in cm.items:
+        if key not in {p.value for p in ChecklistPhase}:
+            cm.used.add(key)
+            cm.error(key, "unknown phase; use " + ", ".join(p.value for p in ChecklistPhase))
+            failed = True
+    if failed:
+        raise _Abort
+    return out
+
+
+def _read_rule(rm: _Map, hooks: Mapping[str, NotificationSpec], hook_map: _Map | None) -> Rule:
+    ok = [True]
+    name = _grab(lambda: rm.req_str("name"), ok)
+    if isinstance(name, str) and not _NAME_RE.fullmatch(name):
+        rm.error("name", "must be 1-64 letters, digits, . _ -")
+        ok[0] = False
+    description = _grab(lambda: rm.opt_str("description"), ok) or ""
+    match = _grab(lambda: _strs_or_one(rm, "match", required=True), ok)
+    if isinstance(match, tuple):
+        if not match:
+            rm.error("match", "needs at least one detector pattern")
+            ok[0] = False
+        for pattern in match:
+            if not pattern.strip():
+                rm.error("match", "a pattern is empty")
+                ok[0] = False
+    containment: list[ContainmentStep] = []
+    for node, where in _grab(lambda: rm.items_of("containment"), ok) or []:
+        try:
+            containment.append(_read_step(rm.ctx, node, where))
+        except _Abort:
+            ok[0] = False
+    kinds = [s.kind for s in containment]
+    if len(set(kinds)) != len(kinds):
+        rm.error("containment", "a step is listed twice")
+        ok[0] = False
+    modes = {ContainmentKind.MANUAL, ContainmentKind.SHADOW, ContainmentKind.SAFE_STOP}
+    if len([k for k in kinds if k in modes]) > 1:
+        rm.error("containment", "at most one of manual, shadow, safe_stop")
+        ok[0] = False
+    notify = _grab(lambda: _strs_or_one(rm, "notify", required=False), ok) or ()
+    assert isinstance(notify, tuple)
+    defined = sorted(hook_map.items) if hook_map is not None else sorted(hooks)
+    for hook in notify:
+        if hook not in defined:
+            rm.error("notify", f"unknown hook {hook!r}; defined: "
+                               + (", ".join(defined) or "none"))
+            ok[0] = False
+    checklist: dict[ChecklistPhase, tuple[str, ...]] = {}
+    cm = _grab(lambda: rm.map("checklist"), ok)
+    if isinstance(cm, _Map):
+        try:
+            checklist = _read_checklist(cm)
+        except _Abort:
+            ok[0] = False
+    join = _grab(lambda: rm.opt_bool("join_open_incident"), ok)
+    rm.finish()
+    if not ok[0] or not isinstance(name, str) or not isinstance(match, tuple):
+        raise _Abort
+    return Rule(name=name, match=match, containment=tuple(containment),
+                notify=tuple(h for h in notify if h in hooks), checklist=checklist,
+                join_open_incident=join if isinstance(join, bool) else None,
+                description=str(description))
+
+
+def _strs_or_one(m: _Map, key: str, *, required: bool) -> tuple[str, ...]:
+    """A list of text, or one text."""
+    node = m.raw(key, required)
+    if node is None:
+        return ()
+    if isinstance(node.value, str):
+        return (node.value,)
+    result = m.opt_strs(key)
+    return result or ()
+
+
+def _read_step(ctx: _Ctx, node: Node, where: str) -> ContainmentStep:
+    choices = ", ".join(k.value for k in ContainmentKind)
+    if isinstance(node.value, str):
+        try:
+            kind = ContainmentKind(node.value)
+        except ValueError:
+            ctx.error(node.line, where, f"must be one of {choices}; not {node.value!r}")
+            raise _Abort from None
+        if kind is ContainmentKind.RATE_LIMIT:
+            ctx.error(node.line, where, "rate_limit needs a factor: {kind: rate_limit, "
+                                        "factor: 0.5}")
+            raise _Abort
+        return ContainmentStep(kind)
+    sm = _Map(ctx, node, where)
+    kind = sm.req_enum("kind", ContainmentKind)
+    factor = sm.opt_float("factor")
+    sm.finish()
+    if kind is ContainmentKind.RATE_LIMIT and factor is None:
+        ctx.error(node.line, f"{where}.factor", "required for rate_limit (0 < factor <= 1)")
+        raise _Abort
+    try:
+        return ContainmentStep(kind, factor)
+    except ValueError as exc:
+        sm.error("factor", str(exc).replace("rate_limit `factor` ", "").replace("`factor` ", ""))
+        raise _Abort from None
