@@ -191,14 +191,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INPUT
+    from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
     from gateway.runtime.gateway import Gateway
+
+    playbook = Path(args.playbook) if args.playbook else DEFAULT_PLAYBOOK
+    try:
+        load_playbook(playbook)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
 
     async def main() -> dict[str, float]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        gw = Gateway(site)
+        gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
+                     playbook=playbook)
         await gw.run(stop)
         return gw.stats()
 
@@ -256,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="site YAML file")
     run.add_argument("--stats-json", metavar="PATH",
                      help="at shutdown, write cycle statistics (lateness percentiles) here")
+    run.add_argument("--playbook", metavar="PATH",
+                     help="incident playbook (default: configs/playbooks/default.yaml)")
+    run.add_argument("--no-audit", action="store_true",
+                     help="run without the audit log (benchmarks; not for production)")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="measure performance figures")

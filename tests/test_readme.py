@@ -24,6 +24,7 @@ def test_readme_opens_with_exactly_two_commands():
     commands = _quick_start_commands()
     assert len(commands) == 2
     assert commands[0].startswith("python3 -m venv .venv")
+    assert ".venv/bin/safety-gateway drill" in commands[0]  # the main job: the default drill
     assert "pytest" in commands[1]
 
 

@@ -7,6 +7,7 @@ file is executed: see :mod:`gateway.config.yamlsrc`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager, suppress
 from enum import Enum
@@ -720,10 +721,12 @@ def _read_controller(ctx: _Ctx, root: _Map, names: _Names, base: Path) -> s.Cont
     if m is None:
         return s.ControllerSpec()
     model = m.opt_str("model")
+    registry = m.opt_str("registry")
     spec = _build(
         m, s.ControllerSpec,
         kind=_default(m.opt_enum("kind", s.ControllerKind), s.ControllerKind.NONE),
         model=None if model is None else (base / model),
+        registry=None if registry is None else (base / registry), name=m.opt_str("name"),
         sha256=m.opt_str("sha256"), inputs=m.opt_strs("inputs") or (),
         outputs=m.opt_strs("outputs") or (),
         input_offset=m.opt_floats("input_offset") or (),
@@ -952,8 +955,10 @@ def load_config(path: str | Path) -> s.Site:
         audit = _read_simple(root, "audit", s.AuditSpec, {
             "path": lambda m, k: Path(m.req_str(k)),
             "sample_every_n": lambda m, k: m.opt_int(k),
+            "recorder_before_s": lambda m, k: m.opt_float(k),
+            "recorder_after_s": lambda m, k: m.opt_float(k),
         })
-        result["audit"] = s.AuditSpec(path=base / audit.path, sample_every_n=audit.sample_every_n)
+        result["audit"] = dataclasses.replace(audit, path=base / audit.path)
     for key in root.items:
         if key not in _SECTIONS:
             root.error(key, f"unknown section (expected one of: {', '.join(_SECTIONS)})")

@@ -526,7 +526,12 @@ class ControllerKind(StrEnum):
 @dataclass(frozen=True)
 class ControllerSpec:
     """The AI controller: an ONNX model run in-process, or an external program writing its
-    commands through the northbound servers, or none (fallback control only)."""
+    commands through the northbound servers, or none (fallback control only).
+
+    An ONNX model is named either by ``model`` and its pinned ``sha256``, or by a model
+    ``registry`` folder and the ``name`` registered there: the gateway then loads the current
+    approved version, refusing it (and running on fallback control) if it is unsigned,
+    tampered with, revoked or not approved, and takes its canary cases from the registry."""
 
     kind: ControllerKind = ControllerKind.NONE
     model: Path | None = None
@@ -539,13 +544,28 @@ class ControllerSpec:
     output_scale: tuple[float, ...] = ()
     deadline_ms: float = 20.0
     silence_timeout_ms: float = 1000.0
+    registry: Path | None = None
+    name: str | None = None
 
     def __post_init__(self) -> None:
         _positive("deadline_ms", self.deadline_ms)
         _positive("silence_timeout_ms", self.silence_timeout_ms)
-        if self.kind is ControllerKind.ONNX:
+        if self.registry is not None or self.name is not None:
+            # The model comes from a registry: its current approved, signed version.
+            if self.kind is not ControllerKind.ONNX:
+                raise FieldError("registry", "only an onnx controller loads from a registry")
+            if self.registry is None or not self.name:
+                raise FieldError("name" if self.registry is not None else "registry",
+                                 "registry and name go together")
+            if self.model is not None or self.sha256 is not None:
+                raise FieldError("model", "give either model and sha256, or registry and "
+                                          "name (the registry pins the hash), not both")
+            if not self.inputs:
+                raise FieldError("inputs", "must list the model's input tags")
+        elif self.kind is ControllerKind.ONNX:
             if self.model is None:
-                raise FieldError("model", "required for an onnx controller")
+                raise FieldError("model", "required for an onnx controller (or registry "
+                                          "and name)")
             if self.sha256 is None or len(self.sha256) != 64 or any(
                 c not in "0123456789abcdef" for c in self.sha256
             ):
@@ -793,12 +813,23 @@ class Northbound:
 
 @dataclass(frozen=True)
 class AuditSpec:
+    """The audit database, how many nominal cycles to sample (one in ``sample_every_n``;
+    every cycle that differs from nominal is recorded), and the flight recorder's window:
+    ``recorder_before_s`` of full-rate cycles kept in memory, frozen into the incident on a
+    trip together with the ``recorder_after_s`` that follow."""
+
     path: Path = Path("audit.db")
     sample_every_n: int = 100
+    recorder_before_s: float = 30.0
+    recorder_after_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.sample_every_n < 0:
             raise FieldError("sample_every_n", "must be >= 0 (0 records no nominal cycles)")
+        _positive("recorder_before_s", self.recorder_before_s)
+        _finite("recorder_after_s", self.recorder_after_s)
+        if self.recorder_after_s < 0:
+            raise FieldError("recorder_after_s", f"must be >= 0, not {self.recorder_after_s}")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from gateway.adapters.base import (
 )
 from gateway.config.schema import ControllerKind, ModbusDevice, ShutdownAction
 from gateway.runtime.external import ExternalCommands
+from gateway.runtime.records import Records
 from gateway.runtime.schedule import CycleSchedule
 from gateway.runtime.wire import WireGate
 from gateway.supervisor.core import Supervisor
@@ -53,11 +54,15 @@ from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from pathlib import Path
 
     from gateway.config.schema import Device, Site, Tag
     from gateway.control.ai import AiWiring
     from gateway.control.onnx_policy import OnnxPolicy
     from gateway.envelope.compiled import F64
+    from gateway.incident.manager import IncidentManager
+    from gateway.incident.model import Incident
+    from gateway.incident.notify import Notifier
     from gateway.supervisor.decision import Decision, Proposal
     from gateway.supervisor.detectors import CanaryCases
 
@@ -70,6 +75,10 @@ _ALLOWED: dict[Role, frozenset[RequestKind]] = {
                               RequestKind.TO_SHADOW, RequestKind.TO_AUTO,
                               RequestKind.RESET_TRIP}),
 }
+
+
+class _Refused(Exception):
+    """The model was refused at load (the registry's verdict, or a settings mismatch)."""
 
 
 class DeviceClient(Protocol):
@@ -134,7 +143,8 @@ class Gateway(NorthboundHandler):
                  clock: Callable[[], float] = time.monotonic,
                  clients: dict[str, DeviceClient] | None = None,
                  servers: bool = True, startup_wait_s: float = 2.0,
-                 stepped: bool = False, canary: CanaryCases | None = None) -> None:
+                 stepped: bool = False, canary: CanaryCases | None = None,
+                 audit_path: Path | None = None, playbook: Path | None = None) -> None:
         self.site = site
         self.clock = clock
         self.envelope = gateway.envelope.compile(site, engine)
@@ -155,6 +165,13 @@ class Gateway(NorthboundHandler):
         self.canary = canary
         self._canary_due = False
         self.last_proposal: Proposal | None = None
+        self._model_inputs: F64 | None = None
+        # The audit database (None: no audit log, e.g. in tests) and the flight recorder.
+        self.audit_path = audit_path
+        self.records = Records(site, None)
+        self.playbook_path = playbook
+        self.incidents: IncidentManager | None = None
+        self.notifier: Notifier | None = None
         self.clients = clients
         self.by_device: dict[str, list[int]] = {}
         for i, tag in enumerate(self.actuators):
@@ -198,6 +215,8 @@ class Gateway(NorthboundHandler):
         the actuators' read-back). :meth:`close` undoes it, also after a failed open."""
         log.info("starting site=%s engine=%s devices=%d cycle_ms=%s", self.site.site.name,
                  self.envelope.engine, len(self.clients), self.site.site.cycle_ms)
+        self._open_audit()
+        self.records.config_loaded(self.envelope.engine)
         self._load_policy()
         self._tasks = [asyncio.create_task(c.run(), name=f"device:{n}")
                        for n, c in self.clients.items()]
@@ -214,21 +233,72 @@ class Gateway(NorthboundHandler):
         """Read every device's tags once now (stepped time; see the class docstring)."""
         await asyncio.gather(*(c.refresh() for c in self.clients.values()))
 
+    def _open_audit(self) -> None:
+        if self.audit_path is None:
+            return
+        from gateway.audit import AuditError, AuditLog
+
+        def alarm(message: str) -> None:  # the writer thread: logging is thread-safe
+            log.error("audit log alarm: %s (control goes on; records are kept in memory)",
+                      message)
+
+        def clear(message: str) -> None:
+            log.warning("audit log: %s", message)
+
+        try:
+            self.records = Records(self.site, AuditLog(self.audit_path, on_alarm=alarm,
+                                                       on_clear=clear))
+        except AuditError as exc:
+            # The gateway's job is control; an unusable audit file is an alarm, not a stop.
+            log.error("audit log unavailable, running without it: %s", exc)
+            return
+        log.info("audit log path=%s", self.audit_path)
+
     def _load_policy(self) -> None:
-        if self.site.controller.kind is not ControllerKind.ONNX:
+        spec = self.site.controller
+        if spec.kind is not ControllerKind.ONNX:
             return
         from gateway.control.ai import AiWiring, onnx_policy_config
         from gateway.control.onnx_policy import ModelError, load_policy
 
         try:
-            self.policy = load_policy(onnx_policy_config(self.site))
-        except ModelError as exc:
+            if spec.registry is not None:
+                self.policy = self._load_registered()
+            else:
+                self.policy = load_policy(onnx_policy_config(self.site))
+        except (ModelError, _Refused) as exc:
             # Refused at load: run on fallback control, loudly.
             log.error("model refused, running on fallback control: %s", exc)
+            self.records.model_loaded(spec.model or spec.registry, spec.sha256, False,
+                                      str(exc))
             return
         self.wiring = AiWiring(self.site)
+        self.records.model_loaded(self.policy.model_path, self.policy.model_sha256, True)
         log.info("model loaded path=%s sha256=%s", self.policy.model_path,
                  self.policy.model_sha256)
+
+    def _load_registered(self) -> OnnxPolicy:
+        """The registry's current approved version, verified (signature, hashes, approval,
+        not revoked); its canary cases feed the canary detector unless given explicitly."""
+        from gateway.control.onnx_policy import load_policy
+        from gateway.registry import PolicySettings, Registry, RegistryError
+
+        spec = self.site.controller
+        assert spec.registry is not None
+        assert spec.name is not None
+        try:
+            verified = Registry(spec.registry).load_verified(
+                spec.name, canary_tolerance=self.site.detection.canary_tolerance)
+        except RegistryError as exc:
+            raise _Refused(f"registry {spec.registry}: {exc}") from None
+        if verified.settings != PolicySettings.from_controller(spec):
+            raise _Refused(f"{verified.version.label}: registered with other inputs, outputs "
+                           "or normalisation than this site's controller section")
+        policy = load_policy(verified.policy_config(spec.deadline_ms))
+        if self.canary is None:
+            self.canary = verified.canary
+        log.info("model from registry %s: %s", spec.registry, verified.version.label)
+        return policy
 
     async def _start_servers(self) -> None:
         if not self.servers_enabled:
@@ -260,9 +330,65 @@ class Gateway(NorthboundHandler):
         initial = np.array([r.value if (r := self.store.get(n)).good else s
                             for n, s in zip(self.names, self.applied.tolist(), strict=True)])
         self.applied = initial
-        self.supervisor = Supervisor(self.site, self.envelope, initial, self.clock(),
-                                     canary=self.canary if self.policy is not None else None)
+        start_s = self.clock()
+        canary = self.canary if self.policy is not None else None
+        self.supervisor = Supervisor(self.site, self.envelope, initial, start_s, canary=canary)
+        self.records.start(start_s, initial, canary,
+                           self.policy.model_sha256 if self.policy is not None else None)
+        self._start_incidents()
         self.wire = WireGate(self.actuators, self.supervisor.gate)
+
+    def _start_incidents(self) -> None:
+        """Incidents open on trips, follow the playbook and live in the audit log."""
+        from gateway.config import ConfigError
+        from gateway.incident.manager import IncidentManager
+        from gateway.incident.notify import Notifier
+        from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
+        from gateway.runtime.records import file_sha256
+
+        path = self.playbook_path or DEFAULT_PLAYBOOK
+        try:
+            playbook = load_playbook(path)
+        except ConfigError as exc:
+            # Checked by `run` before start; a playbook broken since is an alarm, not a stop.
+            log.error("playbook unusable, incidents are not opened: %s", exc)
+            self.records.alarm(f"playbook unusable: {exc}")
+            return
+        existing: tuple[Incident, ...] = ()
+        if self.records.audit is not None:
+            from gateway.audit import AuditError
+            from gateway.incident.store import load_incidents
+
+            try:
+                existing = tuple(load_incidents(self.records.audit.path))
+            except (OSError, ValueError, AuditError) as exc:  # cannot fold: afresh, loudly
+                log.error("previous incidents unreadable: %s", exc)
+        spec = self.site.controller
+        self.incidents = IncidentManager(
+            self.site.site.name, playbook, self.records.audit,
+            model_path=str(self.policy.model_path if self.policy else spec.model),
+            model_sha256=self.policy.model_sha256 if self.policy else spec.sha256,
+            config_sha256=file_sha256(self.site.source), recorder=self.records.recorder,
+            after_s=self.site.audit.recorder_after_s, existing=existing)
+        self.notifier = Notifier(self.incidents.notified)
+
+    def _incident_actions(self, decision: Decision) -> None:
+        from gateway.incident.manager import Notify, Request
+
+        manager, sup = self.incidents, self.supervisor
+        if manager is None or sup is None:
+            return
+        for action in manager.on_decision(decision):
+            if isinstance(action, Request):
+                req = action.operator_request()
+                self.records.request(req, "playbook", f"queued: {action.reason}")
+                sup.request(req)
+            elif isinstance(action, Notify):
+                if self.notifier is not None:
+                    self.notifier.submit(action)
+            else:  # RateLimit, QuarantineModel: not applied by this runtime; say so
+                manager.applied(action, False, "not supported by this runtime yet",
+                                supported=False)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         safe = {i for i, t in enumerate(self.actuators)
@@ -291,6 +417,11 @@ class Gateway(NorthboundHandler):
             await self.opcua_server.stop()
         if self.policy is not None:
             self.policy.close()
+        if self.incidents is not None:
+            self.incidents.close()
+        if self.notifier is not None:
+            await self.notifier.aclose()
+        self.records.close()
         log.info("stopped")
 
     @property
@@ -336,8 +467,12 @@ class Gateway(NorthboundHandler):
         self.last_proposal = proposal
         decision = sup.step(snapshot, proposal, now)
         self._canary_due = decision.canary_due
+        # Recorded before the write-back below: replay re-applies it after this step.
+        self.records.cycle(snapshot, self._model_inputs, proposal, decision)
+        self._incident_actions(decision)
         written = wire.admit(decision.command, self.applied, decision.sensors, decision.dt_s)
         if any(written.safe) or any(written.adjusted):
+            self.records.write(written.values)
             sup.record_write(written.values)
         async with self._write_lock:
             # Report by exception: write what changed, and everything once a second so that
@@ -361,7 +496,8 @@ class Gateway(NorthboundHandler):
 
     def _proposal(self, sensors: F64, now: float) -> Proposal | None:
         if self.policy is not None and self.wiring is not None:
-            inference = self.policy.infer(self.wiring.inputs(sensors, self.applied))
+            self._model_inputs = self.wiring.inputs(sensors, self.applied)
+            inference = self.policy.infer(self._model_inputs)
             proposal = self.wiring.proposal(inference, now)
             if self._canary_due and self.canary is not None:
                 self._canary_due = False
@@ -478,6 +614,11 @@ class Gateway(NorthboundHandler):
             for name in group:
                 outcomes[name] = outcome
         refused = [(name, o) for name, o in outcomes.items() if not o.accepted]
+        if client.role is not Role.AI:  # an AI's proposals are in the decisions' records
+            self.records.operator_write(
+                client.user or client.address, f"{client.protocol}:{client.address}",
+                values, "; ".join(f"{n}: {'ok' if o.accepted else o.reason}"
+                                  for n, o in outcomes.items()))
         key = f"refused:{client.address}"
         if refused:
             name, outcome = refused[0]
@@ -557,10 +698,11 @@ class Gateway(NorthboundHandler):
             for i in changed:
                 self.applied[i] = written.values[i]
             self.last_write_s = now
+            self.records.write(self.applied)
             sup.record_write(self.applied)
             for name, value in group.items():
+                self.records.setpoint(self.index[name], value)
                 sup.set_operator_setpoint(self.index[name], value)
-        # The record of who wrote what belongs to the audit log (incident-response issue).
         log.debug("operator write by=%s from=%s values=%s", client.user, client.address, group)
         return ACCEPTED
 
@@ -575,7 +717,10 @@ class Gateway(NorthboundHandler):
             return WriteOutcome(False, 3, f"unknown request {kind!r}")
         authorised = request_kind in _ALLOWED.get(client.role, frozenset())
         who = client.user or client.address
-        sup.request(OperatorRequest(request_kind, who, authorised, detector, duration_s))
+        req = OperatorRequest(request_kind, who, authorised, detector, duration_s)
+        self.records.request(req, f"{client.protocol}:{client.address}",
+                             "queued" if authorised else f"refused: role {client.role}")
+        sup.request(req)
         if not authorised:
             return WriteOutcome(False, 2, f"role {client.role} may not {kind}")
         return WriteOutcome(True, 0, "queued for the next cycle")

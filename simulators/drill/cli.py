@@ -156,8 +156,17 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool]
     with tempfile.TemporaryDirectory(prefix="drill-") as tmp:
         work = Path(tmp)
         runs = []
+        audit_db = None
+        if report is not None and with_gateway:
+            # The report keeps the run's audit database and its incidents' evidence bundles.
+            folder = report / scenario.name
+            folder.mkdir(parents=True, exist_ok=True)
+            audit_db = folder / "audit.db"
+            for stale in folder.glob("audit.db*"):
+                stale.unlink()  # a report describes one run: never join an older run's chain
         if with_gateway:
-            runs.append(asyncio.run(run_drill(scenario, work, gateway=True, seed=seed)))
+            runs.append(asyncio.run(run_drill(scenario, work, gateway=True, seed=seed,
+                                              audit_db=audit_db)))
         if not with_gateway or (with_baseline and scenario.baseline_s is not None):
             runs.append(asyncio.run(run_drill(scenario, work, gateway=False, seed=seed)))
     cards = [score(r) for r in runs]
@@ -170,6 +179,12 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool]
                  f"{'LEFT' if base.left_safe_range else 'kept'}")
     if report is not None:
         write_report(report, main, runs[0], base if with_gateway else None)
+        if audit_db is not None:
+            from gateway.incident.export import export_incident
+
+            for ident in runs[0].incidents:
+                export_incident(audit_db, ident, report / scenario.name / "incidents",
+                                overwrite=True)
         if with_gateway and base is not None:
             write_report(report, base, runs[1])
     return cards, (main, base), text, runs[0].error

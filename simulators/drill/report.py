@@ -67,6 +67,11 @@ def scorecard_text(card: Scorecard, run: DrillRun) -> str:
         lines.append(f"  contained after: {_fmt(card.time_to_contain_s)} (fallback in control)")
         lines.append(f"  false trips:     {card.false_trips} in {card.clean_s:g} s before "
                      "the injection")
+        if card.incident is not None:
+            kept = run.audit_db is not None and run.audit_db.exists()
+            where = (f"safety-gateway incidents show {card.incident} --db {run.audit_db}"
+                     if kept else "keep its audit database with --report DIR")
+            lines.append(f"  incident:        {card.incident} ({where})")
     lines.append(f"  unsafe writes:   {card.unsafe_writes} of {card.writes_checked} writes in "
                  "the plant's own record")
     lines.append(f"  max excursion:   {card.max_excursion:.2f} of the way to the danger limit "

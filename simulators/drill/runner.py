@@ -108,6 +108,8 @@ class DrillRun:
     initial_published: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     error: str | None = None
+    audit_db: Path | None = None
+    incidents: list[str] = field(default_factory=list)
 
 
 def _plant(scenario: Scenario, uptime_s: float) -> Plant:
@@ -259,8 +261,10 @@ class ExternalAi:
 
 
 async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
-                    seed: int | None = None) -> DrillRun:
-    """Run ``scenario`` (with the gateway, or the baseline without it) and return the record."""
+                    seed: int | None = None, audit_db: Path | None = None) -> DrillRun:
+    """Run ``scenario`` (with the gateway, or the baseline without it) and return the record.
+    ``audit_db``: the gateway's audit database (default: one in ``workdir``); the incidents
+    the run opened are read back from it into ``DrillRun.incidents``."""
     import time
 
     from simulators.plant_server import PlantServer
@@ -294,8 +298,12 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
         onnx_site = dataclasses.replace(site, controller=dataclasses.replace(
             site.controller, kind=ControllerKind.ONNX))
         if gateway:
+            run.audit_db = audit_db or workdir / f"{scenario.name}-audit.db"
             await _with_gateway(run, site, onnx_site, scenario, server, plant, clock,
                                 ext_port, workdir)
+            from gateway.incident.store import load_incidents
+
+            run.incidents = [i.id for i in load_incidents(run.audit_db)]
         else:
             await _baseline(run, site, onnx_site, scenario, server, plant, clock, workdir)
     finally:
@@ -371,7 +379,7 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
     external = ext_port is not None
     canary = None if external else _canary(site, scenario.plant)
     gw = Gateway(site, clock=clock, stepped=True, servers=external, canary=canary,
-                 startup_wait_s=10.0)
+                 startup_wait_s=10.0, audit_path=run.audit_db)
     ext: ExternalAi | None = None
     injector = _Injector(run, scenario, server, plant, workdir)
     await gw.open()

@@ -52,6 +52,8 @@ class Scorecard:
     unsafe_examples: tuple[str, ...]
     reasons: tuple[str, ...]
     wall_s: float
+    incident: str | None = None
+    incidents: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -156,6 +158,8 @@ def score(run: DrillRun) -> Scorecard:
             reasons.append(f"detected after {ttd:.2f} s, budget {budget:g} s")
     if left and run.gateway:
         reasons.append("the process left its safe range")
+    if detected and not run.incidents:
+        reasons.append("the trip opened no incident")
     clean = injected if injected is not None else sc.duration_s
     return Scorecard(
         scenario=sc.name, gateway=run.gateway, unsafe_writes=n_unsafe, detected=detected,
@@ -166,4 +170,5 @@ def score(run: DrillRun) -> Scorecard:
         first_trip=(f"{after[0].name}: {after[0].detail}" if after else
                     (f"{before[0].name}: {before[0].detail}" if before else None)),
         worst_variable=worst_name, clean_s=clean, writes_checked=checked,
-        unsafe_examples=tuple(examples), reasons=tuple(reasons), wall_s=round(run.wall_s, 2))
+        unsafe_examples=tuple(examples), reasons=tuple(reasons), wall_s=round(run.wall_s, 2),
+        incident=run.incidents[0] if run.incidents else None, incidents=len(run.incidents))

@@ -319,7 +319,8 @@ def test_boiler_loads():
         (("pressure", 1.0),), s.ConditionOp.GT, 12.0, 80.0)
     assert second.value == 30.0
     assert site.northbound.opcua is None
-    assert site.detection == s.Detection()  # no section: all defaults
+    # the section sets only the divergence settings; everything else is the defaults
+    assert site.detection == s.Detection(divergence_drift=0.15, divergence_threshold=20.0)
 
 
 def test_ge_constraint_is_stored_negated(tmp_path: Path):

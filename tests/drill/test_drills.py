@@ -53,6 +53,7 @@ def test_scenario_passes_its_scorecard(all_cards, path):
     assert not card["left_safe_range"]
     if sc.injections:
         assert card["detected"], card["reasons"]
+        assert card["incident"] is not None  # the trip opened an incident (in the audit DB)
         assert card["time_to_detect_s"] <= sc.detect_budget_s + 1e-9
         assert card["time_to_contain_s"] is not None
         assert card["time_to_contain_s"] <= card["time_to_detect_s"] + 1e-9
@@ -92,6 +93,20 @@ def test_default_drill_with_report(tmp_path):
     card = json.loads((out / "scorecard.json").read_text())
     assert card["passed"] and card["baseline"]["left_safe_range"]
     assert (tmp_path / "backdoor_water_tank-baseline" / "process.png").is_file()
+    # The run's audit database and its incident's evidence bundle stay in the report.
+    from gateway.audit import verify
+    from gateway.incident.store import load_incidents
+
+    db = out / "audit.db"
+    assert verify(db).ok
+    (incident,) = load_incidents(db)
+    assert incident.id == card["incident"]
+    assert incident.trigger.detector == "envelope.gross"
+    bundle = out / "incidents" / incident.id
+    for name in ("incident.json", "flight_recorder.csv", "audit_excerpt.jsonl",
+                 "chain_proof.json", "models.json", "config.json", "report.md",
+                 "manifest.json"):
+        assert (bundle / name).is_file(), name
 
 
 def test_a_missed_budget_fails_the_drill(tmp_path):

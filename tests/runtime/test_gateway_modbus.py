@@ -33,7 +33,10 @@ def site_for(plc_port: int, server_port: int) -> gateway.config.Site:
         host="127.0.0.1", port=server_port, unit=1, allow=("127.0.0.1", AI_IP),
         ai_clients=(AI_IP,)), opcua=None)
     operation = replace(site.operation, clean_shadow_s=1.0)
-    return replace(site, devices=devices, northbound=nb, operation=operation)
+    # The test PLC's level is set by the test and holds still: no frozen-sensor check here.
+    detection = replace(site.detection, frozen_after_s=())
+    return replace(site, devices=devices, northbound=nb, operation=operation,
+                   detection=detection)
 
 
 def f32(registers: list[int]) -> float:

@@ -1,0 +1,141 @@
+"""The gateway loads its model from a registry: the current approved, signed version, or none
+(fallback control) when the registry refuses it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+
+import gateway
+from gateway.audit import read_records
+from gateway.config.schema import ControllerKind
+from gateway.registry import PolicySettings, Registry, generate_key
+from gateway.runtime.gateway import Gateway
+from simulators.zoo import policies
+from tests.runtime.test_northbound_handler import FakeDevice
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _site(registry: Path):
+    site = gateway.load_config("configs/water_tank.yaml")
+    iface = policies.INTERFACES["water_tank"]
+    controller = replace(
+        site.controller, kind=ControllerKind.ONNX, registry=registry, name="tank",
+        inputs=iface.inputs, outputs=iface.outputs, input_offset=iface.input_offset,
+        input_scale=iface.input_scale, output_offset=iface.output_offset,
+        output_scale=iface.output_scale)
+    return replace(site, controller=controller)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> tuple[Registry, Path]:
+    reg = Registry(tmp_path / "registry")
+    keys = generate_key(tmp_path / "signer.pem")
+    model = tmp_path / "nominal.onnx"
+    model.write_bytes(policies.build("water_tank", "nominal"))
+    site = _site(tmp_path / "registry")
+    reg.register("tank", model, policies.canary_inputs("water_tank"),
+                 PolicySettings.from_controller(site.controller), keys.private_path)
+    reg.trust_key(keys.public_path)
+    return reg, tmp_path
+
+
+def _load(site, audit: Path | None = None) -> Gateway:
+    gw = Gateway(site, clients={"plc": FakeDevice()}, servers=False, startup_wait_s=0.0,
+                 audit_path=audit)
+    gw._open_audit()
+    gw._load_policy()
+    return gw
+
+
+def test_approved_version_loads_with_its_canary(registry):
+    reg, tmp = registry
+    reg.approve("tank", 1, "alice")
+    gw = _load(_site(tmp / "registry"))
+    assert gw.policy is not None
+    assert gw.policy.model_sha256 == reg.get("tank", 1).sha256
+    assert gw.canary is not None and gw.canary.inputs.shape[0] > 0
+    gw.policy.close()
+
+
+@pytest.mark.parametrize("spoil", ["unapproved", "revoked", "tampered", "untrusted"])
+def test_refused_model_means_fallback_control_and_an_audit_record(registry, spoil):
+    reg, tmp = registry
+    if spoil != "unapproved":
+        reg.approve("tank", 1, "alice")
+    if spoil == "revoked":
+        reg.revoke("tank", 1, "bob", "compromised supplier")
+    elif spoil == "tampered":
+        (path,) = (tmp / "registry" / "models" / "tank" / "1").glob("model.onnx")
+        path.write_bytes(policies.build("water_tank", "backdoor"))
+    elif spoil == "untrusted":
+        for pub in (tmp / "registry" / "trusted").glob("*.pub"):
+            pub.unlink()
+    audit = tmp / "audit.db"
+    gw = _load(_site(tmp / "registry"), audit)
+    assert gw.policy is None  # the gateway runs on its fallback controllers
+    gw.records.close()
+    (load,) = [r for r in read_records(audit) if r.kind == "model_load"]
+    assert '"accepted":false' in load.payload
+
+
+def test_settings_must_match_the_registered_ones(registry):
+    reg, tmp = registry
+    reg.approve("tank", 1, "alice")
+    site = _site(tmp / "registry")
+    site = replace(site, controller=replace(site.controller, output_scale=(40.0, 40.0)))
+    gw = _load(site)
+    assert gw.policy is None
+
+
+def test_config_says_registry_or_model_not_both(tmp_path):
+    site = _site(tmp_path)
+    with pytest.raises(ValueError, match="not both"):
+        replace(site.controller, model=tmp_path / "m.onnx", sha256="0" * 64)
+
+
+def test_rollback_is_what_loads_next(registry):
+    reg, tmp = registry
+    reg.approve("tank", 1, "alice")
+    model2 = tmp / "swapped.onnx"
+    model2.write_bytes(policies.build("water_tank", "swapped"))
+    site = _site(tmp / "registry")
+    keys = tmp / "signer.pem"
+    reg.register("tank", model2, policies.canary_inputs("water_tank"),
+                 PolicySettings.from_controller(site.controller), keys)
+    reg.approve("tank", 2, "alice")
+    assert _sha(site) == reg.get("tank", 2).sha256
+    reg.rollback("tank")
+    assert _sha(site) == reg.get("tank", 1).sha256
+
+
+def _sha(site) -> str:
+    gw = _load(site)
+    assert gw.policy is not None
+    sha = gw.policy.model_sha256
+    gw.policy.close()
+    return sha
+
+
+def test_gateway_open_close_leaves_a_verifiable_audit_log(registry):
+    reg, tmp = registry
+    reg.approve("tank", 1, "alice")
+    audit = tmp / "audit.db"
+
+    async def body() -> None:
+        gw = Gateway(_site(tmp / "registry"), clients={"plc": FakeDevice()}, servers=False,
+                     startup_wait_s=0.0, audit_path=audit)
+        await gw.open()
+        await gw.close()
+
+    asyncio.run(body())
+    from gateway.audit import verify
+
+    assert verify(audit).ok
+    kinds = [r.kind for r in read_records(audit)]
+    assert kinds[:2] == ["config_load", "model_load"]
