@@ -8,6 +8,8 @@ Writes ``DIR/<plant>/<variant>.onnx`` and ``DIR/manifest.json`` (see
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from simulators.zoo.policies import write_zoo
@@ -23,9 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     directory: Path = args.directory
     hashes = write_zoo(directory)
-    for plant, variants in hashes.items():
-        for variant, digest in variants.items():
-            print(f"{plant}/{variant}.onnx  {digest}")
+    try:
+        for plant, variants in hashes.items():
+            for variant, digest in variants.items():
+                print(f"{plant}/{variant}.onnx  {digest}", flush=True)
+    except BrokenPipeError:  # `... | head`: the reader chose to stop; the zoo is written
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # no final flush to a dead pipe
     return 0
 
 
