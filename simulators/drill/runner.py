@@ -110,6 +110,7 @@ class DrillRun:
     error: str | None = None
     audit_db: Path | None = None
     incidents: list[str] = field(default_factory=list)
+    drill_site: Site | None = None  # the site as the drill ran it (ports, controller, ...)
 
 
 def _plant(scenario: Scenario, uptime_s: float) -> Plant:
@@ -261,10 +262,13 @@ class ExternalAi:
 
 
 async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
-                    seed: int | None = None, audit_db: Path | None = None) -> DrillRun:
+                    seed: int | None = None, audit_db: Path | None = None,
+                    recording: Path | None = None) -> DrillRun:
     """Run ``scenario`` (with the gateway, or the baseline without it) and return the record.
     ``audit_db``: the gateway's audit database (default: one in ``workdir``); the incidents
-    the run opened are read back from it into ``DrillRun.incidents``."""
+    the run opened are read back from it into ``DrillRun.incidents``. ``recording``: write the
+    gateway's whole flight recording there (JSONL, for forensic replay); the recorder then
+    keeps the whole run, not only its last ``audit.recorder_before_s``."""
     import time
 
     from simulators.plant_server import PlantServer
@@ -295,12 +299,16 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
         ext_port = free_port() if (external and gateway) else None
         site = _drill_site(site0, scenario, server, _controller(site0, scenario, model_path,
                                                                sha, kind), ext_port)
+        if recording is not None:
+            site = dataclasses.replace(site, audit=dataclasses.replace(
+                site.audit, recorder_before_s=scenario.duration_s + 1.0))
+        run.drill_site = site
         onnx_site = dataclasses.replace(site, controller=dataclasses.replace(
             site.controller, kind=ControllerKind.ONNX))
         if gateway:
             run.audit_db = audit_db or workdir / f"{scenario.name}-audit.db"
             await _with_gateway(run, site, onnx_site, scenario, server, plant, clock,
-                                ext_port, workdir)
+                                ext_port, workdir, recording)
             from gateway.incident.store import load_incidents
 
             run.incidents = [i.id for i in load_incidents(run.audit_db)]
@@ -373,7 +381,7 @@ class _Injector:
 
 async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenario,
                         server: Any, plant: Plant, clock: SimClock, ext_port: int | None,
-                        workdir: Path) -> None:
+                        workdir: Path, recording: Path | None = None) -> None:
     from gateway.runtime.gateway import Gateway
 
     external = ext_port is not None
@@ -390,6 +398,8 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
             ext = ExternalAi(site, ext_port, _policy(onnx_site))
             await ext.connect()
         await _loop(run, gw, ext, injector, server, clock, scenario)
+        if recording is not None and gw.records.recorder is not None:
+            gw.records.recorder.to_jsonl(recording)
     finally:
         if ext is not None:
             ext.close()
