@@ -172,6 +172,9 @@ class Gateway(NorthboundHandler):
         self.playbook_path = playbook
         self.incidents: IncidentManager | None = None
         self.notifier: Notifier | None = None
+        # A model quarantined by the playbook (its sha256 and why): requests that would give it
+        # control again (SHADOW, AUTO) are refused while it is the loaded model.
+        self.quarantined: tuple[str, str] | None = None
         self.clients = clients
         self.by_device: dict[str, list[int]] = {}
         for i, tag in enumerate(self.actuators):
@@ -373,7 +376,7 @@ class Gateway(NorthboundHandler):
         self.notifier = Notifier(self.incidents.notified)
 
     def _incident_actions(self, decision: Decision) -> None:
-        from gateway.incident.manager import Notify, Request
+        from gateway.incident.manager import Notify, QuarantineModel, Request
 
         manager, sup = self.incidents, self.supervisor
         if manager is None or sup is None:
@@ -386,7 +389,17 @@ class Gateway(NorthboundHandler):
             elif isinstance(action, Notify):
                 if self.notifier is not None:
                     self.notifier.submit(action)
-            else:  # RateLimit, QuarantineModel: not applied by this runtime; say so
+            elif isinstance(action, QuarantineModel):
+                sha = self.policy.model_sha256 if self.policy is not None else None
+                if sha is None:
+                    manager.applied(action, False, "no model is loaded")
+                else:
+                    self.quarantined = (sha, f"{action.incident_id}: {action.reason}")
+                    log.warning("model quarantined sha256=%s incident=%s", sha,
+                                action.incident_id)
+                    manager.applied(action, True, "SHADOW and AUTO refused while this model "
+                                                  "is loaded; load another version to lift it")
+            else:  # RateLimit: not applied by this runtime; the incident says so
                 manager.applied(action, False, "not supported by this runtime yet",
                                 supported=False)
 
@@ -717,6 +730,13 @@ class Gateway(NorthboundHandler):
             return WriteOutcome(False, 3, f"unknown request {kind!r}")
         authorised = request_kind in _ALLOWED.get(client.role, frozenset())
         who = client.user or client.address
+        if (self.quarantined is not None and authorised
+                and request_kind in (RequestKind.TO_SHADOW, RequestKind.TO_AUTO)):
+            reason = f"the loaded model is quarantined ({self.quarantined[1]})"
+            req = OperatorRequest(request_kind, who, False, detector, duration_s, reason)
+            self.records.request(req, f"{client.protocol}:{client.address}",
+                                 f"refused: {reason}")
+            return WriteOutcome(False, 4, reason)
         req = OperatorRequest(request_kind, who, authorised, detector, duration_s)
         self.records.request(req, f"{client.protocol}:{client.address}",
                              "queued" if authorised else f"refused: role {client.role}")

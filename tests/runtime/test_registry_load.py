@@ -139,3 +139,42 @@ def test_gateway_open_close_leaves_a_verifiable_audit_log(registry):
     assert verify(audit).ok
     kinds = [r.kind for r in read_records(audit)]
     assert kinds[:2] == ["config_load", "model_load"]
+
+
+def test_playbook_quarantine_refuses_shadow_and_auto_for_that_model(registry):
+    from gateway.adapters.base import ClientInfo, Role
+    from gateway.supervisor.events import Event, EventKind
+    from gateway.supervisor.modes import Mode
+
+    reg, tmp = registry
+    reg.approve("tank", 1, "alice")
+    admin = ClientInfo("opcua", "127.0.0.1:4000", "alice", Role.ADMIN)
+
+    async def body() -> None:
+        gw = Gateway(_site(tmp / "registry"), clients={"plc": FakeDevice()}, servers=False,
+                     startup_wait_s=0.0, audit_path=tmp / "audit.db")
+        await gw.open()
+        try:
+            assert gw.policy is not None and gw.incidents is not None
+            for name in gw.sensor_names:  # readings, so that a step can run
+                gw.store.update(name, {"level": 2.5, "uptime_s": 10.0}.get(name, 0.004), True,
+                                gw.clock())
+            decision = await gw.cycle(gw.clock())
+            # The canary detector trips (a swapped model): the default playbook contains it
+            # and quarantines the model.
+            trip = Event(decision.at_s, EventKind.TRIP, "canary", "golden outputs deviate",
+                         None)
+            gw._incident_actions(decision._replace(events=(trip,), mode=Mode.MANUAL))
+            assert gw.quarantined is not None
+            assert gw.quarantined[0] == gw.policy.model_sha256
+            refused = await gw.request(admin, "to_shadow", None, None)
+            assert not refused.accepted and "quarantined" in refused.reason
+            allowed = await gw.request(admin, "to_manual", None, None)
+            assert allowed.accepted  # only the way back to the AI is closed
+            (incident,) = gw.incidents.incidents
+            steps = {c.step: c.status for c in incident.containment}
+            assert str(steps["quarantine_model"]) == "applied"
+        finally:
+            await gw.close()
+
+    asyncio.run(body())
