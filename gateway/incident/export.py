@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from gateway.forensics.recorder import Frame, Recording
 
-__all__ = ["ExportError", "export_incident", "render_report"]
+__all__ = ["ExportError", "export_incident", "render_report", "save_figure"]
 
 BUNDLE_FORMAT: Final = "safety-gateway-evidence-bundle"
 BUNDLE_VERSION: Final = 1
@@ -433,7 +433,7 @@ def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:
         ax.legend(loc="upper left", fontsize=7)
     axes[-1, 0].set_xlabel("seconds from the trip (supervisor time)")
     fig.suptitle(f"{incident.id}: process values")
-    files.append(_save(fig, work / "process.png"))
+    files.append(save_figure(fig, work / "process.png"))
 
     fig, axes = plt.subplots(n_a, 1, figsize=(8, 2.2 * n_a), squeeze=False, sharex=True)
     for i, ax in enumerate(axes[:, 0]):
@@ -450,7 +450,7 @@ def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:
         ax.legend(loc="upper left", fontsize=7)
     axes[-1, 0].set_xlabel("seconds from the trip (supervisor time)")
     fig.suptitle(f"{incident.id}: AI proposal vs applied command")
-    files.append(_save(fig, work / "commands.png"))
+    files.append(save_figure(fig, work / "commands.png"))
 
     fig, ax = plt.subplots(figsize=(8, 2.2))
     ax.step(t, [_MODES.index(str(f.decision.mode)) if str(f.decision.mode) in _MODES else -1
@@ -462,11 +462,12 @@ def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:
     if trips:
         ax.legend(loc="lower left", fontsize=7)
     fig.suptitle(f"{incident.id}: gateway mode")
-    files.append(_save(fig, work / "modes.png"))
+    files.append(save_figure(fig, work / "modes.png"))
     return files
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG (90 dpi) and close a matplotlib figure (drill reports too)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

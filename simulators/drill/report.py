@@ -125,6 +125,8 @@ def _plots(out: Path, run: DrillRun, card: Scorecard) -> list[Path]:
         if det is not None:
             ax.axvline(det, color="tab:green", linewidth=1.2, label="detection")
 
+    from gateway.incident.export import save_figure
+
     files: list[Path] = []
     t_hist = [s.at_s for s in run.history]
     fig, axes = plt.subplots(len(run.limits), 1, figsize=(8, 2.6 * len(run.limits)),
@@ -141,7 +143,7 @@ def _plots(out: Path, run: DrillRun, card: Scorecard) -> list[Path]:
         ax.legend(loc="upper left", fontsize=7)
     axes[-1, 0].set_xlabel("simulated time (s)")
     fig.suptitle(f"{card.scenario}: process (black: danger limits)")
-    files.append(_save(fig, out / "process.png"))
+    files.append(save_figure(fig, out / "process.png"))
 
     t = [k.at_s for k in run.ticks]
     driven = [n for n in run.site.controller.outputs] or list(run.actuators)
@@ -158,7 +160,7 @@ def _plots(out: Path, run: DrillRun, card: Scorecard) -> list[Path]:
         ax.legend(loc="upper left", fontsize=7)
     axes[-1, 0].set_xlabel("simulated time (s)")
     fig.suptitle(f"{card.scenario}: AI proposal vs applied command")
-    files.append(_save(fig, out / "commands.png"))
+    files.append(save_figure(fig, out / "commands.png"))
 
     if run.gateway:
         fig, ax = plt.subplots(figsize=(8, 2.2))
@@ -169,14 +171,5 @@ def _plots(out: Path, run: DrillRun, card: Scorecard) -> list[Path]:
         ax.set_xlabel("simulated time (s)")
         ax.legend(loc="lower left", fontsize=7)
         fig.suptitle(f"{card.scenario}: gateway mode")
-        files.append(_save(fig, out / "modes.png"))
+        files.append(save_figure(fig, out / "modes.png"))
     return files
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

@@ -9,11 +9,16 @@ it (``simulators.plant_server``) and the drill runner sit around it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-__all__ = ["Plant", "PlantTag", "ProcessLimit", "TagKind"]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["Plant", "PlantTag", "ProcessLimit", "Substeps", "TagKind", "substeps"]
 
 
 class TagKind(StrEnum):
@@ -91,3 +96,29 @@ class Plant(Protocol):
     def set_disturbance(self, name: str, value: float) -> None:
         """Force a disturbance (e.g. the water tank's ``demand``) to ``value`` until cleared
         with NaN; KeyError for an unknown name."""
+
+
+class Substeps(NamedTuple):
+    """How one step is integrated: ``n`` equal substeps of ``h`` seconds, and the disturbance's
+    Ornstein-Uhlenbeck update per substep (``x = x * decay + kick * kicks[k]``)."""
+
+    n: int
+    h: float
+    decay: float
+    kick: float
+    kicks: npt.NDArray[np.float64]
+
+
+def substeps(dt_s: float, max_step_s: float, tau_s: float, sigma: float,
+             rng: np.random.Generator) -> Substeps:
+    """Split ``dt_s`` into substeps of at most ``max_step_s`` and draw the disturbance's noise
+    for them (an Ornstein-Uhlenbeck process of time constant ``tau_s`` and stationary standard
+    deviation ``sigma``, exact for any substep). Raises ``ValueError`` unless ``dt_s`` is finite
+    and > 0."""
+    if not (math.isfinite(dt_s) and dt_s > 0.0):
+        raise ValueError(f"`dt_s` must be finite and > 0, got {dt_s!r}")
+    n = max(1, math.ceil(dt_s / max_step_s - 1e-9))
+    h = dt_s / n
+    decay = math.exp(-h / tau_s)
+    return Substeps(n, h, decay, sigma * math.sqrt(1.0 - decay * decay),
+                    rng.standard_normal(n))

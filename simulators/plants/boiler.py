@@ -31,7 +31,7 @@ from typing import Final
 
 import numpy as np
 
-from simulators.plants.base import PlantTag, ProcessLimit, TagKind
+from simulators.plants.base import PlantTag, ProcessLimit, TagKind, substeps
 
 __all__ = [
     "AMBIENT_C",
@@ -214,13 +214,8 @@ class Boiler:
     def step(self, dt_s: float) -> None:
         """Advance by ``dt_s`` seconds in equal substeps of at most :data:`SUBSTEP_S`.
         Raises ``ValueError`` unless ``dt_s`` is finite and > 0."""
-        if not (math.isfinite(dt_s) and dt_s > 0.0):
-            raise ValueError(f"`dt_s` must be finite and > 0, got {dt_s!r}")
-        n = max(1, math.ceil(dt_s / SUBSTEP_S - 1e-9))
-        h = dt_s / n
-        decay = math.exp(-h / LOAD_OU_TAU_S)
-        kick = LOAD_OU_SIGMA_KG_S * math.sqrt(1.0 - decay * decay)
-        kicks = self._process_rng.standard_normal(n)
+        n, h, decay, kick, kicks = substeps(dt_s, SUBSTEP_S, LOAD_OU_TAU_S, LOAD_OU_SIGMA_KG_S,
+                                           self._process_rng)
         heat_kw = HEATER_KW * self._heater / 100.0 + STAGE_KW * self._stage
         for k in range(n):
             t = self._temperature

@@ -27,7 +27,7 @@ from typing import Final
 
 import numpy as np
 
-from simulators.plants.base import PlantTag, ProcessLimit, TagKind
+from simulators.plants.base import PlantTag, ProcessLimit, TagKind, substeps
 
 __all__ = [
     "DEMAND_MAX_M3_S",
@@ -159,13 +159,8 @@ class WaterTank:
     def step(self, dt_s: float) -> None:
         """Advance by ``dt_s`` seconds in equal substeps of at most :data:`SUBSTEP_S`.
         Raises ``ValueError`` unless ``dt_s`` is finite and > 0."""
-        if not (math.isfinite(dt_s) and dt_s > 0.0):
-            raise ValueError(f"`dt_s` must be finite and > 0, got {dt_s!r}")
-        n = max(1, math.ceil(dt_s / SUBSTEP_S - 1e-9))
-        h = dt_s / n
-        decay = math.exp(-h / DEMAND_OU_TAU_S)
-        kick = DEMAND_OU_SIGMA_M3_S * math.sqrt(1.0 - decay * decay)
-        kicks = self._process_rng.standard_normal(n)
+        n, h, decay, kick, kicks = substeps(dt_s, SUBSTEP_S, DEMAND_OU_TAU_S, DEMAND_OU_SIGMA_M3_S,
+                                           self._process_rng)
         for k in range(n):
             level = self._level
             rate = (self._inflow(level) - self._pumped(level) - self._drained(level)
