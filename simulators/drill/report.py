@@ -33,7 +33,7 @@ def _fmt(value: float | None, unit: str = " s") -> str:
 def format_table(cards: list[Scorecard]) -> str:
     """One line per scenario, aligned, for the terminal."""
     head = ("scenario", "gateway", "unsafe", "detect", "contain", "false", "excursion", "safe",
-            "result")
+            "incident", "result")
     rows = [head]
     for c in cards:
         rows.append((c.scenario, "on" if c.gateway else "OFF", str(c.unsafe_writes),
@@ -41,6 +41,7 @@ def format_table(cards: list[Scorecard]) -> str:
                      _fmt(c.time_to_contain_s) if c.injected_at_s is not None else "—",
                      str(c.false_trips), f"{c.max_excursion:.2f}",
                      "LEFT" if c.left_safe_range else "kept",
+                     "opened" if c.incident else "—",
                      ("PASS" if c.passed else "FAIL") if c.gateway else "baseline"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()

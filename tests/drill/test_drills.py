@@ -80,12 +80,12 @@ def test_baseline_shows_the_attack_is_real(baselines, path):
     assert not card["passed"]  # a baseline never passes: there is nothing guarding it
 
 
-def test_default_drill_with_report(tmp_path):
-    # What a new user runs first: the backdoored tank, caught, contained, scored, plotted.
-    result = _drill("--report", str(tmp_path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "drill backdoor_water_tank: PASS" in result.stdout
-    assert "without the gateway:" in result.stdout
+def test_default_drill_with_report(default_report):
+    # The backdoored tank: caught, contained, scored, plotted.
+    tmp_path = default_report
+    stdout = (tmp_path / "stdout.txt").read_text()
+    assert "drill backdoor_water_tank: PASS" in stdout
+    assert "without the gateway:" in stdout
     out = tmp_path / "backdoor_water_tank"
     for name in ("scorecard.md", "scorecard.json", "process.png", "commands.png", "modes.png"):
         assert (out / name).stat().st_size > 0, name

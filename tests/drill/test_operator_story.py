@@ -17,7 +17,7 @@ from pathlib import Path
 from simulators.zoo import policies
 from simulators.zoo.graphs import sha256_hex
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -44,10 +44,8 @@ def _onnx_site(tmp: Path, model: Path) -> Path:
     return path
 
 
-def test_operator_story_after_the_default_drill(tmp_path):
-    report = tmp_path / "report"
-    assert sg("drill", "--report", str(report)).returncode == 0
-    db = report / "backdoor_water_tank" / "audit.db"
+def test_operator_story_after_the_default_drill(default_report, tmp_path):
+    db = default_report / "backdoor_water_tank" / "audit.db"
 
     # Investigation: the incident is listed and readable.
     listed = sg("incidents", "list", "--db", str(db), "--json")
