@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gateway.config.schema import ControllerKind
 from gateway.control.bank import FallbackBank
 from gateway.envelope.compiled import Action
 from gateway.envelope.gate import Gate
@@ -94,6 +95,10 @@ class Supervisor:
         self.controller = ControllerHealth(site)
         self.canary = Canary(canary, site.detection.canary_period_s, start_s)
         self.silence_s = site.controller.silence_timeout_ms / 1000.0
+        # Since when no proposal at all has come (None: one came this step). A site with an AI
+        # must not reach SHADOW or AUTO on an AI that never spoke: its silence counts too.
+        self._has_ai = site.controller.kind is not ControllerKind.NONE
+        self._no_proposal_since: float | None = start_s
         self.previous = np.array(initial_command, dtype=np.float64)
         # The AI's own last command: while it is not in control it is judged as if it were,
         # on its own trajectory; judging it against the fallback's output would clamp every
@@ -207,7 +212,13 @@ class Supervisor:
                fallback: F64) -> tuple[Verdict | None, F64 | None, ProposalAnomaly | None]:
         """The envelope's verdict on the proposal, or the anomaly that stands in for it."""
         if proposal is None:
+            if self._no_proposal_since is None:
+                self._no_proposal_since = now_s
+            if (self._has_ai and self.modes.mode in (Mode.SHADOW, Mode.AUTO)
+                    and not now_s - self._no_proposal_since <= self.silence_s):
+                return None, None, ProposalAnomaly.SILENT
             return None, None, None
+        self._no_proposal_since = None
         if proposal.anomaly is not None:
             return None, None, proposal.anomaly
         values = proposal.values

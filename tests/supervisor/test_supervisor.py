@@ -443,3 +443,24 @@ def test_shadow_judges_the_ai_on_its_own_trajectory(engine):
     d = loop.step(ai)
     assert d.mode is Mode.AUTO
     assert d.command[1] == pytest.approx(32.5)  # from the applied 30 % at 25 %/s
+
+
+def test_an_ai_that_never_spoke_cannot_take_shadow_or_auto(engine):
+    # The example tank's AI is external: before its first write there is no proposal at all.
+    loop = Loop(engine)
+    for _ in range(100):  # ten seconds of MANUAL without an AI: normal at start-up
+        d = loop.step(None)
+    assert d.mode is Mode.MANUAL and trips(loop) == []
+    loop.request(RequestKind.TO_SHADOW)
+    d = loop.step(None)
+    assert d.mode is Mode.MANUAL  # silent for longer than silence_timeout_ms: back at once
+    assert "ai_silent" in trips(loop)
+
+
+def test_a_silent_gap_shorter_than_the_timeout_is_tolerated(engine):
+    loop = Loop(engine)
+    loop.to_auto(good_policy)
+    for _ in range(5):  # half a second without a proposal (timeout 1 s)
+        d = loop.step(None)
+    d = loop.step(good_policy(loop))
+    assert d.mode is Mode.AUTO and trips(loop) == []
