@@ -376,7 +376,7 @@ class Gateway(NorthboundHandler):
         self.notifier = Notifier(self.incidents.notified)
 
     def _incident_actions(self, decision: Decision) -> None:
-        from gateway.incident.manager import Notify, QuarantineModel, Request
+        from gateway.incident.manager import Notify, QuarantineModel, RateLimit, Request
 
         manager, sup = self.incidents, self.supervisor
         if manager is None or sup is None:
@@ -399,9 +399,13 @@ class Gateway(NorthboundHandler):
                                 action.incident_id)
                     manager.applied(action, True, "SHADOW and AUTO refused while this model "
                                                   "is loaded; load another version to lift it")
-            else:  # RateLimit: not applied by this runtime; the incident says so
-                manager.applied(action, False, "not supported by this runtime yet",
-                                supported=False)
+            elif isinstance(action, RateLimit):
+                sup.set_rate_factor(min(sup.rate_factor, action.factor))
+                manager.applied(action, True, f"every actuator's rate limit x{action.factor:g} "
+                                              "until the incident is resolved")
+        if sup.rate_factor < 1.0 and not manager.open_incidents:
+            sup.set_rate_factor(1.0)  # the incidents that asked for it are resolved
+            log.info("rate limiting lifted: no incident open")
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         safe = {i for i, t in enumerate(self.actuators)

@@ -92,6 +92,14 @@ class Supervisor:
         self.gross = GrossViolation(site, envelope)
         self._gross_findings: list[Finding] = []
         self._ai_in_control = False  # the last step's command came from the AI
+        # Containment by rate limiting (a playbook step): every actuator's rate limit scaled
+        # by rate_factor for what is applied, AI or fallback; safe values are never slowed.
+        limits = {lim.actuator: lim for lim in site.envelope.limits}
+        self._max_rates = np.array(
+            [(limits[t.name].max_rate_per_s if t.name in limits
+              and limits[t.name].max_rate_per_s is not None else np.inf)
+             for t in site.actuators], dtype=np.float64)
+        self.rate_factor = 1.0
         self.controller = ControllerHealth(site)
         self.canary = Canary(canary, site.detection.canary_period_s, start_s)
         self.silence_s = site.controller.silence_timeout_ms / 1000.0
@@ -127,6 +135,13 @@ class Supervisor:
             self.bank.overrides.pop(actuator, None)
         else:
             self.bank.overrides[actuator] = value
+
+    def set_rate_factor(self, factor: float) -> None:
+        """Scale every actuator's rate limit by ``factor`` (0 < factor <= 1; 1 lifts it) for
+        the commands applied from the next step. ValueError for anything else."""
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"rate factor must be in (0, 1], not {factor!r}")
+        self.rate_factor = float(factor)
 
     def record_write(self, command: F64) -> None:
         """A command written instead of the last step's (an operator's validated
@@ -189,6 +204,9 @@ class Supervisor:
             chosen, source = self.safe_values, Source.SAFE
         else:
             chosen, source = fallback, Source.FALLBACK
+        if self.rate_factor < 1.0 and source is not Source.SAFE:
+            step_max = self._max_rates * (self.rate_factor * dt)
+            chosen = np.clip(chosen, self.previous - step_max, self.previous + step_max)
         admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt)
         command = admitted.command
         sources = tuple(Source.SAFE if s else source for s in admitted.safe)

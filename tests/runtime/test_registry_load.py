@@ -178,3 +178,38 @@ def test_playbook_quarantine_refuses_shadow_and_auto_for_that_model(registry):
             await gw.close()
 
     asyncio.run(body())
+
+
+def test_playbook_rate_limit_is_applied_until_the_incident_is_resolved(registry, tmp_path):
+    from gateway.supervisor.events import Event, EventKind
+    from gateway.supervisor.modes import Mode
+
+    reg, tmp = registry
+    reg.approve("tank", 1, "alice")
+    playbook = tmp_path / "slow.yaml"
+    playbook.write_text(
+        "name: slow\nrules:\n  - name: everything\n    match: ['*']\n"
+        "    containment: [manual, {kind: rate_limit, factor: 0.5}]\n")
+
+    async def body() -> None:
+        gw = Gateway(_site(tmp / "registry"), clients={"plc": FakeDevice()}, servers=False,
+                     startup_wait_s=0.0, audit_path=tmp / "audit.db", playbook=playbook)
+        await gw.open()
+        try:
+            assert gw.supervisor is not None and gw.incidents is not None
+            for name in gw.sensor_names:
+                gw.store.update(name, {"level": 2.5, "uptime_s": 10.0}.get(name, 0.004), True,
+                                gw.clock())
+            decision = await gw.cycle(gw.clock())
+            trip = Event(decision.at_s, EventKind.TRIP, "divergence.inflow_valve", "drift",
+                         None)
+            gw._incident_actions(decision._replace(events=(trip,), mode=Mode.MANUAL))
+            assert gw.supervisor.rate_factor == 0.5
+            (incident,) = gw.incidents.open_incidents
+            gw.incidents.resolve(incident.id, "alice", "test", "understood")
+            gw._incident_actions(decision)
+            assert gw.supervisor.rate_factor == 1.0
+        finally:
+            await gw.close()
+
+    asyncio.run(body())

@@ -464,3 +464,27 @@ def test_a_silent_gap_shorter_than_the_timeout_is_tolerated(engine):
         d = loop.step(None)
     d = loop.step(good_policy(loop))
     assert d.mode is Mode.AUTO and trips(loop) == []
+
+
+def test_rate_factor_slows_what_is_applied_but_never_the_safe_values(engine):
+    loop = Loop(engine)
+    loop.to_auto(good_policy)
+    loop.sup.set_rate_factor(0.5)
+    prev = loop.sup.previous.copy()
+    d = loop.step(np.array([prev[0] + 1.9, 30.0, 0.0]))  # inside the 2 %/cycle limit
+    assert d.source is Source.AI
+    assert d.command[0] == pytest.approx(prev[0] + 1.0)  # half of 20 %/s for 0.1 s
+    loop.sup.set_rate_factor(1.0)
+    prev = loop.sup.previous.copy()
+    d = loop.step(np.array([prev[0] + 1.9, 30.0, 0.0]))
+    assert d.command[0] == pytest.approx(prev[0] + 1.9)
+    loop.sup.set_rate_factor(0.1)
+    loop.request(RequestKind.TO_SAFE_STOP)
+    d = loop.step(good_policy(loop))
+    np.testing.assert_array_equal(d.command, loop.sup.safe_values)  # at once, not ramped
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, math.nan])
+def test_rate_factor_must_be_in_zero_one(engine, bad):
+    with pytest.raises(ValueError, match="rate factor"):
+        Loop(engine).sup.set_rate_factor(bad)
