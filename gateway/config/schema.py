@@ -675,8 +675,8 @@ class Detection:
     counts as out of range, as a fraction of the range (max - min); 0 means none (>= 0).
 
     ``gross_violation``: a proposal that the envelope would have to move by more than this
-    fraction of an actuator's range (limits max - min, or the span of its allowed values) to
-    make it admissible this cycle trips at once (to MANUAL). Small clamps are routine (a
+    fraction of an actuator's range (its limits' max - min) to make it admissible this cycle
+    trips at once (to MANUAL). Small clamps are routine (a
     controller a little faster than a rate limit); a proposal far outside what the actuator may
     do now is a controller that is not doing its job (a hijack, a backdoor firing). In [0, 1];
     0 turns the check off.

@@ -45,6 +45,7 @@ from gateway.adapters.base import (
     WriteOutcome,
 )
 from gateway.config.schema import ControllerKind, ModbusDevice, ShutdownAction
+from gateway.incident.manager import IncidentManager, Notify, QuarantineModel, RateLimit, Request
 from gateway.runtime.external import ExternalCommands
 from gateway.runtime.records import Records
 from gateway.runtime.schedule import CycleSchedule
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from gateway.control.ai import AiWiring
     from gateway.control.onnx_policy import OnnxPolicy
     from gateway.envelope.compiled import F64
-    from gateway.incident.manager import IncidentManager
     from gateway.incident.model import Incident
     from gateway.incident.notify import Notifier
     from gateway.supervisor.decision import Decision, Proposal
@@ -344,7 +344,6 @@ class Gateway(NorthboundHandler):
     def _start_incidents(self) -> None:
         """Incidents open on trips, follow the playbook and live in the audit log."""
         from gateway.config import ConfigError
-        from gateway.incident.manager import IncidentManager
         from gateway.incident.notify import Notifier
         from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
         from gateway.runtime.records import file_sha256
@@ -376,8 +375,6 @@ class Gateway(NorthboundHandler):
         self.notifier = Notifier(self.incidents.notified)
 
     def _incident_actions(self, decision: Decision) -> None:
-        from gateway.incident.manager import Notify, QuarantineModel, RateLimit, Request
-
         manager, sup = self.incidents, self.supervisor
         if manager is None or sup is None:
             return

@@ -338,17 +338,11 @@ class GrossViolation:
         self.limit = site.detection.gross_violation
         self.envelope = envelope
         self.names = [t.name for t in site.actuators]
-        spans = []
+        # Every actuator has limits (min and max; an allowed-values list sets them too); a
+        # fixed actuator (max == min) has no range to be far outside of.
         limits = {lim.actuator: lim for lim in site.envelope.limits}
-        for name in self.names:
-            lim = limits.get(name)
-            span = 0.0
-            if lim is not None and lim.min is not None and lim.max is not None:
-                span = lim.max - lim.min
-            elif lim is not None and lim.allowed:
-                span = max(lim.allowed) - min(lim.allowed)
-            spans.append(1.0 / span if span > 0 else 0.0)
-        self.inv_span = np.array(spans, dtype=np.float64)
+        spans = [limits[name].max - limits[name].min for name in self.names]
+        self.inv_span = np.array([1.0 / d if d > 0 else 0.0 for d in spans], dtype=np.float64)
         self._out = np.empty(len(self.names))
         self._feasible = np.zeros(len(self.names), dtype=np.uint8)
 

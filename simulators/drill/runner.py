@@ -42,7 +42,6 @@ from gateway.config.schema import (
 from gateway.control.ai import AiWiring, onnx_policy_config
 from gateway.control.onnx_policy import OnnxPolicy, load_policy
 from gateway.supervisor.detectors import CanaryCases
-from gateway.supervisor.events import EventKind
 from simulators.drill.scenario import ControllerMode, Injection, InjectionKind, Scenario
 from simulators.ports import free_port
 
@@ -107,7 +106,6 @@ class DrillRun:
     initial_actuators: dict[str, float] = field(default_factory=dict)
     initial_published: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
-    error: str | None = None
     audit_db: Path | None = None
     incidents: list[str] = field(default_factory=list)
     drill_site: Site | None = None  # the site as the drill ran it (ports, controller, ...)
@@ -225,7 +223,7 @@ class ExternalAi:
             raise RuntimeError("external AI cannot reach the gateway's northbound server")
 
     async def step(self) -> None:
-        import struct
+        from simulators.plant_server import decode_registers, encode_registers
 
         if self.silent:
             return
@@ -235,9 +233,11 @@ class ExternalAi:
                                                       device_id=self.map.unit)
         if rr.isError() or rh.isError():
             return
-        def floats(regs: list[int]) -> np.ndarray:
-            raw = b"".join(struct.pack(">H", r) for r in regs)
-            return np.array(struct.unpack(f">{len(regs) // 2}f", raw), dtype=np.float64)
+
+        def floats(regs: list[int]) -> np.ndarray:  # the northbound map: float32 per tag
+            return np.array([decode_registers("float32", 1.0, regs[i:i + 2])
+                             for i in range(0, len(regs), 2)], dtype=np.float64)
+
         sensors, applied = floats(rr.registers), floats(rh.registers)
         out = self.policy.infer_sync(self.wiring.inputs(sensors, applied)).outputs
         if out is None:
@@ -251,8 +251,9 @@ class ExternalAi:
         # drives, as a real client must (a write to an actuator it does not drive is refused).
         for name in outputs:
             j = self.map.actuators.index(name)
-            hi, lo = struct.unpack(">HH", struct.pack(">f", float(values[j])))
-            wr = await self.client.write_registers(2 * j, [hi, lo], device_id=self.map.unit)
+            wr = await self.client.write_registers(
+                2 * j, encode_registers("float32", 1.0, float(values[j])),
+                device_id=self.map.unit)
             if wr.isError():
                 self.refused += 1
 
@@ -532,8 +533,3 @@ def _left_safe_range(plant: Plant) -> bool:
     process = plant.process()
     return any(not lim.safe_min <= process.get(lim.tag, lim.nominal) <= lim.safe_max
                for lim in plant.limits)
-
-
-def trips(run: DrillRun) -> list[Mark]:
-    """The gateway's trips, in time order."""
-    return [m for m in run.marks if m.kind == str(EventKind.TRIP)]

