@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.audit import read_records, verify
 from gateway.cli import main
 from gateway.config.schema import Table
 from simulators.plc_modbus import TestPLC
@@ -50,6 +51,9 @@ async def run_and_stop(tmp_path: Path, sig: signal.Signals) -> tuple[int, str, l
         text = text.replace("port: 1502", f"port: {free_port()}")
         text = text.replace("opc.tcp://127.0.0.1:4841/gateway/",
                             f"opc.tcp://127.0.0.1:{free_port()}/gateway/")
+        assert "path: ../reports/water_tank_audit.db" in text
+        # A folder that does not exist yet: the gateway creates it.
+        text = text.replace("path: ../reports/water_tank_audit.db", "path: audit/site.db")
         site = tmp_path / "site.yaml"
         site.write_text(text)
         log = tmp_path / "stderr.log"
@@ -67,7 +71,12 @@ async def run_and_stop(tmp_path: Path, sig: signal.Signals) -> tuple[int, str, l
                 beat = (await plc.get_registers(Table.HOLDING_REGISTER, 100, 1))[0]
             assert beat > 3, log.read_text()
             proc.send_signal(sig)
-            await asyncio.wait_for(proc.wait(), 30)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                pytest.fail(f"no exit 30 s after {sig.name}; its log:\n{log.read_text()}")
         held = await plc.get_registers(Table.HOLDING_REGISTER, 0, 2)
         assert proc.returncode is not None
         return proc.returncode, log.read_text(), held
@@ -83,3 +92,13 @@ def test_run_stops_cleanly_on_signal_and_applies_shutdown_policy(tmp_path, sig):
     # inflow_valve: on_shutdown safe -> 0 %; outflow_pump: on_shutdown hold -> untouched.
     assert held[0] == 0
     assert held[1] == 3000  # held at the running fallback value (30 %), not the safe 20 %
+    # The audit chain was closed cleanly: every record written, the chain intact, and the
+    # shutdown itself recorded.
+    assert "could not be written" not in err
+    result = verify(tmp_path / "audit" / "site.db")
+    assert result.ok, result
+    last = list(read_records(tmp_path / "audit" / "site.db"))[-1]
+    assert last.kind == "shutdown"
+    assert last.data()["actuators"]["inflow_valve"] == {"policy": "safe", "value": 0.0}
+    assert last.data()["actuators"]["outflow_pump"] == {"policy": "hold", "value": 30.0}
+

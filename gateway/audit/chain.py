@@ -56,6 +56,7 @@ class Kind(enum.StrEnum):
     INCIDENT = "incident"
     NOTE = "note"
     ALARM = "alarm"
+    SHUTDOWN = "shutdown"
 
 
 def _float_text(value: float) -> float | str:

@@ -230,6 +230,10 @@ class AuditLog:
         self._stale_sides: tuple[tuple[int, int], dict[str, tuple[int, int] | None]] | None = None
 
         try:
+            # A fresh install has no folder for the database yet (the example sites put it in
+            # reports/): create it, once, here. A folder that disappears later is a storage
+            # fault like any other, not something to recreate silently.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             store = WriteStore.open(self.path, synchronous=synchronous)
         except (OSError, sqlite3.Error) as exc:
             self._storage_failed(exc)

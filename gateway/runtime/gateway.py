@@ -414,6 +414,11 @@ class Gateway(NorthboundHandler):
             await self._write_devices(values, only=safe)
             log.info("shutdown: safe values written to %s",
                      ", ".join(self.names[i] for i in sorted(safe)))
+        if self.supervisor is not None:
+            self.records.shutdown({
+                name: ("safe", float(self.supervisor.safe_values[i])) if i in safe
+                else ("hold", float(self.applied[i]))
+                for i, name in enumerate(self.names)})
         for task in tasks:
             task.cancel()
         # The device tasks end with CancelledError, collected here; a cancellation of this

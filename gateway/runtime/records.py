@@ -153,6 +153,12 @@ class Records:
 
     # ------------------------------------------------------------------ plumbing
 
+    def shutdown(self, left: dict[str, tuple[str, float]]) -> None:
+        """What each actuator was left at when the gateway stopped: ``name -> (policy,
+        value)``; the policy is ``safe`` (the safe value was written) or ``hold``."""
+        self._append("shutdown", {"actuators": {name: {"policy": policy, "value": value}
+                                                for name, (policy, value) in left.items()}})
+
     def alarm(self, message: str) -> None:
         self._append("alarm", {"message": message})
 

@@ -342,8 +342,19 @@ def test_replaced_database_is_not_written(tmp_path):
     assert path.read_bytes() == b"someone else's file" * 100
 
 
+def test_a_missing_folder_is_created_at_start(tmp_path):
+    path = tmp_path / "reports" / "site" / "audit.db"
+    alarms = Alarms()
+    with AuditLog(path, **FAST, **alarms.kwargs()) as audit:
+        audit.append("config_load", {"sha256": "ab" * 32})
+        assert audit.flush(10)
+    assert alarms.raised == []
+    assert [r.kind for r in read_records(path)] == ["config_load"]
+
+
 def test_unopenable_at_start_raises_the_alarm_and_recovers(tmp_path):
     folder = tmp_path / "not-yet"
+    folder.write_text("a file where the folder should be")  # the folder cannot be created
     alarms = Alarms()
     audit = AuditLog(folder / "audit.db", **FAST, **alarms.kwargs())
     try:
@@ -351,6 +362,7 @@ def test_unopenable_at_start_raises_the_alarm_and_recovers(tmp_path):
         assert wait_for(lambda: audit.alarm is not None)
         with pytest.raises(RuntimeError):
             audit.exported_head()
+        folder.unlink()
         folder.mkdir()
         assert audit.flush(10)
         assert wait_for(lambda: audit.alarm is None)
