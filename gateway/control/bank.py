@@ -24,7 +24,7 @@ from gateway.control.rules import Rules
 from gateway.control.simple import FixedValue, HoldLast
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from gateway.config.schema import Site
     from gateway.control.base import ActuatorController
@@ -74,16 +74,20 @@ class FallbackBank:
         self.reference: list[float] = [float(x) for x in initial]
         # Operator setpoints (actuator index -> value) that replace the fallback's output.
         self.overrides: dict[int, float] = {}
+        # The per-cycle calls, bound once (this runs every cycle; a fixed value tracks
+        # nothing): (update, sensor index or -1, takes the whole sensor vector).
+        self._updates: list[tuple[Callable[..., float], int, bool]] = [
+            (rules.update, -1, True) if rules is not None
+            else (_ctl(ctl).update, j, False) for ctl, rules, j in self._loops]
+        self._tracks: list[tuple[int, Callable[[float], None]]] = [
+            (i, ctl.track) for i, (ctl, _, _) in enumerate(self._loops)
+            if ctl is not None and not isinstance(ctl, FixedValue)]
+        self._reference_tracks = [(i, twin.track) for i, twin, _ in self._reference]
 
     def update(self, sensors: Sequence[float], dt_s: float) -> F64:
         """Every controller's output for this cycle (a new array, actuator order)."""
-        out: list[float] = []
-        for ctl, rules, j in self._loops:
-            if rules is not None:
-                out.append(rules.update(sensors))
-            else:
-                assert ctl is not None
-                out.append(ctl.update(sensors[j] if j >= 0 else 0.0, dt_s))
+        out = [update(sensors) if whole else update(sensors[j] if j >= 0 else 0.0, dt_s)
+               for update, j, whole in self._updates]
         ref = list(out)
         for i, twin, j in self._reference:
             ref[i] = twin.update(sensors[j], dt_s)
@@ -95,12 +99,11 @@ class FallbackBank:
     def track(self, applied: Sequence[float], ai_in_control: bool) -> None:
         """Tell every controller what was applied this cycle (bumpless transfer); the
         reference PIDs follow only while the AI is not in control."""
-        for i, (ctl, _, _) in enumerate(self._loops):
-            if ctl is not None:
-                ctl.track(applied[i])
+        for i, track in self._tracks:
+            track(applied[i])
         if not ai_in_control:
-            for i, twin, _ in self._reference:
-                twin.track(applied[i])
+            for i, track in self._reference_tracks:
+                track(applied[i])
 
     def faults(self) -> list[tuple[int, str]]:
         """(actuator index, reason) for each controller that held its output this cycle."""
@@ -111,6 +114,11 @@ class FallbackBank:
             if fault is not None:
                 found.append((i, fault))
         return found
+
+
+def _ctl(ctl: ActuatorController | None) -> ActuatorController:
+    assert ctl is not None  # every loop has a controller or rules
+    return ctl
 
 
 def _need(value: str | None) -> str:

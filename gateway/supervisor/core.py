@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from gateway.supervisor.detectors import CanaryCases
 
 _F64 = np.dtype(np.float64)
+_OK = Action.OK
 _new = tuple.__new__
 # Smallest step used for rate limits when the clock does not advance between two steps.
 _MIN_DT_S = 1e-6
@@ -118,6 +119,8 @@ class Supervisor:
         # Detectors that tripped in the current latch: reported once, re-asserted if needed.
         self._tripped: set[str] = set()
         self._n_a = n_a
+        # Per-actuator sources when the gate made no actuator safe (nearly every cycle).
+        self._uniform_sources = {src: (src,) * n_a for src in Source}
 
     @property
     def mode(self) -> Mode:
@@ -176,23 +179,25 @@ class Supervisor:
 
         sensors, findings = self.inputs.check(snapshot.sensors.tolist(), snapshot.good.tolist(),
                                               snapshot.age_s.tolist(), now_s)
-        sensor_vec = np.array(sensors, dtype=np.float64)
+        sensor_vec = np.array(sensors, dtype=np.float64)  # a copy, NaN where masked
         fallback = self.bank.update(sensors, dt)
 
         verdict, ai, anomaly = self._judge(proposal, now_s, sensor_vec, dt, fallback)
         findings += self.controller.update(anomaly)
         if verdict is not None:
             assert ai is not None
-            if verdict.action == Action.TRIP:
+            action = verdict.action
+            if action == Action.TRIP:
                 findings.append(_envelope_finding(verdict))
-            findings += self.violations.update(now_s, not verdict.ok)
+            findings += self.violations.update(now_s, action != _OK)
             if self._gross_findings:
                 findings += self._gross_findings
                 self._gross_findings = []
-            findings += self.divergence.update(ai.tolist(), self.bank.reference)
-            if not verdict.ok and self.modes.mode is Mode.SHADOW:
+            if self.divergence.watch:
+                findings += self.divergence.update(ai.tolist(), self.bank.reference)
+            if action != _OK and self.modes.mode is Mode.SHADOW:
                 self.modes.anomaly(now_s)
-        if proposal is not None:
+        if proposal is not None and proposal.canary is not None:
             findings += self.canary.update(proposal.canary)
         for finding in findings:
             events += self._apply(finding, now_s)
@@ -209,7 +214,9 @@ class Supervisor:
             chosen = np.clip(chosen, self.previous - step_max, self.previous + step_max)
         admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt)
         command = admitted.command
-        sources = tuple(Source.SAFE if s else source for s in admitted.safe)
+        safe = admitted.safe
+        sources = (tuple(Source.SAFE if s else source for s in safe) if True in safe
+                   else self._uniform_sources[source])
         self._ai_in_control = source is Source.AI
         self.bank.track(command.tolist(), self._ai_in_control)
         self.previous = command
@@ -252,12 +259,13 @@ class Supervisor:
                 values[i] = fallback[i]
         elif not values.flags.c_contiguous:
             values = np.ascontiguousarray(values)
-        in_control = self.modes.mode is Mode.AUTO
+        mode = self.modes.mode
+        in_control = mode is Mode.AUTO
         previous = self.previous if in_control else self.ai_previous
         verdict = self.envelope.check(values, previous, sensors, dt)
         # Only on the AI's own trajectory (AUTO, SHADOW): while it is quarantined it is judged
         # against what the fallback applied, and disagreeing with the fallback is no attack.
-        if verdict.action != Action.OK and (in_control or self.modes.mode is Mode.SHADOW):
+        if verdict.action != _OK and (in_control or mode is Mode.SHADOW):
             self._gross_findings = self.gross.update(values, previous, sensors, dt)
         if verdict.clamped is not None:
             self.ai_previous = verdict.clamped
