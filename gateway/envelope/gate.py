@@ -33,6 +33,9 @@ class Admitted(NamedTuple):
     violations: tuple[str, ...]
 
 
+_new = tuple.__new__
+
+
 class Gate:
     """Admits commands for one envelope and one set of safe values."""
 
@@ -68,11 +71,12 @@ class Gate:
         out = self._out
         viol = self._viol
         code = env.check_into(chosen, previous, sensors, dt_s, out, viol)
-        if code == Action.OK:
-            return Admitted(chosen.copy(), self._none_safe, False, ())
+        # The two outcomes of nearly every cycle skip the NamedTuple's Python-level __new__.
+        if code == 0:
+            return _new(Admitted, (chosen.copy(), self._none_safe, False, ()))
         names = env.names_of(viol)
         if code == Action.CLAMP:
-            return Admitted(out.copy(), self._none_safe, True, names)
+            return _new(Admitted, (out.copy(), self._none_safe, True, names))
         candidate = np.empty_like(chosen)
         env.project_into(chosen, previous, sensors, dt_s, candidate, self._feasible)
         safe = [not f for f in self._feasible.tolist()]
