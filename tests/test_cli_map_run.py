@@ -61,7 +61,7 @@ async def run_and_stop(tmp_path: Path, sig: signal.Signals) -> tuple[int, str, l
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.cli", "run", str(site), cwd=ROOT,
                 stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
             # Wait until the gateway's heartbeat has ticked a few times: it is in control.
             loop = asyncio.get_running_loop()
             end = loop.time() + 30
@@ -74,8 +74,13 @@ async def run_and_stop(tmp_path: Path, sig: signal.Signals) -> tuple[int, str, l
             try:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                # PYTHONFAULTHANDLER: SIGABRT makes it print every thread's stack to its log.
+                proc.send_signal(signal.SIGABRT)
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
                 pytest.fail(f"no exit 30 s after {sig.name}; its log:\n{log.read_text()}")
         held = await plc.get_registers(Table.HOLDING_REGISTER, 0, 2)
         assert proc.returncode is not None

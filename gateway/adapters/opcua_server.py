@@ -27,7 +27,8 @@ Who: each session's user (UserName token, password checked against the environme
 session gets ``Role.OPERATOR`` and is only possible when ``allow_anonymous`` is true (otherwise the
 token type is not even offered, and the user manager refuses it as well). A user whose password
 variable is missing cannot log in (logged once). Methods: RequestMode needs operator or admin;
-ResetTrip, Bypass and EndBypass need admin; others get BadUserAccessDenied. A method returns
+ResetTrip, Bypass and EndBypass need admin; IncidentNote, IncidentAcknowledge and IncidentCheck
+need operator or admin, IncidentResolve admin; others get BadUserAccessDenied. A method returns
 (Accepted: Boolean, Message: String) with a Good status once the runtime has answered.
 
 The mirror API (:meth:`set_sensor`, :meth:`set_actuator`, :meth:`set_status`,
@@ -74,14 +75,24 @@ STATUS_NODES: Final = (("Mode", ua.VariantType.String), ("Latched", ua.VariantTy
                        ("Heartbeat", ua.VariantType.UInt32),
                        ("ActiveIncident", ua.VariantType.Boolean),
                        ("LastRejection", ua.VariantType.String))
-METHODS: Final = ("RequestMode", "ResetTrip", "Bypass", "EndBypass")
+METHODS: Final = ("RequestMode", "ResetTrip", "Bypass", "EndBypass", "IncidentNote",
+                  "IncidentAcknowledge", "IncidentCheck", "IncidentResolve")
+# Incident methods: (action, argument names); every argument is a String.
+_INCIDENT_METHODS: Final = {"IncidentNote": ("note", ("Id", "Text")),
+                            "IncidentAcknowledge": ("acknowledge", ("Id", "Text")),
+                            "IncidentCheck": ("check", ("Id", "Phase", "Item")),
+                            "IncidentResolve": ("resolve", ("Id", "Summary"))}
 
 _REFUSAL_STATUS: Final = {3: StatusCodes.BadOutOfRange, 2: StatusCodes.BadNotWritable,
                           4: StatusCodes.BadCommunicationError}
 _MODE_REQUESTS: Final = {"auto": "to_auto", "shadow": "to_shadow", "manual": "to_manual",
                          "safe_stop": "to_safe_stop"}
 _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip": (Role.ADMIN,),
-                        "Bypass": (Role.ADMIN,), "EndBypass": (Role.ADMIN,)}
+                        "Bypass": (Role.ADMIN,), "EndBypass": (Role.ADMIN,),
+                        "IncidentNote": (Role.OPERATOR, Role.ADMIN),
+                        "IncidentAcknowledge": (Role.OPERATOR, Role.ADMIN),
+                        "IncidentCheck": (Role.OPERATOR, Role.ADMIN),
+                        "IncidentResolve": (Role.ADMIN,)}
 _WRITER_ROLES: Final = (Role.AI, Role.OPERATOR, Role.ADMIN)
 
 
@@ -272,6 +283,8 @@ class OpcUaServer:
         signatures = {"RequestMode": [arg("Mode", ua.VariantType.String)], "ResetTrip": [],
                       "Bypass": [detector, arg("Seconds", ua.VariantType.Double)],
                       "EndBypass": [detector]}
+        for name, (_, names) in _INCIDENT_METHODS.items():
+            signatures[name] = [arg(n, ua.VariantType.String) for n in names]
         for name in METHODS:
             await gateway.add_method(_nid(name), f"{ns}:{name}",
                                      self._method(name), signatures[name], outputs)
@@ -357,6 +370,8 @@ class OpcUaServer:
             if client.role not in _METHOD_ROLES[name]:
                 return _status(StatusCodes.BadUserAccessDenied)
             values = [a.Value if isinstance(a, ua.Variant) else a for a in args]
+            if name in _INCIDENT_METHODS:
+                return await self._incident(name, client, values)
             request = _parse_request(name, values)
             if request is None:
                 return _status(StatusCodes.BadInvalidArgument)
@@ -372,6 +387,19 @@ class OpcUaServer:
                     ua.Variant(message, ua.VariantType.String)]
 
         return call
+
+    async def _incident(self, name: str, client: ClientInfo, values: list[Any]) -> Any:
+        action, names = _INCIDENT_METHODS[name]
+        if len(values) != len(names) or not all(isinstance(v, str) for v in values):
+            return _status(StatusCodes.BadInvalidArgument)
+        try:
+            outcome = await self._handler.incident(client, action, values[0], tuple(values[1:]))
+        except Exception:
+            _log.exception("OPC UA %s by %s failed in the handler", name, client)
+            return _status(StatusCodes.BadInternalError)
+        message = outcome.reason or ("accepted" if outcome.accepted else "refused")
+        return [ua.Variant(outcome.accepted, ua.VariantType.Boolean),
+                ua.Variant(message, ua.VariantType.String)]
 
     # ----------------------------------------------------------------- mirror (trusted path)
 

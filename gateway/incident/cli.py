@@ -16,7 +16,10 @@ connections. Writing (``note``, ``ack``, ``check``, ``resolve``) appends hash-ch
 through an :class:`~gateway.audit.log.AuditLog`, and only one audit log may write a database
 at a time (an exclusive lock beside it, so that two writers never fork the chain). While a
 gateway holds the database, these commands fail with exit 1 and say so: the request must then
-go through the running gateway (its operator API), which records it in the same chain.
+go through the running gateway, ``--via opc.tcp://HOST:PORT/PATH`` (its OPC UA incident
+methods, as the OPC UA user ``--user`` with the password from ``--password-env``), which records
+it in the same chain with that user as the actor. Through ``--via`` the exit code is 0 when the
+gateway accepted, 1 when it refused (the reason is printed) or could not be reached.
 """
 
 from __future__ import annotations
@@ -60,6 +63,19 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         parser.add_argument("--db", required=True, type=Path, metavar="DB",
                             help="the audit database (SQLite)")
 
+    def writer_args(parser: argparse.ArgumentParser, who: str) -> None:
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--db", type=Path, metavar="DB",
+                           help="the audit database (SQLite), when no gateway holds it")
+        where.add_argument("--via", metavar="ENDPOINT",
+                           help="a running gateway's OPC UA endpoint (opc.tcp://...): it "
+                                "records the request in its own audit chain")
+        parser.add_argument("--by", metavar="WHO", help=f"{who} (with --db; through --via "
+                            "the gateway records the OPC UA user)")
+        parser.add_argument("--user", metavar="NAME", help="OPC UA user name (with --via)")
+        parser.add_argument("--password-env", metavar="VAR",
+                            help="environment variable holding the OPC UA password")
+
     listing = commands.add_parser("list", help="list incidents, newest last")
     db_arg(listing)
     listing.add_argument("--open", action="store_true", help="only those not resolved")
@@ -75,16 +91,14 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     note = commands.add_parser("note", help="add an operator's note (moves it to investigating)")
     note.add_argument("id", metavar="ID")
     note.add_argument("text", metavar="TEXT")
-    note.add_argument("--by", required=True, metavar="WHO", help="who writes it")
-    db_arg(note)
+    writer_args(note, "who writes it")
     note.add_argument("--json", action="store_true", help="print the incident as JSON")
     note.set_defaults(func=_command(_note))
 
     ack = commands.add_parser("ack", help="acknowledge an incident (moves it to investigating)")
     ack.add_argument("id", metavar="ID")
     ack.add_argument("text", nargs="?", default="", metavar="TEXT")
-    ack.add_argument("--by", required=True, metavar="WHO", help="who acknowledges")
-    db_arg(ack)
+    writer_args(ack, "who acknowledges")
     ack.add_argument("--json", action="store_true", help="print the incident as JSON")
     ack.set_defaults(func=_command(_ack))
 
@@ -94,17 +108,15 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
                        help="detection, containment, investigation, forensics or recovery")
     check.add_argument("item", metavar="ITEM", help="the item's number in its phase (from 0) "
                        "as `show` lists it, or its exact text")
-    check.add_argument("--by", required=True, metavar="WHO", help="who did it")
-    db_arg(check)
+    writer_args(check, "who did it")
     check.add_argument("--json", action="store_true", help="print the incident as JSON")
     check.set_defaults(func=_command(_check))
 
     resolve = commands.add_parser("resolve", help="resolve an incident with a summary")
     resolve.add_argument("id", metavar="ID")
-    resolve.add_argument("--by", required=True, metavar="WHO", help="who resolves it")
     resolve.add_argument("--summary", required=True, metavar="TEXT",
                          help="what happened and what was done")
-    db_arg(resolve)
+    writer_args(resolve, "who resolves it")
     resolve.add_argument("--json", action="store_true", help="print the incident as JSON")
     resolve.set_defaults(func=_command(_resolve))
 
@@ -302,6 +314,12 @@ def _writer(args: argparse.Namespace) -> tuple[Any, IncidentManager]:
     by = args.by
     if not by.strip():
         raise _Fail(EXIT_INPUT, "--by must name who does it")
+    held = _Fail(EXIT_FAILED, f"{db} is open for writing by a running gateway; send this "
+                              "request through it with --via ENDPOINT (its OPC UA server "
+                              "records it in the same audit chain)")
+    # First: the gateway may hold an incident it has not written yet.
+    if _held(lock_path(db.resolve())):
+        raise held
     load_incident(db, args.id)  # unknown id or foreign file: before taking the lock
     try:
         audit = AuditLog(db)
@@ -309,9 +327,7 @@ def _writer(args: argparse.Namespace) -> tuple[Any, IncidentManager]:
         raise _Fail(EXIT_INPUT, str(exc)) from None
     except AuditError as exc:
         if _held(lock_path(db.resolve())):
-            raise _Fail(EXIT_FAILED, f"{db} is open for writing by a running gateway; send "
-                                     "this request through the gateway's operator API (it "
-                                     "records it in the same audit chain)") from None
+            raise held from None
         raise _Fail(EXIT_FAILED, str(exc)) from None
     # Read again under the lock: nothing can change the incident from here on.
     incident = load_incident(db, args.id)
@@ -342,9 +358,15 @@ def _source() -> str:
 
 
 def _write(args: argparse.Namespace, change: Callable[[IncidentManager], Incident],
-           done: str) -> int:
+           done: str, via: tuple[str, tuple[str, ...]]) -> int:
     from gateway.incident.model import BadRequest, IncidentError
 
+    if args.via is not None:
+        return _through_gateway(args, *via)
+    if args.by is None:
+        raise _Fail(EXIT_INPUT, "--by must name who does it")
+    if args.user is not None or args.password_env is not None:
+        raise _Fail(EXIT_INPUT, "--user and --password-env go with --via")
     audit, manager = _writer(args)
     try:
         try:
@@ -365,19 +387,83 @@ def _write(args: argparse.Namespace, change: Callable[[IncidentManager], Inciden
 
 
 def _note(args: argparse.Namespace) -> int:
-    return _write(args, lambda m: m.note(args.id, args.by, _source(), args.text), "note added")
+    return _write(args, lambda m: m.note(args.id, args.by, _source(), args.text), "note added",
+                  ("IncidentNote", (args.text,)))
 
 
 def _ack(args: argparse.Namespace) -> int:
     return _write(args, lambda m: m.acknowledge(args.id, args.by, _source(), args.text),
-                  "acknowledged")
+                  "acknowledged", ("IncidentAcknowledge", (args.text,)))
 
 
 def _check(args: argparse.Namespace) -> int:
     return _write(args, lambda m: m.check(args.id, args.phase, args.item, args.by, _source()),
-                  f"checklist {args.phase} item {args.item} done")
+                  f"checklist {args.phase} item {args.item} done",
+                  ("IncidentCheck", (args.phase, args.item)))
 
 
 def _resolve(args: argparse.Namespace) -> int:
     return _write(args, lambda m: m.resolve(args.id, args.by, _source(), args.summary),
-                  "resolved")
+                  "resolved", ("IncidentResolve", (args.summary,)))
+
+
+def _through_gateway(args: argparse.Namespace, method: str, rest: tuple[str, ...]) -> int:
+    """Call the running gateway's OPC UA incident method: exit 0 if it accepted, 1 if it
+    refused or could not be reached, 2 for bad arguments."""
+    import asyncio
+
+    if args.by is not None:
+        raise _Fail(EXIT_INPUT, "through --via the gateway records its OPC UA user; "
+                                "name it with --user, not --by")
+    if not args.via.startswith("opc.tcp://"):
+        raise _Fail(EXIT_INPUT, f"--via {args.via!r}: not an opc.tcp:// endpoint")
+    password: str | None = None
+    if args.password_env is not None:
+        if args.user is None:
+            raise _Fail(EXIT_INPUT, "--password-env needs --user")
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise _Fail(EXIT_INPUT, f"environment variable {args.password_env} is not set")
+    accepted, message = asyncio.run(_call_gateway(args.via, args.user, password, method,
+                                                  (args.id, *rest)))
+    if args.json:
+        _print_json({"id": args.id, "method": method, "accepted": accepted,
+                     "message": message})
+    elif accepted:
+        print(f"{args.id}: {message}")
+    if not accepted:
+        raise _Fail(EXIT_FAILED, f"the gateway refused: {message}")
+    return EXIT_OK
+
+
+async def _call_gateway(url: str, user: str | None, password: str | None, method: str,
+                        values: tuple[str, ...]) -> tuple[bool, str]:
+    import contextlib
+
+    from asyncua import ua
+    from asyncua.client.client import Client
+    from asyncua.ua.uaerrors import UaStatusCodeError
+
+    from gateway.adapters.opcua_server import _nid
+
+    client = Client(url, timeout=10)
+    if user is not None:
+        client.set_user(user)
+        if password is not None:
+            client.set_password(password)
+    try:
+        await client.connect()
+    except (TimeoutError, OSError, UaStatusCodeError) as exc:
+        raise _Fail(EXIT_FAILED, f"cannot reach the gateway at {url}: "
+                                 f"{exc or type(exc).__name__}") from None
+    try:
+        result = await client.get_node(_nid("")).call_method(
+            _nid(method), *(ua.Variant(v, ua.VariantType.String) for v in values))
+    except UaStatusCodeError as exc:
+        raise _Fail(EXIT_FAILED, f"the gateway refused the call: {exc}") from None
+    finally:
+        # The answer is in (or the failure is): a failed goodbye changes nothing.
+        with contextlib.suppress(TimeoutError, OSError, UaStatusCodeError):
+            await client.disconnect()
+    accepted, message = result
+    return bool(accepted), str(message)

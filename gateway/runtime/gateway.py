@@ -77,6 +77,15 @@ _ALLOWED: dict[Role, frozenset[RequestKind]] = {
 }
 
 
+# Incident work through a running gateway: closing an incident is an administrator's call.
+_INCIDENT_ROLES: dict[str, frozenset[Role]] = {
+    "note": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "acknowledge": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "check": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "resolve": frozenset({Role.ADMIN}),
+}
+
+
 class _Refused(Exception):
     """The model was refused at load (the registry's verdict, or a settings mismatch)."""
 
@@ -750,3 +759,38 @@ class Gateway(NorthboundHandler):
         if not authorised:
             return WriteOutcome(False, 2, f"role {client.role} may not {kind}")
         return WriteOutcome(True, 0, "queued for the next cycle")
+
+    async def incident(self, client: ClientInfo, action: str, incident_id: str,
+                       args: tuple[str, ...]) -> WriteOutcome:
+        """An operator's note, acknowledgement, checklist item or resolution, recorded by the
+        running gateway in its own audit chain (the CLI cannot write it while we hold it)."""
+        from gateway.incident.model import BadRequest, IncidentError
+
+        manager = self.incidents
+        if manager is None:
+            return WriteOutcome(False, 4, "this gateway keeps no incidents (audit off)")
+        allowed = _INCIDENT_ROLES.get(action)
+        if allowed is None:
+            return WriteOutcome(False, 3, f"unknown incident action {action!r}")
+        if client.role not in allowed:
+            return WriteOutcome(False, 2, f"role {client.role} may not {action} incidents")
+        who = client.user or client.address
+        source = f"{client.protocol}:{client.address}"
+        try:
+            if action == "note" and len(args) == 1:
+                incident = manager.note(incident_id, who, source, args[0])
+            elif action == "acknowledge" and len(args) == 1:
+                incident = manager.acknowledge(incident_id, who, source, args[0])
+            elif action == "check" and len(args) == 2:
+                incident = manager.check(incident_id, args[0], args[1], who, source)
+            elif action == "resolve" and len(args) == 1:
+                incident = manager.resolve(incident_id, who, source, args[0])
+            else:
+                return WriteOutcome(False, 3, f"wrong arguments for {action}")
+        except BadRequest as exc:
+            return WriteOutcome(False, 3, str(exc))
+        except IncidentError as exc:
+            return WriteOutcome(False, 4, str(exc))
+        log.info("incident %s: %s by %s from %s; phase %s", incident_id, action, who, source,
+                 incident.phase)
+        return WriteOutcome(True, 0, f"{action} recorded; phase {incident.phase}")

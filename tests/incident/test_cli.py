@@ -126,7 +126,7 @@ def test_writing_while_a_gateway_holds_the_database_is_refused(db, capsys):
     try:
         assert cli("note", ident, "x", "--by", "alice", "--db", str(path)) == 1
         err = capsys.readouterr().err
-        assert "running gateway" in err and "operator API" in err
+        assert "running gateway" in err and "--via ENDPOINT" in err
         # Reading still works beside it.
         assert cli("show", ident, "--db", str(path)) == 0
     finally:
