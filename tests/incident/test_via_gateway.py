@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
-
-import pytest
+from typing import TYPE_CHECKING
 
 import gateway
 from gateway.audit import verify
@@ -18,6 +17,9 @@ from gateway.incident.model import Phase
 from gateway.incident.store import load_incident
 from gateway.runtime.gateway import Gateway
 from simulators.ports import free_port
+
+if TYPE_CHECKING:
+    import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
