@@ -45,6 +45,7 @@ refusal if it must), and cancelling a write half-way to the device would be wors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import struct
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+# How long stop() waits for the sessions, then for the listening socket, to close.
+_STOP_WAIT_S = 5.0
 _HEAD3 = struct.Struct(">HHHBBB")  # MBAP + function code + (exception code | byte count)
 _ECHO = struct.Struct(">HHHBBHH")  # MBAP + function code + address + quantity/value
 _ADDR_QTY = struct.Struct(">HH")
@@ -246,10 +249,16 @@ class ModbusServer:
         sessions = list(self._sessions)
         for task in sessions:
             task.cancel()
+        # Bounded: a session awaiting a pymodbus write can lose its cancellation (Python
+        # 3.11's asyncio.wait_for), and a shutdown must end all the same.
         if sessions:
-            await asyncio.wait(sessions)
+            _, pending = await asyncio.wait(sessions, timeout=_STOP_WAIT_S)
+            if pending:
+                logger.error("modbus server: %d sessions did not stop within %.0f s; left "
+                           "behind", len(pending), _STOP_WAIT_S)
         if server is not None:
-            await server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), _STOP_WAIT_S)
 
     async def __aenter__(self) -> ModbusServer:
         await self.start()

@@ -77,6 +77,10 @@ _ALLOWED: dict[Role, frozenset[RequestKind]] = {
 }
 
 
+# How long shutdown waits for a device task to end once its client is closed and it is
+# cancelled (it normally takes one loop step).
+_TASK_STOP_S = 5.0
+
 # Incident work through a running gateway: closing an incident is an administrator's call.
 _INCIDENT_ROLES: dict[str, frozenset[Role]] = {
     "note": frozenset({Role.OPERATOR, Role.ADMIN}),
@@ -428,17 +432,24 @@ class Gateway(NorthboundHandler):
                 name: ("safe", float(self.supervisor.safe_values[i])) if i in safe
                 else ("hold", float(self.applied[i]))
                 for i, name in enumerate(self.names)})
-        for task in tasks:
-            task.cancel()
-        # The device tasks end with CancelledError, collected here; a cancellation of this
-        # task itself still propagates out of gather.
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for task, result in zip(tasks, results, strict=True):
-            if isinstance(result, Exception):
-                log.error("device task %s ended with %s: %s", task.get_name(),
-                          type(result).__name__, result)
+        # Close the clients first: their run() loops end at their next step whatever happens
+        # to the cancellation. Python 3.11's asyncio.wait_for (which pymodbus awaits every
+        # request with) swallows a cancellation that arrives with the answer; a device task
+        # that lost its cancel that way once kept this shutdown waiting for ever.
         for client in self.clients.values():
             await client.close()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_TASK_STOP_S)
+            for task in tasks:
+                if task in pending:
+                    log.error("shutdown: device task %s did not stop within %.0f s; left "
+                              "behind", task.get_name(), _TASK_STOP_S)
+                elif not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    log.error("device task %s ended with %s: %s", task.get_name(),
+                              type(exc).__name__, exc)
         if self.modbus_server is not None:
             await self.modbus_server.stop()
         if self.opcua_server is not None:

@@ -123,3 +123,44 @@ def test_fault_log_lines_and_bound(caplog):
         faults.fault(f"client{k}", "refused")
     assert len(faults.active) == 3
     assert list(faults.active) == ["client7", "client8", "client9"]
+
+
+class SwallowsCancel(FakeDevice):
+    """A device task that loses its cancellation, as Python 3.11's asyncio.wait_for (pymodbus
+    awaits every request with it) does when the answer arrives with the cancel; it still ends
+    once its client is closed, like the real clients' run loops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+        self.swallowed = 0
+
+    async def run(self) -> None:
+        while not self.closing.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                self.swallowed += 1
+
+    async def close(self) -> None:
+        self.closing.set()
+
+
+def test_shutdown_ends_even_if_a_device_task_swallows_its_cancellation():
+    async def body() -> None:
+        site = gateway.load_config("configs/water_tank.yaml")
+        device = SwallowsCancel()
+        gw = Gateway(site, clients={"plc": device}, servers=False, startup_wait_s=0.0)
+        tasks = [asyncio.create_task(device.run())]
+        await asyncio.sleep(0.05)
+        shutdown = asyncio.create_task(gw._shutdown(tasks))
+        try:
+            done, _ = await asyncio.wait([shutdown], timeout=10)
+            hung = not done
+        finally:
+            device.closing.set()  # so that a failing run ends instead of hanging the suite
+            await asyncio.wait([shutdown, *tasks], timeout=5)
+        assert not hung, "shutdown hung on the device task"
+        assert tasks[0].done()
+
+    asyncio.run(body())
