@@ -11,8 +11,9 @@ One step, in order:
 2. Input health: bad, stale or implausible sensors become NaN for everything downstream
    (the envelope then fails safe on them) and demand SAFE_STOP.
 3. Every fallback controller computes (hot standby), whatever the mode.
-4. The proposal: unusable or late → controller findings; otherwise the envelope's verdict, the
-   violation-rate window, the divergence detectors and the canary comparison.
+4. The proposal: unusable or late → controller findings; otherwise the envelope's verdict and
+   the canary comparison, and, in AUTO and SHADOW only (where the AI is in control or on
+   trial), the violation-rate window, gross violations and the divergence detectors.
 5. Findings move the mode toward safety only, and latch (unless their detector is bypassed).
 6. The output: AUTO takes the AI's command when the envelope passed or clamped it, else the
    fallback; SHADOW and MANUAL take the fallback; SAFE_STOP takes the safe values.
@@ -189,14 +190,20 @@ class Supervisor:
             action = verdict.action
             if action == Action.TRIP:
                 findings.append(_envelope_finding(verdict))
-            findings += self.violations.update(now_s, action != _OK)
-            if self._gross_findings:
-                findings += self._gross_findings
-                self._gross_findings = []
-            if self.divergence.watch:
-                findings += self.divergence.update(ai.tolist(), self.bank.reference)
-            if action != _OK and self.modes.mode is Mode.SHADOW:
-                self.modes.anomaly(now_s)
+            mode = self.modes.mode
+            # The AI's behaviour is judged (clamp rate, divergence) only where it is in
+            # control or on trial: AUTO and SHADOW. In MANUAL and SAFE_STOP it is checked
+            # against the fallback's trajectory, and disagreeing with the fallback would latch
+            # a trip again straight after every reset, so that SHADOW could never begin.
+            if mode is Mode.AUTO or mode is Mode.SHADOW:
+                findings += self.violations.update(now_s, action != _OK)
+                if self._gross_findings:
+                    findings += self._gross_findings
+                    self._gross_findings = []
+                if self.divergence.watch:
+                    findings += self.divergence.update(ai.tolist(), self.bank.reference)
+                if action != _OK and mode is Mode.SHADOW:
+                    self.modes.anomaly(now_s)
         if proposal is not None and proposal.canary is not None:
             findings += self.canary.update(proposal.canary)
         for finding in findings:

@@ -215,6 +215,28 @@ def test_gross_is_not_judged_while_the_ai_is_quarantined(engine):
     assert "envelope.gross" not in trips(loop)
 
 
+def test_a_quarantined_ai_that_disagrees_does_not_latch_manual_again(engine):
+    # After a trip the operator resets and wants to watch the AI in SHADOW. While the gateway
+    # sits in MANUAL the AI is judged against the fallback's trajectory; counting those clamps
+    # (or its disagreement with the fallback) as trips would latch at once after every reset,
+    # and the staged re-enable could never begin.
+    loop = Loop(engine)
+    for _ in range(600):  # a minute in MANUAL, the AI far from the fallback's 30 %
+        loop.step(np.array([90.0, 30.0, 0.0]))
+    assert trips(loop) == []
+    loop.request(RequestKind.TO_SHADOW)
+    d = loop.step(np.array([90.0, 30.0, 0.0]))
+    kinds = [e.kind for e in d.events]
+    assert EventKind.REQUEST_REFUSED not in kinds  # not latched: SHADOW begins
+    assert kinds[0] is EventKind.MODE_CHANGE and ("to", "shadow") in d.events[0].evidence
+    # On trial it is judged on its own trajectory from where the plant is: slamming the inflow
+    # from 30 % to 90 % is caught in that very step.
+    assert kinds[1:] == [EventKind.TRIP, EventKind.MODE_CHANGE]
+    assert trips(loop) == ["envelope.gross"]
+    assert d.mode is Mode.MANUAL
+    assert d.source is Source.FALLBACK
+
+
 # --------------------------------------------------------------------- inputs
 
 
