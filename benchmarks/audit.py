@@ -100,7 +100,8 @@ def bench_throughput(seconds: float, synchronous: Literal["FULL", "NORMAL"], *,
                 "records_per_s": written / elapsed, "batches": float(batches)}
 
 
-def _loop_segment(seconds: float, audit: AuditLog | None) -> tuple[list[float], list[float]]:
+def _loop_segment(seconds: float, audit: AuditLog | None, idle_hint: bool = True,
+                  ) -> tuple[list[float], list[float]]:
     """One stretch of the simulated control loop; returns (lateness, work) samples in s."""
     period = 1.0 / LOOP_HZ
     burst_every = max(1, round(BURST_EVERY_S * LOOP_HZ))
@@ -129,6 +130,8 @@ def _loop_segment(seconds: float, audit: AuditLog | None) -> tuple[list[float], 
                     sink.append(event)
         if len(sink) > 1000:
             sink.clear()
+        if audit is not None and idle_hint:
+            audit.idle()  # as the gateway does at the end of each cycle
         done = time.perf_counter()
         late.append(woke - deadline)
         work.append(done - woke)

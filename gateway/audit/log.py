@@ -198,6 +198,7 @@ class AuditLog:
         # Set by the writer when its batch is due: the next append wakes it, so that it
         # works right after the caller's cycle instead of at a random moment in the next.
         self._kick = False
+        self._hinted = False  # idle() is in use: appends leave due batches to it
         self._stopping = False
         self._close_deadline = math.inf
 
@@ -288,7 +289,19 @@ class AuditLog:
         if self._lost_unmarked:
             self._mark_gap()
         q.append((at_s, plain, actor, source, payload))
-        if self._kick or len(q) == self._batch_max:
+        if (self._kick and not self._hinted) or len(q) == self._batch_max:
+            self._kick = False
+            self._wake.set()
+
+    def idle(self) -> None:
+        """The producer is about to be idle (a control loop at the end of its cycle, before
+        it sleeps): a batch that is due starts now, while the loop is not running. Once this
+        has been called, appends no longer start due batches themselves: a cycle that appends
+        several records is not interrupted by the writer after its first one. A due batch
+        still starts after another ``flush_interval_s`` without a call, and a full one
+        (``batch_max``) at once. Never blocks."""
+        self._hinted = True
+        if self._kick:
             self._kick = False
             self._wake.set()
 
@@ -420,10 +433,11 @@ class AuditLog:
                 delay = self._flush_interval_s
             if (delay > 0 and not self._wake.wait(delay) and self._q
                     and self._storage_error is None and not self._stopping):
-                # A batch is due: do it right after the next append, i.e. just after the
-                # control loop's cycle, when the loop is asleep and not waiting for the GIL,
-                # rather than at a random moment that may be the loop's next wake-up. If no
-                # append comes, go ahead after another interval.
+                # A batch is due: do it at the producer's next idle() (or, without those,
+                # right after its next append, i.e. just after the control loop's cycle), when
+                # the loop is asleep and not waiting for the GIL, rather than at a random
+                # moment that may be the loop's next wake-up. If none comes, go ahead after
+                # another interval.
                 self._kick = True
                 self._wake.wait(self._flush_interval_s)
                 self._kick = False

@@ -531,6 +531,7 @@ class Gateway(NorthboundHandler):
                      event.name, decision.mode, event.reason, event.requester)
         await self._mirror(decision)
         self.decisions.append(decision)
+        self.records.idle()  # last: the audit writer's batch runs while the loop sleeps
         return decision
 
     def _proposal(self, sensors: F64, now: float) -> Proposal | None:

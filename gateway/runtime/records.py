@@ -159,6 +159,11 @@ class Records:
         self._append("shutdown", {"actuators": {name: {"policy": policy, "value": value}
                                                 for name, (policy, value) in left.items()}})
 
+    def idle(self) -> None:
+        """The cycle is over: the audit writer may do its batch while the loop sleeps."""
+        if self.audit is not None:
+            self.audit.idle()
+
     def alarm(self, message: str) -> None:
         self._append("alarm", {"message": message})
 

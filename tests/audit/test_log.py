@@ -604,3 +604,23 @@ def test_a_broken_clock_does_not_block_the_log(tmp_path):
         assert audit.flush(10)
     assert [r.at_s for r in read_records(path)] == [0.0, 0.0, 5.0]
     assert verify(path).ok
+
+
+def test_idle_starts_a_due_batch_and_appends_then_leave_it_to_idle(tmp_path):
+    # A control loop that calls idle() at the end of each cycle: the writer's batch runs then,
+    # not after the cycle's first append (which would interrupt the rest of the cycle).
+    flush = 0.4
+    with AuditLog(tmp_path / "a.db", flush_interval_s=flush) as audit:
+        audit.idle()
+        audit.append("event", {"n": 0})
+        # The batch falls due: the writer now waits for the producer (internal flag, read
+        # only to know when; it then goes ahead by itself one interval later).
+        assert wait_for(lambda: audit._kick, timeout_s=5 * flush)
+        audit.append("event", {"n": 1})  # an append no longer starts it ...
+        time.sleep(0.1 * flush)
+        assert audit.acknowledged_seq == 0
+        audit.idle()  # ... the end of the cycle does, well before the interval is up
+        assert wait_for(lambda: audit.acknowledged_seq == 2, timeout_s=0.5 * flush)
+        # Without a hint, a due batch still goes ahead by itself.
+        audit.append("event", {"n": 2})
+        assert wait_for(lambda: audit.acknowledged_seq == 3, timeout_s=5 * flush)
