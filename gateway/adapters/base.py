@@ -9,7 +9,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -133,11 +133,6 @@ class WriteOutcome(NamedTuple):
 ACCEPTED = WriteOutcome(True, 0, "")
 
 
-INCIDENT_ACTIONS: Final = ("note", "acknowledge", "check", "resolve")
-"""What an operator can do to an incident through a running gateway, and the roles allowed:
-resolving needs admin, the rest operator or admin (see :meth:`NorthboundHandler.incident`)."""
-
-
 class NorthboundHandler(ABC):
     """What the northbound servers call; the runtime implements it (tests subclass it)."""
 
@@ -157,7 +152,7 @@ class NorthboundHandler(ABC):
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:
-        """An operator's work on an incident while the gateway runs: ``action`` is one of
-        :data:`INCIDENT_ACTIONS` with its arguments (note: text; acknowledge: text; check:
-        phase, item; resolve: summary). Refused by default: a handler without incidents."""
+        """An operator's work on an incident while the gateway runs: ``action`` is "note"
+        (args: text), "acknowledge" (text), "check" (phase, item) or "resolve" (summary).
+        Refused by default: a handler without incidents."""
         return WriteOutcome(False, 4, "this gateway keeps no incidents")

@@ -649,27 +649,11 @@ class Registry:
         self._check_signature(entry, folder / SIGNATURE_FILE)
 
         model_path = folder / MODEL_FILE
-        try:
-            data = _read_regular(model_path, _MAX_MODEL_BYTES)
-        except OSError as exc:
-            raise ModelTampered(f"{entry.label}: model file unreadable ({exc})") from exc
-        actual = hashlib.sha256(data).hexdigest()
-        if not hmac.compare_digest(actual, entry.sha256):
-            raise ModelTampered(
-                f"{entry.label}: model file {model_path} was modified: sha256 {actual}, "
-                f"signed {entry.sha256}"
-            )
+        data, actual = _read_signed(model_path, _MAX_MODEL_BYTES, entry.sha256, entry.label,
+                                    "model", ModelTampered)
         canary_path = folder / CANARY_FILE
-        try:
-            canary_data = _read_regular(canary_path, _MAX_SMALL_FILE_BYTES)
-        except OSError as exc:
-            raise CanaryTampered(f"{entry.label}: canary file unreadable ({exc})") from exc
-        canary_actual = hashlib.sha256(canary_data).hexdigest()
-        if not hmac.compare_digest(canary_actual, entry.canary_sha256):
-            raise CanaryTampered(
-                f"{entry.label}: canary file {canary_path} was modified: sha256 "
-                f"{canary_actual}, signed {entry.canary_sha256}"
-            )
+        canary_data, _ = _read_signed(canary_path, _MAX_SMALL_FILE_BYTES, entry.canary_sha256,
+                                      entry.label, "canary", CanaryTampered)
         try:
             settings, cases = _parse_canary(canary_data, entry, canary_tolerance)
         except ValueError as exc:
@@ -1054,6 +1038,22 @@ def _read_model(path: Path) -> bytes:
         raise RegistryInputError(f"{path}: model file not found") from None
     except OSError as exc:
         raise RegistryInputError(f"{path}: cannot read model file ({exc})") from exc
+
+
+def _read_signed(path: Path, limit: int, signed_sha256: str, label: str, what: str,
+                 error: type[RegistryError]) -> tuple[bytes, str]:
+    """The bytes of a version's file and their sha256, which must be the signed one; raises
+    ``error`` if the file is unreadable or was modified. The bytes hashed are the bytes
+    returned (nothing is read twice)."""
+    try:
+        data = _read_regular(path, limit)
+    except OSError as exc:
+        raise error(f"{label}: {what} file unreadable ({exc})") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if not hmac.compare_digest(actual, signed_sha256):
+        raise error(f"{label}: {what} file {path} was modified: sha256 {actual}, "
+                    f"signed {signed_sha256}")
+    return data, actual
 
 
 def _read_regular(path: Path, limit: int) -> bytes:

@@ -361,10 +361,7 @@ class ModeMachine:
         return float(now_s)
 
     def _advance(self, now_s: float) -> float | None:
-        # _effective inlined: this runs every cycle.
-        last = self._last_now_s
-        t = last if not math.isfinite(now_s) or (last is not None and now_s < last) else float(
-            now_s)
+        t = self._effective(now_s)
         if t is not None:
             self._last_now_s = t
             if self._mode is Mode.SHADOW and self._shadow_clean_since_s is None:
