@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -82,6 +82,19 @@ _ALLOWED: dict[Role, frozenset[RequestKind]] = {
 _TASK_STOP_S = 5.0
 
 # Incident work through a running gateway: closing an incident is an administrator's call.
+_NOT_WRITTEN = WriteOutcome(False, 4, "the write was interrupted; it may or may not have reached "
+                                       "the device")
+_STOPPING = WriteOutcome(False, 4, "the gateway is shutting down")
+
+
+class _Through(NamedTuple):
+    """An operator setpoint waiting to be written through (see ``Gateway._commit``)."""
+
+    values: dict[str, float]
+    indexes: tuple[int, ...]
+    outcome: asyncio.Future[WriteOutcome]
+
+
 _INCIDENT_ROLES: dict[str, frozenset[Role]] = {
     "note": frozenset({Role.OPERATOR, Role.ADMIN}),
     "acknowledge": frozenset({Role.OPERATOR, Role.ADMIN}),
@@ -212,6 +225,10 @@ class Gateway(NorthboundHandler):
         self.modbus_server: Any = None
         self.opcua_server: Any = None
         self._write_lock = asyncio.Lock()
+        # Operator setpoints queued for the write-through task (see _commit_queued).
+        self._queued: list[_Through] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._stopping = False
         self._schedule: CycleSchedule | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -418,13 +435,24 @@ class Gateway(NorthboundHandler):
             log.info("rate limiting lifted: no incident open")
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        # No operator setpoint may land after the shutdown values: refuse new ones, let the
+        # batch on its way finish (bounded by the device timeout), refuse what is queued.
+        self._stopping = True
+        committer = self._committer
+        if committer is not None:
+            _, pending = await asyncio.wait([committer], timeout=_TASK_STOP_S)
+            if pending:
+                committer.cancel()
+                log.error("shutdown: the write-through task did not finish within %.0f s; "
+                          "cancelled", _TASK_STOP_S)
         safe = {i for i, t in enumerate(self.actuators)
                 if t.on_shutdown is ShutdownAction.SAFE}
         if safe and self.supervisor is not None:
             values = self.applied.copy()
             for i in safe:
                 values[i] = self.supervisor.safe_values[i]
-            await self._write_devices(values, only=safe)
+            async with self._write_lock:
+                await self._write_devices(values, only=safe)
             log.info("shutdown: safe values written to %s",
                      ", ".join(self.names[i] for i in sorted(safe)))
         if self.supervisor is not None:
@@ -579,8 +607,15 @@ class Gateway(NorthboundHandler):
                 jobs.append(client.write_heartbeat(self.heartbeat))
                 names.append(f"heartbeat:{device}")
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*jobs, return_exceptions=True), max(self.period_s, 0.05))
+            async with asyncio.timeout(max(self.period_s, 0.05)):
+                if len(jobs) == 1:  # a write-through: no task for a lone request
+                    results: list[object] = [None]
+                    try:
+                        await jobs[0]
+                    except Exception as exc:  # as gather(return_exceptions=True) gives it
+                        results = [exc]
+                else:
+                    results = await asyncio.gather(*jobs, return_exceptions=True)
         except TimeoutError:
             self.faults.fault("write-timeout", "device writes did not finish within a cycle")
             self.written[:] = math.nan
@@ -713,7 +748,50 @@ class Gateway(NorthboundHandler):
         if sup.mode is not Mode.MANUAL:
             return WriteOutcome(False, 4, f"operator setpoints are taken in MANUAL mode only "
                                           f"(mode is {sup.mode})")
+        if self._stopping:
+            return WriteOutcome(False, 4, "the gateway is shutting down")
+        item = _Through(group, tuple(self.index[n] for n in group),
+                        asyncio.get_running_loop().create_future())
+        self._queued.append(item)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued(), name="write-through")
+        outcome = await item.outcome
+        if outcome.accepted:
+            log.debug("operator write by=%s from=%s values=%s", client.user, client.address,
+                      group)
+        return outcome
+
+    async def _commit_queued(self) -> None:
+        """Write the queued operator setpoints through, in batches: everything that queued
+        while one batch was on its way to the devices goes out together in the next (one
+        request per device instead of one per client). Runs in a task of its own, so that a
+        client that disconnects never cuts a device write short."""
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    await self._commit(batch)
+                finally:
+                    for item in batch:  # cancelled or a bug: the client still gets an answer
+                        if not item.outcome.done():
+                            item.outcome.set_result(_NOT_WRITTEN)
+        finally:
+            self._committer = None
+            for item in self._queued:  # only when this task was cancelled (shutdown)
+                if not item.outcome.done():
+                    item.outcome.set_result(_STOPPING)
+            self._queued = []
+
+    async def _commit(self, batch: list[_Through]) -> None:
+        """Check the batch's setpoints one after another, each on top of those before it
+        (the envelope's linear constraints span actuators), write the accepted ones' first
+        steps in one go, and answer each client."""
+        sup = self.supervisor
+        wire = self.wire
+        assert sup is not None
+        assert wire is not None
         async with self._write_lock:
+            now = self.clock()
             # The setpoint is the target; the first step toward it (within the rate and step
             # limits since the last write) goes to the device before the answer, and the
             # control cycle ramps the rest.
@@ -721,30 +799,62 @@ class Gateway(NorthboundHandler):
             if not math.isfinite(dt):
                 dt = self.period_s  # nothing written yet: allow one cycle's movement
             dt = max(dt, 1e-3)
-            changed = {self.index[n] for n in group}
-            admitted = sup.gate.admit(candidate, self.applied, sensors, dt)
-            if any(admitted.safe[i] for i in changed):
-                return WriteOutcome(False, 3, "outside the envelope now: " + ", ".join(
-                    admitted.violations))
-            first = self.applied.copy()
+            sensors = self._sensors_now()
+            previous = self.applied
+            target = previous.copy()
+            taken: list[_Through] = []
+            for item in batch:
+                if self._stopping or sup.mode is not Mode.MANUAL:  # changed while queued
+                    item.outcome.set_result(
+                        _STOPPING if self._stopping else WriteOutcome(
+                            False, 4, f"operator setpoints are taken in MANUAL mode only "
+                                      f"(mode is {sup.mode})"))
+                    continue
+                candidate = target.copy()
+                for name, value in item.values.items():
+                    candidate[self.index[name]] = value
+                admitted = sup.gate.admit(candidate, previous, sensors, dt)
+                if any(admitted.safe[i] for i in item.indexes):
+                    item.outcome.set_result(WriteOutcome(
+                        False, 3, "outside the envelope now: " + ", ".join(admitted.violations)))
+                    continue
+                trial = target.copy()
+                for i in item.indexes:
+                    trial[i] = admitted.command[i]
+                written = wire.admit(trial, previous, sensors, dt)
+                if any(written.safe) or not sup.gate.admissible(written.values, previous,
+                                                                sensors, dt):
+                    item.outcome.set_result(WriteOutcome(
+                        False, 3, "no representable first step inside the envelope"))
+                    continue
+                for i in item.indexes:
+                    target[i] = written.values[i]
+                taken.append(item)
+            if not taken:
+                return
+            changed = {i for item in taken for i in item.indexes}
+            # What the devices will hold, as a whole, is what was checked last; checked once
+            # more as the vector actually written (the invariant, after encoding).
+            if not sup.gate.admissible(target, previous, sensors, dt):
+                for item in taken:
+                    item.outcome.set_result(WriteOutcome(
+                        False, 3, "the setpoints together leave the envelope"))
+                return
+            if not await self._write_devices(target, only=changed):
+                for item in taken:
+                    item.outcome.set_result(WriteOutcome(
+                        False, 4, "the device did not take the write"))
+                return
             for i in changed:
-                first[i] = admitted.command[i]
-            written = wire.admit(first, self.applied, sensors, dt)
-            if any(written.safe) or not sup.gate.admissible(written.values, self.applied,
-                                                            sensors, dt):
-                return WriteOutcome(False, 3, "no representable first step inside the envelope")
-            if not await self._write_devices(written.values, only=changed):
-                return WriteOutcome(False, 4, "the device did not take the write")
-            for i in changed:
-                self.applied[i] = written.values[i]
+                self.applied[i] = target[i]
             self.last_write_s = now
             self.records.write(self.applied)
             sup.record_write(self.applied)
-            for name, value in group.items():
-                self.records.setpoint(self.index[name], value)
-                sup.set_operator_setpoint(self.index[name], value)
-        log.debug("operator write by=%s from=%s values=%s", client.user, client.address, group)
-        return ACCEPTED
+            for item in taken:
+                for name, value in item.values.items():
+                    self.records.setpoint(self.index[name], value)
+                    sup.set_operator_setpoint(self.index[name], value)
+                item.outcome.set_result(ACCEPTED)
 
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
