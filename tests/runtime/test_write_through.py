@@ -14,6 +14,7 @@ from gateway.runtime.gateway import Gateway
 from gateway.supervisor.modes import Mode
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
 SCADA = [ClientInfo("modbus", f"127.0.0.1:{5000 + k}", None, Role.OPERATOR) for k in range(4)]
@@ -57,7 +58,7 @@ class Device:
     async def run(self) -> None:
         await asyncio.Event().wait()
 
-    async def write(self, values: dict[str, float]) -> None:
+    async def write(self, values: Mapping[str, float]) -> None:
         self.calls += 1
         self.arrived.set()
         await self.gate.wait()
