@@ -71,3 +71,23 @@ def test_whatever_is_written_is_admissible_and_representable(inflow, pump, prev_
         assert wg.gate.admissible(out.values, previous, SENSORS, 0.5)
         for tag, value in zip(wg.tags, out.values, strict=True):
             assert codec.wire_value(tag, float(value)) == value
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 12.345, 99.995, 100.0, 655.36, -1.0]),
+                          st.sampled_from([0.0, 20.0, 33.333, 101.0]),
+                          st.sampled_from([0.0, 1.0, 0.5])), min_size=1, max_size=12))
+def test_a_gate_that_remembers_answers_as_a_fresh_one(commands):
+    """The per-actuator memory of the last encoding changes nothing: a long-lived gate gives,
+    command after command, what a new gate (nothing remembered) gives."""
+    site = gateway.load_config(TANK)
+    env = gateway.envelope.compile(site, "python")
+    gate = Gate(env, np.array([t.safe_value for t in site.actuators]))
+    kept = WireGate(site.actuators, gate)
+    previous = np.array([30.0, 30.0, 0.0])
+    for command in commands:
+        c = np.array(command)
+        got = kept.admit(c, previous, SENSORS, 10.0)
+        want = WireGate(site.actuators, gate).admit(c, previous, SENSORS, 10.0)
+        np.testing.assert_array_equal(got.values, want.values)
+        assert (got.safe, got.adjusted) == (want.safe, want.adjusted)
