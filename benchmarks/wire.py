@@ -154,8 +154,9 @@ async def _modbus(n: int, seconds: float, folder: Path) -> dict[str, float]:
             async def gw_up() -> bool:
                 if not await via.connect():
                     return False
-                rr = await via.read_input_registers(1000, count=1, device_id=1)
-                return not rr.isError() and rr.registers[0] == 2  # mirrored: MANUAL
+                rr = await via.read_input_registers(1000, count=4, device_id=1)
+                # MANUAL, and a heartbeat: the first cycle ran (the server answers earlier)
+                return not rr.isError() and rr.registers[0] == 2 and rr.registers[3] > 0
 
             await _until(gw_up, 30, "the gateway", gw.log)
 
