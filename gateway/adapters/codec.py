@@ -145,13 +145,17 @@ def _wire_of_raw(tag: Tag, raw: int | float) -> float:
         short = float(format(w, ".15g"))
         if short != w and _raw_or_none(tag, short) == raw:
             return short
+    # w itself nearly always encodes back to raw: try it before the ulps around it (nearest
+    # first, below before above).
     down = up = w
-    candidates = [w]
-    for _ in range(_SEARCH_ULPS):
-        down = math.nextafter(down, -math.inf)
-        up = math.nextafter(up, math.inf)
-        candidates += (down, up)
-    for c in candidates:
+    for k in range(2 * _SEARCH_ULPS + 1):
+        if k:
+            if k % 2:
+                down = c = math.nextafter(down, -math.inf)
+            else:
+                up = c = math.nextafter(up, math.inf)
+        else:
+            c = w
         try:
             if _same_raw(tag, _raw(tag, c), raw):
                 return c

@@ -73,26 +73,32 @@ class WireType(StrEnum):
     FLOAT32 = "float32"
     FLOAT64 = "float64"
 
+    # Looked up in tables built once (below the class): the codec asks on every value.
     @property
     def registers(self) -> int:
-        return {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2}.get(
-            self.value, 2 if self is WireType.FLOAT32 else 4
-        )
+        return _REGISTERS[self]
 
     @property
     def is_integer(self) -> bool:
-        return self in (WireType.INT16, WireType.UINT16, WireType.INT32, WireType.UINT32)
+        return self in _INTEGER_TYPES
 
     @property
     def integer_range(self) -> tuple[int, int]:
-        """Representable raw range of an integer or bool type."""
-        return {
-            WireType.BOOL: (0, 1),
-            WireType.INT16: (-(2**15), 2**15 - 1),
-            WireType.UINT16: (0, 2**16 - 1),
-            WireType.INT32: (-(2**31), 2**31 - 1),
-            WireType.UINT32: (0, 2**32 - 1),
-        }[self]
+        """Representable raw range of an integer or bool type (KeyError for a float type)."""
+        return _INTEGER_RANGES[self]
+
+
+_REGISTERS: dict[WireType, int] = {
+    WireType.BOOL: 1, WireType.INT16: 1, WireType.UINT16: 1, WireType.INT32: 2,
+    WireType.UINT32: 2, WireType.FLOAT32: 2, WireType.FLOAT64: 4}
+_INTEGER_TYPES = frozenset({WireType.INT16, WireType.UINT16, WireType.INT32, WireType.UINT32})
+_INTEGER_RANGES: dict[WireType, tuple[int, int]] = {
+    WireType.BOOL: (0, 1),
+    WireType.INT16: (-(2**15), 2**15 - 1),
+    WireType.UINT16: (0, 2**16 - 1),
+    WireType.INT32: (-(2**31), 2**31 - 1),
+    WireType.UINT32: (0, 2**32 - 1),
+}
 
 
 class Order(StrEnum):
