@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_INPUT
 
-    async def main() -> dict[str, float]:
+    async def main() -> dict[str, Any]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway (SIGINT/SIGTERM stop it cleanly)")
     run.add_argument("config", help="site YAML file")
     run.add_argument("--stats-json", metavar="PATH",
-                     help="at shutdown, write cycle statistics (lateness percentiles) here")
+                     help="at shutdown, write cycle statistics here (lateness percentiles, "
+                          "and each cycle's start and lateness)")
     run.add_argument("--playbook", metavar="PATH",
                      help="incident playbook (default: configs/playbooks/default.yaml)")
     run.add_argument("--no-audit", action="store_true",

@@ -3,6 +3,7 @@ default ports and `run configs/water_tank.yaml`, as two processes, as a user wou
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -49,8 +50,13 @@ def test_water_tank_site_runs_against_the_water_tank_simulator(tmp_path):
         assert gw.returncode == 0, err
         assert "Traceback" not in err
         assert "cannot connect" not in err  # the site found the simulator where it said
-        cycles = json.loads(stats.read_text())["cycles"]
+        figures = json.loads(stats.read_text())
+        cycles = figures["cycles"]
         assert cycles > 20
+        at = figures["timeline"]["at_s"]  # each cycle's start, in order, about a period apart
+        assert len(at) == len(figures["timeline"]["lateness_ms"]) == cycles
+        assert all(b > a for a, b in itertools.pairwise(at))
+        assert at[-1] - at[0] >= (cycles - 1) * figures["period_ms"] / 1000.0 * 0.99
         # The tank's readings were good: no input fault sent the gateway to SAFE_STOP.
         assert "safe_stop" not in err.lower(), err
     finally:

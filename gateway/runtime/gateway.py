@@ -219,7 +219,9 @@ class Gateway(NorthboundHandler):
         self.written = np.full(len(self.actuators), math.nan)
         self.refresh_period_s = 1.0
         self.next_refresh_s = -math.inf
+        # The last 100,000 cycles: when each started (self.clock) and how late it was.
         self.lateness_s: deque[float] = deque(maxlen=100_000)
+        self.cycle_at_s: deque[float] = deque(maxlen=100_000)
         self.decisions: deque[Decision] = deque(maxlen=1000)  # for tests and dashboards
         self.servers_enabled = servers
         self.modbus_server: Any = None
@@ -495,8 +497,11 @@ class Gateway(NorthboundHandler):
     def skipped(self) -> int:
         return self._schedule.skipped if self._schedule is not None else 0
 
-    def stats(self) -> dict[str, float]:
-        """Cycle statistics: count, skipped cycles and lateness percentiles (milliseconds)."""
+    def stats(self) -> dict[str, Any]:
+        """Cycle statistics: count, skipped cycles and lateness percentiles (milliseconds) over
+        the last 100,000 cycles, and ``timeline``: each of those cycles' start (``at_s``, the
+        gateway's clock: monotonic seconds) and lateness, so that a load test can take the
+        figures of its own window."""
         late = sorted(self.lateness_s)
         if not late:
             return {"cycles": 0.0}
@@ -506,7 +511,9 @@ class Gateway(NorthboundHandler):
 
         return {"cycles": float(len(late)), "skipped": float(self.skipped),
                 "lateness_ms_p50": pct(0.5), "lateness_ms_p99": pct(0.99),
-                "lateness_ms_max": 1000.0 * late[-1]}
+                "lateness_ms_max": 1000.0 * late[-1], "period_ms": 1000.0 * self.period_s,
+                "timeline": {"at_s": list(self.cycle_at_s),
+                             "lateness_ms": [1000.0 * x for x in self.lateness_s]}}
 
     # ------------------------------------------------------------------ the cycle
 
@@ -516,6 +523,7 @@ class Gateway(NorthboundHandler):
         while not stop.is_set():
             now = self.clock()
             self.lateness_s.append(schedule.lateness_s(now))
+            self.cycle_at_s.append(now)
             await self.cycle(now)
             nxt = schedule.advance(self.clock())
             delay = nxt - self.clock()
