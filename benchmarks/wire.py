@@ -203,7 +203,8 @@ async def _modbus(n: int, seconds: float, folder: Path) -> dict[str, float]:
 
             t0 = time.monotonic()
             await asyncio.gather(*(hammer(i) for i in range(4)))
-            result["validated_writes_per_s"] = sum(counts) / (time.monotonic() - t0)
+            writes_end = time.monotonic()
+            result["validated_writes_per_s"] = sum(counts) / (writes_end - t0)
 
             # The cycle under read load: reads back to back for `seconds`, then stop the
             # gateway and take its own lateness figures for the cycles of that window (the
@@ -222,7 +223,11 @@ async def _modbus(n: int, seconds: float, folder: Path) -> dict[str, float]:
         direct.close()
     import json
 
-    result.update(_window(json.loads(stats.read_text()), window_start, window_end))
+    gw_stats = json.loads(stats.read_text())
+    result.update(_window(gw_stats, window_start, window_end))
+    # For information (no target): the cycle while the 4 connections write through.
+    under_writes = _window(gw_stats, t0, writes_end)
+    result["cycle_lateness_ms_p99_under_writes"] = under_writes["cycle_lateness_ms_p99"]
     return result
 
 
@@ -341,6 +346,8 @@ def format_text(r: dict[str, Any]) -> str:
         f"  100 Hz cycle lateness under {r['hammer_reads_per_s']:.0f} reads/s: "
         f"p50 {r['cycle_lateness_ms_p50']:.3f} ms  p99 {r['cycle_lateness_ms_p99']:.3f} ms  "
         f"({int(r['cycles'])} cycles, {int(r['cycles_skipped'])} skipped)",
+        f"  (the same under the validated writes: p99 "
+        f"{r['cycle_lateness_ms_p99_under_writes']:.3f} ms; no target)",
         "targets: " + "; ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()),
     ]
     return "\n".join(lines)
