@@ -87,9 +87,23 @@ _NOT_WRITTEN = WriteOutcome(False, 4, "the write was interrupted; it may or may 
 _STOPPING = WriteOutcome(False, 4, "the gateway is shutting down")
 
 
+# Group commit (as PostgreSQL's commit_delay with commit_siblings): when other clients have
+# been writing through in the last _SIBLING_ACTIVE_S, a batch waits up to _SIBLING_WAIT_S for
+# their next setpoints before it leaves, so that one device request carries several. A lone
+# writer never waits.
+_SIBLING_ACTIVE_S = 0.02
+_SIBLING_WAIT_S = 0.0005
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class _Through(NamedTuple):
     """An operator setpoint waiting to be written through (see ``Gateway._commit``)."""
 
+    client: str
     values: dict[str, float]
     indexes: tuple[int, ...]
     outcome: asyncio.Future[WriteOutcome]
@@ -230,6 +244,10 @@ class Gateway(NorthboundHandler):
         # Operator setpoints queued for the write-through task (see _commit_queued).
         self._queued: list[_Through] = []
         self._committer: asyncio.Task[None] | None = None
+        self._writers: dict[str, float] = {}  # client → when it last wrote through (loop time)
+        self.sibling_active_s = _SIBLING_ACTIVE_S
+        self.sibling_wait_s = _SIBLING_WAIT_S
+        self._siblings: tuple[asyncio.Future[None], set[str]] | None = None
         self._stopping = False
         self._schedule: CycleSchedule | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -758,9 +776,11 @@ class Gateway(NorthboundHandler):
                                           f"(mode is {sup.mode})")
         if self._stopping:
             return WriteOutcome(False, 4, "the gateway is shutting down")
-        item = _Through(group, tuple(self.index[n] for n in group),
-                        asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Through(client.address, group, tuple(self.index[n] for n in group),
+                        loop.create_future())
         self._queued.append(item)
+        self._note_writer(client.address, loop.time())
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_queued(), name="write-through")
         outcome = await item.outcome
@@ -776,6 +796,7 @@ class Gateway(NorthboundHandler):
         client that disconnects never cuts a device write short."""
         try:
             while self._queued:
+                await self._wait_for_siblings()
                 batch, self._queued = self._queued, []
                 try:
                     await self._commit(batch)
@@ -789,6 +810,37 @@ class Gateway(NorthboundHandler):
                 if not item.outcome.done():
                     item.outcome.set_result(_STOPPING)
             self._queued = []
+
+    def _note_writer(self, client: str, at_s: float) -> None:
+        writers = self._writers
+        writers[client] = at_s
+        if len(writers) > 64:  # addresses come from clients: keep the recent ones only
+            for key in [k for k, t in writers.items() if at_s - t > self.sibling_active_s]:
+                del writers[key]
+        waiting = self._siblings
+        if waiting is not None:
+            fut, expected = waiting
+            expected.discard(client)
+            if not expected and not fut.done():
+                fut.set_result(None)
+
+    async def _wait_for_siblings(self) -> None:
+        """Before a batch leaves: wait a moment for the other recent writers' setpoints."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        queued = {item.client for item in self._queued}
+        expected = {c for c, t in self._writers.items()
+                    if now - t < self.sibling_active_s and c not in queued}
+        if not expected:
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        self._siblings = (fut, expected)
+        timer = loop.call_later(self.sibling_wait_s, _settle, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._siblings = None
 
     async def _commit(self, batch: list[_Through]) -> None:
         """Check the batch's setpoints one after another, each on top of those before it

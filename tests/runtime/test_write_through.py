@@ -155,3 +155,35 @@ def test_nothing_lands_after_the_shutdown_values(tmp_path: Path) -> None:
         assert (await queued)["b"].code == 4
         assert device.landed == [{"a": 50.0}, {"a": 0.0, "b": 0.0}]  # the safe values last
     asyncio.run(body())
+
+
+def test_a_batch_waits_a_moment_for_the_other_recent_writers(tmp_path: Path) -> None:
+    async def body() -> None:
+        gw, device = await started(tmp_path)
+        gw.sibling_active_s, gw.sibling_wait_s = 5.0, 1.0
+        await asyncio.gather(gw.write(SCADA[0], {"a": 10.0}, atomic=True),
+                             gw.write(SCADA[1], {"b": 10.0}, atomic=True))
+        calls = device.calls
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        first = asyncio.create_task(gw.write(SCADA[0], {"a": 20.0}, atomic=True))
+        await asyncio.sleep(0.05)  # the other writer comes a moment later
+        second = await gw.write(SCADA[1], {"b": 20.0}, atomic=True)
+        assert (await first)["a"].accepted and second["b"].accepted
+        assert device.calls == calls + 1  # one request for both
+        assert device.landed[-1] == {"a": 20.0, "b": 20.0}
+        assert loop.time() - t0 < 0.5  # it left once both were in, not after the full wait
+    asyncio.run(body())
+
+
+def test_a_lone_writer_never_waits(tmp_path: Path) -> None:
+    async def body() -> None:
+        gw, device = await started(tmp_path)
+        gw.sibling_active_s, gw.sibling_wait_s = 5.0, 1.0
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for value in (10.0, 20.0, 30.0):
+            assert (await gw.write(SCADA[0], {"a": value}, atomic=True))["a"].accepted
+        assert loop.time() - t0 < 0.5
+        assert device.landed == [{"a": 10.0}, {"a": 20.0}, {"a": 30.0}]
+    asyncio.run(body())
