@@ -72,8 +72,7 @@ log = logging.getLogger("gateway.runtime")
 _ALLOWED: dict[Role, frozenset[RequestKind]] = {
     Role.ADMIN: frozenset(RequestKind),
     Role.OPERATOR: frozenset({RequestKind.TO_MANUAL, RequestKind.TO_SAFE_STOP,
-                              RequestKind.TO_SHADOW, RequestKind.TO_AUTO,
-                              RequestKind.RESET_TRIP}),
+                              RequestKind.TO_SHADOW, RequestKind.TO_AUTO}),
 }
 
 

@@ -102,6 +102,8 @@ def test_requests_are_authorised_by_role():
         refused = await gw.request(OPERATOR, "bypass", "ai_silent", 10.0)
         assert not refused.accepted
         assert refused.code == 2
+        # A latched trip is reset by an administrator (as the OPC UA method requires).
+        assert (await gw.request(OPERATOR, "reset_trip", None, None)).code == 2
         assert (await gw.request(AI, "to_auto", None, None)).code == 2
         assert (await gw.request(OPERATOR, "nonsense", None, None)).code == 3
     asyncio.run(body())
