@@ -8,7 +8,10 @@ writes the PLC directly and then through the gateway:
 - reads through the gateway are served from its mirror of the PLC;
 - writes through the gateway are operator setpoints in MANUAL mode: validated against the
   envelope, encoded, checked again, and forwarded to the PLC before the gateway answers;
-- ``validated_writes_per_s`` counts accepted validated writes from 4 concurrent connections;
+- ``validated_writes_per_s`` counts accepted validated writes from 4 concurrent connections
+  (the gateway batches what they send at the same moment into one device request);
+- the PLC device is configured as a deployment with write-through traffic should be: writes on
+  their own connection (``separate_write_connection``), so they never queue behind polls;
 - ``cycle_lateness_ms_p99`` is the gateway's own measurement of its 100 Hz cycle while a client
   reads back to back from the northbound server (from ``run --stats-json``'s timeline, the
   cycles of that window only: not those of the write load before it).
@@ -45,7 +48,7 @@ def _pct(samples: list[float], q: float) -> float:
 def _site_yaml(protocol: str, plc_port: int, nb_port: int) -> str:
     if protocol == "modbus":
         device = (f"  plc: {{protocol: modbus_tcp, host: 127.0.0.1, port: {plc_port}, unit: 1,"
-                  f" timeout_ms: 500, poll_ms: 10,"
+                  f" timeout_ms: 500, poll_ms: 10, separate_write_connection: true,"
                   f" heartbeat: {{table: holding_register, address: 100}}}}\n")
         sensor = "{{device: plc, kind: sensor, table: input_register, address: {a}, " \
                  "type: float32, range: [-1000, 1000]}}"
