@@ -33,7 +33,7 @@ from gateway.adapters.base import EncodingError
 from gateway.config.schema import ModbusRef, Order, WireType
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from gateway.config.schema import Tag
 
@@ -121,6 +121,18 @@ def _same_raw(tag: Tag, a: int | float, b: int | float) -> bool:
     return _raw_bytes(tag, a) == _raw_bytes(tag, b)
 
 
+def _nearby(w: float) -> Iterator[float]:
+    """``w``, then the floats around it, nearest first, below before above (lazily: ``w``
+    itself nearly always is the answer)."""
+    yield w
+    down = up = w
+    for _ in range(_SEARCH_ULPS):
+        down = math.nextafter(down, -math.inf)
+        yield down
+        up = math.nextafter(up, math.inf)
+        yield up
+
+
 def _wire_of_raw(tag: Tag, raw: int | float) -> float:
     """The engineering value that stands for ``raw``: a float ``w`` with ``_raw(w) == raw``.
 
@@ -145,17 +157,7 @@ def _wire_of_raw(tag: Tag, raw: int | float) -> float:
         short = float(format(w, ".15g"))
         if short != w and _raw_or_none(tag, short) == raw:
             return short
-    # w itself nearly always encodes back to raw: try it before the ulps around it (nearest
-    # first, below before above).
-    down = up = w
-    for k in range(2 * _SEARCH_ULPS + 1):
-        if k:
-            if k % 2:
-                down = c = math.nextafter(down, -math.inf)
-            else:
-                up = c = math.nextafter(up, math.inf)
-        else:
-            c = w
+    for c in _nearby(w):
         try:
             if _same_raw(tag, _raw(tag, c), raw):
                 return c

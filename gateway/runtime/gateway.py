@@ -80,10 +80,14 @@ _ALLOWED: dict[Role, frozenset[RequestKind]] = {
 # cancelled (it normally takes one loop step).
 _TASK_STOP_S = 5.0
 
-# Incident work through a running gateway: closing an incident is an administrator's call.
 _NOT_WRITTEN = WriteOutcome(False, 4, "the write was interrupted; it may or may not have reached "
                                        "the device")
 _STOPPING = WriteOutcome(False, 4, "the gateway is shutting down")
+
+
+def _manual_only(mode: Mode) -> WriteOutcome:
+    return WriteOutcome(False, 4, f"operator setpoints are taken in MANUAL mode only "
+                                  f"(mode is {mode})")
 
 
 # Group commit (as PostgreSQL's commit_delay with commit_siblings): when other clients have
@@ -108,6 +112,7 @@ class _Through(NamedTuple):
     outcome: asyncio.Future[WriteOutcome]
 
 
+# Incident work through a running gateway: closing an incident is an administrator's call.
 _INCIDENT_ROLES: dict[str, frozenset[Role]] = {
     "note": frozenset({Role.OPERATOR, Role.ADMIN}),
     "acknowledge": frozenset({Role.OPERATOR, Role.ADMIN}),
@@ -771,10 +776,9 @@ class Gateway(NorthboundHandler):
             self.external.write(group, now)
             return ACCEPTED
         if sup.mode is not Mode.MANUAL:
-            return WriteOutcome(False, 4, f"operator setpoints are taken in MANUAL mode only "
-                                          f"(mode is {sup.mode})")
+            return _manual_only(sup.mode)
         if self._stopping:
-            return WriteOutcome(False, 4, "the gateway is shutting down")
+            return _STOPPING
         loop = asyncio.get_running_loop()
         item = _Through(client.address, group, tuple(self.index[n] for n in group),
                         loop.create_future())
@@ -820,8 +824,8 @@ class Gateway(NorthboundHandler):
         if waiting is not None:
             fut, expected = waiting
             expected.discard(client)
-            if not expected and not fut.done():
-                fut.set_result(None)
+            if not expected:
+                _settle(fut)
 
     async def _wait_for_siblings(self) -> None:
         """Before a batch leaves: wait a moment for the other recent writers' setpoints."""
@@ -864,10 +868,8 @@ class Gateway(NorthboundHandler):
             taken: list[_Through] = []
             for item in batch:
                 if self._stopping or sup.mode is not Mode.MANUAL:  # changed while queued
-                    item.outcome.set_result(
-                        _STOPPING if self._stopping else WriteOutcome(
-                            False, 4, f"operator setpoints are taken in MANUAL mode only "
-                                      f"(mode is {sup.mode})"))
+                    item.outcome.set_result(_STOPPING if self._stopping
+                                            else _manual_only(sup.mode))
                     continue
                 candidate = target.copy()
                 for name, value in item.values.items():
