@@ -1,9 +1,10 @@
 """The gateway's northbound Modbus TCP server: SCADA and external AI controllers connect here.
 
-Our own implementation on asyncio streams (not pymodbus's server, which its maintainers do not
-describe as hardened for hostile networks): every frame is validated before any other work,
-reads are answered from the in-memory :class:`~gateway.adapters.modbus_map.RegisterImage`
-without awaiting anything, and every write is a request handed to the runtime's
+Our own implementation, an asyncio protocol per connection (not pymodbus's server, which its
+maintainers do not describe as hardened for hostile networks): every frame is validated before
+any other work, reads are answered from the in-memory
+:class:`~gateway.adapters.modbus_map.RegisterImage` in the callback that received them
+(no task, nothing awaited), and every write is a request handed to the runtime's
 :class:`~gateway.adapters.base.NorthboundHandler`, which checks it against the safety envelope.
 The register layout is documented in :mod:`gateway.adapters.modbus_map`.
 
@@ -48,6 +49,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -72,6 +74,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+# Bytes buffered from one peer before we stop reading from it (its frames wait behind a write
+# or behind answers it does not read).
+_READ_LIMIT = 64 * 1024
+# Frames handled per callback before the loop gets a turn (see _Session).
+_BURST = 16
 # How long stop() waits for the sessions, then for the listening socket, to close.
 _STOP_WAIT_S = 5.0
 _HEAD3 = struct.Struct(">HHHBBB")  # MBAP + function code + (exception code | byte count)
@@ -203,7 +210,7 @@ class ModbusServer:
         self._ai = _networks("ai_clients", spec.ai_clients)
         self._units = frozenset((spec.unit, UNIT_THIS_DEVICE))
         self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._sessions: set[_Session] = set()
         self._closing = False
         self._once = _Once()
         self._bound_port: int | None = None
@@ -229,8 +236,8 @@ class ModbusServer:
             raise RuntimeError("server already started")
         self._closing = False
         try:
-            self._server = await asyncio.start_server(
-                self._on_connect, self.spec.host, self._port_wanted, reuse_address=True)
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: _Session(self), self.spec.host, self._port_wanted, reuse_address=True)
         except OSError as exc:
             raise AdapterError(
                 f"modbus server cannot listen on {self.spec.host}:{self._port_wanted}: {exc}"
@@ -247,15 +254,19 @@ class ModbusServer:
         if server is not None:
             server.close()
         sessions = list(self._sessions)
-        for task in sessions:
+        writes = [s.write_task for s in sessions if s.write_task is not None]
+        for task in writes:
             task.cancel()
-        # Bounded: a session awaiting a pymodbus write can lose its cancellation (Python
+        for session in sessions:
+            session.abort()
+        self._sessions.clear()
+        # Bounded: a write awaiting a pymodbus request can lose its cancellation (Python
         # 3.11's asyncio.wait_for), and a shutdown must end all the same.
-        if sessions:
-            _, pending = await asyncio.wait(sessions, timeout=_STOP_WAIT_S)
+        if writes:
+            _, pending = await asyncio.wait(writes, timeout=_STOP_WAIT_S)
             if pending:
-                logger.error("modbus server: %d sessions did not stop within %.0f s; left "
-                           "behind", len(pending), _STOP_WAIT_S)
+                logger.error("modbus server: %d writes did not stop within %.0f s; left "
+                             "behind", len(pending), _STOP_WAIT_S)
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), _STOP_WAIT_S)
@@ -292,91 +303,37 @@ class ModbusServer:
     def _allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
         return ip is not None and any(ip in net for net in self._allow)
 
-    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A plain callback: refusals cost no task, and the session runs in a task we own (in
-        # Python 3.11 the streams module logs a cancelled callback task as an error on stop).
-        peer = writer.get_extra_info("peername")
+    def _admit(self, session: _Session, peer: object) -> ClientInfo | None:
+        """A new connection: its client, or None when it must be closed at once (logged once
+        per address; refusals cost no more than this)."""
         host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
         ip = _peer_ip(host)
         if self._closing:
-            writer.transport.abort()
-            return
+            return None
         if not self._allowed(ip):
             self.stats.refused_not_allowed += 1
             logger.log(self._once.level("refused", host, logging.WARNING),
                        "modbus: refused connection from %s (not in northbound.modbus.allow)",
                        host)
-            writer.transport.abort()
-            return
+            return None
         if len(self._sessions) >= self._max:
             self.stats.refused_too_many += 1
             logger.log(self._once.level("full", host, logging.WARNING),
                        "modbus: refused connection from %s: %d connections already open",
                        host, self._max)
-            writer.transport.abort()
-            return
+            return None
         self.stats.accepted += 1
         role = Role.AI if ip is not None and any(ip in net for net in self._ai) else (
             Role.OPERATOR)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        client = ClientInfo("modbus", address, None, role)
-        task = asyncio.get_running_loop().create_task(
-            self._session(reader, writer, client, host), name=f"modbus {address}")
-        self._sessions.add(task)
-        task.add_done_callback(self._sessions.discard)
+        self._sessions.add(session)
+        return ClientInfo("modbus", address, None, role)
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       client: ClientInfo, host: str) -> None:
-        address = client.address
-        try:
-            await self._serve(reader, writer, client)
-        except _Violation as exc:
-            self.stats.protocol_violations += 1
-            logger.log(self._once.level("violation", host, logging.WARNING),
-                       "modbus: closed %s: %s", address, exc)
-        except TimeoutError:
-            self.stats.timeouts += 1
-            logger.debug("modbus: closed %s: timeout", address)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                self.stats.protocol_violations += 1
-                logger.log(self._once.level("violation", host, logging.WARNING),
-                           "modbus: closed %s: truncated frame", address)
-        except ConnectionError as exc:
-            logger.debug("modbus: connection %s lost: %s", address, exc)
-        finally:
-            # Answers already written are normally in the kernel by now; a peer that left
-            # some unread in our buffer is not reading, and must not hold the socket open.
-            if writer.transport.get_write_buffer_size():
-                writer.transport.abort()
-            else:
-                writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     client: ClientInfo) -> None:
-        loop = asyncio.get_running_loop()
-        frame_s, idle_s = self._frame_s, self._idle_s
-        while True:
-            async with asyncio.timeout(frame_s) as deadline:
-                # The previous answer must leave (a peer that pipelines without reading is
-                # closed), then the next frame may take its time to start, not to finish.
-                await writer.drain()
-                deadline.reschedule(loop.time() + idle_s)
-                first = await reader.readexactly(1)
-                deadline.reschedule(loop.time() + frame_s)
-                head = first + await reader.readexactly(6)
-                tid, protocol, length, unit = _MBAP.unpack(head)
-                if protocol != 0:
-                    raise _Violation(f"protocol id {protocol}, not 0 (Modbus)")
-                if not _MIN_LENGTH <= length <= _MAX_LENGTH:
-                    raise _Violation(f"MBAP length {length} outside {_MIN_LENGTH}..{_MAX_LENGTH}")
-                pdu = await reader.readexactly(length - 1)
-            self.stats.frames += 1
-            answer = self._answer(tid, unit, pdu)
-            if isinstance(answer, _Write):
-                answer = await self._write(tid, unit, client, answer)
-            writer.write(answer)
+    def _violation(self, client: ClientInfo, host: str, what: str) -> None:
+        self.stats.protocol_violations += 1
+        logger.log(self._once.level("violation", host, logging.WARNING),
+                   "modbus: closed %s: %s", client.address, what)
 
     # ------------------------------------------------------------------ requests
 
@@ -471,3 +428,207 @@ class ModbusServer:
                              "code)", tag, outcome.code)
                 return ExceptionCode.SERVER_DEVICE_FAILURE
         return 0
+
+
+class _Session(asyncio.Protocol):
+    """One client connection, as an asyncio protocol: frames are cut from the byte stream as
+    it arrives and a read is answered in the same callback (no task, no wake-up: a read
+    costs the control loop as little as it can). A write goes to a task of its own; the
+    frames behind it wait in the buffer, so answers leave in request order.
+
+    Deadlines (one timer per connection, moved lazily: most frames only push it later):
+    ``idle_timeout_s`` between frames, ``frame_timeout_s`` from a frame's first byte to its
+    last and for a backlog of answers the peer does not read; none while the handler decides
+    a write. At most ``_BURST`` frames are handled per callback, then the loop gets a turn:
+    a client that pipelines thousands of reads cannot hold up the control cycle.
+    """
+
+    def __init__(self, server: ModbusServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._client: ClientInfo | None = None
+        self._host = "?"
+        self.write_task: asyncio.Task[bytes] | None = None
+        self._paused = False  # our answers back up in the transport: the peer is not reading
+        self._reading = True
+        self._eof = False
+        self._closed = False
+        self._partial = False  # the buffer holds the start of a frame (its deadline runs)
+        self._again: asyncio.Handle | None = None
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -------------------------------------------------------------- transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self._client = self._server._admit(self, peer)
+        if self._client is None:
+            self._closed = True
+            transport.abort()
+            return
+        self._expire_at(self._loop.time() + self._server._idle_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._buf += data
+        if len(self._buf) > _READ_LIMIT and self._reading:
+            self._reading = False
+            self._transport.pause_reading()  # type: ignore[union-attr]
+        if self._again is None:
+            self._process()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._again is None:
+            self._process()
+        return True  # half-open: answers to frames already received still leave
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self._expire_at(self._loop.time() + self._server._frame_s)
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._again is None:
+            self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._client is not None and not self._closed:
+            logger.debug("modbus: connection %s lost: %s", self._client.address, exc)
+        self._closed = True
+        self._stop_timers()
+        self._server._sessions.discard(self)
+        # A write on its way is left to finish: the runtime records it, and its answer has
+        # nowhere to go.
+
+    # -------------------------------------------------------------- frames
+
+    def _process(self) -> None:
+        self._again = None
+        if self._closed or self.write_task is not None or self._paused:
+            return
+        server, buf, transport, client = self._server, self._buf, self._transport, self._client
+        assert transport is not None
+        assert client is not None
+        for _ in range(_BURST):
+            if len(buf) < 7:
+                break
+            tid, protocol, length, unit = _MBAP.unpack_from(buf)
+            if protocol != 0:
+                self._fail(f"protocol id {protocol}, not 0 (Modbus)")
+                return
+            if not _MIN_LENGTH <= length <= _MAX_LENGTH:
+                self._fail(f"MBAP length {length} outside {_MIN_LENGTH}..{_MAX_LENGTH}")
+                return
+            end = 6 + length
+            if len(buf) < end:
+                break
+            pdu = bytes(buf[7:end])
+            del buf[:end]
+            self._partial = False
+            server.stats.frames += 1
+            answer = server._answer(tid, unit, pdu)
+            if isinstance(answer, _Write):
+                task = self._loop.create_task(server._write(tid, unit, client, answer))
+                self.write_task = task
+                task.add_done_callback(self._written)
+                self._expire_at(math.inf)  # the handler's time is not bounded here
+                return
+            transport.write(answer)
+            if self._paused:
+                return
+        else:
+            if len(buf) >= 7:  # more frames waiting: let the loop run other work first
+                self._again = self._loop.call_soon(self._process)
+                return
+        if not self._reading and len(buf) <= _READ_LIMIT:
+            self._reading = True
+            transport.resume_reading()
+        if self._eof:
+            if buf:
+                self._fail("truncated frame")
+            else:
+                self._close()
+        elif not buf:
+            self._expire_at(self._loop.time() + server._idle_s)
+        elif not self._partial:
+            self._partial = True
+            self._expire_at(self._loop.time() + server._frame_s)
+
+    def _written(self, task: asyncio.Task[bytes]) -> None:
+        self.write_task = None
+        if task.cancelled():  # the server is stopping
+            self._close()
+            return
+        exc = task.exception()
+        if exc is not None:  # _write answers every Exception itself: this is a bug
+            logger.error("modbus: write task of %s failed: %r", self._host, exc)
+            self._close()
+            return
+        if self._closed:
+            return
+        assert self._transport is not None
+        self._transport.write(task.result())
+        self._partial = False  # what arrived meanwhile gets a frame's time from now
+        self._process()
+
+    # -------------------------------------------------------------- closing
+
+    def _fail(self, what: str) -> None:
+        assert self._client is not None
+        self._server._violation(self._client, self._host, what)
+        self._close()
+
+    def _expire_at(self, deadline: float) -> None:
+        self._deadline = deadline
+        timer = self._timer
+        if deadline == math.inf or (timer is not None and timer.when() <= deadline):
+            return  # lazily: when the armed timer fires it looks at the deadline again
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed or self._deadline == math.inf:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._server.stats.timeouts += 1
+        if self._client is not None:
+            logger.debug("modbus: closed %s: timeout", self._client.address)
+        self._close()
+
+    def _stop_timers(self) -> None:
+        for handle in (self._timer, self._again):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._again = None
+
+    def _close(self) -> None:
+        """Close; a peer that left answers unread in our buffer is not reading, and must not
+        hold the socket open."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_timers()
+        transport = self._transport
+        assert transport is not None
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+    def abort(self) -> None:
+        self._closed = True
+        self._stop_timers()
+        if self._transport is not None:
+            self._transport.abort()

@@ -501,6 +501,29 @@ def test_pipelined_reads_and_slow_writes_stay_in_order() -> None:
     with_server(body, handler)
 
 
+def test_a_burst_of_pipelined_reads_does_not_hold_up_the_loop() -> None:
+    """500 reads in one segment are answered a few frames per callback, with the loop's other
+    work (the control cycle, in the gateway) run in between: not all 500 in one go."""
+    async def body(server: ModbusServer) -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[int] = []
+
+        def tick() -> None:  # runs once per loop iteration
+            seen.append(server.stats.frames)
+            if server.stats.frames < 500:
+                loop.call_soon(tick)
+
+        async with raw(server.port) as (reader, writer):
+            writer.write(b"".join(read_req(tid, 4, 0, 2) for tid in range(500)))
+            loop.call_soon(tick)
+            for tid in range(500):
+                assert (await recv(reader))[0] == tid
+        steps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+        assert seen[-1] == 500
+        assert max(steps) <= 32, steps  # 16 per callback; a read and a resumed burst at most
+    with_server(body)
+
+
 def test_a_frame_sent_byte_by_byte_is_answered() -> None:
     async def body(server: ModbusServer) -> None:
         async with raw(server.port) as (reader, writer):
