@@ -87,10 +87,17 @@ class TagStore:
 
     def snapshot(self, sensors: Sequence[str], now_s: float) -> Snapshot:
         """The supervisor's view of ``sensors`` at ``now_s`` (ages from the read times)."""
+        values, good, age_s = self.columns(sensors, now_s)
+        return Snapshot(np.array(values, dtype=np.float64), np.array(good, dtype=np.bool_),
+                        np.array(age_s, dtype=np.float64))
+
+    def columns(self, sensors: Sequence[str], now_s: float
+                ) -> tuple[list[float], list[bool], list[float]]:
+        """The same as :meth:`snapshot`, as plain lists (values, quality, ages): what a check
+        between cycles needs, without the arrays (an operator's write pays for this)."""
         readings = [self._readings[n] for n in sensors]
-        return Snapshot(np.array([r.value for r in readings], dtype=np.float64),
-                        np.array([r.good for r in readings], dtype=np.bool_),
-                        np.array([now_s - r.at_s for r in readings], dtype=np.float64))
+        return ([r.value for r in readings], [r.good for r in readings],
+                [now_s - r.at_s for r in readings])
 
 
 # --------------------------------------------------------------------------- northbound

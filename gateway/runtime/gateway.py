@@ -695,9 +695,7 @@ class Gateway(NorthboundHandler):
     def _sensors_now(self) -> F64:
         sup = self.supervisor
         assert sup is not None
-        snap = self.store.snapshot(self.sensor_names, self.clock())
-        masked, _ = sup.inputs.check(snap.sensors.tolist(), snap.good.tolist(),
-                                     snap.age_s.tolist())
+        masked, _ = sup.inputs.check(*self.store.columns(self.sensor_names, self.clock()))
         return np.array(masked, dtype=np.float64)
 
     async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool

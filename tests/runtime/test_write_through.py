@@ -74,9 +74,9 @@ class Device:
         return None
 
 
-async def started(tmp_path: Path) -> tuple[Gateway, Device]:
+async def started(tmp_path: Path, site: str = SITE) -> tuple[Gateway, Device]:
     path = tmp_path / "site.yaml"
-    path.write_text(SITE)
+    path.write_text(site)
     device = Device()
     gw = Gateway(gateway.load_config(path), clients={"plc": device}, servers=False,
                  startup_wait_s=0.0)
@@ -186,4 +186,24 @@ def test_a_lone_writer_never_waits(tmp_path: Path) -> None:
             assert (await gw.write(SCADA[0], {"a": value}, atomic=True))["a"].accepted
         assert loop.time() - t0 < 0.5
         assert device.landed == [{"a": 10.0}, {"a": 20.0}, {"a": 30.0}]
+    asyncio.run(body())
+
+
+def test_a_setpoint_is_judged_on_trusted_readings_only(tmp_path: Path) -> None:
+    """A constraint on a sensor is judged on the reading as the supervisor trusts it: a
+    reading of bad quality or too old counts as unknown, and the setpoint is refused."""
+    site = SITE.replace("'a + b <= 100'", "'a - 10 * s <= 50'")
+
+    async def body() -> None:
+        gw, device = await started(tmp_path, site)
+        assert (await gw.write(SCADA[0], {"a": 55.0}, atomic=True))["a"].accepted  # s = 1
+        gw.store.mark_bad(["s"])
+        refused = (await gw.write(SCADA[0], {"a": 56.0}, atomic=True))["a"]
+        assert refused.code == 3 and "shared_main" in refused.reason, refused
+        gw.store.update("s", 1.0, True, gw.clock() - 3600.0)  # good, but an hour old
+        refused = (await gw.write(SCADA[0], {"a": 57.0}, atomic=True))["a"]
+        assert refused.code == 3, refused
+        gw.store.update("s", 1.0, True, gw.clock())
+        assert (await gw.write(SCADA[0], {"a": 58.0}, atomic=True))["a"].accepted
+        assert device.landed == [{"a": 55.0}, {"a": 58.0}]
     asyncio.run(body())
