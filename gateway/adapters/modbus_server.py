@@ -450,7 +450,7 @@ class _Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client: ClientInfo | None = None
         self._host = "?"
-        self.write_task: asyncio.Task[bytes] | None = None
+        self.write_task: asyncio.Task[None] | None = None
         self._paused = False  # our answers back up in the transport: the peer is not reading
         self._reading = True
         self._eof = False
@@ -536,9 +536,8 @@ class _Session(asyncio.Protocol):
             server.stats.frames += 1
             answer = server._answer(tid, unit, pdu)
             if isinstance(answer, _Write):
-                task = self._loop.create_task(server._write(tid, unit, client, answer))
-                self.write_task = task
-                task.add_done_callback(self._written)
+                self.write_task = self._loop.create_task(
+                    self._answer_write(tid, unit, client, answer))
                 self._expire_at(math.inf)  # the handler's time is not bounded here
                 return
             transport.write(answer)
@@ -562,20 +561,21 @@ class _Session(asyncio.Protocol):
             self._partial = True
             self._expire_at(self._loop.time() + server._frame_s)
 
-    def _written(self, task: asyncio.Task[bytes]) -> None:
+    async def _answer_write(self, tid: int, unit: int, client: ClientInfo, req: _Write
+                            ) -> None:
+        """Await the handler's decision, answer, and go on with the frames behind it (in
+        this task: a done-callback would cost the write one more turn of the loop)."""
+        try:
+            answer = await self._server._write(tid, unit, client, req)
+        except BaseException:  # cancelled (the server stops), or worse: _write answers errors
+            self.write_task = None
+            self._close()
+            raise
         self.write_task = None
-        if task.cancelled():  # the server is stopping
-            self._close()
-            return
-        exc = task.exception()
-        if exc is not None:  # _write answers every Exception itself: this is a bug
-            logger.error("modbus: write task of %s failed: %r", self._host, exc)
-            self._close()
-            return
         if self._closed:
             return
         assert self._transport is not None
-        self._transport.write(task.result())
+        self._transport.write(answer)
         self._partial = False  # what arrived meanwhile gets a frame's time from now
         self._process()
 
