@@ -21,7 +21,8 @@ Input registers (function code 4, read only):
 * ``1000 .. 1005``: gateway status, one uint16 each:
 
   ====  ==========================  ===============================================
-  1000  ``status.mode``             0 auto, 1 shadow, 2 manual, 3 safe_stop
+  1000  ``status.mode``             0 auto, 1 shadow, 2 manual, 3 safe_stop, 4 starting
+                                    (no control cycle yet: writes are refused)
   1001  ``status.latched``          1 while a trip is latched, else 0
   1002  ``status.incident``         1 while an incident is open, else 0
   1003  ``status.heartbeat``        +1 every control cycle, wraps 65535 -> 0
@@ -76,6 +77,9 @@ class ModeCode(IntEnum):
     SHADOW = 1
     MANUAL = 2
     SAFE_STOP = 3
+    # Before the first control cycle: nothing is mirrored yet and every write is refused
+    # (exception 4). A SCADA reading only this register must not take that for MANUAL.
+    STARTING = 4
 
     @classmethod
     def of(cls, mode: str) -> ModeCode:
@@ -274,8 +278,8 @@ class RegisterImage:
     old or the new value of a register, never a torn float32 (writes and reads never
     interleave inside one call).
 
-    Until the runtime mirrors them, process values read NaN and ``status.mode`` reads 2
-    (manual), never 0 (auto).
+    Until the runtime mirrors them, process values read NaN and ``status.mode`` reads 4
+    (starting), never a mode the gateway is not in.
     """
 
     def __init__(self, nmap: NorthboundMap) -> None:
@@ -287,7 +291,7 @@ class RegisterImage:
         for buf in (self._sensors, self._actuators):
             for off in range(0, len(buf), 4):
                 buf[off:off + 4] = nan
-        self._status[0:2] = ModeCode.MANUAL.to_bytes(2, "big")
+        self._status[0:2] = ModeCode.STARTING.to_bytes(2, "big")
         self._sensor_off = {n: 4 * i for i, n in enumerate(nmap.sensors)}
         self._actuator_off = {n: 4 * j for j, n in enumerate(nmap.actuators)}
         ir = Table.INPUT_REGISTER
@@ -315,9 +319,9 @@ class RegisterImage:
 
     def set_status(self, mode_code: int, latched: bool, incident: bool, heartbeat: int) -> None:
         """Mirror the gateway status. ``heartbeat`` is taken modulo 65536. Raises
-        ``ValueError`` for a mode code outside 0..3."""
-        if not 0 <= mode_code <= 3:
-            raise ValueError(f"mode_code must be 0..3, not {mode_code}")
+        ``ValueError`` for a mode code that is not a :class:`ModeCode`."""
+        if not 0 <= mode_code <= max(ModeCode):
+            raise ValueError(f"mode_code must be 0..{max(ModeCode)}, not {mode_code}")
         _STATUS4.pack_into(self._status, 0, mode_code, 1 if latched else 0,
                            1 if incident else 0, heartbeat & 0xFFFF)
 

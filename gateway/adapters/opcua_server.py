@@ -268,7 +268,9 @@ class OpcUaServer:
                     await var.set_writable()
                 await server.write_attribute_value(nid, ua.DataValue(StatusCode=waiting))
         status = await gateway.add_folder(_nid("Status"), f"{ns}:Status")
-        initial: dict[str, Any] = {"Mode": self.site.operation.start_mode.value,
+        # "starting" until the first control cycle mirrors the mode (writes are refused
+        # until then), as on the Modbus status register.
+        initial: dict[str, Any] = {"Mode": "starting",
                                    "Latched": False, "Heartbeat": 0, "ActiveIncident": False,
                                    "LastRejection": ""}
         for name, vtype in STATUS_NODES:

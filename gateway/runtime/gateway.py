@@ -83,6 +83,7 @@ _TASK_STOP_S = 5.0
 _NOT_WRITTEN = WriteOutcome(False, 4, "the write was interrupted; it may or may not have reached "
                                        "the device")
 _STOPPING = WriteOutcome(False, 4, "the gateway is shutting down")
+_STARTING = WriteOutcome(False, 4, "gateway is starting (no control cycle yet)")
 
 
 def _manual_only(mode: Mode) -> WriteOutcome:
@@ -700,16 +701,20 @@ class Gateway(NorthboundHandler):
 
     async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
                     ) -> dict[str, WriteOutcome]:
-        if self.supervisor is None:
-            return dict.fromkeys(values, WriteOutcome(False, 4, "gateway is starting"))
         outcomes: dict[str, WriteOutcome] = {}
+        # Before the first cycle every write is refused, and recorded and logged as any
+        # refusal is: a SCADA that writes too early learns why from the log.
+        starting = self.supervisor is None
         for name in values:
-            if name not in self.index:
+            if starting:
+                outcomes[name] = _STARTING
+            elif name not in self.index:
                 outcomes[name] = WriteOutcome(False, 2, f"{name} is not a writable setpoint")
             elif client.role not in (Role.AI, Role.OPERATOR, Role.ADMIN):
                 outcomes[name] = WriteOutcome(False, 2, f"role {client.role} may not write")
-        sensors = self._sensors_now()
-        groups = [dict(values)] if atomic else [{k: v} for k, v in values.items()]
+        groups = ([] if starting else [dict(values)] if atomic
+                  else [{k: v} for k, v in values.items()])
+        sensors = self._sensors_now() if groups else np.empty(0)
         for group in groups:
             if any(k in outcomes for k in group):
                 continue
@@ -919,7 +924,7 @@ class Gateway(NorthboundHandler):
                       duration_s: float | None) -> WriteOutcome:
         sup = self.supervisor
         if sup is None:
-            return WriteOutcome(False, 4, "gateway is starting")
+            return _STARTING
         try:
             request_kind = RequestKind(kind)
         except ValueError:

@@ -172,12 +172,14 @@ def test_every_register_belongs_to_exactly_its_entry(n_sensors: int, n_actuators
 # --------------------------------------------------------------------------- image
 
 
-def test_image_starts_nan_and_manual() -> None:
+def test_image_starts_nan_and_starting() -> None:
     nmap = NorthboundMap(("a",), ("u",))
     image = RegisterImage(nmap)
     assert math.isnan(image.sensor("a"))
     assert math.isnan(image.actuator("u"))
-    assert image.read(IR, 1000, 6) == bytes([0, 2] + [0] * 10)
+    assert image.read(IR, 1000, 6) == bytes([0, ModeCode.STARTING] + [0] * 10)
+    assert ModeCode.STARTING not in (ModeCode.AUTO, ModeCode.SHADOW, ModeCode.MANUAL,
+                                     ModeCode.SAFE_STOP)
 
 
 @given(st.floats(width=32, allow_nan=False))
@@ -218,8 +220,10 @@ def test_status_and_rejection() -> None:
     image.set_rejection(RejectionCode.NONE, None)
     assert image.read(IR, 1000, 6) == struct.pack(">6H", 0, 0, 0, 65535, 0, 0)
     assert image.read(IR, 1003, 1) == struct.pack(">H", 65535)
+    image.set_status(ModeCode.STARTING, False, False, 0)
+    assert image.read(IR, 1000, 1) == struct.pack(">H", 4)
     with pytest.raises(ValueError, match="mode_code"):
-        image.set_status(4, False, False, 0)
+        image.set_status(5, False, False, 0)
     with pytest.raises(ValueError, match="actuator_index"):
         image.set_rejection(RejectionCode.READ_ONLY, 2)
     with pytest.raises(ValueError, match="rejection code"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -518,7 +519,7 @@ def test_a_burst_of_pipelined_reads_does_not_hold_up_the_loop() -> None:
             loop.call_soon(tick)
             for tid in range(500):
                 assert (await recv(reader))[0] == tid
-        steps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+        steps = [b - a for a, b in itertools.pairwise(seen)]
         assert seen[-1] == 500
         assert max(steps) <= 32, steps  # 16 per callback; a read and a resumed burst at most
     with_server(body)

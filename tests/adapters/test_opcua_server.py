@@ -175,6 +175,8 @@ def test_server_with_users(monkeypatch: pytest.MonkeyPatch,
             valve = brain.get_node(G + "Actuators.inflow_valve")
             dv = await level.read_data_value(raise_on_bad_status=False)
             assert dv.StatusCode.name == "BadWaitingForInitialData"
+            # Not the configured start mode: no cycle has run, writes are refused.
+            assert await brain.get_node(G + "Status.Mode").read_value() == "starting"
             await server.set_sensor("level", 2.5, True)
             await server.set_actuator("inflow_valve", 12.0)
             await server.set_status("shadow", True, 2**32 + 3, True)

@@ -6,12 +6,16 @@ test); tests/runtime/test_gateway_modbus.py covers the same path on real sockets
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import TYPE_CHECKING
+
+from pymodbus.client import AsyncModbusTcpClient
 
 import gateway
 from gateway.adapters.base import ClientInfo, Role, WriteOutcome
 from gateway.runtime.gateway import Gateway
 from gateway.supervisor.modes import Mode
+from simulators.ports import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -206,4 +210,43 @@ def test_a_setpoint_is_judged_on_trusted_readings_only(tmp_path: Path) -> None:
         gw.store.update("s", 1.0, True, gw.clock())
         assert (await gw.write(SCADA[0], {"a": 58.0}, atomic=True))["a"].accepted
         assert device.landed == [{"a": 55.0}, {"a": 58.0}]
+    asyncio.run(body())
+
+
+def test_before_the_first_cycle_the_status_says_starting_and_writes_are_refused(
+        tmp_path: Path) -> None:
+    """Real northbound socket: until the supervisor runs, status.mode reads STARTING (not
+    MANUAL, which a SCADA would take as "my setpoints count"), a write gets exception 4 and
+    the refusal is logged; after the first cycle the mode is MANUAL and writes go through."""
+    port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE + f"northbound:\n  modbus: {{host: 127.0.0.1, port: {port}, "
+                           f"allow: [127.0.0.1]}}\n")
+    device = Device()
+
+    async def body() -> None:
+        gw = Gateway(gateway.load_config(path), clients={"plc": device}, startup_wait_s=0.0)
+        await gw._start_servers()
+        scada = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+        try:
+            assert await scada.connect()
+            status = await scada.read_input_registers(1000, count=4, device_id=1)
+            assert status.registers[0] == 4 and status.registers[3] == 0  # STARTING, no beat
+            a = list(struct.unpack(">HH", struct.pack(">f", 30.0)))
+            rr = await scada.write_registers(0, a, device_id=1)  # actuator a
+            assert rr.isError() and rr.exception_code == 4, rr
+            assert any("starting" in m for m in gw.faults.active.values()), gw.faults.active
+            assert device.landed == []
+            gw.store.update("s", 1.0, True, gw.clock())
+            await gw._start_supervisor()
+            await gw.cycle(gw.clock())
+            status = await scada.read_input_registers(1000, count=4, device_id=1)
+            assert status.registers[0] == 2 and status.registers[3] > 0  # MANUAL, beating
+            rr = await scada.write_registers(0, a, device_id=1)
+            assert not rr.isError(), rr
+            assert device.landed[-1] == {"a": 30.0}
+            assert not any("starting" in m for m in gw.faults.active.values())
+        finally:
+            scada.close()
+            await gw.modbus_server.stop()
     asyncio.run(body())
