@@ -22,7 +22,7 @@ Input registers (function code 4, read only):
 
   ====  ==========================  ===============================================
   1000  ``status.mode``             0 auto, 1 shadow, 2 manual, 3 safe_stop, 4 starting
-                                    (no control cycle yet: writes are refused)
+                                    (before the first control cycle; writes refused)
   1001  ``status.latched``          1 while a trip is latched, else 0
   1002  ``status.incident``         1 while an incident is open, else 0
   1003  ``status.heartbeat``        +1 every control cycle, wraps 65535 -> 0
@@ -77,8 +77,9 @@ class ModeCode(IntEnum):
     SHADOW = 1
     MANUAL = 2
     SAFE_STOP = 3
-    # Before the first control cycle: nothing is mirrored yet and every write is refused
-    # (exception 4). A SCADA reading only this register must not take that for MANUAL.
+    # Until the first control cycle mirrors the mode. Writes are refused (exception 4) until
+    # the supervisor runs, just before that cycle. A SCADA reading only this register must
+    # not take that time for MANUAL.
     STARTING = 4
 
     @classmethod

@@ -83,7 +83,7 @@ _TASK_STOP_S = 5.0
 _NOT_WRITTEN = WriteOutcome(False, 4, "the write was interrupted; it may or may not have reached "
                                        "the device")
 _STOPPING = WriteOutcome(False, 4, "the gateway is shutting down")
-_STARTING = WriteOutcome(False, 4, "gateway is starting (no control cycle yet)")
+_STARTING = WriteOutcome(False, 4, "gateway is starting (its supervisor is not running yet)")
 
 
 def _manual_only(mode: Mode) -> WriteOutcome:
@@ -702,7 +702,7 @@ class Gateway(NorthboundHandler):
     async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
                     ) -> dict[str, WriteOutcome]:
         outcomes: dict[str, WriteOutcome] = {}
-        # Before the first cycle every write is refused, and recorded and logged as any
+        # Until the supervisor runs every write is refused, and recorded and logged as any
         # refusal is: a SCADA that writes too early learns why from the log.
         starting = self.supervisor is None
         for name in values:
