@@ -589,7 +589,7 @@ def test_valid_frame_then_garbage_answers_then_closes() -> None:
         async with raw(server.port) as (reader, writer):
             writer.write(read_req(42, 4, 1000, 1) + b"\xde\xad\xbe\xef garbage")
             tid, _, pdu = await recv(reader)
-            assert (tid, pdu) == (42, b"\x04\x02\x00\x02")
+            assert (tid, pdu) == (42, b"\x04\x02\x00\x04")  # status.mode: STARTING
             assert await until_closed(reader) == b""
     with_server(body)
 
