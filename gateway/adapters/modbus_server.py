@@ -79,7 +79,7 @@ _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 _READ_LIMIT = 64 * 1024
 # Frames handled per callback before the loop gets a turn (see _Session).
 _BURST = 16
-# How long stop() waits for the sessions, then for the listening socket, to close.
+# How long stop() waits for the writes it cancelled, then for the listening socket.
 _STOP_WAIT_S = 5.0
 _HEAD3 = struct.Struct(">HHHBBB")  # MBAP + function code + (exception code | byte count)
 _ECHO = struct.Struct(">HHHBBHH")  # MBAP + function code + address + quantity/value
@@ -111,10 +111,6 @@ class ExceptionCode(IntEnum):
 
 _FUNCTIONS = frozenset(int(f) for f in FunctionCode)
 _REFUSAL_CODES = frozenset(range(1, 0x0C))  # exception codes a handler may answer with
-
-
-class _Violation(Exception):
-    """The byte stream is not Modbus TCP: close the connection."""
 
 
 class _Write(NamedTuple):
@@ -479,8 +475,9 @@ class _Session(asyncio.Protocol):
             return
         self._buf += data
         if len(self._buf) > _READ_LIMIT and self._reading:
+            assert self._transport is not None
             self._reading = False
-            self._transport.pause_reading()  # type: ignore[union-attr]
+            self._transport.pause_reading()
         if self._again is None:
             self._process()
 

@@ -712,8 +712,12 @@ class Gateway(NorthboundHandler):
                 outcomes[name] = WriteOutcome(False, 2, f"{name} is not a writable setpoint")
             elif client.role not in (Role.AI, Role.OPERATOR, Role.ADMIN):
                 outcomes[name] = WriteOutcome(False, 2, f"role {client.role} may not write")
-        groups = ([] if starting else [dict(values)] if atomic
-                  else [{k: v} for k, v in values.items()])
+        if starting:
+            groups: list[dict[str, float]] = []
+        elif atomic:
+            groups = [dict(values)]
+        else:
+            groups = [{k: v} for k, v in values.items()]
         sensors = self._sensors_now() if groups else np.empty(0)
         for group in groups:
             if any(k in outcomes for k in group):
