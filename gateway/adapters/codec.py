@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["decode", "decode_bit", "encode", "encode_bit", "neighbours", "wire_value"]
 
 _SIGNED = (WireType.INT16, WireType.INT32)
+_FLOATS = (WireType.FLOAT32, WireType.FLOAT64)
 # How many ulps around decode(raw) wire_value() searches for a float that encodes back to raw
 # (float arithmetic in scale/offset can land one or two ulps off).
 _SEARCH_ULPS = 4
@@ -260,7 +261,13 @@ def wire_value(tag: Tag, value: float) -> float:
     wire_value(v)``. Raises EncodingError where :func:`encode` would, and when the tag's
     scale/offset cannot represent the raw distinctly (see :func:`_wire_of_raw`).
     """
-    return _wire_of_raw(tag, _raw(tag, value))
+    raw = _raw(tag, value)
+    if tag.scale == 1.0 and tag.offset == 0.0 and tag.wire_type in _FLOATS:
+        # Unscaled floats (most float setpoints): the raw is its own engineering value (it
+        # is a float of its type, never -0.0), so the search in _wire_of_raw would return it
+        # at its first candidate. This path runs for every write-through.
+        return float(raw)
+    return _wire_of_raw(tag, raw)
 
 
 def _float32_step(x: float, up: bool) -> float:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient
 
+from gateway.adapters import codec
 from gateway.adapters.base import EncodingError
 from gateway.adapters.codec import (
     decode,
@@ -90,6 +91,29 @@ def test_wire_value_is_a_fixed_point(tv: tuple[Tag, float]) -> None:
     assert all(0 <= r <= 0xFFFF for r in regs)
     # What the device will be read back as is that value, to rounding of raw * scale + offset.
     assert decode(tag, regs) == pytest.approx(w, rel=1e-12, abs=1e-300)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from([WireType.FLOAT32, WireType.FLOAT64]),
+       st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                 st.floats(-3.5e38, 3.5e38, allow_nan=False),
+                 st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 1.4e-45, 3.4028235e38,
+                                  3.4028235677973366e38, 1e-320, 0.1, 99.995])))
+def test_unscaled_floats_take_the_short_path_to_the_same_answer(wire_type: WireType,
+                                                               value: float) -> None:
+    """wire_value skips the representability search for floats with scale 1 and offset 0;
+    the search over the same raw must give the very same float (or the same error)."""
+    tag = mk(wire_type)
+    try:
+        raw = codec._raw(tag, value)
+    except EncodingError:
+        with pytest.raises(EncodingError):
+            wire_value(tag, value)
+        return
+    w = wire_value(tag, value)
+    expected = codec._wire_of_raw(tag, raw)
+    assert struct.pack(">d", w) == struct.pack(">d", expected)  # the same bits: -0.0 counts
+    assert type(w) is float
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
