@@ -300,6 +300,47 @@ def test_silent_device_times_out(caplog: pytest.LogCaptureFixture) -> None:
     assert sum("read holding_register" in r.getMessage() for r in ours) >= 3
 
 
+def test_writes_to_a_silent_device_fail_within_the_timeout_alone_or_queued() -> None:
+    """A lone request is bounded by pymodbus's own timeout (the client adds no timer of its
+    own when nothing else is in flight on the connection); requests queued behind it are
+    bounded too. No polling here, so nothing else shares the connection."""
+    async def body() -> None:
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(512):
+                    pass
+            writer.close()
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        device = ModbusDevice("plc", "127.0.0.1", port=port, timeout_ms=100.0)
+        store = TagStore(tuple(t.name for t in ACTUATORS))
+        client = ModbusDeviceClient(device, ACTUATORS, store, backoff_initial_s=0.01,
+                                    backoff_max_s=0.02, polling=False)
+        task = asyncio.create_task(client.run())
+        try:
+            for queued in (1, 3):
+                await wait_until(lambda: client.state is ConnectionState.CONNECTED, 2.0)
+                t0 = time.monotonic()
+                # wait_for only turns a hang into a failure of this test.
+                results = await asyncio.wait_for(asyncio.gather(
+                    *(client.write({"valve": float(k)}) for k in range(queued)),
+                    return_exceptions=True), 5.0)
+                elapsed = time.monotonic() - t0
+                assert all(isinstance(r, DeviceUnavailable) for r in results), results
+                assert elapsed < 0.1 * 2 + 0.05 + 0.5, (queued, elapsed)
+                assert client._in_flight == {}  # every request's count was given back
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    run(body)
+
+
 def test_cancellation_propagates_and_faults_log_once(caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         device = ModbusDevice("plc", "127.0.0.1", port=free_port(), timeout_ms=100.0)
