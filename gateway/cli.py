@@ -193,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
     from gateway.runtime.gateway import Gateway
+    from gateway.runtime.heap import GcPauses, freeze_startup_heap
 
     playbook = Path(args.playbook) if args.playbook else DEFAULT_PLAYBOOK
     try:
@@ -208,8 +209,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
                      playbook=playbook)
-        await gw.run(stop)
-        return gw.stats()
+        pauses = GcPauses()
+
+        def opened() -> None:  # just before the first cycle: start-up's pauses do not count
+            freeze_startup_heap()
+            pauses.install()
+
+        try:
+            await gw.run(stop, on_open=opened)
+        finally:
+            pauses.uninstall()
+        return {**gw.stats(), **pauses.stats()}
 
     try:
         stats = asyncio.run(main())

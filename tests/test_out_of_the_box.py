@@ -57,6 +57,9 @@ def test_water_tank_site_runs_against_the_water_tank_simulator(tmp_path):
         assert len(at) == len(figures["timeline"]["lateness_ms"]) == cycles
         assert all(b > a for a, b in itertools.pairwise(at))
         assert at[-1] - at[0] >= (cycles - 1) * figures["period_ms"] / 1000.0 * 0.99
+        # The process froze its start-up heap before the first cycle and timed the collector.
+        assert figures["gc_frozen"] > 10_000
+        assert len(figures["gc_collections"]) == len(figures["gc_pause_ms_max"]) == 3
         # The tank's readings were good: no input fault sent the gateway to SAFE_STOP.
         assert "safe_stop" not in err.lower(), err
     finally:

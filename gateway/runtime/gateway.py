@@ -260,10 +260,15 @@ class Gateway(NorthboundHandler):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then leave each actuator as its shutdown policy says."""
+    async def run(self, stop: asyncio.Event, on_open: Callable[[], object] | None = None
+                  ) -> None:
+        """Run until ``stop`` is set, then leave each actuator as its shutdown policy says.
+        ``on_open`` is called once everything is open, just before the first cycle (the
+        gateway process freezes its start-up heap there: see ``gateway.runtime.heap``)."""
         try:
             await self.open()
+            if on_open is not None:
+                on_open()
             await self._cycles(stop)
         finally:
             await self.close()
