@@ -297,7 +297,7 @@ class ModbusDeviceClient:
                     response = await call()
             else:
                 # The lock is free: pymodbus's timeout (retries=0) bounds the answer on its
-                # own, and a second timer per request costs the write path ~10 us.
+                # own, and a second timer costs each request ~6 us.
                 response = await call()
         except TimeoutError:
             raise self._lose(f"{what}: no answer within {self.device.timeout_ms} ms") from None
