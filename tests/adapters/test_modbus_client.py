@@ -94,6 +94,32 @@ async def running(plc_port: int, tags: list[Tag], **device_kw: Any
         await client.close()
 
 
+@contextlib.asynccontextmanager
+async def silent_device() -> AsyncIterator[int]:
+    """A server on 127.0.0.1 that accepts connections and reads requests but never answers;
+    yields its port. Its sockets are closed on the way out."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(512):
+                    continue  # read and drop: the device is mute
+        finally:  # also when cancelled at shutdown: never leak the socket
+            writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.sleep(0.05)  # let the handlers see their sockets close
+        await server.wait_closed()
+
+
 def all_good(store: TagStore, names: list[str] | None = None) -> bool:
     return all(store.get(n).good for n in (names or store.names))
 
@@ -263,35 +289,16 @@ def test_silent_device_times_out(caplog: pytest.LogCaptureFixture) -> None:
     writes fail as DeviceUnavailable (not hang), and the fault is logged once however many
     reconnect cycles it lasts."""
     async def body() -> None:
-        writers: list[asyncio.StreamWriter] = []
-
-        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writers.append(writer)
-            try:
-                with contextlib.suppress(ConnectionError):
-                    while await reader.read(512):
-                        pass
-            finally:  # also when cancelled at shutdown: never leak the socket
-                writer.close()
-
-        server = await asyncio.start_server(mute, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            async with running(port, SENSORS + ACTUATORS, timeout_ms=100.0) as (client, store):
-                await wait_until(lambda: client.state is ConnectionState.CONNECTED, 1.0)
-                t0 = time.monotonic()
-                with pytest.raises(DeviceUnavailable):
-                    await client.write({"valve": 1.0})
-                assert time.monotonic() - t0 < 1.0
-                assert not any(store.get(n).good for n in store.names)
-                await asyncio.sleep(0.8)  # several connect / time out / back off cycles
-                assert not any(store.get(n).good for n in store.names)
-        finally:
-            server.close()
-            for writer in writers:
-                writer.close()
-            await asyncio.sleep(0.05)  # let the handlers see their sockets close
-            await server.wait_closed()
+        async with silent_device() as port, running(port, SENSORS + ACTUATORS,
+                                                    timeout_ms=100.0) as (client, store):
+            await wait_until(lambda: client.state is ConnectionState.CONNECTED, 1.0)
+            t0 = time.monotonic()
+            with pytest.raises(DeviceUnavailable):
+                await client.write({"valve": 1.0})
+            assert time.monotonic() - t0 < 1.0
+            assert not any(store.get(n).good for n in store.names)
+            await asyncio.sleep(0.8)  # several connect / time out / back off cycles
+            assert not any(store.get(n).good for n in store.names)
 
     with caplog.at_level(logging.DEBUG, logger="gateway.adapters.modbus"):
         run(body)
@@ -305,38 +312,29 @@ def test_writes_to_a_silent_device_fail_within_the_timeout_alone_or_queued() -> 
     own when nothing else is in flight on the connection); requests queued behind it are
     bounded too. No polling here, so nothing else shares the connection."""
     async def body() -> None:
-        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while await reader.read(512):
-                    pass
-            writer.close()
-
-        server = await asyncio.start_server(mute, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        device = ModbusDevice("plc", "127.0.0.1", port=port, timeout_ms=100.0)
-        store = TagStore(tuple(t.name for t in ACTUATORS))
-        client = ModbusDeviceClient(device, ACTUATORS, store, backoff_initial_s=0.01,
-                                    backoff_max_s=0.02, polling=False)
-        task = asyncio.create_task(client.run())
-        try:
-            for queued in (1, 3):
-                await wait_until(lambda: client.state is ConnectionState.CONNECTED, 2.0)
-                t0 = time.monotonic()
-                # wait_for only turns a hang into a failure of this test.
-                results = await asyncio.wait_for(asyncio.gather(
-                    *(client.write({"valve": float(k)}) for k in range(queued)),
-                    return_exceptions=True), 5.0)
-                elapsed = time.monotonic() - t0
-                assert all(isinstance(r, DeviceUnavailable) for r in results), results
-                assert elapsed < 0.1 * 2 + 0.05 + 0.5, (queued, elapsed)
-                assert client._in_flight == {}  # every request's count was given back
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await client.close()
-            server.close()
-            await server.wait_closed()
+        async with silent_device() as port:
+            device = ModbusDevice("plc", "127.0.0.1", port=port, timeout_ms=100.0)
+            store = TagStore(tuple(t.name for t in ACTUATORS))
+            client = ModbusDeviceClient(device, ACTUATORS, store, backoff_initial_s=0.01,
+                                        backoff_max_s=0.02, polling=False)
+            task = asyncio.create_task(client.run())
+            try:
+                for queued in (1, 3):
+                    await wait_until(lambda: client.state is ConnectionState.CONNECTED, 2.0)
+                    t0 = time.monotonic()
+                    # wait_for only turns a hang into a failure of this test.
+                    results = await asyncio.wait_for(asyncio.gather(
+                        *(client.write({"valve": float(k)}) for k in range(queued)),
+                        return_exceptions=True), 5.0)
+                    elapsed = time.monotonic() - t0
+                    assert all(isinstance(r, DeviceUnavailable) for r in results), results
+                    assert elapsed < 0.1 * 2 + 0.05 + 0.5, (queued, elapsed)
+                    assert client._in_flight == {}  # every request's count was given back
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await client.close()
 
     run(body)
 

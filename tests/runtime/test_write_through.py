@@ -90,6 +90,16 @@ async def started(tmp_path: Path, site: str = SITE) -> tuple[Gateway, Device]:
     return gw, device
 
 
+async def held_on_its_way(gw: Gateway, device: Device, values: dict[str, float]
+                          ) -> asyncio.Task[dict[str, WriteOutcome]]:
+    """SCADA[0] writes ``values``; returns once that batch has reached the device, where it
+    is held until ``device.gate`` is set."""
+    device.gate.clear()
+    task = asyncio.create_task(gw.write(SCADA[0], values, atomic=True))
+    await device.arrived.wait()
+    return task
+
+
 def test_concurrent_setpoints_go_out_in_one_request(tmp_path: Path) -> None:
     async def body() -> None:
         gw, device = await started(tmp_path)
@@ -125,9 +135,7 @@ def test_each_setpoint_of_a_batch_is_checked_on_top_of_those_before_it(tmp_path:
 def test_setpoints_queued_behind_a_batch_go_out_together_next(tmp_path: Path) -> None:
     async def body() -> None:
         gw, device = await started(tmp_path)
-        device.gate.clear()
-        first = asyncio.create_task(gw.write(SCADA[0], {"a": 10.0}, atomic=True))
-        await device.arrived.wait()  # the first batch is on its way; three more queue
+        first = await held_on_its_way(gw, device, {"a": 10.0})  # three more queue behind
         rest = [asyncio.create_task(gw.write(SCADA[k], {"b": 10.0 * k}, atomic=True))
                 for k in (1, 2, 3)]
         await asyncio.sleep(0.01)
@@ -144,9 +152,7 @@ def test_setpoints_queued_behind_a_batch_go_out_together_next(tmp_path: Path) ->
 def test_nothing_lands_after_the_shutdown_values(tmp_path: Path) -> None:
     async def body() -> None:
         gw, device = await started(tmp_path)
-        device.gate.clear()
-        on_its_way = asyncio.create_task(gw.write(SCADA[0], {"a": 50.0}, atomic=True))
-        await device.arrived.wait()
+        on_its_way = await held_on_its_way(gw, device, {"a": 50.0})
         queued = asyncio.create_task(gw.write(SCADA[1], {"b": 20.0}, atomic=True))
         await asyncio.sleep(0)
         closing = asyncio.create_task(gw.close())
