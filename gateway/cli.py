@@ -208,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
-                     playbook=playbook)
+                     audit_process=True, playbook=playbook)
         pauses = GcPauses()
 
         def opened() -> None:  # just before the first cycle: start-up's pauses do not count

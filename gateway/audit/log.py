@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.audit.chain import ExportedHead, Kind, canonical_payload, record_hash
 from gateway.audit.export import HeadSink, send_head
@@ -61,6 +61,20 @@ MAX_PAYLOAD_CHARS = 1 << 20
 
 _Item = tuple[float, str, str, str, "Mapping[str, Any]"]
 _Row = tuple[int, float, str, str, str, str, str, str]
+
+
+class AuditSink(Protocol):
+    """What the gateway needs of an audit log: :class:`AuditLog` in its own process, or
+    :class:`~gateway.audit.process.AuditProcess` with the writer in a child process."""
+
+    path: Path
+
+    def append(self, kind: str, payload: Mapping[str, Any], actor: str = "gateway",
+               source: str = "") -> None: ...
+
+    def idle(self) -> None: ...
+
+    def close(self, timeout_s: float = 10.0) -> bool: ...
 
 
 class _Wake:
@@ -257,8 +271,9 @@ class AuditLog:
     # ------------------------------------------------------------------ the control side
 
     def append(self, kind: str, payload: Mapping[str, Any], actor: str = "gateway",
-               source: str = "") -> None:
-        """Queue one record; return at once. ``at_s`` is taken now, from ``clock``.
+               source: str = "", at_s: float | None = None) -> None:
+        """Queue one record; return at once. ``at_s`` is taken now, from ``clock``, unless
+        given (a record relayed from another process, which took the time when it happened).
 
         ``kind`` is a :class:`~gateway.audit.chain.Kind` or another lowercase name
         (``[a-z][a-z0-9_.]*``, at most 64 characters); ``payload`` is serialised later, on
@@ -270,16 +285,9 @@ class AuditLog:
         waiting, the record is dropped and counted (see the module docstring). Raises
         ``ValueError``/``TypeError`` only for a bad kind, payload, actor or source (bugs).
         """
-        at_s = self._clock()
-        plain = _KINDS.get(kind)
-        if plain is None:
-            plain = _new_kind(kind)
-        if type(payload) is not dict and not isinstance(payload, collections.abc.Mapping):
-            raise TypeError(f"audit payload must be a mapping, not {type(payload).__name__}")
-        if type(actor) is not str:
-            _check_text("actor", actor)
-        if type(source) is not str:
-            _check_text("source", source)
+        if at_s is None:
+            at_s = self._clock()
+        plain = checked_kind(kind, payload, actor, source)
         q = self._q
         pending = len(q) + self._held_n
         if (pending >= self._decision_limit and (
@@ -292,6 +300,24 @@ class AuditLog:
         if (self._kick and not self._hinted) or len(q) == self._batch_max:
             self._kick = False
             self._wake.set()
+
+    def count_lost(self, by_kind: Mapping[str, int], first_at_s: float,
+                   last_at_s: float) -> None:
+        """Count records lost before they reached this log (a relaying process had to drop
+        them): they are reported as dropped ones are, by the record that marks the gap,
+        which goes in after everything appended so far."""
+        with self._lock:
+            n = sum(by_kind.values())
+            if n <= 0:
+                return
+            if self._lost_unmarked == 0:
+                self._lost_first_at_s = first_at_s
+            self._lost_total += n
+            self._lost_unmarked += n
+            self._lost_last_at_s = last_at_s
+            for kind, count in by_kind.items():
+                self._lost_by_kind[kind] = self._lost_by_kind.get(kind, 0) + count
+        self._mark_gap()
 
     def idle(self) -> None:
         """The producer is about to be idle (a control loop at the end of its cycle, before
@@ -803,6 +829,21 @@ class AuditLog:
         if digest and seq != self._exported_seq:
             self._exported_seq = seq
             exporter.offer(ExportedHead(seq, digest, at_s, db_id))
+
+
+def checked_kind(kind: str, payload: object, actor: object, source: object) -> str:
+    """The plain ``str`` of a record's ``kind``, once the kind, payload, actor and source are
+    checked as :meth:`AuditLog.append` documents (``ValueError``/``TypeError`` if not)."""
+    plain = _KINDS.get(kind)
+    if plain is None:
+        plain = _new_kind(kind)
+    if type(payload) is not dict and not isinstance(payload, collections.abc.Mapping):
+        raise TypeError(f"audit payload must be a mapping, not {type(payload).__name__}")
+    if type(actor) is not str:
+        _check_text("actor", actor)
+    if type(source) is not str:
+        _check_text("source", source)
+    return plain
 
 
 def _new_kind(kind: object) -> str:

@@ -79,6 +79,10 @@ class AuditError(Exception):
     for disk trouble while running (see :class:`gateway.audit.log.AuditLog`)."""
 
 
+class AuditInUse(AuditError):
+    """The database is open for writing by another audit log (its writer lock is held)."""
+
+
 class NotAuditDatabase(AuditError):
     """The file is missing, unreadable, or not an audit database."""
 
@@ -316,7 +320,7 @@ class WriteStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise AuditError(f"{path}: already open for writing by another "
+                raise AuditInUse(f"{path}: already open for writing by another "
                                  "audit log") from None
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             st = os.stat(path)

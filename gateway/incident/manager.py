@@ -57,7 +57,7 @@ from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from gateway.audit.log import AuditLog
+    from gateway.audit.log import AuditSink
     from gateway.forensics.recorder import FlightRecorder, Frame, FrozenWindow
     from gateway.incident.notify import NotifyResult
     from gateway.supervisor.decision import Decision
@@ -190,7 +190,7 @@ class IncidentManager:
     incident stays open and further trips join it.
     """
 
-    def __init__(self, site_name: str, playbook: Playbook, audit: AuditLog | None, *,
+    def __init__(self, site_name: str, playbook: Playbook, audit: AuditSink | None, *,
                  model_path: str | None = None, model_sha256: str | None = None,
                  config_sha256: str | None = None, recorder: FlightRecorder | None = None,
                  after_s: float = 30.0, clock: Callable[[], float] = time.time,

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
+    from gateway.audit.log import AuditSink
     from gateway.config.schema import Device, Site, Tag
     from gateway.control.ai import AiWiring
     from gateway.control.onnx_policy import OnnxPolicy
@@ -189,7 +190,8 @@ class Gateway(NorthboundHandler):
                  clients: dict[str, DeviceClient] | None = None,
                  servers: bool = True, startup_wait_s: float = 2.0,
                  stepped: bool = False, canary: CanaryCases | None = None,
-                 audit_path: Path | None = None, playbook: Path | None = None) -> None:
+                 audit_path: Path | None = None, audit_process: bool = False,
+                 playbook: Path | None = None) -> None:
         self.site = site
         self.clock = clock
         self.envelope = gateway.envelope.compile(site, engine)
@@ -213,6 +215,9 @@ class Gateway(NorthboundHandler):
         self._model_inputs: F64 | None = None
         # The audit database (None: no audit log, e.g. in tests) and the flight recorder.
         self.audit_path = audit_path
+        # The audit writer in a child process (``safety-gateway run``): its serialising,
+        # hashing and SQLite steps then never hold this process's interpreter lock.
+        self.audit_process = audit_process
         self.records = Records(site, None)
         self.playbook_path = playbook
         self.incidents: IncidentManager | None = None
@@ -300,6 +305,7 @@ class Gateway(NorthboundHandler):
         if self.audit_path is None:
             return
         from gateway.audit import AuditError, AuditLog
+        from gateway.audit.process import AuditProcess
 
         def alarm(message: str) -> None:  # the writer thread: logging is thread-safe
             log.error("audit log alarm: %s (control goes on; records are kept in memory)",
@@ -309,13 +315,17 @@ class Gateway(NorthboundHandler):
             log.warning("audit log: %s", message)
 
         try:
-            self.records = Records(self.site, AuditLog(self.audit_path, on_alarm=alarm,
-                                                       on_clear=clear))
+            audit: AuditSink = (
+                AuditProcess(self.audit_path, on_alarm=alarm, on_clear=clear)
+                if self.audit_process else
+                AuditLog(self.audit_path, on_alarm=alarm, on_clear=clear))
+            self.records = Records(self.site, audit)
         except AuditError as exc:
             # The gateway's job is control; an unusable audit file is an alarm, not a stop.
             log.error("audit log unavailable, running without it: %s", exc)
             return
-        log.info("audit log path=%s", self.audit_path)
+        log.info("audit log path=%s writer=%s", self.audit_path,
+                 "process" if self.audit_process else "thread")
 
     def _load_policy(self) -> None:
         spec = self.site.controller

@@ -24,7 +24,7 @@ from gateway.supervisor.events import EventKind
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from gateway.audit import AuditLog
+    from gateway.audit.log import AuditSink
     from gateway.config.schema import Site
     from gateway.envelope.compiled import F64
     from gateway.forensics.recorder import Frame
@@ -52,7 +52,7 @@ def _floats(values: Any) -> list[float]:
 class Records:
     """The audit log (optional) and the flight recorder of one gateway."""
 
-    def __init__(self, site: Site, audit: AuditLog | None) -> None:
+    def __init__(self, site: Site, audit: AuditSink | None) -> None:
         self.site = site
         self.audit = audit
         self.sample_every_n = site.audit.sample_every_n
