@@ -14,8 +14,11 @@ Nothing is lost silently:
   send, up to ``max_buffer_bytes``; beyond that it drops records (decisions first) and counts
   them, and the child puts a record of the loss in the chain where they are missing;
 - if the gateway dies, the child sees the end of its input, commits what it received and exits;
-- if the child dies, the parent raises the audit alarm once, counts every record it can no
-  longer deliver as lost and logs what it knew to be unacknowledged; control goes on.
+- if the child dies, the parent raises the audit alarm, holds new records (within the same
+  bound) and starts another child, with backoff. The new chain's first record states the
+  restart, the exit code and how many records the dead child may have held unwritten (its last
+  report); a message it had only partly received is counted as lost. ``close`` then returns
+  False: the parent cannot prove that everything was written. Control goes on throughout.
 
 The child ignores SIGINT and SIGTERM (a Ctrl-C or a service manager signals the whole group):
 it stops when the parent closes it or goes away, so that the parent's last records (the
@@ -57,6 +60,9 @@ log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
 _DECISION = Kind.DECISION.value
+_ALARM = Kind.ALARM.value
+_RESTART_FIRST_S = 0.2  # then doubling, up to:
+_RESTART_MAX_S = 30.0
 _F_SETPIPE_SZ = 1031  # Linux fcntl: a bigger pipe rides out a child that is briefly busy
 _PIPE_BYTES = 1 << 20
 _SHIP_EVERY = 256  # records: shipped at once, without waiting for idle()
@@ -182,42 +188,58 @@ class AuditProcess:
         self._dead: str | None = None  # why the child is gone, if it went unasked
         self._closed_ok: bool | None = None
 
+        # What is in _out, frame by frame: [bytes not yet written, frame size, records by
+        # kind], so that a child's death can count the records it took with it.
+        self._frames: collections.deque[tuple[list[int], int, dict[str, int]]] = (
+            collections.deque())
+        self._options = dict(options or {})
+        self._restarts = 0  # children that died unasked and were replaced
+        self._dead_unacked = 0  # what the last dead child held, as far as we knew
+        self._dead_code: int | None = None
+        self._stop_restarting = threading.Event()
+        self._restarter: threading.Thread | None = None
+        self._start_child(in_use_wait_s)
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
+
+    def _start_child(self, in_use_wait_s: float) -> None:
+        """Start a child, wait until it has opened the database, start its reader."""
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root,
                                                          env.get("PYTHONPATH", "")) if p)
         argv = [sys.executable, "-m", "gateway.audit.process", str(self.path)]
         try:
-            self._proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                 close_fds=True, bufsize=0)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot start the audit writer process: "
                              f"{exc}") from exc
-        assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
-        self._wfd = self._proc.stdin.fileno()
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        wfd = proc.stdin.fileno()
         with contextlib.suppress(OSError):
-            fcntl.fcntl(self._wfd, _F_SETPIPE_SZ, _PIPE_BYTES)
-        self._reply = self._proc.stdout
-        self._send_blocking(_frame(("open", dict(options or {}), in_use_wait_s)),
-                           _START_TIMEOUT_S)
-        first = self._next_message(_START_TIMEOUT_S + in_use_wait_s)
+            fcntl.fcntl(wfd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        first: Any = None
+        with contextlib.suppress(OSError):
+            _write_all(wfd, _frame(("open", self._options, in_use_wait_s)))
+            ready, _, _ = select.select([proc.stdout], [], [],
+                                        _START_TIMEOUT_S + in_use_wait_s)
+            first = _read_message(proc.stdout) if ready else None
         if not (isinstance(first, tuple) and first and first[0] == "ready"):
-            self._proc.kill()
-            self._proc.wait()
-            self._close_pipes()
+            proc.kill()
+            proc.wait()
+            _close_pipes(proc)
             if isinstance(first, tuple) and first[:1] == ("error",):
                 raise (AuditInUse if first[2] else AuditError)(str(first[1]))
             raise AuditError(f"{self.path}: the audit writer process did not start (exit "
-                             f"code {self._proc.returncode}; its errors are on stderr)")
-        self._status = first[1]
-        os.set_blocking(self._wfd, False)
-        self._reader = threading.Thread(target=self._read, name="audit-process-reader",
-                                        daemon=True)
+                             f"code {proc.returncode}; its errors are on stderr)")
+        os.set_blocking(wfd, False)
+        self._proc, self._wfd, self._status = proc, wfd, first[1]
+        self._reader = threading.Thread(target=self._read, args=(proc,),
+                                        name="audit-process-reader", daemon=True)
         self._reader.start()
-        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
-        atexit.register(self._atexit)
 
     # ------------------------------------------------------------------ the control side
 
@@ -247,7 +269,7 @@ class AuditProcess:
                 # two would be lost.
                 items = [q.popleft() for _ in range(len(q))]
                 out = self._out
-                gone = self._closed or self._dead is not None
+                gone = self._closed  # a dead child is being restarted: keep them
                 # In order: a record of what was dropped goes where it is missing. (The size
                 # is checked per call, not per record: one call adds at most a few hundred.)
                 full = len(out) >= self._max_buffer
@@ -259,13 +281,21 @@ class AuditProcess:
                         continue
                     if self._lost_unsent:
                         if run:
-                            out += _picklable(run)
+                            self._add(_picklable(run), run)
                             run = []
                         self._send_lost()
                     run.append(item)
                 if run:
-                    out += _picklable(run)
+                    self._add(_picklable(run), run)
             self._write_some()
+
+    def _add(self, data: bytes, items: list[_Item] | None = None) -> None:
+        """Queue one framed message (lock held)."""
+        kinds: dict[str, int] = {}
+        for item in items or ():
+            kinds[item[1]] = kinds.get(item[1], 0) + 1
+        self._out += data
+        self._frames.append(([len(data)], len(data), kinds))
 
     def _drop(self, kind: str, at_s: float) -> None:
         if not self._lost_unsent:
@@ -275,23 +305,31 @@ class AuditProcess:
         self._lost_here += 1
 
     def _send_lost(self) -> None:
-        if self._dead is None and not self._closed:
-            self._out += _frame(("lost", self._lost_unsent, self._lost_first_at_s,
-                                 self._lost_last_at_s))
+        if not self._closed:
+            self._add(_frame(("lost", self._lost_unsent, self._lost_first_at_s,
+                              self._lost_last_at_s)))
             self._lost_unsent = {}
 
     def _write_some(self) -> None:
         """Write what the pipe takes now (lock held)."""
         out = self._out
+        frames = self._frames
         while out and self._dead is None:
             try:
                 n = os.write(self._wfd, out)
             except BlockingIOError:
                 return
             except OSError as exc:  # the child is gone (EPIPE)
-                self._gone(f"cannot write to the audit writer process: {exc}")
+                self._gone(self._proc, f"cannot write to the audit writer process: {exc}")
                 return
             del out[:n]
+            while n:
+                left = frames[0][0]
+                taken = min(n, left[0])
+                left[0] -= taken
+                n -= taken
+                if not left[0]:
+                    frames.popleft()
 
     # ------------------------------------------------------------------ flush and close
 
@@ -310,7 +348,7 @@ class AuditProcess:
             self._flushes[token] = (done, result)
         self._ship()
         with self._lock:
-            self._out += _frame(("flush", token, timeout_s))
+            self._add(_frame(("flush", token, timeout_s)))
         while not done.is_set():
             with self._lock:
                 self._write_some()
@@ -329,13 +367,21 @@ class AuditProcess:
         deadline = time.monotonic() + timeout_s
         if not self._closed:
             atexit.unregister(self._atexit)
+            self._stop_restarting.set()
+            if self._restarter is not None:
+                self._restarter.join(max(0.0, deadline - time.monotonic()))
             self._ship()
             with self._lock:
                 if self._lost_unsent:
                     self._send_lost()
                 self._closed = True
-                self._out += _frame(("close", timeout_s))
+                self._add(_frame(("close", timeout_s)))
                 self._wfd_blocking_flush(deadline)
+                if self._out:  # the child is gone, or did not read in time
+                    for _, _, kinds in self._frames:
+                        self._lost_here += sum(kinds.values())
+                    self._out.clear()
+                    self._frames.clear()
                 with contextlib.suppress(OSError):
                     assert self._proc.stdin is not None
                     self._proc.stdin.close()  # the end of its input: the child stops
@@ -347,25 +393,14 @@ class AuditProcess:
             self._proc.kill()
             self._proc.wait()
         if not self._reader.is_alive():
-            self._close_pipes()
-        return bool(self._closed_ok) and self.lost == 0
-
-    def _close_pipes(self) -> None:
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+            _close_pipes(self._proc)
+        return bool(self._closed_ok) and self.lost == 0 and not self._restarts
 
     def _wfd_blocking_flush(self, deadline: float) -> None:
         while self._out and self._dead is None and time.monotonic() < deadline:
             self._write_some()
             if self._out:
                 select.select([], [self._wfd], [], max(0.0, deadline - time.monotonic()))
-
-    def _send_blocking(self, data: bytes, timeout_s: float) -> None:
-        with self._lock:
-            self._out += data
-            self._wfd_blocking_flush(time.monotonic() + timeout_s)
 
     def __enter__(self) -> AuditProcess:
         return self
@@ -415,16 +450,12 @@ class AuditProcess:
 
     # ------------------------------------------------------------------ the reader thread
 
-    def _next_message(self, timeout_s: float) -> Any:
-        ready, _, _ = select.select([self._reply], [], [], timeout_s)
-        if not ready:
-            return None
-        return _read_message(self._reply)
-
-    def _read(self) -> None:
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        reply = proc.stdout
+        assert reply is not None
         while True:
             try:
-                message = _read_message(self._reply)
+                message = _read_message(reply)
             except Exception as exc:  # a torn message: the child died mid-way
                 message = None
                 log.debug("audit writer process: unreadable message: %s", exc)
@@ -432,8 +463,9 @@ class AuditProcess:
                 break
             self._handle(message)
         if self._closed_ok is None:
-            code = self._proc.wait()
-            self._gone(f"the audit writer process exited unexpectedly (exit code {code})")
+            code = proc.wait()
+            self._gone(proc, f"the audit writer process exited unexpectedly (exit code "
+                             f"{code})")
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         what = message[0]
@@ -457,20 +489,73 @@ class AuditProcess:
             self._status = message[2]
             self._closed_ok = bool(message[1])
 
-    def _gone(self, why: str) -> None:
-        """The child is gone unasked: alarm once; what it had not acknowledged is lost."""
-        if self._dead is not None:
-            return
-        unacked = int(self._status.get("pending", 0))
-        self._dead = (f"{why}; records appended from now on are lost (counted), "
-                      f"and up to {unacked} it held may not have been written")
-        log.error("audit log alarm: %s", self._dead)
+    def _gone(self, proc: subprocess.Popen[bytes], why: str) -> None:
+        """A child is gone unasked: alarm, count what it took with it, restart one."""
         with self._lock:
-            self._out.clear()
+            if proc is not self._proc or self._dead is not None:
+                return  # an earlier child's last words, or already known
+            unacked = int(self._status.get("pending", 0))
+            self._dead = (f"{why}; up to {unacked} records it held may not have been "
+                          "written; restarting it, records are held meanwhile")
+            frames = self._frames
+            if frames and frames[0][0][0] != frames[0][1]:
+                # Part of this message went to the dead child: its records are lost.
+                left, _, kinds = frames.popleft()
+                del self._out[:left[0]]
+                for kind, n in kinds.items():
+                    self._lost_unsent[kind] = self._lost_unsent.get(kind, 0) + n
+                    self._lost_here += n
+            self._dead_unacked = unacked
+            self._dead_code = proc.poll()
             waiting = list(self._flushes.values())
+            if not self._closed:
+                self._restarter = threading.Thread(target=self._restart,
+                                                   name="audit-process-restart", daemon=True)
+                self._restarter.start()
+        log.error("audit log alarm: %s", self._dead)
         for done, _ in waiting:
             done.set()
         _call(self._on_alarm, self._dead)
+        _close_pipes(proc)
+
+    def _restart(self) -> None:
+        delay_s = _RESTART_FIRST_S
+        while not self._stop_restarting.wait(delay_s):
+            try:
+                self._start_child(in_use_wait_s=10.0)
+            except AuditError as exc:
+                log.error("audit writer process could not be restarted: %s", exc)
+                delay_s = min(delay_s * 2.0, _RESTART_MAX_S)
+                continue
+            with self._lock:
+                self._restarts += 1
+                note = {"alarm": "audit_writer_restarted",
+                        "exit_code": self._dead_code, "restarts": self._restarts,
+                        "records_possibly_unwritten": self._dead_unacked,
+                        "reason": self._dead}
+                restart = _frame(("records", [(self._clock(), _ALARM, "gateway", "", note)]))
+                # First in the new child's input: before what was held while it was down.
+                self._out[:0] = restart
+                self._frames.appendleft(([len(restart)], len(restart), {_ALARM: 1}))
+                if self._lost_unsent:
+                    self._send_lost()
+                self._dead = None
+                self._write_some()
+            log.warning("audit writer process restarted (pid %d)", self._proc.pid)
+            _call(self._on_clear, f"audit writer process restarted (restart {self._restarts})")
+            return
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _call(callback: Callable[[str], None] | None, message: str) -> None:

@@ -139,22 +139,36 @@ def test_the_childs_alarms_reach_the_parent(tmp_path):
     assert ("alarm", "audit_storage_low") in kinds
 
 
-def test_a_dead_writer_raises_the_alarm_and_later_records_are_counted_lost(tmp_path):
+def test_a_dead_writer_raises_the_alarm_and_is_replaced_without_losing_later_records(
+        tmp_path):
     alarms = Alarms()
-    audit = AuditProcess(tmp_path / "audit.db", options=FAST, **alarms.kwargs())
-    audit.append("note", {"n": 1})
+    path = tmp_path / "audit.db"
+    audit = AuditProcess(path, options=FAST, **alarms.kwargs())
+    audit.idle()
+    audit.append("note", {"n": 0})
     assert audit.flush(10)
-    os.kill(audit.stats()["pid"], signal.SIGKILL)
+    first_pid = audit.stats()["pid"]
+    os.kill(first_pid, signal.SIGKILL)
     assert wait_for(lambda: alarms.raised, 10)
-    assert "exited unexpectedly" in alarms.raised[0]
-    assert "exited unexpectedly" in str(audit.alarm)
-    for n in range(5):  # never raises, never blocks
+    assert "exited unexpectedly (exit code -9)" in alarms.raised[0]
+    for n in range(1, 6):  # while it is down: held, never raised, never blocking
         audit.append("note", {"n": n})
         audit.idle()
-    assert audit.lost == 5
-    assert not audit.flush(1)
-    assert not audit.close(timeout_s=2)
-    assert verify(tmp_path / "audit.db").records == 1
+    assert wait_for(lambda: alarms.cleared, 20)
+    assert "restarted" in alarms.cleared[0]
+    assert audit.stats()["pid"] != first_pid
+    assert audit.alarm is None
+    audit.append("note", {"n": 6})
+    assert audit.flush(10)
+    assert audit.lost == 0
+    assert not audit.close()  # records the dead child held may be missing: not "all written"
+    records = list(read_records(path))
+    assert verify(path).ok
+    assert [r.data()["n"] for r in records if r.kind == "note"] == list(range(7))
+    (restart,) = [r.data() for r in records if r.kind == "alarm"]
+    assert restart["alarm"] == "audit_writer_restarted"
+    assert restart["exit_code"] == -9
+    assert [r.kind for r in records].index("alarm") == 1  # before what was held meanwhile
 
 
 def test_a_stalled_writer_never_blocks_appends_and_the_loss_is_in_the_chain(tmp_path):
