@@ -115,7 +115,9 @@ def _check_text(name: str, value: object) -> None:
         raise TypeError(f"audit {name} must be a str, not {type(value).__name__}")
 
 
-def _close_at_exit(ref: weakref.ref[AuditLog]) -> None:
+def close_at_exit(ref: Callable[[], AuditSink | None]) -> None:
+    """An ``atexit`` hook: write what is pending if nobody closed the log (``ref`` is a weak
+    reference, so that the hook does not keep the log alive)."""
     audit = ref()
     if audit is not None:
         audit.close(timeout_s=5.0)
@@ -265,7 +267,7 @@ class AuditLog:
         self._thread.start()
         # Write what is pending at interpreter exit if nobody called close() (one callable per
         # instance, so that unregistering it leaves the others').
-        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        self._atexit = functools.partial(close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
 
     # ------------------------------------------------------------------ the control side
@@ -614,11 +616,7 @@ class AuditLog:
         seq, prev = base
         rows: list[_Row] = []
         for at_s, kind, actor, source, payload in self._held:
-            try:
-                text = canonical_payload(payload)
-            except Exception as exc:  # the caller's object: any error of its own methods
-                text = canonical_payload({"unserialisable_payload": _safe_repr(payload),
-                                          "error": f"{type(exc).__name__}: {exc}"})
+            text = payload_text(payload)
             if len(text) > MAX_PAYLOAD_CHARS:
                 text = canonical_payload({"truncated_payload": text[:4096],
                                           "original_chars": len(text)})
@@ -811,10 +809,10 @@ class AuditLog:
             self._alarm = message
             if start:
                 self._episodes += 1
-                _call(self._on_alarm, message)
+                notify(self._on_alarm, message)
         elif self._alarm is not None:
             self._alarm = None
-            _call(self._on_clear, f"audit log healthy again ({self._lost_total} records "
+            notify(self._on_clear, f"audit log healthy again ({self._lost_total} records "
                                   "lost since opening)")
 
     def _maybe_export(self, *, final: bool = False) -> None:
@@ -865,6 +863,16 @@ def _finite_time(value: object) -> float:
     return 0.0
 
 
+def payload_text(payload: Mapping[str, Any]) -> str:
+    """The stored text of a payload: its canonical JSON, or, when it cannot be serialised,
+    that of a record of its ``repr`` and the error (never lost, never raised)."""
+    try:
+        return canonical_payload(payload)
+    except Exception as exc:  # the caller's object: any error of its own methods
+        return canonical_payload({"unserialisable_payload": _safe_repr(payload),
+                                  "error": f"{type(exc).__name__}: {exc}"})
+
+
 def _safe_repr(obj: object) -> str:
     try:
         return repr(obj)[:4096]
@@ -872,7 +880,8 @@ def _safe_repr(obj: object) -> str:
         return f"<{type(obj).__name__}: repr failed: {exc}>"
 
 
-def _call(callback: Callable[[str], None] | None, message: str) -> None:
+def notify(callback: Callable[[str], None] | None, message: str) -> None:
+    """Call an alarm callback; its failure is logged, never raised into the writer."""
     if callback is None:
         return
     try:

@@ -35,6 +35,7 @@ import collections
 import contextlib
 import fcntl
 import functools
+import json
 import logging
 import os
 import pickle
@@ -49,8 +50,8 @@ import weakref
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from gateway.audit.chain import ExportedHead, Kind, canonical_payload
-from gateway.audit.log import checked_kind
+from gateway.audit.chain import ExportedHead, Kind
+from gateway.audit.log import checked_kind, close_at_exit, notify, payload_text
 from gateway.audit.store import AuditError, AuditInUse
 
 if TYPE_CHECKING:
@@ -101,40 +102,22 @@ def _read_message(stream: IO[bytes]) -> Any:
 
 def _picklable(items: list[_Item]) -> bytes:
     """``("records", items)`` framed; a payload that cannot be pickled is sent as the JSON
-    it would have been stored as (or, failing that, as its repr with the error, the record
-    :class:`~gateway.audit.log.AuditLog` writes for a payload it cannot serialise)."""
+    it would have been stored as (:func:`~gateway.audit.log.payload_text`: for a payload JSON
+    cannot write either, the record of its repr and the error that ``AuditLog`` writes)."""
     try:
         return _frame(("records", items))
-    except Exception:  # the caller's objects: any error of their own
-        pass
-    fixed: list[_Item] = []
-    for item in items:
-        try:
-            pickle.dumps(item[4], protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            item = (*item[:4], _as_stored(item[4]))
-        fixed.append(item)
+    except Exception:  # the caller's objects, any error of their own: find the culprits
+        fixed = [item if _pickles(item[4]) else (*item[:4], json.loads(payload_text(item[4])))
+                 for item in items]
     return _frame(("records", fixed))
 
 
-def _as_stored(payload: Mapping[str, Any]) -> dict[str, Any]:
-    import json
-
+def _pickles(payload: Mapping[str, Any]) -> bool:
     try:
-        plain: dict[str, Any] = json.loads(canonical_payload(payload))
-    except Exception as exc:
-        try:
-            text = repr(payload)[:4096]
-        except Exception as rexc:
-            text = f"<{type(payload).__name__}: repr failed: {rexc}>"
-        return {"unserialisable_payload": text, "error": f"{type(exc).__name__}: {exc}"}
-    return plain
-
-
-def _close_at_exit(ref: weakref.ref[AuditProcess]) -> None:
-    audit = ref()
-    if audit is not None:
-        audit.close(timeout_s=5.0)
+        pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return True
 
 
 class AuditProcess:
@@ -199,7 +182,7 @@ class AuditProcess:
         self._stop_restarting = threading.Event()
         self._restarter: threading.Thread | None = None
         self._start_child(in_use_wait_s)
-        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        self._atexit = functools.partial(close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
 
     def _start_child(self, in_use_wait_s: float) -> None:
@@ -424,7 +407,9 @@ class AuditProcess:
     def pending(self) -> int:
         """Records not yet committed, as far as this process knows (the child's count is
         refreshed a few times a second)."""
-        return len(self._q) + int(self._status.get("pending", 0)) + (1 if self._out else 0)
+        with self._lock:
+            unsent = sum(sum(kinds.values()) for _, _, kinds in self._frames)
+        return len(self._q) + unsent + int(self._status.get("pending", 0))
 
     @property
     def acknowledged_seq(self) -> int:
@@ -477,7 +462,7 @@ class AuditProcess:
         elif what in ("alarm", "clear"):
             callback = self._on_alarm if what == "alarm" else self._on_clear
             if self._dead is None:
-                _call(callback, message[1])
+                notify(callback, message[1])
         elif what == "flushed":
             _, token, ok = message
             with self._lock:
@@ -515,7 +500,7 @@ class AuditProcess:
         log.error("audit log alarm: %s", self._dead)
         for done, _ in waiting:
             done.set()
-        _call(self._on_alarm, self._dead)
+        notify(self._on_alarm, self._dead)
         _close_pipes(proc)
 
     def _restart(self) -> None:
@@ -542,7 +527,7 @@ class AuditProcess:
                 self._dead = None
                 self._write_some()
             log.warning("audit writer process restarted (pid %d)", self._proc.pid)
-            _call(self._on_clear, f"audit writer process restarted (restart {self._restarts})")
+            notify(self._on_clear, f"audit writer process restarted (restart {self._restarts})")
             return
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -558,31 +543,20 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
                 pipe.close()
 
 
-def _call(callback: Callable[[str], None] | None, message: str) -> None:
-    if callback is None:
-        return
-    try:
-        callback(message)
-    except Exception:
-        log.exception("audit alarm callback failed")
-
-
 # ---------------------------------------------------------------------- the child process
 
 
 class _Sender:
     """The child's end of the reply pipe, shared by its threads."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._lock = threading.Lock()
 
     def send(self, message: object) -> None:
         data = _frame(message)
-        view = memoryview(data)
-        with self._lock, contextlib.suppress(OSError):
-            while view:  # a raw pipe may take part of it
-                view = view[self._stream.write(view) or 0:]
+        with self._lock, contextlib.suppress(OSError):  # OSError: the parent is gone
+            _write_all(self._fd, data)
 
 
 class _ForwardLogs(logging.Handler):
@@ -618,7 +592,7 @@ def child_main(path: str) -> int:
     stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
     # Replies get a descriptor of their own; anything printed goes to stderr instead, so
     # that nothing can corrupt the message stream.
-    sender = _Sender(os.fdopen(os.dup(1), "wb", buffering=0))
+    sender = _Sender(os.dup(1))
     os.dup2(2, 1)
     root = logging.getLogger()
     root.handlers[:] = [_ForwardLogs(sender)]

@@ -79,20 +79,25 @@ def payloads(path: Path, kind: str | None = None) -> list[Any]:
 # ---------------------------------------------------------------- normal operation
 
 
-def test_append_flush_and_acknowledge(tmp_path):
-    path = tmp_path / "audit.db"
-    clock = iter([100.0, 101.0, 102.0])
-    with AuditLog(path, clock=lambda: next(clock), **FAST) as audit:
-        assert audit.head()[0] == 0
-        audit.append("decision", {"cycle": 1})
-        audit.append(Kind.OPERATOR, {"action": "reset", "result": "ok"}, actor="alice",
-                     source="10.0.0.7:51000")
-        audit.append("incident.note", {"text": "x"})  # a module's own kind
-        assert audit.flush(10)
-        assert audit.acknowledged_seq == 3
-        assert audit.pending == 0
-        seq, digest = audit.head()
-        assert audit.alarm is None
+def append_three(audit: Any) -> tuple[int, str]:
+    """Three records of known kinds, actors and sources (an idle() between the first two),
+    flushed; the head after them. ``audit`` is an AuditLog or an AuditProcess whose clock
+    gives 100, 101, 102."""
+    audit.append("decision", {"cycle": 1})
+    audit.idle()
+    audit.append(Kind.OPERATOR, {"action": "reset", "result": "ok"}, actor="alice",
+                 source="10.0.0.7:51000")
+    audit.append("incident.note", {"text": "x"})  # a module's own kind
+    assert audit.flush(10)
+    assert audit.acknowledged_seq == 3
+    assert audit.alarm is None
+    head: tuple[int, str] = audit.head()
+    return head
+
+
+def check_three(path: Path, head: tuple[int, str]) -> None:
+    """The database holds append_three's records, times and all, and its chain ends at
+    ``head``."""
     records = list(read_records(path))
     assert [(r.seq, r.at_s, r.kind, r.actor, r.source) for r in records] == [
         (1, 100.0, "decision", "gateway", ""),
@@ -100,7 +105,17 @@ def test_append_flush_and_acknowledge(tmp_path):
         (3, 102.0, "incident.note", "gateway", "")]
     result = verify(path)
     assert result.ok
-    assert (result.last_seq, result.last_hash) == (seq, digest) == (3, records[-1].hash)
+    assert (result.last_seq, result.last_hash) == head == (3, records[-1].hash)
+
+
+def test_append_flush_and_acknowledge(tmp_path):
+    path = tmp_path / "audit.db"
+    clock = iter([100.0, 101.0, 102.0])
+    with AuditLog(path, clock=lambda: next(clock), **FAST) as audit:
+        assert audit.head()[0] == 0
+        head = append_three(audit)
+        assert audit.pending == 0
+    check_three(path, head)
 
 
 def test_append_rejects_bugs_at_once(tmp_path):

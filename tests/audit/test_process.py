@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import AuditError, AuditLog, Kind, read_records, verify
+from gateway.audit import AuditError, AuditLog, read_records, verify
 from gateway.audit.process import AuditProcess
 from gateway.audit.store import AuditInUse
 
-from .test_log import FAST, Alarms, payloads, wait_for
+from .test_log import FAST, Alarms, append_three, check_three, payloads, wait_for
 
 
 def test_records_reach_the_chain_in_order_with_the_appenders_times(tmp_path):
@@ -29,24 +29,9 @@ def test_records_reach_the_chain_in_order_with_the_appenders_times(tmp_path):
     clock = iter([100.0, 101.0, 102.0])
     with AuditProcess(path, clock=lambda: next(clock), options=FAST) as audit:
         assert audit.stats()["pid"] != os.getpid()
-        audit.append("decision", {"cycle": 1})
-        audit.idle()
-        audit.append(Kind.OPERATOR, {"action": "reset", "result": "ok"}, actor="alice",
-                     source="10.0.0.7:51000")
-        audit.append("incident.note", {"text": "x"})  # a module's own kind
-        assert audit.flush(10)
-        assert audit.acknowledged_seq == 3
-        seq, digest = audit.head()
-        assert audit.alarm is None
+        head = append_three(audit)
         assert audit.exported_head().seq == 3
-    records = list(read_records(path))
-    assert [(r.seq, r.at_s, r.kind, r.actor, r.source) for r in records] == [
-        (1, 100.0, "decision", "gateway", ""),
-        (2, 101.0, "operator", "alice", "10.0.0.7:51000"),
-        (3, 102.0, "incident.note", "gateway", "")]
-    result = verify(path)
-    assert result.ok
-    assert (result.last_seq, result.last_hash) == (seq, digest) == (3, records[-1].hash)
+    check_three(path, head)
 
 
 def test_bugs_are_raised_in_the_caller_not_in_the_child(tmp_path):
