@@ -179,13 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from gateway.config import ConfigError, load_config
+    from gateway.runtime import logs
 
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    # The protocol libraries log every node they create and every frame at INFO/DEBUG: that
-    # would bury the gateway's own fault lines. Their warnings and errors still show.
-    for noisy in ("asyncua", "pymodbus"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(logging.DEBUG if args.debug else logging.INFO)
     try:
         site = load_config(args.config)
     except ConfigError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -40,6 +41,9 @@ def test_map_of_an_invalid_site_exits_2(tmp_path, capsys):
     bad.write_text("site: {name: x}\n")
     assert main(["map", str(bad)]) == 2
     assert "bad.yaml" in capsys.readouterr().err
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} level=[A-Z]+ logger=\S+ ")
 
 
 async def run_and_stop(tmp_path: Path, sig: signal.Signals) -> tuple[int, str, list[int]]:
@@ -97,6 +101,8 @@ def test_run_stops_cleanly_on_signal_and_applies_shutdown_policy(tmp_path, sig):
     code, err, held = asyncio.run(run_and_stop(tmp_path, sig))
     assert code == 0, err
     assert "Traceback" not in err
+    # Structured: every line of the log is one record (gateway/runtime/logs.py).
+    assert all(LOG_LINE.match(line) for line in err.splitlines()), err
     assert "engine=cython" in err  # the engine in use is logged at start
     assert "writer=process" in err  # the audit log's writer runs in a child process
     assert "shutdown: safe values written to inflow_valve" in err
