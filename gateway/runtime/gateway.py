@@ -926,7 +926,8 @@ class Gateway(NorthboundHandler):
             if not await self._write_devices(target, only=changed):
                 for item in taken:
                     item.outcome.set_result(WriteOutcome(
-                        False, 4, "the device did not take the write"))
+                        False, 4, "the device did not confirm the write (it failed or timed "
+                        "out); the next cycle writes the actuator again"))
                 return
             for i in changed:
                 self.applied[i] = target[i]

@@ -4,6 +4,7 @@ the end-to-end test cover the wire)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import replace
 
 import gateway
@@ -165,4 +166,52 @@ def test_shutdown_ends_even_if_a_device_task_swallows_its_cancellation():
         assert not hung, "shutdown hung on the device task"
         assert tasks[0].done()
 
+    asyncio.run(body())
+
+
+class Hangs(FakeDevice):
+    """A device that takes a write but never confirms it, until told to answer again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = False
+
+    async def write(self, values: dict[str, float]) -> None:
+        self.writes.append(dict(values))
+        if self.hang:
+            await asyncio.sleep(5.0)
+
+
+def test_a_write_through_the_device_never_confirms_is_refused_and_written_again():
+    async def body() -> None:
+        site = gateway.load_config("configs/water_tank.yaml")
+        device = Hangs()
+        gw = Gateway(site, clients={"plc": device}, servers=False, startup_wait_s=0.0)
+        for tag in site.sensors:  # every sensor good and mid-range: the cycles stay MANUAL
+            assert tag.range_min is not None and tag.range_max is not None
+            gw.store.update(tag.name, (tag.range_min + tag.range_max) / 2, True, gw.clock())
+        await gw._start_supervisor()
+        pump = gw.index["outflow_pump"]
+        await gw.cycle(gw.clock())  # the devices hold the cycle's command now
+        assert float(gw.written[pump]) == float(gw.applied[pump])
+        before = float(gw.applied[pump])
+        device.hang = True
+        t0 = asyncio.get_running_loop().time()
+        out = await gw.write(OPERATOR, {"outflow_pump": 45.0}, atomic=True)
+        waited = asyncio.get_running_loop().time() - t0
+        assert out["outflow_pump"].code == 4, out
+        assert "did not confirm" in out["outflow_pump"].reason
+        assert waited < 1.0  # a cycle's time (at least 50 ms), not the device's 5 s
+        # The device may hold the step it was sent, or not: nothing counts it as applied,
+        # and the next cycle writes the actuator again.
+        assert float(gw.applied[pump]) == before
+        assert device.writes[-1]["outflow_pump"] > before
+        assert math.isnan(gw.written[pump])  # unknown, so written again whatever the cycle
+        device.hang = False
+        n = len(device.writes)
+        await gw.cycle(gw.clock())
+        rewritten = [w for w in device.writes[n:] if "outflow_pump" in w]
+        assert rewritten, device.writes[n:]
+        # What the device holds is known again: what the cycle decided and applied.
+        assert rewritten[-1]["outflow_pump"] == float(gw.applied[pump])
     asyncio.run(body())
