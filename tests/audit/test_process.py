@@ -156,6 +156,53 @@ def test_a_dead_writer_raises_the_alarm_and_is_replaced_without_losing_later_rec
     assert [r.kind for r in records].index("alarm") == 1  # before what was held meanwhile
 
 
+def test_a_writer_that_cannot_be_restarted_is_retried_until_it_can(tmp_path, caplog):
+    # The child dies, and the database cannot be opened for a while (here: moved away and a
+    # stranger's file in its place). Restarts fail and are retried with backoff; what is
+    # appended meanwhile is held, and written once a child opens the database again.
+    alarms = Alarms()
+    path = tmp_path / "audit.db"
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    audit = AuditProcess(path, options=FAST, **alarms.kwargs())
+    audit.idle()
+    audit.append("note", {"n": 0})
+    assert audit.flush(10)
+    os.kill(audit.stats()["pid"], signal.SIGKILL)
+    assert wait_for(lambda: alarms.raised, 10)
+    moved = [f for f in tmp_path.iterdir() if f.name.startswith("audit.db")]
+    for f in moved:
+        f.rename(aside / f.name)
+    path.write_text("not a database\n")
+    for n in range(1, 4):
+        audit.append("note", {"n": n})
+        audit.idle()
+
+    def refusals() -> int:
+        return sum("could not be restarted" in r.getMessage() for r in caplog.records)
+
+    assert wait_for(lambda: refusals() >= 2, 20)  # 0.2 s, then 0.4 s later
+    assert not alarms.cleared
+    assert audit.alarm is not None
+    assert "audit.db: not an audit database" in caplog.text  # the child's reason, relayed
+    path.unlink()
+    for f in moved:
+        (aside / f.name).rename(f)
+    audit.append("note", {"n": 4})
+    audit.idle()
+    assert wait_for(lambda: alarms.cleared, 30)
+    assert audit.alarm is None
+    audit.append("note", {"n": 5})
+    assert audit.flush(10)
+    assert audit.lost == 0
+    assert not audit.close()
+    records = list(read_records(path))
+    assert verify(path).ok
+    assert [r.data()["n"] for r in records if r.kind == "note"] == list(range(6))
+    (restart,) = [r.data() for r in records if r.kind == "alarm"]
+    assert restart["alarm"] == "audit_writer_restarted" and restart["restarts"] == 1
+
+
 def test_a_stalled_writer_never_blocks_appends_and_the_loss_is_in_the_chain(tmp_path):
     path = tmp_path / "audit.db"
     audit = AuditProcess(path, max_buffer_bytes=256 << 10, options=FAST)
