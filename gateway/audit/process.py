@@ -19,6 +19,8 @@ Nothing is lost silently:
   restart, the exit code and how many records the dead child may have held unwritten (its last
   report); a message it had only partly received is counted as lost. ``close`` then returns
   False: the parent cannot prove that everything was written. Control goes on throughout.
+  A failure inside the child (a bug, in its main loop or one of its threads) reaches the
+  gateway's log as one record with its traceback, not as loose lines on stderr.
 
 The child ignores SIGINT and SIGTERM (a Ctrl-C or a service manager signals the whole group):
 it stops when the parent closes it or goes away, so that the parent's last records (the
@@ -57,7 +59,9 @@ from gateway.audit.store import AuditError, AuditInUse
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-log = logging.getLogger(__name__)
+# By name, not __name__: the child runs this module as __main__, and its records must come
+# from this logger all the same.
+log = logging.getLogger("gateway.audit.process")
 
 _LEN = struct.Struct(">I")
 _DECISION = Kind.DECISION.value
@@ -652,5 +656,22 @@ def child_main(path: str) -> int:
     return 0
 
 
+def _main(path: str) -> int:
+    """:func:`child_main`, with its failures logged: once its log is forwarded, a traceback
+    reaches the gateway's log as one record (a thread's too), not as lines on stderr."""
+    def thread_failed(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        exc = args.exc_value if args.exc_value is not None else args.exc_type()
+        log.error("audit writer process: thread %s failed", name,
+                  exc_info=exc.with_traceback(args.exc_traceback))
+
+    threading.excepthook = thread_failed
+    try:
+        return child_main(path)
+    except Exception:
+        log.exception("audit writer process failed")
+        return 3
+
+
 if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1]))
+    sys.exit(_main(sys.argv[1]))

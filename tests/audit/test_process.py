@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gateway.audit import AuditError, AuditLog, read_records, verify
-from gateway.audit.process import AuditProcess
+from gateway.audit.process import AuditProcess, _frame
 from gateway.audit.store import AuditInUse
 
 from .test_log import FAST, Alarms, append_three, check_three, payloads, wait_for
@@ -203,6 +203,47 @@ def test_a_writer_that_cannot_be_restarted_is_retried_until_it_can(tmp_path, cap
     assert restart["alarm"] == "audit_writer_restarted" and restart["restarts"] == 1
 
 
+def test_a_failure_inside_the_writer_is_logged_as_one_record_and_the_writer_replaced(
+        tmp_path, caplog):
+    # A bug in the child (here: a message it does not understand, written to its pipe as
+    # only a bug in this module could): its traceback reaches the gateway's log as one
+    # record of the gateway.audit.process logger, not as loose lines on stderr.
+    alarms = Alarms()
+    path = tmp_path / "audit.db"
+    audit = AuditProcess(path, options=FAST, **alarms.kwargs())
+    audit.append("note", {"n": 0})
+    assert audit.flush(10)
+    first_pid = audit.stats()["pid"]
+
+    def inject(message: object) -> None:
+        with audit._lock:
+            os.set_blocking(audit._wfd, True)
+            os.write(audit._wfd, _frame(message))
+            os.set_blocking(audit._wfd, False)
+
+    # In one of its threads first (a flush with a timeout that is not a number): logged as
+    # one record, and the writer goes on.
+    inject(("flush", 99, "soon"))
+    assert wait_for(lambda: any("thread" in r.getMessage() and "failed" in r.getMessage()
+                                and "TypeError" in r.getMessage() for r in caplog.records))
+    assert not alarms.raised
+    audit.append("note", {"n": 1})
+    assert audit.flush(10)
+    inject(42)
+    assert wait_for(lambda: alarms.raised, 10)
+    assert "exit code 3" in alarms.raised[0]
+    (failed,) = [r for r in caplog.records if "audit writer process failed" in r.getMessage()]
+    assert failed.levelname == "ERROR" and failed.name == "gateway.audit.process"
+    assert "TypeError" in failed.getMessage()  # the child's traceback, in the one record
+    assert wait_for(lambda: alarms.cleared, 20)
+    assert audit.stats()["pid"] != first_pid
+    audit.append("note", {"n": 2})
+    assert audit.flush(10)
+    audit.close()
+    assert [r.data()["n"] for r in read_records(path) if r.kind == "note"] == [0, 1, 2]
+    assert verify(path).ok
+
+
 def test_a_stalled_writer_never_blocks_appends_and_the_loss_is_in_the_chain(tmp_path):
     path = tmp_path / "audit.db"
     audit = AuditProcess(path, max_buffer_bytes=256 << 10, options=FAST)
@@ -242,7 +283,7 @@ def test_records_sent_before_the_appender_dies_are_written(tmp_path):
     path = tmp_path / "audit.db"
     script = textwrap.dedent(f"""
         import os
-        from gateway.audit.process import AuditProcess
+        from gateway.audit.process import AuditProcess, _frame
         audit = AuditProcess({str(path)!r})
         for n in range(500):
             audit.append("note", {{"n": n}})
