@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ from gateway.cli import main
 from gateway.config.schema import Table
 from simulators.plc_modbus import TestPLC
 from simulators.ports import free_port
+
+from .runtime.test_logs import PREFIX as LOG_LINE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +42,6 @@ def test_map_of_an_invalid_site_exits_2(tmp_path, capsys):
     bad.write_text("site: {name: x}\n")
     assert main(["map", str(bad)]) == 2
     assert "bad.yaml" in capsys.readouterr().err
-
-
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} level=[A-Z]+ logger=\S+ ")
 
 
 async def run_and_stop(tmp_path: Path, sig: signal.Signals) -> tuple[int, str, list[int]]:

@@ -118,14 +118,20 @@ def test_append_flush_and_acknowledge(tmp_path):
     check_three(path, head)
 
 
+def check_rejects_bugs(audit: Any) -> None:
+    """A bad kind, payload or actor raises at once, in the caller (AuditLog or
+    AuditProcess)."""
+    with pytest.raises(ValueError, match="lowercase name"):
+        audit.append("Bad Kind", {})
+    with pytest.raises(TypeError, match="mapping"):
+        audit.append("note", [1, 2])
+    with pytest.raises(TypeError, match="actor"):
+        audit.append("note", {}, actor=None)
+
+
 def test_append_rejects_bugs_at_once(tmp_path):
     with AuditLog(tmp_path / "audit.db", **FAST) as audit:
-        with pytest.raises(ValueError, match="lowercase name"):
-            audit.append("Bad Kind", {})
-        with pytest.raises(TypeError, match="mapping"):
-            audit.append("note", [1, 2])  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="actor"):
-            audit.append("note", {}, actor=None)  # type: ignore[arg-type]
+        check_rejects_bugs(audit)
 
 
 def test_unserialisable_payload_is_recorded_not_lost(tmp_path):

@@ -21,7 +21,15 @@ from gateway.audit import AuditError, AuditLog, read_records, verify
 from gateway.audit.process import AuditProcess, _frame
 from gateway.audit.store import AuditInUse
 
-from .test_log import FAST, Alarms, append_three, check_three, payloads, wait_for
+from .test_log import (
+    FAST,
+    Alarms,
+    append_three,
+    check_rejects_bugs,
+    check_three,
+    payloads,
+    wait_for,
+)
 
 
 def test_records_reach_the_chain_in_order_with_the_appenders_times(tmp_path):
@@ -36,12 +44,7 @@ def test_records_reach_the_chain_in_order_with_the_appenders_times(tmp_path):
 
 def test_bugs_are_raised_in_the_caller_not_in_the_child(tmp_path):
     with AuditProcess(tmp_path / "audit.db", options=FAST) as audit:
-        with pytest.raises(ValueError, match="lowercase name"):
-            audit.append("Bad Kind", {})
-        with pytest.raises(TypeError, match="mapping"):
-            audit.append("note", [1, 2])  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="actor"):
-            audit.append("note", {}, actor=None)  # type: ignore[arg-type]
+        check_rejects_bugs(audit)
         audit.append("note", {"fine": True})
         assert audit.flush(10)
     assert payloads(tmp_path / "audit.db") == [{"fine": True}]

@@ -34,10 +34,11 @@ class FakeDevice:
         return None
 
 
-async def started(kind: ControllerKind = ControllerKind.EXTERNAL) -> tuple[Gateway, FakeDevice]:
+async def started(kind: ControllerKind = ControllerKind.EXTERNAL,
+                  device: FakeDevice | None = None) -> tuple[Gateway, FakeDevice]:
     site = gateway.load_config("configs/water_tank.yaml")
     site = replace(site, controller=replace(site.controller, kind=kind))
-    device = FakeDevice()
+    device = device or FakeDevice()
     gw = Gateway(site, clients={"plc": device}, servers=False, startup_wait_s=0.0)
     for name in ("level", "inflow_rate"):
         gw.store.update(name, 2.5 if name == "level" else 0.01, True, gw.clock())
@@ -184,13 +185,11 @@ class Hangs(FakeDevice):
 
 def test_a_write_through_the_device_never_confirms_is_refused_and_written_again():
     async def body() -> None:
-        site = gateway.load_config("configs/water_tank.yaml")
         device = Hangs()
-        gw = Gateway(site, clients={"plc": device}, servers=False, startup_wait_s=0.0)
-        for tag in site.sensors:  # every sensor good and mid-range: the cycles stay MANUAL
+        gw, _ = await started(ControllerKind.NONE, device)
+        for tag in gw.site.sensors:  # every sensor good and mid-range: the cycles stay MANUAL
             assert tag.range_min is not None and tag.range_max is not None
             gw.store.update(tag.name, (tag.range_min + tag.range_max) / 2, True, gw.clock())
-        await gw._start_supervisor()
         pump = gw.index["outflow_pump"]
         await gw.cycle(gw.clock())  # the devices hold the cycle's command now
         assert float(gw.written[pump]) == float(gw.applied[pump])
