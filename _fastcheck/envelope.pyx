@@ -88,8 +88,11 @@ cdef class Kernel:
     cdef const unsigned char[::1] ilk_op, tgt_upper, keep_on
     cdef const Py_ssize_t[::1] pred_sensor, pred_u_ptr, pred_u_idx, pred_s_ptr, pred_s_idx
     cdef const double[::1] pred_u_coef, pred_s_coef, pred_const, keep_lo, keep_hi
+    cdef const Py_ssize_t[::1] safe_ptr, safe_cptr, safe_cidx
+    cdef const double[::1] safe_val, safe_ccoef, safe_rhs, safe_row_val
+    cdef const unsigned char[::1] safe_op
     # Scratch, owned by this kernel: a Kernel is not shared between threads.
-    cdef double[::1] lo_b, hi_b, y, nxt, drive, lo_eff, hi_eff
+    cdef double[::1] lo_b, hi_b, g, y, nxt, drive, lo_eff, hi_eff
     cdef unsigned char[::1] active, bad, flags, feasible
     cdef double[::1] clamped
 
@@ -140,9 +143,18 @@ cdef class Kernel:
         self.keep_on = c.keep_on
         self.keep_lo = c.keep_lo
         self.keep_hi = c.keep_hi
+        self.safe_val = c.safe_val
+        self.safe_ptr = c.safe_ptr
+        self.safe_cptr = c.safe_cptr
+        self.safe_cidx = c.safe_cidx
+        self.safe_ccoef = c.safe_ccoef
+        self.safe_op = c.safe_op
+        self.safe_rhs = c.safe_rhs
+        self.safe_row_val = c.safe_row_val
         # Buffers get at least one element so that &buf[0] is always valid.
         self.lo_b = np.empty(max(self.n_a, 1))
         self.hi_b = np.empty(max(self.n_a, 1))
+        self.g = np.empty(max(self.n_a, 1))
         self.clamped = np.empty(max(self.n_a, 1))
         self.y = np.empty(max(self.n_s, 1))
         self.nxt = np.empty(max(self.n_p, 1))
@@ -181,10 +193,23 @@ cdef class Kernel:
         cdef Py_ssize_t i, bad = 0
         _dt(dt)
         self._interlocks(s)
+        self._bounds()
+        self._safe(s)
         self._clamp(u, p, dt, o, m)
         for i in range(self.n_a):
             bad += m[i] == 0
         return bad
+
+    def safe_into(self, sensors, out):
+        """Write the effective safe state for ``sensors`` into ``out`` (see the reference)."""
+        cdef const double* s = _vec(sensors, self.n_s, "sensors")
+        cdef double* o = <double*>_out(out, cnp.NPY_FLOAT64, self.n_a, "out")
+        cdef Py_ssize_t i
+        self._interlocks(s)
+        self._bounds()
+        self._safe(s)
+        for i in range(self.n_a):
+            o[i] = self.g[i]
 
     def check_batch(self, cmds, prev0, sens, double dt, out, actions, counts):
         """Check a stream of commands (rows); the previous command of row k is the command
@@ -233,7 +258,7 @@ cdef class Kernel:
                     double* out, unsigned char* flags) noexcept nogil:
         cdef int action = OK
         cdef Py_ssize_t i, k, t, base, j, a, n_a = self.n_a
-        cdef double v, rate, step, val
+        cdef double v, rate, step, val, pi, gi
         cdef bint allowed_ok
         # Local pointers: writes through `flags` (unsigned char*) may alias anything, so
         # without them the compiler reloads every memoryview field on each iteration.
@@ -245,6 +270,8 @@ cdef class Kernel:
         memset(flags, 0, self.n_slots)
         if self.n_i:
             self._interlocks(s)
+        self._bounds()
+        self._safe(s)
         for i in range(n_a):
             v = u[i]
             base = SLOTS_PER_ACTUATOR * i
@@ -264,11 +291,16 @@ cdef class Kernel:
                 if not allowed_ok:
                     action = self._flag(flags, base + 3, action)
             rate = arate[i]
-            if rate != INFINITY and not (fabs(v - p[i]) <= rate * dt):
-                action = self._flag(flags, base + 4, action)
             step = astep[i]
-            if step != INFINITY and not (fabs(v - p[i]) <= step):
-                action = self._flag(flags, base + 5, action)
+            if rate != INFINITY or step != INFINITY:
+                pi = p[i]
+                gi = self.g[i]
+                # A protective move (toward the safe state) is never rate or step limited.
+                if not (v == gi or (pi <= v and v <= gi) or (gi <= v and v <= pi)):
+                    if rate != INFINITY and not (fabs(v - pi) <= rate * dt):
+                        action = self._flag(flags, base + 4, action)
+                    if step != INFINITY and not (fabs(v - pi) <= step):
+                        action = self._flag(flags, base + 5, action)
         for t in range(self.n_t):
             k = self.tgt_ilk[t]
             if self.active[k]:
@@ -309,24 +341,93 @@ cdef class Kernel:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
+    cdef inline bint _holds(self, Py_ssize_t j0, Py_ssize_t j1, const Py_ssize_t* idx,
+                            const double* coef, int op, double rhs, const double* s
+                            ) noexcept nogil:
+        """A condition sum(coef * s[idx]) (op) rhs; NaN makes it hold."""
+        cdef Py_ssize_t j
+        cdef double lhs = 0.0
+        for j in range(j0, j1):
+            lhs += coef[j] * s[idx[j]]
+        if op == LT:
+            return not (lhs >= rhs)
+        elif op == LE:
+            return not (lhs > rhs)
+        elif op == GT:
+            return not (lhs <= rhs)
+        return not (lhs < rhs)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _interlocks(self, const double* s) noexcept nogil:
-        cdef Py_ssize_t k, j
-        cdef double lhs, rhs
-        cdef int op
+        cdef Py_ssize_t k
+        # Conditions always have terms when there are any; never take &x[0] of an empty array.
+        cdef const Py_ssize_t* idx = &self.ilk_idx[0] if self.ilk_idx.shape[0] else NULL
+        cdef const double* coef = &self.ilk_coef[0] if self.ilk_coef.shape[0] else NULL
         for k in range(self.n_i):
-            lhs = 0.0
-            for j in range(self.ilk_ptr[k], self.ilk_ptr[k + 1]):
-                lhs += self.ilk_coef[j] * s[self.ilk_idx[j]]
-            op = self.ilk_op[k]
-            rhs = self.ilk_rhs[k]
-            if op == LT:
-                self.active[k] = not (lhs >= rhs)
-            elif op == LE:
-                self.active[k] = not (lhs > rhs)
-            elif op == GT:
-                self.active[k] = not (lhs <= rhs)
-            else:
-                self.active[k] = not (lhs < rhs)
+            self.active[k] = self._holds(self.ilk_ptr[k], self.ilk_ptr[k + 1], idx, coef,
+                                         self.ilk_op[k], self.ilk_rhs[k], s)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void _bounds(self) noexcept nogil:
+        """lo_b/hi_b: each actuator's [min, max] tightened by the holding interlocks."""
+        cdef Py_ssize_t i, t, a
+        cdef double val
+        for i in range(self.n_a):
+            self.lo_b[i] = self.act_min[i]
+            self.hi_b[i] = self.act_max[i]
+        for t in range(self.n_t):
+            if self.active[self.tgt_ilk[t]]:
+                a = self.tgt_act[t]
+                val = self.tgt_val[t]
+                if self.tgt_upper[t]:
+                    if val < self.hi_b[a]:
+                        self.hi_b[a] = val
+                elif val > self.lo_b[a]:
+                    self.lo_b[a] = val
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void _safe(self, const double* s) noexcept nogil:
+        """g: the effective safe state (the reference's _safe), from lo_b/hi_b."""
+        cdef Py_ssize_t i, e, j
+        cdef double v, lo, hi, best, best_d, d, val
+        cdef bint found
+        cdef const Py_ssize_t* idx = &self.safe_cidx[0] if self.safe_cidx.shape[0] else NULL
+        cdef const double* coef = &self.safe_ccoef[0] if self.safe_ccoef.shape[0] else NULL
+        for i in range(self.n_a):
+            v = self.safe_val[i]
+            for e in range(self.safe_ptr[i], self.safe_ptr[i + 1]):
+                if self._holds(self.safe_cptr[e], self.safe_cptr[e + 1], idx, coef,
+                               self.safe_op[e], self.safe_rhs[e], s):
+                    v = self.safe_row_val[e]
+                    break
+            lo = self.lo_b[i]
+            hi = self.hi_b[i]
+            if lo <= hi:
+                if v < lo:
+                    v = lo
+                if v > hi:
+                    v = hi
+                if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
+                    found = False
+                    for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                        if self.allowed_val[j] == v:
+                            found = True
+                            break
+                    if not found:
+                        best = v
+                        best_d = INFINITY
+                        for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+                            val = self.allowed_val[j]
+                            if val >= lo and val <= hi:
+                                d = fabs(val - v)
+                                if d < best_d:
+                                    best_d = d
+                                    best = val
+                        v = best
+            self.g[i] = v
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -406,21 +507,8 @@ cdef class Kernel:
                      unsigned char* feasible) noexcept nogil:
         """Project each actuator into its feasible set (see the reference's _clamp); return
         True when every actuator has one. Infeasible actuators keep their proposed value."""
-        cdef Py_ssize_t i, t, a
-        cdef double val
+        cdef Py_ssize_t i
         cdef bint all_ok = True
-        for i in range(self.n_a):
-            self.lo_b[i] = self.act_min[i]
-            self.hi_b[i] = self.act_max[i]
-        for t in range(self.n_t):
-            if self.active[self.tgt_ilk[t]]:
-                a = self.tgt_act[t]
-                val = self.tgt_val[t]
-                if self.tgt_upper[t]:
-                    if val < self.hi_b[a]:
-                        self.hi_b[a] = val
-                elif val > self.lo_b[a]:
-                    self.lo_b[a] = val
         for i in range(self.n_a):
             out[i] = u[i]
             feasible[i] = 0
@@ -434,7 +522,7 @@ cdef class Kernel:
     cdef bint _project_one(self, Py_ssize_t i, double v, double pi, double dt, double* out,
                            unsigned char* feasible) noexcept nogil:
         cdef Py_ssize_t j, nudges
-        cdef double lo, hi, rate_dt, step, r, best, best_d, d, val
+        cdef double lo, hi, rate_dt, step, r, best, best_d, d, val, gi, w_lo, w_hi
         cdef bint limited, found
         if not isfinite(v):
             return False
@@ -443,16 +531,28 @@ cdef class Kernel:
         rate_dt = self.act_rate[i] * dt
         step = self.act_step[i]
         limited = self.act_rate[i] != INFINITY or step != INFINITY
+        gi = self.g[i]
         if limited:
-            if not isfinite(pi):
+            # The move window around pi, widened to reach the safe state.
+            if isfinite(pi):
+                r = rate_dt
+                if step < r:
+                    r = step
+                w_lo = pi - r
+                w_hi = pi + r
+                if gi < w_lo:
+                    w_lo = gi
+                if gi > w_hi:
+                    w_hi = gi
+            elif isfinite(gi):
+                w_lo = gi
+                w_hi = gi
+            else:
                 return False
-            r = rate_dt
-            if step < r:
-                r = step
-            if pi - r > lo:
-                lo = pi - r
-            if pi + r < hi:
-                hi = pi + r
+            if w_lo > lo:
+                lo = w_lo
+            if w_hi < hi:
+                hi = w_hi
         if not (lo <= hi):
             return False
         if v < lo:
@@ -474,12 +574,14 @@ cdef class Kernel:
             v = best
         if limited:
             nudges = 0
-            while not (fabs(v - pi) <= rate_dt and fabs(v - pi) <= step):
+            while not ((fabs(v - pi) <= rate_dt and fabs(v - pi) <= step)
+                       or v == gi or (pi <= v and v <= gi) or (gi <= v and v <= pi)):
                 if nudges == NUDGES:
                     break
                 v = nextafter(v, pi)
                 nudges += 1
-            if not (fabs(v - pi) <= rate_dt and fabs(v - pi) <= step):
+            if not ((fabs(v - pi) <= rate_dt and fabs(v - pi) <= step)
+                    or v == gi or (pi <= v and v <= gi) or (gi <= v and v <= pi)):
                 return False
             if nudges:
                 if not (v >= self.lo_b[i] and v <= self.hi_b[i]):

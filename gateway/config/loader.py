@@ -390,7 +390,7 @@ def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str,
                 offset=_default(m.opt_float("offset"), 0.0), unit=m.opt_str("unit") or "",
                 range_min=None if rng is None else rng[0],
                 range_max=None if rng is None else rng[1],
-                safe_value=m.opt_float("safe_value"),
+                safe_value=_read_safe_default(m),
                 on_shutdown=_default(m.opt_enum("on_shutdown", s.ShutdownAction),
                                      s.ShutdownAction.SAFE),
             )
@@ -404,6 +404,89 @@ def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str,
         top.ctx.error(top.node.line, "tags", "must define at least one actuator")
     _check_addresses(top, tags, devices)
     return tags
+
+
+def _safe_rows(m: _Map) -> list[tuple[Node, str]] | None:
+    """The rows of a conditional ``safe_value`` (a list), or None for a plain number."""
+    node = m.items.get("safe_value")
+    if node is None or not isinstance(node.value, list):
+        return None
+    return m.items_of("safe_value")
+
+
+def _read_safe_default(m: _Map) -> float | None:
+    """An actuator's plain safe value: the number, or the last row of a conditional table.
+
+    A conditional table (``safe_value: [{when: "level < 0.3", value: 0}, {value: 20}]``) is a
+    cause-and-effect table read top to bottom: every row but the last has ``when`` and
+    ``value``, the last has only ``value`` (what holds when no condition does). The
+    conditions are parsed with the envelope, once every sensor is known
+    (:func:`_read_safe_cases`). Raises :class:`_Abort` after reporting a malformed table.
+    """
+    rows = _safe_rows(m)
+    if rows is None:
+        return m.opt_float("safe_value")
+    if not rows:
+        m.error("safe_value", "a conditional safe value needs at least one row")
+        raise _Abort
+    default: float | None = None
+    for i, (node, path) in enumerate(rows):
+        rm = _Map(m.ctx, node, path)
+        last = i == len(rows) - 1
+        if last and rm.has("when"):
+            rm.error("when", "the last row is the default: it has only `value` (what holds "
+                             "when no condition does)")
+            raise _Abort
+        if not last and not rm.has("when"):
+            rm.error("value", "every row but the last needs `when` (rows after a row without "
+                              "`when` would never apply)")
+            raise _Abort
+        value = rm.req_float("value")
+        rm.used.add("when")
+        rm.finish()
+        if last:
+            default = value
+    return default
+
+
+def _read_safe_cases(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names,
+                     limits: dict[str, s.ActuatorLimits]) -> list[s.SafeCase]:
+    """The conditional rows of every actuator's safe value, checked against its limits."""
+    top = root.items.get("tags")
+    if top is None or not isinstance(top.value, dict):
+        return []
+    cases: list[s.SafeCase] = []
+    for name, node in top.value.items():
+        tag = tags.get(name)
+        if tag is None or tag.kind is not s.TagKind.ACTUATOR or not isinstance(node.value, dict):
+            continue
+        tm = _Map(ctx, node, f"tags.{name}")
+        rows = _safe_rows(tm)
+        if rows is None:
+            continue
+        for rnode, rpath in rows[:-1]:
+            with _section(ctx):
+                rm = _Map(ctx, rnode, rpath)
+                cond = _read_condition(rm, "when", names)
+                value = rm.req_float("value")
+                lim = limits.get(name)
+                if lim is not None and lim.allowed is not None and value not in lim.allowed:
+                    rm.error("value", f"{value} is not one of the allowed values "
+                                      f"{list(lim.allowed)}")
+                    raise _Abort
+                if lim is not None and not lim.min <= value <= lim.max:
+                    rm.error("value", f"{value} is outside its own limits "
+                                      f"[{lim.min}, {lim.max}]")
+                    raise _Abort
+                try:
+                    tag.check_encodable(value)
+                except s.FieldError as exc:
+                    rm.error("value", exc.message)
+                    raise _Abort from None
+                cases.append(_build(rm, s.SafeCase, actuator=name, when=rm.req_str("when"),
+                                    condition=cond.form.terms, op=s.ConditionOp(cond.op.value),
+                                    rhs=cond.rhs, value=value))
+    return cases
 
 
 def _check_addresses(top: _Map, tags: dict[str, s.Tag], devices: dict[str, s.Device]) -> None:
@@ -600,8 +683,10 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names)
     if pm is not None:
         with _section(ctx):
             prediction = _read_prediction(ctx, pm, names)
+    safe_cases = _read_safe_cases(ctx, root, tags, names, limits)
     env = _build(m, s.Envelope, limits=tuple(limits[t] for t in tags if t in limits),
                  constraints=tuple(constraints), interlocks=tuple(interlocks),
+                 safe_cases=tuple(safe_cases),
                  prediction=prediction,
                  nonfinite_policy=_default(m.opt_enum("nonfinite_policy", s.Policy),
                                            s.Policy.TRIP))

@@ -335,10 +335,12 @@ class Tag:
                 raise FieldError(
                     "table", f"an actuator must be writable; {self.ref.table.value} is read-only"
                 )
-            self._check_encodable(self.safe_value)
+            self.check_encodable(self.safe_value)
 
-    def _check_encodable(self, value: float) -> None:
-        """The safe value is what the gateway writes when everything else has failed, so it must
+    def check_encodable(self, value: float) -> None:
+        """Raise FieldError (key ``safe_value``) unless ``value`` survives encoding.
+
+        A safe value is what the gateway writes when everything else has failed, so it must
         survive encoding: raw = round((value - offset) / scale) must fit the wire type and decode
         back to ``value`` (to 1e-9 relative)."""
         raw_exact = (value - self.offset) / self.scale
@@ -461,6 +463,25 @@ class Interlock:
 
 
 @dataclass(frozen=True)
+class SafeCase:
+    """One row of an actuator's conditional safe state: ``when`` the condition on sensors
+    holds, the safe value is ``value``. Rows are tried in file order and the first that holds
+    wins; the tag's plain ``safe_value`` (the last row, without ``when``) applies otherwise. A
+    condition over a sensor that reads NaN (unknown or untrusted) holds, as an interlock's
+    does: the engineer lists the protective case first."""
+
+    actuator: str
+    when: str
+    condition: tuple[tuple[str, float], ...]
+    op: ConditionOp
+    rhs: float
+    value: float
+
+    def __post_init__(self) -> None:
+        _finite("value", self.value)
+
+
+@dataclass(frozen=True)
 class SensorModel:
     """``d sensor / dt = sum(coef * tag) + constant`` (per second), tags being sensors or
     actuators."""
@@ -514,6 +535,9 @@ class Envelope:
     interlocks: tuple[Interlock, ...] = ()
     prediction: Prediction | None = None
     nonfinite_policy: Policy = Policy.TRIP
+    # Conditional safe values, in file order (see SafeCase); the plain safe values are on the
+    # actuator tags.
+    safe_cases: tuple[SafeCase, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nonfinite_policy is Policy.CLAMP:

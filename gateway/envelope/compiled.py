@@ -12,6 +12,10 @@ mask, a name and a policy. Slots, in order:
 - one per prediction model row (``predict.<sensor>``);
 - the last: ``envelope.clamp_infeasible``, flagged when a clamp-only verdict has no command
   that satisfies every limit at once (then the verdict escalates to reject).
+
+The safe state is compiled too (``safe_*``): each actuator's plain safe value and its
+conditional rows (conditions over sensors, like interlocks' ``when``). Both engines compute the
+*effective* safe state from them (see the reference engine's docstring).
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from gateway.config import schema as s
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 F64 = npt.NDArray[np.float64]
 IDX = npt.NDArray[np.intp]
@@ -97,6 +105,14 @@ class CompiledEnvelope:
     keep_hi: F64
     pred_step_s: float
     pred_horizon: int
+    safe_val: F64  # each actuator's plain safe value; NaN: none declared (test envelopes)
+    safe_ptr: IDX  # per actuator, its conditional safe rows: safe_ptr[i] .. safe_ptr[i+1]
+    safe_cptr: IDX  # per row, its condition over sensors: sum(coef * s[idx]) (op) rhs
+    safe_cidx: IDX
+    safe_ccoef: F64
+    safe_op: U8
+    safe_rhs: F64
+    safe_row_val: F64  # the safe value while the row's condition holds
 
     @property
     def n_actuators(self) -> int:
@@ -152,7 +168,8 @@ def compile_site(site: s.Site) -> CompiledEnvelope:
     s_index = {n: i for i, n in enumerate(sensors)}
     x_index = {**a_index, **{n: len(actuators) + i for n, i in s_index.items()}}
     env = site.envelope
-    return compile_envelope(env, actuators, sensors, a_index, s_index, x_index)
+    safe = [t.safe_value if t.safe_value is not None else math.nan for t in site.actuators]
+    return compile_envelope(env, actuators, sensors, a_index, s_index, x_index, safe)
 
 
 def compile_envelope(
@@ -162,8 +179,13 @@ def compile_envelope(
     a_index: dict[str, int],
     s_index: dict[str, int],
     x_index: dict[str, int],
+    safe_values: Sequence[float] | None = None,
 ) -> CompiledEnvelope:
+    """Compile ``env``; ``safe_values`` are the actuators' plain safe values (None: none, as
+    in envelopes built for tests and benchmarks without a site)."""
     n_a = len(actuators)
+    if safe_values is not None and len(safe_values) != n_a:
+        raise ValueError(f"safe_values must have one value per actuator ({n_a})")
     limits = {lim.actuator: lim for lim in env.limits}
     missing = [a for a in actuators if a not in limits]
     if missing:
@@ -229,6 +251,17 @@ def compile_envelope(
     names.append(INFEASIBLE)
     policy.append(Action.REJECT)
 
+    # Conditional safe rows grouped by actuator, each actuator's rows in file order.
+    rows_of: list[list[s.SafeCase]] = [[] for _ in actuators]
+    for case in env.safe_cases:
+        rows_of[a_index[case.actuator]].append(case)
+    safe_rows = [case for rows in rows_of for case in rows]
+    safe_ptr = np.zeros(n_a + 1, dtype=np.intp)
+    for i, rows in enumerate(rows_of):
+        safe_ptr[i + 1] = safe_ptr[i] + len(rows)
+    safe_cptr, safe_cidx, safe_ccoef = _csr([[(s_index[n], c) for n, c in case.condition]
+                                             for case in safe_rows])
+
     compiled = CompiledEnvelope(
         actuator_names=actuators, sensor_names=sensors, slot_names=tuple(names),
         slot_policy=np.array(policy, dtype=np.uint8),
@@ -246,6 +279,12 @@ def compile_envelope(
         keep_on=keep_on, keep_lo=keep_lo, keep_hi=keep_hi,
         pred_step_s=pred.step_s if pred is not None else 1.0,
         pred_horizon=pred.horizon_steps if pred is not None else 0,
+        safe_val=np.array(safe_values if safe_values is not None else [math.nan] * n_a,
+                          dtype=np.float64),
+        safe_ptr=safe_ptr, safe_cptr=safe_cptr, safe_cidx=safe_cidx, safe_ccoef=safe_ccoef,
+        safe_op=np.array([_OPS[case.op] for case in safe_rows], dtype=np.uint8),
+        safe_rhs=np.array([case.rhs for case in safe_rows], dtype=np.float64),
+        safe_row_val=np.array([case.value for case in safe_rows], dtype=np.float64),
     )
     _ro(*(v for v in vars(compiled).values() if isinstance(v, np.ndarray)))
     return compiled

@@ -44,6 +44,8 @@ class Kernel(Protocol):
     def project_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
                      feasible: np.ndarray) -> int: ...
 
+    def safe_into(self, sensors: F64, out: F64) -> None: ...
+
 
 def _compiled_kernel_class() -> tuple[type | None, str]:
     try:
@@ -206,6 +208,17 @@ class Envelope:
                     and feasible.shape == (self.n_actuators,)):
                 raise ValueError(f"feasible must be a uint8 array of length {self.n_actuators}")
         return self.kernel.project_into(command, previous, sensors, dt, out, feasible)
+
+    def safe_state(self, sensors: F64) -> F64:
+        """The effective safe state for ``sensors``: what SAFE_STOP writes and what every
+        protective move heads for. Each actuator's first conditional safe row whose condition
+        holds (NaN holds), else its plain safe value, projected into the bounds of the
+        interlocks that hold (see :mod:`gateway.envelope.reference`, item 2)."""
+        if self._validate:
+            _require_vector(sensors, "sensors", self.n_sensors)
+        out = np.empty(self.n_actuators)
+        self.kernel.safe_into(sensors, out)
+        return out
 
     def check_batch(self, commands: F64, previous: F64, sensors: F64, dt: float
                     ) -> tuple[F64, np.ndarray, np.ndarray]:

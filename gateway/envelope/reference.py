@@ -8,22 +8,43 @@ Semantics of one check of command ``u`` given the previous applied command ``p``
 and the time since the previous write ``dt`` (seconds):
 
 1. Interlock conditions are evaluated on ``s``. A condition whose value is NaN *holds*:
-   an unknown sensor is treated as the dangerous state.
-2. Each actuator value must be finite, within ``[min, max]``, one of its allowed values (exact
-   equality), within ``max_rate_per_s * dt`` of ``p`` and within ``max_step`` of ``p``. A rate or
+   an unknown sensor is treated as the dangerous state. Each actuator's bounds ``[lo_b, hi_b]``
+   are its ``[min, max]`` tightened by every holding interlock.
+2. The *effective safe state* ``g`` (what SAFE_STOP writes, :meth:`ReferenceKernel.safe_into`):
+   per actuator, the value of its first conditional safe row whose condition holds (NaN holds,
+   as for interlocks), else its plain safe value; then projected into ``[lo_b, hi_b]`` (an
+   interlock's bound wins over a safe value that would break it) and onto the nearest allowed
+   value inside them (ties to the lower). An actuator without a safe value (NaN, envelopes built
+   without a site) has none, and no move is protective for it.
+3. Each actuator value must be finite, within ``[min, max]``, one of its allowed values (exact
+   equality), and, unless the move is *protective*, within ``max_rate_per_s * dt`` of ``p`` and
+   within ``max_step`` of ``p``. A move is protective when ``v == g`` or ``v`` lies between
+   ``p`` and ``g`` (inclusive): moves toward the safe state, which satisfies every holding
+   interlock, are never rate or step limited, so that a trip acts at once. Otherwise a rate or
    step limit with a non-finite ``p`` is violated: a jump from an unknown position cannot be
    bounded. Under a holding interlock, its tightened bounds apply too.
-3. Linear constraints ``a·[u; s] <= b`` are evaluated term by term, skipping nothing: a NaN in
+4. Linear constraints ``a·[u; s] <= b`` are evaluated term by term, skipping nothing: a NaN in
    any used value violates the constraint.
-4. The prediction rolls ``y' = A y + B u + c`` forward by explicit Euler steps from ``y = s``
+5. The prediction rolls ``y' = A y + B u + c`` forward by explicit Euler steps from ``y = s``
    with ``u`` held; a kept sensor must stay within its keep-range at every step, or, if it is
    already outside, get no further outside than it is now.
-5. The action is the most severe policy among violated constraints. When it is ``CLAMP`` the
-   command is projected per actuator into the intersection of its bounds, holding interlocks'
-   tightenings and its rate/step window around ``p``, then onto the nearest allowed value
-   (ties to the lower). If that set is empty the verdict escalates to ``REJECT``
-   (``envelope.clamp_infeasible``); otherwise the projection is checked against the linear
-   constraints and the prediction, and any violation there escalates to at least ``REJECT``.
+6. The action is the most severe policy among violated constraints. When it is ``CLAMP`` the
+   command is projected per actuator into the intersection of ``[lo_b, hi_b]`` and its move
+   window: ``[p - r, p + r]`` widened to reach ``g`` (``r`` the smaller of ``max_rate_per_s *
+   dt`` and ``max_step``; just ``{g}`` when ``p`` is not finite), then onto the nearest allowed
+   value (ties to the lower). The window always holds ``g``, so an actuator with a safe state
+   always has a feasible value; one without (NaN proposal, or no safe value and an empty
+   window) escalates the verdict to ``REJECT`` (``envelope.clamp_infeasible``); otherwise the
+   projection is checked against the linear constraints and the prediction, and any violation
+   there escalates to at least ``REJECT``.
+
+What the device receives therefore obeys, for every actuator and any two writes at times
+``t1 < t2`` with values ``x1`` and ``x2`` (whoever asked for them, as long as each write is
+checked against the value last written and the time since it was written): either ``x2`` is
+between ``x1`` and the safe state (a protective move), or ``|x2 - x1| <= max_rate_per_s * (t2 -
+t1)`` and ``|x2 - x1| <= max_step``. The runtime measures ``dt`` from the actual previous write,
+so its bound over any run of writes is ``max_rate_per_s * (t2 - t1 + one cycle)`` at worst (the
+first write after start is judged as one cycle after the read-back).
 
 Every comparison is written so that NaN fails it (``not (x <= limit)``), never passes it.
 """
@@ -77,6 +98,14 @@ class ReferenceKernel:
         ]
         self.tgt = list(zip(c.tgt_ilk.tolist(), c.tgt_act.tolist(), c.tgt_upper.tolist(),
                             c.tgt_val.tolist(), strict=True))
+        self.safe_val = c.safe_val.tolist()
+        self.safe_rows = [
+            [(list(zip(c.safe_cidx[c.safe_cptr[e] : c.safe_cptr[e + 1]].tolist(),
+                       c.safe_ccoef[c.safe_cptr[e] : c.safe_cptr[e + 1]].tolist(), strict=True)),
+              int(c.safe_op[e]), float(c.safe_rhs[e]), float(c.safe_row_val[e]))
+             for e in range(int(c.safe_ptr[i]), int(c.safe_ptr[i + 1]))]
+            for i in range(self.n_a)
+        ]
         n_p = len(c.pred_sensor)
         self.pred = [
             (int(c.pred_sensor[p]),
@@ -108,11 +137,17 @@ class ReferenceKernel:
     def project_into(self, command: F64, previous: F64, sensors: F64, dt: float, out: F64,
                      feasible: np.ndarray) -> int:
         mask = [0] * self.n_a
-        projected = self._clamp(command.tolist(), previous.tolist(), dt,
-                                self._interlocks(sensors.tolist()), mask)
+        lo_b, hi_b = self._bounds(self._interlocks(sensors.tolist()))
+        g = self._safe(sensors.tolist(), lo_b, hi_b)
+        projected = self._clamp(command.tolist(), previous.tolist(), dt, lo_b, hi_b, g, mask)
         out[:] = projected
         feasible[:] = mask
         return self.n_a - sum(mask)
+
+    def safe_into(self, sensors: F64, out: F64) -> None:
+        s = sensors.tolist()
+        lo_b, hi_b = self._bounds(self._interlocks(s))
+        out[:] = self._safe(s, lo_b, hi_b)
 
     def check_batch(self, cmds: F64, prev0: F64, sens: F64, dt: float, out: F64,
                     actions: np.ndarray, counts: np.ndarray) -> None:
@@ -143,6 +178,8 @@ class ReferenceKernel:
                 action = policy[slot]
 
         active = self._interlocks(s)
+        lo_b, hi_b = self._bounds(active)
+        g = self._safe(s, lo_b, hi_b)
         for i in range(self.n_a):
             v = u[i]
             base = SLOTS_PER_ACTUATOR * i
@@ -157,11 +194,16 @@ class ReferenceKernel:
             if allowed and v not in allowed:
                 flag(base + 3)
             rate = self.act_rate[i]
-            if rate != math.inf and not (abs(v - p[i]) <= rate * dt):
-                flag(base + 4)
             step = self.act_step[i]
-            if step != math.inf and not (abs(v - p[i]) <= step):
-                flag(base + 5)
+            if rate != math.inf or step != math.inf:
+                pi = p[i]
+                gi = g[i]
+                # A protective move (toward the safe state) is never rate or step limited.
+                if not (v == gi or (pi <= v and v <= gi) or (gi <= v and v <= pi)):
+                    if rate != math.inf and not (abs(v - pi) <= rate * dt):
+                        flag(base + 4)
+                    if step != math.inf and not (abs(v - pi) <= step):
+                        flag(base + 5)
         for k, a, upper, val in self.tgt:
             if active[k]:
                 v = u[a]
@@ -176,7 +218,7 @@ class ReferenceKernel:
             return action, list(u)
         # A clamp-only verdict: project, and escalate if some actuator has no feasible value.
         mask = [0] * self.n_a
-        clamped = self._clamp(u, p, dt, active, mask)
+        clamped = self._clamp(u, p, dt, lo_b, hi_b, g, mask)
         if 0 in mask:
             flag(self.infeasible)
             return action, list(u)
@@ -189,21 +231,50 @@ class ReferenceKernel:
         return action, clamped
 
     def _interlocks(self, s: list[float]) -> list[bool]:
-        active = []
-        for terms, op, rhs in self.ilk:
-            lhs = 0.0
-            for j, coef in terms:
-                lhs += coef * s[j]
-            if op == CondOp.LT:
-                holds = not (lhs >= rhs)
-            elif op == CondOp.LE:
-                holds = not (lhs > rhs)
-            elif op == CondOp.GT:
-                holds = not (lhs <= rhs)
-            else:
-                holds = not (lhs < rhs)
-            active.append(holds)
-        return active
+        return [_holds(terms, op, rhs, s) for terms, op, rhs in self.ilk]
+
+    def _bounds(self, active: list[bool]) -> tuple[list[float], list[float]]:
+        """Each actuator's [min, max] tightened by the holding interlocks."""
+        lo_b = list(self.act_min)
+        hi_b = list(self.act_max)
+        for k, a, upper, val in self.tgt:
+            if active[k]:
+                if upper:
+                    if val < hi_b[a]:
+                        hi_b[a] = val
+                elif val > lo_b[a]:
+                    lo_b[a] = val
+        return lo_b, hi_b
+
+    def _safe(self, s: list[float], lo_b: list[float], hi_b: list[float]) -> list[float]:
+        """The effective safe state (module docstring, item 2)."""
+        out = []
+        for i in range(self.n_a):
+            v = self.safe_val[i]
+            for terms, op, rhs, val in self.safe_rows[i]:
+                if _holds(terms, op, rhs, s):
+                    v = val
+                    break
+            lo = lo_b[i]
+            hi = hi_b[i]
+            if lo <= hi:  # an interlock that empties the range: `check` refuses such a site
+                if v < lo:
+                    v = lo
+                if v > hi:
+                    v = hi
+                allowed = self.allowed[i]
+                if allowed and not any(a == v for a in allowed):
+                    best = v
+                    best_d = math.inf
+                    for a in allowed:
+                        if a >= lo and a <= hi:
+                            d = abs(a - v)
+                            if d < best_d:
+                                best_d = d
+                                best = a
+                    v = best
+            out.append(v)
+        return out
 
     def _linear(self, u: list[float], s: list[float]) -> list[int]:
         bad = []
@@ -248,20 +319,10 @@ class ReferenceKernel:
                     bad[q] = True
         return [q for q in range(len(bad)) if bad[q]]
 
-    def _clamp(self, u: list[float], p: list[float], dt: float, active: list[bool],
-               feasible: list[int]) -> list[float]:
+    def _clamp(self, u: list[float], p: list[float], dt: float, lo_b: list[float],
+               hi_b: list[float], g: list[float], feasible: list[int]) -> list[float]:
         """Project each actuator into its feasible set; ``feasible[i]`` is set to 1 where that
         set is not empty. An infeasible actuator keeps its proposed value in the result."""
-        # Bounds tightened by holding interlocks.
-        lo_b = list(self.act_min)
-        hi_b = list(self.act_max)
-        for k, a, upper, val in self.tgt:
-            if active[k]:
-                if upper:
-                    if val < hi_b[a]:
-                        hi_b[a] = val
-                elif val > lo_b[a]:
-                    lo_b[a] = val
         out = list(u)
         for i in range(self.n_a):
             v = u[i]
@@ -273,16 +334,29 @@ class ReferenceKernel:
             step = self.act_step[i]
             limited = self.act_rate[i] != math.inf or step != math.inf
             pi = p[i]
+            gi = g[i]
             if limited:
-                if not math.isfinite(pi):
+                # The move window around pi, widened to reach the safe state (protective
+                # moves are never limited); from an unknown position, the safe state only.
+                if math.isfinite(pi):
+                    r = rate_dt
+                    if step < r:
+                        r = step
+                    w_lo = pi - r
+                    w_hi = pi + r
+                    if gi < w_lo:
+                        w_lo = gi
+                    if gi > w_hi:
+                        w_hi = gi
+                elif math.isfinite(gi):
+                    w_lo = gi
+                    w_hi = gi
+                else:
                     continue
-                r = rate_dt
-                if step < r:
-                    r = step
-                if pi - r > lo:
-                    lo = pi - r
-                if pi + r < hi:
-                    hi = pi + r
+                if w_lo > lo:
+                    lo = w_lo
+                if w_hi < hi:
+                    hi = w_hi
             if not (lo <= hi):
                 continue
             if v < lo:
@@ -306,12 +380,14 @@ class ReferenceKernel:
                 # pi - r and pi + r are rounded: move v toward pi, an ulp at a time, until
                 # |v - pi| passes the very tests the check applies, then re-check the bounds.
                 nudges = 0
-                while not (abs(v - pi) <= rate_dt and abs(v - pi) <= step):
+                while not ((abs(v - pi) <= rate_dt and abs(v - pi) <= step)
+                           or v == gi or (pi <= v and v <= gi) or (gi <= v and v <= pi)):
                     if nudges == _NUDGES:
                         break
                     v = math.nextafter(v, pi)
                     nudges += 1
-                if not (abs(v - pi) <= rate_dt and abs(v - pi) <= step):
+                if not ((abs(v - pi) <= rate_dt and abs(v - pi) <= step)
+                        or v == gi or (pi <= v and v <= gi) or (gi <= v and v <= pi)):
                     continue
                 if nudges and (not (v >= lo_b[i] and v <= hi_b[i])
                                or (allowed and v not in allowed)):
@@ -319,3 +395,17 @@ class ReferenceKernel:
             out[i] = v
             feasible[i] = 1
         return out
+
+
+def _holds(terms: list[tuple[int, float]], op: int, rhs: float, s: list[float]) -> bool:
+    """A condition ``sum(coef * s[j]) (op) rhs``; NaN makes it hold (unknown is dangerous)."""
+    lhs = 0.0
+    for j, coef in terms:
+        lhs += coef * s[j]
+    if op == CondOp.LT:
+        return not (lhs >= rhs)
+    if op == CondOp.LE:
+        return not (lhs > rhs)
+    if op == CondOp.GT:
+        return not (lhs <= rhs)
+    return not (lhs < rhs)

@@ -487,17 +487,19 @@ class Gateway(NorthboundHandler):
                           "cancelled", _TASK_STOP_S)
         safe = {i for i, t in enumerate(self.actuators)
                 if t.on_shutdown is ShutdownAction.SAFE}
-        if safe and self.supervisor is not None:
+        state = (self.supervisor.gate.safe_state(self._sensors_now())
+                 if self.supervisor is not None else None)
+        if safe and state is not None:
             values = self.applied.copy()
             for i in safe:
-                values[i] = self.supervisor.safe_values[i]
+                values[i] = state[i]
             async with self._write_lock:
                 await self._write_devices(values, only=safe)
             log.info("shutdown: safe values written to %s",
                      ", ".join(self.names[i] for i in sorted(safe)))
-        if self.supervisor is not None:
+        if state is not None:
             self.records.shutdown({
-                name: ("safe", float(self.supervisor.safe_values[i])) if i in safe
+                name: ("safe", float(state[i])) if i in safe
                 else ("hold", float(self.applied[i]))
                 for i, name in enumerate(self.names)})
         # Close the clients first: their run() loops end at their next step whatever happens

@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
-
 from gateway.adapters import codec
 from gateway.adapters.base import EncodingError
 
@@ -68,7 +66,7 @@ class WireGate:
                 try:
                     w = codec.wire_value(self.tags[i], x)
                 except EncodingError:
-                    return self._safe()
+                    return self._safe(sensors)
                 memo_in[i] = x
                 memo_out[i] = w
             if w != x:
@@ -85,19 +83,22 @@ class WireGate:
                 options = sorted(codec.neighbours(self.tags[i], target),
                                  key=lambda w: abs(w - target))
             except EncodingError:
-                return self._safe()
+                return self._safe(sensors)
             for option in options:
                 wire[i] = option
                 if gate.admissible(wire, previous, sensors, dt_s):
                     break
         if gate.admissible(wire, previous, sensors, dt_s):
             return WireCommand(wire, self._none, self._adjusted(moved, wire, command))
-        return self._safe()
+        return self._safe(sensors)
 
     def _adjusted(self, moved: list[int], wire: F64, command: F64) -> tuple[bool, ...]:
         if not moved:
             return self._none
         return tuple(bool(wire[i] != command[i]) for i in range(len(self.tags)))
 
-    def _safe(self) -> WireCommand:
-        return WireCommand(np.array(self.gate.safe_values), self._all, self._none)
+    def _safe(self, sensors: F64) -> WireCommand:
+        # Every value a safe state can take is representable: the site loader checks each
+        # plain and conditional safe value, and an interlock's bound only replaces one where
+        # `check` has proven the bound representable too.
+        return WireCommand(self.gate.safe_state(sensors), self._all, self._none)

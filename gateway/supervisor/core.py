@@ -76,8 +76,8 @@ class Supervisor:
             raise ValueError(f"initial_command must have length {n_a}")
         self.site = site
         self.envelope = envelope
-        self.gate = Gate(envelope, np.array([t.safe_value for t in site.actuators]))
-        self.safe_values = self.gate.safe_values
+        self.gate = Gate(envelope)
+        self.safe_values = self.gate.safe_values  # plain; the effective state: safe_state()
         self.bank = FallbackBank(site, initial_command)
         op = site.operation
         self.modes = ModeMachine(ModeConfig(start_mode=Mode(op.start_mode.value),
@@ -213,7 +213,9 @@ class Supervisor:
         if mode is Mode.AUTO and verdict is not None and verdict.clamped is not None:
             chosen, source = verdict.clamped, Source.AI
         elif mode is Mode.SAFE_STOP:
-            chosen, source = self.safe_values, Source.SAFE
+            # The effective safe state: conditional rows and holding interlocks applied to
+            # the trusted sensors (an untrusted one is NaN here, and NaN makes conditions hold).
+            chosen, source = self.gate.safe_state(sensor_vec), Source.SAFE
         else:
             chosen, source = fallback, Source.FALLBACK
         if self.rate_factor < 1.0 and source is not Source.SAFE:

@@ -80,6 +80,9 @@ class Tick:
     source: str        # who the applied command came from: ai, fallback, safe
     proposal: tuple[float, ...]  # the AI's command (NaN where none)
     applied: tuple[float, ...]   # the command the gateway decided (actuator order)
+    # Sensors the gateway did not trust in this step (frozen, stale, implausible...): unknown
+    # to its envelope, so the scorecard judges the step's writes with them unknown too.
+    untrusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -446,8 +449,10 @@ async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _I
         if ext is not None:
             proposal = (tuple(ext.last.tolist()) if ext.last is not None and not ext.silent
                         else (math.nan,) * n_a)
+        untrusted = tuple(name for name, x in zip(gw.sensor_names, decision.sensors.tolist(),
+                                                  strict=True) if math.isnan(x))
         run.ticks.append(Tick(t, str(decision.mode), str(decision.source), proposal,
-                              tuple(decision.command.tolist())))
+                              tuple(decision.command.tolist()), untrusted))
         for ev in decision.events:
             run.marks.append(Mark(ev.at_s, str(ev.kind), ev.name, ev.reason))
         await server.tick(dt)

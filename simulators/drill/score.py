@@ -65,11 +65,13 @@ def unsafe_writes(run: DrillRun) -> tuple[int, int, list[str]]:
     """(unsafe writes, writes checked, a few examples) from the plant's record."""
     site = run.site
     env = gateway.envelope.compile(site, "python")
-    gate = Gate(env, np.array(run.safe_values, dtype=np.float64))
+    gate = Gate(env)
     names = list(run.actuators)
     index = {n: i for i, n in enumerate(names)}
     sensor_names = [t.name for t in site.sensors]
     published = _published_by_step(run)
+    untrusted = {round(tick.at_s / run.cycle_s) * run.cycle_s: tick.untrusted
+                 for tick in run.ticks if tick.untrusted}
     held = np.array([run.initial_actuators[n] for n in names], dtype=np.float64)
     by_step: dict[float, list[Any]] = {}
     for w in run.writes:
@@ -84,6 +86,12 @@ def unsafe_writes(run: DrillRun) -> tuple[int, int, list[str]]:
             held[index[w.tag]] = w.value
         checked += len(writes)
         sensors = published(at_s)
+        # What the gateway rightly distrusted (a frozen or stale reading) is unknown to its
+        # envelope: it judged the step with every interlock on that sensor holding, and its
+        # safe state is the one that satisfies them all. Judged here the same way; a NaN only
+        # ever makes the envelope stricter, apart from choosing that all-holding safe state.
+        for name in untrusted.get(at_s, ()):
+            sensors[name] = math.nan
         vec = np.array([sensors.get(n, math.nan) for n in sensor_names], dtype=np.float64)
         if gate.admissible(held, previous, vec, run.cycle_s):
             continue

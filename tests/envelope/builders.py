@@ -14,14 +14,17 @@ def build(
     interlocks: tuple[s.Interlock, ...] = (),
     prediction: s.Prediction | None = None,
     nonfinite_policy: s.Policy = s.Policy.TRIP,
+    safe_values: tuple[float, ...] | None = None,
+    safe_cases: tuple[s.SafeCase, ...] = (),
 ) -> CompiledEnvelope:
     names = tuple(a.actuator for a in actuators)
     a_index = {n: i for i, n in enumerate(names)}
     s_index = {n: i for i, n in enumerate(sensors)}
     x_index = {**a_index, **{n: len(names) + i for n, i in s_index.items()}}
     env = s.Envelope(limits=tuple(actuators), constraints=constraints, interlocks=interlocks,
-                     prediction=prediction, nonfinite_policy=nonfinite_policy)
-    return compile_envelope(env, names, sensors, a_index, s_index, x_index)
+                     prediction=prediction, nonfinite_policy=nonfinite_policy,
+                     safe_cases=safe_cases)
+    return compile_envelope(env, names, sensors, a_index, s_index, x_index, safe_values)
 
 
 def envelope(engine: str, *args: object, **kwargs: object) -> Envelope:
@@ -44,3 +47,9 @@ def interlock(name: str, cond: dict[str, float], op: str, rhs: float,
     return s.Interlock(name=name, when="(built in code)", condition=tuple(cond.items()),
                        op=s.ConditionOp(op), rhs=rhs,
                        then=tuple(s.Tightening(a, up, v) for a, up, v in then), policy=policy)
+
+
+def safe_case(actuator: str, cond: dict[str, float], op: str, rhs: float,
+              value: float) -> s.SafeCase:
+    return s.SafeCase(actuator=actuator, when="(built in code)", condition=tuple(cond.items()),
+                      op=s.ConditionOp(op), rhs=rhs, value=value)

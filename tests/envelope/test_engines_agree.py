@@ -103,8 +103,28 @@ def envelopes(draw: st.DrawFn) -> Spec:
             boundary.append(lo)
         prediction = s.Prediction(draw(st.floats(0.01, 2.0)), draw(st.integers(1, 12)), models,
                                   tuple(keep), draw(hard))
+    # Safe states: none (NaN, as for envelopes built without a site), or a plain value per
+    # actuator with up to two conditional rows, values among the limits' interesting points.
+    safe_values = None
+    safe_cases = []
+    if acts and draw(st.booleans()):
+        safe_values = []
+        for i, name in enumerate(acts):
+            pick = st.sampled_from(list(limits[i].allowed or (limits[i].min, limits[i].max)))
+            safe_values.append(draw(pick | st.floats(limits[i].min, limits[i].max)))
+            if sens:
+                for _ in range(draw(st.integers(0, 2))):
+                    cond = draw(st.dictionaries(st.sampled_from(sens), coef, min_size=1,
+                                                max_size=2))
+                    rhs = draw(finite)
+                    boundary.append(rhs)
+                    safe_cases.append(s.SafeCase(name, "", tuple(cond.items()),
+                                                 draw(st.sampled_from(list(s.ConditionOp))),
+                                                 rhs, draw(pick)))
+        boundary += safe_values
     compiled = build(limits, sens, tuple(constraints), tuple(interlocks), prediction,
-                     draw(hard))
+                     draw(hard), None if safe_values is None else tuple(safe_values),
+                     tuple(safe_cases))
     return Spec(compiled, np.array(boundary or [0.0]))
 
 
@@ -157,6 +177,10 @@ def compare(spec: Spec, seed: int) -> int:
         assert feas_f.tolist() == feas_r.tolist(), where
         assert out_f.view(np.uint64).tolist() == out_r.view(np.uint64).tolist(), (
             f"projection {out_f!r} != {out_r!r}; {where}")
+        safe_f = fast.safe_state(sens[k])
+        safe_r = ref.safe_state(sens[k])
+        assert safe_f.view(np.uint64).tolist() == safe_r.view(np.uint64).tolist(), (
+            f"safe state {safe_f!r} != {safe_r!r}; {where}")
     return n
 
 

@@ -27,8 +27,9 @@ def tank_gate(engine: str) -> Gate:
         interlocks=(interlock("dry", {"level": 1}, "<", 0.3, [("pump", True, 0.0),
                                                               ("drain", True, 0.0)],
                               s.Policy.TRIP),),
+        safe_values=(0.0, 20.0, 0.0),
     )
-    return Gate(Envelope(compiled, engine), v(0.0, 20.0, 0.0))
+    return Gate(Envelope(compiled, engine))
 
 
 def test_passing_command_is_written_as_is(engine):
@@ -47,15 +48,27 @@ def test_clampable_command_is_clamped(engine):
     assert out.violations == ("inflow.rate",)
 
 
-def test_hard_violation_on_one_actuator_keeps_the_others_in_control(engine):
-    # Level below 0.3 m: the dry interlock forbids pumping, but the pump cannot stop within
-    # its rate limit, so it takes its safe value; inflow is clamped to its rate window
-    # instead of being sent to its safe value as well.
+def test_a_tripping_interlock_stops_the_pump_at_once_and_keeps_the_others_in_control(engine):
+    # Level below 0.3 m: the dry interlock forbids pumping. Stopping the pump is a move toward
+    # the safe state, which no rate limit restrains: it stops in this write (before, its rate
+    # limit refused the stop and it was sent to its plain safe value, 20 %, against the very
+    # interlock). Inflow is clamped to its rate window, not sent to its safe value as well.
     gate = tank_gate(engine)
     out = gate.admit(v(100, 30, 0), v(30, 30, 0), v(0.25), 0.1)
-    assert out.safe == (False, True, True)
-    np.testing.assert_array_equal(out.command, [32, 20, 0])
+    assert out.safe == (False, False, False)
+    np.testing.assert_array_equal(out.command, [32, 0, 0])
     assert gate.admissible(out.command, v(30, 30, 0), v(0.25), 0.1)
+
+
+def test_the_safe_state_the_gate_falls_back_to_obeys_the_interlocks(engine):
+    # A NaN proposal leaves no repair: every actuator it touches takes the safe state, and
+    # under the dry interlock that is pump 0, not its plain safe value 20.
+    gate = tank_gate(engine)
+    out = gate.admit(v(math.nan, math.nan, math.nan), v(30, 30, 0), v(0.25), 0.1)
+    np.testing.assert_array_equal(out.command, [0, 0, 0])
+    assert out.safe == (True, True, True)
+    out = gate.admit(v(math.nan, math.nan, math.nan), v(30, 30, 0), v(2.5), 0.1)
+    np.testing.assert_array_equal(out.command, [0, 20, 0])
 
 
 def test_nan_command_gets_safe_values_only_where_nan(engine):
@@ -92,4 +105,4 @@ def test_whatever_is_chosen_the_gate_writes_an_admissible_command(chosen, prev, 
         assert gate.admissible(out.command, np.array(prev), v(level), dt)
         for i, is_safe in enumerate(out.safe):
             if is_safe:
-                assert out.command[i] == gate.safe_values[i]
+                assert out.command[i] == gate.safe_state(v(level))[i]

@@ -80,7 +80,11 @@ class Sensed(Loop):
 
 def assert_safe_stop(loop: Loop, d: Decision) -> None:
     assert d.mode is Mode.SAFE_STOP
-    np.testing.assert_array_equal(d.command, loop.sup.safe_values)
+    # The effective safe state of the trusted sensors: a masked level is NaN, so the level
+    # interlocks hold and the pump stops (a frozen level must not keep it running).
+    np.testing.assert_array_equal(d.command, loop.sup.gate.safe_state(d.sensors))
+    if math.isnan(d.sensors[0]):
+        assert d.command[1] == 0.0
     assert d.sources == (Source.SAFE,) * len(d.command)
 
 

@@ -258,7 +258,10 @@ def test_sensor_faults_go_to_safe_stop_with_safe_values(engine, fault):
     }[fault]
     d = loop.step(good_policy(loop), snapshot=snap)
     assert d.mode is Mode.SAFE_STOP
-    np.testing.assert_array_equal(d.command, loop.sup.safe_values)
+    # The untrusted level is unknown, and unknown counts as the dangerous side: both level
+    # interlocks hold, so the safe state closes the inflow and stops the pump (its plain safe
+    # value, 20 %, would drain the tank past the dry-run limit unseen).
+    np.testing.assert_array_equal(d.command, [0.0, 0.0, 0.0])
     assert any(name.startswith("input.") for name in trips(loop))
 
 
@@ -398,10 +401,10 @@ def test_fallback_that_violates_gets_safe_values_for_offenders(engine):
     loop = Loop(engine)
     loop.tank.level_m = 0.25  # below 0.3 m: the dry-run interlock (trip policy) holds
     d = loop.step(None)
-    # The fixed 30 % pump fallback violates `outflow_pump <= 0`: the pump goes to its safe
-    # value (20 %, exempt) while the other actuators keep their fallback values.
-    assert d.sources[1] is Source.SAFE
-    assert d.command[1] == 20.0
+    # The fixed 30 % pump fallback violates `outflow_pump <= 0`: the pump stops at once (a
+    # move toward the interlock is never rate limited; it used to be sent to its plain safe
+    # value, 20 %, against the interlock) while the other actuators keep their fallback values.
+    assert d.command[1] == 0.0
     assert d.sources[0] is Source.FALLBACK
 
 
@@ -410,7 +413,7 @@ def test_safe_stop_writes_safe_values(engine):
     loop.request(RequestKind.TO_SAFE_STOP)
     d = loop.step(good_policy(loop))
     assert d.mode is Mode.SAFE_STOP
-    np.testing.assert_array_equal(d.command, loop.sup.safe_values)
+    np.testing.assert_array_equal(d.command, loop.sup.gate.safe_state(d.sensors))
     assert d.sources == (Source.SAFE,) * 3
 
 
@@ -503,7 +506,7 @@ def test_rate_factor_slows_what_is_applied_but_never_the_safe_values(engine):
     loop.sup.set_rate_factor(0.1)
     loop.request(RequestKind.TO_SAFE_STOP)
     d = loop.step(good_policy(loop))
-    np.testing.assert_array_equal(d.command, loop.sup.safe_values)  # at once, not ramped
+    np.testing.assert_array_equal(d.command, loop.sup.gate.safe_state(d.sensors))  # at once
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, math.nan])
