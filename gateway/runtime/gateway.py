@@ -935,7 +935,7 @@ class Gateway(NorthboundHandler):
                 self.applied[i] = target[i]
             self.last_write_s = now
             self.records.write(self.applied)
-            sup.record_write(self.applied)
+            sup.record_write(self.applied, now)
             for item in taken:
                 for name, value in item.values.items():
                     self.records.setpoint(self.index[name], value)

@@ -115,6 +115,9 @@ class Supervisor:
         # disagreement with the fallback's position and no shadow period would ever be clean.
         self.ai_previous = self.previous.copy()
         self.last_s = start_s - site.site.cycle_ms / 1000.0
+        # When what `previous` holds was last written (a cycle's command or a write-through):
+        # rate and step limits are measured from it, so that two writers' moves never add up.
+        self.written_at_s = self.last_s
         self._pending: list[Event] = []
         self._requests: list[OperatorRequest] = []
         # Detectors that tripped in the current latch: reported once, re-asserted if needed.
@@ -147,16 +150,19 @@ class Supervisor:
             raise ValueError(f"rate factor must be in (0, 1], not {factor!r}")
         self.rate_factor = float(factor)
 
-    def record_write(self, command: F64) -> None:
+    def record_write(self, command: F64, at_s: float | None = None) -> None:
         """A command written instead of the last step's (an operator's validated
-        write-through, or the wire gate's adjustment after encoding): rate limits of the next
-        step are measured from it, and the fallbacks track it."""
+        write-through at ``at_s``, or the wire gate's adjustment of the step's own command,
+        ``at_s`` None): rate and step limits of the next step are measured from it and from
+        when it was written, and the fallbacks track it."""
         # The AI's own trajectory is left alone: what was written says nothing about it. The
         # reference PIDs follow only if the AI is not in control: the wire gate adjusts the
         # AI's command (rounding to the register's resolution) nearly every cycle, and a
         # reference that followed those writes would follow the AI itself, blinding the
         # divergence detector to a slow, stealthy bias.
         self.previous = np.array(command, dtype=np.float64)
+        if at_s is not None and at_s > self.written_at_s:
+            self.written_at_s = float(at_s)
         self.bank.track(self.previous.tolist(), self._ai_in_control)
 
     def step(self, snapshot: Snapshot, proposal: Proposal | None, now_s: float) -> Decision:
@@ -164,6 +170,11 @@ class Supervisor:
         dt = now_s - self.last_s
         if not dt > _MIN_DT_S:
             dt = _MIN_DT_S
+        # The time the write window spans: since the last write, whoever made it (a
+        # write-through between two cycles shortens it). Controllers keep the cycle's dt.
+        dt_write = now_s - self.written_at_s
+        if not dt_write > _MIN_DT_S:
+            dt_write = _MIN_DT_S
         self.last_s = max(now_s, self.last_s)
         events = self._pending
         self._pending = []
@@ -183,7 +194,7 @@ class Supervisor:
         sensor_vec = np.array(sensors, dtype=np.float64)  # a copy, NaN where masked
         fallback = self.bank.update(sensors, dt)
 
-        verdict, ai, anomaly = self._judge(proposal, now_s, sensor_vec, dt, fallback)
+        verdict, ai, anomaly = self._judge(proposal, now_s, sensor_vec, dt, dt_write, fallback)
         findings += self.controller.update(anomaly)
         if verdict is not None:
             assert ai is not None
@@ -219,9 +230,9 @@ class Supervisor:
         else:
             chosen, source = fallback, Source.FALLBACK
         if self.rate_factor < 1.0 and source is not Source.SAFE:
-            step_max = self._max_rates * (self.rate_factor * dt)
+            step_max = self._max_rates * (self.rate_factor * dt_write)
             chosen = np.clip(chosen, self.previous - step_max, self.previous + step_max)
-        admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt)
+        admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt_write)
         command = admitted.command
         safe = admitted.safe
         sources = (tuple(Source.SAFE if s else source for s in safe) if True in safe
@@ -229,6 +240,7 @@ class Supervisor:
         self._ai_in_control = source is Source.AI
         self.bank.track(command.tolist(), self._ai_in_control)
         self.previous = command
+        self.written_at_s = max(now_s, self.written_at_s)
         if source is Source.AI or mode is Mode.MANUAL or mode is Mode.SAFE_STOP:
             # In AUTO the AI's trajectory is what was applied; outside SHADOW it restarts from
             # the applied output, so that SHADOW begins where the plant is.
@@ -238,12 +250,13 @@ class Supervisor:
         # tuple.__new__ skips the NamedTuple's Python-level __new__: built every cycle.
         return _new(Decision, (now_s, mode, command, source, sources, verdict, fallback,
                                clamped, tuple(events), self.canary.due(now_s), sensor_vec,
-                               dt))
+                               dt_write))
 
     # -------------------------------------------------------------------------------------
 
     def _judge(self, proposal: Proposal | None, now_s: float, sensors: F64, dt: float,
-               fallback: F64) -> tuple[Verdict | None, F64 | None, ProposalAnomaly | None]:
+               dt_write: float, fallback: F64
+               ) -> tuple[Verdict | None, F64 | None, ProposalAnomaly | None]:
         """The envelope's verdict on the proposal, or the anomaly that stands in for it."""
         if proposal is None:
             if self._no_proposal_since is None:
@@ -270,7 +283,10 @@ class Supervisor:
             values = np.ascontiguousarray(values)
         mode = self.modes.mode
         in_control = mode is Mode.AUTO
+        # In control, the AI moves what was last written (and when); on trial, its own
+        # trajectory, one cycle on.
         previous = self.previous if in_control else self.ai_previous
+        dt = dt_write if in_control else dt
         verdict = self.envelope.check(values, previous, sensors, dt)
         # Only on the AI's own trajectory (AUTO, SHADOW): while it is quarantined it is judged
         # against what the fallback applied, and disagreeing with the fallback is no attack.
