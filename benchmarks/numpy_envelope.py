@@ -136,6 +136,18 @@ class NumpyEnvelope:
         self.coupled = np.ascontiguousarray(np.vstack([self.lin, w]))
         self.any_coupled = self.coupled.shape[0] > 0
 
+        # The safe state: plain values, conditional rows (conditions over s, negated like the
+        # interlocks' into "<"/"<="), each row's actuator and value.
+        self.safe_val = c.safe_val
+        self.n_rows = len(c.safe_rhs)
+        rcond, self.row_used = _dense(c.safe_cptr, c.safe_cidx, c.safe_ccoef, self.n_rows, n_s)
+        rflip = np.where((c.safe_op == CondOp.GT) | (c.safe_op == CondOp.GE), -1.0, 1.0)
+        self.row_cond = rcond * rflip[:, None]
+        self.row_rhs = c.safe_rhs * rflip
+        self.row_strict = (c.safe_op == CondOp.LT) | (c.safe_op == CondOp.GT)
+        self.row_act = np.repeat(np.arange(n_a), np.diff(c.safe_ptr))
+        self.row_val = c.safe_row_val
+
         self.flags = np.zeros(self.n_slots, dtype=np.bool_)
         self.act_flags = self.flags[: self.lin0].reshape(n_a, SLOTS_PER_ACTUATOR)  # a view
         self.kept_slots = self.pred0 + self.kept
@@ -185,11 +197,16 @@ class NumpyEnvelope:
         act[:, 2] = u > self.act_max
         if self.any_allowed:
             act[:, 3] = self.has_allowed & ~(u[:, None] == self.allowed).any(axis=1)
+        active = self._interlocks(s, exact)
+        lo_b, hi_b = self._bounds(active)
+        g = self._safe(s, lo_b, hi_b, exact)
         move = np.abs(u - p)
         # Negated so that NaN (an unknown previous value) violates; an unlimited actuator has
-        # an infinite limit, which every finite move meets.
-        act[:, 4] = ~(move <= self.rate * dt)
-        act[:, 5] = ~(move <= self.step)
+        # an infinite limit, which every finite move meets. A protective move (toward the
+        # safe state) is never limited.
+        protective = (u == g) | ((p <= u) & (u <= g)) | ((g <= u) & (u <= p))
+        act[:, 4] = ~(move <= self.rate * dt) & ~protective
+        act[:, 5] = ~(move <= self.step) & ~protective
         if exact:
             act[:, 4] &= self.rate_on
             act[:, 5] &= self.step_on
@@ -197,7 +214,6 @@ class NumpyEnvelope:
             act[~finite, 1:] = False  # a non-finite value is flagged as such, nothing else
             act[:, 0] = ~finite
 
-        active = self._interlocks(s, exact)
         if self.n_i:
             beyond = (u > self.tight_hi) | (u < self.tight_lo)
             if exact:
@@ -209,7 +225,7 @@ class NumpyEnvelope:
         action = int((self.policy * flags).max())
         out[:] = u
         if action == Action.CLAMP:
-            clamped = self._clamp(u, p, dt, active)
+            clamped = self._clamp(u, p, dt, lo_b, hi_b, g)
             if clamped is None:
                 flags[self.infeasible] = True
                 action = max(action, int(self.policy[self.infeasible]))
@@ -236,6 +252,35 @@ class NumpyEnvelope:
         # "<" holds unless lhs >= rhs, "<=" unless lhs > rhs: NaN never fails to hold.
         holds: BOOL = ~((lhs > rhs) | (self.cond_strict & (lhs == rhs)))
         return holds
+
+    def _bounds(self, active: BOOL) -> tuple[F64, F64]:
+        """Each actuator's [min, max] tightened by the holding interlocks."""
+        lo_b: F64 = np.maximum(self.act_min, self.tight_lo[active].max(axis=0, initial=-np.inf))
+        hi_b: F64 = np.minimum(self.act_max, self.tight_hi[active].min(axis=0, initial=np.inf))
+        return lo_b, hi_b
+
+    def _safe(self, s: F64, lo_b: F64, hi_b: F64, exact: bool) -> F64:
+        """The effective safe state (the reference's ``_safe``)."""
+        g = self.safe_val.copy()
+        if self.n_rows:
+            lhs = (_masked_matvec(self.row_cond, self.row_used, s) if exact
+                   else self.row_cond @ s)
+            holds = ~((lhs > self.row_rhs) | (self.row_strict & (lhs == self.row_rhs)))
+            first = np.flatnonzero(holds)[::-1]  # assigned last-to-first: the first row wins
+            for k in first.tolist():
+                g[self.row_act[k]] = self.row_val[k]
+        ok = lo_b <= hi_b
+        g = np.where(ok & (g < lo_b), lo_b, g)
+        g = np.where(ok & (g > hi_b), hi_b, g)
+        if self.any_allowed:
+            table = self.allowed
+            off = ok & self.has_allowed & np.isfinite(g) & ~(g[:, None] == table).any(axis=1)
+            if off.any():
+                inside = (table >= lo_b[:, None]) & (table <= hi_b[:, None])
+                dist = np.where(inside, np.abs(table - g[:, None]), np.inf)
+                nearest = table[self.arange_a, dist.argmin(axis=1)]
+                g = np.where(off & inside.any(axis=1), nearest, g)
+        return g
 
     def _coupled(self, u: F64, s: F64, exact: bool, flags: BOOL) -> None:
         """Set the flags of the linear rows and prediction rows that command ``u`` violates."""
@@ -273,18 +318,23 @@ class NumpyEnvelope:
             bad |= self.keep_on & ~((lo <= nxt) & (nxt <= hi))
         return bad
 
-    def _clamp(self, u: F64, p: F64, dt: float, active: BOOL) -> F64 | None:
+    def _clamp(self, u: F64, p: F64, dt: float, lo_b: F64, hi_b: F64, g: F64) -> F64 | None:
         """The projection of a clamp verdict, or None when no command meets every limit."""
         if not np.isfinite(u).all():
             return None
         limited = self.limited
-        if not np.isfinite(p[limited]).all():
+        known = np.isfinite(p)
+        if not (known | np.isfinite(g))[limited].all():
             return None
-        lo_b = np.maximum(self.act_min, self.tight_lo[active].max(axis=0, initial=-np.inf))
-        hi_b = np.minimum(self.act_max, self.tight_hi[active].min(axis=0, initial=np.inf))
         rate_dt = self.rate * dt
         r = np.minimum(rate_dt, self.step)
-        below, above = p - r, p + r
+        with np.errstate(invalid="ignore"):
+            # The move window, widened to reach the safe state; from an unknown position,
+            # the safe state only.
+            below = np.where(known, p - r, g)
+            above = np.where(known, p + r, g)
+            below = np.where(known & (g < below), g, below)
+            above = np.where(known & (g > above), g, above)
         lo = np.where(limited & (below > lo_b), below, lo_b)
         hi = np.where(limited & (above < hi_b), above, hi_b)
         if not (lo <= hi).all():
@@ -303,7 +353,8 @@ class NumpyEnvelope:
         nudged = np.zeros(self.n_a, dtype=np.bool_)
         for attempt in range(_NUDGES + 1):
             move = np.abs(v - p)
-            outside = limited & ~((move <= rate_dt) & (move <= self.step))
+            protective = (v == g) | ((p <= v) & (v <= g)) | ((g <= v) & (v <= p))
+            outside = limited & ~(((move <= rate_dt) & (move <= self.step)) | protective)
             if not outside.any():
                 break
             if attempt == _NUDGES:

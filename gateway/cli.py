@@ -46,6 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _summary(site: Site, engine: str) -> dict[str, Any]:
     from gateway.envelope.compiled import compile_site
+    from gateway.envelope.proof import prove_safe_state
 
     compiled = compile_site(site)
     limits = {lim.actuator: lim for lim in site.envelope.limits}
@@ -80,6 +81,10 @@ def _summary(site: Site, engine: str) -> dict[str, Any]:
         ],
         "constraints": constraints,
         "constraint_slots": len(compiled.slot_names),
+        # The safe state is proven at load (a refusal is a config error); what remains are
+        # regions where a constraint cannot hold whatever is written.
+        "safe_state_proven": True,
+        "warnings": [f.message for f in prove_safe_state(site) if not f.refuse],
     }
 
 
@@ -111,6 +116,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.json:
             reports.append(summary)
         else:
+            for warning in summary["warnings"]:
+                print(f"{path}: warning: {warning}", file=sys.stderr)
             n_con = len(site.envelope.constraints)
             n_ilk = len(site.envelope.interlocks)
             pred = site.envelope.prediction

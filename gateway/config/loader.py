@@ -1051,5 +1051,25 @@ def load_config(path: str | Path) -> s.Site:
         if not ctx.issues:  # every abort records an issue first; this guards a broken reader
             ctx.error(root_node.line, "", "invalid site file")
         raise ConfigError(ctx.issues)
-    return s.Site(source=source, site=site_info, devices=tuple(devices.values()),
+    site = s.Site(source=source, site=site_info, devices=tuple(devices.values()),
                   tags=tuple(tags.values()), envelope=envelope, **result)
+    _prove(ctx, root, site)
+    return site
+
+
+def _prove(ctx: _Ctx, root: _Map, site: s.Site) -> None:
+    """Refuse a site whose safe state is not proven (gateway.envelope.proof)."""
+    from gateway.envelope.proof import prove_safe_state  # the envelope builds on this package
+
+    for finding in prove_safe_state(site):
+        if not finding.refuse:
+            continue
+        if finding.actuator is None:
+            env = root.items.get("envelope")
+            ctx.error(root.line("envelope") if env is None else env.line, "envelope",
+                      finding.message)
+        else:
+            ctx.error(tag_line(root, finding.actuator), f"tags.{finding.actuator}.safe_value",
+                      finding.message)
+    if ctx.issues:
+        raise ConfigError(ctx.issues)

@@ -101,7 +101,7 @@ envelope:
       expr: "valve + pump + 40 * drain <= 160"
       policy: reject
     - name: min_draw
-      expr: "pump - 10 * level >= -20"
+      expr: "pump - 10 * level >= -40"
       policy: trip
   interlocks:
     - name: high_level
@@ -328,9 +328,9 @@ def test_ge_constraint_is_stored_negated(tmp_path: Path):
     total, min_draw = site.envelope.constraints
     assert total.terms == (("valve", 1.0), ("pump", 1.0), ("drain", 40.0))
     assert total.rhs == 160.0
-    # pump - 10 level >= -20   is stored as   -pump + 10 level <= 20
+    # pump - 10 level >= -40   is stored as   -pump + 10 level <= 40
     assert min_draw.terms == (("pump", -1.0), ("level", 10.0))
-    assert min_draw.rhs == 20.0
+    assert min_draw.rhs == 40.0
     assert min_draw.policy is s.Policy.TRIP
     hot = site.envelope.interlocks[1]
     assert hot.policy is s.Policy.CLAMP  # the default for interlocks
@@ -511,9 +511,9 @@ CASES = [
          "'min_draw' is already the name of envelope.constraints[1]"),
     Case("empty-constraint-name", "    - name: min_draw", "    - name: \" \"",
          "envelope.constraints[1].name", "name: \" \"", "must not be empty"),
-    Case("constraint-without-expr", "      expr: \"pump - 10 * level >= -20\"\n", "",
+    Case("constraint-without-expr", "      expr: \"pump - 10 * level >= -40\"\n", "",
          "envelope.constraints[1].expr", "- name: min_draw", "required key is missing"),
-    Case("constraint-two-comparisons", "pump - 10 * level >= -20",
+    Case("constraint-two-comparisons", "pump - 10 * level >= -40",
          "0 <= pump <= 50", "envelope.constraints[1].expr", "0 <= pump",
          "one comparison only"),
     # interlocks
@@ -774,7 +774,7 @@ def test_all_errors_are_reported_sorted_by_line(tmp_path: Path):
 
 def test_several_errors_in_one_list_are_all_reported(tmp_path: Path):
     text = edit(BASE, "valve + pump + 40 * drain <= 160", "vlave <= 160")
-    text = edit(text, "pump - 10 * level >= -20", "pump * level >= -20")
+    text = edit(text, "pump - 10 * level >= -40", "pump * level >= -20")
     text = edit(text, "\"level > 4.5\"", "\"valve > 4.5\"")
     path = write(tmp_path, text)
     issues = issues_of(path)
