@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import expr as ex
 from gateway.config import schema as s
+from gateway.config.sanity import sanity
 from gateway.config.yamlsrc import Issue, Node, SourceError, load
 
 if TYPE_CHECKING:
@@ -953,6 +954,8 @@ def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
             for key in ("allow", "ai_clients"):
                 if mm.has(key):
                     kw[key] = mm.opt_strs(key) or ()
+            if mm.has("allow_any"):
+                kw["allow_any"] = mm.opt_bool("allow_any")
             modbus = _build(mm, s.ModbusServerSpec, **kw)
             mm.finish()
     om = m.map("opcua")
@@ -1053,8 +1056,37 @@ def load_config(path: str | Path) -> s.Site:
         raise ConfigError(ctx.issues)
     site = s.Site(source=source, site=site_info, devices=tuple(devices.values()),
                   tags=tuple(tags.values()), envelope=envelope, **result)
+    _check_sanity(ctx, root, site)
     _prove(ctx, root, site)
     return site
+
+
+def _line_of(root: _Map, path: str) -> int:
+    """The line of the key at dotted ``path`` (``a.b[2].c``), or of its deepest ancestor."""
+    node = root.node
+    line = node.line
+    for part in path.replace("[", ".[").split("."):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            if not isinstance(node.value, list) or index >= len(node.value):
+                break
+            node = node.value[index]
+            line = node.line
+        else:
+            if not isinstance(node.value, dict) or part not in node.value:
+                break
+            line = node.key_lines.get(part, node.line)
+            node = node.value[part]
+    return line
+
+
+def _check_sanity(ctx: _Ctx, root: _Map, site: s.Site) -> None:
+    """Refuse what each section accepts alone but the site as a whole must not
+    (gateway.config.sanity)."""
+    for path, message in sanity(site):
+        ctx.error(_line_of(root, path), path, message)
+    if ctx.issues:
+        raise ConfigError(ctx.issues)
 
 
 def _prove(ctx: _Ctx, root: _Map, site: s.Site) -> None:

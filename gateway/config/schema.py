@@ -802,6 +802,8 @@ class ModbusServerSpec:
     unit: int = 1
     allow: tuple[str, ...] = ("127.0.0.1",)
     ai_clients: tuple[str, ...] = ()
+    # An entry that admits every address (0.0.0.0/0, ::/0) is refused unless this is set.
+    allow_any: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

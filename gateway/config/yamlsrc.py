@@ -60,10 +60,36 @@ class Issue:
     path: str
     message: str
 
+    def __post_init__(self) -> None:
+        # Names come from the file: a zero-width space or a Cyrillic "ie" (U+0435) in a tag
+        # name must not print as an innocent `tags.level`, and a control character must not
+        # reach the terminal. Everything outside printable ASCII is shown escaped.
+        object.__setattr__(self, "path", escape(self.path))
+        object.__setattr__(self, "message", escape(self.message))
+
     def __str__(self) -> str:
         # Line 0 means the problem is the whole file (missing, unreadable, not UTF-8).
         where = f"{self.file}:{self.line}" if self.line > 0 else self.file
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every character outside printable ASCII written as ``\\xNN``,
+    ``\\uNNNN`` or ``\\UNNNNNNNN`` (a backslash itself stays as it is)."""
+    if text.isascii() and text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 class SourceError(Exception):

@@ -1,0 +1,136 @@
+"""Cross-section sanity checks of a loaded site: values each section accepts on its own but
+that make no sense together, or that admit more than anyone meant (IEC 62443-3-3 SR 3.5,
+input validation, applied to the configuration itself).
+
+Pure: takes a validated :class:`~gateway.config.schema.Site`, returns (key path, message)
+pairs; the loader turns them into located errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from gateway.config import schema as s
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+# The cycle time a gateway can keep (below 1 ms the loop itself cannot), and beyond which a
+# "control cycle" no longer supervises anything (a trip would act 10 s late).
+MIN_CYCLE_MS = 1.0
+MAX_CYCLE_MS = 10_000.0
+
+_FLOAT32_MAX = 3.4028234663852886e38
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+_ANY_HOST = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def sanity(site: s.Site) -> Iterator[tuple[str, str]]:
+    """Every sanity problem of ``site`` as (key path, message)."""
+    yield from _cycle(site)
+    yield from _wire_ranges(site)
+    yield from _ports(site)
+    yield from _allowlist(site)
+
+
+def _cycle(site: s.Site) -> Iterator[tuple[str, str]]:
+    cycle_ms = site.site.cycle_ms
+    if not MIN_CYCLE_MS <= cycle_ms <= MAX_CYCLE_MS:
+        yield ("site.cycle_ms", f"must be {MIN_CYCLE_MS:g} to {MAX_CYCLE_MS:g} ms, not "
+                                f"{cycle_ms:g}")
+    pred = site.envelope.prediction
+    if pred is not None and pred.step_s * 1000.0 < cycle_ms:
+        yield ("envelope.prediction.step_s",
+               f"{pred.step_s:g} s is shorter than the cycle ({cycle_ms:g} ms): a prediction "
+               f"step finer than the control cycle predicts nothing the next cycle cannot see, "
+               f"and a vanishing step disables the check")
+
+
+def _wire_ranges(site: s.Site) -> Iterator[tuple[str, str]]:
+    """The engineering range each actuator's wire type can carry must hold its limits."""
+    limits = {lim.actuator: lim for lim in site.envelope.limits}
+    for tag in site.actuators:
+        lim = limits.get(tag.name)
+        if lim is None or tag.wire_type is s.WireType.BOOL:
+            continue
+        if tag.wire_type.is_integer:
+            low, high = tag.wire_type.integer_range
+        else:
+            low, high = -_FLOAT32_MAX, _FLOAT32_MAX
+        if tag.wire_type is s.WireType.FLOAT64:
+            continue  # scale and offset are finite and non-zero: float64 holds any limit
+        ends = sorted((low * tag.scale + tag.offset, high * tag.scale + tag.offset))
+        if not (ends[0] <= lim.min and lim.max <= ends[1]) or not all(map(math.isfinite, ends)):
+            yield (f"tags.{tag.name}.scale",
+                   f"{tag.wire_type.value} with scale {tag.scale:g} and offset "
+                   f"{tag.offset:g} carries {ends[0]:g} to {ends[1]:g}, which cannot hold the "
+                   f"limits [{lim.min:g}, {lim.max:g}]")
+
+
+def _endpoints(site: s.Site) -> list[tuple[str, str, int]]:
+    out = []
+    for dev in site.devices:
+        if isinstance(dev, s.ModbusDevice):
+            out.append((f"devices.{dev.name}", dev.host, dev.port))
+        else:
+            parts = urlsplit(dev.endpoint)
+            out.append((f"devices.{dev.name}", parts.hostname or "", parts.port or 4840))
+    return out
+
+
+def _same_host(server: str, device: str) -> bool:
+    if server in _ANY_HOST:
+        return True  # a server on every interface also answers on the device's address
+    if server == device:
+        return True
+
+    def loopback(host: str) -> bool:
+        if host in _LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    return loopback(server) and loopback(device) and (server == device or not (
+        server.startswith("127.") and device.startswith("127.")))
+
+
+def _ports(site: s.Site) -> Iterator[tuple[str, str]]:
+    """A northbound server on a device's own host:port would poll itself."""
+    servers = []
+    nb = site.northbound
+    if nb.modbus is not None:
+        servers.append(("northbound.modbus.port", nb.modbus.host, nb.modbus.port))
+    if nb.opcua is not None:
+        parts = urlsplit(nb.opcua.endpoint)
+        servers.append(("northbound.opcua.endpoint", parts.hostname or "", parts.port or 4840))
+    for key, host, port in servers:
+        for dev_key, dev_host, dev_port in _endpoints(site):
+            if port == dev_port and _same_host(host, dev_host):
+                yield (key, f"{host}:{port} is {dev_key}'s own address: the gateway would "
+                            f"serve on the port it polls (it would read itself and trip)")
+    if len(servers) == 2 and servers[0][2] == servers[1][2] and _same_host(servers[0][1],
+                                                                            servers[1][1]):
+        yield ("northbound.opcua.endpoint", f"port {servers[1][2]} is also the Modbus server's")
+
+
+def _allowlist(site: s.Site) -> Iterator[tuple[str, str]]:
+    spec = site.northbound.modbus
+    if spec is None:
+        return
+    for key, entries in (("allow", spec.allow), ("ai_clients", spec.ai_clients)):
+        for k, text in enumerate(entries):
+            try:
+                net = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                yield (f"northbound.modbus.{key}[{k}]",
+                       f"{text!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)")
+                continue
+            if net.prefixlen == 0 and not spec.allow_any:
+                yield (f"northbound.modbus.{key}[{k}]",
+                       f"{text!r} admits every address; name the SCADA and AI hosts or their "
+                       f"subnet, or set northbound.modbus.allow_any: true to mean it")
