@@ -56,12 +56,14 @@ def _wire_ranges(site: s.Site) -> Iterator[tuple[str, str]]:
         lim = limits.get(tag.name)
         if lim is None or tag.wire_type is s.WireType.BOOL:
             continue
+        if tag.wire_type is s.WireType.FLOAT64:
+            continue  # scale and offset are finite and non-zero: float64 holds any limit
+        low: float
+        high: float
         if tag.wire_type.is_integer:
             low, high = tag.wire_type.integer_range
         else:
             low, high = -_FLOAT32_MAX, _FLOAT32_MAX
-        if tag.wire_type is s.WireType.FLOAT64:
-            continue  # scale and offset are finite and non-zero: float64 holds any limit
         ends = sorted((low * tag.scale + tag.offset, high * tag.scale + tag.offset))
         if not (ends[0] <= lim.min and lim.max <= ends[1]) or not all(map(math.isfinite, ends)):
             yield (f"tags.{tag.name}.scale",
