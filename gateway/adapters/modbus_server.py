@@ -33,10 +33,14 @@ Frames from clients are hostile. Per connection, each frame is handled in order:
    (3: outside the envelope). A handler failure: exception 4, logged, server keeps serving.
 
 Connections: a peer whose IP is not in ``spec.allow`` (addresses or CIDR networks; empty
-refuses everyone) is closed at once, logged once per address; beyond ``max_connections``
-concurrent connections new ones are closed at once; a connection silent for ``idle_timeout_s``
+refuses everyone) is closed at once, logged once per address. Slots are shared fairly, so that
+no source can lock SCADA out (IEC 62443-3-3 SR 7.1, denial of service protection): a source
+holds at most ``max_per_source`` connections (its oldest idle one makes room for its newest),
+and when all ``max_connections`` are taken, the oldest idle connection of the source holding
+the most is dropped for a new allowed client; only when none is idle (every one is waiting
+for a write's outcome) is the newcomer refused. A connection silent for ``idle_timeout_s``
 between frames is closed; a peer that does not read its answers is closed after
-``frame_timeout_s``. Peers in ``spec.ai_clients`` write as :attr:`Role.AI` (proposals), the
+``frame_timeout_s``. The limits come from ``spec`` unless given to the constructor. Peers in ``spec.ai_clients`` write as :attr:`Role.AI` (proposals), the
 others as :attr:`Role.OPERATOR`.
 
 Nothing here bounds how long the handler takes: it is the runtime's job to answer (with a
@@ -129,6 +133,7 @@ class ServerStats:
     accepted: int = 0
     refused_not_allowed: int = 0
     refused_too_many: int = 0
+    evicted: int = 0  # idle connections closed to make room for a new client
     frames: int = 0
     exceptions: int = 0
     protocol_violations: int = 0
@@ -183,14 +188,24 @@ class ModbusServer:
 
     def __init__(self, map: NorthboundMap, spec: ModbusServerSpec,
                  handler: NorthboundHandler, *, port: int | None = None,
-                 idle_timeout_s: float = 60.0, frame_timeout_s: float = 2.0,
-                 max_connections: int = 16) -> None:
+                 idle_timeout_s: float | None = None, frame_timeout_s: float = 2.0,
+                 max_connections: int | None = None, max_per_source: int | None = None
+                 ) -> None:
+        if idle_timeout_s is None:
+            idle_timeout_s = spec.idle_timeout_s
+        if max_connections is None:
+            max_connections = spec.max_connections
+        if max_per_source is None:
+            max_per_source = min(spec.max_per_source, max_connections)
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0, not {idle_timeout_s}")
         if not frame_timeout_s > 0:
             raise ValueError(f"frame_timeout_s must be > 0, not {frame_timeout_s}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, not {max_connections}")
+        if not 1 <= max_per_source <= max_connections:
+            raise ValueError(f"max_per_source must be 1..{max_connections}, not "
+                             f"{max_per_source}")
         if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
         self.map = map
@@ -202,6 +217,7 @@ class ModbusServer:
         self._idle_s = idle_timeout_s
         self._frame_s = frame_timeout_s
         self._max = max_connections
+        self._max_per_source = max_per_source
         self._allow = _networks("allow", spec.allow)
         self._ai = _networks("ai_clients", spec.ai_clients)
         self._units = frozenset((spec.unit, UNIT_THIS_DEVICE))
@@ -313,11 +329,11 @@ class ModbusServer:
                        "modbus: refused connection from %s (not in northbound.modbus.allow)",
                        host)
             return None
-        if len(self._sessions) >= self._max:
+        if not self._make_room(host):
             self.stats.refused_too_many += 1
             logger.log(self._once.level("full", host, logging.WARNING),
-                       "modbus: refused connection from %s: %d connections already open",
-                       host, self._max)
+                       "modbus: refused connection from %s: %d connections open, none idle",
+                       host, len(self._sessions))
             return None
         self.stats.accepted += 1
         role = Role.AI if ip is not None and any(ip in net for net in self._ai) else (
@@ -325,6 +341,39 @@ class ModbusServer:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._sessions.add(session)
         return ClientInfo("modbus", address, None, role)
+
+    def _make_room(self, host: str) -> bool:
+        """Free a slot for a new connection from ``host`` if one is needed; False when none
+        can be freed (every candidate is waiting for a write's outcome)."""
+        own = [s for s in self._sessions if s.host == host]
+        if len(own) >= self._max_per_source:
+            return self._evict(own, host, f"{host} holds {len(own)} connections "
+                                          f"(max_per_source {self._max_per_source})")
+        if len(self._sessions) < self._max:
+            return True
+        by_source: dict[str, list[_Session]] = {}
+        for s in self._sessions:
+            by_source.setdefault(s.host, []).append(s)
+        # The source holding the most gives way first; among equals, the one idle longest.
+        for _, sessions in sorted(by_source.items(),
+                                  key=lambda kv: (-len(kv[1]), min(s.last_frame_s
+                                                                   for s in kv[1]))):
+            if self._evict(sessions, host, f"all {self._max} connections taken"):
+                return True
+        return False
+
+    def _evict(self, sessions: list[_Session], newcomer: str, why: str) -> bool:
+        idle = [s for s in sessions if s.idle]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_frame_s)
+        self.stats.evicted += 1
+        logger.log(self._once.level("evict", victim.host, logging.WARNING),
+                   "modbus: closed the oldest idle connection of %s for a new one from %s: %s",
+                   victim.host, newcomer, why)
+        victim.abort()
+        self._sessions.discard(victim)
+        return True
 
     def _violation(self, client: ClientInfo, host: str, what: str) -> None:
         self.stats.protocol_violations += 1
@@ -455,6 +504,17 @@ class _Session(asyncio.Protocol):
         self._again: asyncio.Handle | None = None
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
+        # When the last whole frame arrived (or the connection opened): the eviction order.
+        self.last_frame_s = self._loop.time()
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in progress: no write awaiting its outcome, no frame half received."""
+        return self.write_task is None and not self._buf and not self._closed
 
     # -------------------------------------------------------------- transport callbacks
 
@@ -530,6 +590,7 @@ class _Session(asyncio.Protocol):
             pdu = bytes(buf[7:end])
             del buf[:end]
             self._partial = False
+            self.last_frame_s = self._loop.time()
             server.stats.frames += 1
             answer = server._answer(tid, unit, pdu)
             if isinstance(answer, _Write):

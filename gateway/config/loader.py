@@ -956,6 +956,11 @@ def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
                     kw[key] = mm.opt_strs(key) or ()
             if mm.has("allow_any"):
                 kw["allow_any"] = mm.opt_bool("allow_any")
+            for key in ("max_connections", "max_per_source"):
+                if mm.has(key):
+                    kw[key] = mm.req_int(key)
+            if mm.has("idle_timeout_s"):
+                kw["idle_timeout_s"] = mm.req_float("idle_timeout_s")
             modbus = _build(mm, s.ModbusServerSpec, **kw)
             mm.finish()
     om = m.map("opcua")

@@ -804,12 +804,26 @@ class ModbusServerSpec:
     ai_clients: tuple[str, ...] = ()
     # An entry that admits every address (0.0.0.0/0, ::/0) is refused unless this is set.
     allow_any: bool = False
+    # Connection slots: in all, per source address, and how long a silent one is kept. When
+    # all are taken, the oldest idle connection of the source holding the most makes room.
+    max_connections: int = 16
+    max_per_source: int = 4
+    idle_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise FieldError("port", f"must be 1..65535, not {self.port}")
         if not 0 <= self.unit <= 255:
             raise FieldError("unit", f"must be 0..255, not {self.unit}")
+        if not 1 <= self.max_connections <= 1024:
+            raise FieldError("max_connections", f"must be 1..1024, not {self.max_connections}")
+        if not 1 <= self.max_per_source <= self.max_connections:
+            raise FieldError("max_per_source", f"must be 1..max_connections "
+                                               f"({self.max_connections}), not "
+                                               f"{self.max_per_source}")
+        if not (math.isfinite(self.idle_timeout_s) and 0 < self.idle_timeout_s <= 3600):
+            raise FieldError("idle_timeout_s", f"must be > 0 and at most 3600 s, not "
+                                               f"{self.idle_timeout_s}")
 
 
 @dataclass(frozen=True)

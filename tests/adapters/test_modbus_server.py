@@ -696,35 +696,74 @@ def test_empty_allowlist_refuses_everyone_and_networks_work() -> None:
         make(ai_clients=("300.1.1.1",))
 
 
-def test_connection_limit() -> None:
-    async def body(server: ModbusServer) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            conns = [await stack.enter_async_context(raw(server.port)) for _ in range(4)]
-            for i, (reader, writer) in enumerate(conns):
-                writer.write(read_req(i, 4, 0, 2))
-                await recv(reader)
-            assert server.connections == 4
-            async with raw(server.port) as (reader, writer):
-                writer.write(read_req(9, 4, 0, 2))
-                assert await until_closed(reader) == b""
-            assert server.stats.refused_too_many == 1
-            conns[0][1].transport.abort()
-            await eventually(lambda: server.connections <= 3)
-            assert not (await exchange(server.port, read_req(1, 4, 0, 2)))[0] & 0x80
-    with_server(body, max_connections=4)
+@contextlib.asynccontextmanager
+async def raw_from(port: int, source: str
+                   ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw connection from another loopback address (127.0.0.0/8 is all this host's)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        yield reader, writer
+    finally:
+        writer.transport.abort()
 
 
-def test_default_limit_is_16() -> None:
+def test_sixteen_idle_sockets_from_one_address_never_lock_scada_out() -> None:
+    # Seen: 16 idle sockets from one address kept a fresh client out for 60 s (and for good,
+    # with one read every 20 s), status and heartbeat registers unreadable meanwhile.
     async def body(server: ModbusServer) -> None:
         async with contextlib.AsyncExitStack() as stack:
             for i in range(16):
                 reader, writer = await stack.enter_async_context(raw(server.port))
                 writer.write(read_req(i, 4, 0, 2))
                 await recv(reader)
-            async with raw(server.port) as (reader, writer):
-                writer.write(read_req(99, 4, 0, 2))
+            # One source never holds more than its share; its oldest idle ones made room.
+            assert server.connections == 4
+            assert server.stats.evicted == 12
+            for source in ("127.0.0.2", "127.0.0.3"):
+                reader, writer = await stack.enter_async_context(raw_from(server.port, source))
+                writer.write(read_req(7, 4, 1000, 6))  # the status registers
+                _, _, pdu = await recv(reader)
+                assert not pdu[0] & 0x80
+    with_server(body, allow=("127.0.0.0/8",))
+
+
+def test_when_every_slot_is_taken_the_biggest_holders_oldest_idle_connection_gives_way() -> None:
+    async def body(server: ModbusServer) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            conns = {}
+            for k, source in enumerate(["127.0.0.2"] * 3 + ["127.0.0.3"]):
+                reader, writer = await stack.enter_async_context(raw_from(server.port, source))
+                writer.write(read_req(k, 4, 0, 2))
+                await recv(reader)
+                conns[k] = (reader, writer)
+            assert server.connections == 4
+            # 127.0.0.2 holds the most: its oldest idle connection (the first) is closed.
+            reader, writer = await stack.enter_async_context(raw_from(server.port, "127.0.0.4"))
+            writer.write(read_req(9, 4, 0, 2))
+            assert not (await recv(reader))[2][0] & 0x80
+            assert await until_closed(conns[0][0]) == b""
+            for k in (1, 2, 3):  # the others are untouched
+                conns[k][1].write(read_req(20 + k, 4, 0, 2))
+                assert (await recv(conns[k][0]))[0] == 20 + k
+    with_server(body, allow=("127.0.0.0/8",), max_connections=4, max_per_source=3)
+
+
+def test_a_newcomer_is_refused_only_when_no_connection_is_idle() -> None:
+    async def body(server: ModbusServer) -> None:
+        handler.gate = asyncio.Event()  # every write waits for its outcome
+        async with contextlib.AsyncExitStack() as stack:
+            for k in range(4):
+                _, writer = await stack.enter_async_context(
+                    raw_from(server.port, f"127.0.0.{2 + k}"))
+                writer.write(write_req(k, 0, [1.0]))
+            await eventually(lambda: len(handler.calls) == 4)
+            async with raw_from(server.port, "127.0.0.9") as (reader, writer):
+                writer.write(read_req(9, 4, 0, 2))
                 assert await until_closed(reader) == b""
-    with_server(body)
+            assert server.stats.refused_too_many == 1
+            handler.gate.set()
+    handler = Handler()
+    with_server(body, handler, allow=("127.0.0.0/8",), max_connections=4)
 
 
 def test_connection_flood_leaks_no_fds() -> None:
@@ -791,7 +830,8 @@ def test_port_before_start_and_bind_failure() -> None:
 
 def test_constructor_checks() -> None:
     for kw in ({"idle_timeout_s": 0}, {"frame_timeout_s": -1.0},
-               {"frame_timeout_s": math.nan}, {"max_connections": 0}, {"port": 70000}):
+               {"frame_timeout_s": math.nan}, {"max_connections": 0}, {"port": 70000},
+               {"max_per_source": 0}, {"max_per_source": 3, "max_connections": 2}):
         with pytest.raises(ValueError, match=next(iter(kw))):
             make(**kw)
 

@@ -61,3 +61,16 @@ def test_invisible_and_confusable_characters_are_printed_escaped(tmp_path: Path)
         texts = [str(i) for i in issues]
         assert any(shown in t for t in texts), texts
         assert all(t.isascii() and t.isprintable() for t in texts), texts
+
+
+def test_modbus_connection_slots_are_configurable_and_checked(tmp_path: Path) -> None:
+    text = edit(TANK, "allow: [127.0.0.1]}",
+                "allow: [127.0.0.1], max_connections: 8, max_per_source: 2, "
+                "idle_timeout_s: 5.0}")
+    spec = load_config(write(tmp_path, text)).northbound.modbus
+    assert spec is not None
+    assert (spec.max_connections, spec.max_per_source, spec.idle_timeout_s) == (8, 2, 5.0)
+    text = edit(TANK, "allow: [127.0.0.1]}", "allow: [127.0.0.1], max_per_source: 20}")
+    path = write(tmp_path, text)
+    assert_issue(path, issues_of(path), line_of(text, "max_per_source: 20"),
+                 "northbound.modbus.max_per_source", "must be 1..max_connections")
