@@ -40,7 +40,8 @@ and when all ``max_connections`` are taken, the oldest idle connection of the so
 the most is dropped for a new allowed client; only when none is idle (every one is waiting
 for a write's outcome) is the newcomer refused. A connection silent for ``idle_timeout_s``
 between frames is closed; a peer that does not read its answers is closed after
-``frame_timeout_s``. The limits come from ``spec`` unless given to the constructor. Peers in ``spec.ai_clients`` write as :attr:`Role.AI` (proposals), the
+``frame_timeout_s``. The limits come from ``spec`` unless given to the constructor.
+Peers in ``spec.ai_clients`` write as :attr:`Role.AI` (proposals), the
 others as :attr:`Role.OPERATOR`.
 
 Nothing here bounds how long the handler takes: it is the runtime's job to answer (with a
