@@ -68,9 +68,11 @@ from gateway.adapters.base import (
     WriteOutcome,
 )
 from gateway.adapters.modbus_map import RegisterImage
+from gateway.adapters.modbus_tls import identify, server_context
 from gateway.config.schema import Table
 
 if TYPE_CHECKING:
+    import ssl
     from types import TracebackType
 
     from gateway.adapters.modbus_map import NorthboundMap
@@ -190,8 +192,8 @@ class ModbusServer:
     def __init__(self, map: NorthboundMap, spec: ModbusServerSpec,
                  handler: NorthboundHandler, *, port: int | None = None,
                  idle_timeout_s: float | None = None, frame_timeout_s: float = 2.0,
-                 max_connections: int | None = None, max_per_source: int | None = None
-                 ) -> None:
+                 max_connections: int | None = None, max_per_source: int | None = None,
+                 secure: bool = False, image: RegisterImage | None = None) -> None:
         if idle_timeout_s is None:
             idle_timeout_s = spec.idle_timeout_s
         if max_connections is None:
@@ -211,7 +213,18 @@ class ModbusServer:
             raise ValueError(f"port must be 0..65535, not {port}")
         self.map = map
         self.spec = spec
-        self.image = RegisterImage(map)
+        # Modbus/TCP Security: TLS on spec.tls.port, the role from the client's certificate.
+        self._tls: ssl.SSLContext | None = None
+        self._roles: dict[str, Role] = {}
+        if secure:
+            if spec.tls is None:
+                raise ValueError("secure=True needs spec.tls")
+            self._tls = server_context(spec.tls)
+            self._roles = {name: Role(role) for name, role in spec.tls.roles}
+            if port is None:
+                port = spec.tls.port
+        # A plain and a TLS server of one site share one image (one mirror).
+        self.image = RegisterImage(map) if image is None else image
         self.stats = ServerStats()
         self._handler = handler
         self._port_wanted = spec.port if port is None else port
@@ -250,14 +263,16 @@ class ModbusServer:
         self._closing = False
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _Session(self), self.spec.host, self._port_wanted, reuse_address=True)
+                lambda: _Session(self), self.spec.host, self._port_wanted, reuse_address=True,
+                ssl=self._tls)
         except OSError as exc:
             raise AdapterError(
                 f"modbus server cannot listen on {self.spec.host}:{self._port_wanted}: {exc}"
             ) from exc
         self._bound_port = int(self._server.sockets[0].getsockname()[1])
-        logger.info("modbus server listening on %s:%d (unit %d)", self.spec.host,
-                    self._bound_port, self.spec.unit)
+        logger.info("modbus server listening on %s:%d (unit %d%s)", self.spec.host,
+                    self._bound_port, self.spec.unit,
+                    ", TLS, client certificates required" if self._tls else "")
 
     async def stop(self) -> None:
         """Stop accepting and close every connection (a write awaiting the handler is
@@ -316,9 +331,11 @@ class ModbusServer:
     def _allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
         return ip is not None and any(ip in net for net in self._allow)
 
-    def _admit(self, session: _Session, peer: object) -> ClientInfo | None:
+    def _admit(self, session: _Session, peer: object, der: bytes | None = None
+               ) -> ClientInfo | None:
         """A new connection: its client, or None when it must be closed at once (logged once
-        per address; refusals cost no more than this)."""
+        per address; refusals cost no more than this). ``der`` is a TLS client's
+        certificate."""
         host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
         ip = _peer_ip(host)
@@ -330,6 +347,19 @@ class ModbusServer:
                        "modbus: refused connection from %s (not in northbound.modbus.allow)",
                        host)
             return None
+        user: str | None = None
+        if self._tls is not None:
+            # Authorised before it may take anyone's slot.
+            who = identify(der, self._roles)
+            if who.role is None:
+                self.stats.refused_not_allowed += 1
+                logger.log(self._once.level("cert", f"{host}:{who.name}", logging.WARNING),
+                           "modbus TLS: refused %s (%s): %s", host, who.name, who.refusal)
+                return None
+            role, user = who.role, who.name
+        else:
+            role = Role.AI if ip is not None and any(ip in net for net in self._ai) else (
+                Role.OPERATOR)
         if not self._make_room(host):
             self.stats.refused_too_many += 1
             logger.log(self._once.level("full", host, logging.WARNING),
@@ -337,11 +367,9 @@ class ModbusServer:
                        host, len(self._sessions))
             return None
         self.stats.accepted += 1
-        role = Role.AI if ip is not None and any(ip in net for net in self._ai) else (
-            Role.OPERATOR)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._sessions.add(session)
-        return ClientInfo("modbus", address, None, role)
+        return ClientInfo("modbus-tls" if self._tls else "modbus", address, user, role)
 
     def _make_room(self, host: str) -> bool:
         """Free a slot for a new connection from ``host`` if one is needed; False when none
@@ -524,7 +552,9 @@ class _Session(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        self._client = self._server._admit(self, peer)
+        tls = transport.get_extra_info("ssl_object")
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        self._client = self._server._admit(self, peer, der)
         if self._client is None:
             self._closed = True
             transport.abort()

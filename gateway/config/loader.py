@@ -936,7 +936,21 @@ def _read_per_sensor(m: _Map, key: str, names: _Names | None) -> tuple[tuple[str
     return tuple(pairs)
 
 
-def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
+def _read_modbus_tls(tm: _Map, base: Path) -> s.ModbusTlsSpec:
+    roles_map = tm.map("roles", required=True)
+    assert roles_map is not None
+    roles = [(name, roles_map._str(node, path)) for name, node, path in roles_map.entries()]
+    kw: dict[str, Any] = {"roles": tuple(roles)}
+    for key in ("certificate", "private_key", "client_ca"):
+        kw[key] = base / tm.req_str(key)
+    if tm.has("port"):
+        kw["port"] = tm.req_int("port")
+    spec = _build(tm, s.ModbusTlsSpec, **kw)
+    tm.finish()
+    return spec
+
+
+def _read_northbound(ctx: _Ctx, root: _Map, base: Path) -> s.Northbound:
     m = root.map("northbound")
     if m is None:
         return s.Northbound()
@@ -961,6 +975,11 @@ def _read_northbound(ctx: _Ctx, root: _Map) -> s.Northbound:
                     kw[key] = mm.req_int(key)
             if mm.has("idle_timeout_s"):
                 kw["idle_timeout_s"] = mm.req_float("idle_timeout_s")
+            if mm.has("plain"):
+                kw["plain"] = mm.opt_bool("plain")
+            tm = mm.map("tls")
+            if tm is not None:
+                kw["tls"] = _read_modbus_tls(tm, base)
             modbus = _build(mm, s.ModbusServerSpec, **kw)
             mm.finish()
     om = m.map("opcua")
@@ -1043,7 +1062,7 @@ def load_config(path: str | Path) -> s.Site:
             "bypass_max_s": lambda m, k: m.opt_float(k),
         })
     with _section(ctx):
-        result["northbound"] = _read_northbound(ctx, root)
+        result["northbound"] = _read_northbound(ctx, root, base)
     with _section(ctx):
         audit = _read_simple(root, "audit", s.AuditSpec, {
             "path": lambda m, k: Path(m.req_str(k)),

@@ -796,6 +796,30 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class ModbusTlsSpec:
+    """Modbus/TCP Security: the northbound Modbus server over mutually authenticated TLS.
+
+    ``roles`` maps a certificate's Modbus role (or, without the role extension, its subject's
+    common name) to a gateway role: ``operator``, ``ai`` or ``viewer``."""
+
+    certificate: Path
+    private_key: Path
+    client_ca: Path
+    roles: tuple[tuple[str, str], ...]
+    port: int = 802
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise FieldError("port", f"must be 1..65535, not {self.port}")
+        if not self.roles:
+            raise FieldError("roles", "map at least one certificate role or name to a role")
+        for name, role in self.roles:
+            if role not in ("operator", "ai", "viewer"):
+                raise FieldError("roles", f"{name!r}: must map to operator, ai or viewer, not "
+                                          f"{role!r}")
+
+
+@dataclass(frozen=True)
 class ModbusServerSpec:
     host: str = "127.0.0.1"
     port: int = 1502
@@ -809,6 +833,9 @@ class ModbusServerSpec:
     max_connections: int = 16
     max_per_source: int = 4
     idle_timeout_s: float = 15.0
+    # Modbus/TCP Security on its own port; `plain: false` then turns plain Modbus off.
+    tls: ModbusTlsSpec | None = None
+    plain: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -824,6 +851,10 @@ class ModbusServerSpec:
         if not (math.isfinite(self.idle_timeout_s) and 0 < self.idle_timeout_s <= 3600):
             raise FieldError("idle_timeout_s", f"must be > 0 and at most 3600 s, not "
                                                f"{self.idle_timeout_s}")
+        if not self.plain and self.tls is None:
+            raise FieldError("plain", "plain Modbus can be turned off only when tls is set")
+        if self.tls is not None and self.plain and self.tls.port == self.port:
+            raise FieldError("tls", f"port {self.port} is the plain server's too")
 
 
 @dataclass(frozen=True)

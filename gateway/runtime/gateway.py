@@ -249,6 +249,7 @@ class Gateway(NorthboundHandler):
         self.decisions: deque[Decision] = deque(maxlen=1000)  # for tests and dashboards
         self.servers_enabled = servers
         self.modbus_server: Any = None
+        self.modbus_tls_server: Any = None  # beside a plain server (see _start_servers)
         self.opcua_server: Any = None
         self._write_lock = asyncio.Lock()
         # Operator setpoints queued for the write-through task (see _commit_queued).
@@ -381,9 +382,20 @@ class Gateway(NorthboundHandler):
             from gateway.adapters.modbus_map import NorthboundMap
             from gateway.adapters.modbus_server import ModbusServer
 
-            self.modbus_server = ModbusServer(NorthboundMap.from_site(self.site), nb.modbus,
-                                              self)
-            await self.modbus_server.start()
+            nmap = NorthboundMap.from_site(self.site)
+            if nb.modbus.plain:
+                self.modbus_server = ModbusServer(nmap, nb.modbus, self)
+                await self.modbus_server.start()
+            if nb.modbus.tls is not None:
+                # Modbus/TCP Security on its own port, sharing the plain server's image (one
+                # mirror serves both); without plain Modbus it is the site's Modbus server.
+                secure = ModbusServer(nmap, nb.modbus, self, secure=True, image=None if
+                                      self.modbus_server is None else self.modbus_server.image)
+                await secure.start()
+                if self.modbus_server is None:
+                    self.modbus_server = secure
+                else:
+                    self.modbus_tls_server = secure
         if nb.opcua is not None:
             from gateway.adapters.opcua_server import OpcUaServer
 
@@ -520,8 +532,9 @@ class Gateway(NorthboundHandler):
                     exc = task.exception()
                     log.error("device task %s ended with %s: %s", task.get_name(),
                               type(exc).__name__, exc)
-        if self.modbus_server is not None:
-            await self.modbus_server.stop()
+        for server in (self.modbus_tls_server, self.modbus_server):
+            if server is not None:
+                await server.stop()
         if self.opcua_server is not None:
             await self.opcua_server.stop()
         if self.policy is not None:
