@@ -14,7 +14,10 @@ Safety rules kept here:
 - pymodbus's own automatic reconnect and request retries are switched off (``reconnect_delay=0``,
   ``retries=0``): a retried write could land late, and reconnect timing is ours to log and bound;
 - any timeout drops the connection (a late answer could otherwise be taken for the answer to
-  the next request), marks every tag of the device bad and backs off before reconnecting.
+  the next request), marks every tag of the device bad and backs off before reconnecting; so
+  does a request abandoned by its caller (cancelled) before its answer. Callers must therefore
+  never cut a request short before the device's ``timeout_ms`` (the runtime lets a slow write
+  finish in its own task): an answer within the timeout keeps the connection in step.
 """
 
 from __future__ import annotations
@@ -291,9 +294,14 @@ class ModbusDeviceClient:
         self._in_flight[key] = busy + 1
         try:
             if busy:
-                # Behind another request on this connection: pymodbus's own timeout starts only
-                # once its request lock is ours, so this bounds the wait for the lock as well.
-                async with asyncio.timeout(2 * self._timeout_s + 0.05):
+                # Behind our other requests on this connection (the poll loop's read, the
+                # runtime's write: one each at a time). pymodbus's own timeout starts only once
+                # its request lock is ours, and each request ahead holds it at most its own
+                # timeout, so every answer still gets its full timeout_ms from when it is
+                # sent; this timer is only a backstop for that promise, with a second of
+                # slack for a loaded host (a device answering within its timeout must never
+                # be dropped because our own requests queued).
+                async with asyncio.timeout((busy + 1) * self._timeout_s + 1.0):
                     response = await call()
             else:
                 # The lock is free: pymodbus's timeout (retries=0) bounds the answer on its
@@ -301,6 +309,12 @@ class ModbusDeviceClient:
                 response = await call()
         except TimeoutError:
             raise self._lose(f"{what}: no answer within {self.device.timeout_ms} ms") from None
+        except asyncio.CancelledError:
+            # Abandoned by our caller with the request on the wire: its answer may still
+            # come, and pymodbus would take it for the next request's ("request ask for
+            # transaction_id=N but got id=N-1"). The session is never reused out of step.
+            self._lose(f"{what}: abandoned before its answer")
+            raise
         except ModbusException as exc:  # ConnectionException, ModbusIOException (timeout)
             raise self._lose(f"{what}: {exc}") from None
         finally:

@@ -478,6 +478,13 @@ class OpcUaDeviceClient:
         except (OSError, TimeoutError, UaError) as exc:
             self._lost.set()
             raise DeviceUnavailable(f"{self.device.name}: write failed: {exc!r}") from exc
+        except asyncio.CancelledError:
+            # Abandoned before its answer (the runtime does that only to a write that outlived
+            # every timeout, or at shutdown). asyncua matches answers by request id, so the
+            # session is not confused, but whether and when the server applies the write is
+            # unknown: start a fresh session rather than write behind it.
+            self._lost.set()
+            raise
         bad = [(n, s) for n, s in zip(names, results, strict=True) if not s.is_good()]
         if bad:
             detail = ", ".join(f"{n}: {_status_name(s)}" for n, s in bad)

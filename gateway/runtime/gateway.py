@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -252,6 +253,11 @@ class Gateway(NorthboundHandler):
         self.modbus_tls_server: Any = None  # beside a plain server (see _start_servers)
         self.opcua_server: Any = None
         self._write_lock = asyncio.Lock()
+        # Each device's write on its way (its task and when it left, loop time): one at a time
+        # per device (see _write_devices); a bug raised in one, kept for the control loop.
+        self._in_flight: dict[str, tuple[asyncio.Task[bool], float]] = {}
+        self._write_bug: BaseException | None = None
+        self._devices = {d.name: d for d in site.devices}
         # Operator setpoints queued for the write-through task (see _commit_queued).
         self._queued: list[_Through] = []
         self._committer: asyncio.Task[None] | None = None
@@ -506,7 +512,9 @@ class Gateway(NorthboundHandler):
             for i in safe:
                 values[i] = state[i]
             async with self._write_lock:
-                await self._write_devices(values, only=safe)
+                # After the writes on their way (each ends by its device's timeout), so that
+                # the safe values are the last thing the devices receive.
+                await self._write_devices(values, only=safe, behind_s=_TASK_STOP_S)
             log.info("shutdown: safe values written to %s",
                      ", ".join(self.names[i] for i in sorted(safe)))
         if state is not None:
@@ -514,6 +522,7 @@ class Gateway(NorthboundHandler):
                 name: ("safe", float(state[i])) if i in safe
                 else ("hold", float(self.applied[i]))
                 for i, name in enumerate(self.names)})
+        await self._settle_writes(_TASK_STOP_S)
         # Close the clients first: their run() loops end at their next step whatever happens
         # to the cancellation. Python 3.11's asyncio.wait_for (which pymodbus awaits every
         # request with) swallows a cancellation that arrives with the answer; a device task
@@ -647,56 +656,147 @@ class Gateway(NorthboundHandler):
                         else np.asarray(out, dtype=np.float64))
         return np.array(rows, dtype=np.float64)
 
+    @property
+    def writes_in_flight(self) -> tuple[str, ...]:
+        """The devices whose last write is still waiting for the device's answer."""
+        return tuple(self._in_flight)
+
+    def _write_bound_s(self, device: str) -> float:
+        """How long a write to ``device`` may stay on its way before the runtime abandons it.
+
+        The adapters end every request by themselves at the device's ``timeout_ms`` (and drop
+        the connection then); one write is at most a few requests (the actuators' registers,
+        their coils, the heartbeat), each of which may wait for a poll's read ahead of it.
+        This bound only catches an adapter that breaks that promise: a client that never
+        answers would otherwise keep the device's writes skipped for ever."""
+        spec = self._devices.get(device)
+        timeout_s = spec.timeout_ms / 1000.0 if spec is not None else 1.0
+        return 8 * timeout_s + 2.0
+
     async def _write_devices(self, values: F64, heartbeat: bool = False,
-                             only: set[int] | None = None) -> bool:
-        """Write each device's actuators concurrently; True when every write succeeded."""
+                             only: set[int] | None = None, behind_s: float = 0.0) -> bool:
+        """Write each device's actuators (those in ``only``, all when None) and, with
+        ``heartbeat``, its heartbeat; True when every device confirmed within a cycle.
+
+        A device request is never abandoned before the device's own ``timeout_ms``: each
+        device's write runs in a task of its own, this call waits for them at most a cycle,
+        and a write that is still on its way then is left to finish (or to time out in its
+        adapter, which then drops the connection). While a device has a write on its way,
+        nothing more is sent to it: a cycle skips it (its actuators stay unknown in
+        :attr:`written`, so the first write after the answer carries the newest values), and
+        a caller with ``behind_s`` > 0 (a write-through, the shutdown) first waits that long
+        for the earlier write to end. Cancelling a device request half-way is what
+        desynchronised Modbus connections (pymodbus then reads the abandoned request's late
+        answer as the next one's); one request at a time per device, never cut short by the
+        cycle, cannot.
+
+        ``written[i]`` is NaN (unknown) from the moment a value leaves until the device
+        confirms it, and stays NaN if the write fails or times out.
+        """
+        self._raise_write_bug()
         if heartbeat:
             self.heartbeat += 1
-        jobs = []
-        names = []
-        attempted: dict[str, list[int]] = {}
-        for device, indexes in self.by_device.items():
-            chosen = [i for i in indexes if only is None or i in only]
-            if not chosen:
-                continue
-            client = self.clients[device]
-            jobs.append(client.write({self.names[i]: float(values[i]) for i in chosen}))
-            names.append(f"write:{device}")
-            attempted[f"write:{device}"] = chosen
-        if heartbeat:
-            for device, client in self.clients.items():
-                jobs.append(client.write_heartbeat(self.heartbeat))
-                names.append(f"heartbeat:{device}")
-        try:
-            async with asyncio.timeout(max(self.period_s, 0.05)):
-                if len(jobs) == 1:  # a write-through: no task for a lone request
-                    results: list[object] = [None]
-                    try:
-                        await jobs[0]
-                    except Exception as exc:  # as gather(return_exceptions=True) gives it
-                        results = [exc]
-                else:
-                    results = await asyncio.gather(*jobs, return_exceptions=True)
-        except TimeoutError:
-            self.faults.fault("write-timeout", "device writes did not finish within a cycle")
-            self.written[:] = math.nan
-            return False
-        self.faults.clear("write-timeout")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        chosen_by: dict[str, list[int]] = {}
+        for device in self.clients:
+            chosen = [i for i in self.by_device.get(device, ()) if only is None or i in only]
+            if chosen or heartbeat:
+                chosen_by[device] = chosen
+        busy = [self._in_flight[d][0] for d in chosen_by if d in self._in_flight]
+        for device in list(chosen_by):
+            pending = self._in_flight.get(device)
+            if pending is not None and now - pending[1] > self._write_bound_s(device):
+                # The adapter did not end its request at the device's timeout: abandon it.
+                # The adapters drop the connection of a cancelled request (never reused out
+                # of step); the device is reported, its actuators stay unknown.
+                self.faults.fault(f"write:{device}", "write still unanswered after "
+                                  f"{self._write_bound_s(device):.1f} s; abandoned")
+                pending[0].cancel()
+        if behind_s > 0 and busy:
+            await asyncio.wait(busy, timeout=behind_s)
         ok = True
-        for key, result in zip(names, results, strict=True):
-            chosen = attempted.get(key, [])
-            if isinstance(result, AdapterError):
+        started: list[asyncio.Task[bool]] = []
+        for device, chosen in chosen_by.items():
+            if device in self._in_flight:
+                ok = False  # skipped: its earlier write is still on its way
+                continue
+            for i in chosen:
+                self.written[i] = math.nan  # unknown until the device confirms
+            task = loop.create_task(
+                self._write_device(device, {i: float(values[i]) for i in chosen},
+                                   self.heartbeat if heartbeat else None),
+                name=f"write:{device}")
+            self._in_flight[device] = (task, now)
+            task.add_done_callback(functools.partial(self._write_ended, device))
+            started.append(task)
+        if started:
+            done, pending_tasks = await asyncio.wait(started, timeout=max(self.period_s, 0.05))
+            if pending_tasks:
                 ok = False
-                self.faults.fault(key, f"{type(result).__name__}: {result}")
-                for i in chosen:
-                    self.written[i] = math.nan  # unknown: write again next cycle
-            elif isinstance(result, BaseException):
-                raise result
+                self.faults.fault("write-slow", "device writes still waiting for an answer "
+                                  "after a cycle; they finish on their own (up to the "
+                                  "device's timeout_ms), later writes to those devices wait")
+            else:
+                self.faults.clear("write-slow")
+            for task in done:
+                if task.cancelled() or task.exception() is not None or not task.result():
+                    ok = False
+        self._raise_write_bug()
+        return ok
+
+    async def _write_device(self, device: str, values: dict[int, float],
+                            heartbeat: int | None) -> bool:
+        """One device's write (its own task): the actuators, then the heartbeat. Records what
+        the device confirmed in :attr:`written`; True when it confirmed everything."""
+        client = self.clients[device]
+        ok = True
+        if values:
+            key = f"write:{device}"
+            try:
+                await client.write({self.names[i]: v for i, v in values.items()})
+            except AdapterError as exc:
+                ok = False
+                self.faults.fault(key, f"{type(exc).__name__}: {exc}")
             else:
                 self.faults.clear(key)
-                for i in chosen:
-                    self.written[i] = values[i]
+                for i, v in values.items():
+                    self.written[i] = v
+        if heartbeat is not None:
+            key = f"heartbeat:{device}"
+            try:
+                await client.write_heartbeat(heartbeat)
+            except AdapterError as exc:
+                ok = False
+                self.faults.fault(key, f"{type(exc).__name__}: {exc}")
+            else:
+                self.faults.clear(key)
         return ok
+
+    def _write_ended(self, device: str, task: asyncio.Task[bool]) -> None:
+        entry = self._in_flight.get(device)
+        if entry is not None and entry[0] is task:
+            del self._in_flight[device]
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a device fault (those are AdapterError, handled in the task): raise
+            # it in the control loop at its next write, as an exception in the cycle would be.
+            self._write_bug = task.exception()
+
+    def _raise_write_bug(self) -> None:
+        bug, self._write_bug = self._write_bug, None
+        if bug is not None:
+            raise bug
+
+    async def _settle_writes(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the writes on their way; cancel what is left."""
+        tasks = [task for task, _ in self._in_flight.values()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
 
     async def _mirror(self, decision: Decision) -> None:
         sup = self.supervisor
@@ -938,7 +1038,8 @@ class Gateway(NorthboundHandler):
                     item.outcome.set_result(WriteOutcome(
                         False, 3, "the setpoints together leave the envelope"))
                 return
-            if not await self._write_devices(target, only=changed):
+            if not await self._write_devices(target, only=changed,
+                                             behind_s=max(self.period_s, 0.05)):
                 for item in taken:
                     item.outcome.set_result(WriteOutcome(
                         False, 4, "the device did not confirm the write (it failed or timed "

@@ -399,3 +399,33 @@ def test_separate_write_connection() -> None:
             await client.write({"speed": 2.0})
             assert [w.values for w in plc.writes[n_before:]] == [[20]]
     run(body)
+
+
+def test_an_abandoned_request_ends_the_session_before_anything_else_is_sent() -> None:
+    """A request cancelled by its caller before its answer: the answer still comes, and on
+    the same connection pymodbus would take it for the next request's. The session is dropped
+    at once and the next write goes out on a new connection (counted by the proxy), where
+    its own answer confirms it."""
+    from tests.runtime.delayproxy import DelayProxy
+
+    async def body() -> None:
+        # Every answer 300 ms late (a slow window that never ends); timeout 1 s.
+        async with (
+            TestPLC() as plc,
+            DelayProxy("127.0.0.1", plc.port, delay_s=0.3, slow_s=1.0, period_s=1.0) as proxy,
+            running(proxy.port, ACTUATORS, timeout_ms=1000.0, poll_ms=10_000.0) as (client, _),
+        ):
+            await wait_until(lambda: client.state is ConnectionState.CONNECTED, 5.0)
+            assert proxy.accepted == 1
+            write = asyncio.create_task(client.write({"speed": 1.0}))
+            await asyncio.sleep(0.05)  # on the wire, unanswered
+            write.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await write
+            assert client.state is not ConnectionState.CONNECTED  # not reused
+            await wait_until(lambda: client.state is ConnectionState.CONNECTED, 5.0)
+            await client.write({"speed": 2.0})  # confirmed by its own answer
+            assert proxy.accepted == 2
+            assert await plc.get_registers(HR, 22, 1) == [20]
+
+    run(body, limit_s=20.0)

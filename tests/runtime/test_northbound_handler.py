@@ -171,16 +171,17 @@ def test_shutdown_ends_even_if_a_device_task_swallows_its_cancellation():
 
 
 class Hangs(FakeDevice):
-    """A device that takes a write but never confirms it, until told to answer again."""
+    """A device that takes a write but does not confirm it until ``answer`` is set."""
 
     def __init__(self) -> None:
         super().__init__()
         self.hang = False
+        self.answer = asyncio.Event()
 
     async def write(self, values: dict[str, float]) -> None:
         self.writes.append(dict(values))
         if self.hang:
-            await asyncio.sleep(5.0)
+            await self.answer.wait()
 
 
 def test_a_write_through_the_device_never_confirms_is_refused_and_written_again():
@@ -206,7 +207,19 @@ def test_a_write_through_the_device_never_confirms_is_refused_and_written_again(
         assert float(gw.applied[pump]) == before
         assert device.writes[-1]["outflow_pump"] > before
         assert math.isnan(gw.written[pump])  # unknown, so written again whatever the cycle
+        # The write is never cut short (that desynchronised Modbus connections): while it
+        # waits for the device, nothing more goes to that device.
+        assert gw.writes_in_flight == ("plc",)
+        n = len(device.writes)
+        await gw.cycle(gw.clock())
+        assert len(device.writes) == n
         device.hang = False
+        device.answer.set()  # the device answers, late
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while gw.writes_in_flight:
+            assert loop.time() < deadline, "the late answer was not taken"
+            await asyncio.sleep(0.01)
         n = len(device.writes)
         await gw.cycle(gw.clock())
         rewritten = [w for w in device.writes[n:] if "outflow_pump" in w]
