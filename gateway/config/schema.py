@@ -225,11 +225,17 @@ class OpcUaSecurity:
             raise FieldError(key, "username and password_env go together")
 
 
+# How often the OPC UA client confirms a subscribed device's values as current (a probe of
+# the session: a subscription sends nothing while a value does not change).
+OPCUA_CONFIRM_MS = 250.0
+
+
 @dataclass(frozen=True)
 class ModbusDevice:
     """A Modbus TCP device. ``separate_write_connection`` opens a second TCP connection for
     writes and heartbeats, so that they never wait behind polls (lower write latency); leave it
-    off for devices that accept a single connection."""
+    off for devices that accept a single connection. ``stale_after_ms`` (optional) is the
+    staleness limit of this device's sensors, in place of ``detection.stale_after_ms``."""
 
     name: str
     host: str
@@ -239,8 +245,11 @@ class ModbusDevice:
     poll_ms: float = 100.0
     heartbeat: ModbusRef | None = None
     separate_write_connection: bool = False
+    stale_after_ms: float | None = None
 
     def __post_init__(self) -> None:
+        if self.stale_after_ms is not None:
+            _positive("stale_after_ms", self.stale_after_ms)
         if not self.host:
             raise FieldError("host", "must not be empty")
         if not 1 <= self.port <= 65535:
@@ -259,6 +268,9 @@ class ModbusDevice:
 
 @dataclass(frozen=True)
 class OpcUaDevice:
+    """An OPC UA server. ``poll_ms`` is the polling period, or with ``subscribe`` the
+    subscription's publishing and sampling interval. ``stale_after_ms`` as for Modbus."""
+
     name: str
     endpoint: str
     security: OpcUaSecurity = field(default_factory=OpcUaSecurity)
@@ -266,8 +278,11 @@ class OpcUaDevice:
     poll_ms: float = 100.0
     subscribe: bool = True
     heartbeat: OpcUaRef | None = None
+    stale_after_ms: float | None = None
 
     def __post_init__(self) -> None:
+        if self.stale_after_ms is not None:
+            _positive("stale_after_ms", self.stale_after_ms)
         if not self.endpoint.startswith("opc.tcp://"):
             raise FieldError("endpoint", f"must start with opc.tcp://, not {self.endpoint!r}")
         _positive("timeout_ms", self.timeout_ms)
@@ -279,6 +294,26 @@ class OpcUaDevice:
 
 
 Device = ModbusDevice | OpcUaDevice
+
+
+# A sensor's staleness limit when none is written (and its device can meet it).
+DEFAULT_STALE_AFTER_MS = 1000.0
+
+
+def update_period_ms(device: Device) -> float:
+    """How often a healthy ``device`` refreshes its tags' readings in the tag store: its
+    polling period, or for an OPC UA subscription the longer of the publishing interval and
+    the session probe that confirms unchanged values (``OPCUA_CONFIRM_MS``)."""
+    if isinstance(device, OpcUaDevice) and device.subscribe:
+        return max(device.poll_ms, OPCUA_CONFIRM_MS)
+    return device.poll_ms
+
+
+def min_stale_after_ms(device: Device) -> float:
+    """The shortest staleness limit that a healthy ``device`` can meet: a reading is renewed
+    every update period, and a request may take up to ``timeout_ms`` before it is answered
+    (an answer within the timeout is a healthy answer)."""
+    return update_period_ms(device) + device.timeout_ms
 
 
 # --------------------------------------------------------------------------- tags
@@ -741,7 +776,7 @@ class Detection:
     divergence_threshold: float = 1.0
     violation_window_s: float = 10.0
     violation_max: int = 20
-    stale_after_ms: float = 1000.0
+    stale_after_ms: float | None = None
     deadline_misses_max: int = 3
     canary_period_s: float = 60.0
     canary_tolerance: float = 1e-4
@@ -762,8 +797,10 @@ class Detection:
                 if not (math.isfinite(value) and value > 0):
                     raise FieldError(key, f"{name}: must be finite and > 0, not {value}")
         for key in ("divergence_drift", "divergence_threshold", "violation_window_s",
-                    "stale_after_ms", "canary_period_s"):
+                    "canary_period_s"):
             _positive(key, getattr(self, key))
+        if self.stale_after_ms is not None:
+            _positive("stale_after_ms", self.stale_after_ms)
         for key in ("canary_tolerance", "input_range_margin"):
             value = getattr(self, key)
             _finite(key, value)
@@ -933,6 +970,18 @@ class Site:
     @property
     def sensors(self) -> tuple[Tag, ...]:
         return tuple(t for t in self.tags if t.kind is TagKind.SENSOR)
+
+    def stale_after_ms(self, tag: Tag) -> float:
+        """The staleness limit of ``tag``'s readings: its device's ``stale_after_ms`` when
+        set, else ``detection.stale_after_ms`` when set, else the longer of
+        ``DEFAULT_STALE_AFTER_MS`` and what the device can meet
+        (:func:`min_stale_after_ms`). The loader refuses a written limit shorter than that."""
+        device = next(d for d in self.devices if d.name == tag.device)
+        if device.stale_after_ms is not None:
+            return device.stale_after_ms
+        if self.detection.stale_after_ms is not None:
+            return self.detection.stale_after_ms
+        return max(DEFAULT_STALE_AFTER_MS, min_stale_after_ms(device))
 
     def tag(self, name: str) -> Tag:
         for tag in self.tags:

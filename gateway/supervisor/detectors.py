@@ -62,7 +62,8 @@ class _Watch:
 class InputHealth:
     """Sensor readings that are stale, of bad quality, non-finite or outside their declared
     range (widened by ``input_range_margin`` of the range) are replaced by NaN for everything
-    downstream, and each demands SAFE_STOP.
+    downstream, and each demands SAFE_STOP. Stale means older than the sensor's own limit
+    (``Site.stale_after_ms``: its device's, else the site's).
 
     So are, for the sensors named in ``detection.frozen_after_s`` and
     ``detection.max_rate_per_s`` (see :class:`gateway.config.schema.Detection`), readings that
@@ -88,7 +89,10 @@ class InputHealth:
             span = t.range_max - t.range_min
             self.lo.append(t.range_min - margin * span)
             self.hi.append(t.range_max + margin * span)
-        self.stale_s = det.stale_after_ms / 1000.0
+        # Per sensor: a tag is stale when older than its own device allows (the device's
+        # stale_after_ms, else detection.stale_after_ms; the loader refuses a limit shorter
+        # than the device's update period plus its timeout, which a healthy device meets).
+        self.stale_s = [site.stale_after_ms(t) / 1000.0 for t in site.sensors]
         # Readings that arrive within one cycle of each other (poll jitter, a reading seen by
         # two steps) are judged as one cycle apart: measurement noise over a vanishing dt
         # would otherwise look like an impossible rate.
@@ -122,8 +126,9 @@ class InputHealth:
         for i, value in enumerate(sensors):
             if not good[i]:
                 why, name = "bad quality", "input.quality"
-            elif not (age_s[i] <= self.stale_s):
-                why, name = f"stale: {age_s[i]:.3f} s old (limit {self.stale_s} s)", "input.stale"
+            elif not (age_s[i] <= self.stale_s[i]):
+                why, name = (f"stale: {age_s[i]:.3f} s old (limit {self.stale_s[i]} s)",
+                             "input.stale")
             elif not (self.lo[i] <= value <= self.hi[i]):
                 why, name = (
                     f"reading {value} outside its range [{self.lo[i]}, {self.hi[i]}]",

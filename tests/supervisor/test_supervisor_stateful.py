@@ -43,7 +43,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.requests: list[OperatorRequest] = []
         self.steps = 0
         self.ranges = [(t.range_min, t.range_max) for t in self.sup.site.sensors]
-        self.stale_s = self.sup.site.detection.stale_after_ms / 1000.0
+        self.stale_s = [self.sup.site.stale_after_ms(t) / 1000.0 for t in self.sup.site.sensors]
 
     # ---------------------------------------------------------------- inputs to the next step
 
@@ -126,7 +126,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         known = sensors.copy()
         for i in range(len(sensors)):
             lo, hi = self.ranges[i]
-            if not (good[i] and age[i] <= self.stale_s and lo <= sensors[i] <= hi):
+            if not (good[i] and age[i] <= self.stale_s[i] and lo <= sensors[i] <= hi):
                 known[i] = math.nan
         return Snapshot(sensors, good, age), known
 
