@@ -3,6 +3,7 @@ default ports and `run configs/water_tank.yaml`, as two processes, as a user wou
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -12,9 +13,43 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = (5020, 4840, 1502, 4841)  # simulator Modbus/OPC UA, gateway northbound Modbus/OPC UA
+
+
+def _cycles_seen(port: int = 1502) -> int | None:
+    """The gateway's status.heartbeat (input register 1003: +1 every control cycle) read from
+    its northbound Modbus server, or None while it does not answer (starting up)."""
+    from pymodbus.client import ModbusTcpClient
+
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0)
+    try:
+        if not client.connect():
+            return None
+        rr = client.read_input_registers(1003, count=1, device_id=1)
+        return None if rr.isError() else int(rr.registers[0])
+    except OSError:
+        return None
+    finally:
+        client.close()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str,
+              alive: subprocess.Popen[str] | None = None) -> None:
+    """Poll ``condition`` until true; fail after ``timeout_s`` (a deadline, not a fixed
+    wait: a loaded host takes longer to start, a quiet one does not wait for nothing)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"exited with {alive.returncode} while waiting: {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.1)
 
 
 def _free(port: int) -> bool:
@@ -36,15 +71,14 @@ def test_water_tank_site_runs_against_the_water_tank_simulator(tmp_path):
                            text=True)
     gw = None
     try:
-        deadline = time.monotonic() + 30
-        while _free(5020) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_for(lambda: not _free(5020), 60, "the simulator listens", sim)
         stats = tmp_path / "stats.json"
         gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",
                                "configs/water_tank.yaml", "--no-audit", "--stats-json",
                                str(stats)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-        time.sleep(8)  # start-up (the OPC UA server takes a few seconds), then cycles
+        # Start-up (the OPC UA server takes seconds, more on a loaded host), then 50 cycles.
+        _wait_for(lambda: (_cycles_seen() or 0) >= 50, 120, "50 control cycles", gw)
         gw.send_signal(signal.SIGTERM)
         _, err = gw.communicate(timeout=30)
         assert gw.returncode == 0, err
@@ -71,6 +105,20 @@ def test_water_tank_site_runs_against_the_water_tank_simulator(tmp_path):
     assert "Traceback" not in serr
 
 
+def _records(db: Path) -> int:
+    """How many records the audit database holds now (0 before it exists)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=1)) as con:
+            return int(con.execute("SELECT count(*) FROM records").fetchone()[0])
+    except sqlite3.Error:  # created but no table yet, or busy: not yet
+        return 0
+
+
 def test_kill_9_of_the_running_gateway_leaves_a_verifiable_audit_chain(tmp_path):
     # Every cycle audited (sample_every_n: 1), the gateway killed without warning twice: the
     # database holds what was committed, its chain verifies, and the second run continues it.
@@ -88,14 +136,15 @@ def test_kill_9_of_the_running_gateway_leaves_a_verifiable_audit_chain(tmp_path)
                            stderr=subprocess.DEVNULL)
     counts = []
     try:
-        deadline = time.monotonic() + 30
-        while _free(5020) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for _ in range(2):
+        _wait_for(lambda: not _free(5020), 60, "the simulator listens")
+        for run in range(2):
             gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", str(site)],
                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-            time.sleep(7)
+                                  stderr=subprocess.DEVNULL, text=True)
+            # Killed once it has cycled a while (50 cycles more than the run before left).
+            before = counts[-1] if counts else 0
+            _wait_for(lambda b=before: (_cycles_seen() or 0) >= 50 and _records(db) > b + 50,
+                      120, f"run {run + 1} cycling and committing", gw)
             gw.kill()  # SIGKILL: no shutdown, no flush
             gw.wait(timeout=10)
             result = verify(db)
