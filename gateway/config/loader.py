@@ -1011,62 +1011,6 @@ _SECTIONS = ("site", "devices", "tags", "envelope", "controller", "fallback", "d
              "operation", "northbound", "audit")
 
 
-def _check_staleness(ctx: _Ctx, root: _Map, devices: dict[str, s.Device],
-                     tags: dict[str, s.Tag], detection: s.Detection) -> None:
-    """Refuse a staleness limit that a healthy device cannot meet (shorter than its update
-    period plus its timeout): its readings would be judged stale, and the plant sent to
-    SAFE_STOP, while the device answers within the time it is allowed. The error is reported
-    where the limit is written: the device's ``stale_after_ms``, else
-    ``detection.stale_after_ms``. A limit not written defaults to what the device can meet
-    (``Site.stale_after_ms``)."""
-    dev_nodes = root.items.get("devices")
-    det_node = root.items.get("detection")
-    for name, device in devices.items():
-        if not any(t.device == name and t.kind is s.TagKind.SENSOR for t in tags.values()):
-            continue
-        need = s.min_stale_after_ms(device)
-        node = (dev_nodes.value.get(name)
-                if dev_nodes is not None and isinstance(dev_nodes.value, dict) else None)
-        if device.stale_after_ms is not None:
-            limit = device.stale_after_ms
-            line = node.key_lines.get("stale_after_ms", node.line) if node else root.node.line
-            path = f"devices.{name}.stale_after_ms"
-        elif detection.stale_after_ms is not None and det_node is not None:
-            limit = detection.stale_after_ms
-            line, path = det_node.key_lines.get("stale_after_ms", det_node.line), \
-                "detection.stale_after_ms"
-        else:
-            continue  # not written: the default is at least what the device can meet
-        if limit >= need:
-            continue
-        ctx.error(line, path, f"{limit:g} ms is shorter than device {name!r} can meet "
-                  f"({_cadence(device)}): its healthy readings would be judged stale; "
-                  f"at least {need:g} ms (or a shorter timeout_ms / poll_ms)")
-    # A frozen reading is one that stays the same between readings; a device that renews
-    # its readings only every update period (and may answer at its timeout) cannot show a
-    # change sooner than that.
-    frozen = det_node.value.get("frozen_after_s") if (
-        det_node is not None and isinstance(det_node.value, dict)) else None
-    for sensor, seconds in detection.frozen_after_s:
-        tag = tags.get(sensor)
-        owner = devices.get(tag.device) if tag is not None else None
-        if owner is None or seconds * 1000.0 >= s.min_stale_after_ms(owner):
-            continue
-        line = (frozen.key_lines.get(sensor, frozen.line) if frozen is not None
-                else root.node.line)
-        ctx.error(line, f"detection.frozen_after_s.{sensor}",
-                  f"{seconds:g} s is shorter than device {owner.name!r} renews a reading "
-                  f"({_cadence(owner)}): an unchanged reading would be judged frozen; at "
-                  f"least {s.min_stale_after_ms(owner) / 1000.0:g} s")
-
-
-def _cadence(device: s.Device) -> str:
-    mode = ("subscription confirmed every" if isinstance(device, s.OpcUaDevice)
-            and device.subscribe else "polled every")
-    return (f"{mode} {s.update_period_ms(device):g} ms, plus its timeout_ms "
-            f"{device.timeout_ms:g}")
-
-
 def load_config(path: str | Path) -> s.Site:
     """Read and validate the site file at ``path``.
 
@@ -1129,8 +1073,6 @@ def load_config(path: str | Path) -> s.Site:
             "recorder_after_s": lambda m, k: m.opt_float(k),
         })
         result["audit"] = dataclasses.replace(audit, path=base / audit.path)
-    if devices is not None and tags is not None and "detection" in result:
-        _check_staleness(ctx, root, devices, tags, result["detection"])
     for key in root.items:
         if key not in _SECTIONS:
             root.error(key, f"unknown section (expected one of: {', '.join(_SECTIONS)})")

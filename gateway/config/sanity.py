@@ -34,6 +34,7 @@ def sanity(site: s.Site) -> Iterator[tuple[str, str]]:
     yield from _wire_ranges(site)
     yield from _ports(site)
     yield from _allowlist(site)
+    yield from _staleness(site)
 
 
 def _cycle(site: s.Site) -> Iterator[tuple[str, str]]:
@@ -136,3 +137,43 @@ def _allowlist(site: s.Site) -> Iterator[tuple[str, str]]:
                 yield (f"northbound.modbus.{key}[{k}]",
                        f"{text!r} admits every address; name the SCADA and AI hosts or their "
                        f"subnet, or set northbound.modbus.allow_any: true to mean it")
+
+
+def _staleness(site: s.Site) -> Iterator[tuple[str, str]]:
+    """A written staleness limit (or frozen limit) that a healthy device cannot meet: its
+    readings are renewed every update period and it may take up to its ``timeout_ms`` to
+    answer, so a shorter limit judges its healthy readings stale (or frozen) and sends the
+    plant to SAFE_STOP while the device answers within the time it is allowed. Reported where
+    the limit is written: the device's ``stale_after_ms``, else ``detection.stale_after_ms``
+    (a limit not written defaults to what the device can meet: ``Site.stale_after_ms``)."""
+    sensing = {t.device for t in site.sensors}
+    for device in site.devices:
+        if device.name not in sensing:
+            continue
+        need = s.min_stale_after_ms(device)
+        if device.stale_after_ms is not None:
+            limit, path = device.stale_after_ms, f"devices.{device.name}.stale_after_ms"
+        elif site.detection.stale_after_ms is not None:
+            limit, path = site.detection.stale_after_ms, "detection.stale_after_ms"
+        else:
+            continue
+        if limit < need:
+            yield (path, f"{limit:g} ms is shorter than device {device.name!r} can meet "
+                         f"({_cadence(device)}): its healthy readings would be judged stale; "
+                         f"at least {need:g} ms (or a shorter timeout_ms / poll_ms)")
+    devices = {d.name: d for d in site.devices}
+    for sensor, seconds in site.detection.frozen_after_s:
+        owner = devices.get(site.tag(sensor).device)
+        if owner is None or seconds * 1000.0 >= s.min_stale_after_ms(owner):
+            continue
+        yield (f"detection.frozen_after_s.{sensor}",
+               f"{seconds:g} s is shorter than device {owner.name!r} renews a reading "
+               f"({_cadence(owner)}): an unchanged reading would be judged frozen; at least "
+               f"{s.min_stale_after_ms(owner) / 1000.0:g} s")
+
+
+def _cadence(device: s.Device) -> str:
+    mode = ("subscription confirmed every" if isinstance(device, s.OpcUaDevice)
+            and device.subscribe else "polled every")
+    return (f"{mode} {s.update_period_ms(device):g} ms, plus its timeout_ms "
+            f"{device.timeout_ms:g}")
