@@ -2,8 +2,8 @@
 
 Drills run on a virtual clock, but their device requests, inference and the gateway's waits
 for a device's answer are real and take wall time: on a busy host a write that takes longer
-than a control cycle must not be abandoned half-way (which desynchronised the Modbus
-connection and tripped the plant), nor a slow but timely reading be judged stale.
+than a control cycle must finish in its own time (it is never cut short), and a slow but
+timely answer must not become a trip.
 """
 
 from __future__ import annotations
