@@ -47,7 +47,7 @@ def _unsafe_writes(site: gateway.config.Site, server: PlantServer) -> tuple[int,
     PLC held, against the sensors it was publishing, with the time since its previous write
     plus one cycle for the rate limits (the issue's statement of them)."""
     env = gateway.envelope.compile(site, "python")
-    gate = Gate(env, np.array([t.safe_value for t in site.actuators], dtype=np.float64))
+    gate = Gate(env)
     names = [t.name for t in site.actuators]
     index = {n: i for i, n in enumerate(names)}
     sensors = [t.name for t in site.sensors]
