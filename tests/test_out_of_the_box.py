@@ -135,6 +135,7 @@ def test_kill_9_of_the_running_gateway_leaves_a_verifiable_audit_chain(tmp_path)
                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     counts = []
+    gw = None
     try:
         _wait_for(lambda: not _free(5020), 60, "the simulator listens")
         for run in range(2):
@@ -151,6 +152,9 @@ def test_kill_9_of_the_running_gateway_leaves_a_verifiable_audit_chain(tmp_path)
             assert result.ok, result.message
             counts.append(result.records)
     finally:
+        if gw is not None and gw.poll() is None:  # a failed wait must not leave it running
+            gw.kill()
+            gw.wait(timeout=10)
         sim.send_signal(signal.SIGTERM)
         sim.wait(timeout=30)
     assert counts[0] > 20  # decisions were committed while it ran
