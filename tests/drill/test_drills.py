@@ -143,3 +143,29 @@ def test_invalid_scenario_file_is_named_with_its_line(tmp_path):
     result = _drill(str(path), timeout=60)
     assert result.returncode == 2
     assert f"{path}:2: site: no such site file" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sensor_freeze_water_tank", "--duration-s", "45"],
+     "--duration-s: duration 45 s: scenario 'sensor_freeze_water_tank' needs more than 60 s"),
+    (["ai_silent_boiler", "--duration-s", "nan"], "must be a finite number of seconds > 0"),
+    (["ai_silent_boiler", "no_such_drill"], "no scenario 'no_such_drill'"),
+])
+def test_bad_duration_or_scenario_list_exits_2(args, message):
+    result = _drill(*args, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_several_scenarios_run_in_one_call_with_a_duration(tmp_path):
+    # Two scenarios, each longer than its file says: one table, one scorecard each, and the
+    # freeze is still in force at the end (never lifted), the trip's safe state held.
+    result = _drill("sensor_freeze_water_tank", "clean_water_tank", "--duration-s", "70",
+                    "--json", "--jobs", "2", timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    cards = {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
+    assert set(cards) == {"sensor_freeze_water_tank", "clean_water_tank"}
+    assert all(c["duration_s"] == 70.0 for c in cards.values())
+    assert cards["sensor_freeze_water_tank"]["detected"]
+    assert "baseline" not in cards["sensor_freeze_water_tank"]
