@@ -320,7 +320,9 @@ def test_boiler_loads():
     assert second.value == 30.0
     assert site.northbound.opcua is None
     # the section sets only the divergence settings; everything else is the defaults
-    assert site.detection == s.Detection(divergence_drift=0.15, divergence_threshold=20.0)
+    assert site.detection == s.Detection(
+        divergence_drift=0.15, divergence_threshold=20.0,
+        frozen_after_s=(("pressure", 5.0), ("temperature", 5.0)))
 
 
 def test_ge_constraint_is_stored_negated(tmp_path: Path):
