@@ -1,10 +1,12 @@
 """Every drill scenario, run for real: simulator, gateway and AI over loopback sockets.
 
-One ``safety-gateway drill --all --json`` run (both cores) gives every scenario's scorecard;
-each scenario then asserts its own: no unsafe write reached the plant (the plant's own record),
-detected within its budget, no false trip in the clean period, the process kept in its safe
-range. The baselines (the same attacks with the AI wired straight to the plant) must show the
-harm: the process leaves its safe range and unsafe writes reach the plant.
+One ``safety-gateway drill ... --json`` run (both cores) gives every scenario's scorecard but
+those of the long drills' scenarios, whose long runs (conftest.py: the same seed and timeline,
+24 minutes longer) give theirs; each scenario then asserts its own: no unsafe write reached the
+plant (the plant's own record), detected within its budget, no false trip in the clean period,
+the process kept in its safe range. The baselines (the same attacks with the AI wired straight
+to the plant) must show the harm: the process leaves its safe range and unsafe writes reach the
+plant.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import pytest
 
 from simulators.drill.cli import drills_dir
 from simulators.drill.scenario import load_scenario
+from tests.drill.conftest import LONG
 
 SCENARIOS = sorted(drills_dir().glob("*.yaml"))
+SHORT = [p for p in SCENARIOS if p.stem not in LONG]
 ATTACKS = [p for p in SCENARIOS if load_scenario(p).baseline_s is not None]
 
 
@@ -28,12 +32,13 @@ def _drill(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def all_cards() -> dict[str, dict]:
-    result = _drill("--all", "--json", "--jobs", "2")
+def all_cards(long_cards: dict[str, dict]) -> dict[str, dict]:
+    result = _drill(*(p.stem for p in SHORT), "--json", "--jobs", "2")
     assert result.returncode in (0, 1), result.stderr
     cards = {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
     assert "Traceback" not in result.stderr
-    return cards
+    assert not set(cards) & set(long_cards)
+    return {**cards, **long_cards}
 
 
 @pytest.fixture(scope="module")
