@@ -93,23 +93,23 @@ def test_the_scorecard_fails_the_drill_and_says_why():
 
 
 def test_a_move_is_protective_as_the_gateway_saw_the_sensors():
-    # The level is frozen and the gateway distrusts it (unknown): its safe state is then the
-    # one that satisfies every interlock on the level, pump off, and the move 30 % -> 0 in one
-    # cycle is protective (never rate limited). pump_dry_run cannot be evaluated on an unknown
-    # level; the true level (2.5 m) judges it, and it holds. Not an unsafe write.
+    # The level (0.5 m) is frozen and the gateway distrusts it (unknown): its safe state then
+    # closes the inflow (an unknown level must not overflow), and the move 30 % -> 0 in one
+    # cycle is protective (never rate limited). Not an unsafe write.
     from simulators.drill.runner import Tick
 
     n = 700
-    run = _run("sensor_freeze_water_tank", [2.5] * n, [2.5] * n,
+    run = _run("sensor_freeze_water_tank", [0.5] * n, [0.5] * n,
                [(65.0, "inflow_valve", 0.0), (65.0, "outflow_pump", 0.0),
                 (65.0, "drain_valve", 0.0)])
-    run.initial_actuators = {"inflow_valve": 0.0, "outflow_pump": 30.0, "drain_valve": 0.0}
+    run.initial_actuators = {"inflow_valve": 30.0, "outflow_pump": 0.0, "drain_valve": 0.0}
     tick = Tick(65.0, "safe_stop", "safe", (math.nan,) * 3, (0.0, 0.0, 0.0), ("level",))
     run.ticks.append(tick)
     assert judge_writes(run).unsafe == 0
-    # Had the gateway trusted the reading (2.5 m), its safe state would keep the pump at
-    # 20 %, and 30 -> 0 in 0.1 s breaks the pump's rate limit (25 %/s).
+    # Had the gateway trusted the reading, its safe state at 0.5 m would refill at 10 %
+    # (configs/water_tank.yaml), and 30 -> 0 in 0.1 s overshoots it: a move past the safe
+    # state breaks the inflow's rate (20 %/s) and step (10 %) limits.
     run.ticks.clear()
     judged = judge_writes(run)
     assert judged.unsafe == 3
-    assert dict(judged.by_constraint) == {"outflow_pump.rate": 3}
+    assert dict(judged.by_constraint) == {"inflow_valve.rate": 3, "inflow_valve.step": 3}
