@@ -83,8 +83,10 @@ def test_json_summary_of_a_valid_file(capsys):
     actuators = {a["name"]: a for a in report["actuators"]}
     assert list(actuators) == ["inflow_valve", "outflow_pump", "drain_valve"]
     for name, unit, low, high, safe in [
-        ("inflow_valve", "%", 0.0, 100.0, 0.0),
-        ("outflow_pump", "%", 0.0, 100.0, 20.0),
+        # A conditional safe value shows its table's last row, the default (10 % open when the
+        # level is known at or under 0.8 m; closed above it or unknown).
+        ("inflow_valve", "%", 0.0, 100.0, 10.0),
+        ("outflow_pump", "%", 0.0, 100.0, 0.0),
         ("drain_valve", "open", 0.0, 1.0, 0.0),
     ]:
         entry = actuators[name]

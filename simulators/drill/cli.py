@@ -1,9 +1,11 @@
-"""``safety-gateway drill [SCENARIO] [--all] [--no-gateway] [--report DIR] [--json] [--seed N]``.
+"""``safety-gateway drill [SCENARIO ...] [--all] [--no-gateway] [--report DIR] [--json] [--seed N]
+[--duration-s S] [--jobs N]``.
 
 Exit codes: 0 every drill passed; 1 a drill failed (an unsafe write reached the plant, an
-attack was not detected within its budget, a false trip, or the run itself broke); 2 bad input
-(unknown scenario, invalid scenario file). A baseline run (``--no-gateway``) has no pass or fail
-of its own: it shows what happens without the gateway, and exits 0 once it ran.
+attack was not detected within its budget, a false trip, the process left its safe range, or
+the run itself broke); 2 bad input (unknown scenario, invalid scenario file, a duration too short
+for a scenario). A baseline run (``--no-gateway``) has no pass or fail of its own: it shows what
+happens without the gateway, and exits 0 once it ran.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def find_scenario(name: str) -> Path | None:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("drill", help="run incident drills against simulated plants")
-    p.add_argument("scenario", nargs="?", default=None,
-                   help=f"scenario name in configs/drills/ or a path (default "
-                        f"{DEFAULT_SCENARIO}: a backdoored model on the water tank)")
+    p.add_argument("scenario", nargs="*", default=[],
+                   help=f"scenario names in configs/drills/ or paths (default "
+                        f"{DEFAULT_SCENARIO}: a backdoored model on the water tank); several "
+                        "run in parallel (--jobs) and print one table")
     p.add_argument("--all", action="store_true", help="run every scenario, print one table")
     p.add_argument("--no-gateway", action="store_true",
                    help="baseline: wire the AI straight to the plant (shows the harm)")
@@ -57,14 +60,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--report", metavar="DIR", help="write scorecards (Markdown, JSON) and plots")
     p.add_argument("--json", action="store_true", help="print the scorecards as JSON")
     p.add_argument("--seed", type=int, default=None, help="override the scenarios' seeds")
+    p.add_argument("--duration-s", type=float, default=None, metavar="S",
+                   help="run each scenario for S simulated seconds instead of its own "
+                        "duration (a long drill: faults that are never lifted stay in force, "
+                        "and the process must stay in its safe range to the end)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="scenarios run in parallel with --all (default: up to 2)")
+                   help="scenarios run in parallel with --all or several scenarios "
+                        "(default: up to 2)")
     p.set_defaults(func=cmd_drill)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError
-    from simulators.drill.scenario import load_scenario
+    from simulators.drill.scenario import load_scenario, with_duration
 
     if args.all and args.scenario:
         print("safety-gateway drill: give a scenario or --all, not both", file=sys.stderr)
@@ -82,29 +90,36 @@ def cmd_drill(args: argparse.Namespace) -> int:
             # nothing to show without the gateway.
             paths = [p for p in paths if _has_baseline(p)]
     else:
-        name = args.scenario or DEFAULT_SCENARIO
-        found = find_scenario(name)
-        if found is None:
-            known = ", ".join(sorted(p.stem for p in drills_dir().glob("*.yaml")))
-            print(f"safety-gateway drill: no scenario {name!r} (known: {known})",
-                  file=sys.stderr)
-            return 2
-        paths = [found]
+        paths = []
+        for name in args.scenario or [DEFAULT_SCENARIO]:
+            found = find_scenario(name)
+            if found is None:
+                known = ", ".join(sorted(p.stem for p in drills_dir().glob("*.yaml")))
+                print(f"safety-gateway drill: no scenario {name!r} (known: {known})",
+                      file=sys.stderr)
+                return 2
+            paths.append(found)
     errors = []
     for path in paths:
         try:
-            load_scenario(path)
+            scenario = load_scenario(path)
+            if args.duration_s is not None:
+                with_duration(scenario, args.duration_s)
         except ConfigError as exc:
             errors.append(str(exc))
+        except ValueError as exc:
+            errors.append(f"safety-gateway drill: --duration-s: {exc}")
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 2
     report = Path(args.report) if args.report else None
     # Baselines are run beside the gateway runs of attack drills, so that every scorecard
     # can say what the gateway prevented; --no-gateway runs the baseline alone.
-    baseline = args.baselines or not args.all
-    jobs = [(str(p), not args.no_gateway, report, args.seed, baseline) for p in paths]
-    if args.all and args.jobs > 1 and len(jobs) > 1:
+    several = args.all or len(paths) > 1
+    baseline = args.baselines or not several
+    jobs = [(str(p), not args.no_gateway, report, args.seed, baseline, args.duration_s)
+            for p in paths]
+    if args.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             results = list(pool.map(_job, jobs))
     else:
@@ -118,7 +133,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
                 entry["baseline"] = base.as_json()
             out.append(entry)
         print(json.dumps({"scenarios": out}, indent=2))
-    elif args.all:
+    elif several:
         from simulators.drill.report import format_table
 
         print(format_table(cards))
@@ -142,17 +157,19 @@ def _has_baseline(path: Path) -> bool:
         return True  # reported as bad input below
 
 
-def _job(job: tuple[str, bool, Path | None, int | None, bool]
+def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
          ) -> tuple[list[Scorecard], tuple[Scorecard, Scorecard | None], str]:
     """Run one scenario (and its baseline); in a worker process with --all."""
     from simulators.drill.report import scorecard_text, write_report
     from simulators.drill.runner import run_drill
-    from simulators.drill.scenario import load_scenario
+    from simulators.drill.scenario import load_scenario, with_duration
     from simulators.drill.score import score
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
-    path, with_gateway, report, seed, with_baseline = job
+    path, with_gateway, report, seed, with_baseline, duration_s = job
     scenario = load_scenario(path)
+    if duration_s is not None:
+        scenario = with_duration(scenario, duration_s)
     with tempfile.TemporaryDirectory(prefix="drill-") as tmp:
         work = Path(tmp)
         runs = []

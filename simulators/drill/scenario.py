@@ -8,7 +8,8 @@ site errors: ``file:line: key.path: message``, all of them at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-__all__ = ["ControllerMode", "Injection", "InjectionKind", "Scenario", "load_scenario"]
+__all__ = ["ControllerMode", "Injection", "InjectionKind", "Scenario", "load_scenario",
+           "with_duration"]
 
 PLANTS = ("water_tank", "boiler")
 MODELS = ("nominal", "hijack", "backdoor", "drift", "stealthy", "oscillation", "swapped")
@@ -108,6 +110,22 @@ _NEEDS = {
     InjectionKind.SENSOR_SPOOF: ("tag", "value"),
     InjectionKind.PLC_DISCONNECT: ("duration_s",),
 }
+
+
+def with_duration(scenario: Scenario, duration_s: float) -> Scenario:
+    """``scenario`` run for ``duration_s`` simulated seconds instead of its own ``duration_s``
+    (a long drill: the injections keep their times and durations, so a fault that is never
+    lifted, a frozen sensor or a silent AI, is held to the end, and a trip's response holds as
+    long). Raises ``ValueError`` unless ``duration_s`` is finite and later than every injection
+    and than ``auto_after_s``."""
+    if not (isinstance(duration_s, float | int) and math.isfinite(duration_s)
+            and duration_s > 0):
+        raise ValueError(f"duration must be a finite number of seconds > 0, not {duration_s!r}")
+    last = max((i.at_s for i in scenario.injections), default=scenario.auto_after_s)
+    if not duration_s > max(last, scenario.auto_after_s):
+        raise ValueError(f"duration {duration_s:g} s: scenario {scenario.name!r} needs more than "
+                         f"{max(last, scenario.auto_after_s):g} s (its last injection, or AUTO)")
+    return replace(scenario, duration_s=float(duration_s))
 
 
 def load_scenario(path: str | Path) -> Scenario:

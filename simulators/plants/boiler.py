@@ -9,7 +9,7 @@ explicit Euler steps of at most :data:`SUBSTEP_S`::
                 - 1.04 kW/K * (T - 20)                        losses to the 20 degC room
                 - 2600 kJ/kg * (load + vented)                steam leaving (latent heat plus
                                                               reheating its make-up water)
-    dp/dt     = (p_sat(T) - p) / 2 s
+    dp/dt     = (p_sat(T) - p) / 2 s,   p never below 1.01325 bar (the vacuum breaker)
     vented    = 0.0625 kg/(s bar) * relief/100 * sqrt(p * (p - 1.01325))   (0 below 1 atm)
 
 ``C`` is 1800 kJ/K; ``p_sat`` is the saturation line of IAPWS-IF97 (region 4), so the pressure
@@ -17,6 +17,14 @@ is a steep, nonlinear function of temperature (0.19 bar/K at 8 bar, 0.33 bar/K a
 ``load`` is the process's steam draw (kg/s): a smooth, bounded, seeded disturbance around
 0.02 kg/s (always within ``[0.01, 0.03]`` unless forced), delivered only while there is
 pressure to push it (full above 2 bar absolute).
+
+The vessel has a **vacuum breaker**, as every steam boiler that is not rated for full vacuum
+must: once the steam in a cooling boiler condenses below 100 degC its saturation pressure falls
+under the atmosphere's, and the breaker admits air so that the vessel stays at atmospheric
+pressure instead of collapsing (the automatic air vent lets the air out again as steam forms on
+reheating, so the pressure follows ``p_sat`` again once it exceeds 1 atm). Without it, every
+shutdown, the textbook safe state of a boiler (heat off, vent open), would pull a vacuum within
+minutes and count as leaving the safe range.
 
 Behaviour this gives (checked by the tests): at the nominal point (8 bar, 170.4 degC, heater
 about 33.3 %) the boiler is at rest; heater at 100 % with the relief valve closed passes 16 bar
@@ -152,8 +160,9 @@ BOILER_TAGS: Final[tuple[PlantTag, ...]] = (
 )
 
 BOILER_LIMITS: Final[tuple[ProcessLimit, ...]] = (
-    # Below 1 bar absolute the vessel is under vacuum and delivers no steam; 16 bar is the
-    # design pressure, above which it may rupture.
+    # Below 1 bar absolute the vessel would be under vacuum and delivers no steam (the vacuum
+    # breaker keeps it at 1.01325 bar; falling below 1 bar means the model or the breaker
+    # failed); 16 bar is the design pressure, above which it may rupture.
     ProcessLimit("pressure", nominal=NOMINAL_PRESSURE_BAR, safe_min=1.0, safe_max=15.0,
                  danger_min=0.0, danger_max=16.0),
 )
@@ -223,7 +232,9 @@ class Boiler:
             steam = steam_load_delivered_kg_s(self.load_kg_s(), p) + vented_kg_s(self._relief, p)
             power = heat_kw - LOSS_KW_PER_K * (t - AMBIENT_C) - STEAM_KJ_PER_KG * steam
             self._temperature = t + h * power / HEAT_CAPACITY_KJ_PER_K
-            self._pressure = p + h * (saturation_pressure_bar(t) - p) / PRESSURE_LAG_S
+            # The vacuum breaker holds the vessel at atmospheric pressure at least.
+            self._pressure = max(p + h * (saturation_pressure_bar(t) - p) / PRESSURE_LAG_S,
+                                 ATMOSPHERE_BAR)
             self._load_ou = self._load_ou * decay + kick * float(kicks[k])
             self._time_s += h
         self._uptime_s += dt_s

@@ -205,8 +205,12 @@ def test_water_tank_loads():
     assert (level.range_min, level.range_max) == (0.0, 5.0)
     assert site.tag("inflow_rate").scale == 0.001
     pump = site.tag("outflow_pump")
-    assert pump.safe_value == 20.0
+    assert pump.safe_value == 0.0
     assert pump.on_shutdown is s.ShutdownAction.HOLD
+    # The inflow's SAFE_STOP is a table: closed above 0.8 m or unknown, else 10 % (the default).
+    assert site.tag("inflow_valve").safe_value == 10.0
+    (refill,) = site.envelope.safe_cases
+    assert (refill.actuator, refill.when, refill.value) == ("inflow_valve", "level > 0.8", 0.0)
     drain = site.tag("drain_valve")
     assert drain.wire_type is s.WireType.BOOL  # the default on a coil
     assert drain.unit == "open"
@@ -320,7 +324,9 @@ def test_boiler_loads():
     assert second.value == 30.0
     assert site.northbound.opcua is None
     # the section sets only the divergence settings; everything else is the defaults
-    assert site.detection == s.Detection(divergence_drift=0.15, divergence_threshold=20.0)
+    assert site.detection == s.Detection(
+        divergence_drift=0.15, divergence_threshold=20.0,
+        frozen_after_s=(("pressure", 5.0), ("temperature", 5.0)))
 
 
 def test_ge_constraint_is_stored_negated(tmp_path: Path):

@@ -17,7 +17,7 @@ from gateway.envelope.proof import prove_safe_state
 from tests.config.test_loader import assert_issue, edit, issues_of, line_of, write
 
 TANK = (Path(__file__).resolve().parents[2] / "configs" / "water_tank.yaml").read_text()
-PUMP_SAFE = "    safe_value: 20.0    # keep a minimum draw for the consumers downstream\n"
+PUMP_SAFE = "    safe_value: 0.0\n"  # outflow_pump's (the only plain 0.0 in the file)
 
 
 def test_shipped_sites_are_proven_by_check():
@@ -39,7 +39,8 @@ def test_a_conditional_safe_value_loads_and_the_engines_follow_it(tmp_path: Path
       - {value: 20}                         # otherwise a minimum draw downstream
 """)
     site = load_config(write(tmp_path, text))
-    assert [(c.actuator, c.when, c.value) for c in site.envelope.safe_cases] == [
+    assert [(c.actuator, c.when, c.value) for c in site.envelope.safe_cases
+            if c.actuator == "outflow_pump"] == [
         ("outflow_pump", "level < 1.0", 0.0), ("outflow_pump", "level < 2.0", 10.0)]
     pump = next(t for t in site.actuators if t.name == "outflow_pump")
     assert pump.safe_value == 20.0
@@ -96,12 +97,13 @@ def test_check_refuses_interlocks_that_leave_an_actuator_no_value(tmp_path: Path
 
 
 def test_check_refuses_an_interlock_bound_the_wire_cannot_carry(tmp_path: Path):
-    # The interlock's bound replaces the plain safe value (20 %) under 0.3 m; 12.345 % is not
+    # The interlock's bound replaces a plain safe value of 20 % under 0.3 m; 12.345 % is not
     # a multiple of the register's 0.01 % resolution.
     text = edit(TANK, '''      then: ["outflow_pump <= 0", "drain_valve <= 0"]''',
                 '''      then: ["outflow_pump <= 12.345", "drain_valve <= 0"]''')
+    text = edit(text, PUMP_SAFE, "    safe_value: 20.0\n")
     path = write(tmp_path, text)
-    assert_issue(path, issues_of(path), line_of(text, PUMP_SAFE.strip()),
+    assert_issue(path, issues_of(path), line_of(text, "safe_value: 20.0"),
                  "tags.outflow_pump.safe_value", "cannot be represented")
 
 

@@ -18,8 +18,10 @@ TANK = (Path(__file__).resolve().parents[2] / "configs" / "water_tank.yaml").rea
     ("cycle_ms: 100", "cycle_ms: 60000", "cycle_ms: 60000", "site.cycle_ms", "not 60000"),
     ("    step_s: 1.0", "    step_s: 1.0e-300", "step_s: 1.0e-300", "envelope.prediction.step_s",
      "shorter than the cycle"),
-    ("    scale: 0.01         # raw 0..10000 -> 0..100 %", "    scale: 1.0e-300",
-     "scale: 1.0e-300", "tags.inflow_valve.scale", "cannot hold the limits [0, 100]"),
+    # The pump's scale: the inflow's safe-value table (10 % as its default row) cannot be
+    # encoded at this scale either, and that refusal would come first.
+    ("    scale: 0.01\n", "    scale: 1.0e-300\n",
+     "scale: 1.0e-300", "tags.outflow_pump.scale", "cannot hold the limits [0, 100]"),
     ("port: 1502,", "port: 5020,", "port: 5020,", "northbound.modbus.port",
      "devices.plc's own address"),
     ("allow: [127.0.0.1]}", "allow: [0.0.0.0/0]}", "allow: [0.0.0.0/0]",

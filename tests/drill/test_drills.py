@@ -1,10 +1,12 @@
 """Every drill scenario, run for real: simulator, gateway and AI over loopback sockets.
 
-One ``safety-gateway drill --all --json`` run (both cores) gives every scenario's scorecard;
-each scenario then asserts its own: no unsafe write reached the plant (the plant's own record),
-detected within its budget, no false trip in the clean period, the process kept in its safe
-range. The baselines (the same attacks with the AI wired straight to the plant) must show the
-harm: the process leaves its safe range and unsafe writes reach the plant.
+One ``safety-gateway drill ... --json`` run (both cores) gives every scenario's scorecard but
+those of the long drills' scenarios, whose long runs (conftest.py: the same seed and timeline,
+24 minutes longer) give theirs; each scenario then asserts its own: no unsafe write reached the
+plant (the plant's own record), detected within its budget, no false trip in the clean period,
+the process kept in its safe range. The baselines (the same attacks with the AI wired straight
+to the plant) must show the harm: the process leaves its safe range and unsafe writes reach the
+plant.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import pytest
 
 from simulators.drill.cli import drills_dir
 from simulators.drill.scenario import load_scenario
+from tests.drill.conftest import LONG
 
 SCENARIOS = sorted(drills_dir().glob("*.yaml"))
+SHORT = [p for p in SCENARIOS if p.stem not in LONG]
 ATTACKS = [p for p in SCENARIOS if load_scenario(p).baseline_s is not None]
 
 
@@ -28,12 +32,13 @@ def _drill(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def all_cards() -> dict[str, dict]:
-    result = _drill("--all", "--json", "--jobs", "2")
+def all_cards(long_cards: dict[str, dict]) -> dict[str, dict]:
+    result = _drill(*(p.stem for p in SHORT), "--json", "--jobs", "2")
     assert result.returncode in (0, 1), result.stderr
     cards = {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
     assert "Traceback" not in result.stderr
-    return cards
+    assert not set(cards) & set(long_cards)
+    return {**cards, **long_cards}
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +148,29 @@ def test_invalid_scenario_file_is_named_with_its_line(tmp_path):
     result = _drill(str(path), timeout=60)
     assert result.returncode == 2
     assert f"{path}:2: site: no such site file" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sensor_freeze_water_tank", "--duration-s", "45"],
+     "--duration-s: duration 45 s: scenario 'sensor_freeze_water_tank' needs more than 60 s"),
+    (["ai_silent_boiler", "--duration-s", "nan"], "must be a finite number of seconds > 0"),
+    (["ai_silent_boiler", "no_such_drill"], "no scenario 'no_such_drill'"),
+])
+def test_bad_duration_or_scenario_list_exits_2(args, message):
+    result = _drill(*args, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_several_scenarios_run_in_one_call_with_a_duration(tmp_path):
+    # Two scenarios, each longer than its file says: one table, one scorecard each, and the
+    # freeze is still in force at the end (never lifted), the trip's safe state held.
+    result = _drill("sensor_freeze_water_tank", "clean_water_tank", "--duration-s", "70",
+                    "--json", "--jobs", "2", timeout=300)
+    assert result.returncode in (0, 1), result.stderr
+    cards = {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
+    assert set(cards) == {"sensor_freeze_water_tank", "clean_water_tank"}
+    assert all(c["duration_s"] == 70.0 for c in cards.values())
+    assert cards["sensor_freeze_water_tank"]["detected"]
+    assert "baseline" not in cards["sensor_freeze_water_tank"]

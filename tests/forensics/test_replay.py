@@ -88,7 +88,11 @@ class Tank:
         self.level_m = min(max(self.level_m + rate * dt_s, 0.0), 5.0)
 
     def snapshot(self, now_s: float, inflow: float) -> Snapshot:
-        return Snapshot(np.array([self.level_m, 0.0005 * inflow, self.demand, now_s]),
+        # The transmitter's reading moves a little even when the level does not, as a live
+        # one does (the site trips on a reading frozen for 5 s; in SAFE_STOP the tank's inflow
+        # and pump are both off and the level stands still).
+        reading = self.level_m + 0.0005 * math.sin(7.3 * now_s)
+        return Snapshot(np.array([reading, 0.0005 * inflow, self.demand, now_s]),
                         np.array([True, True, True, True]), np.full(4, 0.05))
 
 

@@ -93,7 +93,7 @@ def test_operator_setpoint_in_manual_is_written_through():
         assert len(device.writes) == 1
         (first,) = device.writes
         assert set(first) == {"outflow_pump"}
-        assert 20.0 < first["outflow_pump"] <= 45.0  # a first step from the safe 20 %
+        assert 0.0 < first["outflow_pump"] <= 45.0  # a first step from the safe state (off)
     asyncio.run(body())
 
 

@@ -341,6 +341,25 @@ def test_heater_off_cools_slowly() -> None:
     assert 2.0 < idle.process()["pressure"] < 3.0
 
 
+def test_a_shut_down_boiler_cools_to_atmospheric_pressure_not_below() -> None:
+    """Heat off and the relief valve open (the safe state) for 30 minutes: the boiler vents
+    down to the atmosphere and keeps cooling below 100 degC, and the vacuum breaker holds the
+    pressure at 1 atm (without it: under 1 bar after about 300 s)."""
+    boiler = Boiler(seed=3, heater=0.0, relief_valve=100.0)
+    lowest = math.inf
+    for _ in range(1800):
+        boiler.step(1.0)
+        lowest = min(lowest, boiler.process()["pressure"])
+    assert boiler.process()["temperature"] < 90.0  # the steam has long condensed
+    assert lowest == pytest.approx(1.01325)
+    # Heating again: the pressure follows the saturation line up from the atmosphere.
+    boiler.set_actuator("heater", 100.0)
+    boiler.set_actuator("relief_valve", 0.0)
+    for _ in range(600):
+        boiler.step(1.0)
+    assert boiler.process()["pressure"] > 2.0
+
+
 def test_burner_stages_add_heat() -> None:
     base, staged = Boiler(), Boiler(burner_stage=2)
     for plant in (base, staged):
