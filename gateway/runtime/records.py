@@ -153,11 +153,38 @@ class Records:
 
     # ------------------------------------------------------------------ plumbing
 
-    def shutdown(self, left: dict[str, tuple[str, float]]) -> None:
+    def shutdown(self, left: dict[str, tuple[str, float]], cause: str | None,
+                 state: dict[str, Any]) -> None:
         """What each actuator was left at when the gateway stopped: ``name -> (policy,
-        value)``; the policy is ``safe`` (the safe value was written) or ``hold``."""
+        value)``; the policy is ``safe`` (the safe value was written) or ``hold``. ``cause``
+        names what stopped it (a signal's name, or None), ``state`` is the safety state it
+        leaves for the next start (:class:`gateway.runtime.durable.SafetyState`). The last
+        record of a clean run."""
         self._append("shutdown", {"actuators": {name: {"policy": policy, "value": value}
-                                                for name, (policy, value) in left.items()}})
+                                                for name, (policy, value) in left.items()},
+                                  "signal": cause, "state": state})
+
+    # ------------------------------------------------------------------ restarts
+
+    def state(self, state: dict[str, Any]) -> None:
+        """The safety state changed (mode, latch, bypasses, quarantine, open incidents):
+        recorded, and sent to the audit writer at once rather than at the end of the cycle,
+        so that it reaches the disk even if the gateway dies right after."""
+        self._append("state", {"state": state})
+        if self.audit is not None:
+            self.audit.idle()
+
+    def unclean_end(self, window: dict[str, Any]) -> None:
+        """The previous run ended without its shutdown record; ``window`` says which
+        records may be missing (``gateway.runtime.durable.Previous.unclean_window``)."""
+        self._append("unclean_end", window)
+
+    def run_start(self, info: dict[str, Any]) -> None:
+        """This run started: what it restored from the chain (``restored``), the state it
+        starts with (``state``) and how the previous run ended (``previous``)."""
+        self._append("start", info)
+        if self.audit is not None:
+            self.audit.idle()
 
     def idle(self) -> None:
         """The cycle is over: the audit writer may do its batch while the loop sleeps."""
