@@ -55,6 +55,7 @@ from gateway.runtime.durable import (
 )
 from gateway.runtime.external import ExternalCommands
 from gateway.runtime.records import Records
+from gateway.runtime.refusals import RefusalLog
 from gateway.runtime.schedule import CycleSchedule
 from gateway.runtime.wire import WireGate
 from gateway.supervisor.core import Supervisor
@@ -246,6 +247,9 @@ class Gateway(NorthboundHandler):
         for i, tag in enumerate(self.actuators):
             self.by_device.setdefault(tag.device, []).append(i)
         self.external = ExternalCommands(self.names)
+        # Refused writes, aggregated into at most one audit record per second per client and
+        # reason (records is replaced when the audit log opens: looked up at emit time).
+        self.refusals = RefusalLog(lambda payload: self.records.refused_writes(payload))
         self.policy: OnnxPolicy | None = None
         self.wiring: AiWiring | None = None
         self.faults = FaultLog()
@@ -660,6 +664,7 @@ class Gateway(NorthboundHandler):
             self.incidents.close()
         if self.notifier is not None:
             await self.notifier.aclose()
+        self.refusals.flush()
         if left is not None:
             # Last, after the incidents' own records: a chain whose last run ends without
             # this record ended uncleanly (see gateway.runtime.durable).
@@ -721,6 +726,7 @@ class Gateway(NorthboundHandler):
         self._incident_actions(decision)
         if decision.events:  # only events change the safety state
             self._note_state()
+        self.refusals.tick(now)
         written = wire.admit(decision.command, self.applied, decision.sensors, decision.dt_s)
         if any(written.safe) or any(written.adjusted):
             self.records.write(written.values)
@@ -879,11 +885,22 @@ class Gateway(NorthboundHandler):
             for name in group:
                 outcomes[name] = outcome
         refused = [(name, o) for name, o in outcomes.items() if not o.accepted]
-        if client.role is not Role.AI:  # an AI's proposals are in the decisions' records
+        if atomic and refused:  # none of an atomic write is applied: all of it is refused
+            outcomes = dict.fromkeys(values, refused[0][1])
+            refused = [(name, refused[0][1]) for name in values]
+        accepted = {n: v for n, v in values.items() if outcomes[n].accepted}
+        if accepted and client.role is not Role.AI:  # an AI's are in the decisions' records
             self.records.operator_write(
                 client.user or client.address, f"{client.protocol}:{client.address}",
-                values, "; ".join(f"{n}: {'ok' if o.accepted else o.reason}"
-                                  for n, o in outcomes.items()))
+                accepted, "ok")
+        if refused:
+            # Evidence, aggregated per client and reason (gateway/runtime/refusals.py): a
+            # flood of refused writes cannot fill the disk, and none goes unrecorded.
+            by_reason: dict[WriteOutcome, dict[str, float]] = {}
+            for name, outcome in refused:
+                by_reason.setdefault(outcome, {})[name] = values[name]
+            for outcome, tried in by_reason.items():
+                self.refused(client, tried, outcome.reason, outcome.code)
         key = f"refused:{client.address}"
         if refused:
             name, outcome = refused[0]
@@ -894,9 +911,15 @@ class Gateway(NorthboundHandler):
             await self._show_rejection(name, outcome)
         else:
             self.faults.clear(key)
-        if atomic and refused:
-            return dict.fromkeys(values, refused[0][1])
         return outcomes
+
+    def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                code: int) -> None:
+        """A refused write, counted as evidence (also for writes the northbound servers
+        refuse themselves, before they reach :meth:`write`)."""
+        self.refusals.refused(self.clock(), protocol=client.protocol, address=client.address,
+                              user=client.user, role=str(client.role), reason=reason,
+                              code=code, values=values)
 
     async def _show_rejection(self, name: str, outcome: WriteOutcome) -> None:
         """Let operators read the latest refusal on the northbound status."""

@@ -94,6 +94,13 @@ class Records:
         self._append("operator", {"action": "write", "values": dict(values), "result": result},
                      actor=who, source=source)
 
+    def refused_writes(self, window: dict[str, Any]) -> None:
+        """One client's refused writes for one reason over (at most) a second: the count,
+        the first and last values tried, and the span (``gateway.runtime.refusals``)."""
+        who = window.get("user") or window.get("client") or "?"
+        self._append("refused_write", window, actor=str(who),
+                     source=f"{window.get('protocol')}:{window.get('client')}")
+
     def setpoint(self, actuator: int, value: float | None) -> None:
         if self.recorder is not None:
             self.recorder.operator.setpoint(actuator, value)
