@@ -207,13 +207,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
-        gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
-                     audit_process=True, playbook=playbook)
         # Signals (gateway/runtime/signals.py): the handler records, this loop acts. SIGHUP
         # is logged and ignored; a stopping signal applies the shutdown policy first.
-        watch = SignalWatch(stop, on_stop=gw.stopped_by)
+        watch = SignalWatch(stop)
         watch.install()
         watcher = asyncio.create_task(watch.run(), name="signals")
+        gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
+                     audit_process=True, playbook=playbook)
+        watch.on_stop = gw.stopped_by
         pauses = GcPauses()
 
         def opened() -> None:  # just before the first cycle: start-up's pauses do not count

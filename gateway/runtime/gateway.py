@@ -905,7 +905,7 @@ class Gateway(NorthboundHandler):
         if refused:
             name, outcome = refused[0]
             # One line while a client keeps being refused, not one per write (a hostile
-            # client must not be able to flood the log); the audit log keeps every one.
+            # client must not be able to flood the log); the audit chain counts every one.
             self.faults.fault(key, f"write refused tag={name} code={outcome.code} "
                                    f"reason={outcome.reason}")
             await self._show_rejection(name, outcome)

@@ -2,9 +2,12 @@
 
 The audit log (SQLite, hash-chained, written off the control path) gets every decision that
 differs from nominal and one nominal cycle in ``audit.sample_every_n``; every operator action
-(who, from where, what, the result); every mode change and detector event; the config and model
-loads with their hashes. The flight recorder keeps the last ``audit.recorder_before_s`` of
-full-rate cycles in memory for incidents and forensic replay.
+(who, from where, what, the result); every refused write, aggregated per client and reason
+(``gateway.runtime.refusals``); every mode change and detector event; the config and model
+loads with their hashes; the safety state whenever it changes, the start (what was restored)
+and the shutdown, and an unclean end of the previous run (``gateway.runtime.durable``).
+The flight recorder keeps the last ``audit.recorder_before_s`` of full-rate cycles in memory
+for incidents and forensic replay.
 
 Nothing here waits on disk: :meth:`gateway.audit.AuditLog.append` queues, a writer thread
 commits. The payloads are built from fresh lists, never from arrays the control loop reuses

@@ -98,6 +98,22 @@ async def status(gw: Gateway) -> tuple[int, int]:
         client.close()
 
 
+async def opcua_status(gw: Gateway) -> tuple[str, bool]:
+    """Status.Mode and Status.Latched as an OPC UA client reads them on loopback."""
+    from asyncua import Client
+
+    nb = gw.site.northbound.opcua
+    assert nb is not None
+    client = Client(nb.endpoint, timeout=5)
+    await client.connect()
+    try:
+        mode = await client.get_node("ns=2;s=Gateway.Status.Mode").read_value()
+        latched = await client.get_node("ns=2;s=Gateway.Status.Latched").read_value()
+        return str(mode), bool(latched)
+    finally:
+        await client.disconnect()
+
+
 async def trip_and_bypass(db: Path, wall: Clock, *, clean: bool) -> str:
     site = site_on_free_ports()
     clock = Clock(1000.0)
@@ -163,8 +179,9 @@ def test_a_tripped_gateway_comes_back_latched_with_its_incident_open(tmp_path, c
             assert [i.id for i in gw.incidents.open_incidents] == [ident]
             left = sup.modes.bypasses["divergence"] - gw.clock()
             assert 39.0 < left <= 40.0 + 1e-6
-            # What a SCADA reads: safe_stop (3), latched.
+            # What a SCADA reads: safe_stop (3), latched; over OPC UA too.
             assert (mode, latched) == (3, 1)
+            assert await opcua_status(gw) == ("safe_stop", True)
         finally:
             await gw.close()
         assert verify(db).ok
