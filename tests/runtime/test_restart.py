@@ -227,3 +227,63 @@ def test_an_expired_bypass_is_not_restored(tmp_path):
         assert start.data()["restored"]["bypasses_expired"] == ["divergence"]
 
     asyncio.run(scenario())
+
+
+def onnx_site(tmp_path: Path, variant: str) -> gateway.Site:
+    import hashlib
+
+    from gateway.config.schema import ControllerKind
+    from simulators.zoo import policies
+
+    model = tmp_path / f"{variant}.onnx"
+    model.write_bytes(policies.build("water_tank", variant))
+    site = site_on_free_ports()
+    iface = policies.INTERFACES["water_tank"]
+    return replace(site, controller=replace(
+        site.controller, kind=ControllerKind.ONNX, model=model,
+        sha256=hashlib.sha256(model.read_bytes()).hexdigest(), inputs=iface.inputs,
+        outputs=iface.outputs, input_offset=iface.input_offset, input_scale=iface.input_scale,
+        output_offset=iface.output_offset, output_scale=iface.output_scale))
+
+
+def test_a_quarantined_model_stays_quarantined_until_another_is_loaded(tmp_path):
+    db = tmp_path / "audit.db"
+    wall = Clock(1_800_000_000.0)
+
+    async def scenario() -> None:
+        site = onnx_site(tmp_path, "nominal")
+        clock = Clock(1000.0)
+        gw = make(site, db, clock, wall)
+        await gw.open()
+        try:
+            await cycles(gw, clock, 2)
+            assert gw.policy is not None
+            sha = gw.policy.model_sha256
+            # As the playbook's quarantine_model step does it (its trip's events follow).
+            gw.quarantined = (sha, "INC-test: canary deviated")
+            await gw.request(ADMIN, "to_safe_stop", None, None)
+            await cycles(gw, clock, 2)
+        finally:
+            await gw.close()
+        # The same model again: still quarantined, SHADOW refused.
+        gw = make(onnx_site(tmp_path, "nominal"), db, Clock(5.0), wall)
+        await gw.open()
+        try:
+            assert gw.quarantined == (sha, "INC-test: canary deviated")
+            await gw.request(ADMIN, "to_manual", None, None)
+            out = await gw.request(ADMIN, "to_shadow", None, None)
+            assert not out.accepted and "quarantined" in out.reason
+        finally:
+            await gw.close()
+        # Another version loaded: the quarantine is lifted, and the start record says why.
+        gw = make(onnx_site(tmp_path, "drift"), db, Clock(5.0), wall)
+        await gw.open()
+        try:
+            assert gw.quarantined is None
+        finally:
+            await gw.close()
+        starts = [r.data()["restored"] for r in read_records(db, kinds=("start",))]
+        assert starts[1]["quarantined"]["sha256"] == sha
+        assert sha in starts[2]["quarantine_lifted"]
+
+    asyncio.run(scenario())
