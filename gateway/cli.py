@@ -183,10 +183,10 @@ def cmd_map(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
-    import signal
 
     from gateway.config import ConfigError, load_config
     from gateway.runtime import logs
+    from gateway.runtime.signals import SignalWatch
 
     logs.configure(logging.DEBUG if args.debug else logging.INFO)
     try:
@@ -207,11 +207,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        # Signals (gateway/runtime/signals.py): the handler records, this loop acts. SIGHUP
+        # is logged and ignored; a stopping signal applies the shutdown policy first.
+        watch = SignalWatch(stop)
+        watch.install()
+        watcher = asyncio.create_task(watch.run(), name="signals")
         gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
                      audit_process=True, playbook=playbook)
+        watch.on_stop = gw.stopped_by
         pauses = GcPauses()
 
         def opened() -> None:  # just before the first cycle: start-up's pauses do not count
@@ -222,6 +225,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             await gw.run(stop, on_open=opened)
         finally:
             pauses.uninstall()
+            watcher.cancel()
+            await asyncio.wait([watcher])
+            watch.uninstall()
         return {**gw.stats(), **pauses.stats()}
 
     try:

@@ -16,7 +16,7 @@ import numpy as np
 from gateway.supervisor.decision import Snapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 
 class ConnectionState(StrEnum):
@@ -156,6 +156,13 @@ class NorthboundHandler(ABC):
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
         """An operator request (``gateway.supervisor.modes.RequestKind`` value)."""
+
+    def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                code: int) -> None:
+        """A write the server refused itself, before :meth:`write` (a frame to an address
+        that holds no setpoint, a viewer's write, a wrong type...): reported so that the
+        runtime can keep it as evidence. Must not block or raise. Ignored by default."""
+        return None
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:

@@ -118,6 +118,11 @@ class ExceptionCode(IntEnum):
 
 _FUNCTIONS = frozenset(int(f) for f in FunctionCode)
 _REFUSAL_CODES = frozenset(range(1, 0x0C))  # exception codes a handler may answer with
+# Function codes that write (coils, registers, mask, read/write): a refused one is evidence.
+_WRITE_FUNCTIONS = frozenset({5, 6, 15, 16, 22, 23})
+_CODE_TEXT = {1: "illegal function", 2: "no setpoint at this address (illegal data address)",
+              3: "malformed quantity or length (illegal data value)",
+              11: "unknown unit id (gateway target failed to respond)"}
 
 
 class _Write(NamedTuple):
@@ -461,6 +466,8 @@ class ModbusServer:
     async def _write(self, tid: int, unit: int, client: ClientInfo, req: _Write) -> bytes:
         fc = req.fc
         if client.role is Role.VIEWER:
+            self._report(client, dict(req.values), "modbus: viewers may not write",
+                         ExceptionCode.ILLEGAL_DATA_ADDRESS)
             return self._exception(tid, unit, fc, ExceptionCode.ILLEGAL_DATA_ADDRESS)
         try:
             outcomes = await self._handler.write(client, dict(req.values), atomic=True)
@@ -478,6 +485,23 @@ class ModbusServer:
         if code:
             return self._exception(tid, unit, fc, code)
         return _ECHO.pack(tid, 0, 6, unit, fc, req.address, req.quantity)
+
+    def _refused_frame(self, client: ClientInfo, pdu: bytes, code: int) -> None:
+        """A write frame refused here, before the handler: reported to it as evidence."""
+        fc = pdu[0]
+        values = {"function_code": float(fc)}
+        if len(pdu) >= 3:
+            values["address"] = float(int.from_bytes(pdu[1:3], "big"))
+        self._report(client, values, f"modbus function {fc}: "
+                     f"{_CODE_TEXT.get(code, f'exception {code}')}", code)
+
+    def _report(self, client: ClientInfo, values: dict[str, float], reason: str,
+                code: int) -> None:
+        try:
+            self._handler.refused(client, values, reason, code)
+        except Exception:  # a bug in the handler must not stop the server
+            logger.exception("modbus: handler failed to take a refusal from %s",
+                             client.address)
 
     def _refusal(self, outcomes: object, values: dict[str, float]) -> int:
         """0 if every tag was accepted, else the exception code to answer with (the first
@@ -624,6 +648,9 @@ class _Session(asyncio.Protocol):
             self.last_frame_s = self._loop.time()
             server.stats.frames += 1
             answer = server._answer(tid, unit, pdu)
+            if (pdu and pdu[0] in _WRITE_FUNCTIONS and not isinstance(answer, _Write)
+                    and answer[7] & 0x80):
+                server._refused_frame(client, pdu, answer[8])
             if isinstance(answer, _Write):
                 self.write_task = self._loop.create_task(
                     self._answer_write(tid, unit, client, answer))

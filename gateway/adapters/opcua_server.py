@@ -330,21 +330,26 @@ class OpcUaServer:
         tag = self._actuator_by_node.get(wv.NodeId)
         if tag is None:
             if wv.NodeId in self._read_only or wv.NodeId.NamespaceIndex == NAMESPACE_INDEX:
-                return _status(StatusCodes.BadNotWritable)
+                return self._refuse(user, str(wv.NodeId), wv, StatusCodes.BadNotWritable,
+                                    "opcua: not a writable setpoint", 2)
             result: list[ua.StatusCode] = await original_write(
                 ua.WriteParameters(NodesToWrite=[wv]), user=user)
             return result[0]
         if wv.AttributeId != AttributeIds.Value:
-            return _status(StatusCodes.BadNotWritable)
+            return self._refuse(user, tag, wv, StatusCodes.BadNotWritable,
+                                "opcua: only the Value attribute is writable", 2)
         if wv.IndexRange:
-            return _status(StatusCodes.BadWriteNotSupported)
+            return self._refuse(user, tag, wv, StatusCodes.BadWriteNotSupported,
+                                "opcua: index ranges are not supported", 2)
         client = self._client_info(user)
         if client.role not in _WRITER_ROLES:
-            return _status(StatusCodes.BadUserAccessDenied)
+            return self._refuse(user, tag, wv, StatusCodes.BadUserAccessDenied,
+                                f"opcua: role {client.role} may not write", 2)
         variant = wv.Value.Value if wv.Value is not None else None
         raw = variant.Value if variant is not None else None
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            return _status(StatusCodes.BadTypeMismatch)
+            return self._refuse(user, tag, wv, StatusCodes.BadTypeMismatch,
+                                "opcua: not a number (bad type)", 3)
         try:
             outcomes = await self._handler.write(client, {tag: float(raw)}, atomic=False)
             outcome = outcomes[tag]
@@ -354,6 +359,19 @@ class OpcUaServer:
         if outcome.accepted:
             return _status(StatusCodes.Good)
         return _status(_REFUSAL_STATUS.get(outcome.code, StatusCodes.BadInternalError))
+
+    def _refuse(self, user: _GatewayUser, name: str, wv: ua.WriteValue, status: int,
+                reason: str, code: int) -> ua.StatusCode:
+        """Refuse one node's write here, before the handler, and report it as evidence."""
+        variant = wv.Value.Value if wv.Value is not None else None
+        raw = variant.Value if variant is not None else None
+        value = (float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool)
+                 else math.nan)
+        try:
+            self._handler.refused(self._client_info(user), {name: value}, reason, code)
+        except Exception:  # a bug in the handler must not stop the server
+            _log.exception("opcua: handler failed to take a refusal")
+        return _status(status)
 
     def _client_info(self, user: _GatewayUser) -> ClientInfo:
         session = _SESSION.get()

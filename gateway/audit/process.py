@@ -22,7 +22,8 @@ Nothing is lost silently:
   A failure inside the child (a bug, in its main loop or one of its threads) reaches the
   gateway's log as one record with its traceback, not as loose lines on stderr.
 
-The child ignores SIGINT and SIGTERM (a Ctrl-C or a service manager signals the whole group):
+The child ignores every signal the gateway handles (SIGINT, SIGTERM, SIGHUP, ...: a Ctrl-C, a
+closed terminal or a service manager signals the whole group; see gateway.runtime.signals):
 it stops when the parent closes it or goes away, so that the parent's last records (the
 shutdown record) still reach the disk.
 
@@ -42,7 +43,6 @@ import logging
 import os
 import pickle
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -55,6 +55,7 @@ from typing import IO, TYPE_CHECKING, Any
 from gateway.audit.chain import ExportedHead, Kind
 from gateway.audit.log import checked_kind, close_at_exit, notify, payload_text
 from gateway.audit.store import AuditError, AuditInUse
+from gateway.runtime.signals import ignore_in_child
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -591,8 +592,9 @@ def child_main(path: str) -> int:
     """The child: open the AuditLog, feed it what arrives, report its state."""
     from gateway.audit.log import AuditLog
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Every signal the gateway handles (a terminal's SIGHUP and a Ctrl-C reach the whole
+    # group): the gateway stops this process when its own shutdown record is written.
+    ignore_in_child()
     stdin = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
     # Replies get a descriptor of their own; anything printed goes to stderr instead, so
     # that nothing can corrupt the message stream.

@@ -357,6 +357,15 @@ class IncidentManager:
 
     # ----------------------------------------------------------------------- runtime reports
 
+    def restarted(self, detail: str) -> None:
+        """The gateway restarted with these incidents open (read back from the database):
+        each gets a timeline entry saying so and what the gateway restored. They stay open,
+        and a trip that the playbook joins to an open incident joins the newest of them."""
+        for ident in self._open:
+            self._record(ident, {"action": "event", "kind": "restart", "name": "gateway",
+                                 "reason": detail, "requester": None, "evidence": [],
+                                 "at_s": None})
+
     def notified(self, action: Notify, result: NotifyResult) -> None:
         """A notification's outcome (the :class:`~gateway.incident.notify.Notifier` calls
         this, on the event loop)."""

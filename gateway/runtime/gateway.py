@@ -47,8 +47,16 @@ from gateway.adapters.base import (
 )
 from gateway.config.schema import ControllerKind, ModbusDevice, ShutdownAction
 from gateway.incident.manager import IncidentManager, Notify, QuarantineModel, RateLimit, Request
+from gateway.runtime.durable import (
+    Previous,
+    RestorePlan,
+    SafetyState,
+    plan_restore,
+    read_previous,
+)
 from gateway.runtime.external import ExternalCommands
 from gateway.runtime.records import Records
+from gateway.runtime.refusals import RefusalLog
 from gateway.runtime.schedule import CycleSchedule
 from gateway.runtime.wire import WireGate
 from gateway.supervisor.core import Supervisor
@@ -192,9 +200,13 @@ class Gateway(NorthboundHandler):
                  servers: bool = True, startup_wait_s: float = 2.0,
                  stepped: bool = False, canary: CanaryCases | None = None,
                  audit_path: Path | None = None, audit_process: bool = False,
-                 playbook: Path | None = None) -> None:
+                 playbook: Path | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.site = site
         self.clock = clock
+        # Wall-clock UTC seconds: a bypass's expiry is stored in it, so that it survives a
+        # restart (the monotonic clock starts again with the process).
+        self.wall_clock = wall_clock
         self.envelope = gateway.envelope.compile(site, engine)
         self.actuators = site.actuators
         self.names = tuple(t.name for t in self.actuators)
@@ -226,11 +238,19 @@ class Gateway(NorthboundHandler):
         # A model quarantined by the playbook (its sha256 and why): requests that would give it
         # control again (SHADOW, AUTO) are refused while it is the loaded model.
         self.quarantined: tuple[str, str] | None = None
+        # What the audit chain says about the previous run (read at open), and the safety
+        # state last recorded (see gateway.runtime.durable).
+        self.previous: Previous = Previous(None, problem="not read yet")
+        self.restored: RestorePlan | None = None
+        self._state_key: tuple[object, ...] | None = None
         self.clients = clients
         self.by_device: dict[str, list[int]] = {}
         for i, tag in enumerate(self.actuators):
             self.by_device.setdefault(tag.device, []).append(i)
         self.external = ExternalCommands(self.names)
+        # Refused writes, aggregated into at most one audit record per second per client and
+        # reason (records is replaced when the audit log opens: looked up at emit time).
+        self.refusals = RefusalLog(lambda payload: self.records.refused_writes(payload))
         self.policy: OnnxPolicy | None = None
         self.wiring: AiWiring | None = None
         self.faults = FaultLog()
@@ -266,6 +286,8 @@ class Gateway(NorthboundHandler):
         self.sibling_wait_s = _SIBLING_WAIT_S
         self._siblings: tuple[asyncio.Future[None], set[str]] | None = None
         self._stopping = False
+        # What stopped the gateway (a signal's name), for the shutdown record.
+        self.stop_cause: str | None = None
         self._schedule: CycleSchedule | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -285,12 +307,18 @@ class Gateway(NorthboundHandler):
         finally:
             await self.close()
 
+    def stopped_by(self, cause: str) -> None:
+        """Name what stops the gateway (e.g. ``"SIGTERM"``); the shutdown record says it."""
+        if self.stop_cause is None:
+            self.stop_cause = cause
+
     async def open(self) -> None:
         """Start the devices' tasks, the northbound servers and the supervisor (seeded with
         the actuators' read-back). :meth:`close` undoes it, also after a failed open."""
         log.info("starting site=%s engine=%s devices=%d cycle_ms=%s", self.site.site.name,
                  self.envelope.engine, len(self.clients), self.site.site.cycle_ms)
         self._open_audit()
+        self._read_previous()
         self.records.config_loaded(self.envelope.engine)
         self._load_policy()
         self._tasks = [asyncio.create_task(c.run(), name=f"device:{n}")
@@ -427,7 +455,101 @@ class Gateway(NorthboundHandler):
         self.records.start(start_s, initial, canary,
                            self.policy.model_sha256 if self.policy is not None else None)
         self._start_incidents()
+        self._restore(start_s)
         self.wire = WireGate(self.actuators, self.supervisor.gate)
+
+    # ------------------------------------------------------------------ restarts
+
+    def _read_previous(self) -> None:
+        """Read how the previous run ended and the state it recorded; record an unclean end.
+        Called once the writer has the database (a dead run's writer has then finished its
+        last commits) and before this run's first record."""
+        audit = self.records.audit
+        if audit is None:
+            self.previous = Previous(None, problem="no audit log: nothing to restore from")
+            return
+        previous = read_previous(audit.path)
+        self.previous = previous
+        if previous.problem is not None:
+            log.error("restart: %s", previous.problem)
+        if previous.clean is False:
+            window = previous.unclean_window(self.wall_clock())
+            log.error("restart: the previous run ended uncleanly (no shutdown record after "
+                      "its start at seq %d); records after seq %d (%s) may be missing",
+                      previous.run_seq, previous.last_seq, previous.last_kind)
+            self.records.unclean_end(window)
+
+    def _restore(self, start_s: float) -> None:
+        """Take back the recorded safety state (never toward less safety) and write the
+        start record saying what was restored."""
+        sup = self.supervisor
+        assert sup is not None
+        previous = self.previous
+        manager = self.incidents
+        open_incidents = manager.open_incidents if manager is not None else ()
+        sha = self.policy.model_sha256 if self.policy is not None else None
+        restored = None
+        if previous.state is not None or open_incidents:
+            plan = plan_restore(previous.state, open_incidents, sha, self.wall_clock())
+            self.restored = plan
+            done = sup.modes.restore(start_s, plan.mode, plan.latched, plan.trip_reason,
+                                     plan.bypasses_left_s)
+            self.quarantined = plan.quarantined
+            restored = plan.to_json() | {
+                "recorded_mode": None if previous.state is None else previous.state.mode.value,
+                "from_seq": previous.state_seq, "mode": done.mode.value,
+                "latched": done.latched, "trip_reason": done.trip_reason,
+                "bypasses_left_s": dict(done.bypasses_left_s), "bypasses_cut": list(done.cut)}
+            log.warning("restart: restored mode=%s latched=%s trip=%s bypasses=%s "
+                        "quarantined=%s open_incidents=%s", done.mode, done.latched,
+                        done.trip_reason, sorted(done.bypasses_left_s),
+                        plan.quarantined[0] if plan.quarantined else None,
+                        ",".join(plan.open_incidents) or "none")
+            if plan.quarantine_lifted is not None:
+                log.warning("restart: quarantine lifted: %s", plan.quarantine_lifted)
+            if manager is not None:
+                manager.restarted(f"gateway restarted; mode {done.mode}"
+                                  + (f", trip latched ({done.trip_reason})" if done.latched
+                                     else "") + "; incident still open")
+        state = self._state_json()
+        self._state_key = self._state_tuple()
+        self.records.run_start({
+            "restored": restored, "state": state,
+            "previous": {"clean": previous.clean, "last_seq": previous.last_seq,
+                         "last_kind": previous.last_kind, "stopped_by": previous.stopped_by,
+                         "state_seq": previous.state_seq, "problem": previous.problem}})
+
+    def _open_ids(self) -> tuple[str, ...]:
+        if self.incidents is None:
+            return ()
+        return tuple(i.id for i in self.incidents.open_incidents)
+
+    def _state_tuple(self) -> tuple[object, ...]:
+        sup = self.supervisor
+        assert sup is not None
+        modes = sup.modes
+        return (modes.mode, modes.latched, modes.trip_reason,
+                tuple(sorted(modes.bypasses.items())), self.quarantined, self._open_ids())
+
+    def _state_json(self) -> dict[str, Any]:
+        """The safety state as recorded: bypass expiry in wall-clock seconds."""
+        sup = self.supervisor
+        assert sup is not None
+        modes = sup.modes
+        now, wall = self.clock(), self.wall_clock()
+        return SafetyState(
+            modes.mode, modes.latched, modes.trip_reason,
+            tuple((d, wall + (e - now)) for d, e in sorted(modes.bypasses.items())),
+            self.quarantined, self._open_ids()).to_json()
+
+    def _note_state(self) -> None:
+        """Record the safety state if it changed since last recorded (cheap when not)."""
+        if self.supervisor is None:
+            return
+        key = self._state_tuple()
+        if key != self._state_key:
+            self._state_key = key
+            self.records.state(self._state_json())
 
     def _start_incidents(self) -> None:
         """Incidents open on trips, follow the playbook and live in the audit log."""
@@ -517,11 +639,10 @@ class Gateway(NorthboundHandler):
                 await self._write_devices(values, only=safe, behind_s=_TASK_STOP_S)
             log.info("shutdown: safe values written to %s",
                      ", ".join(self.names[i] for i in sorted(safe)))
-        if state is not None:
-            self.records.shutdown({
-                name: ("safe", float(state[i])) if i in safe
-                else ("hold", float(self.applied[i]))
-                for i, name in enumerate(self.names)})
+        left = None if state is None else {
+            name: ("safe", float(state[i])) if i in safe
+            else ("hold", float(self.applied[i]))
+            for i, name in enumerate(self.names)}
         await self._settle_writes(_TASK_STOP_S)
         # Close the clients first: their run() loops end at their next step whatever happens
         # to the cancellation. Python 3.11's asyncio.wait_for (which pymodbus awaits every
@@ -552,6 +673,11 @@ class Gateway(NorthboundHandler):
             self.incidents.close()
         if self.notifier is not None:
             await self.notifier.aclose()
+        self.refusals.flush()
+        if left is not None:
+            # Last, after the incidents' own records: a chain whose last run ends without
+            # this record ended uncleanly (see gateway.runtime.durable).
+            self.records.shutdown(left, self.stop_cause, self._state_json())
         self.records.close()
         log.info("stopped")
 
@@ -607,6 +733,9 @@ class Gateway(NorthboundHandler):
         # Recorded before the write-back below: replay re-applies it after this step.
         self.records.cycle(snapshot, self._model_inputs, proposal, decision)
         self._incident_actions(decision)
+        if decision.events:  # only events change the safety state
+            self._note_state()
+        self.refusals.tick(now)
         written = wire.admit(decision.command, self.applied, decision.sensors, decision.dt_s)
         if any(written.safe) or any(written.adjusted):
             self.records.write(written.values)
@@ -856,24 +985,41 @@ class Gateway(NorthboundHandler):
             for name in group:
                 outcomes[name] = outcome
         refused = [(name, o) for name, o in outcomes.items() if not o.accepted]
-        if client.role is not Role.AI:  # an AI's proposals are in the decisions' records
+        if atomic and refused:  # none of an atomic write is applied: all of it is refused
+            outcomes = dict.fromkeys(values, refused[0][1])
+            refused = [(name, refused[0][1]) for name in values]
+        accepted = {n: v for n, v in values.items() if outcomes[n].accepted}
+        if accepted and client.role is not Role.AI:  # an AI's are in the decisions' records
             self.records.operator_write(
                 client.user or client.address, f"{client.protocol}:{client.address}",
-                values, "; ".join(f"{n}: {'ok' if o.accepted else o.reason}"
-                                  for n, o in outcomes.items()))
+                accepted, "ok")
+        if refused:
+            # Evidence, aggregated per client and reason (gateway/runtime/refusals.py): a
+            # flood of refused writes cannot fill the disk, and none goes unrecorded.
+            by_reason: dict[WriteOutcome, dict[str, float]] = {}
+            for name, outcome in refused:
+                by_reason.setdefault(outcome, {})[name] = values[name]
+            for outcome, tried in by_reason.items():
+                self.refused(client, tried, outcome.reason, outcome.code)
         key = f"refused:{client.address}"
         if refused:
             name, outcome = refused[0]
             # One line while a client keeps being refused, not one per write (a hostile
-            # client must not be able to flood the log); the audit log keeps every one.
+            # client must not be able to flood the log); the audit chain counts every one.
             self.faults.fault(key, f"write refused tag={name} code={outcome.code} "
                                    f"reason={outcome.reason}")
             await self._show_rejection(name, outcome)
         else:
             self.faults.clear(key)
-        if atomic and refused:
-            return dict.fromkeys(values, refused[0][1])
         return outcomes
+
+    def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                code: int) -> None:
+        """A refused write, counted as evidence (also for writes the northbound servers
+        refuse themselves, before they reach :meth:`write`)."""
+        self.refusals.refused(self.clock(), protocol=client.protocol, address=client.address,
+                              user=client.user, role=str(client.role), reason=reason,
+                              code=code, values=values)
 
     async def _show_rejection(self, name: str, outcome: WriteOutcome) -> None:
         """Let operators read the latest refusal on the northbound status."""
@@ -1115,4 +1261,5 @@ class Gateway(NorthboundHandler):
             return WriteOutcome(False, 4, str(exc))
         log.info("incident %s: %s by %s from %s; phase %s", incident_id, action, who, source,
                  incident.phase)
+        self._note_state()  # a resolved incident is no longer open
         return WriteOutcome(True, 0, f"{action} recorded; phase {incident.phase}")

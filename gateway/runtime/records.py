@@ -2,9 +2,12 @@
 
 The audit log (SQLite, hash-chained, written off the control path) gets every decision that
 differs from nominal and one nominal cycle in ``audit.sample_every_n``; every operator action
-(who, from where, what, the result); every mode change and detector event; the config and model
-loads with their hashes. The flight recorder keeps the last ``audit.recorder_before_s`` of
-full-rate cycles in memory for incidents and forensic replay.
+(who, from where, what, the result); every refused write, aggregated per client and reason
+(``gateway.runtime.refusals``); every mode change and detector event; the config and model
+loads with their hashes; the safety state whenever it changes, the start (what was restored)
+and the shutdown, and an unclean end of the previous run (``gateway.runtime.durable``).
+The flight recorder keeps the last ``audit.recorder_before_s`` of full-rate cycles in memory
+for incidents and forensic replay.
 
 Nothing here waits on disk: :meth:`gateway.audit.AuditLog.append` queues, a writer thread
 commits. The payloads are built from fresh lists, never from arrays the control loop reuses
@@ -94,6 +97,13 @@ class Records:
         self._append("operator", {"action": "write", "values": dict(values), "result": result},
                      actor=who, source=source)
 
+    def refused_writes(self, window: dict[str, Any]) -> None:
+        """One client's refused writes for one reason over (at most) a second: the count,
+        the first and last values tried, and the span (``gateway.runtime.refusals``)."""
+        who = window.get("user") or window.get("client") or "?"
+        self._append("refused_write", window, actor=str(who),
+                     source=f"{window.get('protocol')}:{window.get('client')}")
+
     def setpoint(self, actuator: int, value: float | None) -> None:
         if self.recorder is not None:
             self.recorder.operator.setpoint(actuator, value)
@@ -153,11 +163,38 @@ class Records:
 
     # ------------------------------------------------------------------ plumbing
 
-    def shutdown(self, left: dict[str, tuple[str, float]]) -> None:
+    def shutdown(self, left: dict[str, tuple[str, float]], cause: str | None,
+                 state: dict[str, Any]) -> None:
         """What each actuator was left at when the gateway stopped: ``name -> (policy,
-        value)``; the policy is ``safe`` (the safe value was written) or ``hold``."""
+        value)``; the policy is ``safe`` (the safe value was written) or ``hold``. ``cause``
+        names what stopped it (a signal's name, or None), ``state`` is the safety state it
+        leaves for the next start (:class:`gateway.runtime.durable.SafetyState`). The last
+        record of a clean run."""
         self._append("shutdown", {"actuators": {name: {"policy": policy, "value": value}
-                                                for name, (policy, value) in left.items()}})
+                                                for name, (policy, value) in left.items()},
+                                  "signal": cause, "state": state})
+
+    # ------------------------------------------------------------------ restarts
+
+    def state(self, state: dict[str, Any]) -> None:
+        """The safety state changed (mode, latch, bypasses, quarantine, open incidents):
+        recorded, and sent to the audit writer at once rather than at the end of the cycle,
+        so that it reaches the disk even if the gateway dies right after."""
+        self._append("state", {"state": state})
+        if self.audit is not None:
+            self.audit.idle()
+
+    def unclean_end(self, window: dict[str, Any]) -> None:
+        """The previous run ended without its shutdown record; ``window`` says which
+        records may be missing (``gateway.runtime.durable.Previous.unclean_window``)."""
+        self._append("unclean_end", window)
+
+    def run_start(self, info: dict[str, Any]) -> None:
+        """This run started: what it restored from the chain (``restored``), the state it
+        starts with (``state``) and how the previous run ended (``previous``)."""
+        self._append("start", info)
+        if self.audit is not None:
+            self.audit.idle()
 
     def idle(self) -> None:
         """The cycle is over: the audit writer may do its batch while the loop sleeps."""

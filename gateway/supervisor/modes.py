@@ -30,9 +30,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from gateway.supervisor.events import Event, EventKind
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "Mode",
@@ -40,6 +43,7 @@ __all__ = [
     "ModeMachine",
     "OperatorRequest",
     "RequestKind",
+    "Restored",
 ]
 
 _MODE_EVENT_NAME: Final = "mode"
@@ -487,6 +491,59 @@ class ModeMachine:
             req.requester,
             (("expires_s", expiry),),
         )
+
+    # -- restart -------------------------------------------------------------------------
+    # Kept apart from request handling: restoring is not a request, needs no authorisation,
+    # and only ever tightens (except for bypasses, which are restored as recorded, cut to
+    # their remaining time).
+
+    def restore(self, now_s: float, mode: Mode, latched: bool, trip_reason: str | None,
+                bypasses_left_s: Mapping[str, float]) -> Restored:
+        """Take back the state a previous run of the gateway recorded (call once, at start,
+        before the first step). Returns what was actually restored.
+
+        Never toward less safety than the record or the current state: the mode becomes the
+        safer of the current mode and the recorded one, with AUTO and SHADOW recorded taken as
+        MANUAL (the AI earns its way back through SHADOW after a restart); a recorded latch
+        latches (keeping the current trip reason if already latched). A bypass comes back
+        with its remaining time ``bypasses_left_s[detector]`` (seconds from ``now_s``), cut
+        to ``bypass_max_s``; one with no time left (<= 0, or not finite) is not restored,
+        nor are any while no finite time is known. No events are returned: the runtime
+        records the restore as a whole (what the record said, and what was restored).
+        """
+        recorded = Mode(mode)
+        if recorded in (Mode.AUTO, Mode.SHADOW):
+            recorded = Mode.MANUAL
+        if recorded.safety_rank > self._mode.safety_rank:
+            self._mode = recorded
+            self._shadow_clean_since_s = None
+        if latched and not self._latched:
+            self._latched = True
+            self._trip_reason = trip_reason or "restored after restart"
+        t = self._advance(now_s)
+        restored: dict[str, float] = {}
+        cut: list[str] = []
+        for detector, left_s in bypasses_left_s.items():
+            if (t is None or isinstance(left_s, bool) or not isinstance(left_s, int | float)
+                    or not math.isfinite(left_s) or left_s <= 0.0):
+                continue
+            if left_s > self._config.bypass_max_s:
+                cut.append(detector)
+            self._bypasses[detector] = t + min(float(left_s), self._config.bypass_max_s)
+            restored[detector] = self._bypasses[detector] - t
+        return Restored(self._mode, self._latched, self._trip_reason, restored, tuple(cut))
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What :meth:`ModeMachine.restore` restored: the mode and latch now in force, and each
+    restored bypass's remaining seconds (``cut``: those cut to ``bypass_max_s``)."""
+
+    mode: Mode
+    latched: bool
+    trip_reason: str | None
+    bypasses_left_s: Mapping[str, float]
+    cut: tuple[str, ...] = ()
 
 
 def _at(t: float | None, now_s: float) -> float:

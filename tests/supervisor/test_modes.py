@@ -552,3 +552,40 @@ def test_is_bypassed_does_not_advance_clock() -> None:
     assert not m.is_bypassed("d", 50.0)
     assert m.last_now_s == 0.0
     assert m.is_bypassed("d", -5.0)  # backwards: taken as the last seen time 0.0
+
+
+# -- restore after a restart ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("recorded", "start", "expected"), [
+    (Mode.AUTO, Mode.MANUAL, Mode.MANUAL),
+    (Mode.SHADOW, Mode.MANUAL, Mode.MANUAL),
+    (Mode.SHADOW, Mode.SHADOW, Mode.MANUAL),
+    (Mode.MANUAL, Mode.SAFE_STOP, Mode.SAFE_STOP),
+    (Mode.SAFE_STOP, Mode.MANUAL, Mode.SAFE_STOP),
+])
+def test_restore_never_loosens_the_mode(recorded: Mode, start: Mode, expected: Mode) -> None:
+    m = make(start)
+    done = m.restore(5.0, recorded, False, None, {})
+    assert m.mode is expected and done.mode is expected
+    assert not m.latched
+
+
+def test_restore_latches_and_keeps_an_earlier_reason() -> None:
+    m = make()
+    m.restore(5.0, Mode.MANUAL, True, "divergence: drifted", {})
+    assert m.latched and m.trip_reason == "divergence: drifted"
+    # A latch is never cleared by a restore that says it was not latched.
+    m.restore(6.0, Mode.MANUAL, False, None, {})
+    assert m.latched
+    # Still needs an authorised reset.
+    assert kinds(m.request(7.0, req(RequestKind.TO_SHADOW))) == [EventKind.REQUEST_REFUSED]
+
+
+def test_restore_bypasses_with_their_time_left_cut_and_expired() -> None:
+    m = make()
+    done = m.restore(100.0, Mode.MANUAL, False, None,
+                     {"a": 30.0, "b": 0.0, "c": -5.0, "d": math.nan, "e": BYPASS_MAX_S * 3})
+    assert m.bypasses == {"a": 130.0, "e": 100.0 + BYPASS_MAX_S}
+    assert done.cut == ("e",)
+    assert m.is_bypassed("a", 129.0) and not m.is_bypassed("a", 130.0)
