@@ -127,17 +127,26 @@ def test_refused_writes_reach_the_audit_chain_aggregated(tmp_path, monkeypatch):
     for w in windows:
         by.setdefault((w["protocol"], w["user"], w["reason"]), []).append(w)
     opcua_ai = [k for k in by if k[0] == "opcua" and k[1] == "ai"]
-    assert len(opcua_ai) == 2  # out of range; NaN and inf share one reason (not finite)
-    ranged = next(by[k] for k in opcua_ai if "max" in k[2])
-    assert ranged[0]["first"]["values"] == {"inflow_valve": 150.0}
-    assert ranged[-1]["last"]["values"] == {"inflow_valve": 179.0}
+    # NaN and inf share one reason (not finite). Out of range is one reason or more: the
+    # reason names every constraint broken, and whether 150 % also breaks total_flow depends
+    # on where the fallback has the pump at that moment.
+    assert len([k for k in opcua_ai if "finite" in k[2]]) == 1
+    ranged_keys = [k for k in opcua_ai if "finite" not in k[2]]
+    assert ranged_keys and all("inflow_valve.max" in k[2] for k in ranged_keys)
+    ranged = [w for k in ranged_keys for w in by[k]]
+    firsts = [w["first"]["values"]["inflow_valve"] for w in ranged]
+    lasts = [w["last"]["values"]["inflow_valve"] for w in ranged]
+    assert min(firsts) == 150.0 and max(lasts) == 179.0
     assert sum(w["count"] for w in ranged) == 30
     finite = next(by[k] for k in opcua_ai if "finite" in k[2])
     assert sum(w["count"] for w in finite) == 60
     assert finite[0]["first"]["values"] == {"inflow_valve": "nan"}
     assert finite[-1]["last"]["values"] == {"inflow_valve": "inf"}
     modbus = [k for k in by if k[0] == "modbus"]
-    assert len(modbus) == 3  # NaN, out of range (the handler), no setpoint (the server)
+    # NaN, out of range (the handler; one reason or more, as above), no setpoint (the server).
+    assert len([k for k in modbus if "finite" in k[2]]) == 1
+    assert [k for k in modbus if "inflow_valve.max" in k[2]]
+    assert len(modbus) <= 4
     assert all(w["client"] == "127.0.0.1" and w["role"] == "ai"
                for k in modbus for w in by[k])
     assert any("no setpoint" in k[2] for k in modbus)
