@@ -4,20 +4,29 @@
 ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning the exit code:
 
 - 0: done (``diff``: the files are identical);
-- 1: refused or a check failed (a model that fails verification, approving a revoked version,
-  nothing to roll back to; ``diff``: the files differ; a write that failed on disk);
+- 1: refused or a check failed (a model that fails verification, a registry whose signed state
+  does not hold or is not signed yet, approving a revoked version, the same key approving
+  twice, nothing to roll back to; ``diff``: the files differ; a write that failed on disk);
 - 2: bad input (missing files, unknown name or version, unreadable registry, canary file or
-  model, bad arguments).
+  model, bad arguments; a key file that is missing, unencrypted, or that the passphrase does
+  not open; no passphrase given).
 
 Errors print one line on stderr, never a traceback. The codes match ``gateway.cli``.
+
+Passphrases of private keys are never taken from the command line (where ``ps`` and the shell's
+history would show them): ``--passphrase-env VAR`` names an environment variable holding it;
+without it the passphrase is prompted for on the terminal (not echoed), and with no terminal
+the command refuses (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -26,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.registry.registry import PolicySettings, Version
+    from gateway.registry.signing import Signer
 
 __all__ = ["add_parser"]
 
@@ -41,7 +51,8 @@ class _InputError(Exception):
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add ``model register|list|approve|revoke|rollback|verify|keygen|diff`` to ``sub``."""
+    """Add ``model keygen|key-encrypt|register|list|approve|revoke|rollback|reseal|
+    require-approvals|verify|diff`` to ``sub``."""
     model = sub.add_parser("model", help="model registry (recovery) and model diff (forensics)")
     commands = model.add_subparsers(
         dest="model_command", required=True, metavar="COMMAND", parser_class=type(model)
@@ -52,8 +63,24 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
             "--registry", required=True, type=Path, metavar="DIR", help="the registry folder"
         )
 
+    def passphrase_arg(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--passphrase-env",
+            metavar="VAR",
+            help="read the key's passphrase from environment variable VAR (default: prompt "
+            "on the terminal; never give it on the command line)",
+        )
+
+    def signer_args(parser: argparse.ArgumentParser, who: str) -> None:
+        parser.add_argument(
+            "--key", required=True, type=Path, help="your private key (in the trust store)"
+        )
+        parser.add_argument("--by", required=True, metavar="WHO", help=who)
+        passphrase_arg(parser)
+
     keygen = commands.add_parser(
-        "keygen", help="create an ed25519 signing key (KEY, mode 0600) and KEY.pub"
+        "keygen",
+        help="create an ed25519 signing key (KEY, encrypted, mode 0600) and KEY.pub",
     )
     keygen.add_argument("key", type=Path, metavar="KEY", help="private key file to create")
     keygen.add_argument(
@@ -62,7 +89,15 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="REGISTRY",
         help="also add the public key to REGISTRY's trust store",
     )
+    passphrase_arg(keygen)
     keygen.set_defaults(func=_command(_keygen, "keygen"))
+
+    encrypt = commands.add_parser(
+        "key-encrypt", help="encrypt an unencrypted (older) private key file in place"
+    )
+    encrypt.add_argument("key", type=Path, metavar="KEY", help="the private key file")
+    passphrase_arg(encrypt)
+    encrypt.set_defaults(func=_command(_key_encrypt, "key-encrypt"))
 
     register = commands.add_parser(
         "register", help="add a signed version of a model, recording its canary outputs"
@@ -71,6 +106,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     register.add_argument("name", metavar="NAME", help="model name (letters, digits, . _ -)")
     register.add_argument("model", type=Path, metavar="MODEL", help="the .onnx file")
     register.add_argument("--key", required=True, type=Path, help="private signing key")
+    passphrase_arg(register)
     register.add_argument(
         "--canary",
         required=True,
@@ -98,27 +134,50 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=_command(_list, "list"))
 
-    approve = commands.add_parser("approve", help="approve a version and make it current")
+    approve = commands.add_parser(
+        "approve", help="approve a version (signed) and, once approved, make it current"
+    )
     registry_arg(approve)
     approve.add_argument("name", metavar="NAME")
     approve.add_argument("version", type=_version_number, metavar="VERSION")
-    approve.add_argument("--by", required=True, metavar="WHO", help="who approves")
+    signer_args(approve, "who approves")
     approve.set_defaults(func=_command(_approve, "approve"))
 
-    revoke = commands.add_parser("revoke", help="revoke a version (refused at load from now on)")
+    revoke = commands.add_parser(
+        "revoke", help="revoke a version (signed; refused at load from now on)"
+    )
     registry_arg(revoke)
     revoke.add_argument("name", metavar="NAME")
     revoke.add_argument("version", type=_version_number, metavar="VERSION")
-    revoke.add_argument("--by", required=True, metavar="WHO", help="who revokes")
+    signer_args(revoke, "who revokes")
     revoke.add_argument("--reason", required=True, help="why")
     revoke.set_defaults(func=_command(_revoke, "revoke"))
 
     rollback = commands.add_parser(
-        "rollback", help="make the last approved, unrevoked version before the current one current"
+        "rollback",
+        help="make the last approved, unrevoked version before the current one current (signed)",
     )
     registry_arg(rollback)
     rollback.add_argument("name", metavar="NAME")
+    signer_args(rollback, "who rolls back")
     rollback.set_defaults(func=_command(_rollback, "rollback"))
+
+    reseal = commands.add_parser(
+        "reseal",
+        help="sign the approval state of a registry made before signed state, after review",
+    )
+    registry_arg(reseal)
+    signer_args(reseal, "who reviewed the state and signs it")
+    reseal.set_defaults(func=_command(_reseal, "reseal"))
+
+    require = commands.add_parser(
+        "require-approvals",
+        help="require N approvals by distinct keys from now on (1 or 2; can only be raised)",
+    )
+    registry_arg(require)
+    require.add_argument("count", type=int, choices=(1, 2), metavar="N")
+    signer_args(require, "who sets the rule")
+    require.set_defaults(func=_command(_require_approvals, "require-approvals"))
 
     verify = commands.add_parser(
         "verify", help="run every load-time check on a version (default: the current one)"
@@ -128,6 +187,13 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     verify.add_argument("version", nargs="?", type=_version_number, metavar="VERSION")
     verify.add_argument(
         "--allow-unapproved", action="store_true", help="do not require approval"
+    )
+    verify.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="remember the registry's signed state in FILE and refuse an older one next time "
+        "(keep FILE outside the registry)",
     )
     verify.set_defaults(func=_command(_verify, "verify"))
 
@@ -177,19 +243,63 @@ def _version_number(text: str) -> int:
 # Subcommands
 
 
+def _passphrase(args: argparse.Namespace, key: Path, *, new: bool = False) -> bytes:
+    """The passphrase for ``key``: from ``--passphrase-env``'s variable, else a terminal
+    prompt (twice for a new key), else :class:`_InputError`."""
+    if args.passphrase_env is not None:
+        value = os.environ.get(args.passphrase_env)
+        if value is None:
+            raise _InputError(f"--passphrase-env: environment variable "
+                              f"{args.passphrase_env} is not set")
+        return value.encode()
+    if not sys.stdin.isatty():
+        raise _InputError(f"{key}: no passphrase: give --passphrase-env VAR, or run on a "
+                          "terminal to be asked for it")
+    value = getpass.getpass(f"passphrase for {key}: ")
+    if new and getpass.getpass("again: ") != value:
+        raise _InputError("the two passphrases differ")
+    return value.encode()
+
+
+def _signer(args: argparse.Namespace) -> Signer:
+    """The decrypted key of ``--key``; :class:`_InputError` (exit 2) for a missing file, an
+    unencrypted key or a wrong passphrase."""
+    from gateway.registry.signing import KeyFileError, load_private_key
+
+    passphrase = _passphrase(args, args.key)
+    try:
+        return load_private_key(args.key, passphrase)
+    except KeyFileError as exc:
+        raise _InputError(str(exc)) from exc
+
+
 def _keygen(args: argparse.Namespace) -> int:
-    from gateway.registry.registry import Registry, RegistryInputError
+    from gateway.registry.registry import Registry
     from gateway.registry.signing import KeyFileError, generate_key
 
+    passphrase = _passphrase(args, args.key, new=True)
     try:
-        pair = generate_key(args.key)
+        pair = generate_key(args.key, passphrase)
     except KeyFileError as exc:
-        raise RegistryInputError(str(exc)) from exc
-    print(f"private key {pair.private_path} (keep it secret), public key {pair.public_path}")
+        raise _InputError(str(exc)) from exc
+    print(f"private key {pair.private_path} (encrypted; keep it and its passphrase secret), "
+          f"public key {pair.public_path}")
     print(f"key id {pair.key_id}")
     if args.trust is not None:
         Registry(args.trust).trust_key(pair.public_path)
         print(f"trusted in {args.trust}")
+    return EXIT_OK
+
+
+def _key_encrypt(args: argparse.Namespace) -> int:
+    from gateway.registry.signing import KeyFileError, encrypt_key_file
+
+    passphrase = _passphrase(args, args.key, new=True)
+    try:
+        kid = encrypt_key_file(args.key, passphrase)
+    except KeyFileError as exc:
+        raise _InputError(str(exc)) from exc
+    print(f"{args.key}: key {kid} is now encrypted with the passphrase")
     return EXIT_OK
 
 
@@ -198,7 +308,8 @@ def _register(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     rows = _read_canary(args.canary, settings.inputs)
-    version = Registry(args.registry).register(args.name, args.model, rows, settings, args.key)
+    signer = _signer(args)
+    version = Registry(args.registry).register(args.name, args.model, rows, settings, signer)
     if args.json:
         print(json.dumps(version.to_json(), indent=2))
     else:
@@ -206,7 +317,7 @@ def _register(args: argparse.Namespace) -> int:
             f"registered {version.label}: sha256 {version.sha256}, key {version.key_id}, "
             f"{len(rows)} canary cases; not approved yet "
             f"(safety-gateway model approve --registry {args.registry} {version.name} "
-            f"{version.version} --by WHO)"
+            f"{version.version} --key KEY --by WHO)"
         )
     return EXIT_OK
 
@@ -214,7 +325,15 @@ def _register(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from gateway.registry.registry import Registry
 
-    versions = Registry(args.registry).list(args.name)
+    registry = Registry(args.registry)
+    versions = registry.list(args.name)
+    if not registry.is_sealed():
+        print(
+            f"safety-gateway model list: warning: {args.registry}: the approval state below is "
+            "NOT signed (a registry made before signed state); review it, then run "
+            f"`safety-gateway model reseal --registry {args.registry} --key KEY --by WHO`",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps([v.to_json() for v in versions], indent=2))
         return EXIT_OK
@@ -248,15 +367,26 @@ def _list_row(v: Version) -> tuple[str, ...]:
 def _approve(args: argparse.Namespace) -> int:
     from gateway.registry.registry import Registry
 
-    version = Registry(args.registry).approve(args.name, args.version, args.by)
-    print(f"{version.label} approved by {version.approved_by}; it is now current")
+    signer = _signer(args)
+    registry = Registry(args.registry)
+    version = registry.approve(args.name, args.version, args.by, signer)
+    if version.approved:
+        state = "current" if version.current else "approved"
+        print(f"{version.label} approved by {version.approved_by} (key {signer.key_id}); it is "
+              f"now {state}")
+    else:
+        print(f"{version.label}: approval by {args.by} (key {signer.key_id}) recorded; "
+              f"{registry.approvals_required()} approvals by distinct keys are required, so it "
+              "waits for another approver")
     return EXIT_OK
 
 
 def _revoke(args: argparse.Namespace) -> int:
     from gateway.registry.registry import Registry
 
-    version = Registry(args.registry).revoke(args.name, args.version, args.by, args.reason)
+    signer = _signer(args)
+    version = Registry(args.registry).revoke(args.name, args.version, args.by, args.reason,
+                                             signer)
     note = " (it is the current version: loading it is refused until you roll back)"
     print(f"{version.label} revoked by {version.revoked_by}{note if version.current else ''}")
     return EXIT_OK
@@ -265,15 +395,36 @@ def _revoke(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from gateway.registry.registry import Registry
 
-    version = Registry(args.registry).rollback(args.name)
+    signer = _signer(args)
+    version = Registry(args.registry).rollback(args.name, args.by, signer)
     print(f"{version.name}: current version is now v{version.version} (sha256 {version.sha256})")
+    return EXIT_OK
+
+
+def _reseal(args: argparse.Namespace) -> int:
+    from gateway.registry.registry import Registry
+
+    signer = _signer(args)
+    versions = Registry(args.registry).reseal(args.by, signer)
+    for v in versions:
+        print("  ".join(_list_row(v)).rstrip())
+    print(f"{args.registry}: state of {len(versions)} versions signed by key {signer.key_id}")
+    return EXIT_OK
+
+
+def _require_approvals(args: argparse.Namespace) -> int:
+    from gateway.registry.registry import Registry
+
+    signer = _signer(args)
+    Registry(args.registry).require_approvals(args.count, args.by, signer)
+    print(f"{args.registry}: approvals now need {args.count} distinct approver keys")
     return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.registry.registry import Registry
 
-    verified = Registry(args.registry).load_verified(
+    verified = Registry(args.registry, witness=args.witness).load_verified(
         args.name, args.version, require_approval=not args.allow_unapproved
     )
     print(

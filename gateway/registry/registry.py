@@ -11,11 +11,12 @@ On disk (``REGISTRY`` is any folder)::
 
 ``index.json``::
 
-    {"format": 1,
+    {"format": 2,
      "current": {"<name>": <version>, ...},
      "versions": [{"name", "version", "sha256", "canary_sha256", "created_at", "key_id",
                    "signature", "approved", "approved_by", "approved_at",
-                   "revoked", "revoked_by", "revoked_at", "revoked_reason"}, ...]}
+                   "revoked", "revoked_by", "revoked_at", "revoked_reason"}, ...],
+     "state": [<signed state record>, ...]}
 
 ``signature`` (JSON): ``{"format": 1, "algorithm": "ed25519", "key_id", "signature"}``, the
 signature in base64 (the index keeps a copy). What is signed is the *statement*, the canonical
@@ -29,9 +30,17 @@ holds the normalisation the outputs were recorded with) and the version's identi
 (:meth:`OnnxPolicy.infer_sync`: the configured normalisation, onnxruntime on one thread,
 deterministic compute), float64 written so that they read back bit-exact.
 
-Approval, revocation and the ``current`` pointer are registry state, kept in the index and not
-signed: whoever may write the registry folder may approve. Protect the folder (and its trust
-store) accordingly; the signature protects the model and its canary against everyone else.
+Approval, revocation and the ``current`` pointer are *signed state*: each change is a record
+signed by an approver's key from the trust store, chained to the one before
+(:mod:`gateway.registry.state`). The ``approved*``, ``revoked*`` and ``current`` fields of the
+index are a cache that every read checks against what the records establish: a hand-edited
+index, or a changed, deleted, reordered or replayed record, is refused with
+:class:`StateTampered` naming what disagrees. An index of format 1 (no signed state, written by
+earlier versions) is refused with :class:`StateUnsigned` until an operator reviews it and signs
+its state with :meth:`Registry.reseal` (``safety-gateway model reseal``). Whoever may write the
+folder can still delete it or put an older copy back; a verifier given a *witness* file (the
+last head it accepted) refuses an older copy too. The trust store is what decides whose
+signatures count: protect ``REGISTRY/trusted`` from writes by anyone but the registry's owner.
 
 Writers take an exclusive ``flock`` on ``REGISTRY/.lock`` and replace ``index.json``
 atomically (temporary file, fsync, ``os.replace``, fsync of the folder), so concurrent CLI
@@ -63,7 +72,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 
 from gateway.control.onnx_policy import ModelError, OnnxPolicyConfig, load_policy
-from gateway.registry import signing
+from gateway.registry import signing, state
 from gateway.supervisor.detectors import CanaryCases
 
 if TYPE_CHECKING:
@@ -92,6 +101,8 @@ __all__ = [
     "RegistryInputError",
     "RegistryNotFound",
     "RegistryStateError",
+    "StateTampered",
+    "StateUnsigned",
     "UnknownVersion",
     "UntrustedKey",
     "VerifiedModel",
@@ -99,7 +110,9 @@ __all__ = [
     "statement_bytes",
 ]
 
-INDEX_FORMAT: Final = 1
+INDEX_FORMAT: Final = 2
+LEGACY_INDEX_FORMAT: Final = 1
+WITNESS_FORMAT: Final = 1
 CANARY_FORMAT: Final = 1
 SIGNATURE_FORMAT: Final = 1
 STATEMENT_CONTEXT: Final = "safety-gateway model registry statement v1"
@@ -193,6 +206,18 @@ class ModelNotApproved(ModelRefused):
 
 class NoCurrentVersion(ModelRefused):
     """No version was asked for and the name has no current version."""
+
+
+class StateTampered(ModelRefused):
+    """The registry's signed state does not hold: a record is not signed by a trusted key, out
+    of place or breaks a rule, or the index's state fields disagree with the records, or the
+    state is older than the witness saw. Nothing in the registry is loaded until it is
+    repaired (restored from a backup)."""
+
+
+class StateUnsigned(ModelRefused):
+    """The index has no signed state (format 1): its approvals are not trusted until an
+    operator reviews them and signs them with ``safety-gateway model reseal``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +381,10 @@ class Registry:
 
     ``trusted_dir`` overrides the trust store's folder (default ``REGISTRY/trusted``).
     ``now`` returns the current time as an aware datetime; it stamps ``created_at``,
-    ``approved_at`` and ``revoked_at``.
+    ``approved_at`` and ``revoked_at``. ``witness`` is a file, outside the registry and
+    writable by this verifier only, where :meth:`load_verified` remembers the last signed state
+    it accepted and refuses an older one (see :class:`StateTampered`); ``None`` checks no
+    history.
 
     Constructing a ``Registry`` touches nothing on disk; :meth:`register` creates the folder
     layout on first use. Other methods raise :class:`RegistryNotFound` if the folder does not
@@ -369,11 +397,13 @@ class Registry:
         *,
         trusted_dir: Path | None = None,
         now: Callable[[], datetime] = _utc_now,
+        witness: Path | None = None,
     ) -> None:
         self.path: Final = Path(path)
         self.trusted_dir: Final = (
             Path(trusted_dir) if trusted_dir is not None else self.path / TRUSTED_DIR
         )
+        self.witness: Final = Path(witness) if witness is not None else None
         self._now = now
 
     # -- reading ------------------------------------------------------------------------------
@@ -381,8 +411,10 @@ class Registry:
     def list(self, name: str | None = None) -> tuple[Version, ...]:
         """Every version (of ``name`` only, if given), sorted by name then version.
 
-        An unknown ``name`` gives an empty tuple. Raises :class:`RegistryNotFound` or
-        :class:`RegistryCorrupt`.
+        An unknown ``name`` gives an empty tuple. Raises :class:`RegistryNotFound`,
+        :class:`RegistryCorrupt` or :class:`StateTampered`. A legacy index (no signed state,
+        see :meth:`is_sealed`) is listed as it stands, so that an operator can review it
+        before :meth:`reseal`.
         """
         index = self._read_index()
         return tuple(
@@ -394,9 +426,20 @@ class Registry:
         """One version; ``None`` means the current one.
 
         Raises :class:`UnknownVersion` if there is no such name or version and
-        :class:`NoCurrentVersion` if ``version`` is ``None`` and ``name`` has no current one.
+        :class:`NoCurrentVersion` if ``version`` is ``None`` and ``name`` has no current one;
+        :class:`StateTampered` as :meth:`list`.
         """
         return self._read_index().find(name, version)
+
+    def is_sealed(self) -> bool:
+        """Whether the index's state is signed (format 2). A legacy (format 1) index is not:
+        it must be reviewed and resealed before anything is approved, revoked or loaded.
+        Raises as :meth:`list`."""
+        return not self._read_index().legacy
+
+    def approvals_required(self) -> int:
+        """How many distinct approver keys an approval needs (1 unless raised)."""
+        return self._read_index().approvals_required
 
     def trust_store(self) -> signing.TrustStore:
         """The trust store; :class:`RegistryCorrupt` if a key file in it is damaged."""
@@ -438,7 +481,11 @@ class Registry:
 
         ``version`` ``None`` means the current version. Checks, in order: the version exists
         (:class:`UnknownVersion`, :class:`NoCurrentVersion`); not revoked
-        (:class:`ModelRevoked`); approved, if ``require_approval`` (:class:`ModelNotApproved`);
+        (:class:`ModelRevoked`); approved, if ``require_approval`` (:class:`ModelNotApproved`).
+        Before these, the registry's state must be signed (:class:`StateUnsigned`), hold
+        (:class:`StateTampered`: signatures, chain, the index's fields agree with the records)
+        and, with a witness, be no older than the last state this verifier accepted
+        (:class:`StateTampered`; the witness then moves to the new head). Then:
         a signature file exists (:class:`ModelUnsigned`), is well-formed and agrees with the
         index (:class:`BadSignature`); its key is trusted (:class:`UntrustedKey`); the signature
         verifies over the statement built from the index entry (:class:`BadSignature`); the
@@ -453,7 +500,11 @@ class Registry:
             raise RegistryInputError(
                 f"`canary_tolerance` must be finite and >= 0, got {canary_tolerance!r}"
             )
-        entry = self.get(name, version)
+        index = self._read_index()
+        _require_sealed(index, self.path)
+        if self.witness is not None:
+            self._check_witness(index)
+        entry = index.find(name, version)
         if entry.revoked:
             raise ModelRevoked(
                 f"{entry.label} is revoked (by {entry.revoked_by} at {entry.revoked_at}: "
@@ -471,7 +522,7 @@ class Registry:
         model_path: Path,
         canary_inputs: npt.ArrayLike,
         settings: PolicySettings,
-        key_path: Path,
+        signer: signing.Signer,
     ) -> Version:
         """Add a new version of ``name``: copy the model in, record its canary, sign both.
 
@@ -480,20 +531,16 @@ class Registry:
         :func:`load_policy` (so it must be a policy these settings can run) and each row is run
         through :meth:`OnnxPolicy.infer_sync`; the outputs become the canary's expected values.
         The new version is neither approved nor current. Its number is one more than the
-        highest ever used for ``name``.
+        highest ever used for ``name``. ``signer`` is the decrypted signing key
+        (:func:`signing.load_private_key`).
 
-        Raises :class:`RegistryInputError` for a bad name, unreadable model or key file,
-        malformed canary rows, a model these settings cannot load, or a canary row on which
-        the model gives no finite output.
+        Raises :class:`RegistryInputError` for a bad name, unreadable model file, malformed
+        canary rows, a model these settings cannot load, or a canary row on which the model
+        gives no finite output; :class:`StateUnsigned` on a legacy index (reseal it first).
         """
         _check_name(name)
         rows = _canary_rows(canary_inputs, len(settings.inputs))
-        try:
-            private_key = signing.load_private_key(key_path)
-        except signing.KeyFileError as exc:
-            raise RegistryInputError(str(exc)) from exc
-        public = private_key.public_key()
-        kid = signing.key_id(public)
+        kid = signer.key_id
         data = _read_model(model_path)
         sha = hashlib.sha256(data).hexdigest()
 
@@ -510,13 +557,14 @@ class Registry:
             failure = f"{self.path}: cannot write the new version"
             with self._locked(create=True), _io_errors(failure):
                 index = self._read_index(missing_ok=True)
+                _require_sealed(index, self.path)
                 number = max(index.highest(name), _highest_dir(name_dir)) + 1
                 created_at = _timestamp(self._now())
                 canary = _canary_json(name, number, sha, settings, rows, outputs)
                 _write_file(staging / CANARY_FILE, canary)
                 canary_sha = hashlib.sha256(canary).hexdigest()
                 statement = statement_bytes(name, number, sha, canary_sha, created_at)
-                signature = base64.b64encode(signing.sign(private_key, statement)).decode()
+                signature = base64.b64encode(signer.sign(statement)).decode()
                 _write_file(staging / SIGNATURE_FILE, _signature_json(kid, signature))
                 # mkdtemp made it 0700; the gateway may run as another user than the registrar.
                 os.chmod(staging, 0o755)
@@ -540,66 +588,79 @@ class Registry:
                 shutil.rmtree(staging, ignore_errors=True)
         return entry
 
-    def approve(self, name: str, version: int, who: str) -> Version:
-        """Approve ``version`` of ``name`` and make it the current version.
+    def approve(self, name: str, version: int, who: str, signer: signing.Signer) -> Version:
+        """Approve ``version`` of ``name`` with ``signer``'s key; once it has the approvals
+        the registry requires (:meth:`approvals_required`, from distinct keys), it is approved
+        and becomes the current version.
 
         The version is verified first (signature, trust, hashes: as :meth:`load_verified`, less
         the approval check), so a tampered model cannot be approved. Approving an approved
-        version keeps its first approval record and makes it current again.
+        version keeps its approval record and makes it current again (a signed
+        ``set_current``). The returned version says whether it is now approved; if not, it
+        still waits for another approver.
 
-        Raises :class:`UnknownVersion`, :class:`RegistryStateError` if it is revoked, a
-        :class:`ModelRefused` subclass if it fails verification, :class:`RegistryInputError` for
-        an empty ``who``.
+        Raises :class:`UnknownVersion`; :class:`RegistryStateError` if it is revoked or this
+        key has already approved it; :class:`UntrustedKey` if ``signer`` is not in the trust
+        store; a :class:`ModelRefused` subclass if it fails verification or the registry's
+        state does not hold; :class:`RegistryInputError` for an empty ``who``.
         """
         _check_who(who)
         with self._locked():
             index = self._read_index()
+            _require_sealed(index, self.path)
             entry = index.find(name, version)
             if entry.revoked:
                 raise RegistryStateError(f"{entry.label} is revoked and cannot be approved")
             self._verify(entry, DEFAULT_CANARY_TOLERANCE)
-            if not entry.approved:
-                entry = _replace(
-                    entry, approved=True, approved_by=who, approved_at=_timestamp(self._now())
-                )
-                index.add(entry)
-            index.current[name] = version
+            if entry.approved:
+                action = state.Action.SET_CURRENT
+            else:
+                action = state.Action.APPROVE
+                approvers = index.derived.of(name, version).approvers
+                if any(kid == signer.key_id for kid, _, _ in approvers):
+                    raise RegistryStateError(
+                        f"{entry.label}: key {signer.key_id} has already approved it; the "
+                        f"registry requires {index.approvals_required} approvals by distinct "
+                        "keys, so a second approver must sign with their own key"
+                    )
+            self._append(index, action, signer, who, name=name, version=version,
+                         sha256=entry.sha256)
             self._write_index(index)
-        return _replace(entry, current=True)
+        return index.find(name, version)
 
-    def revoke(self, name: str, version: int, who: str, reason: str) -> Version:
-        """Revoke a version: it will be refused at load, whatever its approval.
+    def revoke(
+        self, name: str, version: int, who: str, reason: str, signer: signing.Signer
+    ) -> Version:
+        """Revoke a version with ``signer``'s key: it will be refused at load, whatever its
+        approval.
 
         The current pointer is left alone: if it designates the revoked version, loading the
         current version is refused (the gateway runs on fallback) until an operator approves
-        another version or rolls back. Raises :class:`UnknownVersion`,
-        :class:`RegistryStateError` if already revoked, :class:`RegistryInputError` for an
-        empty ``who`` or ``reason``.
+        another version or rolls back. One trusted key suffices, whatever the approval rule:
+        taking a model out of service must never wait for a second person. Raises
+        :class:`UnknownVersion`, :class:`RegistryStateError` if already revoked,
+        :class:`UntrustedKey`, :class:`RegistryInputError` for an empty ``who`` or ``reason``.
         """
         _check_who(who)
         if not isinstance(reason, str) or not reason.strip():
             raise RegistryInputError("a revocation needs a reason")
         with self._locked():
             index = self._read_index()
+            _require_sealed(index, self.path)
             entry = index.find(name, version)
             if entry.revoked:
                 raise RegistryStateError(
                     f"{entry.label} is already revoked (by {entry.revoked_by} at "
                     f"{entry.revoked_at})"
                 )
-            entry = _replace(
-                entry,
-                revoked=True,
-                revoked_by=who,
-                revoked_at=_timestamp(self._now()),
-                revoked_reason=reason,
-            )
-            index.add(entry)
+            self._append(index, state.Action.REVOKE, signer, who, name=name, version=version,
+                         sha256=entry.sha256, reason=reason)
             self._write_index(index)
-        return _replace(entry, current=index.current.get(name) == version)
+        return index.find(name, version)
 
-    def rollback(self, name: str) -> Version:
-        """Make the last known-good version current and return it.
+    def rollback(self, name: str, who: str, signer: signing.Signer) -> Version:
+        """Make the last known-good version current (a ``set_current`` record signed by
+        ``signer``) and return it.
 
         The target is the highest-numbered version below the current one that is approved and
         not revoked. It is verified before the pointer moves; if it fails, the error says so
@@ -607,10 +668,12 @@ class Registry:
 
         Raises :class:`UnknownVersion` for an unknown name, :class:`NoRollbackTarget` if there
         is no current version or no such earlier version, a :class:`ModelRefused` subclass if
-        the target fails verification.
+        the target fails verification, :class:`UntrustedKey`.
         """
+        _check_who(who)
         with self._locked():
             index = self._read_index()
+            _require_sealed(index, self.path)
             versions = [v for v in index.versions() if v.name == name]
             if not versions:
                 raise UnknownVersion(f"no model named {name!r} in {self.path}")
@@ -634,12 +697,141 @@ class Registry:
                     f"rollback target {target.label} fails verification: {exc}; revoke it "
                     "and roll back again"
                 ) from exc
-            index.current[name] = target.version
+            self._append(index, state.Action.SET_CURRENT, signer, who, name=name,
+                         version=target.version, sha256=target.sha256, reason="rollback")
             self._write_index(index)
-        return _replace(target, current=True)
+        return index.find(name, target.version)
+
+    def require_approvals(self, count: int, who: str, signer: signing.Signer) -> None:
+        """From now on, an approval needs ``count`` (1 or 2) distinct approver keys (IEC
+        62443-3-3 SR 2.1 RE 4, dual approval). Signed; it can only be raised (a stolen key
+        must not be able to lower it). Versions approved before keep their approval.
+
+        Raises :class:`RegistryStateError` if ``count`` is lower than the current rule,
+        :class:`RegistryInputError` if it is not 1 or 2, :class:`UntrustedKey`.
+        """
+        _check_who(who)
+        if isinstance(count, bool) or count not in range(1, state.MAX_APPROVALS_REQUIRED + 1):
+            raise RegistryInputError(
+                f"approvals required must be 1 to {state.MAX_APPROVALS_REQUIRED}, got {count!r}"
+            )
+        with self._locked():
+            index = self._read_index()
+            _require_sealed(index, self.path)
+            if count < index.approvals_required:
+                raise RegistryStateError(
+                    f"{index.approvals_required} approvals are required; the rule can only be "
+                    "raised"
+                )
+            if count == index.approvals_required:
+                return
+            self._append(index, state.Action.REQUIRE_APPROVALS, signer, who,
+                         approvals_required=count)
+            self._write_index(index)
+
+    def reseal(self, who: str, signer: signing.Signer) -> tuple[Version, ...]:
+        """Sign the state of a legacy (format 1) index as it stands, after an operator has
+        reviewed it (``model list``): one signed record per approval, revocation and current
+        pointer, by ``signer``, keeping each approval's and revocation's recorded name and
+        time (the reseal is noted in each record's ``reason``). Returns the versions as now
+        signed.
+
+        Every version must verify (signature, trust, hashes) first: a reseal never vouches for
+        a tampered model. A current pointer to a revoked or unapproved version is dropped (it
+        could not load anyway). Raises :class:`RegistryStateError` if the index is already
+        sealed, :class:`UntrustedKey`, a :class:`ModelRefused` subclass for a version that
+        fails verification.
+        """
+        _check_who(who)
+        with self._locked():
+            index = self._read_index()
+            if not index.legacy:
+                raise RegistryStateError(
+                    f"{self.path}: the registry's state is already signed; nothing to reseal"
+                )
+            legacy = index.versions()
+            for entry in legacy:
+                if entry.approved or entry.revoked or entry.current:
+                    self._verify(entry, DEFAULT_CANARY_TOLERANCE)
+            sealed = _Index(dict(index.entries), {}, [], legacy=False)
+            sealed.derived = state.replay([], self.trust_store(), {})
+            note = f"resealed by {who} at {_timestamp(self._now())} from a legacy index"
+            ordered = sorted(legacy, key=lambda v: (v.approved_at or "", v.name, v.version))
+            for entry in ordered:
+                if entry.approved:
+                    self._append(sealed, state.Action.APPROVE, signer,
+                                 entry.approved_by or who, name=entry.name,
+                                 version=entry.version, sha256=entry.sha256, reason=note,
+                                 at=entry.approved_at)
+            for entry in legacy:
+                if entry.current and entry.approved and not entry.revoked:
+                    self._append(sealed, state.Action.SET_CURRENT, signer, who,
+                                 name=entry.name, version=entry.version, sha256=entry.sha256,
+                                 reason=note)
+            for entry in legacy:
+                if entry.revoked:
+                    self._append(sealed, state.Action.REVOKE, signer, entry.revoked_by or who,
+                                 name=entry.name, version=entry.version, sha256=entry.sha256,
+                                 reason=f"{entry.revoked_reason} ({note})",
+                                 at=entry.revoked_at)
+            self._write_index(sealed)
+        return tuple(sorted(sealed.versions(), key=lambda v: (v.name, v.version)))
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _append(
+        self,
+        index: _Index,
+        action: state.Action,
+        signer: signing.Signer,
+        who: str,
+        *,
+        name: str | None = None,
+        version: int | None = None,
+        sha256: str | None = None,
+        reason: str | None = None,
+        approvals_required: int | None = None,
+        at: str | None = None,
+    ) -> None:
+        """Sign a record, chain it after the index's, replay the whole chain and bring the
+        index's state fields in line with it. The index is changed only in memory."""
+        store = self.trust_store()
+        if signer.key_id not in store:
+            raise UntrustedKey(
+                f"key {signer.key_id} ({signer.source}) is not in the trust store "
+                f"{self.trusted_dir}; only a trusted approver's key can change the state"
+            )
+        record = state.make_record(
+            index.records, action, signer, at=at or _timestamp(self._now()), by=who,
+            name=name, version=version, sha256=sha256, reason=reason,
+            approvals_required=approvals_required,
+        )
+        records = [*index.records, record]
+        try:
+            derived = state.replay(records, store, index.sha256s())
+        except state.StateError as exc:
+            raise RegistryStateError(f"{self.path}: {exc}") from exc
+        index.records = records
+        index.apply(derived)
+
+    def _check_witness(self, index: _Index) -> None:
+        """Refuse a state older than the witness saw; then move the witness to this head."""
+        assert self.witness is not None
+        seen_seq, seen_sha = _read_witness(self.witness)
+        try:
+            state.check_witness(index.derived, index.records, seen_seq, seen_sha)
+        except state.StateError as exc:
+            raise StateTampered(f"{self.path}: {exc} (witness {self.witness})") from exc
+        if index.derived.head_seq > seen_seq:
+            document = {
+                "format": WITNESS_FORMAT,
+                "registry": str(self.path),
+                "seq": index.derived.head_seq,
+                "sha256": index.derived.head_sha256,
+            }
+            with _io_errors(f"{self.witness}: cannot write the witness"):
+                self.witness.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(self.witness, (json.dumps(document, indent=1) + "\n").encode())
     def _version_dir(self, entry: Version) -> Path:
         return self.path / MODELS_DIR / entry.name / str(entry.version)
 
@@ -742,14 +934,26 @@ class Registry:
         except FileNotFoundError:
             # A folder without an index is an empty registry (e.g. only a trust store so far).
             if missing_ok or self.path.is_dir():
-                return _Index({}, {})
+                index = _Index({}, {}, [], legacy=False)
+                index.derived = state.replay([], signing.TrustStore({}, "-"), {})
+                return index
             raise RegistryNotFound(f"{self.path}: no registry folder") from None
         except OSError as exc:
             raise RegistryCorrupt(f"{path}: unreadable ({exc})") from exc
         try:
-            return _Index.parse(raw)
+            index = _Index.parse(raw)
         except ValueError as exc:
             raise RegistryCorrupt(f"{path}: {exc}") from exc
+        if not index.legacy:
+            try:
+                index.derived = state.replay(index.records, self.trust_store(), index.sha256s())
+                index.check(index.derived)
+            except state.StateError as exc:
+                raise StateTampered(
+                    f"{path}: the signed registry state does not hold: {exc}; nothing from this "
+                    "registry is loaded until it is restored from a backup"
+                ) from exc
+        return index
 
     def _write_index(self, index: _Index) -> None:
         with _io_errors(f"{self.path / INDEX_FILE}: cannot write the index"):
@@ -761,11 +965,61 @@ class Registry:
 
 
 class _Index:
-    """The parsed ``index.json``: entries by (name, version), and the current pointers."""
+    """The parsed ``index.json``: entries by (name, version), the current pointers, and the
+    signed state records (``legacy``: a format-1 index, which has none).
 
-    def __init__(self, entries: dict[tuple[str, int], Version], current: dict[str, int]) -> None:
+    ``derived`` is what the records establish, set by whoever replayed them
+    (:meth:`Registry._read_index`); :meth:`check` compares the cached fields with it and
+    :meth:`apply` rewrites them from it.
+    """
+
+    def __init__(
+        self,
+        entries: dict[tuple[str, int], Version],
+        current: dict[str, int],
+        records: builtins.list[state.StateRecord],
+        *,
+        legacy: bool,
+    ) -> None:
         self.entries = entries
         self.current = current
+        self.records = records
+        self.legacy = legacy
+        self.derived = state.DerivedState({}, {}, 1, 0, state.GENESIS)
+
+    @property
+    def approvals_required(self) -> int:
+        return self.derived.approvals_required
+
+    def sha256s(self) -> dict[tuple[str, int], str]:
+        return {key: entry.sha256 for key, entry in self.entries.items()}
+
+    def check(self, derived: state.DerivedState) -> None:
+        """:class:`state.StateError` naming the first field that disagrees with ``derived``."""
+        for key in sorted(self.entries):
+            entry = self.entries[key]
+            signed = derived.of(*key)
+            for name in _STATE_FIELDS:
+                cached, truth = getattr(entry, name), getattr(signed, name)
+                if cached != truth:
+                    raise state.StateError(
+                        f"index.json says {entry.label} {name} = {cached!r}, the signed "
+                        f"records say {truth!r} (the index was edited)"
+                    )
+        if self.current != dict(derived.current):
+            raise state.StateError(
+                f"index.json says current = {dict(sorted(self.current.items()))}, the signed "
+                f"records say {dict(sorted(derived.current.items()))} (the index was edited)"
+            )
+
+    def apply(self, derived: state.DerivedState) -> None:
+        for key, entry in self.entries.items():
+            signed = derived.of(*key)
+            self.entries[key] = _replace(
+                entry, **{name: getattr(signed, name) for name in _STATE_FIELDS}
+            )
+        self.current = dict(derived.current)
+        self.derived = derived
 
     @classmethod
     def parse(cls, raw: bytes) -> _Index:
@@ -776,8 +1030,25 @@ class _Index:
             raise ValueError(f"not JSON ({exc})") from exc
         if not isinstance(document, dict):
             raise ValueError("must be a JSON object")
-        if document.get("format") != INDEX_FORMAT:
-            raise ValueError(f"`format` is {document.get('format')!r}, expected {INDEX_FORMAT}")
+        index_format = document.get("format")
+        if index_format not in (INDEX_FORMAT, LEGACY_INDEX_FORMAT):
+            raise ValueError(f"`format` is {index_format!r}, expected {INDEX_FORMAT}")
+        legacy = index_format == LEGACY_INDEX_FORMAT
+        expected_keys = {"format", "current", "versions"} | (set() if legacy else {"state"})
+        if set(document) != expected_keys:
+            raise ValueError(
+                f"keys {sorted(document)}, expected {sorted(expected_keys)} for format "
+                f"{index_format}"
+            )
+        records: builtins.list[state.StateRecord] = []
+        if not legacy:
+            raw_records = document["state"]
+            if not isinstance(raw_records, builtins.list):
+                raise ValueError("`state` must be a list")
+            records = [
+                state.parse_record(item, f"state[{position}]")
+                for position, item in enumerate(raw_records)
+            ]
         raw_versions = document.get("versions")
         raw_current = document.get("current")
         if not isinstance(raw_versions, builtins.list):
@@ -798,7 +1069,7 @@ class _Index:
             if (name, number) not in entries:
                 raise ValueError(f"current[{name!r}] = {number} is not a listed version")
             current[name] = number
-        return cls(entries, current)
+        return cls(entries, current, records, legacy=legacy)
 
     def dump(self) -> bytes:
         versions = []
@@ -810,6 +1081,7 @@ class _Index:
             "format": INDEX_FORMAT,
             "current": dict(sorted(self.current.items())),
             "versions": versions,
+            "state": [record.to_json() for record in self.records],
         }
         return (json.dumps(document, indent=2, ensure_ascii=True) + "\n").encode()
 
@@ -840,6 +1112,15 @@ class _Index:
         return _replace(entry, current=self.current.get(name) == version)
 
 
+_STATE_FIELDS: Final = (
+    "approved",
+    "approved_by",
+    "approved_at",
+    "revoked",
+    "revoked_by",
+    "revoked_at",
+    "revoked_reason",
+)
 _ENTRY_STR: Final = ("name", "sha256", "canary_sha256", "created_at", "key_id", "signature")
 _ENTRY_OPTIONAL_STR: Final = (
     "approved_by",
@@ -997,6 +1278,36 @@ def _check_name(name: object) -> None:
             f"model name {name!r} is invalid: 1 to 64 characters from letters, digits, '.', "
             "'_' and '-', starting with a letter or digit"
         )
+
+
+def _require_sealed(index: _Index, path: Path) -> None:
+    if index.legacy:
+        raise StateUnsigned(
+            f"{path}: the registry's approval state is not signed (an index written before "
+            "signed state); its approvals, revocations and current versions are not trusted. "
+            f"Review them with `safety-gateway model list --registry {path}`, then sign them "
+            f"with `safety-gateway model reseal --registry {path} --key KEY --by WHO`"
+        )
+
+
+def _read_witness(path: Path) -> tuple[int, str]:
+    """The head a witness file remembers; (0, GENESIS) if there is no file yet."""
+    try:
+        raw = _read_regular(path, _MAX_SMALL_FILE_BYTES)
+    except FileNotFoundError:
+        return 0, state.GENESIS
+    except OSError as exc:
+        raise RegistryInputError(f"{path}: cannot read the witness ({exc})") from exc
+    try:
+        document = json.loads(raw)
+        seq, sha = document["seq"], document["sha256"]
+        if (document.get("format") != WITNESS_FORMAT or isinstance(seq, bool)
+                or not isinstance(seq, int) or seq < 0 or not isinstance(sha, str)
+                or _SHA256_HEX.fullmatch(sha) is None):
+            raise ValueError("bad fields")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise RegistryCorrupt(f"{path}: not a registry witness file ({exc})") from exc
+    return seq, sha
 
 
 def _check_who(who: object) -> None:

@@ -1,9 +1,18 @@
 """Ed25519 keys for the model registry: key files, key ids, signing, and the trust store.
 
-Key files are PEM. A private key is PKCS#8, unencrypted, readable by its owner only (mode
-0600); its public key sits beside it as SubjectPublicKeyInfo PEM, named by appending ``.pub``
-to the private key's file name (``signer.pem`` -> ``signer.pem.pub``). A key is named by its
-*key id*: the first 16 hex digits of the sha256 of the 32 raw public-key bytes.
+Key files are PEM. A private key is PKCS#8 *encrypted* with a passphrase (``cryptography``'s
+``BestAvailableEncryption``: PBES2, AES-256-CBC), readable by its owner only (mode 0600); its
+public key sits beside it as SubjectPublicKeyInfo PEM, named by appending ``.pub`` to the
+private key's file name (``signer.pem`` -> ``signer.pem.pub``). A key is named by its *key id*:
+the first 16 hex digits of the sha256 of the 32 raw public-key bytes.
+
+An unencrypted private key (written by earlier versions) is refused by
+:func:`load_private_key`, with the command that encrypts it in place
+(:func:`encrypt_key_file`): a signing key that approves models for a plant must not be one copy
+of a file away from an attacker, and a warning on a terminal nobody reads would not change that.
+
+Passphrases are ``bytes`` here; where they come from (an environment variable, a prompt, never
+the command line) is the command line's business (:mod:`gateway.registry.cli`).
 
 A trust store is a folder of public-key files (``*.pub``). Only signatures made by one of those
 keys are accepted; :meth:`TrustStore.verify` says precisely why one is not.
@@ -29,12 +38,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_ID_HEX_DIGITS",
+    "MIN_PASSPHRASE_BYTES",
     "KeyFileError",
     "KeyPair",
     "SignatureMismatch",
+    "Signer",
     "SigningError",
     "TrustStore",
+    "UnencryptedKey",
     "UnknownKey",
+    "WrongPassphrase",
+    "encrypt_key_file",
     "generate_key",
     "key_id",
     "load_private_key",
@@ -47,6 +61,9 @@ KEY_ID_HEX_DIGITS: Final = 16
 SIGNATURE_BYTES: Final = 64
 # A PEM ed25519 key is ~120 bytes; anything far larger is not a key file.
 _MAX_KEY_FILE_BYTES: Final = 16 * 1024
+# Short passphrases fall to a dictionary in minutes once the file is copied; 12 bytes is the
+# floor, not a recommendation.
+MIN_PASSPHRASE_BYTES: Final = 12
 
 
 class SigningError(Exception):
@@ -55,6 +72,14 @@ class SigningError(Exception):
 
 class KeyFileError(SigningError):
     """A key file is missing, unreadable, too permissive, or does not hold an ed25519 key."""
+
+
+class UnencryptedKey(KeyFileError):
+    """A private key file is not encrypted (see the module docstring for why it is refused)."""
+
+
+class WrongPassphrase(KeyFileError):
+    """The passphrase does not decrypt the private key file."""
 
 
 class UnknownKey(SigningError):
@@ -74,6 +99,19 @@ class KeyPair:
     key_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """A decrypted private key, its key id, and the file it came from (for messages)."""
+
+    private_key: ed25519.Ed25519PrivateKey
+    key_id: str
+    source: str
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte ed25519 signature of ``message``."""
+        return self.private_key.sign(message)
+
+
 def public_key_path(private_path: Path) -> Path:
     """The public-key file that belongs beside ``private_path`` (its name plus ``.pub``)."""
     return private_path.with_name(private_path.name + ".pub")
@@ -84,24 +122,23 @@ def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:KEY_ID_HEX_DIGITS]
 
 
-def generate_key(path: Path) -> KeyPair:
-    """Create a new ed25519 key pair: the private key at ``path``, the public key beside it.
+def generate_key(path: Path, passphrase: bytes) -> KeyPair:
+    """Create a new ed25519 key pair: the private key at ``path``, encrypted with
+    ``passphrase``, the public key beside it.
 
     The private key file is created with mode 0600 (never overwritten: an existing file is an
     error, since replacing a signing key silently would orphan every signature made with it);
     the public key goes to :func:`public_key_path` with mode 0644. Both are fsynced.
 
-    Raises :class:`KeyFileError` if either file exists or cannot be written.
+    Raises :class:`KeyFileError` if either file exists or cannot be written, or if the
+    passphrase is shorter than :data:`MIN_PASSPHRASE_BYTES`.
     """
+    _check_passphrase(passphrase, path)
     public_path = public_key_path(path)
     if public_path.exists():
         raise KeyFileError(f"{public_path}: already exists; not overwriting a key")
     private = ed25519.Ed25519PrivateKey.generate()
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    private_pem = _encrypted_pem(private, passphrase)
     public = private.public_key()
     public_pem = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -116,23 +153,89 @@ def generate_key(path: Path) -> KeyPair:
     return KeyPair(private_path=path, public_path=public_path, key_id=key_id(public))
 
 
-def load_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
-    """Read an unencrypted PEM ed25519 private key.
+def load_private_key(path: Path, passphrase: bytes) -> Signer:
+    """Read and decrypt an encrypted PEM ed25519 private key.
 
     Refuses (like OpenSSH) a key file that its group or others may read or write, since such a
     key can no longer be assumed to be in the signer's hands alone. Raises
-    :class:`KeyFileError` naming the path and the problem.
+    :class:`UnencryptedKey` for a key stored in clear (naming the command that encrypts it),
+    :class:`WrongPassphrase` if the passphrase does not decrypt it, :class:`KeyFileError` for
+    anything else, each naming the path.
     """
+    data = _read_key_file(path, private=True)
+    if b"-----BEGIN PRIVATE KEY-----" in data:
+        raise UnencryptedKey(
+            f"{path}: the private key is stored unencrypted; encrypt it with "
+            f"`safety-gateway model key-encrypt {path} --passphrase-env VAR` (or make a new one "
+            "with `model keygen`)"
+        )
+    key = _decrypt(data, passphrase, path)
+    return Signer(private_key=key, key_id=key_id(key.public_key()), source=str(path))
+
+
+def encrypt_key_file(path: Path, passphrase: bytes) -> str:
+    """Encrypt an unencrypted private key file in place; return its key id.
+
+    The key itself is unchanged (same key id, every signature made with it still verifies).
+    The new file replaces the old one atomically with mode 0600; the clear-text bytes of the old
+    file may survive on the disk's free blocks, which only the disk's own erasure removes.
+    Raises :class:`KeyFileError` if the file is already encrypted or not an ed25519 key.
+    """
+    _check_passphrase(passphrase, path)
     data = _read_key_file(path, private=True)
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except TypeError as exc:  # the key is encrypted
-        raise KeyFileError(f"{path}: encrypted private keys are not supported ({exc})") from exc
+    except TypeError:
+        raise KeyFileError(f"{path}: already encrypted") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise KeyFileError(f"{path}: a {type(key).__name__}, not an ed25519 private key")
+    temp = path.with_name(f".{path.name}.encrypting")
+    temp.unlink(missing_ok=True)
+    _write_new(temp, _encrypted_pem(key, passphrase), 0o600)
+    try:
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise KeyFileError(f"{path}: cannot replace the key file ({exc.strerror})") from exc
+    return key_id(key.public_key())
+
+
+def _encrypted_pem(key: ed25519.Ed25519PrivateKey, passphrase: bytes) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def _decrypt(data: bytes, passphrase: bytes, path: Path) -> ed25519.Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError as exc:
+        # Not encrypted after all (a PEM header other than the one checked above).
+        raise UnencryptedKey(f"{path}: the private key is not encrypted ({exc})") from exc
+    except ValueError as exc:
+        # cryptography says "Incorrect password" for a well-formed encrypted PKCS#8 file that
+        # the passphrase does not open; any other file is not a key at all.
+        if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data:
+            raise WrongPassphrase(
+                f"{path}: wrong passphrase (the key cannot be decrypted with it)"
+            ) from None
+        raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
+    except UnsupportedAlgorithm as exc:
+        raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: a {type(key).__name__}, not an ed25519 private key")
     return key
+
+
+def _check_passphrase(passphrase: bytes, path: Path) -> None:
+    if not isinstance(passphrase, bytes) or len(passphrase) < MIN_PASSPHRASE_BYTES:
+        raise KeyFileError(
+            f"{path}: the passphrase must be at least {MIN_PASSPHRASE_BYTES} bytes long"
+        )
 
 
 def load_public_key(path: Path) -> ed25519.Ed25519PublicKey:

@@ -14,6 +14,7 @@ from gateway.registry.cli import add_parser
 from simulators.zoo.graphs import linear, serialize, sha256_hex
 
 REPO = Path(__file__).resolve().parents[2]
+PASSPHRASE_VAR = "SG_TEST_KEY_PASSPHRASE"
 
 
 def run(*argv: str | Path) -> int:
@@ -30,11 +31,15 @@ def write_model(path: Path, gain: float = 0.5) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]:
+def env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Path]:
     """A registry with a trusted key, a model and a canary CSV."""
+    monkeypatch.setenv(PASSPHRASE_VAR, "a long test passphrase")
     registry = tmp_path / "registry"
     key = tmp_path / "signer.pem"
-    assert run("model", "keygen", key, "--trust", registry) == 0
+    assert run("model", "keygen", key, "--trust", registry,
+               "--passphrase-env", PASSPHRASE_VAR) == 0
     out = capsys.readouterr().out
     assert re.search(r"key id [0-9a-f]{16}", out)
     assert "trusted in" in out
@@ -52,9 +57,13 @@ def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]:
 def register(env: dict[str, Path], model: Path | None = None) -> int:
     return run(
         "model", "register", "--registry", env["registry"], "tank", model or env["model"],
-        "--key", env["key"], "--canary", env["canary"],
+        "--key", env["key"], "--passphrase-env", PASSPHRASE_VAR, "--canary", env["canary"],
         "--inputs", "level,flow", "--outputs", "valve", "--output-scale", "100",
     )
+
+
+def signer(env: dict[str, Path], key: Path | None = None) -> tuple[str | Path, ...]:
+    return ("--key", key or env["key"], "--passphrase-env", PASSPHRASE_VAR)
 
 
 def test_register_list_approve_verify(env: dict[str, Path], capsys) -> None:
@@ -71,7 +80,8 @@ def test_register_list_approve_verify(env: dict[str, Path], capsys) -> None:
     assert run("model", "verify", "--registry", env["registry"], "tank", "1",
                "--allow-unapproved") == 0
 
-    assert run("model", "approve", "--registry", env["registry"], "tank", "1", "--by", "alice") == 0
+    assert run("model", "approve", "--registry", env["registry"], "tank", "1", "--by", "alice",
+               *signer(env)) == 0
     assert "approved by alice" in capsys.readouterr().out
     assert run("model", "verify", "--registry", env["registry"], "tank") == 0
     assert "3 canary cases" in capsys.readouterr().out
@@ -106,7 +116,7 @@ def test_register_from_a_site_file(env: dict[str, Path], tmp_path: Path, capsys)
     canary.write_text("[[1.0], [2.0]]")
     assert run(
         "model", "register", "--registry", env["registry"], "tank", model, "--key", env["key"],
-        "--canary", canary, "--site", site, "--json",
+        "--passphrase-env", PASSPHRASE_VAR, "--canary", canary, "--site", site, "--json",
     ) == 0
     version = json.loads(capsys.readouterr().out)
     assert version["version"] == 1
@@ -119,14 +129,16 @@ def test_register_from_a_site_file(env: dict[str, Path], tmp_path: Path, capsys)
     # A site without an onnx controller cannot supply the settings.
     assert run(
         "model", "register", "--registry", env["registry"], "tank", model, "--key", env["key"],
-        "--canary", canary, "--site", REPO / "configs" / "water_tank.yaml",
+        "--passphrase-env", PASSPHRASE_VAR, "--canary", canary,
+        "--site", REPO / "configs" / "water_tank.yaml",
     ) == 2
     assert "no onnx controller" in capsys.readouterr().err
 
 
 def test_refusals_exit_1(env: dict[str, Path], capsys) -> None:
     assert register(env) == 0
-    assert run("model", "approve", "--registry", env["registry"], "tank", "1", "--by", "a") == 0
+    assert run("model", "approve", "--registry", env["registry"], "tank", "1", "--by", "a",
+               *signer(env)) == 0
     model_file = env["registry"] / "models" / "tank" / "1" / "model.onnx"
     original = model_file.read_bytes()
     write_model(model_file, gain=0.6)
@@ -138,12 +150,14 @@ def test_refusals_exit_1(env: dict[str, Path], capsys) -> None:
     model_file.write_bytes(original)
 
     assert run("model", "revoke", "--registry", env["registry"], "tank", "1", "--by", "bob",
-               "--reason", "backdoor") == 0
+               "--reason", "backdoor", *signer(env)) == 0
     assert "current version" in capsys.readouterr().out
     assert run("model", "verify", "--registry", env["registry"], "tank") == 1
     assert "revoked" in capsys.readouterr().err
-    assert run("model", "approve", "--registry", env["registry"], "tank", "1", "--by", "a") == 1
-    assert run("model", "rollback", "--registry", env["registry"], "tank") == 1
+    assert run("model", "approve", "--registry", env["registry"], "tank", "1", "--by", "a",
+               *signer(env)) == 1
+    assert run("model", "rollback", "--registry", env["registry"], "tank", "--by", "carol",
+               *signer(env)) == 1
     assert "no approved, unrevoked version before" in capsys.readouterr().err
 
 
@@ -152,9 +166,10 @@ def test_rollback(env: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert register(env, write_model(tmp_path / "v2.onnx", gain=0.7)) == 0
     for version in ("1", "2"):
         assert run("model", "approve", "--registry", env["registry"], "tank", version,
-                   "--by", "alice") == 0
+                   "--by", "alice", *signer(env)) == 0
     capsys.readouterr()
-    assert run("model", "rollback", "--registry", env["registry"], "tank") == 0
+    assert run("model", "rollback", "--registry", env["registry"], "tank", "--by", "carol",
+               *signer(env)) == 0
     assert "current version is now v1" in capsys.readouterr().out
     assert run("model", "list", "--registry", env["registry"], "--json") == 0
     current = [v["version"] for v in json.loads(capsys.readouterr().out) if v["current"]]
@@ -167,10 +182,11 @@ def test_bad_input_exits_2(env: dict[str, Path], tmp_path: Path, capsys) -> None
     assert register(env, tmp_path / "missing.onnx") == 2
     assert "model file not found" in capsys.readouterr().err
     assert register(env) == 0
-    assert run("model", "approve", "--registry", env["registry"], "tank", "9", "--by", "a") == 2
+    assert run("model", "approve", "--registry", env["registry"], "tank", "9", "--by", "a",
+               *signer(env)) == 2
     assert "tank has no version 9" in capsys.readouterr().err
     assert run("model", "verify", "--registry", env["registry"], "pump") == 2
-    assert run("model", "keygen", env["key"]) == 2
+    assert run("model", "keygen", env["key"], "--passphrase-env", PASSPHRASE_VAR) == 2
     assert "already exists" in capsys.readouterr().err
 
     env["canary"].write_text("level,speed\n1,2\n")
@@ -181,7 +197,8 @@ def test_bad_input_exits_2(env: dict[str, Path], tmp_path: Path, capsys) -> None
     assert "data row 1: not a number" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as caught:
-        run("model", "approve", "--registry", env["registry"], "tank", "v1", "--by", "a")
+        run("model", "approve", "--registry", env["registry"], "tank", "v1", "--by", "a",
+            *signer(env))
     assert caught.value.code == 2
 
 

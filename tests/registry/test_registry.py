@@ -32,6 +32,7 @@ from gateway.registry.registry import (
     RegistryInputError,
     RegistryNotFound,
     RegistryStateError,
+    StateTampered,
     UnknownVersion,
     UntrustedKey,
     statement_bytes,
@@ -49,6 +50,7 @@ SETTINGS = PolicySettings(
     output_scale=(100.0,),
 )
 CANARY = np.array([[0.0, 0.0], [2.5, 10.0], [4.9, -3.0]])
+PASSPHRASE = b"correct horse battery"
 
 
 class FakeClock:
@@ -67,16 +69,21 @@ def write_model(path: Path, gain: float = 0.5, bias: float = 0.1) -> Path:
     return path
 
 
-@pytest.fixture
-def key(tmp_path: Path) -> Path:
-    (tmp_path / "keys").mkdir()
-    return signing.generate_key(tmp_path / "keys" / "signer.pem").private_path
+def new_key(path: Path) -> signing.Signer:
+    path.parent.mkdir(exist_ok=True)
+    return signing.load_private_key(signing.generate_key(path, PASSPHRASE).private_path,
+                                    PASSPHRASE)
 
 
 @pytest.fixture
-def registry(tmp_path: Path, key: Path) -> Registry:
+def key(tmp_path: Path) -> signing.Signer:
+    return new_key(tmp_path / "keys" / "signer.pem")
+
+
+@pytest.fixture
+def registry(tmp_path: Path, key: signing.Signer) -> Registry:
     reg = Registry(tmp_path / "registry", now=FakeClock())
-    reg.trust_key(signing.public_key_path(key))
+    reg.trust_key(signing.public_key_path(Path(key.source)))
     return reg
 
 
@@ -85,7 +92,7 @@ def model(tmp_path: Path) -> Path:
     return write_model(tmp_path / "model.onnx")
 
 
-def register(registry: Registry, model: Path, key: Path, name: str = "tank") -> int:
+def register(registry: Registry, model: Path, key: signing.Signer, name: str = "tank") -> int:
     return registry.register(name, model, CANARY, SETTINGS, key).version
 
 
@@ -96,19 +103,19 @@ def version_dir(registry: Registry, name: str, version: int) -> Path:
 # -- the happy path ------------------------------------------------------------------------------
 
 
-def test_register_list_approve_load(registry: Registry, model: Path, key: Path) -> None:
+def test_register_list_approve_load(registry: Registry, model: Path, key: signing.Signer) -> None:
     created = registry.register("tank", model, CANARY, SETTINGS, key)
     assert created.version == 1
     assert created.sha256 == sha256_hex(model.read_bytes())
     assert not created.approved
     assert not created.current
-    assert created.key_id == signing.key_id(signing.load_private_key(key).public_key())
+    assert created.key_id == key.key_id
 
     (listed,) = registry.list()
     assert listed == created
     assert registry.list("other") == ()
 
-    approved = registry.approve("tank", 1, "alice")
+    approved = registry.approve("tank", 1, "alice", key)
     assert approved.approved
     assert approved.approved_by == "alice"
     assert approved.current
@@ -131,7 +138,9 @@ def test_register_list_approve_load(registry: Registry, model: Path, key: Path) 
             np.testing.assert_array_equal(inference.outputs, expected)
 
 
-def test_canary_outputs_use_the_normalisation(registry: Registry, model: Path, key: Path) -> None:
+def test_canary_outputs_use_the_normalisation(
+    registry: Registry, model: Path, key: signing.Signer
+) -> None:
     register(registry, model, key)
     verified = registry.load_verified("tank", 1, require_approval=False)
     # action = ((level - 2) * 0.5 * 0.5 + flow * 0.1 * 0.25 + 0.1) * 100 + 50, in float32.
@@ -140,7 +149,9 @@ def test_canary_outputs_use_the_normalisation(registry: Registry, model: Path, k
     assert verified.canary.outputs[1, 0] == pytest.approx(expected, rel=1e-6)
 
 
-def test_versions_are_monotonic_per_name(registry: Registry, model: Path, key: Path) -> None:
+def test_versions_are_monotonic_per_name(
+    registry: Registry, model: Path, key: signing.Signer
+) -> None:
     assert [register(registry, model, key) for _ in range(3)] == [1, 2, 3]
     assert register(registry, model, key, name="boiler") == 1
     assert [(v.name, v.version) for v in registry.list()] == [
@@ -151,12 +162,13 @@ def test_versions_are_monotonic_per_name(registry: Registry, model: Path, key: P
     ]
 
 
-def test_on_disk_layout(registry: Registry, model: Path, key: Path) -> None:
+def test_on_disk_layout(registry: Registry, model: Path, key: signing.Signer) -> None:
     register(registry, model, key)
     folder = version_dir(registry, "tank", 1)
     assert sorted(p.name for p in folder.iterdir()) == ["canary.json", "model.onnx", "signature"]
     index = json.loads((registry.path / "index.json").read_text())
-    assert index["format"] == 1
+    assert index["format"] == 2
+    assert index["state"] == []
     assert index["current"] == {}
     (entry,) = index["versions"]
     assert set(entry) == {
@@ -167,7 +179,7 @@ def test_on_disk_layout(registry: Registry, model: Path, key: Path) -> None:
     assert entry["created_at"] == "2030-01-02T03:04:06.000000+00:00"
     assert len(entry["key_id"]) == 16
     # The signature covers the canonical statement and verifies with the public key alone.
-    public = signing.load_public_key(signing.public_key_path(key))
+    public = signing.load_public_key(signing.public_key_path(Path(key.source)))
     statement = statement_bytes(
         "tank", 1, entry["sha256"], entry["canary_sha256"], entry["created_at"]
     )
@@ -180,9 +192,9 @@ def test_on_disk_layout(registry: Registry, model: Path, key: Path) -> None:
 
 
 @pytest.fixture
-def approved(registry: Registry, model: Path, key: Path) -> Path:
+def approved(registry: Registry, model: Path, key: signing.Signer) -> Path:
     register(registry, model, key)
-    registry.approve("tank", 1, "alice")
+    registry.approve("tank", 1, "alice", key)
     return version_dir(registry, "tank", 1)
 
 
@@ -246,25 +258,32 @@ def test_swapped_model_with_rewritten_index_is_refused(
     index = json.loads(index_file.read_text())
     index["versions"][0]["sha256"] = sha256_hex(other)
     index_file.write_text(json.dumps(index))
-    with pytest.raises(BadSignature, match="does not verify"):
+    # The signed approval names the model's sha256, so the state check sees it first.
+    with pytest.raises(StateTampered, match=r"approve tank v1.*signed for model sha256"):
         registry.load_verified("tank")
+    # Without an approval record, the version's own signature refuses it.
+    index["state"] = []
+    index["current"] = {}
+    index["versions"][0].update(approved=False, approved_by=None, approved_at=None)
+    index_file.write_text(json.dumps(index))
+    with pytest.raises(BadSignature, match="does not verify"):
+        registry.load_verified("tank", 1, require_approval=False)
 
 
 def test_untrusted_key_is_refused(
-    registry: Registry, model: Path, tmp_path: Path
-) -> None:
-    stranger = signing.generate_key(tmp_path / "keys" / "stranger.pem")
-    registry.register("tank", model, CANARY, SETTINGS, stranger.private_path)
+    registry: Registry, model: Path, tmp_path: Path, key: signing.Signer) -> None:
+    stranger = new_key(tmp_path / "keys" / "stranger.pem")
+    registry.register("tank", model, CANARY, SETTINGS, stranger)
     message = f"signed by key {stranger.key_id}, which is not trusted"
     with pytest.raises(UntrustedKey, match=message):
         registry.load_verified("tank", 1, require_approval=False)
     # Nor can it be approved.
     with pytest.raises(UntrustedKey):
-        registry.approve("tank", 1, "alice")
+        registry.approve("tank", 1, "alice", key)
 
 
-def test_revoked_is_refused(registry: Registry, approved: Path) -> None:
-    revoked = registry.revoke("tank", 1, "bob", "backdoor found")
+def test_revoked_is_refused(registry: Registry, approved: Path, key: signing.Signer) -> None:
+    revoked = registry.revoke("tank", 1, "bob", "backdoor found", key)
     assert revoked.revoked
     assert revoked.current  # the pointer stays; loading it is refused
     with pytest.raises(ModelRevoked, match=r"tank v1 is revoked \(by bob .*: backdoor found\)"):
@@ -272,9 +291,9 @@ def test_revoked_is_refused(registry: Registry, approved: Path) -> None:
     with pytest.raises(ModelRevoked):
         registry.load_verified("tank", 1, require_approval=False)
     with pytest.raises(RegistryStateError, match="already revoked"):
-        registry.revoke("tank", 1, "bob", "again")
+        registry.revoke("tank", 1, "bob", "again", key)
     with pytest.raises(RegistryStateError, match="revoked and cannot be approved"):
-        registry.approve("tank", 1, "alice")
+        registry.approve("tank", 1, "alice", key)
 
 
 def test_unsigned_is_refused(registry: Registry, approved: Path) -> None:
@@ -284,7 +303,7 @@ def test_unsigned_is_refused(registry: Registry, approved: Path) -> None:
 
 
 def test_unapproved_is_refused_when_approval_is_required(
-    registry: Registry, model: Path, key: Path
+    registry: Registry, model: Path, key: signing.Signer
 ) -> None:
     register(registry, model, key)
     with pytest.raises(ModelNotApproved, match="tank v1 is not approved"):
@@ -294,27 +313,29 @@ def test_unapproved_is_refused_when_approval_is_required(
         registry.load_verified("tank")
 
 
-def test_tampered_model_cannot_be_approved(registry: Registry, model: Path, key: Path) -> None:
+def test_tampered_model_cannot_be_approved(
+    registry: Registry, model: Path, key: signing.Signer
+) -> None:
     register(registry, model, key)
     (version_dir(registry, "tank", 1) / "model.onnx").write_bytes(b"\x08\x08")
     with pytest.raises(ModelTampered):
-        registry.approve("tank", 1, "alice")
+        registry.approve("tank", 1, "alice", key)
     assert not registry.get("tank", 1).approved
 
 
-def test_unknown_names_and_versions(registry: Registry, model: Path, key: Path) -> None:
+def test_unknown_names_and_versions(registry: Registry, model: Path, key: signing.Signer) -> None:
     register(registry, model, key)
     with pytest.raises(UnknownVersion, match="no model named 'pump'"):
         registry.load_verified("pump")
     with pytest.raises(UnknownVersion, match=r"tank has no version 7 \(versions: \[1\]\)"):
-        registry.approve("tank", 7, "alice")
+        registry.approve("tank", 7, "alice", key)
 
 
-def test_missing_and_corrupt_registry(tmp_path: Path) -> None:
+def test_missing_and_corrupt_registry(tmp_path: Path, key: signing.Signer) -> None:
     with pytest.raises(RegistryNotFound, match="no registry folder"):
         Registry(tmp_path / "nowhere").list()
     with pytest.raises(RegistryNotFound, match="no registry folder"):
-        Registry(tmp_path / "nowhere").approve("tank", 1, "alice")
+        Registry(tmp_path / "nowhere").approve("tank", 1, "alice", key)
     assert not (tmp_path / "nowhere").exists()  # a mistyped path creates nothing
     (tmp_path / "empty").mkdir()
     assert Registry(tmp_path / "empty").list() == ()
@@ -341,13 +362,15 @@ def test_missing_and_corrupt_registry(tmp_path: Path) -> None:
         ([["a", "b"]], "not a table of numbers"),
     ],
 )
-def test_bad_canary_inputs(registry: Registry, model: Path, key: Path, rows, message) -> None:
+def test_bad_canary_inputs(
+    registry: Registry, model: Path, key: signing.Signer, rows, message
+) -> None:
     with pytest.raises(RegistryInputError, match=message):
         registry.register("tank", model, rows, SETTINGS, key)
 
 
 def test_model_that_cannot_run_with_the_settings(
-    registry: Registry, tmp_path: Path, key: Path
+    registry: Registry, tmp_path: Path, key: signing.Signer
 ) -> None:
     three_inputs = tmp_path / "three.onnx"
     three_inputs.write_bytes(serialize(linear(np.ones((3, 1)), np.zeros(1))))
@@ -362,30 +385,28 @@ def test_model_that_cannot_run_with_the_settings(
     assert not list((registry.path / "models" / "tank").iterdir())
 
 
-def test_bad_name_and_missing_files(registry: Registry, model: Path, key: Path) -> None:
+def test_bad_name_and_missing_files(registry: Registry, model: Path, key: signing.Signer) -> None:
     with pytest.raises(RegistryInputError, match=r"model name '\.\./x' is invalid"):
         registry.register("../x", model, CANARY, SETTINGS, key)
     with pytest.raises(RegistryInputError, match="model file not found"):
         registry.register("tank", model.with_name("nope.onnx"), CANARY, SETTINGS, key)
-    with pytest.raises(RegistryInputError, match="key file not found"):
-        registry.register("tank", model, CANARY, SETTINGS, key.with_name("nope.pem"))
 
 
 # -- rollback ------------------------------------------------------------------------------------
 
 
 def test_rollback_goes_to_the_last_approved_version(
-    registry: Registry, tmp_path: Path, key: Path
+    registry: Registry, tmp_path: Path, key: signing.Signer
 ) -> None:
     for gain in (0.1, 0.2, 0.3, 0.4):
         register(registry, write_model(tmp_path / f"m{gain}.onnx", gain=gain), key)
-    registry.approve("tank", 1, "alice")
-    registry.approve("tank", 2, "alice")
-    registry.approve("tank", 4, "alice")  # 3 never approved
-    registry.revoke("tank", 2, "bob", "drifted")
+    registry.approve("tank", 1, "alice", key)
+    registry.approve("tank", 2, "alice", key)
+    registry.approve("tank", 4, "alice", key)  # 3 never approved
+    registry.revoke("tank", 2, "bob", "drifted", key)
     assert registry.get("tank").version == 4
 
-    target = registry.rollback("tank")
+    target = registry.rollback("tank", "alice", key)
     assert (target.version, target.current) == (1, True)
     assert registry.get("tank").version == 1
     assert registry.load_verified("tank").version.version == 1
@@ -393,26 +414,28 @@ def test_rollback_goes_to_the_last_approved_version(
 
     message = "no approved, unrevoked version before the current v1"
     with pytest.raises(NoRollbackTarget, match=message):
-        registry.rollback("tank")
+        registry.rollback("tank", "alice", key)
 
 
-def test_rollback_needs_a_current_version(registry: Registry, model: Path, key: Path) -> None:
+def test_rollback_needs_a_current_version(
+    registry: Registry, model: Path, key: signing.Signer
+) -> None:
     register(registry, model, key)
     with pytest.raises(NoRollbackTarget, match="no current version to roll back from"):
-        registry.rollback("tank")
+        registry.rollback("tank", "alice", key)
     with pytest.raises(UnknownVersion):
-        registry.rollback("pump")
+        registry.rollback("pump", "alice", key)
 
 
 def test_rollback_refuses_a_tampered_target(
-    registry: Registry, tmp_path: Path, key: Path
+    registry: Registry, tmp_path: Path, key: signing.Signer
 ) -> None:
     for gain in (0.1, 0.2):
         register(registry, write_model(tmp_path / f"m{gain}.onnx", gain=gain), key)
-        registry.approve("tank", registry.list("tank")[-1].version, "alice")
+        registry.approve("tank", registry.list("tank")[-1].version, "alice", key)
     (version_dir(registry, "tank", 1) / "canary.json").write_text("{}")
     with pytest.raises(CanaryTampered, match="rollback target tank v1 fails verification"):
-        registry.rollback("tank")
+        registry.rollback("tank", "alice", key)
     assert registry.get("tank").version == 2
 
 
@@ -426,21 +449,26 @@ _WRITER = textwrap.dedent(
     import numpy as np
     from gateway.registry.registry import PolicySettings, Registry
 
-    registry, model, key, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    from gateway.registry.signing import load_private_key
+
+    registry, model, key_path, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    key = load_private_key(Path(key_path), sys.argv[5].encode())
     settings = PolicySettings(inputs=("level", "flow"), outputs=("valve",))
     reg = Registry(Path(registry))
     for _ in range(count):
-        reg.register("tank", Path(model), np.array([[1.0, 2.0]]), settings, Path(key))
+        reg.register("tank", Path(model), np.array([[1.0, 2.0]]), settings, key)
     """
 )
 
 
 def test_concurrent_registers_do_not_corrupt_the_index(
-    registry: Registry, model: Path, key: Path
+    registry: Registry, model: Path, key: signing.Signer
 ) -> None:
     count = 4
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-c", _WRITER, str(registry.path), str(model), str(key), str(count)]
+    command = [sys.executable, "-c", _WRITER, str(registry.path), str(model), key.source,
+               str(count),
+               PASSPHRASE.decode()]
     writers = [subprocess.Popen(command, env=env, cwd=REPO) for _ in range(2)]
     for writer in writers:
         assert writer.wait(timeout=120) == 0
@@ -456,29 +484,29 @@ def test_concurrent_registers_do_not_corrupt_the_index(
 
 
 def test_generate_key_files(tmp_path: Path) -> None:
-    pair = signing.generate_key(tmp_path / "k.pem")
+    pair = signing.generate_key(tmp_path / "k.pem", PASSPHRASE)
     assert pair.public_path == tmp_path / "k.pem.pub"
     assert stat.S_IMODE(pair.private_path.stat().st_mode) == 0o600
     assert len(pair.key_id) == 16
     assert signing.key_id(signing.load_public_key(pair.public_path)) == pair.key_id
     with pytest.raises(signing.KeyFileError, match="already exists"):
-        signing.generate_key(tmp_path / "k.pem")
+        signing.generate_key(tmp_path / "k.pem", PASSPHRASE)
 
 
 def test_group_readable_private_key_is_refused(tmp_path: Path) -> None:
-    pair = signing.generate_key(tmp_path / "k.pem")
+    pair = signing.generate_key(tmp_path / "k.pem", PASSPHRASE)
     pair.private_path.chmod(0o640)
     with pytest.raises(signing.KeyFileError, match="accessible by group or others"):
-        signing.load_private_key(pair.private_path)
+        signing.load_private_key(pair.private_path, PASSPHRASE)
 
 
 def test_public_key_is_not_a_private_key(tmp_path: Path) -> None:
-    pair = signing.generate_key(tmp_path / "k.pem")
+    pair = signing.generate_key(tmp_path / "k.pem", PASSPHRASE)
     with pytest.raises(signing.KeyFileError, match="not a PEM public key"):
         signing.load_public_key(pair.private_path)
     pair.public_path.chmod(0o600)
     with pytest.raises(signing.KeyFileError, match="not a PEM private key"):
-        signing.load_private_key(pair.public_path)
+        signing.load_private_key(pair.public_path, PASSPHRASE)
 
 
 def test_damaged_trust_store_is_an_error(registry: Registry, approved: Path) -> None:
@@ -487,7 +515,7 @@ def test_damaged_trust_store_is_an_error(registry: Registry, approved: Path) -> 
         registry.load_verified("tank")
 
 
-def test_mlp_models_register_too(registry: Registry, tmp_path: Path, key: Path) -> None:
+def test_mlp_models_register_too(registry: Registry, tmp_path: Path, key: signing.Signer) -> None:
     rng = np.random.default_rng(3)
     path = tmp_path / "mlp.onnx"
     weights = [
@@ -496,5 +524,5 @@ def test_mlp_models_register_too(registry: Registry, tmp_path: Path, key: Path) 
     ]
     path.write_bytes(serialize(mlp(weights)))
     v = registry.register("tank", path, rng.normal(size=(16, 2)), SETTINGS, key)
-    registry.approve("tank", v.version, "alice")
+    registry.approve("tank", v.version, "alice", key)
     assert registry.load_verified("tank").canary.outputs.shape == (16, 1)

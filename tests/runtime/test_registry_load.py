@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ import gateway
 from gateway.audit import read_records
 from gateway.config.schema import ControllerKind
 from gateway.registry import PolicySettings, Registry, generate_key
+from gateway.registry.signing import Signer, load_private_key
 from gateway.runtime.gateway import Gateway
 from simulators.zoo import policies
 from tests.runtime.test_northbound_handler import FakeDevice
@@ -32,15 +34,22 @@ def _site(registry: Path):
     return replace(site, controller=controller)
 
 
+PASSPHRASE = b"registry load passphrase"
+
+
+def _key(tmp: Path) -> Signer:
+    return load_private_key(tmp / "signer.pem", PASSPHRASE)
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> tuple[Registry, Path]:
     reg = Registry(tmp_path / "registry")
-    keys = generate_key(tmp_path / "signer.pem")
+    keys = generate_key(tmp_path / "signer.pem", PASSPHRASE)
     model = tmp_path / "nominal.onnx"
     model.write_bytes(policies.build("water_tank", "nominal"))
     site = _site(tmp_path / "registry")
     reg.register("tank", model, policies.canary_inputs("water_tank"),
-                 PolicySettings.from_controller(site.controller), keys.private_path)
+                 PolicySettings.from_controller(site.controller), _key(tmp_path))
     reg.trust_key(keys.public_path)
     return reg, tmp_path
 
@@ -55,7 +64,7 @@ def _load(site, audit: Path | None = None) -> Gateway:
 
 def test_approved_version_loads_with_its_canary(registry):
     reg, tmp = registry
-    reg.approve("tank", 1, "alice")
+    reg.approve("tank", 1, "alice", _key(tmp))
     gw = _load(_site(tmp / "registry"))
     assert gw.policy is not None
     assert gw.policy.model_sha256 == reg.get("tank", 1).sha256
@@ -63,30 +72,51 @@ def test_approved_version_loads_with_its_canary(registry):
     gw.policy.close()
 
 
-@pytest.mark.parametrize("spoil", ["unapproved", "revoked", "tampered", "untrusted"])
+@pytest.mark.parametrize(
+    "spoil", ["unapproved", "revoked", "tampered", "untrusted", "unrevoked_by_hand", "legacy"]
+)
 def test_refused_model_means_fallback_control_and_an_audit_record(registry, spoil):
     reg, tmp = registry
     if spoil != "unapproved":
-        reg.approve("tank", 1, "alice")
+        reg.approve("tank", 1, "alice", _key(tmp))
     if spoil == "revoked":
-        reg.revoke("tank", 1, "bob", "compromised supplier")
+        reg.revoke("tank", 1, "bob", "compromised supplier", _key(tmp))
     elif spoil == "tampered":
         (path,) = (tmp / "registry" / "models" / "tank" / "1").glob("model.onnx")
         path.write_bytes(policies.build("water_tank", "backdoor"))
     elif spoil == "untrusted":
         for pub in (tmp / "registry" / "trusted").glob("*.pub"):
             pub.unlink()
+    elif spoil == "unrevoked_by_hand":
+        # Issue 16: editing index.json un-revoked a revoked version and the gateway ran it.
+        reg.revoke("tank", 1, "bob", "backdoor", _key(tmp))
+        index_file = tmp / "registry" / "index.json"
+        index = json.loads(index_file.read_text())
+        index["versions"][0].update(revoked=False, revoked_by=None, revoked_at=None,
+                                    revoked_reason=None)
+        index_file.write_text(json.dumps(index))
+    elif spoil == "legacy":
+        # An index written before signed state: its approval is not trusted until resealed.
+        index_file = tmp / "registry" / "index.json"
+        index = json.loads(index_file.read_text())
+        del index["state"]
+        index["format"] = 1
+        index_file.write_text(json.dumps(index))
     audit = tmp / "audit.db"
     gw = _load(_site(tmp / "registry"), audit)
     assert gw.policy is None  # the gateway runs on its fallback controllers
     gw.records.close()
     (load,) = [r for r in read_records(audit) if r.kind == "model_load"]
     assert '"accepted":false' in load.payload
+    reason = {"unrevoked_by_hand": "tank v1 revoked = False, the signed records say True",
+              "legacy": "model reseal"}.get(spoil)
+    if reason is not None:
+        assert reason in json.loads(load.payload)["reason"]
 
 
 def test_settings_must_match_the_registered_ones(registry):
     reg, tmp = registry
-    reg.approve("tank", 1, "alice")
+    reg.approve("tank", 1, "alice", _key(tmp))
     site = _site(tmp / "registry")
     site = replace(site, controller=replace(site.controller, output_scale=(40.0, 40.0)))
     gw = _load(site)
@@ -101,16 +131,15 @@ def test_config_says_registry_or_model_not_both(tmp_path):
 
 def test_rollback_is_what_loads_next(registry):
     reg, tmp = registry
-    reg.approve("tank", 1, "alice")
+    reg.approve("tank", 1, "alice", _key(tmp))
     model2 = tmp / "swapped.onnx"
     model2.write_bytes(policies.build("water_tank", "swapped"))
     site = _site(tmp / "registry")
-    keys = tmp / "signer.pem"
     reg.register("tank", model2, policies.canary_inputs("water_tank"),
-                 PolicySettings.from_controller(site.controller), keys)
-    reg.approve("tank", 2, "alice")
+                 PolicySettings.from_controller(site.controller), _key(tmp))
+    reg.approve("tank", 2, "alice", _key(tmp))
     assert _sha(site) == reg.get("tank", 2).sha256
-    reg.rollback("tank")
+    reg.rollback("tank", "carol", _key(tmp))
     assert _sha(site) == reg.get("tank", 1).sha256
 
 
@@ -124,7 +153,7 @@ def _sha(site) -> str:
 
 def test_gateway_open_close_leaves_a_verifiable_audit_log(registry):
     reg, tmp = registry
-    reg.approve("tank", 1, "alice")
+    reg.approve("tank", 1, "alice", _key(tmp))
     audit = tmp / "audit.db"
 
     async def body() -> None:
@@ -147,7 +176,7 @@ def test_playbook_quarantine_refuses_shadow_and_auto_for_that_model(registry):
     from gateway.supervisor.modes import Mode
 
     reg, tmp = registry
-    reg.approve("tank", 1, "alice")
+    reg.approve("tank", 1, "alice", _key(tmp))
     admin = ClientInfo("opcua", "127.0.0.1:4000", "alice", Role.ADMIN)
 
     async def body() -> None:
@@ -185,7 +214,7 @@ def test_playbook_rate_limit_is_applied_until_the_incident_is_resolved(registry,
     from gateway.supervisor.modes import Mode
 
     reg, tmp = registry
-    reg.approve("tank", 1, "alice")
+    reg.approve("tank", 1, "alice", _key(tmp))
     playbook = tmp_path / "slow.yaml"
     playbook.write_text(
         "name: slow\nrules:\n  - name: everything\n    match: ['*']\n"
