@@ -821,7 +821,10 @@ class Registry:
         try:
             state.check_witness(index.derived, index.records, seen_seq, seen_sha)
         except state.StateError as exc:
-            raise StateTampered(f"{self.path}: {exc} (witness {self.witness})") from exc
+            raise StateTampered(
+                f"{self.path}: {exc} (witness {self.witness}; if you restored an older copy "
+                "on purpose, after review, delete the witness file)"
+            ) from exc
         if index.derived.head_seq > seen_seq:
             document = {
                 "format": WITNESS_FORMAT,

@@ -1,7 +1,9 @@
 """Ed25519 keys for the model registry: key files, key ids, signing, and the trust store.
 
 Key files are PEM. A private key is PKCS#8 *encrypted* with a passphrase (``cryptography``'s
-``BestAvailableEncryption``: PBES2, AES-256-CBC), readable by its owner only (mode 0600); its
+``BestAvailableEncryption``: PBES2, AES-256-CBC, PBKDF2-HMAC-SHA256 with 2,048 iterations, a
+count the library does not let PKCS#8 raise, so the passphrase's length is what resists
+guessing), readable by its owner only (mode 0600); its
 public key sits beside it as SubjectPublicKeyInfo PEM, named by appending ``.pub`` to the
 private key's file name (``signer.pem`` -> ``signer.pem.pub``). A key is named by its *key id*:
 the first 16 hex digits of the sha256 of the 32 raw public-key bytes.

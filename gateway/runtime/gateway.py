@@ -394,8 +394,12 @@ class Gateway(NorthboundHandler):
         spec = self.site.controller
         assert spec.registry is not None
         assert spec.name is not None
+        # The witness (beside the audit database, out of the registry's reach) remembers the
+        # registry's signed state last accepted, so an older copy put back is refused.
+        witness = (None if self.audit_path is None else
+                   self.audit_path.with_name(self.audit_path.name + ".registry-witness.json"))
         try:
-            verified = Registry(spec.registry).load_verified(
+            verified = Registry(spec.registry, witness=witness).load_verified(
                 spec.name, canary_tolerance=self.site.detection.canary_tolerance)
         except RegistryError as exc:
             raise _Refused(f"registry {spec.registry}: {exc}") from None

@@ -114,6 +114,28 @@ def test_refused_model_means_fallback_control_and_an_audit_record(registry, spoi
         assert reason in json.loads(load.payload)["reason"]
 
 
+def test_an_older_registry_copy_put_back_is_refused(registry):
+    # The revocation is genuine and signed, and the gateway has seen it (it refused the model
+    # at its last start); an attacker then restores the index from before it (a consistent,
+    # older signed state). The gateway remembers the state it saw last.
+    reg, tmp = registry
+    reg.approve("tank", 1, "alice", _key(tmp))
+    index_file = tmp / "registry" / "index.json"
+    before = index_file.read_bytes()
+    audit = tmp / "audit.db"
+    reg.revoke("tank", 1, "bob", "backdoor", _key(tmp))
+    for expected in ("revoked", "state went back"):
+        gw = _load(_site(tmp / "registry"), audit)
+        assert gw.policy is None
+        gw.records.close()
+        loads = [r for r in read_records(audit) if r.kind == "model_load"]
+        assert expected in json.loads(loads[-1].payload)["reason"]
+        assert (tmp / "audit.db.registry-witness.json").is_file()
+        index_file.write_bytes(before)
+    # Without the witness, the older copy would load: it is genuinely signed.
+    assert reg.load_verified("tank").version.version == 1
+
+
 def test_settings_must_match_the_registered_ones(registry):
     reg, tmp = registry
     reg.approve("tank", 1, "alice", _key(tmp))
