@@ -736,9 +736,11 @@ class Registry:
         time (the reseal is noted in each record's ``reason``). Returns the versions as now
         signed.
 
-        Every version must verify (signature, trust, hashes) first: a reseal never vouches for
-        a tampered model. A current pointer to a revoked or unapproved version is dropped (it
-        could not load anyway). Raises :class:`RegistryStateError` if the index is already
+        Every approved, revoked or current version must verify (signature, trust, hashes)
+        first: a reseal never vouches for a tampered model. Approvals are replayed in the order
+        of their times, so each makes its version current as ``approve`` does; then the legacy
+        current pointers that designate an approved, unrevoked version are set; a pointer to an
+        unapproved version is not carried over (it could not load anyway). Raises :class:`RegistryStateError` if the index is already
         sealed, :class:`UntrustedKey`, a :class:`ModelRefused` subclass for a version that
         fails verification.
         """
