@@ -740,9 +740,11 @@ class Registry:
         first: a reseal never vouches for a tampered model. Approvals are replayed in the order
         of their times, so each makes its version current as ``approve`` does; then the legacy
         current pointers that designate an approved, unrevoked version are set; a pointer to an
-        unapproved version is not carried over (it could not load anyway). Raises :class:`RegistryStateError` if the index is already
-        sealed, :class:`UntrustedKey`, a :class:`ModelRefused` subclass for a version that
-        fails verification.
+        unapproved version is not carried over (it could not load anyway).
+
+        Raises :class:`RegistryStateError` if the index is already sealed,
+        :class:`UntrustedKey`, a :class:`ModelRefused` subclass for a version that fails
+        verification.
         """
         _check_who(who)
         with self._locked():
