@@ -17,12 +17,14 @@ from gateway.registry.registry import (
     RegistryInputError,
     RegistryNotFound,
     RegistryStateError,
+    StateTampered,
+    StateUnsigned,
     UnknownVersion,
     UntrustedKey,
     VerifiedModel,
     Version,
 )
-from gateway.registry.signing import KeyPair, generate_key
+from gateway.registry.signing import KeyPair, Signer, generate_key, load_private_key
 
 __all__ = [
     "BadSignature",
@@ -42,9 +44,13 @@ __all__ = [
     "RegistryInputError",
     "RegistryNotFound",
     "RegistryStateError",
+    "Signer",
+    "StateTampered",
+    "StateUnsigned",
     "UnknownVersion",
     "UntrustedKey",
     "VerifiedModel",
     "Version",
     "generate_key",
+    "load_private_key",
 ]
