@@ -44,7 +44,7 @@ def _onnx_site(tmp: Path, model: Path) -> Path:
     return path
 
 
-def test_operator_story_after_the_default_drill(default_report, tmp_path):
+def test_operator_story_after_the_default_drill(default_report, tmp_path, monkeypatch):
     db = default_report / "backdoor_water_tank" / "audit.db"
 
     # Investigation: the incident is listed and readable.
@@ -86,19 +86,23 @@ def test_operator_story_after_the_default_drill(default_report, tmp_path):
     # Recovery: the registry holds the known-good version 1 and the backdoored version 2;
     # rollback goes back to the last approved version before it.
     reg, key = tmp_path / "registry", tmp_path / "signer.pem"
-    assert sg("model", "keygen", str(key), "--trust", str(reg)).returncode in (0,)
+    # The key is encrypted; its passphrase comes from the environment, never the command line.
+    monkeypatch.setenv("SG_STORY_PASSPHRASE", "the operator's long passphrase")
+    signed = ("--key", str(key), "--passphrase-env", "SG_STORY_PASSPHRASE")
+    assert sg("model", "keygen", str(key), "--trust", str(reg),
+              *signed[2:]).returncode in (0,)
     canary = tmp_path / "canary.json"
     canary.write_text(json.dumps(policies.canary_inputs("water_tank").tolist()))
     for model in (good, suspect):
-        r = sg("model", "register", "--registry", str(reg), "--key", str(key), "--canary",
+        r = sg("model", "register", "--registry", str(reg), *signed, "--canary",
                str(canary), "--site", str(site), "tank", str(model))
         assert r.returncode == 0, r.stderr
     for version in ("1", "2"):
         assert sg("model", "approve", "--registry", str(reg), "tank", version, "--by",
-                  "alice").returncode == 0
+                  "alice", *signed).returncode == 0
     assert sg("model", "revoke", "--registry", str(reg), "tank", "2", "--by", "alice",
-              "--reason", ident).returncode == 0
-    rolled = sg("model", "rollback", "--registry", str(reg), "tank")
+              "--reason", ident, *signed).returncode == 0
+    rolled = sg("model", "rollback", "--registry", str(reg), "tank", "--by", "alice", *signed)
     assert rolled.returncode == 0, rolled.stderr
     versions = json.loads(sg("model", "list", "--registry", str(reg), "--json").stdout)
     current = [v for v in versions if v["current"]]
