@@ -53,16 +53,26 @@ from urllib.parse import urlparse
 
 from asyncua import ua
 from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 
 from gateway.adapters.base import ClientInfo, NorthboundHandler, Role, WriteOutcome
 from gateway.adapters.opcua_client import certificate_uri
-from gateway.config.schema import SecurityMode, SecurityPolicy
+from gateway.adapters.opcua_pki import Pki
+from gateway.adapters.opcua_security import (
+    ChannelGuard,
+    GuardedServer,
+    SecurityEvent,
+    policy_type,
+)
+from gateway.config.schema import SecurityPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from asyncua.server.server import Server
+
     from gateway.config.schema import OpcUaServerSpec, OpcUaUser, Site
 
 _log = logging.getLogger("gateway.adapters.opcua")
@@ -148,35 +158,44 @@ _SESSION: contextvars.ContextVar[Any] = contextvars.ContextVar("opcua_session", 
 class _Users(UserManager):
     """asyncua user manager: site users by name and env-var password; anonymous if allowed."""
 
-    def __init__(self, spec: OpcUaServerSpec) -> None:
+    def __init__(self, spec: OpcUaServerSpec, guard: ChannelGuard | None = None) -> None:
         self._spec = spec
         self._users: dict[str, OpcUaUser] = {u.name: u for u in spec.users}
         self._missing_logged: set[str] = set()
+        self._guard = guard
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:
-        # ``certificate`` is the secure channel's client certificate (asyncua passes it for
-        # every token type); X509 identity tokens are not offered, so no username = anonymous.
+        user, reason = self._check(username, password)
+        if self._guard is not None:  # failures are logged and audited by the guard
+            self._guard.login_result(username, user is not None, reason)
+        elif user is None:
+            _log.info("OPC UA login refused: %s", reason)
+        return user
+
+    def _check(self, username: str | None, password: str | None
+               ) -> tuple[_GatewayUser | None, str]:
+        # asyncua passes the secure channel's client certificate for every token type; X509
+        # identity tokens are not offered, so no username = anonymous.
         if username is None:
             if self._spec.allow_anonymous:
-                return _GatewayUser(role=UserRole.User, name=None, gateway_role=Role.OPERATOR)
-            _log.info("OPC UA login refused: anonymous access is not allowed")
-            return None
+                return _GatewayUser(role=UserRole.User, name=None,
+                                    gateway_role=Role.OPERATOR), "anonymous"
+            return None, "anonymous access is not allowed"
         user = self._users.get(username)
         if user is None:
-            _log.info("OPC UA login refused: unknown user %r", username)
-            return None
+            return None, "unknown user"
         expected = os.environ.get(user.password_env)
         if expected is None:
             if username not in self._missing_logged:
                 self._missing_logged.add(username)
                 _log.warning("OPC UA user %r cannot log in: environment variable %s is not set",
                              username, user.password_env)
-            return None
+            return None, "no password is configured for the user (variable unset)"
         if password is None or not hmac.compare_digest(password.encode(), expected.encode()):
-            _log.info("OPC UA login refused: wrong password for %r", username)
-            return None
-        return _GatewayUser(role=UserRole.User, name=username, gateway_role=Role(user.role))
+            return None, "wrong password"
+        return _GatewayUser(role=UserRole.User, name=username,
+                            gateway_role=Role(user.role)), "ok"
 
 
 class OpcUaServer:
@@ -197,6 +216,15 @@ class OpcUaServer:
         self._actuator_by_node = {nid: name for name, nid in self._actuators.items()}
         self._status = {name: _nid(f"Status.{name}") for name, _ in STATUS_NODES}
         self._read_only = set(self._sensors.values()) | set(self._status.values())
+        sec = spec.security
+        self.guard = ChannelGuard(
+            sec.policy, sec.mode,
+            None if sec.policy is SecurityPolicy.NONE else Pki(spec.pki), spec.login)
+
+    def add_security_listener(self, listener: Callable[[SecurityEvent], None]) -> None:
+        """Have ``listener`` called with every refused channel or certificate and every failed
+        login (:class:`~gateway.adapters.opcua_security.SecurityEvent`), e.g. to audit it."""
+        self.guard.listeners.append(listener)
 
     @property
     def endpoint(self) -> str:
@@ -216,13 +244,11 @@ class OpcUaServer:
         if self._server is not None:
             raise RuntimeError("already started")
         spec, sec = self.spec, self.spec.security
-        server = Server(user_manager=_Users(spec))
+        server = GuardedServer(self.guard, user_manager=_Users(spec, self.guard))
         await server.init()
         server.set_endpoint(spec.endpoint)
         server.set_server_name(f"safety-gateway {self.site.site.name}")
-        if sec.policy is SecurityPolicy.NONE:
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        else:
+        if sec.policy is not SecurityPolicy.NONE:
             if sec.certificate is None or sec.private_key is None:
                 raise ValueError("a secured endpoint needs certificate and private_key")
             await server.load_certificate(str(sec.certificate))
@@ -230,9 +256,11 @@ class OpcUaServer:
             uri = certificate_uri(sec.certificate.read_bytes())
             if uri is not None:
                 await server.set_application_uri(uri)
-            server.set_security_policy([
-                ua.SecurityPolicyType.Basic256Sha256_Sign if sec.mode is SecurityMode.SIGN
-                else ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            if self.guard.pki is not None:
+                self.guard.pki.ensure()
+        # The one configured policy and mode; ChannelGuard holds every channel to it.
+        server.set_security_policy([policy_type(sec.policy, sec.mode)])
+        _warn_insecure(spec)
         tokens: list[type] = []
         if spec.allow_anonymous:
             tokens.append(ua.AnonymousIdentityToken)
@@ -456,6 +484,16 @@ class OpcUaServer:
         """Mirror the latest refusal (what was refused and why) for operators."""
         await self._mirror(self._status["LastRejection"],
                            ua.Variant(text, ua.VariantType.String))
+
+
+def _warn_insecure(spec: OpcUaServerSpec) -> None:
+    if spec.security.policy is SecurityPolicy.NONE and spec.users:
+        _log.warning("OPC UA server %s: users' passwords cross the wire in clear (security "
+                     "policy none, allow_insecure_passwords: true)", spec.endpoint)
+    if spec.security.policy.deprecated:
+        _log.warning("OPC UA server %s offers the deprecated security policy %s "
+                     "(allow_deprecated_policies: true)", spec.endpoint,
+                     spec.security.policy.value)
 
 
 def _parse_request(name: str, values: list[Any]

@@ -999,8 +999,22 @@ def _read_northbound(ctx: _Ctx, root: _Map, base: Path) -> s.Northbound:
                                    "security": _read_security(om.map("security"))}
             if om.has("endpoint"):
                 okw["endpoint"] = om.req_str("endpoint")
-            if om.has("allow_anonymous"):
-                okw["allow_anonymous"] = om.opt_bool("allow_anonymous")
+            for key in ("allow_anonymous", "allow_insecure_passwords",
+                        "allow_deprecated_policies"):
+                if om.has(key):
+                    okw[key] = om.opt_bool(key)
+            if om.has("pki"):
+                okw["pki"] = Path(om.req_str("pki"))
+            lm = om.map("login")
+            if lm is not None:
+                lkw: dict[str, Any] = {}
+                if lm.has("max_failures"):
+                    lkw["max_failures"] = lm.req_int("max_failures")
+                for key in ("window_s", "delay_s", "max_delay_s"):
+                    if lm.has(key):
+                        lkw[key] = lm.req_float(key)
+                okw["login"] = _build(lm, s.LoginThrottleSpec, **lkw)
+                lm.finish()
             opcua = _build(om, s.OpcUaServerSpec, **okw)
             om.finish()
     m.finish()

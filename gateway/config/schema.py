@@ -134,8 +134,20 @@ class SecurityMode(StrEnum):
 
 
 class SecurityPolicy(StrEnum):
+    """OPC UA security policies (Part 7's profiles). Basic128Rsa15 and Basic256 are deprecated
+    (SHA-1 signatures, RSA PKCS#1 v1.5): the northbound server offers them only with
+    ``allow_deprecated_policies: true``; southbound devices support Basic256Sha256 only."""
+
     NONE = "none"
     BASIC256SHA256 = "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128_Sha256_RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256_Sha256_RsaPss"
+    BASIC256 = "Basic256"
+    BASIC128RSA15 = "Basic128Rsa15"
+
+    @property
+    def deprecated(self) -> bool:
+        return self in (SecurityPolicy.BASIC256, SecurityPolicy.BASIC128RSA15)
 
 
 # --------------------------------------------------------------------------- site, devices
@@ -287,6 +299,10 @@ class OpcUaDevice:
             raise FieldError("endpoint", f"must start with opc.tcp://, not {self.endpoint!r}")
         _positive("timeout_ms", self.timeout_ms)
         _positive("poll_ms", self.poll_ms)
+        # The device client speaks Basic256Sha256 only; any other policy would connect unsecured.
+        if self.security.policy not in (SecurityPolicy.NONE, SecurityPolicy.BASIC256SHA256):
+            raise FieldError("security", f"policy {self.security.policy.value} is offered by the "
+                                         "northbound server only; devices use Basic256Sha256")
 
     @property
     def protocol(self) -> Protocol:
@@ -906,17 +922,64 @@ class OpcUaUser:
 
 
 @dataclass(frozen=True)
+class LoginThrottleSpec:
+    """Failed-login throttle of the northbound OPC UA server (see
+    :mod:`gateway.adapters.login_throttle`): once a user name or a source address has
+    ``max_failures`` failures, each coming within ``window_s`` of the previous one, its next
+    attempt waits ``delay_s``, then twice that, up to ``max_delay_s``; an attempt that would wait
+    longer is refused unchecked. A success clears the user's and the source's count."""
+
+    max_failures: int = 5
+    window_s: float = 60.0
+    delay_s: float = 1.0
+    max_delay_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_failures <= 1000:
+            raise FieldError("max_failures", f"must be 1..1000, not {self.max_failures}")
+        _positive("window_s", self.window_s)
+        _positive("delay_s", self.delay_s)
+        _positive("max_delay_s", self.max_delay_s)
+        if self.max_delay_s < self.delay_s:
+            raise FieldError("max_delay_s", f"must be >= delay_s ({self.delay_s}), not "
+                                            f"{self.max_delay_s}")
+
+
+@dataclass(frozen=True)
 class OpcUaServerSpec:
+    """The northbound OPC UA server. ``security`` is the one policy and mode its endpoint offers
+    (and the only one a session may use; discovery alone is answered on a None channel).
+    ``pki`` is the certificate store (``trusted/``, ``issuers/``, ``rejected/``, see
+    :mod:`gateway.adapters.opcua_pki`): with a secured policy, only clients whose certificate
+    is trusted there may open a channel. ``allow_insecure_passwords`` must be set to list users
+    on an unsecured endpoint (their passwords cross the wire in clear);
+    ``allow_deprecated_policies`` to use Basic256 or Basic128Rsa15."""
+
     endpoint: str = "opc.tcp://127.0.0.1:4841/gateway/"
     allow_anonymous: bool = False
     security: OpcUaSecurity = field(default_factory=OpcUaSecurity)
     users: tuple[OpcUaUser, ...] = ()
+    pki: Path = Path("pki")
+    allow_insecure_passwords: bool = False
+    allow_deprecated_policies: bool = False
+    login: LoginThrottleSpec = field(default_factory=LoginThrottleSpec)
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith("opc.tcp://"):
             raise FieldError("endpoint", f"must start with opc.tcp://, not {self.endpoint!r}")
         if not self.allow_anonymous and not self.users:
             raise FieldError("users", "list users, or set allow_anonymous: true explicitly")
+        if (self.users and self.security.policy is SecurityPolicy.NONE
+                and not self.allow_insecure_passwords):
+            raise FieldError("users", "users' passwords would cross the wire in clear with "
+                                      "security policy none: set a security policy (e.g. "
+                                      "Basic256Sha256, sign_and_encrypt), or "
+                                      "allow_insecure_passwords: true")
+        if self.security.policy.deprecated and not self.allow_deprecated_policies:
+            raise FieldError("security", f"policy {self.security.policy.value} is deprecated "
+                                         "(SHA-1): use Basic256Sha256, Aes128_Sha256_RsaOaep or "
+                                         "Aes256_Sha256_RsaPss, or allow_deprecated_policies: "
+                                         "true")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from gateway.adapters.base import (
     WriteOutcome,
 )
 from gateway.adapters.opcua_client import OpcUaDeviceClient
+from gateway.adapters.opcua_pki import Pki
 from gateway.adapters.opcua_server import OpcUaServer, _Users, opcua_nodes
 from gateway.config.loader import load_config
 from gateway.config.schema import (
@@ -131,7 +132,8 @@ def test_opcua_nodes_is_pure_and_complete() -> None:
 def test_user_manager_refuses_anonymous_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SG_TEST_PW", "s3cret")
     users = (OpcUaUser("op", "SG_TEST_PW", "operator"),)
-    strict = _Users(OpcUaServerSpec(allow_anonymous=False, users=users))
+    strict = _Users(OpcUaServerSpec(allow_anonymous=False, users=users,
+                                    allow_insecure_passwords=True))
     assert strict.get_user(None) is None
     assert strict.get_user(None, "op", "wrong") is None
     assert strict.get_user(None, "nobody", "s3cret") is None
@@ -150,7 +152,7 @@ def test_server_with_users(monkeypatch: pytest.MonkeyPatch,
     spec = OpcUaServerSpec(endpoint=endpoint(), allow_anonymous=False, users=(
         OpcUaUser("brain", "SG_PW_BRAIN", "ai"), OpcUaUser("op", "SG_PW_OP", "operator"),
         OpcUaUser("boss", "SG_PW_BOSS", "admin"), OpcUaUser("eye", "SG_PW_EYE", "viewer"),
-        OpcUaUser("ghost", "SG_PW_GHOST", "operator")))
+        OpcUaUser("ghost", "SG_PW_GHOST", "operator")), allow_insecure_passwords=True)
     handler = RecordingHandler()
     server = OpcUaServer(with_server(SITE, spec), handler)
     caplog.set_level(logging.INFO, logger="gateway.adapters.opcua")
@@ -301,7 +303,8 @@ def test_sign_and_encrypt_anonymous_operator(tmp_path: Path) -> None:
     client_cert, client_key = make_cert(tmp_path, "client", "urn:safety-gateway:test:client")
     spec = OpcUaServerSpec(endpoint=endpoint(), allow_anonymous=True, security=OpcUaSecurity(
         policy=SecurityPolicy.BASIC256SHA256, mode=SecurityMode.SIGN_AND_ENCRYPT,
-        certificate=server_cert, private_key=server_key))
+        certificate=server_cert, private_key=server_key), pki=tmp_path / "pki")
+    Pki(spec.pki).trust(str(client_cert))  # the server trusts only listed client certificates
     handler = RecordingHandler()
     server = OpcUaServer(with_server(SITE, spec), handler)
     device = OpcUaDevice("gw", spec.endpoint, timeout_ms=2000, poll_ms=50, security=OpcUaSecurity(

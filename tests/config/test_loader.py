@@ -693,6 +693,13 @@ CASES = [
          "    allow_anonymous: false\n    users:\n      - {name: ai, password_env: AI_PW, "
          "role: root}", "northbound.opcua.users[0].role", "role: root",
          "must be operator, ai, viewer or admin, not 'root'"),
+    Case("opcua-users-in-clear", "    allow_anonymous: true",
+         "    allow_anonymous: false\n    users:\n      - {name: ai, password_env: AI_PW}",
+         "northbound.opcua.users", "users:", "passwords would cross the wire in clear"),
+    Case("opcua-deprecated-policy", "    allow_anonymous: true",
+         "    allow_anonymous: true\n    security: {policy: Basic128Rsa15, mode: sign, "
+         "certificate: c.der, private_key: k.pem}", "northbound.opcua.security",
+         "security: {policy: Basic128Rsa15", "deprecated"),
     Case("detection-negative", "northbound:\n", "detection:\n  violation_max: -1\n\nnorthbound:\n",
          "detection.violation_max", "violation_max: -1", "must be >= 0"),
     Case("frozen-unknown-tag", "northbound:\n",

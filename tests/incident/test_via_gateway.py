@@ -63,7 +63,8 @@ async def scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
     site = replace(site, northbound=replace(
         north, modbus=replace(north.modbus, port=free_port()),
         opcua=replace(north.opcua, endpoint=url, allow_anonymous=True,
-                      users=(OpcUaUser("chief", "GW_TEST_CHIEF_PW", "admin"),))))
+                      users=(OpcUaUser("chief", "GW_TEST_CHIEF_PW", "admin"),),
+                      allow_insecure_passwords=True)))  # loopback test
     db = tmp_path / "audit.db"
     clock = Clock()
     gw = Gateway(site, clock=clock, clients={"plc": Device()}, stepped=True,
