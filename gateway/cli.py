@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that live with their own subsystem register themselves.
     from gateway.audit.cli import add_parser as add_audit
+    from gateway.certs import add_parser as add_certs
     from gateway.forensics.cli import add_parser as add_forensics
     from gateway.incident.cli import add_parser as add_incidents
     from gateway.registry.cli import add_parser as add_model
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_forensics(sub)
     add_simulate(sub)
     add_drill(sub)
+    add_certs(sub)
     return parser
 
 

@@ -287,5 +287,12 @@ def create_certificate(cert_path: Path, key_path: Path, application_uri: str, na
     return cert
 
 
+def application_uri(site_name: str) -> str:
+    """The gateway's OPC UA application URI for a site. Distinct from the address space's
+    namespace URI (``urn:safety-gateway:<site>``): asyncua puts the application URI at
+    namespace index 1, and the gateway's nodes must stay at index 2."""
+    return f"urn:safety-gateway:{site_name}:server"
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)

@@ -59,7 +59,7 @@ from asyncua.ua.status_codes import StatusCodes
 
 from gateway.adapters.base import ClientInfo, NorthboundHandler, Role, WriteOutcome
 from gateway.adapters.opcua_client import certificate_uri
-from gateway.adapters.opcua_pki import Pki
+from gateway.adapters.opcua_pki import Pki, application_uri, create_certificate, now_utc
 from gateway.adapters.opcua_security import (
     ChannelGuard,
     GuardedServer,
@@ -251,6 +251,14 @@ class OpcUaServer:
         if sec.policy is not SecurityPolicy.NONE:
             if sec.certificate is None or sec.private_key is None:
                 raise ValueError("a secured endpoint needs certificate and private_key")
+            if not sec.certificate.exists() and not sec.private_key.exists():
+                # First run: make the application instance certificate (certs create does the
+                # same); clients must then trust it.
+                own_uri = application_uri(self.site.site.name)
+                create_certificate(sec.certificate, sec.private_key, own_uri,
+                                   f"safety-gateway {self.site.site.name}", now_utc())
+                _log.warning("OPC UA server: created its application certificate %s (%s); "
+                             "clients must trust it", sec.certificate, own_uri)
             await server.load_certificate(str(sec.certificate))
             await server.load_private_key(str(sec.private_key))
             uri = certificate_uri(sec.certificate.read_bytes())

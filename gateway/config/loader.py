@@ -1021,6 +1021,18 @@ def _read_northbound(ctx: _Ctx, root: _Map, base: Path) -> s.Northbound:
     return s.Northbound(modbus=modbus, opcua=opcua)
 
 
+def _rebase_opcua(nb: s.Northbound, base: Path) -> s.Northbound:
+    """The northbound OPC UA server's certificate, key and store, relative to the site file."""
+    if nb.opcua is None:
+        return nb
+    sec = nb.opcua.security
+    sec = dataclasses.replace(
+        sec, certificate=None if sec.certificate is None else base / sec.certificate,
+        private_key=None if sec.private_key is None else base / sec.private_key)
+    return dataclasses.replace(nb, opcua=dataclasses.replace(nb.opcua, security=sec,
+                                                             pki=base / nb.opcua.pki))
+
+
 _SECTIONS = ("site", "devices", "tags", "envelope", "controller", "fallback", "detection",
              "operation", "northbound", "audit")
 
@@ -1078,7 +1090,7 @@ def load_config(path: str | Path) -> s.Site:
             "bypass_max_s": lambda m, k: m.opt_float(k),
         })
     with _section(ctx):
-        result["northbound"] = _read_northbound(ctx, root, base)
+        result["northbound"] = _rebase_opcua(_read_northbound(ctx, root, base), base)
     with _section(ctx):
         audit = _read_simple(root, "audit", s.AuditSpec, {
             "path": lambda m, k: Path(m.req_str(k)),

@@ -104,6 +104,11 @@ class Records:
         self._append("refused_write", window, actor=str(who),
                      source=f"{window.get('protocol')}:{window.get('client')}")
 
+    def security(self, event: str, user: str | None, source: str, reason: str) -> None:
+        """A refused channel or certificate, or a failed login, at a northbound server."""
+        self._append("security", {"event": event, "user": user, "reason": reason},
+                     actor=user or "", source=source)
+
     def setpoint(self, actuator: int, value: float | None) -> None:
         if self.recorder is not None:
             self.recorder.operator.setpoint(actuator, value)

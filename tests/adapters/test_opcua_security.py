@@ -300,3 +300,74 @@ def test_deprecated_policy_offered_only_when_allowed(tmp_path: Path) -> None:
         secured_spec(tmp_path, SecurityPolicy.BASIC128RSA15)
     spec = secured_spec(tmp_path, SecurityPolicy.BASIC256, allow_deprecated_policies=True)
     assert dataclasses.replace(spec).security.policy is SecurityPolicy.BASIC256
+
+
+def test_refusals_are_audited_by_the_running_gateway(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong password and a forced None channel against the running gateway: both are
+    records of kind ``security`` in its audit chain, with user, source and reason."""
+    from gateway.audit.store import read_records
+    from gateway.runtime.gateway import Gateway
+    from tests.incident.test_via_gateway import Clock, Device
+
+    monkeypatch.setenv("SG_SEC_BOSS", "boss-pw")
+    spec = secured_spec(tmp_path)
+    client_cert, client_key = make_cert(tmp_path, "client", CLIENT_URI)
+    Pki(spec.pki).trust(str(client_cert))
+    site = dataclasses.replace(with_server(SITE, spec))
+    db = tmp_path / "audit.db"
+    gw = Gateway(site, clock=Clock(), clients={"plc": Device()}, stepped=True,
+                 startup_wait_s=0.0, audit_path=db)
+
+    async def main() -> None:
+        await gw.open()
+        try:
+            with pytest.raises(ua.UaError):
+                await secure_client(spec, client_cert, client_key, "guess")
+            monkeypatch.setattr(Client, "find_endpoint", staticmethod(
+                lambda eps, mode, uri: next(iter(eps))))
+            attacker = Client(spec.endpoint, timeout=2)
+            with pytest.raises((ua.UaError, OSError, TimeoutError, ConnectionError)):
+                await asyncio.wait_for(attacker.connect(), 5)
+            attacker.disconnect_socket()
+        finally:
+            await gw.close()
+
+    asyncio.run(main())
+    records = [(r.actor, r.source.rpartition(":")[0], r.data())
+               for r in read_records(db, kinds=("security",))]
+    assert records == [
+        ("boss", "127.0.0.1", {"event": "login_failed", "user": "boss",
+                               "reason": "wrong password"}),
+        ("", "127.0.0.1", {"event": "channel_refused", "user": None,
+                           "reason": records[1][2]["reason"]})]
+    assert "None" in records[1][2]["reason"]
+
+
+def test_first_run_creates_the_application_certificate(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site that names its certificate and key, neither yet existing: the server makes them
+    at start (application URI in the SubjectAltName, paths relative to the site file) and
+    serves a client that trusts it."""
+    from gateway.adapters.opcua_client import certificate_uri
+    from gateway.adapters.opcua_pki import application_uri
+    from gateway.config.loader import load_config
+    from tests.adapters.test_opcua_security_pki import site_file
+
+    monkeypatch.chdir(tmp_path.parent)  # relative paths must not follow the working dir
+    site = load_config(site_file(tmp_path, secured=True))
+    spec = site.northbound.opcua
+    assert spec is not None
+    assert spec.pki == tmp_path / "pki"
+    assert spec.security.certificate == tmp_path / "own" / "gw.der"
+    spec = dataclasses.replace(spec, endpoint=endpoint())
+    server = OpcUaServer(with_server(site, spec), RecordingHandler())
+
+    async def main() -> None:
+        await server.start()
+        await server.stop()
+
+    asyncio.run(main())
+    assert spec.security.certificate is not None
+    assert certificate_uri(spec.security.certificate.read_bytes()) == application_uri(
+        site.site.name)
