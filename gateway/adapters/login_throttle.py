@@ -55,7 +55,9 @@ class LoginThrottle:
 
     @staticmethod
     def _names(user: str | None, source: str) -> tuple[tuple[str, str], ...]:
-        return (("user", user if user is not None else "(anonymous)"), ("source", source))
+        # A user name is the client's choice: bounded (its first 256 characters name the key).
+        return (("user", user[:256] if user is not None else "(anonymous)"),
+                ("source", source))
 
     def _get(self, name: tuple[str, str], now_s: float) -> _Key:
         key = self._keys.get(name)

@@ -46,6 +46,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 
 from gateway.adapters.login_throttle import LoginThrottle
+from gateway.adapters.opcua_pki import Verdict
 from gateway.config.schema import SecurityMode, SecurityPolicy
 
 if TYPE_CHECKING:
@@ -161,8 +162,12 @@ class ChannelGuard:
 
         def fault(seqhdr: Any, body: Any, code: int) -> None:
             buf = body.copy()
-            nodeid_from_binary(buf)
-            header = struct_from_binary(ua.RequestHeader, buf)
+            try:
+                nodeid_from_binary(buf)
+                header = struct_from_binary(ua.RequestHeader, buf)
+            except Exception:  # malformed: no handle to answer; the connection is closed
+                _log.debug("malformed request from %s: not answered", source, exc_info=True)
+                return
             response = ua.ServiceFault()
             response.ResponseHeader.ServiceResult = ua.StatusCode(ua.UInt32(code))
             processor.send_response(header.RequestHandle, seqhdr, response)
@@ -171,7 +176,10 @@ class ChannelGuard:
             token = _PEER.set((source, host))
             try:
                 policy = processor._connection.security_policy
-                typeid = nodeid_from_binary(body.copy())
+                try:
+                    typeid: ua.NodeId | None = nodeid_from_binary(body.copy())
+                except Exception:  # asyncua answers a malformed request with a fault
+                    typeid = None
                 if (policy.URI, policy.Mode) != self._allowed:
                     if typeid in _DISCOVERY:
                         return await original(seqhdr, body)
@@ -183,16 +191,21 @@ class ChannelGuard:
                     fault(seqhdr, body, StatusCodes.BadSecurityPolicyRejected)
                     return False
                 peer_cert = policy.peer_certificate
-                if self.pki is not None and peer_cert is not None and peer_cert not in checked:
-                    verdict = self.pki.validate(peer_cert, datetime.now(UTC))
+                if self.pki is not None and peer_cert not in checked:
+                    try:  # a secured channel without a client certificate trusts no one
+                        verdict = (Verdict(False, "no client certificate") if not peer_cert
+                                   else self.pki.validate(peer_cert, datetime.now(UTC)))
+                        kept = (None if verdict.trusted or not peer_cert
+                                else self.pki.reject(peer_cert))
+                    except OSError as exc:  # fail closed: an unreadable store trusts no one
+                        verdict, kept = Verdict(False, f"certificate store: {exc}"), None
                     if not verdict.trusted:
-                        kept = self.pki.reject(peer_cert)
                         self.emit(SecurityEvent(
                             "certificate_refused", source,
                             verdict.reason + (f"; kept as {kept}" if kept is not None else "")))
                         fault(seqhdr, body, StatusCodes.BadCertificateUntrusted)
                         return False
-                    checked.append(peer_cert)
+                    checked.append(cast("bytes", peer_cert))
                 if typeid == _ACTIVATE and not await self._admit_login(seqhdr, body, source,
                                                                        host, fault):
                     return True
@@ -205,11 +218,15 @@ class ChannelGuard:
     async def _admit_login(self, seqhdr: Any, body: Any, source: str, host: str,
                            fault: Callable[[Any, Any, int], None]) -> bool:
         buf = body.copy()
-        nodeid_from_binary(buf)
-        struct_from_binary(ua.RequestHeader, buf)
-        params = struct_from_binary(ua.ActivateSessionParameters, buf)
-        token = params.UserIdentityToken
-        user = token.UserName if isinstance(token, ua.UserNameIdentityToken) else None
+        user: str | None = None
+        try:
+            nodeid_from_binary(buf)
+            struct_from_binary(ua.RequestHeader, buf)
+            token = struct_from_binary(ua.ActivateSessionParameters, buf).UserIdentityToken
+            if isinstance(token, ua.UserNameIdentityToken) and token.UserName is not None:
+                user = str(token.UserName)
+        except Exception:  # malformed: throttled by its source alone; asyncua refuses it
+            _log.debug("malformed ActivateSession from %s", source, exc_info=True)
         admission = self.throttle.admit(user, host, self._clock())
         if admission.refused:
             self.emit(SecurityEvent("login_failed", source,
