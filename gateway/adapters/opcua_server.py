@@ -35,6 +35,11 @@ The mirror API (:meth:`set_sensor`, :meth:`set_actuator`, :meth:`set_status`,
 :meth:`set_rejection`) writes through ``server.write_attribute_value``, the trusted path that
 does not pass the write hook.
 
+Channels, certificates and logins are checked before any of this, at every request, by
+:class:`~gateway.adapters.opcua_security.ChannelGuard`: only the configured security policy and
+mode (discovery alone on any other channel), only trusted client certificates, failed logins
+throttled; refusals go to the listeners of :meth:`OpcUaServer.add_security_listener`.
+
 Built on asyncua 2.1 internals (the attribute write service and session creation are wrapped;
 see shared/NOTES-libraries.md): the version is pinned exactly.
 """
