@@ -440,7 +440,7 @@ class Gateway(NorthboundHandler):
             self.opcua_server = OpcUaServer(self.site, self)
             # refused channels and certificates, failed logins: audited (issue 16)
             self.opcua_server.add_security_listener(
-                lambda e: self.records.security(e.kind, e.user, e.source, e.reason))
+                lambda e: self.records.security(e.kind, e.user, f"opcua:{e.source}", e.reason))
             await self.opcua_server.start()
 
     async def _start_supervisor(self) -> None:

@@ -337,9 +337,9 @@ def test_refusals_are_audited_by_the_running_gateway(
     records = [(r.actor, r.source.rpartition(":")[0], r.data())
                for r in read_records(db, kinds=("security",))]
     assert records == [
-        ("boss", "127.0.0.1", {"event": "login_failed", "user": "boss",
+        ("boss", "opcua:127.0.0.1", {"event": "login_failed", "user": "boss",
                                "reason": "wrong password"}),
-        ("", "127.0.0.1", {"event": "channel_refused", "user": None,
+        ("", "opcua:127.0.0.1", {"event": "channel_refused", "user": None,
                            "reason": records[1][2]["reason"]})]
     assert "None" in records[1][2]["reason"]
 
