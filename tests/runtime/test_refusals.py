@@ -58,7 +58,8 @@ async def hammer(tmp_path) -> tuple[float, int]:
     site = replace(site, northbound=replace(
         north, modbus=replace(north.modbus, ai_clients=("127.0.0.1",)),
         opcua=replace(north.opcua, users=(OpcUaUser("ai", "GW_TEST_AI_PW", "ai"),
-                                          OpcUaUser("eve", "GW_TEST_VIEWER_PW", "viewer")))))
+                                          OpcUaUser("eve", "GW_TEST_VIEWER_PW", "viewer")),
+                                   allow_insecure_passwords=True)))  # loopback test
     clock = Clock(1000.0)
     gw = make(site, tmp_path / "audit.db", clock, Clock(1.8e9))
     await gw.open()
