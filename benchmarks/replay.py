@@ -89,7 +89,7 @@ def _record(site: Any, cycles: int) -> tuple[FlightRecorder, list[Any], list[flo
                 if k in (1, int(6.0 / cycle_s)):
                     kind = RequestKind.TO_SHADOW if k == 1 else RequestKind.TO_AUTO
                     req = OperatorRequest(kind, "bench", True)
-                    sup.request(req)
+                    sup.apply_request(req)
                     recorder.operator.request(req)
                 readings = tank.sensors()
                 snapshot = Snapshot(

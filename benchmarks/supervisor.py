@@ -59,14 +59,14 @@ def bench_step(engine: str, steps: int, warmup: int) -> dict[str, float]:
     now = 0.0
     good = np.array([True, True, True, True])
     age = np.array([0.05, 0.05, 0.05, 0.05])
-    sup.request(OperatorRequest(RequestKind.TO_SHADOW, "bench", True))
+    sup.apply_request(OperatorRequest(RequestKind.TO_SHADOW, "bench", True))
     samples: list[float] = []
     gc.collect()
     gc.disable()
     try:
         for k in range(warmup + steps):
             if k == 20:
-                sup.request(OperatorRequest(RequestKind.TO_AUTO, "bench", True))
+                sup.apply_request(OperatorRequest(RequestKind.TO_AUTO, "bench", True))
             prev = sup.previous
             inflow = min(max(30.0 + 40.0 * (2.5 - level), prev[0] - 1.0), prev[0] + 1.0)
             proposal = Proposal(np.array([inflow, 30.0, 0.0]), produced_at_s=now)

@@ -15,7 +15,7 @@ How the runtime records (the one-line integration)
 The runtime keeps one :class:`FlightRecorder` per supervisor, created with the supervisor
 (``info=RecordingInfo.of(site, start_s, initial_command, canary, model_sha256)``), and:
 
-* next to every ``supervisor.request(req)`` calls ``recorder.operator.request(req)``;
+* next to every ``supervisor.apply_request(req)`` calls ``recorder.operator.request(req)``;
 * next to every ``supervisor.set_operator_setpoint(i, v)`` calls
   ``recorder.operator.setpoint(i, v)``;
 * next to every ``supervisor.record_write(cmd)`` calls ``recorder.operator.write(cmd)``;
@@ -123,7 +123,8 @@ class Frame(NamedTuple):
     to ``step``. ``snapshot`` and ``proposal`` are the objects given to ``step`` (``proposal`` is
     None when there was no AI); ``model_inputs`` is the in-process model's input vector this
     cycle (engineering units, before normalisation), None when no model ran. ``requests`` are
-    the operator requests queued since the previous step (applied at the start of this one),
+    the operator requests applied since the previous step (at that step's time; replay applies
+    them just before this one),
     ``interventions`` the setpoints and write-backs made since the previous step, in order.
     ``decision`` is what ``step`` returned.
 
@@ -154,7 +155,7 @@ class OperatorLog:
         self._interventions: list[Intervention] = []
 
     def request(self, req: OperatorRequest) -> None:
-        """An operator request was queued (``Supervisor.request``)."""
+        """An operator request was applied (``Supervisor.apply_request``)."""
         self._requests.append(req)
 
     def setpoint(self, actuator: int, value: float | None) -> None:

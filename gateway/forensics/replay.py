@@ -331,7 +331,7 @@ def _run(site: Site, frames: Sequence[Frame], sup: Supervisor, policy: OnnxPolic
             else:
                 record_write(np.array(iv.command, dtype=np.float64))
         for req in frame.requests:
-            sup.request(req)
+            sup.apply_request(req)  # as live: at the previous step's time, before this step
         recorded = frame.proposal
         proposal = recorded
         diff = 0.0

@@ -5,9 +5,12 @@ runs the detectors, moves the mode machine, chooses the output and passes it thr
 of the one invariant. It performs no I/O and reads no clock, so the same code runs live, in
 drills at accelerated time, in tests and in forensic replay.
 
+Operator requests are applied between steps, at once (:meth:`Supervisor.apply_request`), so
+that the requester learns the real outcome; their events go out with the next step's decision.
+
 One step, in order:
 
-1. Expire bypasses (``tick``); apply queued operator requests.
+1. Expire bypasses (``tick``).
 2. Input health: bad, stale or implausible sensors become NaN for everything downstream
    (the envelope then fails safe on them) and demand SAFE_STOP.
 3. Every fallback controller computes (hot standby), whatever the mode.
@@ -15,6 +18,10 @@ One step, in order:
    the canary comparison, and, in AUTO and SHADOW only (where the AI is in control or on
    trial), the violation-rate window, gross violations and the divergence detectors.
 5. Findings move the mode toward safety only, and latch (unless their detector is bypassed).
+   Findings that judge the AI (controller health, silence, envelope trips of its proposal,
+   canary, and those of step 4) latch only while the AI is in control or on trial (AUTO,
+   SHADOW); in MANUAL and SAFE_STOP they are recorded once as ANOMALY events, so that an AI
+   that is already out can never lock the operator out again after a reset.
 6. The output: AUTO takes the AI's command when the envelope passed or clamped it, else the
    fallback; SHADOW and MANUAL take the fallback; SAFE_STOP takes the safe values.
 7. The gate admits it (envelope check of the chosen command; clamp; safe values for offending
@@ -26,6 +33,7 @@ Failover therefore happens in the step that sees the anomaly: no cycle of unsafe
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +53,7 @@ from gateway.supervisor.detectors import (
     ViolationRate,
 )
 from gateway.supervisor.events import Event, EventKind
-from gateway.supervisor.modes import Mode, ModeConfig, ModeMachine, OperatorRequest, RequestKind
+from gateway.supervisor.modes import Mode, ModeConfig, ModeMachine
 
 if TYPE_CHECKING:
     from gateway.config.schema import Site
@@ -53,6 +61,7 @@ if TYPE_CHECKING:
     from gateway.envelope.engine import Envelope, Verdict
     from gateway.supervisor.decision import Proposal, Snapshot
     from gateway.supervisor.detectors import CanaryCases
+    from gateway.supervisor.modes import OperatorRequest
 
 _F64 = np.dtype(np.float64)
 _OK = Action.OK
@@ -79,10 +88,6 @@ class Supervisor:
         self.gate = Gate(envelope)
         self.safe_values = self.gate.safe_values  # plain; the effective state: safe_state()
         self.bank = FallbackBank(site, initial_command)
-        op = site.operation
-        self.modes = ModeMachine(ModeConfig(start_mode=Mode(op.start_mode.value),
-                                            clean_shadow_s=op.clean_shadow_s,
-                                            bypass_max_s=op.bypass_max_s))
         self.inputs = InputHealth(site)
         names = [t.name for t in site.actuators]
         driven = set(site.controller.outputs) if site.controller.outputs else set(names)
@@ -90,6 +95,12 @@ class Supervisor:
         self._not_driven = [i for i, n in enumerate(names) if n not in driven]
         self.divergence = Divergence(site, self.bank.kinds,
                                      [n in driven for n in names])
+        self.detector_names = _detector_names(self.inputs, self.divergence)
+        op = site.operation
+        self.modes = ModeMachine(ModeConfig(start_mode=Mode(op.start_mode.value),
+                                            clean_shadow_s=op.clean_shadow_s,
+                                            bypass_max_s=op.bypass_max_s,
+                                            detectors=frozenset(self.detector_names)))
         self.violations = ViolationRate(site)
         self.gross = GrossViolation(site, envelope)
         self._gross_findings: list[Finding] = []
@@ -119,9 +130,13 @@ class Supervisor:
         # rate and step limits are measured from it, so that two writers' moves never add up.
         self.written_at_s = self.last_s
         self._pending: list[Event] = []
-        self._requests: list[OperatorRequest] = []
+        # The latest step's input-health findings: the causes of a trip that persist, which a
+        # reset or a move out of SAFE_STOP must wait for.
+        self._sensing: tuple[Finding, ...] = ()
         # Detectors that tripped in the current latch: reported once, re-asserted if needed.
         self._tripped: set[str] = set()
+        # Detectors judging the AI that fired while it was out of control: recorded once.
+        self._observed: set[str] = set()
         self._n_a = n_a
         # Per-actuator sources when the gate made no actuator safe (nearly every cycle).
         self._uniform_sources = {src: (src,) * n_a for src in Source}
@@ -130,10 +145,32 @@ class Supervisor:
     def mode(self) -> Mode:
         return self.modes.mode
 
-    def request(self, req: OperatorRequest) -> None:
-        """Queue an operator request; it is applied at the start of the next step, and its
-        outcome (applied or refused, with the reason) is in that step's events."""
-        self._requests.append(req)
+    def apply_request(self, req: OperatorRequest) -> list[Event]:
+        """Apply an operator request now and return its events: what changed, or one
+        REQUEST_REFUSED event with the reason. The events also go out with the next step's
+        decision (for the audit log and the incident manager).
+
+        It is judged at the time of the latest step (the supervisor's clock: no time passes
+        for it between steps) and against that step's sensing, so that forensic replay,
+        which applies recorded requests just before the next step, reproduces it exactly.
+        A reset that is granted also resets the detectors that judge the AI; the AI's
+        trial in SHADOW starts with them fresh.
+        """
+        now_s = self.last_s
+        faults = tuple(f"{f.detector}: {f.reason}" for f in self._sensing
+                       if not self.modes.is_bypassed(f.detector, now_s))
+        events = self.modes.request(now_s, req, faults)
+        for event in events:
+            if event.kind is EventKind.RESET:
+                self._reset_detectors()
+            elif (event.kind is EventKind.MODE_CHANGE
+                  and dict(event.evidence).get("to") == Mode.SHADOW.value):
+                self.controller.reset()
+                self._observed.clear()
+        if self.bank.overrides and self.modes.mode is not Mode.MANUAL:
+            self.bank.overrides.clear()
+        self._pending += events
+        return events
 
     def set_operator_setpoint(self, actuator: int, value: float | None) -> None:
         """Hold ``actuator`` at an operator's setpoint instead of its fallback output (None
@@ -179,46 +216,48 @@ class Supervisor:
         events = self._pending
         self._pending = []
         events += self.modes.tick(now_s)
-        for req in self._requests:
-            applied = self.modes.request(now_s, req)
-            events += applied
-            if req.kind is RequestKind.RESET_TRIP and any(
-                    e.kind is EventKind.RESET for e in applied):
-                self._reset_detectors()
-        self._requests.clear()
         if self.bank.overrides and self.modes.mode is not Mode.MANUAL:
             self.bank.overrides.clear()
 
         sensors, findings = self.inputs.check(snapshot.sensors.tolist(), snapshot.good.tolist(),
                                               snapshot.age_s.tolist(), now_s)
+        self._sensing = tuple(findings) if findings else ()
         sensor_vec = np.array(sensors, dtype=np.float64)  # a copy, NaN where masked
         fallback = self.bank.update(sensors, dt)
 
+        mode = self.modes.mode
+        # Whether the AI is in control or on trial this step: only then may a finding about
+        # the AI latch. In MANUAL and SAFE_STOP the AI is out already; a detector judging it
+        # there (an external AI that wrote once and went silent) would latch again straight
+        # after every reset and lock the operator out.
+        judged = mode is Mode.AUTO or mode is Mode.SHADOW
         verdict, ai, anomaly = self._judge(proposal, now_s, sensor_vec, dt, dt_write, fallback)
-        findings += self.controller.update(anomaly)
+        ai_findings = self.controller.update(anomaly)
         if verdict is not None:
             assert ai is not None
             action = verdict.action
             if action == Action.TRIP:
-                findings.append(_envelope_finding(verdict))
-            mode = self.modes.mode
+                ai_findings.append(_envelope_finding(verdict))
             # The AI's behaviour is judged (clamp rate, divergence) only where it is in
             # control or on trial: AUTO and SHADOW. In MANUAL and SAFE_STOP it is checked
             # against the fallback's trajectory, and disagreeing with the fallback would latch
             # a trip again straight after every reset, so that SHADOW could never begin.
-            if mode is Mode.AUTO or mode is Mode.SHADOW:
-                findings += self.violations.update(now_s, action != _OK)
+            if judged:
+                ai_findings += self.violations.update(now_s, action != _OK)
                 if self._gross_findings:
-                    findings += self._gross_findings
+                    ai_findings += self._gross_findings
                     self._gross_findings = []
                 if self.divergence.watch:
-                    findings += self.divergence.update(ai.tolist(), self.bank.reference)
+                    ai_findings += self.divergence.update(ai.tolist(), self.bank.reference)
                 if action != _OK and mode is Mode.SHADOW:
                     self.modes.anomaly(now_s)
         if proposal is not None and proposal.canary is not None:
-            findings += self.canary.update(proposal.canary)
+            ai_findings += self.canary.update(proposal.canary)
         for finding in findings:
             events += self._apply(finding, now_s)
+        for finding in ai_findings:
+            events += (self._apply(finding, now_s) if judged
+                       else self._observe(finding, now_s, mode))
 
         mode = self.modes.mode
         if mode is Mode.AUTO and verdict is not None and verdict.clamped is not None:
@@ -311,11 +350,38 @@ class Supervisor:
                           if e.kind is EventKind.TRIP else e for e in events]
         return events
 
+    def _observe(self, finding: Finding, now_s: float, mode: Mode) -> list[Event]:
+        """Record (once until a reset or a new trial) a finding about an AI that is out of
+        control: an ANOMALY event, no latch, no mode change."""
+        if finding.detector in self._observed:
+            return []
+        self._observed.add(finding.detector)
+        return [Event(self.modes.last_now_s if self.modes.last_now_s is not None else now_s,
+                      EventKind.ANOMALY, finding.detector,
+                      f"not latched, the AI is not in control or on trial (mode {mode}): "
+                      f"{finding.reason}", None, (("mode", mode.value), *finding.evidence))]
+
     def _reset_detectors(self) -> None:
         self._tripped.clear()
+        self._observed.clear()
         self.divergence.reset()
         self.violations.reset()
         self.controller.reset()
+
+
+def _detector_names(inputs: InputHealth, divergence: Divergence) -> tuple[str, ...]:
+    """Every detector name a finding of this site can carry (what a bypass may name), sorted.
+    Kept beside the detectors' own naming: a test checks each finding's name is listed."""
+    names = {"violation_rate", "envelope", "envelope.gross", "canary", *ControllerHealth.names()}
+    for sensor in inputs.names:
+        names |= {f"input.quality.{sensor}", f"input.stale.{sensor}", f"input.range.{sensor}"}
+    for w in inputs.watches:
+        if math.isfinite(w.frozen_s):
+            names.add(f"input.frozen.{w.name}")
+        if math.isfinite(w.max_rate):
+            names.add(f"input.rate.{w.name}")
+    names |= {f"divergence.{name}" for _, name, _, _ in divergence.watch}
+    return tuple(sorted(names))
 
 
 def _envelope_finding(verdict: Verdict) -> Finding:

@@ -304,6 +304,15 @@ class ControllerHealth:
         self.max_misses = site.detection.deadline_misses_max
         self.misses = 0
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every detector name this detector's findings can carry."""
+        return ("deadline", *sorted(cls._name(a) for a in cls._IMMEDIATE))
+
+    @staticmethod
+    def _name(anomaly: ProposalAnomaly) -> str:
+        return "ai_silent" if anomaly is ProposalAnomaly.SILENT else f"controller.{anomaly}"
+
     def update(self, anomaly: ProposalAnomaly | None) -> list[Finding]:
         if anomaly is None:
             self.misses = 0
@@ -322,8 +331,7 @@ class ControllerHealth:
                 ]
             return []
         if anomaly in self._IMMEDIATE:
-            name = "ai_silent" if anomaly is ProposalAnomaly.SILENT else f"controller.{anomaly}"
-            return [Finding(name, Mode.MANUAL, f"controller: {anomaly}")]
+            return [Finding(self._name(anomaly), Mode.MANUAL, f"controller: {anomaly}")]
         return []  # NONFINITE_INPUT: the input detectors own that fault
 
     def reset(self) -> None:

@@ -14,7 +14,9 @@ Two kinds of input move the machine, in the spirit of a safety instrumented syst
 * Operator requests (:meth:`ModeMachine.request`), authorised by the ops layer. The only way
   back to the AI is ``MANUAL -> SHADOW -> AUTO``, with ``clean_shadow_s`` seconds of shadow
   operation free of anomalies and trips in between. Nothing automatic ever moves toward
-  ``AUTO`` or ``SHADOW``, or out of ``SAFE_STOP``.
+  ``AUTO`` or ``SHADOW``, or out of ``SAFE_STOP``. An operator can always reach ``MANUAL``
+  while sensing is healthy, latched or not; a reset succeeds once the trip's cause has
+  cleared and is refused with the cause named otherwise (see :meth:`ModeMachine.request`).
 
 Every change is returned as :class:`~gateway.supervisor.events.Event` values, refusals
 included, so nothing the machine decides is silent. The machine is pure: no I/O, and time is
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Final
 from gateway.supervisor.events import Event, EventKind
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "Mode",
@@ -118,12 +120,15 @@ class ModeConfig:
     refused: the AI must earn its way in through SHADOW). ``clean_shadow_s`` is how long, in
     seconds, SHADOW must run without anomalies or trips before TO_AUTO is granted.
     ``bypass_max_s`` is the longest bypass an operator may set, in seconds. Both must be
-    finite and > 0. Raises ``ValueError`` naming the field.
+    finite and > 0. ``detectors`` names the detectors that may be bypassed (the supervisor's
+    :attr:`~gateway.supervisor.core.Supervisor.detector_names`); None accepts any name.
+    Raises ``ValueError`` naming the field.
     """
 
     start_mode: Mode = Mode.MANUAL
     clean_shadow_s: float
     bypass_max_s: float
+    detectors: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -137,6 +142,11 @@ class ModeConfig:
         object.__setattr__(self, "start_mode", start)
         _check_positive("clean_shadow_s", self.clean_shadow_s)
         _check_positive("bypass_max_s", self.bypass_max_s)
+        if self.detectors is not None:
+            names = frozenset(self.detectors)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError("`detectors` must be None or non-empty detector names")
+            object.__setattr__(self, "detectors", names)
 
 
 class ModeMachine:
@@ -296,24 +306,36 @@ class ModeMachine:
             )
         return events
 
-    def request(self, now_s: float, req: OperatorRequest) -> list[Event]:
-        """Apply an operator request, or refuse it with a REQUEST_REFUSED event.
+    def request(self, now_s: float, req: OperatorRequest,
+                sensing_faults: Sequence[str] = ()) -> list[Event]:
+        """Apply an operator request, or refuse it with a REQUEST_REFUSED event whose reason
+        says why.
+
+        ``sensing_faults`` describes what is wrong with sensing now (the input-health findings
+        of the latest step that are not bypassed, e.g. ``"input.stale.level: ..."``); empty
+        means sensing is healthy. It is the cause of a trip that persists; every other cause
+        (an AI command that broke a trip constraint, an AI that went silent) ended when the AI
+        was taken out of control, and its detector does not latch again until the AI is back
+        on trial.
 
         Rules (any refusal changes nothing):
 
         * not ``authorised``: refused.
         * TO_SAFE_STOP: granted from any mode.
-        * TO_MANUAL: granted from AUTO and SHADOW; from SAFE_STOP only when no trip is
-          latched (a latched trip is acknowledged by RESET_TRIP before the plant leaves the
-          safe state).
+        * TO_MANUAL: granted from AUTO and SHADOW; from SAFE_STOP whenever sensing is healthy,
+          latched or not (the latch stays: the AI stays out until a reset), and refused with
+          the faults named while it is not (the fallback controllers read the same sensors).
         * A request for the current mode (TO_MANUAL in MANUAL, TO_SAFE_STOP in SAFE_STOP)
           changes nothing and returns no event.
-        * RESET_TRIP: clears the latch, mode unchanged; refused if nothing is latched.
+        * RESET_TRIP: clears the latch, mode unchanged; refused if nothing is latched, and
+          refused with the faults named while sensing is unhealthy (the trip would latch
+          again at the next step).
         * TO_SHADOW: only from MANUAL and only when not latched; starts the clean period.
         * TO_AUTO: only from SHADOW, after ``clean_shadow_s`` of clean shadow time; the
           refusal says how many seconds remain.
-        * BYPASS: needs ``detector`` and ``duration_s`` in ``(0, bypass_max_s]``; sets expiry
-          ``now_s + duration_s``, replacing an earlier bypass of that detector.
+        * BYPASS: needs a ``detector`` the config names (when it names any; the refusal lists
+          them) and ``duration_s`` in ``(0, bypass_max_s]`` (the refusal states the maximum);
+          sets expiry ``now_s + duration_s``, replacing an earlier bypass of that detector.
         * END_BYPASS: ends the detector's bypass; refused if it has none.
         """
         t = self._advance(now_s)
@@ -329,10 +351,14 @@ class ModeMachine:
             case RequestKind.TO_MANUAL:
                 if mode is Mode.MANUAL:
                     return []
-                if mode is Mode.SAFE_STOP and self._latched:
-                    return [self._refuse(at, req, f"{self._latch_text()}; reset the trip first")]
+                if mode is Mode.SAFE_STOP and sensing_faults:
+                    return [self._refuse(at, req, f"{_sensing_text(sensing_faults)}; the plant "
+                                                  "stays in safe_stop until sensing is healthy")]
                 return [self._operator_change(at, Mode.MANUAL, req)]
             case RequestKind.RESET_TRIP:
+                if self._latched and sensing_faults:
+                    return [self._refuse(at, req, f"the cause has not cleared: "
+                                                  f"{_sensing_text(sensing_faults)}")]
                 return [self._reset(at, req)]
             case RequestKind.TO_SHADOW:
                 if self._latched:
@@ -448,6 +474,10 @@ class ModeMachine:
         detector = req.detector
         if not detector:
             return self._refuse(at, req, "a detector name is required")
+        known = self._config.detectors
+        if known is not None and detector not in known:
+            return self._refuse(at, req, f"unknown detector {detector!r}; known detectors: "
+                                         f"{', '.join(sorted(known))}")
         duration = req.duration_s
         max_s = self._config.bypass_max_s
         if (
@@ -457,7 +487,8 @@ class ModeMachine:
             or not math.isfinite(duration)
             or not 0.0 < duration <= max_s
         ):
-            return self._refuse(at, req, f"duration_s must be in (0, {max_s}], got {duration!r}")
+            return self._refuse(at, req, f"duration_s must be in (0, {max_s:g}] (bypass_max_s "
+                                         f"{max_s:g} s), got {duration!r}")
         if t is None:
             return self._refuse(at, req, "no finite time seen yet")
         expiry = t + float(duration)
@@ -544,6 +575,10 @@ class Restored:
     trip_reason: str | None
     bypasses_left_s: Mapping[str, float]
     cut: tuple[str, ...] = ()
+
+
+def _sensing_text(faults: Sequence[str]) -> str:
+    return "sensing is unhealthy (" + "; ".join(faults) + ")"
 
 
 def _at(t: float | None, now_s: float) -> float:

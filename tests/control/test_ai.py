@@ -57,12 +57,12 @@ def run(engine: str, tmp_path: Path, swap_gain: float | None) -> tuple[Superviso
                      0.0, canary=CanaryCases(GOLDEN, expected, 1e-6))
     tank = Tank()
     decisions = []
-    sup.request(OperatorRequest(RequestKind.TO_SHADOW, "op", True))
+    sup.apply_request(OperatorRequest(RequestKind.TO_SHADOW, "op", True))
     canary_due = False
     now = 0.0
     for k in range(1200):
         if k == 40:
-            sup.request(OperatorRequest(RequestKind.TO_AUTO, "op", True))
+            sup.apply_request(OperatorRequest(RequestKind.TO_AUTO, "op", True))
         if swap_gain is not None and k == 600:
             # The model file is swapped under the running gateway: same interface, new gains.
             policy.close()

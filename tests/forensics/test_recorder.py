@@ -182,7 +182,7 @@ def odd_frame(site) -> Frame:
     snap = Snapshot(np.array([math.nan, 0.1 + 0.2, -0.0, 5e-324]),
                     np.array([False, True, True, True]), np.array([1 / 3, 0.0, 1e-300, 2.5]))
     req = OperatorRequest(RequestKind.BYPASS, "bob", True, "canary", 1 / 3, reason="x")
-    sup.request(req)
+    sup.apply_request(req)
     proposal = Proposal(np.array([0.1 + 0.2, 1 / 3, math.nan]), None, 0.1 + 0.2,
                         np.array([ODD[:4], ODD[4:]]))
     decision = sup.step(snap, proposal, 0.1 + 0.2)
@@ -280,7 +280,7 @@ def test_csv_has_readable_columns(site, tmp_path):
     recorder = FlightRecorder(10.0, CYCLE_S, RecordingInfo.of(site, 0.0, [30.0, 30.0, 0.0]))
     sup = drive(site, recorder, 5)
     req = OperatorRequest(RequestKind.TO_SHADOW, "alice", True)
-    sup.request(req)
+    sup.apply_request(req)
     recorder.operator.request(req)
     sup.set_operator_setpoint(1, 35.0)
     recorder.operator.setpoint(1, 35.0)

@@ -156,7 +156,7 @@ def record_run(tmp_path: Path, engine: str, n_cycles: int = N_CYCLES) -> Run:
             if now >= T_DEMAND_S:
                 tank.demand = 0.008
             for req in requests_at(k):
-                sup.request(req)
+                sup.apply_request(req)
                 recorder.operator.request(req)
             if k == 480:  # an operator setpoint in MANUAL: validated write-through, then held
                 first = applied.copy()

@@ -62,7 +62,7 @@ class Rig:
         for action in actions:
             if isinstance(action, Request):
                 req = action.operator_request()
-                self.sup.request(req)
+                self.sup.apply_request(req)
                 self.recorder.operator.request(req)
         self.tank.advance(decision.command, CYCLE_S)
         self.decisions.append(decision)
@@ -71,7 +71,7 @@ class Rig:
 
     def request(self, kind: RequestKind, who: str = "op", **kw: object) -> None:
         req = OperatorRequest(kind, who, True, **kw)  # type: ignore[arg-type]
-        self.sup.request(req)
+        self.sup.apply_request(req)
         self.recorder.operator.request(req)
 
     def good(self, cycles: int) -> Decision:

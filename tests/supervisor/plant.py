@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,9 @@ import gateway.envelope
 from gateway.supervisor.core import Supervisor
 from gateway.supervisor.decision import Decision, Proposal, Snapshot
 from gateway.supervisor.modes import OperatorRequest, RequestKind
+
+if TYPE_CHECKING:
+    from gateway.supervisor.events import Event
 
 TANK = "configs/water_tank.yaml"
 
@@ -75,8 +79,9 @@ class Loop:
         return decision
 
     def request(self, kind: RequestKind, who: str = "op", authorised: bool = True,
-                **kw: object) -> None:
-        self.sup.request(OperatorRequest(kind, who, authorised, **kw))  # type: ignore[arg-type]
+                **kw: object) -> list[Event]:
+        req = OperatorRequest(kind, who, authorised, **kw)  # type: ignore[arg-type]
+        return self.sup.apply_request(req)
 
     def to_auto(self, ai_policy: object) -> None:
         """Operator path MANUAL -> SHADOW -> (clean period) -> AUTO with a given AI policy."""

@@ -269,15 +269,49 @@ def test_leaving_operator_safe_stop_goes_through_manual() -> None:
     assert mode_of(m) is Mode.MANUAL
 
 
-def test_leaving_tripped_safe_stop_needs_reset_first() -> None:
+def test_leaving_tripped_safe_stop_needs_healthy_sensing_not_a_reset() -> None:
+    # Issue 15: an operator can always reach MANUAL while sensing is healthy; the latch
+    # stays (the AI stays out until a reset).
     m = make()
     m.trip(0.0, "sensing", "lost", Mode.SAFE_STOP)
-    ev = only_refusal(m.request(1.0, req(RequestKind.TO_MANUAL)))
-    assert "reset" in ev.reason
+    fault = ("input.stale.level: level: stale: 3.000 s old (limit 1.0 s)",)
+    ev = only_refusal(m.request(1.0, req(RequestKind.TO_MANUAL), fault))
+    assert "input.stale.level" in ev.reason and "sensing" in ev.reason
     assert mode_of(m) is Mode.SAFE_STOP
-    m.request(2.0, req(RequestKind.RESET_TRIP))
+    ev = only_refusal(m.request(1.5, req(RequestKind.RESET_TRIP), fault))
+    assert "has not cleared" in ev.reason and "input.stale.level" in ev.reason
+    assert m.latched
     assert kinds(m.request(3.0, req(RequestKind.TO_MANUAL))) == [EventKind.MODE_CHANGE]
     assert mode_of(m) is Mode.MANUAL
+    assert m.latched
+    only_refusal(m.request(3.5, req(RequestKind.TO_SHADOW)))
+    assert kinds(m.request(4.0, req(RequestKind.RESET_TRIP))) == [EventKind.RESET]
+    assert kinds(m.request(5.0, req(RequestKind.TO_SHADOW))) == [EventKind.MODE_CHANGE]
+
+
+def test_to_manual_from_unlatched_safe_stop_waits_for_sensing_too() -> None:
+    m = make()
+    m.request(0.0, req(RequestKind.TO_SAFE_STOP))
+    only_refusal(m.request(1.0, req(RequestKind.TO_MANUAL), ("input.quality.level: bad",)))
+    # A move toward safety is never held back by sensing.
+    m2 = make()
+    assert kinds(m2.request(0.0, req(RequestKind.TO_SAFE_STOP), ("x: bad",))) == [
+        EventKind.MODE_CHANGE]
+
+
+def test_bypass_names_a_known_detector_when_the_config_lists_them() -> None:
+    m = ModeMachine(ModeConfig(clean_shadow_s=10.0, bypass_max_s=60.0,
+                               detectors=frozenset({"ai_silent", "deadline"})))
+    ev = only_refusal(m.request(0.0, req(RequestKind.BYPASS, detector="nosuch",
+                                         duration_s=5.0)))
+    assert "unknown detector 'nosuch'" in ev.reason and "ai_silent, deadline" in ev.reason
+    ev = only_refusal(m.request(0.0, req(RequestKind.BYPASS, detector="deadline",
+                                         duration_s=61.0)))
+    assert "bypass_max_s 60 s" in ev.reason
+    assert kinds(m.request(0.0, req(RequestKind.BYPASS, detector="deadline",
+                                    duration_s=60.0))) == [EventKind.BYPASS_START]
+    with pytest.raises(ValueError, match="detectors"):
+        ModeConfig(clean_shadow_s=1.0, bypass_max_s=1.0, detectors=frozenset())
 
 
 # -- the way back to the AI ------------------------------------------------------------------

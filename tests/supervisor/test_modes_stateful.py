@@ -69,6 +69,8 @@ class ModeMachineModel(RuleBasedStateMachine):
         self.clock: float | None = None  # last finite, non-decreasing time
         self.clean_since: float | None = None
         self.bypasses: dict[str, float] = {}
+        # What the supervisor says is wrong with sensing now (empty: healthy).
+        self.faults: tuple[str, ...] = ()
         self.now = 1000.0  # raw time fed to the machine (may be non-finite)
         self.base = 1000.0  # finite time the next step is added to
 
@@ -97,6 +99,11 @@ class ModeMachineModel(RuleBasedStateMachine):
             ModeConfig(start_mode=start, clean_shadow_s=CLEAN_S, bypass_max_s=BYPASS_MAX_S)
         )
         self.mode = start
+
+    @rule(unhealthy=st.booleans())
+    def sensing(self, unhealthy: bool) -> None:
+        self.faults = ("input.stale.level: level: stale",) if unhealthy else ()
+        self.step = None
 
     @rule(dt=time_steps)
     def time_passes(self, dt: float) -> None:
@@ -205,7 +212,7 @@ class ModeMachineModel(RuleBasedStateMachine):
         before = self.mode
         self._advance(self.now)
         elapsed = self._clean_elapsed()
-        events = self.m.request(self.now, req)
+        events = self.m.request(self.now, req, self.faults)
         expected = self._model_request(req)
         assert [e.kind for e in events] == expected, (req, events)
         self.step = Step(
@@ -231,12 +238,12 @@ class ModeMachineModel(RuleBasedStateMachine):
         if kind is RequestKind.TO_MANUAL:
             if self.mode is Mode.MANUAL:
                 return []
-            if self.mode is Mode.SAFE_STOP and self.latched:
+            if self.mode is Mode.SAFE_STOP and self.faults:
                 return refused
             self._set_mode(Mode.MANUAL)
             return change
         if kind is RequestKind.RESET_TRIP:
-            if not self.latched:
+            if not self.latched or self.faults:
                 return refused
             self.latched = False
             return [EventKind.RESET]

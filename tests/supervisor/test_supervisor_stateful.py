@@ -6,9 +6,10 @@ jumps and operator requests (authorised or not). After every step:
 
 1. the written command is admissible: it passes the envelope, except actuators at their safe
    value (the invariant of DESIGN.md), judged on sensors masked independently by this test;
-2. while a trip is latched the mode is MANUAL or SAFE_STOP, and a latch clears only in a step
-   with an authorised reset request;
-3. nothing moves away from safety without an authorised operator request in that step;
+2. while a trip is latched the mode is MANUAL or SAFE_STOP, and a latch clears only by an
+   authorised reset request;
+3. nothing moves away from safety but an authorised operator request (applied at once,
+   between steps), and a step never does;
 4. SAFE_STOP writes exactly the safe values; every written value is finite.
 """
 
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from gateway.supervisor.decision import Proposal, ProposalAnomaly, Snapshot
+from gateway.supervisor.events import EventKind
 from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 from tests.supervisor.plant import Tank, tank_supervisor
 
@@ -40,7 +42,6 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.tank = Tank()
         self.now_s = 0.0
         self.fault: str | None = None
-        self.requests: list[OperatorRequest] = []
         self.steps = 0
         self.ranges = [(t.range_min, t.range_max) for t in self.sup.site.sensors]
         self.stale_s = [self.sup.site.stale_after_ms(t) / 1000.0 for t in self.sup.site.sensors]
@@ -62,8 +63,15 @@ class SupervisorMachine(RuleBasedStateMachine):
     def operator(self, kind: RequestKind, authorised: bool, detector: str | None,
                  duration: float | None) -> None:
         req = OperatorRequest(kind, "tester", authorised, detector, duration)
-        self.requests.append(req)
-        self.sup.request(req)
+        before_mode = self.sup.mode
+        before_latched = self.sup.modes.latched
+        self.sup.apply_request(req)  # applied at once, between steps
+        # Only an authorised recovery request moves away from safety, only an authorised
+        # reset clears a latch, and sensing must be healthy for either out of SAFE_STOP.
+        if self.sup.mode.safety_rank < before_mode.safety_rank:
+            assert authorised and kind in RECOVERY, f"{before_mode} -> {self.sup.mode}"
+        if before_latched and not self.sup.modes.latched:
+            assert authorised and kind is RequestKind.RESET_TRIP
 
     @rule()
     def earn_auto(self) -> None:
@@ -139,11 +147,14 @@ class SupervisorMachine(RuleBasedStateMachine):
         used_dt = used_dt if used_dt > 1e-6 else 1e-6
         snapshot, known = self._snapshot()
         decision = self.sup.step(snapshot, proposal, self.now_s)
-        requests, self.requests = self.requests, []
         self.steps += 1
 
         command = decision.command
         assert np.isfinite(command).all(), command
+        # A bypass may name every detector that trips (one list, the supervisor's).
+        for e in decision.events:
+            if e.kind is EventKind.TRIP or (e.kind is EventKind.ANOMALY and e.requester is None):
+                assert e.name in self.sup.detector_names, e
         # The supervisor may distrust more than this harness models (a frozen or jumping
         # reading), never less; what it distrusts is unknown to the envelope, safe state
         # included.
@@ -153,11 +164,11 @@ class SupervisorMachine(RuleBasedStateMachine):
             f"inadmissible {command} after {previous} with sensors {known}, dt {used_dt}")
         if decision.mode is Mode.SAFE_STOP:
             np.testing.assert_array_equal(command, self.sup.gate.safe_state(decision.sensors))
-        if decision.mode.safety_rank < before_mode.safety_rank:
-            assert any(r.authorised and r.kind in RECOVERY for r in requests), (
-                f"{before_mode} -> {decision.mode} without an authorised request")
-        if before_latched and not self.sup.modes.latched:
-            assert any(r.authorised and r.kind is RequestKind.RESET_TRIP for r in requests)
+        # Requests are applied between steps: a step itself never moves away from safety
+        # and never clears a latch.
+        assert decision.mode.safety_rank >= before_mode.safety_rank, (
+            f"{before_mode} -> {decision.mode} in a step")
+        assert self.sup.modes.latched or not before_latched
         self.tank.advance(command, max(dt, 0.0))
 
     @invariant()
