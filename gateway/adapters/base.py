@@ -123,18 +123,45 @@ class ClientInfo:
     role: Role
 
 
+class Refusal(StrEnum):
+    """Why a northbound write or request was refused, finer than its Modbus exception code:
+    the Modbus ``status.rejection`` register and the OPC UA status code tell these apart."""
+
+    ENVELOPE = "envelope"  # outside the safety envelope
+    READ_ONLY = "read_only"  # not a writable setpoint
+    DEVICE = "device"  # the device did not confirm the write (failed, timed out, interrupted)
+    UNKNOWN_TAG = "unknown_tag"  # no such tag
+    MODE = "mode"  # not taken in the current mode (or refused by the mode machine)
+    NOT_AUTHORISED = "not_authorised"  # the client's role may not do this
+    STARTING = "starting"  # the supervisor is not running yet
+    STOPPING = "stopping"  # the gateway is shutting down
+
+
 class WriteOutcome(NamedTuple):
-    """The answer to one tag's write: accepted, or refused with a reason.
+    """The answer to one tag's write or one operator request: accepted, or refused with a
+    reason.
 
     ``code`` is 0 when accepted, else the Modbus exception code to answer with (3: illegal
     data value, i.e. outside the envelope; 2: illegal address, e.g. a read-only tag; 4: device
-    failure, e.g. the write could not be forwarded). OPC UA servers map a refusal to
-    BadOutOfRange (code 3), BadNotWritable (2) or BadCommunicationError (4).
+    failure, e.g. the write could not be forwarded). ``refusal`` says why more precisely; when
+    it is None it follows from ``code`` (3: envelope, 2: read-only, 4: device). OPC UA servers
+    map a refusal to a status code by its ``refusal`` (see
+    :mod:`gateway.adapters.opcua_server`).
     """
 
     accepted: bool
     code: int
     reason: str
+    refusal: Refusal | None = None
+
+    @property
+    def why(self) -> Refusal | None:
+        """The refusal's kind (None when accepted), from ``refusal`` or else from ``code``."""
+        if self.accepted:
+            return None
+        if self.refusal is not None:
+            return self.refusal
+        return {2: Refusal.READ_ONLY, 3: Refusal.ENVELOPE}.get(self.code, Refusal.DEVICE)
 
 
 ACCEPTED = WriteOutcome(True, 0, "")

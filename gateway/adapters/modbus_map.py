@@ -18,7 +18,7 @@ Input registers (function code 4, read only):
 
 * ``0 .. 2*S-1``: the S sensors in the order of the site file, float32, sensor *i* at ``2*i``.
   A value too large for float32 reads as +/-inf; a value never read is NaN.
-* ``1000 .. 1005``: gateway status, one uint16 each:
+* ``1000 .. 1007``: gateway status, one uint16 each:
 
   ====  ==========================  ===============================================
   1000  ``status.mode``             0 auto, 1 shadow, 2 manual, 3 safe_stop, 4 starting
@@ -27,9 +27,19 @@ Input registers (function code 4, read only):
   1002  ``status.incident``         1 while an incident is open, else 0
   1003  ``status.heartbeat``        +1 every control cycle, wraps 65535 -> 0
   1004  ``status.rejection``        last write rejection: 0 none, 1 outside the envelope,
-                                    2 read-only, 3 device failure, 4 unknown tag
+                                    2 read-only, 3 the device did not confirm the write,
+                                    4 unknown tag, 5 not taken in this mode (e.g. an
+                                    operator setpoint outside MANUAL), 6 not authorised
+                                    (the client's role), 7 gateway starting, 8 gateway
+                                    stopping
   1005  ``status.rejected_actuator``  index + 1 of the last rejected actuator, 0 none
+  1006  ``status.bypasses``         number of detector bypasses in force
+  1007  ``status.bypass_expiry_s``  seconds until the earliest bypass expires (rounded
+                                    up, at most 65535), 0 when none is in force
   ====  ==========================  ===============================================
+
+  The trip's reason, the incident's id and each bypass's detector are on the OPC UA
+  ``Status`` nodes and ``safety-gateway ctl status``.
 
   A SCADA watchdog should alarm when ``status.heartbeat`` stops changing.
 
@@ -53,9 +63,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from gateway.adapters.base import Refusal
 from gateway.config.schema import Table
 
 if TYPE_CHECKING:
+    from gateway.adapters.base import WriteOutcome
     from gateway.config.schema import Site
 
 STATUS_BASE = 1000
@@ -98,16 +110,39 @@ class RejectionCode(IntEnum):
     NONE = 0
     OUTSIDE_ENVELOPE = 1
     READ_ONLY = 2
-    DEVICE_FAILURE = 3
+    DEVICE_UNCONFIRMED = 3  # the device did not confirm the write (failed or timed out)
     UNKNOWN_TAG = 4
+    WRONG_MODE = 5
+    NOT_AUTHORISED = 6
+    STARTING = 7
+    STOPPING = 8
 
     @classmethod
     def from_exception_code(cls, code: int) -> RejectionCode:
         """The rejection code for a refused :class:`~gateway.adapters.base.WriteOutcome`'s
-        Modbus exception code (3 -> outside the envelope, 2 -> read-only, 4 -> device
-        failure); any other code counts as a device failure."""
+        Modbus exception code (3 -> outside the envelope, 2 -> read-only, 4 -> the device
+        did not confirm); any other code counts as the device not confirming."""
         return {0: cls.NONE, 2: cls.READ_ONLY, 3: cls.OUTSIDE_ENVELOPE}.get(
-            code, cls.DEVICE_FAILURE)
+            code, cls.DEVICE_UNCONFIRMED)
+
+    @classmethod
+    def of(cls, outcome: WriteOutcome) -> RejectionCode:
+        """The rejection code of an outcome: by its :class:`~gateway.adapters.base.Refusal`
+        when it names one, else by its exception code; NONE when it was accepted."""
+        why = outcome.why
+        return cls.NONE if why is None else _BY_REFUSAL[why]
+
+
+_BY_REFUSAL: dict[Refusal, RejectionCode] = {
+    Refusal.ENVELOPE: RejectionCode.OUTSIDE_ENVELOPE,
+    Refusal.READ_ONLY: RejectionCode.READ_ONLY,
+    Refusal.DEVICE: RejectionCode.DEVICE_UNCONFIRMED,
+    Refusal.UNKNOWN_TAG: RejectionCode.UNKNOWN_TAG,
+    Refusal.MODE: RejectionCode.WRONG_MODE,
+    Refusal.NOT_AUTHORISED: RejectionCode.NOT_AUTHORISED,
+    Refusal.STARTING: RejectionCode.STARTING,
+    Refusal.STOPPING: RejectionCode.STOPPING,
+}
 
 
 class StatusRegister(IntEnum):
@@ -119,6 +154,8 @@ class StatusRegister(IntEnum):
     HEARTBEAT = STATUS_BASE + 3
     REJECTION = STATUS_BASE + 4
     REJECTED_ACTUATOR = STATUS_BASE + 5
+    BYPASSES = STATUS_BASE + 6
+    BYPASS_EXPIRY_S = STATUS_BASE + 7
 
 
 STATUS_NAMES: dict[StatusRegister, str] = {
@@ -128,6 +165,8 @@ STATUS_NAMES: dict[StatusRegister, str] = {
     StatusRegister.HEARTBEAT: "status.heartbeat",
     StatusRegister.REJECTION: "status.rejection",
     StatusRegister.REJECTED_ACTUATOR: "status.rejected_actuator",
+    StatusRegister.BYPASSES: "status.bypasses",
+    StatusRegister.BYPASS_EXPIRY_S: "status.bypass_expiry_s",
 }
 STATUS_COUNT = len(STATUS_NAMES)
 
@@ -326,10 +365,18 @@ class RegisterImage:
         _STATUS4.pack_into(self._status, 0, mode_code, 1 if latched else 0,
                            1 if incident else 0, heartbeat & 0xFFFF)
 
+    def set_bypasses(self, count: int, earliest_expiry_s: float | None) -> None:
+        """Mirror the bypasses in force: how many, and the seconds until the earliest expires
+        (None: none). Both are clipped to 0..65535; the seconds are rounded up, so that a
+        bypass still in force never reads 0."""
+        seconds = 0 if earliest_expiry_s is None or not earliest_expiry_s > 0 else (
+            65535 if not earliest_expiry_s < 65535 else math.ceil(earliest_expiry_s))
+        _UINT16x2.pack_into(self._status, 12, min(max(count, 0), 65535), seconds)
+
     def set_rejection(self, code: int, actuator_index: int | None) -> None:
         """Mirror the last write rejection: its :class:`RejectionCode` and the 0-based index
-        of the refused actuator (None: none). Raises ``ValueError`` for a code outside 0..4 or
-        an index outside the actuators."""
+        of the refused actuator (None: none). Raises ``ValueError`` for a code outside the
+        :class:`RejectionCode` values or an index outside the actuators."""
         if not 0 <= code <= max(RejectionCode):
             raise ValueError(f"rejection code must be 0..{max(RejectionCode)}, not {code}")
         if actuator_index is not None and not 0 <= actuator_index < len(self.map.actuators):

@@ -326,6 +326,10 @@ class ModbusServer:
         """Mirror the gateway status (:class:`~gateway.adapters.modbus_map.ModeCode`)."""
         self.image.set_status(mode_code, latched, incident, heartbeat)
 
+    def set_bypasses(self, count: int, earliest_expiry_s: float | None) -> None:
+        """Mirror the bypasses in force (``status.bypasses``, ``status.bypass_expiry_s``)."""
+        self.image.set_bypasses(count, earliest_expiry_s)
+
     def set_rejection(self, code: int, actuator_index: int | None) -> None:
         """Mirror the last rejection (:class:`~gateway.adapters.modbus_map.RejectionCode`,
         0-based actuator index or None)."""

@@ -10,6 +10,10 @@ server registers), under ``Objects/Gateway``::
     Status/Heartbeat   UInt32                ns=2;s=Gateway.Status.Heartbeat
     Status/ActiveIncident Boolean            ns=2;s=Gateway.Status.ActiveIncident
     Status/LastRejection  String             ns=2;s=Gateway.Status.LastRejection
+    Status/TripReason  String                ns=2;s=Gateway.Status.TripReason
+    Status/IncidentId  String                ns=2;s=Gateway.Status.IncidentId
+    Status/Bypasses    String[]              ns=2;s=Gateway.Status.Bypasses
+    Status/BypassExpiries DateTime[]         ns=2;s=Gateway.Status.BypassExpiries
     RequestMode(Mode: String), ResetTrip(), Bypass(Detector: String, Seconds: Double),
     EndBypass(Detector: String)              ns=2;s=Gateway.<method>
 
@@ -18,9 +22,13 @@ Writes. Every WriteValue that targets an Actuators variable is handed to the run
 regardless. An **accepted** write is answered Good *without changing the node*: the runtime
 forwards the (envelope-checked) value southbound and then mirrors what was really applied with
 :meth:`OpcUaServer.set_actuator`, so reading an actuator always shows the applied value, never a
-request. A refusal is answered for that node alone: code 3 -> BadOutOfRange, 2 -> BadNotWritable,
-4 -> BadCommunicationError (anything else BadInternalError). Sensors and Status refuse writes with
-BadNotWritable; viewers get BadUserAccessDenied. Only Value attributes are writable.
+request. A refusal is answered for that node alone, by its kind
+(:class:`~gateway.adapters.base.Refusal`): outside the envelope -> BadOutOfRange, read-only ->
+BadNotWritable, the device did not confirm -> BadCommunicationError, not taken in this mode ->
+BadInvalidState, not authorised -> BadUserAccessDenied, gateway starting or stopping ->
+BadResourceUnavailable (anything else BadInternalError); ``Status/LastRejection`` then reads
+``"<tag> refused (<kind>): <reason>"``. Sensors and Status refuse writes with BadNotWritable;
+viewers get BadUserAccessDenied. Only Value attributes are writable.
 
 Who: each session's user (UserName token, password checked against the environment variable
 ``password_env`` at login time, in constant time) has the role the site gives it; an anonymous
@@ -29,7 +37,14 @@ token type is not even offered, and the user manager refuses it as well). A user
 variable is missing cannot log in (logged once). Methods: RequestMode needs operator or admin;
 ResetTrip, Bypass and EndBypass need admin; IncidentNote, IncidentAcknowledge and IncidentCheck
 need operator or admin, IncidentResolve admin; others get BadUserAccessDenied. A method returns
-(Accepted: Boolean, Message: String) with a Good status once the runtime has answered.
+(Accepted: Boolean, Message: String) with a Good status once the runtime has answered, and the
+answer is the real outcome: the request was applied (Message says what changed) or refused
+(Message says why). Users whose password variable is unset or empty are disabled with a
+warning when the server starts.
+
+Status: ``TripReason`` is the latched trip's ``"<detector>: <reason>"`` ("" when none is
+latched), ``IncidentId`` the open incident's id ("" when none), ``Bypasses`` and
+``BypassExpiries`` the detectors bypassed and when each bypass expires (UTC), index by index.
 
 The mirror API (:meth:`set_sensor`, :meth:`set_actuator`, :meth:`set_status`,
 :meth:`set_rejection`) writes through ``server.write_attribute_value``, the trusted path that
@@ -62,7 +77,7 @@ from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 
-from gateway.adapters.base import ClientInfo, NorthboundHandler, Role, WriteOutcome
+from gateway.adapters.base import ClientInfo, NorthboundHandler, Refusal, Role, WriteOutcome
 from gateway.adapters.opcua_client import certificate_uri
 from gateway.adapters.opcua_pki import Pki, application_uri, create_certificate, now_utc
 from gateway.adapters.opcua_security import (
@@ -74,7 +89,7 @@ from gateway.adapters.opcua_security import (
 from gateway.config.schema import SecurityPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from asyncua.server.server import Server
 
@@ -89,7 +104,11 @@ server's own URI); :func:`opcua_nodes` and the server agree on it."""
 STATUS_NODES: Final = (("Mode", ua.VariantType.String), ("Latched", ua.VariantType.Boolean),
                        ("Heartbeat", ua.VariantType.UInt32),
                        ("ActiveIncident", ua.VariantType.Boolean),
-                       ("LastRejection", ua.VariantType.String))
+                       ("LastRejection", ua.VariantType.String),
+                       ("TripReason", ua.VariantType.String),
+                       ("IncidentId", ua.VariantType.String),
+                       ("Bypasses", ua.VariantType.String),
+                       ("BypassExpiries", ua.VariantType.DateTime))
 METHODS: Final = ("RequestMode", "ResetTrip", "Bypass", "EndBypass", "IncidentNote",
                   "IncidentAcknowledge", "IncidentCheck", "IncidentResolve")
 # Incident methods: (action, argument names); every argument is a String.
@@ -98,8 +117,14 @@ _INCIDENT_METHODS: Final = {"IncidentNote": ("note", ("Id", "Text")),
                             "IncidentCheck": ("check", ("Id", "Phase", "Item")),
                             "IncidentResolve": ("resolve", ("Id", "Summary"))}
 
-_REFUSAL_STATUS: Final = {3: StatusCodes.BadOutOfRange, 2: StatusCodes.BadNotWritable,
-                          4: StatusCodes.BadCommunicationError}
+_REFUSAL_STATUS: Final = {Refusal.ENVELOPE: StatusCodes.BadOutOfRange,
+                          Refusal.READ_ONLY: StatusCodes.BadNotWritable,
+                          Refusal.DEVICE: StatusCodes.BadCommunicationError,
+                          Refusal.UNKNOWN_TAG: StatusCodes.BadNodeIdUnknown,
+                          Refusal.MODE: StatusCodes.BadInvalidState,
+                          Refusal.NOT_AUTHORISED: StatusCodes.BadUserAccessDenied,
+                          Refusal.STARTING: StatusCodes.BadResourceUnavailable,
+                          Refusal.STOPPING: StatusCodes.BadResourceUnavailable}
 _MODE_REQUESTS: Final = {"auto": "to_auto", "shadow": "to_shadow", "manual": "to_manual",
                          "safe_stop": "to_safe_stop"}
 _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip": (Role.ADMIN,),
@@ -191,12 +216,14 @@ class _Users(UserManager):
         if user is None:
             return None, "unknown user"
         expected = os.environ.get(user.password_env)
-        if expected is None:
+        if not expected:  # unset, or empty: an empty password is no password
             if username not in self._missing_logged:
                 self._missing_logged.add(username)
-                _log.warning("OPC UA user %r cannot log in: environment variable %s is not set",
-                             username, user.password_env)
-            return None, "no password is configured for the user (variable unset)"
+                _log.warning("OPC UA user %r cannot log in: environment variable %s is %s",
+                             username, user.password_env,
+                             "empty" if expected is not None else "not set")
+            return None, ("no password is configured for the user (variable "
+                          f"{'empty' if expected is not None else 'unset'})")
         if password is None or not hmac.compare_digest(password.encode(), expected.encode()):
             return None, "wrong password"
         return _GatewayUser(role=UserRole.User, name=username,
@@ -230,6 +257,8 @@ class OpcUaServer:
         """Have ``listener`` called with every refused channel or certificate and every failed
         login (:class:`~gateway.adapters.opcua_security.SecurityEvent`), e.g. to audit it."""
         self.guard.listeners.append(listener)
+        # The status details last mirrored (trip reason, incident id, bypasses).
+        self._detail: tuple[str, str, tuple[tuple[str, datetime], ...]] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -249,6 +278,15 @@ class OpcUaServer:
         if self._server is not None:
             raise RuntimeError("already started")
         spec, sec = self.spec, self.spec.security
+        for user in spec.users:
+            value = os.environ.get(user.password_env)
+            if not value:
+                # Disabled, not fatal: the gateway's safety function must not wait for an
+                # account; the other users (and the Modbus server) keep working.
+                _log.warning("OPC UA user %r (role %s) is disabled: environment variable %s is "
+                             "%s; set it before starting the gateway to enable the user",
+                             user.name, user.role, user.password_env,
+                             "empty" if value is not None else "not set")
         server = GuardedServer(self.guard, user_manager=_Users(spec, self.guard))
         await server.init()
         server.set_endpoint(spec.endpoint)
@@ -313,7 +351,8 @@ class OpcUaServer:
         # until then), as on the Modbus status register.
         initial: dict[str, Any] = {"Mode": "starting",
                                    "Latched": False, "Heartbeat": 0, "ActiveIncident": False,
-                                   "LastRejection": ""}
+                                   "LastRejection": "", "TripReason": "", "IncidentId": "",
+                                   "Bypasses": [], "BypassExpiries": []}
         for name, vtype in STATUS_NODES:
             await status.add_variable(self._status[name], f"{ns}:{name}",
                                       ua.Variant(initial[name], vtype))
@@ -399,7 +438,8 @@ class OpcUaServer:
             return _status(StatusCodes.BadInternalError)
         if outcome.accepted:
             return _status(StatusCodes.Good)
-        return _status(_REFUSAL_STATUS.get(outcome.code, StatusCodes.BadInternalError))
+        why = outcome.why
+        return _status(StatusCodes.BadInternalError if why is None else _REFUSAL_STATUS[why])
 
     def _refuse(self, user: _GatewayUser, name: str, wv: ua.WriteValue, status: int,
                 reason: str, code: int) -> ua.StatusCode:
@@ -443,7 +483,7 @@ class OpcUaServer:
             except Exception:
                 _log.exception("OPC UA %s by %s failed in the handler", name, client)
                 return _status(StatusCodes.BadInternalError)
-            message = "accepted" if outcome.accepted else outcome.reason or "refused"
+            message = outcome.reason or ("applied" if outcome.accepted else "refused")
             return [ua.Variant(outcome.accepted, ua.VariantType.Boolean),
                     ua.Variant(message, ua.VariantType.String)]
 
@@ -485,13 +525,30 @@ class OpcUaServer:
         await self._mirror(self._actuators[name], ua.Variant(float(value),
                                                              ua.VariantType.Double))
 
-    async def set_status(self, mode: str, latched: bool, heartbeat: int, incident: bool) -> None:
-        """Mirror the supervisor's status; ``heartbeat`` wraps modulo 2**32."""
+    async def set_status(self, mode: str, latched: bool, heartbeat: int, incident: bool,
+                         *, trip_reason: str = "", incident_id: str = "",
+                         bypasses: Sequence[tuple[str, datetime]] = ()) -> None:
+        """Mirror the supervisor's status; ``heartbeat`` wraps modulo 2**32. ``trip_reason``
+        is the latched trip's reason ("" when none), ``incident_id`` the open incident's
+        ("" when none), ``bypasses`` the (detector, expiry as an aware UTC datetime) pairs in
+        force. The values other than the mode, latch and heartbeat are written only when they
+        change (they rarely do; the mirror runs every cycle)."""
         for name, value in (("Mode", mode), ("Latched", bool(latched)),
                             ("Heartbeat", heartbeat % 2**32),
                             ("ActiveIncident", bool(incident))):
             vtype = dict(STATUS_NODES)[name]
             await self._mirror(self._status[name], ua.Variant(value, vtype))
+        detail = (trip_reason, incident_id, tuple(bypasses))
+        if detail != self._detail:
+            self._detail = detail
+            await self._mirror(self._status["TripReason"],
+                               ua.Variant(trip_reason, ua.VariantType.String))
+            await self._mirror(self._status["IncidentId"],
+                               ua.Variant(incident_id, ua.VariantType.String))
+            await self._mirror(self._status["Bypasses"],
+                               ua.Variant([d for d, _ in bypasses], ua.VariantType.String))
+            await self._mirror(self._status["BypassExpiries"],
+                               ua.Variant([e for _, e in bypasses], ua.VariantType.DateTime))
 
     async def set_rejection(self, text: str) -> None:
         """Mirror the latest refusal (what was refused and why) for operators."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import functools
 import logging
 import math
@@ -41,6 +42,7 @@ from gateway.adapters.base import (
     AdapterError,
     ClientInfo,
     NorthboundHandler,
+    Refusal,
     Role,
     TagStore,
     WriteOutcome,
@@ -60,6 +62,7 @@ from gateway.runtime.refusals import RefusalLog
 from gateway.runtime.schedule import CycleSchedule
 from gateway.runtime.wire import WireGate
 from gateway.supervisor.core import Supervisor
+from gateway.supervisor.events import EventKind
 from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 
 if TYPE_CHECKING:
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
     from gateway.incident.notify import Notifier
     from gateway.supervisor.decision import Decision, Proposal
     from gateway.supervisor.detectors import CanaryCases
+    from gateway.supervisor.events import Event
 
 log = logging.getLogger("gateway.runtime")
 
@@ -91,14 +95,25 @@ _ALLOWED: dict[Role, frozenset[RequestKind]] = {
 _TASK_STOP_S = 5.0
 
 _NOT_WRITTEN = WriteOutcome(False, 4, "the write was interrupted; it may or may not have reached "
-                                       "the device")
-_STOPPING = WriteOutcome(False, 4, "the gateway is shutting down")
-_STARTING = WriteOutcome(False, 4, "gateway is starting (its supervisor is not running yet)")
+                                       "the device", Refusal.DEVICE)
+_STOPPING = WriteOutcome(False, 4, "the gateway is shutting down", Refusal.STOPPING)
+_STARTING = WriteOutcome(False, 4, "gateway is starting (its supervisor is not running yet)",
+                         Refusal.STARTING)
 
 
 def _manual_only(mode: Mode) -> WriteOutcome:
     return WriteOutcome(False, 4, f"operator setpoints are taken in MANUAL mode only "
-                                  f"(mode is {mode})")
+                                  f"(mode is {mode})", Refusal.MODE)
+
+
+def _request_result(events: list[Event]) -> str:
+    """One line for the audit log and the requester: what a request changed, or why not."""
+    refused = [e for e in events if e.kind is EventKind.REQUEST_REFUSED]
+    if refused:
+        return "refused: " + refused[0].reason
+    if not events:
+        return "applied: nothing to change"
+    return "applied: " + "; ".join(e.reason for e in events)
 
 
 # Group commit (as PostgreSQL's commit_delay with commit_siblings): when other clients have
@@ -288,6 +303,8 @@ class Gateway(NorthboundHandler):
         self._stopping = False
         # What stopped the gateway (a signal's name), for the shutdown record.
         self.stop_cause: str | None = None
+        # (detector, monotonic expiry) -> UTC expiry, for the status mirror.
+        self._bypass_wall: dict[tuple[str, float], datetime.datetime] = {}
         self._schedule: CycleSchedule | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -598,8 +615,9 @@ class Gateway(NorthboundHandler):
         for action in manager.on_decision(decision):
             if isinstance(action, Request):
                 req = action.operator_request()
-                self.records.request(req, "playbook", f"queued: {action.reason}")
-                sup.request(req)
+                events = sup.apply_request(req)
+                self.records.request(req, "playbook", _request_result(events)
+                                     + f" ({action.reason})")
             elif isinstance(action, Notify):
                 if self.notifier is not None:
                     self.notifier.submit(action)
@@ -935,9 +953,16 @@ class Gateway(NorthboundHandler):
             await asyncio.wait(pending, timeout=timeout_s)
 
     async def _mirror(self, decision: Decision) -> None:
+        """Mirror values and the true status northbound: mode, latch and its reason, the
+        open incident (the newest, if several), the bypasses in force with their expiry."""
         sup = self.supervisor
         assert sup is not None
-        latched = sup.modes.latched
+        modes = sup.modes
+        latched = modes.latched
+        manager = self.incidents
+        open_incidents = manager.open_incidents if manager is not None else ()
+        incident_id = open_incidents[-1].id if open_incidents else ""
+        bypasses = modes.bypasses
         if self.modbus_server is not None:
             from gateway.adapters.modbus_map import ModeCode
 
@@ -946,8 +971,10 @@ class Gateway(NorthboundHandler):
                 srv.set_sensor(name, self.store.get(name).value)
             for i, name in enumerate(self.names):
                 srv.set_actuator(name, float(self.applied[i]))
-            srv.set_status(ModeCode.of(decision.mode.value), latched, False,
+            srv.set_status(ModeCode.of(decision.mode.value), latched, bool(incident_id),
                            self.heartbeat % 65536)
+            srv.set_bypasses(len(bypasses), min(bypasses.values()) - decision.at_s
+                             if bypasses else None)
         if self.opcua_server is not None:
             srv = self.opcua_server
             for name in self.sensor_names:
@@ -955,7 +982,26 @@ class Gateway(NorthboundHandler):
                 await srv.set_sensor(name, r.value, r.good)
             for i, name in enumerate(self.names):
                 await srv.set_actuator(name, float(self.applied[i]))
-            await srv.set_status(decision.mode.value, latched, self.heartbeat, False)
+            await srv.set_status(decision.mode.value, latched, self.heartbeat, bool(incident_id),
+                                 trip_reason=modes.trip_reason or "", incident_id=incident_id,
+                                 bypasses=self._bypass_expiries(bypasses, decision.at_s))
+
+    def _bypass_expiries(self, bypasses: dict[str, float], now_s: float
+                         ) -> list[tuple[str, datetime.datetime]]:
+        """Each bypass's expiry as UTC wall time (the supervisor's times are monotonic),
+        computed once per bypass so that the mirrored value does not jitter."""
+        known = self._bypass_wall
+        for key in [k for k in known if bypasses.get(k[0]) != k[1]]:
+            del known[key]
+        out = []
+        for detector, expiry_s in sorted(bypasses.items(), key=lambda kv: kv[1]):
+            wall = known.get((detector, expiry_s))
+            if wall is None:
+                wall = datetime.datetime.fromtimestamp(
+                    round(time.time() + (expiry_s - now_s), 3), datetime.UTC)
+                known[(detector, expiry_s)] = wall
+            out.append((detector, wall))
+        return out
 
     # ------------------------------------------------------------------ northbound
 
@@ -975,9 +1021,11 @@ class Gateway(NorthboundHandler):
             if starting:
                 outcomes[name] = _STARTING
             elif name not in self.index:
-                outcomes[name] = WriteOutcome(False, 2, f"{name} is not a writable setpoint")
+                outcomes[name] = WriteOutcome(False, 2, f"{name} is not a writable setpoint",
+                                              Refusal.UNKNOWN_TAG)
             elif client.role not in (Role.AI, Role.OPERATOR, Role.ADMIN):
-                outcomes[name] = WriteOutcome(False, 2, f"role {client.role} may not write")
+                outcomes[name] = WriteOutcome(False, 2, f"role {client.role} may not write",
+                                              Refusal.NOT_AUTHORISED)
         if starting:
             groups: list[dict[str, float]] = []
         elif atomic:
@@ -1029,15 +1077,19 @@ class Gateway(NorthboundHandler):
                               code=code, values=values)
 
     async def _show_rejection(self, name: str, outcome: WriteOutcome) -> None:
-        """Let operators read the latest refusal on the northbound status."""
+        """Let operators read the latest refusal on the northbound status: its kind as a
+        Modbus ``status.rejection`` code, and ``"<tag> refused (<kind>): <reason>"`` on the
+        OPC UA ``Status/LastRejection``."""
+        why = Refusal.UNKNOWN_TAG if name not in self.index else outcome.why
         if self.modbus_server is not None:
             from gateway.adapters.modbus_map import RejectionCode
 
             code = (RejectionCode.UNKNOWN_TAG if name not in self.index
-                    else RejectionCode.from_exception_code(outcome.code))
+                    else RejectionCode.of(outcome))
             self.modbus_server.set_rejection(code, self.index.get(name))
         if self.opcua_server is not None:
-            await self.opcua_server.set_rejection(f"{name}: {outcome.reason}")
+            kind = str(why).replace("_", " ") if why is not None else "refused"
+            await self.opcua_server.set_rejection(f"{name} refused ({kind}): {outcome.reason}")
 
     async def _write_group(self, client: ClientInfo, group: dict[str, float], sensors: F64
                            ) -> WriteOutcome:
@@ -1058,11 +1110,13 @@ class Gateway(NorthboundHandler):
         if client.role is Role.AI:
             # Accepting what would never be used would tell the AI its commands count.
             if self.site.controller.kind is not ControllerKind.EXTERNAL:
-                return WriteOutcome(False, 4, "this site's AI controller is not external")
+                return WriteOutcome(False, 4, "this site's AI controller is not external",
+                                    Refusal.NOT_AUTHORISED)
             driven = self.site.controller.outputs
             refused = [n for n in group if n not in driven]
             if refused:
-                return WriteOutcome(False, 2, f"not driven by the AI: {', '.join(refused)}")
+                return WriteOutcome(False, 2, f"not driven by the AI: {', '.join(refused)}",
+                                    Refusal.NOT_AUTHORISED)
             self.external.write(group, now)
             return ACCEPTED
         if sup.mode is not Mode.MANUAL:
@@ -1211,29 +1265,39 @@ class Gateway(NorthboundHandler):
 
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
+        """Apply an operator request at once (between two cycles: this loop runs the cycle
+        too, so there is no race) and answer its real outcome: applied, with what changed, or
+        refused, with the reason. Its events reach the audit log and the incident manager
+        with the next cycle's decision, as a cycle's own do."""
         sup = self.supervisor
         if sup is None:
             return _STARTING
+        if self._stopping:
+            return _STOPPING
         try:
             request_kind = RequestKind(kind)
         except ValueError:
-            return WriteOutcome(False, 3, f"unknown request {kind!r}")
+            return WriteOutcome(False, 3, f"unknown request {kind!r}", Refusal.MODE)
         authorised = request_kind in _ALLOWED.get(client.role, frozenset())
         who = client.user or client.address
+        source = f"{client.protocol}:{client.address}"
         if (self.quarantined is not None and authorised
                 and request_kind in (RequestKind.TO_SHADOW, RequestKind.TO_AUTO)):
             reason = f"the loaded model is quarantined ({self.quarantined[1]})"
             req = OperatorRequest(request_kind, who, False, detector, duration_s, reason)
-            self.records.request(req, f"{client.protocol}:{client.address}",
-                                 f"refused: {reason}")
-            return WriteOutcome(False, 4, reason)
+            self.records.request(req, source, f"refused: {reason}")
+            return WriteOutcome(False, 4, reason, Refusal.MODE)
         req = OperatorRequest(request_kind, who, authorised, detector, duration_s)
-        self.records.request(req, f"{client.protocol}:{client.address}",
-                             "queued" if authorised else f"refused: role {client.role}")
-        sup.request(req)
+        events = sup.apply_request(req)
+        result = _request_result(events)
+        self.records.request(req, source, result)
+        log.info("operator request %s by %s from %s: %s", request_kind, who, source, result)
         if not authorised:
-            return WriteOutcome(False, 2, f"role {client.role} may not {kind}")
-        return WriteOutcome(True, 0, "queued for the next cycle")
+            return WriteOutcome(False, 2, f"role {client.role} may not {kind}",
+                                Refusal.NOT_AUTHORISED)
+        if result.startswith("refused: "):
+            return WriteOutcome(False, 4, result.removeprefix("refused: "), Refusal.MODE)
+        return WriteOutcome(True, 0, result.removeprefix("applied: "))
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.adapters.base import Refusal, WriteOutcome
 from gateway.adapters.modbus_map import (
     STATUS_BASE,
     ModeCode,
@@ -26,7 +27,8 @@ from gateway.config.schema import ModbusServerSpec, Northbound, Table
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 IR, HR = Table.INPUT_REGISTER, Table.HOLDING_REGISTER
 STATUS_TAGS = ["status.mode", "status.latched", "status.incident", "status.heartbeat",
-               "status.rejection", "status.rejected_actuator"]
+               "status.rejection", "status.rejected_actuator", "status.bypasses",
+               "status.bypass_expiry_s"]
 
 
 def f32(value: float) -> bytes:
@@ -53,11 +55,11 @@ def test_water_tank_layout() -> None:
         {"tag": name, "table": "input_register", "address": 2 * i, "type": "float32",
          "scale": 1.0, "writable": False}
         for i, name in enumerate(sensors)]
-    assert [e["tag"] for e in entries[n:n + 6]] == STATUS_TAGS
-    assert [e["address"] for e in entries[n:n + 6]] == list(range(1000, 1006))
+    assert [e["tag"] for e in entries[n:n + 8]] == STATUS_TAGS
+    assert [e["address"] for e in entries[n:n + 8]] == list(range(1000, 1008))
     assert all(e["type"] == "uint16" and e["table"] == "input_register" and not e["writable"]
-               for e in entries[n:n + 6])
-    assert entries[n + 6:] == [
+               for e in entries[n:n + 8])
+    assert entries[n + 8:] == [
         {"tag": name, "table": "holding_register", "address": 2 * j, "type": "float32",
          "scale": 1.0, "writable": True}
         for j, name in enumerate(("inflow_valve", "outflow_pump", "drain_valve"))]
@@ -75,7 +77,7 @@ def test_unit_comes_from_the_site_and_defaults_to_1() -> None:
 
 
 def test_status_register_addresses() -> None:
-    assert [int(r) for r in StatusRegister] == list(range(STATUS_BASE, STATUS_BASE + 6))
+    assert [int(r) for r in StatusRegister] == list(range(STATUS_BASE, STATUS_BASE + 8))
     nmap = NorthboundMap((), ())
     for reg, name in zip(StatusRegister, STATUS_TAGS, strict=True):
         assert nmap.span(name) == (IR, int(reg), 1)
@@ -94,7 +96,7 @@ def test_lookups() -> None:
         entry = nmap.tag_at(IR, address)
         assert entry is not None
         assert entry.tag == tag
-    for address in (4, 999, 1006, 65535, -1):
+    for address in (4, 999, 1008, 65535, -1):
         assert nmap.tag_at(IR, address) is None
     assert nmap.tag_at(HR, 5) is not None
     assert nmap.tag_at(HR, 6) is None
@@ -121,8 +123,8 @@ def test_block_of() -> None:
     assert nmap.block_of(IR, 0, 4) is not None
     assert nmap.block_of(IR, 3, 1) is not None
     assert nmap.block_of(IR, 3, 2) is None
-    assert nmap.block_of(IR, 1000, 6) is not None
-    assert nmap.block_of(IR, 1000, 7) is None
+    assert nmap.block_of(IR, 1000, 8) is not None
+    assert nmap.block_of(IR, 1000, 9) is None
     assert nmap.block_of(IR, 0, 1006) is None  # spans the gap
     assert nmap.block_of(HR, 0, 2) is not None
     assert nmap.block_of(HR, 0, 0) is None
@@ -227,7 +229,15 @@ def test_status_and_rejection() -> None:
     with pytest.raises(ValueError, match="actuator_index"):
         image.set_rejection(RejectionCode.READ_ONLY, 2)
     with pytest.raises(ValueError, match="rejection code"):
-        image.set_rejection(5, None)
+        image.set_rejection(9, None)
+    # Bypasses in force: a count and the seconds to the earliest expiry, rounded up.
+    assert image.read(IR, 1006, 2) == struct.pack(">2H", 0, 0)
+    image.set_bypasses(2, 59.2)
+    assert image.read(IR, 1006, 2) == struct.pack(">2H", 2, 60)
+    image.set_bypasses(1, 1e9)
+    assert image.read(IR, 1006, 2) == struct.pack(">2H", 1, 65535)
+    image.set_bypasses(0, None)
+    assert image.read(IR, 1000, 8) == struct.pack(">8H", 4, 0, 0, 0, 0, 0, 0, 0)
 
 
 def test_image_read_bounds() -> None:
@@ -236,8 +246,8 @@ def test_image_read_bounds() -> None:
     assert image.read(IR, 0, 5) is None
     assert image.read(IR, 4, 1) is None
     assert image.read(IR, 999, 2) is None
-    assert image.read(IR, 1005, 1) is not None
-    assert image.read(IR, 1005, 2) is None
+    assert image.read(IR, 1007, 1) is not None
+    assert image.read(IR, 1007, 2) is None
     assert image.read(IR, 0, 0) is None
     assert image.read(HR, 1, 1) is not None
     assert image.read(HR, 1, 2) is None
@@ -250,6 +260,13 @@ def test_codes() -> None:
         ModeCode.of("turbo")
     assert RejectionCode.from_exception_code(3) is RejectionCode.OUTSIDE_ENVELOPE
     assert RejectionCode.from_exception_code(2) is RejectionCode.READ_ONLY
-    assert RejectionCode.from_exception_code(4) is RejectionCode.DEVICE_FAILURE
+    assert RejectionCode.from_exception_code(4) is RejectionCode.DEVICE_UNCONFIRMED
     assert RejectionCode.from_exception_code(0) is RejectionCode.NONE
-    assert [int(c) for c in RejectionCode] == [0, 1, 2, 3, 4]
+    assert [int(c) for c in RejectionCode] == list(range(9))
+    # Each kind of refusal has its own code (issue 15: a MANUAL-only refusal was "device
+    # failure"); without a kind, the exception code decides.
+    codes = {RejectionCode.of(WriteOutcome(False, 4, "x", why)) for why in Refusal}
+    assert len(codes) == len(Refusal) and RejectionCode.NONE not in codes
+    assert RejectionCode.of(WriteOutcome(False, 4, "x", Refusal.MODE)) is RejectionCode.WRONG_MODE
+    assert RejectionCode.of(WriteOutcome(False, 3, "x")) is RejectionCode.OUTSIDE_ENVELOPE
+    assert RejectionCode.of(WriteOutcome(True, 0, "")) is RejectionCode.NONE

@@ -249,7 +249,7 @@ def test_configured_unit() -> None:
     (4, 0, 5, 2),  # past the sensors
     (4, 3, 2, 2),
     (4, 999, 2, 2),  # into the gap before the status block
-    (4, 1000, 7, 2),  # past the status block
+    (4, 1000, 9, 2),  # past the status block
     (4, 0, 125, 2),  # sensors, gap and status in one read
     (4, 65535, 2, 2),  # wraps past 65535
     (3, 65535, 125, 2),

@@ -169,7 +169,10 @@ def test_server_with_users(monkeypatch: pytest.MonkeyPatch,
             for _ in range(2):
                 with pytest.raises(ua.UaError):
                     await connect(url, "ghost", "")
-            assert len([r for r in caplog.records if "SG_PW_GHOST" in r.getMessage()]) == 1
+            ghost = [r.getMessage() for r in caplog.records if "SG_PW_GHOST" in r.getMessage()]
+            # Once when the server started (the user is disabled), once at the first login.
+            assert len(ghost) == 2, ghost
+            assert "is disabled" in ghost[0] and "cannot log in" in ghost[1]
 
             # -- mirror API, read back by a client (initially: waiting for data)
             brain = await connect(url, "brain", "brain-pw")
@@ -188,6 +191,16 @@ def test_server_with_users(monkeypatch: pytest.MonkeyPatch,
             status = [await brain.get_node(G + f"Status.{n}").read_value() for n in
                       ("Mode", "Latched", "Heartbeat", "ActiveIncident", "LastRejection")]
             assert status == ["shadow", True, 3, True, "inflow_valve: above max"]
+            detail = [await brain.get_node(G + f"Status.{n}").read_value() for n in
+                      ("TripReason", "IncidentId", "Bypasses", "BypassExpiries")]
+            assert detail == ["", "", [], []]
+            until = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+            await server.set_status("manual", True, 4, True, trip_reason="ai_silent: silent",
+                                    incident_id="INC-1", bypasses=[("deadline", until)])
+            detail = [await brain.get_node(G + f"Status.{n}").read_value() for n in
+                      ("TripReason", "IncidentId", "Bypasses", "BypassExpiries")]
+            assert detail[:3] == ["ai_silent: silent", "INC-1", ["deadline"]]
+            assert [d.replace(tzinfo=dt.UTC) for d in detail[3]] == [until]
             await server.set_sensor("level", 9.0, False)
             dv = await level.read_data_value(raise_on_bad_status=False)
             assert not dv.StatusCode.is_good()
@@ -223,7 +236,7 @@ def test_server_with_users(monkeypatch: pytest.MonkeyPatch,
                 await gateway.call_method(request_mode, "auto")
             op = await connect(url, "op", "op-pw")
             og = op.get_node("ns=2;s=Gateway")
-            assert await og.call_method(M("RequestMode"), "shadow") == [True, "accepted"]
+            assert await og.call_method(M("RequestMode"), "shadow") == [True, "applied"]
             assert await og.call_method(M("RequestMode"), "auto") == [
                 False, "no clean shadow period yet"]
             with pytest.raises(ua.UaError, match="BadInvalidArgument"):
@@ -232,11 +245,11 @@ def test_server_with_users(monkeypatch: pytest.MonkeyPatch,
                 await og.call_method(M("ResetTrip"))
             boss = await connect(url, "boss", "boss-pw")
             bg = boss.get_node("ns=2;s=Gateway")
-            assert await bg.call_method(M("ResetTrip")) == [True, "accepted"]
+            assert await bg.call_method(M("ResetTrip")) == [True, "applied"]
             assert await bg.call_method(M("Bypass"), "divergence",
                                         ua.Variant(60.0, ua.VariantType.Double)) == [
-                True, "accepted"]
-            assert await bg.call_method(M("EndBypass"), "divergence") == [True, "accepted"]
+                True, "applied"]
+            assert await bg.call_method(M("EndBypass"), "divergence") == [True, "applied"]
             with pytest.raises(ua.UaError, match="BadInvalidArgument"):
                 await bg.call_method(M("Bypass"), "divergence",
                                      ua.Variant(-1.0, ua.VariantType.Double))
@@ -352,3 +365,13 @@ def test_sign_and_encrypt_anonymous_operator(tmp_path: Path) -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_every_refusal_kind_has_its_own_status_code() -> None:
+    from gateway.adapters.base import Refusal
+    from gateway.adapters.opcua_server import _REFUSAL_STATUS
+
+    assert set(_REFUSAL_STATUS) == set(Refusal)
+    # Starting and stopping share "resource unavailable"; every other kind is distinct.
+    codes = {v for k, v in _REFUSAL_STATUS.items() if k is not Refusal.STOPPING}
+    assert len(codes) == len(Refusal) - 1

@@ -8,7 +8,7 @@ import math
 from dataclasses import replace
 
 import gateway
-from gateway.adapters.base import ClientInfo, Role
+from gateway.adapters.base import ClientInfo, Refusal, Role
 from gateway.config.schema import ControllerKind
 from gateway.runtime.gateway import Gateway
 
@@ -52,7 +52,8 @@ def test_ai_writes_only_what_it_drives():
         out = await gw.write(AI, {"inflow_valve": 10.0}, atomic=True)
         assert out["inflow_valve"].accepted
         out = await gw.write(AI, {"drain_valve": 1.0}, atomic=True)  # not a controller output
-        assert out["drain_valve"] == (False, 2, "not driven by the AI: drain_valve")
+        assert out["drain_valve"] == (False, 2, "not driven by the AI: drain_valve",
+                                      Refusal.NOT_AUTHORISED)
         assert device.writes == []  # AI writes are proposals, never written through
     asyncio.run(body())
 
@@ -108,6 +109,39 @@ def test_requests_are_authorised_by_role():
         assert (await gw.request(OPERATOR, "reset_trip", None, None)).code == 2
         assert (await gw.request(AI, "to_auto", None, None)).code == 2
         assert (await gw.request(OPERATOR, "nonsense", None, None)).code == 3
+    asyncio.run(body())
+
+
+ADMIN = ClientInfo("opcua", "127.0.0.1:5003", "chief", Role.ADMIN)
+
+
+def test_requests_answer_their_real_outcome_in_the_same_call():
+    # Issue 15: RequestMode('auto'), ResetTrip with nothing latched, Bypass('nosuch') and a
+    # 1e9 s bypass were all answered "accepted" (queued); the refusal was only in the log.
+    async def body() -> None:
+        gw, _ = await started()
+        sup = gw.supervisor
+        assert sup is not None
+        out = await gw.request(OPERATOR, "to_auto", None, None)
+        assert (out.accepted, out.refusal) == (False, Refusal.MODE)
+        assert "allowed only from shadow" in out.reason
+        out = await gw.request(ADMIN, "reset_trip", None, None)
+        assert not out.accepted and "no trip is latched" in out.reason
+        out = await gw.request(ADMIN, "bypass", "nosuch", 60.0)
+        assert not out.accepted and "nosuch" in out.reason and "ai_silent" in out.reason
+        out = await gw.request(ADMIN, "bypass", "ai_silent", 1e9)
+        assert not out.accepted and "3600" in out.reason
+        assert sup.modes.bypasses == {}
+        out = await gw.request(ADMIN, "bypass", "ai_silent", 60.0)
+        assert out.accepted and "bypass for 60.0 s" in out.reason
+        assert set(sup.modes.bypasses) == {"ai_silent"}
+        out = await gw.request(OPERATOR, "to_shadow", None, None)
+        assert out.accepted and "manual -> shadow" in out.reason
+        assert sup.mode.value == "shadow"  # applied at once, not at the next cycle
+        out = await gw.request(OPERATOR, "to_manual", None, None)
+        assert out.accepted and "shadow -> manual" in out.reason
+        out = await gw.request(OPERATOR, "to_manual", None, None)
+        assert out.accepted and out.reason == "nothing to change"
     asyncio.run(body())
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pymodbus.client import AsyncModbusTcpClient
 
 import gateway
-from gateway.adapters.base import ClientInfo, Role, WriteOutcome
+from gateway.adapters.base import ClientInfo, Refusal, Role, WriteOutcome
 from gateway.runtime.gateway import Gateway
 from gateway.supervisor.modes import Mode
 from simulators.ports import free_port
@@ -158,7 +158,8 @@ def test_nothing_lands_after_the_shutdown_values(tmp_path: Path) -> None:
         closing = asyncio.create_task(gw.close())
         await asyncio.sleep(0.01)
         late = await gw.write(SCADA[2], {"b": 30.0}, atomic=True)
-        assert late["b"] == WriteOutcome(False, 4, "the gateway is shutting down")
+        assert late["b"] == WriteOutcome(False, 4, "the gateway is shutting down",
+                                         Refusal.STOPPING)
         device.gate.set()
         await closing
         assert (await on_its_way)["a"].accepted
