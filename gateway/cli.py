@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands that live with their own subsystem register themselves.
     from gateway.audit.cli import add_parser as add_audit
     from gateway.certs import add_parser as add_certs
+    from gateway.ctl import add_parser as add_ctl
     from gateway.forensics.cli import add_parser as add_forensics
     from gateway.incident.cli import add_parser as add_incidents
     from gateway.registry.cli import add_parser as add_model
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     from simulators.plant_server import add_parser as add_simulate
 
     add_audit(sub)
+    add_ctl(sub)
     add_incidents(sub)
     add_model(sub)
     add_forensics(sub)

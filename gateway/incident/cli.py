@@ -424,8 +424,13 @@ def _through_gateway(args: argparse.Namespace, method: str, rest: tuple[str, ...
         password = os.environ.get(args.password_env)
         if password is None:
             raise _Fail(EXIT_INPUT, f"environment variable {args.password_env} is not set")
-    accepted, message = asyncio.run(_call_gateway(args.via, args.user, password, method,
-                                                  (args.id, *rest)))
+    from gateway.adapters.opcua_session import GatewayRefused, GatewayUnreachable, call_method
+
+    try:
+        accepted, message = asyncio.run(call_method(args.via, args.user, password, method,
+                                                    (args.id, *rest)))
+    except (GatewayUnreachable, GatewayRefused) as exc:
+        raise _Fail(EXIT_FAILED, str(exc)) from None
     if args.json:
         _print_json({"id": args.id, "method": method, "accepted": accepted,
                      "message": message})
@@ -434,36 +439,3 @@ def _through_gateway(args: argparse.Namespace, method: str, rest: tuple[str, ...
     if not accepted:
         raise _Fail(EXIT_FAILED, f"the gateway refused: {message}")
     return EXIT_OK
-
-
-async def _call_gateway(url: str, user: str | None, password: str | None, method: str,
-                        values: tuple[str, ...]) -> tuple[bool, str]:
-    import contextlib
-
-    from asyncua import ua
-    from asyncua.client.client import Client
-    from asyncua.ua.uaerrors import UaStatusCodeError
-
-    from gateway.adapters.opcua_server import _nid
-
-    client = Client(url, timeout=10)
-    if user is not None:
-        client.set_user(user)
-        if password is not None:
-            client.set_password(password)
-    try:
-        await client.connect()
-    except (TimeoutError, OSError, UaStatusCodeError) as exc:
-        raise _Fail(EXIT_FAILED, f"cannot reach the gateway at {url}: "
-                                 f"{exc or type(exc).__name__}") from None
-    try:
-        result = await client.get_node(_nid("")).call_method(
-            _nid(method), *(ua.Variant(v, ua.VariantType.String) for v in values))
-    except UaStatusCodeError as exc:
-        raise _Fail(EXIT_FAILED, f"the gateway refused the call: {exc}") from None
-    finally:
-        # The answer is in (or the failure is): a failed goodbye changes nothing.
-        with contextlib.suppress(TimeoutError, OSError, UaStatusCodeError):
-            await client.disconnect()
-    accepted, message = result
-    return bool(accepted), str(message)

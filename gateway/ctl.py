@@ -1,0 +1,217 @@
+"""``safety-gateway ctl status|mode|reset|bypass|unbypass --via ENDPOINT``: the shift's controls.
+
+Each command opens one OPC UA session with the running gateway (its northbound server, as the
+user ``--user`` with the password read from the environment variable ``--password-env``;
+anonymous without ``--user``, if the site allows it) and does one thing:
+
+- ``status``: print the mode, whether a trip is latched and why, the open incident and the
+  bypasses in force with their expiry (``--json``: one JSON object);
+- ``mode MODE``: ask for ``manual``, ``shadow``, ``auto`` or ``safe_stop`` (RequestMode;
+  operator or admin);
+- ``reset``: reset a latched trip (ResetTrip; admin);
+- ``bypass DETECTOR SECONDS``: bypass a detector for that long (Bypass; admin);
+- ``unbypass DETECTOR``: end a bypass (EndBypass; admin).
+
+The gateway answers each request with its real outcome, printed on one line. Exit codes:
+
+- 0: applied (``status``: read);
+- 1: refused: the gateway refused the request, the login or the call (the reason is printed);
+- 2: bad arguments (nothing was sent);
+- 3: the gateway could not be reached, or did not answer within ``--timeout`` seconds.
+
+A password is never taken on the command line (it would show in the process list and the
+shell's history); errors print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+__all__ = ["add_parser"]
+
+EXIT_APPLIED: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_INPUT: Final = 2
+EXIT_UNREACHABLE: Final = 3
+
+MODES: Final = ("manual", "shadow", "auto", "safe_stop")
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``ctl`` and its subcommands to ``sub``."""
+    top = sub.add_parser("ctl", help="status, mode, reset and bypasses of a running gateway",
+                         description=__doc__.split("\n\n")[0] if __doc__ else None)
+    commands = top.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND",
+                                  parser_class=type(top))
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--via", required=True, metavar="ENDPOINT",
+                            help="the running gateway's OPC UA endpoint (opc.tcp://...)")
+        parser.add_argument("--user", metavar="NAME", help="OPC UA user name")
+        parser.add_argument("--password-env", metavar="VAR",
+                            help="environment variable holding the user's password")
+        parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                            help="give up after this many seconds (default 10)")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+    status = commands.add_parser("status", help="mode, latch, incident and bypasses")
+    common(status)
+    status.set_defaults(func=_command(_status))
+
+    mode = commands.add_parser("mode", help="ask for a mode: manual, shadow, auto, safe_stop")
+    mode.add_argument("mode", metavar="MODE", help=", ".join(MODES))
+    common(mode)
+    mode.set_defaults(func=_command(_mode))
+
+    reset = commands.add_parser("reset", help="reset a latched trip (admin)")
+    common(reset)
+    reset.set_defaults(func=_command(_reset))
+
+    bypass = commands.add_parser("bypass", help="bypass a detector for SECONDS (admin)")
+    bypass.add_argument("detector", metavar="DETECTOR")
+    bypass.add_argument("seconds", metavar="SECONDS")
+    common(bypass)
+    bypass.set_defaults(func=_command(_bypass))
+
+    unbypass = commands.add_parser("unbypass", help="end a detector's bypass (admin)")
+    unbypass.add_argument("detector", metavar="DETECTOR")
+    common(unbypass)
+    unbypass.set_defaults(func=_command(_unbypass))
+
+
+def _command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            code = fn(args)
+        except _Fail as exc:
+            print(f"safety-gateway ctl {args.ctl_command}: {exc}", file=sys.stderr)
+            return exc.code
+        return code
+    return run
+
+
+def _session_args(args: argparse.Namespace) -> tuple[str, str | None, str | None, float]:
+    """(endpoint, user, password, timeout) after checking them; nothing is sent before."""
+    via: str = args.via
+    if not via.startswith("opc.tcp://"):
+        raise _Fail(EXIT_INPUT, f"--via {via!r}: not an opc.tcp:// endpoint")
+    timeout: float = args.timeout
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise _Fail(EXIT_INPUT, f"--timeout must be a number of seconds > 0, not {timeout}")
+    password: str | None = None
+    if args.password_env is not None:
+        if args.user is None:
+            raise _Fail(EXIT_INPUT, "--password-env needs --user")
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise _Fail(EXIT_INPUT, f"environment variable {args.password_env} is not set")
+    return via, args.user, password, timeout
+
+
+async def _bounded(coro: Any, timeout_s: float) -> Any:
+    # The session has its own timeout per service call; this bounds the whole conversation.
+    async with asyncio.timeout(timeout_s * 2):
+        return await coro
+
+
+def _run(coro_factory: Any, timeout_s: float) -> Any:
+    from gateway.adapters.opcua_session import GatewayRefused, GatewayUnreachable
+
+    try:
+        return asyncio.run(_bounded(coro_factory(), timeout_s))
+    except GatewayUnreachable as exc:
+        raise _Fail(EXIT_UNREACHABLE, str(exc)) from None
+    except TimeoutError:
+        raise _Fail(EXIT_UNREACHABLE, f"no answer within {timeout_s * 2:g} s") from None
+    except GatewayRefused as exc:
+        raise _Fail(EXIT_REFUSED, str(exc)) from None
+
+
+def _call(args: argparse.Namespace, method: str, values: tuple[str | float, ...]) -> int:
+    from gateway.adapters.opcua_session import call_method
+
+    via, user, password, timeout = _session_args(args)
+    accepted, message = _run(lambda: call_method(via, user, password, method, values,
+                                                 timeout), timeout)
+    if args.json:
+        print(json.dumps({"command": args.ctl_command, "method": method,
+                          "applied": accepted, "message": message}, indent=2))
+    if not accepted:
+        raise _Fail(EXIT_REFUSED, f"refused: {message}")
+    if not args.json:
+        print(f"applied: {message}")
+    return EXIT_APPLIED
+
+
+def _mode(args: argparse.Namespace) -> int:
+    mode = str(args.mode).strip().lower()
+    if mode not in MODES:
+        raise _Fail(EXIT_INPUT, f"MODE must be one of {', '.join(MODES)}, not {args.mode!r}")
+    return _call(args, "RequestMode", (mode,))
+
+
+def _reset(args: argparse.Namespace) -> int:
+    return _call(args, "ResetTrip", ())
+
+
+def _detector(args: argparse.Namespace) -> str:
+    detector = str(args.detector).strip()
+    if not detector:
+        raise _Fail(EXIT_INPUT, "DETECTOR must not be empty")
+    return detector
+
+
+def _bypass(args: argparse.Namespace) -> int:
+    detector = _detector(args)
+    try:
+        seconds = float(args.seconds)
+    except ValueError:
+        raise _Fail(EXIT_INPUT, f"SECONDS must be a number, not {args.seconds!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise _Fail(EXIT_INPUT, f"SECONDS must be finite and > 0, not {args.seconds!r}")
+    return _call(args, "Bypass", (detector, seconds))
+
+
+def _unbypass(args: argparse.Namespace) -> int:
+    return _call(args, "EndBypass", (_detector(args),))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gateway.adapters.opcua_session import read_status
+
+    via, user, password, timeout = _session_args(args)
+    status = _run(lambda: read_status(via, user, password, timeout), timeout)
+    now = datetime.now(UTC)
+    view = status.as_dict(now)
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return EXIT_APPLIED
+    print(f"mode:      {view['mode']}")
+    print("latched:   " + (f"yes: {view['trip_reason']}" if view["latched"] else "no"))
+    print("incident:  " + (view["incident_id"] or "open") if view["active_incident"]
+          else "incident:  none open")
+    if not view["bypasses"]:
+        print("bypasses:  none")
+    for i, b in enumerate(view["bypasses"]):
+        head = "bypasses:  " if i == 0 else "           "
+        print(f"{head}{b['detector']} until {b['expires_utc']} "
+              f"({b['seconds_left']:g} s left)")
+    if view["last_rejection"]:
+        print(f"last refused write: {view['last_rejection']}")
+    return EXIT_APPLIED
