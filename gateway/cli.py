@@ -133,8 +133,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def wire_map(site: Site) -> dict[str, Any]:
     """The northbound Modbus map, the OPC UA node ids and the southbound addresses of a site."""
-    from gateway.adapters.modbus_map import NorthboundMap
-    from gateway.adapters.opcua_server import opcua_nodes
+    from gateway.adapters.modbus_map import NorthboundMap, status_codes
+    from gateway.adapters.opcua_server import opcua_nodes, refusal_statuses
     from gateway.config.schema import ModbusRef
 
     nmap = NorthboundMap.from_site(site)
@@ -148,9 +148,10 @@ def wire_map(site: Site) -> dict[str, Any]:
             "type": tag.wire_type.value, "word_order": tag.word_order.value,
             "byte_order": tag.byte_order.value, "scale": tag.scale, "offset": tag.offset,
             "kind": tag.kind.value})
-    return {"unit": nmap.unit, "modbus": nmap.entries(),
+    return {"unit": nmap.unit, "modbus": nmap.entries(), "modbus_codes": status_codes(),
             "opcua": [{k: n[k] for k in ("tag", "nodeid", "writable")}
                       for n in opcua_nodes(site)],
+            "opcua_refusals": refusal_statuses(),
             "southbound": southbound}
 
 
@@ -170,9 +171,13 @@ def cmd_map(args: argparse.Namespace) -> int:
     for e in result["modbus"]:
         rw = "rw" if e["writable"] else "r "
         print(f"  {e['table']:<17} {e['address']:>5}  {rw}  {e['type']:<8} {e['tag']}")
+    for register, codes in result["modbus_codes"].items():
+        print(f"  {register}: " + ", ".join(f"{c} {text}" for c, text in codes.items()))
     print("northbound OPC UA:")
     for n in result["opcua"]:
         print(f"  {n['nodeid']:<45} {'rw' if n['writable'] else 'r '}  {n['tag']}")
+    print("  refused writes: " + ", ".join(f"{kind} -> {status}" for kind, status
+                                           in result["opcua_refusals"].items()))
     print("southbound:")
     for s in result["southbound"]:
         print(f"  {s['device']:<12} {s['table']:<17} {s['address']!s:<28} {s['type']:<8} "

@@ -31,6 +31,11 @@ def test_map_json_has_the_documented_shape(capsys):
     for e in out["modbus"]:
         assert set(e) >= {"tag", "table", "address", "type", "scale", "writable"}
     assert all(set(n) == {"tag", "nodeid", "writable"} for n in out["opcua"])
+    # What the coded status registers and refused OPC UA writes mean, each kind its own code.
+    rejection = out["modbus_codes"]["status.rejection"]
+    assert len(set(rejection.values())) == len(rejection) == 9
+    assert "MANUAL only" in rejection["5"]
+    assert out["opcua_refusals"]["mode"] == "BadInvalidState"
     level = next(s for s in out["southbound"] if s["tag"] == "level")
     assert level == {"tag": "level", "device": "plc", "table": "input_register", "address": 0,
                      "type": "float32", "word_order": "big", "byte_order": "big",

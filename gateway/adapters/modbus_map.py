@@ -145,6 +145,26 @@ _BY_REFUSAL: dict[Refusal, RejectionCode] = {
 }
 
 
+_REJECTION_TEXT: dict[RejectionCode, str] = {
+    RejectionCode.NONE: "none",
+    RejectionCode.OUTSIDE_ENVELOPE: "outside the safety envelope",
+    RejectionCode.READ_ONLY: "not a writable setpoint",
+    RejectionCode.DEVICE_UNCONFIRMED: "the device did not confirm the write (failed or timed "
+                                      "out; it is written again next cycle)",
+    RejectionCode.UNKNOWN_TAG: "unknown tag",
+    RejectionCode.WRONG_MODE: "not taken in this mode (operator setpoints: MANUAL only)",
+    RejectionCode.NOT_AUTHORISED: "the client's role may not write this",
+    RejectionCode.STARTING: "the gateway is starting",
+    RejectionCode.STOPPING: "the gateway is shutting down",
+}
+
+
+def status_codes() -> dict[str, dict[int, str]]:
+    """What the coded status registers' values mean (printed by ``safety-gateway map``)."""
+    return {"status.mode": {int(c): c.name.lower() for c in ModeCode},
+            "status.rejection": {int(c): _REJECTION_TEXT[c] for c in RejectionCode}}
+
+
 class StatusRegister(IntEnum):
     """Input register address of each status value."""
 

@@ -136,6 +136,11 @@ _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip":
 _WRITER_ROLES: Final = (Role.AI, Role.OPERATOR, Role.ADMIN)
 
 
+def refusal_statuses() -> dict[str, str]:
+    """The OPC UA status a refused write gets, by kind of refusal (``safety-gateway map``)."""
+    return {str(k): ua.StatusCode(ua.UInt32(v)).name for k, v in _REFUSAL_STATUS.items()}
+
+
 def namespace_uri(site: Site) -> str:
     return f"urn:safety-gateway:{site.site.name}"
 

@@ -375,3 +375,37 @@ def test_every_refusal_kind_has_its_own_status_code() -> None:
     # Starting and stopping share "resource unavailable"; every other kind is distinct.
     codes = {v for k, v in _REFUSAL_STATUS.items() if k is not Refusal.STOPPING}
     assert len(codes) == len(Refusal) - 1
+
+
+def test_shipped_site_users_with_an_unset_password_variable_are_disabled(caplog, monkeypatch):
+    # The shipped sites define an admin and an operator; a variable left unset disables that
+    # user with a warning at start (no crash, the other user works).
+    monkeypatch.delenv("SAFETY_GATEWAY_ADMIN_PASSWORD", raising=False)
+    monkeypatch.setenv("SAFETY_GATEWAY_OPERATOR_PASSWORD", "shift-pw")
+    for config in ("configs/water_tank.yaml", "configs/boiler.yaml"):
+        site = load_config(config)
+        spec = site.northbound.opcua
+        assert spec is not None
+        url = f"opc.tcp://127.0.0.1:{free_port()}/gateway/"
+        server = OpcUaServer(with_server(site, dataclasses.replace(spec, endpoint=url)),
+                             RecordingHandler())
+        caplog.clear()
+        caplog.set_level(logging.WARNING, logger="gateway.adapters.opcua")
+
+        async def main(server: OpcUaServer, url: str) -> None:
+            await server.start()
+            try:
+                warnings = [r.getMessage() for r in caplog.records]
+                assert any("'admin'" in m and "is disabled" in m
+                           and "SAFETY_GATEWAY_ADMIN_PASSWORD is not set" in m
+                           for m in warnings), warnings
+                assert not any("'operator'" in m for m in warnings)
+                with pytest.raises(ua.UaError):
+                    await connect(url, "admin", "")
+                shift = await connect(url, "operator", "shift-pw")
+                assert await shift.get_node(G + "Status.Mode").read_value() == "starting"
+                await shift.disconnect()
+            finally:
+                await server.stop()
+
+        asyncio.run(main(server, url))

@@ -261,6 +261,8 @@ def test_water_tank_loads():
     assert site.detection.divergence_drift == 0.2  # fractions of the range (configs/ changed)
     assert site.detection.violation_max == 20  # a default
     assert site.northbound.opcua is not None and site.northbound.opcua.allow_anonymous
+    assert {(u.name, u.role) for u in site.northbound.opcua.users} == {
+        ("admin", "admin"), ("operator", "operator")}
     assert site.northbound.modbus is not None and site.northbound.modbus.port == 1502
     # relative paths are resolved against the file's folder
     assert site.audit.path == CONFIGS / "../reports/water_tank_audit.db"
@@ -322,7 +324,12 @@ def test_boiler_loads():
     assert (first.condition, first.op, first.rhs, first.value) == (
         (("pressure", 1.0),), s.ConditionOp.GT, 12.0, 80.0)
     assert second.value == 30.0
-    assert site.northbound.opcua is None
+    # The shipped sites define an admin and an operator, passwords from the environment.
+    opcua = site.northbound.opcua
+    assert opcua is not None and not opcua.allow_anonymous
+    assert {(u.name, u.role, u.password_env) for u in opcua.users} == {
+        ("admin", "admin", "SAFETY_GATEWAY_ADMIN_PASSWORD"),
+        ("operator", "operator", "SAFETY_GATEWAY_OPERATOR_PASSWORD")}
     # the section sets only the divergence settings; everything else is the defaults
     assert site.detection == s.Detection(
         divergence_drift=0.15, divergence_threshold=20.0,
