@@ -182,7 +182,9 @@ class NorthboundHandler(ABC):
     @abstractmethod
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
-        """An operator request (``gateway.supervisor.modes.RequestKind`` value)."""
+        """An operator request (``gateway.supervisor.modes.RequestKind`` value), applied
+        before the answer: accepted with what changed, or refused with the reason (never
+        accepted for something only queued)."""
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                 code: int) -> None:
