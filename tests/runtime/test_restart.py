@@ -126,11 +126,11 @@ async def trip_and_bypass(db: Path, wall: Clock, *, clean: bool) -> str:
         assert gw.supervisor is not None and gw.supervisor.modes.latched
         assert gw.incidents is not None
         (incident,) = gw.incidents.open_incidents
-        # An administrator bypasses the divergence detector for 60 s.
-        out = await gw.request(ADMIN, "bypass", "divergence", 60.0)
+        # An administrator bypasses the inflow valve's divergence detector for 60 s.
+        out = await gw.request(ADMIN, "bypass", "divergence.inflow_valve", 60.0)
         assert out.accepted, out
         await cycles(gw, clock, 2)
-        assert "divergence" in gw.supervisor.modes.bypasses
+        assert "divergence.inflow_valve" in gw.supervisor.modes.bypasses
         assert gw.supervisor.mode is Mode.SAFE_STOP
         await cycles(gw, clock, 2)
     finally:
@@ -177,7 +177,7 @@ def test_a_tripped_gateway_comes_back_latched_with_its_incident_open(tmp_path, c
             assert not [e for d in gw.decisions for e in d.events if e.kind == "trip"]
             assert gw.incidents is not None
             assert [i.id for i in gw.incidents.open_incidents] == [ident]
-            left = sup.modes.bypasses["divergence"] - gw.clock()
+            left = sup.modes.bypasses["divergence.inflow_valve"] - gw.clock()
             assert 39.0 < left <= 40.0 + 1e-6
             # What a SCADA reads: safe_stop (3), latched; over OPC UA too.
             assert (mode, latched) == (3, 1)
@@ -190,7 +190,7 @@ def test_a_tripped_gateway_comes_back_latched_with_its_incident_open(tmp_path, c
         restored = start.data()["restored"]
         assert restored["latched"] is True and restored["mode"] == "safe_stop"
         assert restored["open_incidents"] == [ident]
-        assert 39.0 < restored["bypasses_left_s"]["divergence"] <= 40.0 + 1e-6
+        assert 39.0 < restored["bypasses_left_s"]["divergence.inflow_valve"] <= 40.0 + 1e-6
         assert start.data()["previous"]["clean"] is clean
         unclean = [r for r in records if r.kind == "unclean_end"]
         if clean:
@@ -224,7 +224,7 @@ def test_an_expired_bypass_is_not_restored(tmp_path):
         finally:
             await gw.close()
         (start,) = [r for r in read_records(db, kinds=("start",))][1:]
-        assert start.data()["restored"]["bypasses_expired"] == ["divergence"]
+        assert start.data()["restored"]["bypasses_expired"] == ["divergence.inflow_valve"]
 
     asyncio.run(scenario())
 
