@@ -65,6 +65,7 @@ async def scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     site = replace(site, northbound=replace(
         north, modbus=replace(north.modbus, port=modbus_port),
         opcua=replace(north.opcua, endpoint=url, allow_anonymous=False,
+                      allow_insecure_passwords=True,
                       users=(OpcUaUser("chief", "GW_TEST_CTL_ADMIN", "admin"),
                              OpcUaUser("shift", "GW_TEST_CTL_OP", "operator")))))
     clock = Clock()

@@ -257,13 +257,13 @@ class OpcUaServer:
         self.guard = ChannelGuard(
             sec.policy, sec.mode,
             None if sec.policy is SecurityPolicy.NONE else Pki(spec.pki), spec.login)
+        # The status details last mirrored (trip reason, incident id, bypasses).
+        self._detail: tuple[str, str, tuple[tuple[str, datetime], ...]] | None = None
 
     def add_security_listener(self, listener: Callable[[SecurityEvent], None]) -> None:
         """Have ``listener`` called with every refused channel or certificate and every failed
         login (:class:`~gateway.adapters.opcua_security.SecurityEvent`), e.g. to audit it."""
         self.guard.listeners.append(listener)
-        # The status details last mirrored (trip reason, incident id, bypasses).
-        self._detail: tuple[str, str, tuple[tuple[str, datetime], ...]] | None = None
 
     @property
     def endpoint(self) -> str:
