@@ -1088,6 +1088,8 @@ def load_config(path: str | Path) -> s.Site:
             "start_mode": lambda m, k: m.opt_enum(k, s.StartMode),
             "clean_shadow_s": lambda m, k: m.opt_float(k),
             "bypass_max_s": lambda m, k: m.opt_float(k),
+            "bypass_max_concurrent": lambda m, k: m.opt_int(k),
+            "bypass_second_approval_s": lambda m, k: m.opt_float(k),
         })
     with _section(ctx):
         result["northbound"] = _rebase_opcua(_read_northbound(ctx, root, base), base)

@@ -842,10 +842,19 @@ class Operation:
     start_mode: StartMode = StartMode.MANUAL
     clean_shadow_s: float = 300.0
     bypass_max_s: float = 3600.0
+    # At most this many bypasses in force at once; longer than bypass_second_approval_s
+    # (None: never), a bypass needs a second, different approver.
+    bypass_max_concurrent: int = 3
+    bypass_second_approval_s: float | None = None
 
     def __post_init__(self) -> None:
         _positive("clean_shadow_s", self.clean_shadow_s)
         _positive("bypass_max_s", self.bypass_max_s)
+        if not 1 <= self.bypass_max_concurrent <= 100:
+            raise FieldError("bypass_max_concurrent",
+                             f"must be 1..100, not {self.bypass_max_concurrent}")
+        if self.bypass_second_approval_s is not None:
+            _positive("bypass_second_approval_s", self.bypass_second_approval_s)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,10 @@ class Supervisor:
         self.modes = ModeMachine(ModeConfig(start_mode=Mode(op.start_mode.value),
                                             clean_shadow_s=op.clean_shadow_s,
                                             bypass_max_s=op.bypass_max_s,
-                                            detectors=frozenset(self.detector_names)))
+                                            detectors=frozenset(self.detector_names),
+                                            bypass_max_concurrent=op.bypass_max_concurrent,
+                                            bypass_second_approval_s=(
+                                                op.bypass_second_approval_s)))
         self.violations = ViolationRate(site)
         self.gross = GrossViolation(site, envelope)
         self._gross_findings: list[Finding] = []

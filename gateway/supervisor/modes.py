@@ -120,7 +120,11 @@ class ModeConfig:
     refused: the AI must earn its way in through SHADOW). ``clean_shadow_s`` is how long, in
     seconds, SHADOW must run without anomalies or trips before TO_AUTO is granted.
     ``bypass_max_s`` is the longest bypass an operator may set, in seconds. Both must be
-    finite and > 0. ``detectors`` names the detectors that may be bypassed (the supervisor's
+    finite and > 0. ``bypass_max_concurrent`` caps the bypasses in force at once (IEC 61511:
+    every bypass is a reduced protection). A bypass longer than ``bypass_second_approval_s``
+    (None: never) takes effect only when a second, different requester asks for the same
+    detector and duration within ``second_approval_window_s``. ``detectors`` names the
+    detectors that may be bypassed (the supervisor's
     :attr:`~gateway.supervisor.core.Supervisor.detector_names`); None accepts any name.
     Raises ``ValueError`` naming the field.
     """
@@ -129,6 +133,9 @@ class ModeConfig:
     clean_shadow_s: float
     bypass_max_s: float
     detectors: frozenset[str] | None = None
+    bypass_max_concurrent: int = 3
+    bypass_second_approval_s: float | None = None
+    second_approval_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         try:
@@ -142,6 +149,13 @@ class ModeConfig:
         object.__setattr__(self, "start_mode", start)
         _check_positive("clean_shadow_s", self.clean_shadow_s)
         _check_positive("bypass_max_s", self.bypass_max_s)
+        if isinstance(self.bypass_max_concurrent, bool) or not isinstance(
+                self.bypass_max_concurrent, int) or self.bypass_max_concurrent < 1:
+            raise ValueError(f"`bypass_max_concurrent` must be an integer >= 1, got "
+                             f"{self.bypass_max_concurrent!r}")
+        if self.bypass_second_approval_s is not None:
+            _check_positive("bypass_second_approval_s", self.bypass_second_approval_s)
+        _check_positive("second_approval_window_s", self.second_approval_window_s)
         if self.detectors is not None:
             names = frozenset(self.detectors)
             if not names or not all(isinstance(n, str) and n for n in names):
@@ -167,6 +181,7 @@ class ModeMachine:
         "_last_now_s",
         "_latched",
         "_mode",
+        "_pending_bypass",
         "_shadow_clean_since_s",
         "_trip_reason",
     )
@@ -179,6 +194,9 @@ class ModeMachine:
         # Starting in SHADOW, the clean period starts at the first finite time seen.
         self._shadow_clean_since_s: float | None = None
         self._bypasses: dict[str, float] = {}
+        # Long bypasses awaiting their second approver: detector -> (first requester,
+        # duration_s, when the request lapses).
+        self._pending_bypass: dict[str, tuple[str, float, float]] = {}
         self._last_now_s: float | None = None
 
     # -- state ---------------------------------------------------------------------------
@@ -491,10 +509,34 @@ class ModeMachine:
                                          f"{max_s:g} s), got {duration!r}")
         if t is None:
             return self._refuse(at, req, "no finite time seen yet")
+        cap = self._config.bypass_max_concurrent
+        in_force = {d for d, e in self._bypasses.items() if e > t}
+        if detector not in in_force and len(in_force) >= cap:
+            return self._refuse(at, req, f"{len(in_force)} bypasses already in force "
+                                         f"(bypass_max_concurrent {cap}): "
+                                         f"{', '.join(sorted(in_force))}")
+        approvers: tuple[tuple[str, float | str], ...] = ()
+        second_after = self._config.bypass_second_approval_s
+        if second_after is not None and float(duration) > second_after:
+            pending = self._pending_bypass.get(detector)
+            if (pending is None or pending[2] <= t or pending[1] != float(duration)
+                    or pending[0] == req.requester):
+                window = self._config.second_approval_window_s
+                if pending is not None and pending[0] == req.requester and pending[2] > t:
+                    why = "the second approver must be someone else"
+                else:
+                    self._pending_bypass[detector] = (req.requester, float(duration), t + window)
+                    why = (f"a bypass over {second_after:g} s needs a second approver: another "
+                           f"person must request the same bypass ({detector}, "
+                           f"{float(duration):g} s) within {window:g} s")
+                return self._refuse(at, req, why)
+            del self._pending_bypass[detector]
+            approvers = (("first_approver", pending[0]), ("second_approver", req.requester))
         expiry = t + float(duration)
         evidence: tuple[tuple[str, float | str], ...] = (
             ("duration_s", float(duration)),
             ("expires_s", expiry),
+            *approvers,
         )
         previous = self._bypasses.get(detector)
         if previous is not None:
