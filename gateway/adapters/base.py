@@ -193,6 +193,13 @@ class NorthboundHandler(ABC):
         runtime can keep it as evidence. Must not block or raise. Ignored by default."""
         return None
 
+    def refused_connection(self, protocol: str, address: str, user: str | None, event: str,
+                           reason: str) -> None:
+        """A connection the server refused (not allowed, no slot, an untrusted certificate,
+        a failed login): ``address`` is ``host:port``, ``event`` a short kind. Reported as
+        evidence; must not block or raise. Ignored by default."""
+        return None
+
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:
         """An operator's work on an incident while the gateway runs: ``action`` is "note"

@@ -350,11 +350,15 @@ class ModbusServer:
         ip = _peer_ip(host)
         if self._closing:
             return None
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        protocol = "modbus-tls" if self._tls else "modbus"
         if not self._allowed(ip):
             self.stats.refused_not_allowed += 1
             logger.log(self._once.level("refused", host, logging.WARNING),
                        "modbus: refused connection from %s (not in northbound.modbus.allow)",
                        host)
+            self._handler.refused_connection(protocol, address, None, "connection_refused",
+                                             "not in northbound.modbus.allow")
             return None
         user: str | None = None
         if self._tls is not None:
@@ -364,6 +368,8 @@ class ModbusServer:
                 self.stats.refused_not_allowed += 1
                 logger.log(self._once.level("cert", f"{host}:{who.name}", logging.WARNING),
                            "modbus TLS: refused %s (%s): %s", host, who.name, who.refusal)
+                self._handler.refused_connection(protocol, address, who.name,
+                                                 "certificate_refused", who.refusal)
                 return None
             role, user = who.role, who.name
         else:
@@ -374,11 +380,12 @@ class ModbusServer:
             logger.log(self._once.level("full", host, logging.WARNING),
                        "modbus: refused connection from %s: %d connections open, none idle",
                        host, len(self._sessions))
+            self._handler.refused_connection(protocol, address, user, "connection_refused",
+                                             "every connection slot busy")
             return None
         self.stats.accepted += 1
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._sessions.add(session)
-        return ClientInfo("modbus-tls" if self._tls else "modbus", address, user, role)
+        return ClientInfo(protocol, address, user, role)
 
     def _make_room(self, host: str) -> bool:
         """Free a slot for a new connection from ``host`` if one is needed; False when none

@@ -266,6 +266,10 @@ class Gateway(NorthboundHandler):
         # Refused writes, aggregated into at most one audit record per second per client and
         # reason (records is replaced when the audit log opens: looked up at emit time).
         self.refusals = RefusalLog(lambda payload: self.records.refused_writes(payload))
+        # Refused connections, channels and certificates, failed logins: aggregated the same
+        # way (a connection flood must not fill the disk either); the event kind rides in the
+        # window's role field.
+        self.security_events = RefusalLog(lambda payload: self.records.security(payload))
         self.policy: OnnxPolicy | None = None
         self.wiring: AiWiring | None = None
         self.faults = FaultLog()
@@ -457,7 +461,7 @@ class Gateway(NorthboundHandler):
             self.opcua_server = OpcUaServer(self.site, self)
             # refused channels and certificates, failed logins: audited (issue 16)
             self.opcua_server.add_security_listener(
-                lambda e: self.records.security(e.kind, e.user, f"opcua:{e.source}", e.reason))
+                lambda e: self.refused_connection("opcua", e.source, e.user, e.kind, e.reason))
             await self.opcua_server.start()
 
     async def _start_supervisor(self) -> None:
@@ -699,6 +703,7 @@ class Gateway(NorthboundHandler):
         if self.notifier is not None:
             await self.notifier.aclose()
         self.refusals.flush()
+        self.security_events.flush()
         if left is not None:
             # Last, after the incidents' own records: a chain whose last run ends without
             # this record ended uncleanly (see gateway.runtime.durable).
@@ -761,6 +766,7 @@ class Gateway(NorthboundHandler):
         if decision.events:  # only events change the safety state
             self._note_state()
         self.refusals.tick(now)
+        self.security_events.tick(now)
         written = wire.admit(decision.command, self.applied, decision.sensors, decision.dt_s)
         if any(written.safe) or any(written.adjusted):
             self.records.write(written.values)
@@ -1075,6 +1081,13 @@ class Gateway(NorthboundHandler):
         self.refusals.refused(self.clock(), protocol=client.protocol, address=client.address,
                               user=client.user, role=str(client.role), reason=reason,
                               code=code, values=values)
+
+    def refused_connection(self, protocol: str, address: str, user: str | None, event: str,
+                           reason: str) -> None:
+        """A refused connection, channel or certificate, or a failed login: evidence,
+        aggregated per client, event and reason like refused writes."""
+        self.security_events.refused(self.clock(), protocol=protocol, address=address,
+                                     user=user, role=event, reason=reason, code=0, values={})
 
     async def _show_rejection(self, name: str, outcome: WriteOutcome) -> None:
         """Let operators read the latest refusal on the northbound status: its kind as a

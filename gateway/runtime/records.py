@@ -104,10 +104,18 @@ class Records:
         self._append("refused_write", window, actor=str(who),
                      source=f"{window.get('protocol')}:{window.get('client')}")
 
-    def security(self, event: str, user: str | None, source: str, reason: str) -> None:
-        """A refused channel or certificate, or a failed login, at a northbound server."""
-        self._append("security", {"event": event, "user": user, "reason": reason},
-                     actor=user or "", source=source)
+    def security(self, window: dict[str, Any]) -> None:
+        """Refused connections, channels or certificates, or failed logins, at a northbound
+        server: one client's, for one event and reason, over (at most) a second
+        (``gateway.runtime.refusals``; the event is the window's role)."""
+        self._append("security", {
+            "event": window.get("role"), "user": window.get("user"),
+            "reason": window.get("reason"), "count": window.get("count"),
+            "first_at_s": window.get("first", {}).get("at_s"),
+            "last_at_s": window.get("last", {}).get("at_s"), "span_s": window.get("span_s"),
+            "addresses": window.get("addresses"), "n_addresses": window.get("n_addresses")},
+            actor=window.get("user") or "", source=f"{window.get('protocol')}:"
+                                                   f"{window.get('client')}")
 
     def setpoint(self, actuator: int, value: float | None) -> None:
         if self.recorder is not None:
