@@ -389,10 +389,28 @@ cdef class Kernel:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
+    cdef inline double _nearest(self, Py_ssize_t i, double v, double lo, double hi,
+                                bint* found) noexcept nogil:
+        """The allowed value of actuator i in [lo, hi] nearest to v (the lower on a tie);
+        *found is False when there is none (or v is NaN)."""
+        cdef Py_ssize_t j
+        cdef double best = NAN, best_d = INFINITY, d, val
+        for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
+            val = self.allowed_val[j]
+            if val >= lo and val <= hi:
+                d = fabs(val - v)
+                if d < best_d:
+                    best_d = d
+                    best = val
+        found[0] = best_d != INFINITY
+        return best
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _safe(self, const double* s) noexcept nogil:
         """g: the effective safe state (the reference's _safe), from lo_b/hi_b."""
         cdef Py_ssize_t i, e, j
-        cdef double v, lo, hi, best, best_d, d, val
+        cdef double v, lo, hi, best
         cdef bint found
         cdef const Py_ssize_t* idx = &self.safe_cidx[0] if self.safe_cidx.shape[0] else NULL
         cdef const double* coef = &self.safe_ccoef[0] if self.safe_ccoef.shape[0] else NULL
@@ -411,21 +429,8 @@ cdef class Kernel:
                 if v > hi:
                     v = hi
                 if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
-                    found = False
-                    for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
-                        if self.allowed_val[j] == v:
-                            found = True
-                            break
-                    if not found:
-                        best = v
-                        best_d = INFINITY
-                        for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
-                            val = self.allowed_val[j]
-                            if val >= lo and val <= hi:
-                                d = fabs(val - v)
-                                if d < best_d:
-                                    best_d = d
-                                    best = val
+                    best = self._nearest(i, v, lo, hi, &found)
+                    if found:
                         v = best
             self.g[i] = v
 
@@ -560,16 +565,8 @@ cdef class Kernel:
         if v > hi:
             v = hi
         if self.allowed_ptr[i + 1] > self.allowed_ptr[i]:
-            best = NAN
-            best_d = INFINITY
-            for j in range(self.allowed_ptr[i], self.allowed_ptr[i + 1]):
-                val = self.allowed_val[j]
-                if val >= lo and val <= hi:
-                    d = fabs(val - v)
-                    if d < best_d:
-                        best_d = d
-                        best = val
-            if best_d == INFINITY:
+            best = self._nearest(i, v, lo, hi, &found)
+            if not found:
                 return False
             v = best
         if limited:

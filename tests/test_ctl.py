@@ -20,6 +20,7 @@ from gateway.cli import main
 from gateway.config.schema import OpcUaUser
 from gateway.runtime.gateway import Gateway
 from simulators.ports import free_port
+from tests.incident.test_via_gateway import Clock, Device
 
 if TYPE_CHECKING:
     import pytest
@@ -27,33 +28,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = ("--user", "chief", "--password-env", "GW_TEST_CTL_ADMIN")
 OPERATOR = ("--user", "shift", "--password-env", "GW_TEST_CTL_OP")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Device:
-    """A southbound device that takes writes and has nothing to read."""
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def refresh(self) -> None:
-        return None
-
-    async def write(self, values: dict[str, float]) -> None:
-        return None
-
-    async def write_heartbeat(self, counter: int) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -514,25 +514,6 @@ class Interlock:
 
 
 @dataclass(frozen=True)
-class SafeCase:
-    """One row of an actuator's conditional safe state: ``when`` the condition on sensors
-    holds, the safe value is ``value``. Rows are tried in file order and the first that holds
-    wins; the tag's plain ``safe_value`` (the last row, without ``when``) applies otherwise. A
-    condition over a sensor that reads NaN (unknown or untrusted) holds, as an interlock's
-    does: the engineer lists the protective case first."""
-
-    actuator: str
-    when: str
-    condition: tuple[tuple[str, float], ...]
-    op: ConditionOp
-    rhs: float
-    value: float
-
-    def __post_init__(self) -> None:
-        _finite("value", self.value)
-
-
-@dataclass(frozen=True)
 class SensorModel:
     """``d sensor / dt = sum(coef * tag) + constant`` (per second), tags being sensors or
     actuators."""
@@ -686,6 +667,17 @@ class Rule:
 
     def __post_init__(self) -> None:
         _finite("value", self.value)
+
+
+@dataclass(frozen=True)
+class SafeCase(Rule):
+    """One row of an actuator's conditional safe state: ``when`` the condition on sensors
+    holds, the safe value is ``value``. Rows are tried in file order and the first that holds
+    wins; the tag's plain ``safe_value`` (the last row, without ``when``) applies otherwise. A
+    condition over a sensor that reads NaN (unknown or untrusted) holds, as an interlock's
+    does: the engineer lists the protective case first."""
+
+    actuator: str = field(kw_only=True)
 
 
 @dataclass(frozen=True)

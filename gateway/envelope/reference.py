@@ -262,17 +262,10 @@ class ReferenceKernel:
                     v = lo
                 if v > hi:
                     v = hi
-                allowed = self.allowed[i]
-                if allowed and not any(a == v for a in allowed):
-                    best = v
-                    best_d = math.inf
-                    for a in allowed:
-                        if a >= lo and a <= hi:
-                            d = abs(a - v)
-                            if d < best_d:
-                                best_d = d
-                                best = a
-                    v = best
+                if self.allowed[i]:
+                    best = _nearest(self.allowed[i], v, lo, hi)
+                    if best is not None:
+                        v = best
             out.append(v)
         return out
 
@@ -365,15 +358,8 @@ class ReferenceKernel:
                 v = hi
             allowed = self.allowed[i]
             if allowed:
-                best = math.nan
-                best_d = math.inf
-                for a in allowed:
-                    if a >= lo and a <= hi:
-                        d = abs(a - v)
-                        if d < best_d:
-                            best_d = d
-                            best = a
-                if best_d == math.inf:
+                best = _nearest(allowed, v, lo, hi)
+                if best is None:
                     continue
                 v = best
             if limited:
@@ -409,3 +395,17 @@ def _holds(terms: list[tuple[int, float]], op: int, rhs: float, s: list[float]) 
     if op == CondOp.GT:
         return not (lhs <= rhs)
     return not (lhs < rhs)
+
+
+def _nearest(allowed: list[float], v: float, lo: float, hi: float) -> float | None:
+    """The allowed value in ``[lo, hi]`` nearest to ``v`` (the lower on a tie: ``allowed`` is
+    sorted), or None if there is none (or ``v`` is NaN)."""
+    best = None
+    best_d = math.inf
+    for a in allowed:
+        if a >= lo and a <= hi:
+            d = abs(a - v)
+            if d < best_d:
+                best_d = d
+                best = a
+    return best

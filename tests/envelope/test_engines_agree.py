@@ -118,9 +118,9 @@ def envelopes(draw: st.DrawFn) -> Spec:
                                                 max_size=2))
                     rhs = draw(finite)
                     boundary.append(rhs)
-                    safe_cases.append(s.SafeCase(name, "", tuple(cond.items()),
+                    safe_cases.append(s.SafeCase("", tuple(cond.items()),
                                                  draw(st.sampled_from(list(s.ConditionOp))),
-                                                 rhs, draw(pick)))
+                                                 rhs, draw(pick), actuator=name))
         boundary += safe_values
     compiled = build(limits, sens, tuple(constraints), tuple(interlocks), prediction,
                      draw(hard), None if safe_values is None else tuple(safe_values),

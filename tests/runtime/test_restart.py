@@ -17,36 +17,16 @@ from gateway.incident.store import load_incident
 from gateway.runtime.gateway import Gateway
 from gateway.supervisor.modes import Mode
 from simulators.ports import free_port
+from tests.incident.test_via_gateway import Clock as _Clock
+from tests.incident.test_via_gateway import Device
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ClientInfo("opcua", "127.0.0.1:5", "chief", Role.ADMIN)
 
 
-class Clock:
+class Clock(_Clock):
     def __init__(self, now: float) -> None:
         self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Device:
-    """A southbound device that takes writes and has nothing to read."""
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def refresh(self) -> None:
-        return None
-
-    async def write(self, values: dict[str, float]) -> None:
-        return None
-
-    async def write_heartbeat(self, counter: int) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def site_on_free_ports() -> gateway.Site:
