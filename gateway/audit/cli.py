@@ -172,10 +172,12 @@ def _unclean_line(end: dict[str, Any]) -> str:
         value = end.get(key)
         return iso_utc(value) if isinstance(value, (int, float)) else "?"
 
+    last = ", ".join(part for part in (str(end.get("after_kind") or ""),
+                                       when("after_wall_s")) if part)
     return (f"unclean end recorded at seq {end['seq']} ({end['at']}): the run before it "
             f"stopped without its shutdown record; records it appended after seq "
-            f"{end.get('after_seq', '?')} ({end.get('after_kind', '?')}, "
-            f"{when('after_wall_s')}) and before {when('until_wall_s')} may be missing")
+            f"{end.get('after_seq', '?')} ({last}) and before {when('until_wall_s')} may be "
+            "missing")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from gateway.audit import AuditLog, record_hash
 from gateway.cli import main
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    import pytest
 
 FAST: dict[str, Any] = {"flush_interval_s": 0.01, "retry_initial_s": 0.01, "retry_max_s": 0.05}
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,3 +338,53 @@ def test_head_file_contents_are_bound_to_the_database(tmp_path):
     assert data["head"]["db_id"] == db_id
     assert data["head"]["hash"] == last
     assert data["key_id"] == hashlib.sha256(bytes.fromhex(data["public_key"])).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ 4b. the gateway at start
+
+
+def _gateway(db: Path, *, required: bool) -> Any:
+    from dataclasses import replace
+
+    from tests.runtime.test_restart import Clock, make, site_on_free_ports
+
+    site = site_on_free_ports()
+    site = replace(site, audit=replace(site.audit, required=required))
+    return make(site, db, Clock(1000.0), Clock(1_700_000_000.0))
+
+
+def test_the_gateway_does_not_control_with_an_unusable_audit_database(tmp_path):
+    import asyncio
+
+    from gateway.audit import AuditError
+
+    junk = tmp_path / "audit.db"
+    junk.write_text("not a database")
+
+    async def scenario() -> None:
+        gw = _gateway(junk, required=True)
+        try:
+            with pytest.raises(AuditError, match="not an audit database"):
+                await gw.open()
+            assert gw.supervisor is None  # no control cycle can run
+        finally:
+            await gw.close()
+
+    asyncio.run(scenario())
+
+
+def test_audit_not_required_is_itself_an_alarm_in_the_chain(tmp_path):
+    import asyncio
+
+    from gateway.audit import read_records
+
+    db = tmp_path / "audit.db"
+
+    async def scenario() -> None:
+        gw = _gateway(db, required=False)
+        await gw.open()
+        await gw.close()
+
+    asyncio.run(scenario())
+    alarms = [r for r in read_records(db, kinds=("alarm",)) if "audit.required" in r.payload]
+    assert len(alarms) == 1
