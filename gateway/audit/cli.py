@@ -35,7 +35,7 @@ from gateway.audit.signed_head import (
     public_key_path,
     read_public_key,
 )
-from gateway.audit.store import AuditError, NotAuditDatabase, last_head, read_records, verify
+from gateway.audit.store import AuditError, last_head, read_records, verify
 
 if TYPE_CHECKING:
     import argparse
@@ -299,8 +299,11 @@ def cmd_head(args: argparse.Namespace) -> int:
                       f"{result.broken_seq}: {result.message}", file=sys.stderr)
                 return EXIT_FAILED
             head = result.head()
-    except NotAuditDatabase as exc:
-        return _fail_input("head", str(exc))
+    except AuditError as exc:
+        if not Path(args.db).is_file():
+            return _fail_input("head", str(exc))
+        print(f"{args.db}: BROKEN: {exc}", file=sys.stderr)  # exists, cannot be read
+        return EXIT_FAILED
     print(head.dumps())
     try:
         errors = send_head(head, sinks)

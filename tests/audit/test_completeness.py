@@ -24,6 +24,7 @@ import pytest
 
 from gateway.audit import AuditLog, record_hash
 from gateway.cli import main
+from gateway.runtime.durable import Previous
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -201,6 +202,8 @@ def test_a_garbled_database_is_broken_and_a_missing_one_is_bad_input(tmp_path, c
     assert code == 1 and "BROKEN" in err, err
     code, _, err = sg(capsys, "audit", "verify", str(tmp_path / "missing.db"))
     assert code == 2 and "no such file" in err, err
+    code, _, err = sg(capsys, "audit", "head", str(junk))  # the head of a garbled database
+    assert code == 1 and "BROKEN" in err, err
 
 
 # ------------------------------------------------------------------ 3. unclean ends
@@ -211,15 +214,16 @@ def test_verify_lists_unclean_ends_with_their_windows(tmp_path, capsys):
     with AuditLog(db, **FAST) as audit:
         audit.append("config_load", {"site": "t"})
         audit.append("decision", {"k": 1})
-        audit.append("unclean_end", {"after_seq": 7, "after_kind": "decision",
-                                     "after_wall_s": 1_700_000_000.0,
-                                     "until_wall_s": 1_700_000_060.0,
-                                     "previous_run_from_seq": 1})
+        # The record the runtime writes at the start after an unclean end.
+        previous = Previous(False, last_seq=7, last_at_s=1_700_000_000.0,
+                            last_kind="decision", run_seq=1)
+        audit.append("unclean_end", previous.unclean_window(1_700_000_060.0))
     code, out, _ = sg(capsys, "audit", "verify", str(db))
     assert code == 0
     assert "unclean end" in out
     assert "after seq 7" in out
-    assert "2023-11-14T22:13:20" in out  # the window's times, ISO 8601 UTC
+    assert "2023-11-14T22:13:20Z" in out  # the window's times, ISO 8601 UTC
+    assert "2023-11-14T22:14:20Z" in out
     code, out, _ = sg(capsys, "audit", "verify", str(db), "--json")
     ends = json.loads(out)["unclean_ends"]
     assert [(e["seq"], e["after_seq"]) for e in ends] == [(3, 7)]
