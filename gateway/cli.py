@@ -97,6 +97,7 @@ def _actuator(tag: Tag, lim: ActuatorLimits) -> dict[str, Any]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
+    from gateway.config.loader import audit_environment
     from gateway.envelope import ENGINE
 
     status = EXIT_OK
@@ -113,6 +114,18 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(str(exc), file=sys.stderr)
             continue
         summary = _summary(site, ENGINE)
+        audit_issues = audit_environment(site)
+        if audit_issues and site.audit.required:
+            status = EXIT_INPUT
+            if args.json:
+                reports.append({"ok": False, "file": path,
+                                "errors": [str(i) for i in audit_issues]})
+            else:
+                print("\n".join(str(i) for i in audit_issues), file=sys.stderr)
+            continue
+        summary["warnings"] = [*summary["warnings"], *(
+            f"{i} (audit.required is false: the gateway would run WITHOUT an audit trail)"
+            for i in audit_issues)]
         if args.json:
             reports.append(summary)
         else:
@@ -199,6 +212,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INPUT
+    if not args.no_audit:
+        from gateway.config.loader import audit_environment
+
+        issues = audit_environment(site)
+        if issues and site.audit.required:
+            more = f" (and {len(issues) - 1} more: run `safety-gateway check`)" if (
+                len(issues) > 1) else ""
+            print(f"safety-gateway run: not controlling without an audit log: {issues[0]}"
+                  f"{more}", file=sys.stderr)
+            return EXIT_ENVIRONMENT
+        for issue in issues:
+            logging.getLogger("gateway.runtime").warning(
+                "AUDIT NOT REQUIRED (audit.required: false) and unusable: %s; the gateway "
+                "runs WITHOUT a complete audit trail", issue)
     from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
     from gateway.runtime.gateway import Gateway
     from gateway.runtime.heap import GcPauses, freeze_startup_heap
@@ -235,8 +262,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             watch.uninstall()
         return {**gw.stats(), **pauses.stats()}
 
+    from gateway.audit import AuditError
+
     try:
         stats = asyncio.run(main())
+    except AuditError as exc:
+        # audit.required: the audit log could not be opened at start (not an audit
+        # database, a broken tail, another writer): no control without it.
+        print(f"safety-gateway run: not controlling without an audit log: {exc}",
+              file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except OSError as exc:
         # Typically a northbound port that cannot be bound.
         print(f"safety-gateway run: {exc}", file=sys.stderr)

@@ -55,6 +55,9 @@ _KINDS: dict[str, str] = {k.value: k.value for k in Kind}
 _DECISION = Kind.DECISION.value
 _ALARM = Kind.ALARM.value
 SPACE_CHECK_EVERY_S = 10.0
+# How often the head is exported by default (``audit.head_export_s``): records appended after
+# the last export are not covered by it (see gateway.audit.signed_head).
+HEAD_EXPORT_S = 10.0
 # A record is an account of an action, not a data store: bigger payloads are cut (and say
 # so), so that one runaway payload cannot stall the writer or hit SQLite's length limit.
 MAX_PAYLOAD_CHARS = 1 << 20
@@ -141,9 +144,12 @@ class AuditLog:
     ``max_pending`` bounds the records held in memory; ``synchronous`` is SQLite's
     durability for each commit ("FULL": survives power loss; "NORMAL": survives a crash of the
     process, not of the machine); ``on_alarm(message)`` and ``on_clear(message)`` are called
-    once at the start and at the end of each fault episode; every ``export_every_s`` seconds,
-    if it changed, and at ``close``, the head goes to each of ``head_sinks`` (on a thread of
-    their own); failed commits are retried after
+    once at the start and at the end of each fault episode; every ``export_every_s`` seconds
+    (None: only at ``close``), if it changed, and at ``close``, the head goes to each of
+    ``head_sinks`` (on a thread of their own) and, with ``signed_head`` (the default), signed
+    with the key at ``head_key`` (default ``<db>.head-key``, created if missing) to
+    ``<db>.head.json`` beside the database and to the same name in each of ``head_dirs``
+    (:mod:`gateway.audit.signed_head`); failed commits are retried after
     ``retry_initial_s``, doubling up to ``retry_max_s``; when the file system holding the
     database has less than ``min_free_bytes`` free (checked every 10 s; 0 disables), the alarm
     is raised before the disk is actually full.
@@ -157,8 +163,11 @@ class AuditLog:
                  synchronous: Literal["FULL", "NORMAL"] = "FULL",
                  on_alarm: Callable[[str], None] | None = None,
                  on_clear: Callable[[str], None] | None = None,
-                 export_every_s: float | None = None,
+                 export_every_s: float | None = HEAD_EXPORT_S,
                  head_sinks: Sequence[HeadSink] = (),
+                 signed_head: bool = True,
+                 head_key: str | os.PathLike[str] | None = None,
+                 head_dirs: Sequence[str | os.PathLike[str]] = (),
                  retry_initial_s: float = 0.05,
                  retry_max_s: float = 5.0,
                  min_free_bytes: int = 64 * 2**20) -> None:
@@ -261,8 +270,16 @@ class AuditLog:
         self._export_every_s = export_every_s
         self._next_export_at = time.monotonic()
         self._exported_seq = -1
-        if head_sinks:
-            self._exporter = _Exporter(list(head_sinks))
+        sinks = list(head_sinks)
+        if signed_head:
+            from gateway.audit.signed_head import HeadDirSink, HeadKey, key_path
+
+            key = HeadKey(head_key if head_key is not None else key_path(self.path))
+            sinks.append(HeadDirSink(self.path, key))
+            sinks.extend(HeadDirSink(self.path, key, folder)
+                         for folder in head_dirs)
+        if sinks:
+            self._exporter = _Exporter(sinks)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
         # Write what is pending at interpreter exit if nobody called close() (one callable per

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import expr as ex
 from gateway.config import schema as s
-from gateway.config.sanity import sanity
+from gateway.config.sanity import audit_path_problems, sanity
 from gateway.config.yamlsrc import Issue, Node, SourceError, load
 
 if TYPE_CHECKING:
@@ -1099,8 +1099,14 @@ def load_config(path: str | Path) -> s.Site:
             "sample_every_n": lambda m, k: m.opt_int(k),
             "recorder_before_s": lambda m, k: m.opt_float(k),
             "recorder_after_s": lambda m, k: m.opt_float(k),
+            "head_export_s": lambda m, k: m.opt_float(k),
+            "head_sinks": lambda m, k: tuple(Path(p) for p in m.opt_strs(k) or ()),
+            "key": lambda m, k: Path(m.req_str(k)),
+            "required": lambda m, k: m.opt_bool(k),
         })
-        result["audit"] = dataclasses.replace(audit, path=base / audit.path)
+        result["audit"] = dataclasses.replace(
+            audit, path=base / audit.path, head_sinks=tuple(base / p for p in audit.head_sinks),
+            key=None if audit.key is None else base / audit.key)
     for key in root.items:
         if key not in _SECTIONS:
             root.error(key, f"unknown section (expected one of: {', '.join(_SECTIONS)})")
@@ -1141,6 +1147,24 @@ def _check_sanity(ctx: _Ctx, root: _Map, site: s.Site) -> None:
         ctx.error(_line_of(root, path), path, message)
     if ctx.issues:
         raise ConfigError(ctx.issues)
+
+
+def audit_environment(site: s.Site) -> list[Issue]:
+    """What stands in the way of the audit log of ``site``, located like any other config
+    error (``file:line: audit.path: message``): a database path that cannot be created or
+    written, a key or head sink folder that cannot be written
+    (:func:`gateway.config.sanity.audit_path_problems`; it probes the file system and
+    leaves nothing behind). Empty when the audit log can be written."""
+    problems = list(audit_path_problems(site.audit))
+    if not problems:
+        return []
+    name = str(site.source)
+    try:
+        root: _Map | None = _Map(_Ctx(name), load(site.source), "")
+    except SourceError:
+        root = None
+    return [Issue(name, 0 if root is None else _line_of(root, key), key, message)
+            for key, message in problems]
 
 
 def _prove(ctx: _Ctx, root: _Map, site: s.Site) -> None:

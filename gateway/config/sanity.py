@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import tempfile
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -17,6 +19,7 @@ from gateway.config import schema as s
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 # The cycle time a gateway can keep (below 1 ms the loop itself cannot), and beyond which a
 # "control cycle" no longer supervises anything (a trip would act 10 s late).
@@ -177,3 +180,78 @@ def _cadence(device: s.Device) -> str:
             and device.subscribe else "polled every")
     return (f"{mode} {s.update_period_ms(device):g} ms, plus its timeout_ms "
             f"{device.timeout_ms:g}")
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def audit_path_problems(audit: s.AuditSpec) -> Iterator[tuple[str, str]]:
+    """Every reason the audit log could not be written where ``audit`` says, as (key path,
+    message). Not pure, unlike :func:`sanity`: it probes the file system (the database, or
+    the nearest folder that exists on its way, must take a new file: one is created there
+    and removed at once, so nothing is left behind; missing folders are not created), so it
+    is run by ``check`` and ``run`` (``gateway.config.loader.audit_environment``), not at
+    every load. An existing database must open for writing and be an audit database."""
+    yield from _writable("audit.path", audit.path, "the audit database", database=True)
+    if audit.key is not None:
+        yield from _writable("audit.key", audit.key, "the audit signing key")
+    for k, folder in enumerate(audit.head_sinks):
+        key = f"audit.head_sinks[{k}]"
+        if not folder.is_dir():
+            yield (key, f"{folder} is not a folder (the signed head is written there)")
+            continue
+        problem = _probe(folder)
+        if problem is not None:
+            yield (key, f"{folder}: cannot write the signed head there: {problem}")
+
+
+def _probe(folder: Path) -> str | None:
+    """None if a new file can be created in ``folder`` (it is removed at once), else why."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".safety-gateway-probe-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    try:
+        os.unlink(name)
+    except OSError as exc:
+        return f"a probe file could not be removed ({name}): {exc.strerror}"
+    return None
+
+
+def _writable(key: str, path: Path, what: str, *, database: bool = False,
+              ) -> Iterator[tuple[str, str]]:
+    if path.is_dir():
+        yield (key, f"{path} is a folder, not a file for {what}")
+        return
+    # The file's own folder takes its side files (the WAL, its lock, the head files), so
+    # it must take new files even when the file exists.
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        yield (key, f"{path}: {folder} is not a folder, so {what} cannot be created")
+        return
+    problem = _probe(folder)
+    if problem is not None:
+        verb = "create" if folder == path.parent else "create the folders of"
+        yield (key, f"{path}: cannot {verb} {what} there ({folder}: {problem})")
+        return
+    if not path.exists():
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        yield (key, f"{path}: cannot open {what} for writing: {exc.strerror or exc}")
+        return
+    empty = os.fstat(fd).st_size == 0
+    os.close(fd)
+    if database and not empty:
+        from gateway.audit.store import AuditError, open_read
+
+        try:
+            conn, _ = open_read(path)
+        except AuditError as exc:
+            yield (key, f"{exc} (the gateway writes only to its own audit database)")
+            return
+        conn.close()

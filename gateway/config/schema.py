@@ -994,16 +994,34 @@ class AuditSpec:
     """The audit database, how many nominal cycles to sample (one in ``sample_every_n``;
     every cycle that differs from nominal is recorded), and the flight recorder's window:
     ``recorder_before_s`` of full-rate cycles kept in memory, frozen into the incident on a
-    trip together with the ``recorder_after_s`` that follow."""
+    trip together with the ``recorder_after_s`` that follow.
+
+    The chain's head is signed with the key at ``key`` (default ``<path>.head-key``, created
+    with mode 0600 on first use) and written every ``head_export_s`` seconds and at every
+    clean stop to ``<path>.head.json`` and to the same name in each folder of ``head_sinks``
+    (gateway.audit.signed_head). ``required`` (default true): ``run`` refuses to control
+    without a usable audit log (exit 3), ``check`` refuses a path that cannot be written;
+    false: both warn instead, and the gateway runs without an audit trail."""
 
     path: Path = Path("audit.db")
     sample_every_n: int = 100
     recorder_before_s: float = 30.0
     recorder_after_s: float = 30.0
+    head_export_s: float = 10.0
+    head_sinks: tuple[Path, ...] = ()
+    key: Path | None = None
+    required: bool = True
+
+    @property
+    def key_path(self) -> Path:
+        """The head-signing key: ``key``, or ``<path>.head-key`` beside the database."""
+        return self.key if self.key is not None else self.path.with_name(
+            self.path.name + ".head-key")
 
     def __post_init__(self) -> None:
         if self.sample_every_n < 0:
             raise FieldError("sample_every_n", "must be >= 0 (0 records no nominal cycles)")
+        _positive("head_export_s", self.head_export_s)
         _positive("recorder_before_s", self.recorder_before_s)
         _finite("recorder_after_s", self.recorder_after_s)
         if self.recorder_after_s < 0:

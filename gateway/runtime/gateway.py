@@ -370,15 +370,26 @@ class Gateway(NorthboundHandler):
         def clear(message: str) -> None:
             log.warning("audit log: %s", message)
 
+        spec = self.site.audit
+        # The signed head (gateway.audit.signed_head): its period, its sinks, its key (None:
+        # beside the database the gateway was given).
+        options: dict[str, Any] = {
+            "export_every_s": spec.head_export_s,
+            "head_dirs": [str(p) for p in spec.head_sinks],
+            "head_key": None if spec.key is None else str(spec.key)}
         try:
             audit: AuditSink = (
-                AuditProcess(self.audit_path, on_alarm=alarm, on_clear=clear)
+                AuditProcess(self.audit_path, on_alarm=alarm, on_clear=clear, options=options)
                 if self.audit_process else
-                AuditLog(self.audit_path, on_alarm=alarm, on_clear=clear))
+                AuditLog(self.audit_path, on_alarm=alarm, on_clear=clear, **options))
             self.records = Records(self.site, audit)
         except AuditError as exc:
-            # The gateway's job is control; an unusable audit file is an alarm, not a stop.
-            log.error("audit log unavailable, running without it: %s", exc)
+            if spec.required:
+                # audit.required (the default): no control without an audit trail; `run`
+                # exits 3 with this reason.
+                raise
+            log.error("audit log unavailable, running WITHOUT it (audit.required: false): "
+                      "%s", exc)
             return
         log.info("audit log path=%s writer=%s", self.audit_path,
                  "process" if self.audit_process else "thread")

@@ -77,6 +77,10 @@ class Records:
         path = self.site.source
         self._append("config_load", {"site": self.site.site.name, "file": str(path),
                                      "sha256": file_sha256(path), "engine": engine})
+        if not self.site.audit.required:
+            # The chain itself says that this site chose to control on without it.
+            self.alarm("audit.required is false: this gateway goes on controlling when its "
+                       "audit log is unusable (its records are then lost)")
 
     def model_loaded(self, path: Path | None, sha256: str | None, accepted: bool,
                      reason: str = "") -> None:

@@ -540,14 +540,18 @@ def test_cli_bad_input_is_one_line(db, tmp_path, capsys):
              ["audit", "verify", str(db), "--head", str(tmp_path / "no-heads")],
              ["audit", "head", str(db), "--to", "ftp:x"],
              ["audit", "head", str(tmp_path / "missing.db")]]
-    junk = tmp_path / "junk.db"
-    junk.write_text("hello")
-    cases.append(["audit", "verify", str(junk)])
     for argv in cases:
         assert _cli(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1, (argv, err)
         assert "Traceback" not in err
+    # A file that exists but is not an audit database is BROKEN (1), not bad input (issue 16):
+    # a monitor that watches for 1 must see it. Still one line, no traceback.
+    junk = tmp_path / "junk.db"
+    junk.write_text("hello")
+    assert _cli(["audit", "verify", str(junk)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "BROKEN" in err and "Traceback" not in err
 
 
 def test_cli_head_reports_a_failing_sink(db, capsys):
