@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.incident.cli import add_parser as add_incidents
     from gateway.registry.cli import add_parser as add_model
     from simulators.drill.cli import add_parser as add_drill
-    from simulators.plant_server import add_parser as add_simulate
+    from simulators.simulate_args import add_parser as add_simulate
 
     add_audit(sub)
     add_ctl(sub)

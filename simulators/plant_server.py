@@ -64,6 +64,7 @@ from simulators.plants.base import TagKind
 from simulators.plc_modbus import TestPLC
 from simulators.plc_opcua import OpcUaPlc, PlcVariable
 from simulators.ports import free_port
+from simulators.simulate_args import PLANTS, add_arguments
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -78,18 +79,11 @@ __all__ = [
     "PlantWrite",
     "Sample",
     "WireProtocol",
-    "add_parser",
     "simulate_main",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Plants the ``simulate`` command knows, as ``module:class`` (imported only when chosen). A plant
-#: class is constructed as ``cls(seed=N)``.
-PLANTS: dict[str, str] = {
-    "water_tank": "simulators.plants.water_tank:WaterTank",
-    "boiler": "simulators.plants.boiler:Boiler",
-}
 #: Where ``simulate PLANT`` listens unless told otherwise: Modbus port, OPC UA port, OPC UA path
 #: (what configs/water_tank.yaml and configs/boiler.yaml expect).
 DEFAULT_LISTEN: dict[str, tuple[int, int, str]] = {
@@ -750,50 +744,6 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT)
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535 (0: any free port): {port}")
-    return port
-
-
-def _speed(text: str) -> float:
-    try:
-        speed = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(speed) and speed > 0):
-        raise argparse.ArgumentTypeError(f"speed must be finite and > 0: {text}")
-    return speed
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("plant", choices=sorted(PLANTS), help="which plant to simulate")
-    parser.add_argument("--modbus-port", type=_port, default=None,
-                        help="Modbus TCP port on 127.0.0.1 (default: water_tank 5020, "
-                             "boiler 5021; 0: any free port)")
-    parser.add_argument("--opcua-port", type=_port, default=None,
-                        help="OPC UA port on 127.0.0.1 (default 4840; 0: any free port)")
-    parser.add_argument("--no-modbus", action="store_true", help="do not serve Modbus TCP")
-    parser.add_argument("--no-opcua", action="store_true", help="do not serve OPC UA")
-    parser.add_argument("--speed", type=_speed, default=1.0,
-                        help="plant seconds per wall-clock second (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="plant noise seed (default 0)")
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``simulate`` on an argparse subparsers object (``parser.add_subparsers()``),
-    with ``func`` set to a callable taking the parsed Namespace and returning the exit code."""
-    parser = sub.add_parser(
-        "simulate", help="serve a simulated plant over Modbus TCP and OPC UA "
-                         "(SIGINT/SIGTERM stop it cleanly)")
-    _add_arguments(parser)
-    parser.set_defaults(func=cmd_simulate)
-
-
 def simulate_main(argv: Sequence[str] | None = None) -> int:
     """``safety-gateway simulate PLANT [--modbus-port N] [--opcua-port N] [--speed X]
     [--seed N] [--no-modbus] [--no-opcua]``. Exit codes: 0 stopped by SIGINT/SIGTERM, 2 bad
@@ -801,7 +751,7 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     stderr for an error, never a traceback."""
     parser = _OneLineParser(prog="safety-gateway simulate",
                             description="Serve a simulated plant over Modbus TCP and OPC UA.")
-    _add_arguments(parser)
+    add_arguments(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)

@@ -36,14 +36,13 @@ from simulators.plant_server import (
     PlantWrite,
     WireProtocol,
     _slots,
-    add_parser,
-    cmd_simulate,
     decode_registers,
     encode_registers,
     simulate_main,
 )
 from simulators.plants.base import PlantTag, ProcessLimit, TagKind
 from simulators.ports import free_port
+from simulators.simulate_args import add_parser
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -555,7 +554,7 @@ def test_add_parser_registers_simulate() -> None:
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["simulate", "boiler", "--speed", "10", "--seed", "3",
                               "--opcua-port", "0"])
-    assert args.func is cmd_simulate
+    assert callable(args.func)  # runs cmd_simulate, imported only when the command runs
     assert (args.plant, args.speed, args.seed, args.opcua_port, args.modbus_port) == (
         "boiler", 10.0, 3, 0, None)
     assert set(PLANTS) == {"water_tank", "boiler"}
