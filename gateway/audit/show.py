@@ -8,6 +8,7 @@ poll opens a read-only connection of its own, so a live writer is never blocked.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import signal
@@ -39,10 +40,8 @@ def iso_utc(at_s: float) -> str:
 def parse_time(text: str) -> float:
     """An ISO 8601 time (``2026-12-05T12:00:00Z``, ``2026-12-05 12:00``, a date alone; no
     zone means UTC) or seconds since the epoch, as UTC seconds. Raises ``ValueError``."""
-    try:
+    with contextlib.suppress(ValueError):  # not a number: an ISO 8601 time, below
         return float(text)
-    except ValueError:
-        pass
     try:
         when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

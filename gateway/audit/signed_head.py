@@ -218,12 +218,7 @@ class SignedHead:
         ``pinned`` is None). Raises ``FileNotFoundError`` when there is no file,
         :class:`SignedHeadError` naming what is wrong otherwise."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SignedHeadError(f"{path}: cannot read: {exc}") from None
+        text = _read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -263,12 +258,7 @@ def read_public_key(path: str | os.PathLike[str]) -> bytes:
     """The raw ed25519 public key of a ``.pub`` file (``ed25519 <hex>``). Raises
     ``FileNotFoundError`` when absent, :class:`SignedHeadError` when malformed."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SignedHeadError(f"{path}: cannot read: {exc}") from None
+    text = _read_text(path)
     parts = text.split()
     try:
         if len(parts) != 2 or parts[0] != "ed25519":
@@ -278,3 +268,14 @@ def read_public_key(path: str | os.PathLike[str]) -> bytes:
     except ValueError as exc:
         raise SignedHeadError(f"{path}: not an audit public key: {exc}") from None
     return raw
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; ``FileNotFoundError`` when absent (the callers' "no file" case),
+    :class:`SignedHeadError` when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SignedHeadError(f"{path}: cannot read: {exc}") from None
