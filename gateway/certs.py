@@ -1,9 +1,9 @@
 """``safety-gateway certs create|list|trust|reject SITE``: the northbound OPC UA server's
-certificate store (``northbound.opcua.pki``, see :mod:`gateway.adapters.opcua_pki`).
+certificate store (``northbound.opcua.pki``, see :mod:`gateway.adapters.opcua.pki`).
 
 - ``create`` makes the gateway's own application instance certificate: self-signed RSA 2048 /
   SHA-256, its SubjectAltName holding the application URI
-  (:func:`gateway.adapters.opcua_pki.application_uri`) and
+  (:func:`gateway.adapters.opcua.pki.application_uri`) and
   this host's names, written to ``security.certificate`` / ``security.private_key`` if the site
   names them, else to ``pki/own/``. An existing certificate is kept unless ``--force``.
 - ``list`` shows every certificate of the store (own, trusted, issuers, rejected) with its
@@ -66,7 +66,7 @@ def _server_spec(site_path: str) -> tuple[Site, OpcUaServerSpec] | str:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from gateway.adapters.opcua_pki import (
+    from gateway.adapters.opcua.pki import (
         Pki,
         PkiError,
         application_uri,

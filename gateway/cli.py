@@ -146,8 +146,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def wire_map(site: Site) -> dict[str, Any]:
     """The northbound Modbus map, the OPC UA node ids and the southbound addresses of a site."""
-    from gateway.adapters.modbus_map import NorthboundMap, status_codes
-    from gateway.adapters.opcua_server import opcua_nodes, refusal_statuses
+    from gateway.adapters.modbus.map import NorthboundMap, status_codes
+    from gateway.adapters.opcua.server import opcua_nodes, refusal_statuses
     from gateway.config.schema import ModbusRef
 
     nmap = NorthboundMap.from_site(site)

@@ -131,7 +131,7 @@ async def _bounded(coro: Any, timeout_s: float) -> Any:
 
 
 def _run(coro_factory: Any, timeout_s: float) -> Any:
-    from gateway.adapters.opcua_session import GatewayRefused, GatewayUnreachable
+    from gateway.adapters.opcua.session import GatewayRefused, GatewayUnreachable
 
     try:
         return asyncio.run(_bounded(coro_factory(), timeout_s))
@@ -144,7 +144,7 @@ def _run(coro_factory: Any, timeout_s: float) -> Any:
 
 
 def _call(args: argparse.Namespace, method: str, values: tuple[str | float, ...]) -> int:
-    from gateway.adapters.opcua_session import call_method
+    from gateway.adapters.opcua.session import call_method
 
     via, user, password, timeout = _session_args(args)
     accepted, message = _run(lambda: call_method(via, user, password, method, values,
@@ -193,7 +193,7 @@ def _unbypass(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gateway.adapters.opcua_session import read_status
+    from gateway.adapters.opcua.session import read_status
 
     via, user, password, timeout = _session_args(args)
     status = _run(lambda: read_status(via, user, password, timeout), timeout)

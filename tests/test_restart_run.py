@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.adapters.modbus_map import StatusRegister
+from gateway.adapters.modbus.map import StatusRegister
 from gateway.audit import read_records, verify
 from gateway.config.schema import Table
 from gateway.incident.store import load_incident

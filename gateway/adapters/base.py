@@ -9,7 +9,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -100,6 +100,23 @@ class TagStore:
                 [now_s - r.at_s for r in readings])
 
 
+class DeviceClient(Protocol):
+    """What the runtime needs of a southbound client (Modbus, OPC UA, or a new protocol's
+    adapter): keep the tag store current (``run`` until closed, reconnecting by itself), write
+    actuators and the heartbeat (raising :class:`AdapterError` on failure, never a library's
+    own exception), read once on demand (stepped drills)."""
+
+    async def run(self) -> None: ...
+
+    async def write(self, values: Mapping[str, float]) -> None: ...
+
+    async def write_heartbeat(self, counter: int) -> None: ...
+
+    async def refresh(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 # --------------------------------------------------------------------------- northbound
 
 
@@ -146,7 +163,7 @@ class WriteOutcome(NamedTuple):
     failure, e.g. the write could not be forwarded). ``refusal`` says why more precisely; when
     it is None it follows from ``code`` (3: envelope, 2: read-only, 4: device). OPC UA servers
     map a refusal to a status code by its ``refusal`` (see
-    :mod:`gateway.adapters.opcua_server`).
+    :mod:`gateway.adapters.opcua.server`).
     """
 
     accepted: bool

@@ -34,11 +34,11 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
-class _Abort(Exception):
+class Abort(Exception):
     """A value is missing or malformed; the error is already recorded."""
 
 
-class _Ctx:
+class Ctx:
     """The issues found so far, and the names of the items that failed to read.
 
     An item that fails (a device, tag, limits entry or model row) has its error recorded once;
@@ -58,16 +58,16 @@ class _Ctx:
         self.issues.append(Issue(self.filename, line, path, message))
 
 
-class _Map:
+class Section:
     """A YAML mapping being read: typed getters, error recording, unknown-key detection."""
 
-    def __init__(self, ctx: _Ctx, node: Node, path: str) -> None:
+    def __init__(self, ctx: Ctx, node: Node, path: str) -> None:
         self.ctx = ctx
         self.node = node
         self.path = path
         if not isinstance(node.value, dict):
             ctx.error(node.line, path, f"must be a mapping, found {_kind(node)}")
-            raise _Abort
+            raise Abort
         self.items: dict[str, Node] = node.value
         self.used: set[str] = set()
 
@@ -89,11 +89,11 @@ class _Map:
         if node is None:
             if required:
                 self.ctx.error(self.node.line, self.sub_path(key), "required key is missing")
-                raise _Abort
+                raise Abort
             return None
         if node.value is None and required:
             self.error(key, "must have a value")
-            raise _Abort
+            raise Abort
         return node
 
     def _get(self, key: str, required: bool, conv: Callable[[Node, str], T]) -> T | None:
@@ -104,7 +104,7 @@ class _Map:
             # `max_rate_per_s:` with the value forgotten must not silently mean "no rate limit"
             # (or any other default): a key that is written needs a value.
             self.error(key, "must have a value")
-            raise _Abort
+            raise Abort
         return conv(node, self.sub_path(key))
 
     # Typed getters. `req_*` records an error and aborts when missing; `opt_*` returns None
@@ -146,11 +146,11 @@ class _Map:
             self._str(item, f"{p}[{i}]") for i, item in enumerate(self._seq(n, p))
         ))
 
-    def map(self, key: str, required: bool = False) -> _Map | None:
+    def map(self, key: str, required: bool = False) -> Section | None:
         node = self.raw(key, required)
         if node is None or node.value is None:
             return None
-        return _Map(self.ctx, node, self.sub_path(key))
+        return Section(self.ctx, node, self.sub_path(key))
 
     def items_of(self, key: str) -> list[tuple[Node, str]]:
         node = self.raw(key, False)
@@ -171,9 +171,9 @@ class _Map:
                 self.error(key, "unknown key")
 
     # Converters.
-    def _fail(self, node: Node, path: str, message: str) -> _Abort:
+    def _fail(self, node: Node, path: str, message: str) -> Abort:
         self.ctx.error(node.line, path, message)
-        return _Abort()
+        return Abort()
 
     def _str(self, node: Node, path: str) -> str:
         if not isinstance(node.value, str):
@@ -217,7 +217,7 @@ class _Map:
 
 def _need(value: T | None) -> T:
     if value is None:
-        raise _Abort
+        raise Abort
     return value
 
 
@@ -236,35 +236,35 @@ def _kind(node: Node) -> str:
 
 
 @contextmanager
-def _section(ctx: _Ctx) -> Iterator[None]:
+def _section(ctx: Ctx) -> Iterator[None]:
     """Run one part of the reading; a recorded error aborts only that part."""
-    with suppress(_Abort):
+    with suppress(Abort):
         yield
 
 
-def _build(m: _Map, cls: Callable[..., T], **kwargs: Any) -> T:
+def _build(m: Section, cls: Callable[..., T], **kwargs: Any) -> T:
     """Construct a dataclass, mapping its FieldError to the key's line in ``m``."""
     try:
         return cls(**kwargs)
     except s.FieldError as exc:
         m.error(exc.key, exc.message)
-        raise _Abort from None
+        raise Abort from None
 
 
-def _build_at(m: _Map, key: str, cls: Callable[..., T], **kwargs: Any) -> T:
+def _build_at(m: Section, key: str, cls: Callable[..., T], **kwargs: Any) -> T:
     """Construct a dataclass read from the single value at ``key`` of ``m`` (e.g. a node id
     written as text); any FieldError is reported at ``key``."""
     try:
         return cls(**kwargs)
     except s.FieldError as exc:
         m.error(key, exc.message)
-        raise _Abort from None
+        raise Abort from None
 
 
 # --------------------------------------------------------------------------- sections
 
 
-def _read_site_info(root: _Map) -> s.SiteInfo:
+def _read_site_info(root: Section) -> s.SiteInfo:
     m = _need(root.map("site", required=True))
     info = _build(m, s.SiteInfo, name=m.req_str("name"),
                   cycle_ms=_default(m.opt_float("cycle_ms"), 100.0),
@@ -277,7 +277,7 @@ def _default(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def _read_security(m: _Map | None) -> s.OpcUaSecurity:
+def _read_security(m: Section | None) -> s.OpcUaSecurity:
     if m is None:
         return s.OpcUaSecurity()
     path = m.opt_str
@@ -297,18 +297,18 @@ def _path(text: str | None) -> Path | None:
     return None if text is None else Path(text)
 
 
-def _read_modbus_ref(m: _Map) -> s.ModbusRef:
+def _read_modbus_ref(m: Section) -> s.ModbusRef:
     return _build(m, s.ModbusRef, table=m.req_enum("table", s.Table),
                   address=m.req_int("address"))
 
 
-def _read_devices(ctx: _Ctx, root: _Map) -> dict[str, s.Device]:
+def _read_devices(ctx: Ctx, root: Section) -> dict[str, s.Device]:
     devices: dict[str, s.Device] = {}
     top = root.map("devices", required=True)
     assert top is not None
     for name, node, path in top.entries():
         with _section(ctx):
-            m = _Map(ctx, node, path)
+            m = Section(ctx, node, path)
             protocol = m.req_enum("protocol", s.Protocol)
             device: s.Device
             if protocol is s.Protocol.MODBUS_TCP:
@@ -347,7 +347,7 @@ def _read_devices(ctx: _Ctx, root: _Map) -> dict[str, s.Device]:
     return devices
 
 
-def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str, s.Tag]:
+def _read_tags(ctx: Ctx, root: Section, devices: dict[str, s.Device]) -> dict[str, s.Tag]:
     tags: dict[str, s.Tag] = {}
     top = root.map("tags", required=True)
     assert top is not None
@@ -357,30 +357,30 @@ def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str,
             if not ex.is_name(name):
                 top.error(name, "tag names must be identifiers (ASCII letters, digits and _, "
                                 "not starting with a digit)")
-                raise _Abort
-            m = _Map(ctx, node, path)
+                raise Abort
+            m = Section(ctx, node, path)
             device_name = m.req_str("device")
             device = devices.get(device_name)
             ref: s.ModbusRef | s.OpcUaRef
             if device is None:
                 if device_name not in ctx.failed_devices:
                     m.error("device", f"unknown device {device_name!r}")
-                raise _Abort
+                raise Abort
             if isinstance(device, s.ModbusDevice):
                 if m.has("node"):
                     m.error("node", "a Modbus device's tags use table and address")
-                    raise _Abort
+                    raise Abort
                 ref = _read_modbus_ref(m)
             else:
                 if m.has("table") or m.has("address"):
                     m.error("table" if m.has("table") else "address",
                             "an OPC UA device's tags use node")
-                    raise _Abort
+                    raise Abort
                 ref = _build(m, s.OpcUaRef, node=m.req_str("node"))
             rng = m.opt_floats("range")
             if rng is not None and len(rng) != 2:
                 m.error("range", f"must be [min, max], found {len(rng)} values")
-                raise _Abort
+                raise Abort
             default_type = s.WireType.FLOAT32
             if isinstance(ref, s.ModbusRef) and ref.table.is_bits:
                 default_type = s.WireType.BOOL
@@ -409,7 +409,7 @@ def _read_tags(ctx: _Ctx, root: _Map, devices: dict[str, s.Device]) -> dict[str,
     return tags
 
 
-def _safe_rows(m: _Map) -> list[tuple[Node, str]] | None:
+def _safe_rows(m: Section) -> list[tuple[Node, str]] | None:
     """The rows of a conditional ``safe_value`` (a list), or None for a plain number."""
     node = m.items.get("safe_value")
     if node is None or not isinstance(node.value, list):
@@ -417,33 +417,33 @@ def _safe_rows(m: _Map) -> list[tuple[Node, str]] | None:
     return m.items_of("safe_value")
 
 
-def _read_safe_default(m: _Map) -> float | None:
+def _read_safe_default(m: Section) -> float | None:
     """An actuator's plain safe value: the number, or the last row of a conditional table.
 
     A conditional table (``safe_value: [{when: "level < 0.3", value: 0}, {value: 20}]``) is a
     cause-and-effect table read top to bottom: every row but the last has ``when`` and
     ``value``, the last has only ``value`` (what holds when no condition does). The
     conditions are parsed with the envelope, once every sensor is known
-    (:func:`_read_safe_cases`). Raises :class:`_Abort` after reporting a malformed table.
+    (:func:`_read_safe_cases`). Raises :class:`Abort` after reporting a malformed table.
     """
     rows = _safe_rows(m)
     if rows is None:
         return m.opt_float("safe_value")
     if not rows:
         m.error("safe_value", "a conditional safe value needs at least one row")
-        raise _Abort
+        raise Abort
     default: float | None = None
     for i, (node, path) in enumerate(rows):
-        rm = _Map(m.ctx, node, path)
+        rm = Section(m.ctx, node, path)
         last = i == len(rows) - 1
         if last and rm.has("when"):
             rm.error("when", "the last row is the default: it has only `value` (what holds "
                              "when no condition does)")
-            raise _Abort
+            raise Abort
         if not last and not rm.has("when"):
             rm.error("value", "every row but the last needs `when` (rows after a row without "
                               "`when` would never apply)")
-            raise _Abort
+            raise Abort
         value = rm.req_float("value")
         rm.used.add("when")
         rm.finish()
@@ -452,7 +452,7 @@ def _read_safe_default(m: _Map) -> float | None:
     return default
 
 
-def _read_safe_cases(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names,
+def _read_safe_cases(ctx: Ctx, root: Section, tags: dict[str, s.Tag], names: _Names,
                      limits: dict[str, s.ActuatorLimits]) -> list[s.SafeCase]:
     """The conditional rows of every actuator's safe value, checked against its limits."""
     top = root.items.get("tags")
@@ -463,36 +463,36 @@ def _read_safe_cases(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Name
         tag = tags.get(name)
         if tag is None or tag.kind is not s.TagKind.ACTUATOR or not isinstance(node.value, dict):
             continue
-        tm = _Map(ctx, node, f"tags.{name}")
+        tm = Section(ctx, node, f"tags.{name}")
         rows = _safe_rows(tm)
         if rows is None:
             continue
         for rnode, rpath in rows[:-1]:
             with _section(ctx):
-                rm = _Map(ctx, rnode, rpath)
+                rm = Section(ctx, rnode, rpath)
                 cond = _read_condition(rm, "when", names)
                 value = rm.req_float("value")
                 lim = limits.get(name)
                 if lim is not None and lim.allowed is not None and value not in lim.allowed:
                     rm.error("value", f"{value} is not one of the allowed values "
                                       f"{list(lim.allowed)}")
-                    raise _Abort
+                    raise Abort
                 if lim is not None and not lim.min <= value <= lim.max:
                     rm.error("value", f"{value} is outside its own limits "
                                       f"[{lim.min}, {lim.max}]")
-                    raise _Abort
+                    raise Abort
                 try:
                     tag.check_encodable(value)
                 except s.FieldError as exc:
                     rm.error("value", exc.message)
-                    raise _Abort from None
+                    raise Abort from None
                 cases.append(_build(rm, s.SafeCase, actuator=name, when=rm.req_str("when"),
                                     condition=cond.form.terms, op=s.ConditionOp(cond.op.value),
                                     rhs=cond.rhs, value=value))
     return cases
 
 
-def _check_addresses(top: _Map, tags: dict[str, s.Tag], devices: dict[str, s.Device]) -> None:
+def _check_addresses(top: Section, tags: dict[str, s.Tag], devices: dict[str, s.Device]) -> None:
     """Two tags may not share a register, bit or node of the same device."""
     taken: dict[tuple[str, str, int | str], str] = {}
     for tag in tags.values():
@@ -533,11 +533,11 @@ class _Names:
         self.sensors = {n for n, t in tags.items() if t.kind is s.TagKind.SENSOR}
         self.failed = frozenset(failed)
 
-    def require(self, form: ex.LinearForm, allow: str, m: _Map, key: str) -> None:
+    def require(self, form: ex.LinearForm, allow: str, m: Section, key: str) -> None:
         """Check the names of ``form``, read from ``key`` of ``m``; ``allow`` is 'any' or 'sensor'.
 
         The first name that is unknown or not allowed is reported at ``key``. Raises
-        :class:`_Abort` after reporting, and also, without reporting, if the form names a tag
+        :class:`Abort` after reporting, and also, without reporting, if the form names a tag
         that failed to read: the expression cannot be checked, and a second message about that
         tag would mislead.
         """
@@ -546,12 +546,12 @@ class _Names:
                 continue
             if name not in self.actuators and name not in self.sensors:
                 m.error(key, f"unknown tag {name!r}")
-                raise _Abort
+                raise Abort
             if allow == "sensor" and name not in self.sensors:
                 m.error(key, f"{name!r} is an actuator; only sensors may appear here")
-                raise _Abort
+                raise Abort
         if any(name in self.failed for name in form.names):
-            raise _Abort
+            raise Abort
 
     def reserved(self) -> frozenset[str]:
         """Names the envelope compiler gives its own slots; constraints and interlocks may not
@@ -568,26 +568,26 @@ class _Names:
 _ACTUATOR_SLOTS = ("finite", "min", "max", "allowed", "rate", "step")
 
 
-def _parse(m: _Map, key: str, fn: Callable[[str], T]) -> T:
+def _parse(m: Section, key: str, fn: Callable[[str], T]) -> T:
     text = m.req_str(key)
     try:
         return fn(text)
     except ex.ExprError as exc:
         m.error(key, f"{exc} in {text!r}")
-        raise _Abort from None
+        raise Abort from None
 
 
 _CONDITION_OPS = frozenset({ex.Comparison.LT, ex.Comparison.LE, ex.Comparison.GT,
                             ex.Comparison.GE})
 
 
-def _read_condition(m: _Map, key: str, names: _Names) -> ex.LinearRelation:
+def _read_condition(m: Section, key: str, names: _Names) -> ex.LinearRelation:
     rel = _parse(m, key, lambda t: ex.parse_relation(t, _CONDITION_OPS))
     names.require(rel.form, "sensor", m, key)
     return rel
 
 
-def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names) -> s.Envelope:
+def _read_envelope(ctx: Ctx, root: Section, tags: dict[str, s.Tag], names: _Names) -> s.Envelope:
     m = _need(root.map("envelope", required=True))
     limits: dict[str, s.ActuatorLimits] = {}
     lim_map = m.map("limits", required=True)
@@ -599,12 +599,12 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names)
             if name not in names.actuators:
                 what = "a sensor" if name in names.sensors else "not a tag"
                 lim_map.error(name, f"limits name actuators; {name!r} is {what}")
-                raise _Abort
-            lm = _Map(ctx, node, path)
+                raise Abort
+            lm = Section(ctx, node, path)
             allowed = lm.opt_floats("allowed")
             if allowed is not None and not allowed:
                 lm.error("allowed", "must list at least one value")
-                raise _Abort
+                raise Abort
             low = lm.opt_float("min")
             high = lm.opt_float("max")
             if allowed and (low is None or high is None):
@@ -612,10 +612,10 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names)
                 high = max(allowed) if high is None else high
             if low is None:
                 lm.error("min", "required (or give allowed values)")
-                raise _Abort
+                raise Abort
             if high is None:
                 lm.error("max", "required (or give allowed values)")
-                raise _Abort
+                raise Abort
             lim = _build(
                 lm, s.ActuatorLimits, actuator=name, min=low, max=high,
                 max_rate_per_s=lm.opt_float("max_rate_per_s"), max_step=lm.opt_float("max_step"),
@@ -643,7 +643,7 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names)
     reserved = names.reserved()
     for node, path in m.items_of("constraints"):
         with _section(ctx):
-            cm = _Map(ctx, node, path)
+            cm = Section(ctx, node, path)
             cname = cm.req_str("name")
             _unique(cm, seen, reserved, cname, path)
             rel = _parse(cm, "expr", lambda t: ex.parse_relation(
@@ -660,7 +660,7 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names)
     interlocks: list[s.Interlock] = []
     for node, path in m.items_of("interlocks"):
         with _section(ctx):
-            im = _Map(ctx, node, path)
+            im = Section(ctx, node, path)
             iname = im.req_str("name")
             _unique(im, seen, reserved, iname, path)
             cond = _read_condition(im, "when", names)
@@ -697,7 +697,7 @@ def _read_envelope(ctx: _Ctx, root: _Map, tags: dict[str, s.Tag], names: _Names)
     return env
 
 
-def tag_line(root: _Map, name: str) -> int:
+def tag_line(root: Section, name: str) -> int:
     tags = root.items.get("tags")
     if tags is None or not isinstance(tags.value, dict) or name not in tags.value:
         return root.node.line
@@ -707,25 +707,25 @@ def tag_line(root: _Map, name: str) -> int:
     return tags.key_lines.get(name, node.line)
 
 
-def _unique(m: _Map, seen: dict[str, str], reserved: frozenset[str], name: str,
+def _unique(m: Section, seen: dict[str, str], reserved: frozenset[str], name: str,
             path: str) -> None:
     if not name.strip():
         m.error("name", "must not be empty")
-        raise _Abort
+        raise Abort
     if name in reserved:
         m.error("name", f"{name!r} is reserved for a built-in constraint")
-        raise _Abort
+        raise Abort
     if name in seen:
         m.error("name", f"{name!r} is already the name of {seen[name]}")
-        raise _Abort
+        raise Abort
     seen[name] = path
 
 
-def _read_tightening(ctx: _Ctx, node: Node, path: str, names: _Names,
+def _read_tightening(ctx: Ctx, node: Node, path: str, names: _Names,
                      limits: dict[str, s.ActuatorLimits]) -> s.Tightening:
-    def fail(message: str) -> _Abort:
+    def fail(message: str) -> Abort:
         ctx.error(node.line, path, message)
-        return _Abort()
+        return Abort()
 
     if not isinstance(node.value, str):
         raise fail("must be text such as 'inflow_valve <= 0'")
@@ -737,7 +737,7 @@ def _read_tightening(ctx: _Ctx, node: Node, path: str, names: _Names,
         raise fail("must bound one actuator, e.g. 'inflow_valve <= 0'")
     name, coef = rel.form.terms[0]
     if name in names.failed:
-        raise _Abort  # the tag's own error is reported
+        raise Abort  # the tag's own error is reported
     if name not in names.actuators:
         raise fail(f"{name!r} is not an actuator")
     value = rel.rhs / coef
@@ -747,24 +747,24 @@ def _read_tightening(ctx: _Ctx, node: Node, path: str, names: _Names,
     return s.Tightening(name, rel.op is ex.Comparison.LE, value)
 
 
-def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names) -> s.Prediction:
+def _read_prediction(ctx: Ctx, pm: Section, names: _Names) -> s.Prediction:
     models: list[s.SensorModel] = []
     mm = _need(pm.map("model", required=True))
     for sensor, node, _path in mm.entries():
         with _section(ctx):
             if sensor in names.failed:
-                raise _Abort  # the tag's own error is reported
+                raise Abort  # the tag's own error is reported
             if sensor not in names.sensors:
                 mm.error(sensor, f"{sensor!r} is not a sensor")
-                raise _Abort
+                raise Abort
             if not isinstance(node.value, str):
                 mm.error(sensor, "must be a linear expression (the sensor's rate per second)")
-                raise _Abort
+                raise Abort
             try:
                 form = ex.parse_form(node.value)
             except ex.ExprError as exc:
                 mm.error(sensor, f"{exc} in {node.value!r}")
-                raise _Abort from None
+                raise Abort from None
             names.require(form, "any", mm, sensor)
             models.append(s.SensorModel(sensor, node.value, form.terms, form.constant))
         if not models or models[-1].sensor != sensor:
@@ -775,27 +775,27 @@ def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names) -> s.Prediction:
     for sensor, node, path in km.entries():
         with _section(ctx):
             if sensor in names.failed or sensor in ctx.failed_models:
-                raise _Abort  # the tag's or the model row's own error is reported
+                raise Abort  # the tag's or the model row's own error is reported
             if sensor not in names.sensors:
                 known = sensor in names.actuators
                 km.error(sensor, f"{sensor!r} is not a sensor" if known
                          else f"unknown tag {sensor!r}")
-                raise _Abort
+                raise Abort
             if sensor not in modelled:
                 km.error(sensor, f"{sensor!r} has no model row, so its prediction is constant; "
                                  "add it under prediction.model")
-                raise _Abort
-            rm = _Map(ctx, node, path)
+                raise Abort
+            rm = Section(ctx, node, path)
             low, high = rm.opt_float("min"), rm.opt_float("max")
             if low is None and high is None:
                 rm.error("min", "give min, max or both")
-                raise _Abort
+                raise Abort
             keep.append(_build(rm, s.KeepRange, sensor=sensor,
                                min=-math.inf if low is None else low,
                                max=math.inf if high is None else high))
             rm.finish()
     if not keep and km.items:
-        raise _Abort  # every entry failed, each with its own error; "must name one" would mislead
+        raise Abort  # every entry failed, each with its own error; "must name one" would mislead
     pred = _build(pm, s.Prediction, step_s=pm.req_float("step_s"),
                   horizon_steps=pm.req_int("horizon_steps"), model=tuple(models),
                   keep=tuple(keep),
@@ -804,7 +804,7 @@ def _read_prediction(ctx: _Ctx, pm: _Map, names: _Names) -> s.Prediction:
     return pred
 
 
-def _read_controller(ctx: _Ctx, root: _Map, names: _Names, base: Path) -> s.ControllerSpec:
+def _read_controller(ctx: Ctx, root: Section, names: _Names, base: Path) -> s.ControllerSpec:
     m = root.map("controller")
     if m is None:
         return s.ControllerSpec()
@@ -834,7 +834,7 @@ def _read_controller(ctx: _Ctx, root: _Map, names: _Names, base: Path) -> s.Cont
     return spec
 
 
-def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec, ...]:
+def _read_fallback(ctx: Ctx, root: Section, names: _Names) -> tuple[s.FallbackSpec, ...]:
     m = root.map("fallback")
     specs: list[s.FallbackSpec] = []
     if m is None:
@@ -842,16 +842,16 @@ def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec
     for name, node, path in m.entries():
         with _section(ctx):
             if name in names.failed:
-                raise _Abort  # the tag's own error is reported
+                raise Abort  # the tag's own error is reported
             if name not in names.actuators:
                 m.error(name, f"{name!r} is not an actuator")
-                raise _Abort
-            fm = _Map(ctx, node, path)
+                raise Abort
+            fm = Section(ctx, node, path)
             rules: list[s.Rule] = []
             rule_items = fm.items_of("rules")
             for rnode, rpath in rule_items:
                 with _section(ctx):
-                    rm = _Map(ctx, rnode, rpath)
+                    rm = Section(ctx, rnode, rpath)
                     cond = _read_condition(rm, "when", names)
                     rules.append(_build(rm, s.Rule, when=rm.req_str("when"),
                                         condition=cond.form.terms,
@@ -861,7 +861,7 @@ def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec
             measurement = fm.opt_str("measurement")
             if measurement is not None and measurement not in names.sensors | names.failed:
                 fm.error("measurement", f"{measurement!r} is not a sensor")
-                raise _Abort
+                raise Abort
             kwargs: dict[str, Any] = dict(
                 actuator=name, kind=fm.req_enum("kind", s.FallbackKind),
                 measurement=measurement, setpoint=fm.opt_float("setpoint"),
@@ -875,13 +875,13 @@ def _read_fallback(ctx: _Ctx, root: _Map, names: _Names) -> tuple[s.FallbackSpec
             if len(rules) < len(rule_items):
                 # A rule failed with its own error: the spec's checks (e.g. "must list at least
                 # one rule") would run on a partial list and mislead.
-                raise _Abort
+                raise Abort
             specs.append(_build(fm, s.FallbackSpec, **kwargs))
     return tuple(specs)
 
 
-def _read_simple(root: _Map, key: str, cls: Callable[..., T],
-                 fields: dict[str, Callable[[_Map, str], Any]]) -> T:
+def _read_simple(root: Section, key: str, cls: Callable[..., T],
+                 fields: dict[str, Callable[[Section, str], Any]]) -> T:
     """A flat section whose keys map one to one onto the dataclass's fields.
 
     A key that is absent takes the dataclass's default; a key that is present must have a
@@ -898,47 +898,47 @@ def _read_simple(root: _Map, key: str, cls: Callable[..., T],
             continue
         try:
             kwargs[name] = getter(m, name)
-        except _Abort:
+        except Abort:
             failed = True
     m.finish()
     if failed:
-        raise _Abort
+        raise Abort
     return _build(m, cls, **kwargs)
 
 
-def _read_per_sensor(m: _Map, key: str, names: _Names | None) -> tuple[tuple[str, float], ...]:
+def _read_per_sensor(m: Section, key: str, names: _Names | None) -> tuple[tuple[str, float], ...]:
     """A mapping from sensor tag name to a finite number > 0 (``detection.max_rate_per_s``).
 
     Every bad entry is reported at its own line and key path: a name that is not a sensor (an
     actuator, or no tag at all), a value that is not a finite number > 0. ``names`` is None
     when the tags could not be read (their errors are reported); names are then not checked.
-    Raises :class:`_Abort` after reporting.
+    Raises :class:`Abort` after reporting.
     """
     node = _need(m.raw(key, True))  # `max_rate_per_s:` with nothing after it is an error
-    sub = _Map(m.ctx, node, m.sub_path(key))
+    sub = Section(m.ctx, node, m.sub_path(key))
     pairs: list[tuple[str, float]] = []
     failed = False
     for name, item, path in sub.entries():
         try:
             if names is not None and name not in names.sensors:
                 if name in names.failed:
-                    raise _Abort  # the tag's own error is reported
+                    raise Abort  # the tag's own error is reported
                 sub.error(name, f"{name!r} is not a sensor" if name in names.actuators
                           else f"unknown tag {name!r}")
-                raise _Abort
+                raise Abort
             value = sub._float(item, path)
             if not value > 0:
                 sub.error(name, f"must be > 0, not {value}")
-                raise _Abort
+                raise Abort
             pairs.append((name, value))
-        except _Abort:
+        except Abort:
             failed = True
     if failed:
-        raise _Abort
+        raise Abort
     return tuple(pairs)
 
 
-def _read_modbus_tls(tm: _Map, base: Path) -> s.ModbusTlsSpec:
+def _read_modbus_tls(tm: Section, base: Path) -> s.ModbusTlsSpec:
     roles_map = tm.map("roles", required=True)
     assert roles_map is not None
     roles = [(name, roles_map._str(node, path)) for name, node, path in roles_map.entries()]
@@ -952,7 +952,7 @@ def _read_modbus_tls(tm: _Map, base: Path) -> s.ModbusTlsSpec:
     return spec
 
 
-def _read_northbound(ctx: _Ctx, root: _Map, base: Path) -> s.Northbound:
+def _read_northbound(ctx: Ctx, root: Section, base: Path) -> s.Northbound:
     m = root.map("northbound")
     if m is None:
         return s.Northbound()
@@ -990,7 +990,7 @@ def _read_northbound(ctx: _Ctx, root: _Map, base: Path) -> s.Northbound:
             users: list[s.OpcUaUser] = []
             for unode, upath in om.items_of("users"):
                 with _section(ctx):
-                    um = _Map(ctx, unode, upath)
+                    um = Section(ctx, unode, upath)
                     users.append(_build(um, s.OpcUaUser, name=um.req_str("name"),
                                         password_env=um.req_str("password_env"),
                                         role=um.opt_str("role") or "operator"))
@@ -1050,8 +1050,8 @@ def load_config(path: str | Path) -> s.Site:
         root_node = load(source)
     except SourceError as exc:
         raise ConfigError([exc.issue]) from None
-    ctx = _Ctx(name)
-    root = _Map(ctx, root_node, "")
+    ctx = Ctx(name)
+    root = Section(ctx, root_node, "")
     base = source.parent
     site_info = devices = tags = envelope = None
     with _section(ctx):
@@ -1121,7 +1121,7 @@ def load_config(path: str | Path) -> s.Site:
     return site
 
 
-def _line_of(root: _Map, path: str) -> int:
+def _line_of(root: Section, path: str) -> int:
     """The line of the key at dotted ``path`` (``a.b[2].c``), or of its deepest ancestor."""
     node = root.node
     line = node.line
@@ -1140,7 +1140,7 @@ def _line_of(root: _Map, path: str) -> int:
     return line
 
 
-def _check_sanity(ctx: _Ctx, root: _Map, site: s.Site) -> None:
+def _check_sanity(ctx: Ctx, root: Section, site: s.Site) -> None:
     """Refuse what each section accepts alone but the site as a whole must not
     (gateway.config.sanity)."""
     for path, message in sanity(site):
@@ -1160,14 +1160,14 @@ def audit_environment(site: s.Site) -> list[Issue]:
         return []
     name = str(site.source)
     try:
-        root: _Map | None = _Map(_Ctx(name), load(site.source), "")
+        root: Section | None = Section(Ctx(name), load(site.source), "")
     except SourceError:
         root = None
     return [Issue(name, 0 if root is None else _line_of(root, key), key, message)
             for key, message in problems]
 
 
-def _prove(ctx: _Ctx, root: _Map, site: s.Site) -> None:
+def _prove(ctx: Ctx, root: Section, site: s.Site) -> None:
     """Refuse a site whose safe state is not proven (gateway.envelope.proof)."""
     from gateway.envelope.proof import prove_safe_state  # the envelope builds on this package
 

@@ -925,7 +925,7 @@ class OpcUaUser:
 @dataclass(frozen=True)
 class LoginThrottleSpec:
     """Failed-login throttle of the northbound OPC UA server (see
-    :mod:`gateway.adapters.login_throttle`): once a user name or a source address has
+    :mod:`gateway.adapters.opcua.throttle`): once a user name or a source address has
     ``max_failures`` failures, each coming within ``window_s`` of the previous one, its next
     attempt waits ``delay_s``, then twice that, up to ``max_delay_s``; an attempt that would wait
     longer is refused unchecked. A success clears the user's and the source's count."""
@@ -951,7 +951,7 @@ class OpcUaServerSpec:
     """The northbound OPC UA server. ``security`` is the one policy and mode its endpoint offers
     (and the only one a session may use; discovery alone is answered on a None channel).
     ``pki`` is the certificate store (``trusted/``, ``issuers/``, ``rejected/``, see
-    :mod:`gateway.adapters.opcua_pki`): with a secured policy, only clients whose certificate
+    :mod:`gateway.adapters.opcua.pki`): with a secured policy, only clients whose certificate
     is trusted there may open a channel. ``allow_insecure_passwords`` must be set to list users
     on an unsecured endpoint (their passwords cross the wire in clear);
     ``allow_deprecated_policies`` to use Basic256 or Basic128Rsa15."""

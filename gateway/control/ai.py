@@ -2,7 +2,7 @@
 
 An in-process ONNX policy reads tags by name (sensors, or the actuators' last applied values)
 and drives the actuators named in ``controller.outputs``; everything it returns, including its
-anomalies, becomes a :class:`~gateway.supervisor.decision.Proposal` with the full actuator
+anomalies, becomes a :class:`~gateway.control.proposal.Proposal` with the full actuator
 vector (NaN where the model does not drive an actuator: the supervisor fills those from the
 fallback).
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from gateway.config.schema import ControllerKind
 from gateway.control.onnx_policy import OnnxPolicyConfig
-from gateway.supervisor.decision import Proposal, ProposalAnomaly
+from gateway.control.proposal import Proposal, ProposalAnomaly
 
 if TYPE_CHECKING:
     from gateway.config.schema import Site

@@ -415,7 +415,7 @@ def _f64_or_none(values: Any) -> F64 | None:
     return None if values is None else np.array(values, dtype=np.float64)
 
 
-def _info_json(info: RecordingInfo) -> dict[str, Any]:
+def info_json(info: RecordingInfo) -> dict[str, Any]:
     canary = info.canary
     return {
         "site": info.site, "cycle_s": info.cycle_s, "start_s": _f(info.start_s),
@@ -535,7 +535,7 @@ def write_jsonl(path: Path, frames: Iterable[Frame], info: RecordingInfo | None 
     count = 0
     with path.open("w", encoding="utf-8") as out:
         if info is not None:
-            header = {"format": FORMAT, "version": FORMAT_VERSION, "info": _info_json(info)}
+            header = {"format": FORMAT, "version": FORMAT_VERSION, "info": info_json(info)}
             out.write(json.dumps(header, allow_nan=False) + "\n")
         for frame in frames:
             out.write(json.dumps(frame_json(frame), allow_nan=False, separators=(",", ":"))

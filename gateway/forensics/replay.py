@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 import gateway.envelope
+from gateway.adapters import codec
 from gateway.config.schema import ControllerKind, StartMode
 from gateway.control.ai import AiWiring, onnx_policy_config
 from gateway.control.onnx_policy import load_policy
@@ -191,7 +192,8 @@ def replay(site: Site, frames: Sequence[Frame], model: Path | None, *,
         raise ReplayError(f"initial_command must hold {len(site.actuators)} values, "
                           f"got shape {initial.shape}")
     envelope = gateway.envelope.compile(site, engine)
-    sup = Supervisor(site, envelope, initial, start_s, canary=canary)
+    # The live runtime's codec: decisions are the commands as written, after encoding.
+    sup = Supervisor(site, envelope, initial, start_s, canary=canary, codec=codec)
     policy: OnnxPolicy | None = None
     sha: str | None = None
     if model is not None:

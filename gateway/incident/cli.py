@@ -424,7 +424,7 @@ def _through_gateway(args: argparse.Namespace, method: str, rest: tuple[str, ...
         password = os.environ.get(args.password_env)
         if password is None:
             raise _Fail(EXIT_INPUT, f"environment variable {args.password_env} is not set")
-    from gateway.adapters.opcua_session import GatewayRefused, GatewayUnreachable, call_method
+    from gateway.adapters.opcua.session import GatewayRefused, GatewayUnreachable, call_method
 
     try:
         accepted, message = asyncio.run(call_method(args.via, args.user, password, method,

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from gateway.audit.chain import canonical_payload
-from gateway.forensics.recorder import FORMAT, FORMAT_VERSION, _info_json, frame_json
+from gateway.forensics.recorder import FORMAT, FORMAT_VERSION, frame_json, info_json
 from gateway.incident.model import (
     KIND,
     BadRequest,
@@ -173,7 +173,7 @@ class _Storing:
         self.parts_chars = 0
         info = window.info
         self.header = (None if info is None else json.dumps(
-            {"format": FORMAT, "version": FORMAT_VERSION, "info": _info_json(info)},
+            {"format": FORMAT, "version": FORMAT_VERSION, "info": info_json(info)},
             allow_nan=False))
 
 

@@ -57,7 +57,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from gateway.config.loader import ConfigError, _Abort, _Ctx, _Map
+from gateway.config.loader import Abort, ConfigError, Ctx, Section
 from gateway.config.yamlsrc import Issue, Node, SourceError
 from gateway.config.yamlsrc import load as load_yaml
 from gateway.incident.model import ChecklistPhase
@@ -268,11 +268,11 @@ def load_playbook(path: str | Path) -> Playbook:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as exc:  # read once already: only a race gets here
         raise ConfigError([Issue(str(path), 0, "", f"cannot read: {exc.strerror}")]) from None
-    ctx = _Ctx(str(path))
+    ctx = Ctx(str(path))
     book = None
     try:
-        book = _read(ctx, _Map(ctx, root, ""), path, digest)
-    except _Abort:
+        book = _read(ctx, Section(ctx, root, ""), path, digest)
+    except Abort:
         book = None
     if ctx.issues or book is None:
         raise ConfigError(ctx.issues or [Issue(str(path), 0, "", "invalid playbook")])
@@ -284,12 +284,12 @@ def _grab(fn: Callable[[], T], ok: list[bool]) -> T | None:
     on, so that every problem is reported at once."""
     try:
         return fn()
-    except _Abort:
+    except Abort:
         ok[0] = False
         return None
 
 
-def _read(ctx: _Ctx, m: _Map, path: Path, digest: str) -> Playbook | None:
+def _read(ctx: Ctx, m: Section, path: Path, digest: str) -> Playbook | None:
     ok = [True]
     name = _grab(lambda: m.opt_str("name"), ok) or path.stem
     description = _grab(lambda: m.opt_str("description"), ok) or ""
@@ -297,20 +297,20 @@ def _read(ctx: _Ctx, m: _Map, path: Path, digest: str) -> Playbook | None:
 
     hooks: dict[str, NotificationSpec] = {}
     hm = _grab(lambda: m.map("hooks"), ok)
-    if isinstance(hm, _Map):
+    if isinstance(hm, Section):
         for key, node, where in hm.entries():
             try:
                 hooks[key] = _read_hook(ctx, key, node, where)
-            except _Abort:
+            except Abort:
                 ok[0] = False
         hm.finish()
 
     checklist: dict[ChecklistPhase, tuple[str, ...]] = {}
     cm = _grab(lambda: m.map("checklist"), ok)
-    if isinstance(cm, _Map):
+    if isinstance(cm, Section):
         try:
             checklist = _read_checklist(cm)
-        except _Abort:
+        except Abort:
             ok[0] = False
 
     rules: list[Rule] = []
@@ -333,9 +333,9 @@ def _read(ctx: _Ctx, m: _Map, path: Path, digest: str) -> Playbook | None:
                               f"duplicate rule name (first at line {first})")
                     ok[0] = False
             try:
-                rm = _Map(ctx, node, where)
-                rules.append(_read_rule(rm, hooks, hm if isinstance(hm, _Map) else None))
-            except _Abort:
+                rm = Section(ctx, node, where)
+                rules.append(_read_rule(rm, hooks, hm if isinstance(hm, Section) else None))
+            except Abort:
                 ok[0] = False
     m.finish()
     if not ok[0]:
@@ -345,8 +345,8 @@ def _read(ctx: _Ctx, m: _Map, path: Path, digest: str) -> Playbook | None:
                     description=str(description), source=str(path), sha256=digest)
 
 
-def _read_hook(ctx: _Ctx, name: str, node: Node, where: str) -> NotificationSpec:
-    hm = _Map(ctx, node, where)
+def _read_hook(ctx: Ctx, name: str, node: Node, where: str) -> NotificationSpec:
+    hm = Section(ctx, node, where)
     kind = hm.req_enum("kind", HookKind)
     url = hm.opt_str("url")
     argv = hm.opt_strs("argv")
@@ -365,16 +365,16 @@ def _read_hook(ctx: _Ctx, name: str, node: Node, where: str) -> NotificationSpec
             hm.error(key, message.replace(f"`{key}` ", "", 1))
         else:
             ctx.error(node.line, where, message)
-        raise _Abort from None
+        raise Abort from None
 
 
-def _read_checklist(cm: _Map) -> dict[ChecklistPhase, tuple[str, ...]]:
+def _read_checklist(cm: Section) -> dict[ChecklistPhase, tuple[str, ...]]:
     out: dict[ChecklistPhase, tuple[str, ...]] = {}
     failed = False
     for phase in ChecklistPhase:
         try:
             items = cm.opt_strs(phase.value)
-        except _Abort:
+        except Abort:
             failed = True
             continue
         if items is not None:
@@ -389,11 +389,12 @@ def _read_checklist(cm: _Map) -> dict[ChecklistPhase, tuple[str, ...]]:
             cm.error(key, "unknown phase; use " + ", ".join(p.value for p in ChecklistPhase))
             failed = True
     if failed:
-        raise _Abort
+        raise Abort
     return out
 
 
-def _read_rule(rm: _Map, hooks: Mapping[str, NotificationSpec], hook_map: _Map | None) -> Rule:
+def _read_rule(rm: Section, hooks: Mapping[str, NotificationSpec],
+               hook_map: Section | None) -> Rule:
     ok = [True]
     name = _grab(lambda: rm.req_str("name"), ok)
     if isinstance(name, str) and not _NAME_RE.fullmatch(name):
@@ -413,7 +414,7 @@ def _read_rule(rm: _Map, hooks: Mapping[str, NotificationSpec], hook_map: _Map |
     for node, where in _grab(lambda: rm.items_of("containment"), ok) or []:
         try:
             containment.append(_read_step(rm.ctx, node, where))
-        except _Abort:
+        except Abort:
             ok[0] = False
     kinds = [s.kind for s in containment]
     if len(set(kinds)) != len(kinds):
@@ -433,22 +434,22 @@ def _read_rule(rm: _Map, hooks: Mapping[str, NotificationSpec], hook_map: _Map |
             ok[0] = False
     checklist: dict[ChecklistPhase, tuple[str, ...]] = {}
     cm = _grab(lambda: rm.map("checklist"), ok)
-    if isinstance(cm, _Map):
+    if isinstance(cm, Section):
         try:
             checklist = _read_checklist(cm)
-        except _Abort:
+        except Abort:
             ok[0] = False
     join = _grab(lambda: rm.opt_bool("join_open_incident"), ok)
     rm.finish()
     if not ok[0] or not isinstance(name, str) or not isinstance(match, tuple):
-        raise _Abort
+        raise Abort
     return Rule(name=name, match=match, containment=tuple(containment),
                 notify=tuple(h for h in notify if h in hooks), checklist=checklist,
                 join_open_incident=join if isinstance(join, bool) else None,
                 description=str(description))
 
 
-def _strs_or_one(m: _Map, key: str, *, required: bool) -> tuple[str, ...]:
+def _strs_or_one(m: Section, key: str, *, required: bool) -> tuple[str, ...]:
     """A list of text, or one text."""
     node = m.raw(key, required)
     if node is None:
@@ -459,28 +460,28 @@ def _strs_or_one(m: _Map, key: str, *, required: bool) -> tuple[str, ...]:
     return result or ()
 
 
-def _read_step(ctx: _Ctx, node: Node, where: str) -> ContainmentStep:
+def _read_step(ctx: Ctx, node: Node, where: str) -> ContainmentStep:
     choices = ", ".join(k.value for k in ContainmentKind)
     if isinstance(node.value, str):
         try:
             kind = ContainmentKind(node.value)
         except ValueError:
             ctx.error(node.line, where, f"must be one of {choices}; not {node.value!r}")
-            raise _Abort from None
+            raise Abort from None
         if kind is ContainmentKind.RATE_LIMIT:
             ctx.error(node.line, where, "rate_limit needs a factor: {kind: rate_limit, "
                                         "factor: 0.5}")
-            raise _Abort
+            raise Abort
         return ContainmentStep(kind)
-    sm = _Map(ctx, node, where)
+    sm = Section(ctx, node, where)
     kind = sm.req_enum("kind", ContainmentKind)
     factor = sm.opt_float("factor")
     sm.finish()
     if kind is ContainmentKind.RATE_LIMIT and factor is None:
         ctx.error(node.line, f"{where}.factor", "required for rate_limit (0 < factor <= 1)")
-        raise _Abort
+        raise Abort
     try:
         return ContainmentStep(kind, factor)
     except ValueError as exc:
         sm.error("factor", str(exc).replace("rate_limit `factor` ", "").replace("`factor` ", ""))
-        raise _Abort from None
+        raise Abort from None

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -41,14 +41,17 @@ from gateway.adapters.base import (
     ACCEPTED,
     AdapterError,
     ClientInfo,
+    DeviceClient,
     NorthboundHandler,
     Refusal,
     Role,
     TagStore,
     WriteOutcome,
 )
-from gateway.config.schema import ControllerKind, ModbusDevice, ShutdownAction
+from gateway.adapters.factory import make_client
+from gateway.config.schema import ControllerKind, ShutdownAction
 from gateway.incident.manager import IncidentManager, Notify, QuarantineModel, RateLimit, Request
+from gateway.ops import roles
 from gateway.runtime.durable import (
     Previous,
     RestorePlan,
@@ -60,7 +63,6 @@ from gateway.runtime.external import ExternalCommands
 from gateway.runtime.records import Records
 from gateway.runtime.refusals import RefusalLog
 from gateway.runtime.schedule import CycleSchedule
-from gateway.runtime.wire import WireGate
 from gateway.supervisor.core import Supervisor
 from gateway.supervisor.events import EventKind
 from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
@@ -70,7 +72,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from gateway.audit.log import AuditSink
-    from gateway.config.schema import Device, Site, Tag
+    from gateway.config.schema import Site
     from gateway.control.ai import AiWiring
     from gateway.control.onnx_policy import OnnxPolicy
     from gateway.envelope.compiled import F64
@@ -81,13 +83,6 @@ if TYPE_CHECKING:
     from gateway.supervisor.events import Event
 
 log = logging.getLogger("gateway.runtime")
-
-# Who may ask for what. Resets and bypasses weaken protection: administrators only.
-_ALLOWED: dict[Role, frozenset[RequestKind]] = {
-    Role.ADMIN: frozenset(RequestKind),
-    Role.OPERATOR: frozenset({RequestKind.TO_MANUAL, RequestKind.TO_SAFE_STOP,
-                              RequestKind.TO_SHADOW, RequestKind.TO_AUTO}),
-}
 
 
 # How long shutdown waits for a device task to end once its client is closed and it is
@@ -138,31 +133,9 @@ class _Through(NamedTuple):
     outcome: asyncio.Future[WriteOutcome]
 
 
-# Incident work through a running gateway: closing an incident is an administrator's call.
-_INCIDENT_ROLES: dict[str, frozenset[Role]] = {
-    "note": frozenset({Role.OPERATOR, Role.ADMIN}),
-    "acknowledge": frozenset({Role.OPERATOR, Role.ADMIN}),
-    "check": frozenset({Role.OPERATOR, Role.ADMIN}),
-    "resolve": frozenset({Role.ADMIN}),
-}
-
 
 class _Refused(Exception):
     """The model was refused at load (the registry's verdict, or a settings mismatch)."""
-
-
-class DeviceClient(Protocol):
-    """What the runtime needs of a southbound client (Modbus or OPC UA)."""
-
-    async def run(self) -> None: ...
-
-    async def write(self, values: Mapping[str, float]) -> None: ...
-
-    async def write_heartbeat(self, counter: int) -> None: ...
-
-    async def refresh(self) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class FaultLog:
@@ -187,18 +160,6 @@ class FaultLog:
     def clear(self, key: str) -> None:
         if self.active.pop(key, None) is not None:
             log.info("fault=%s cleared", key)
-
-
-def _make_client(device: Device, tags: list[Tag], store: TagStore,
-                 clock: Callable[[], float], polling: bool) -> DeviceClient:
-    # Imported here: the protocol libraries load only for the devices a site really has.
-    if isinstance(device, ModbusDevice):
-        from gateway.adapters.modbus_client import ModbusDeviceClient
-
-        return ModbusDeviceClient(device, tags, store, clock=clock, polling=polling)
-    from gateway.adapters.opcua_client import OpcUaDeviceClient
-
-    return OpcUaDeviceClient(device, tags, store, clock=clock, polling=polling)
 
 
 class Gateway(NorthboundHandler):
@@ -231,8 +192,8 @@ class Gateway(NorthboundHandler):
         self.period_s = site.site.cycle_ms / 1000.0
         self.startup_wait_s = startup_wait_s
         if clients is None:
-            clients = {d.name: _make_client(d, [t for t in site.tags if t.device == d.name],
-                                            self.store, clock, not stepped)
+            clients = {d.name: make_client(d, [t for t in site.tags if t.device == d.name],
+                                           self.store, clock, not stepped)
                        for d in site.devices}
         self.stepped = stepped
         # The model's golden cases: the supervisor asks for them every canary period, and the
@@ -274,7 +235,6 @@ class Gateway(NorthboundHandler):
         self.wiring: AiWiring | None = None
         self.faults = FaultLog()
         self.supervisor: Supervisor | None = None
-        self.wire: WireGate | None = None
         self.applied = np.array([t.safe_value for t in self.actuators], dtype=np.float64)
         self.heartbeat = 0
         self.last_write_s = -math.inf
@@ -449,8 +409,8 @@ class Gateway(NorthboundHandler):
             return
         nb = self.site.northbound
         if nb.modbus is not None:
-            from gateway.adapters.modbus_map import NorthboundMap
-            from gateway.adapters.modbus_server import ModbusServer
+            from gateway.adapters.modbus.map import NorthboundMap
+            from gateway.adapters.modbus.server import ModbusServer
 
             nmap = NorthboundMap.from_site(self.site)
             if nb.modbus.plain:
@@ -467,7 +427,7 @@ class Gateway(NorthboundHandler):
                 else:
                     self.modbus_tls_server = secure
         if nb.opcua is not None:
-            from gateway.adapters.opcua_server import OpcUaServer
+            from gateway.adapters.opcua.server import OpcUaServer
 
             self.opcua_server = OpcUaServer(self.site, self)
             # refused channels and certificates, failed logins: audited (issue 16)
@@ -490,12 +450,14 @@ class Gateway(NorthboundHandler):
         self.applied = initial
         start_s = self.clock()
         canary = self.canary if self.policy is not None else None
-        self.supervisor = Supervisor(self.site, self.envelope, initial, start_s, canary=canary)
+        from gateway.adapters import codec
+
+        self.supervisor = Supervisor(self.site, self.envelope, initial, start_s, canary=canary,
+                                     codec=codec)
         self.records.start(start_s, initial, canary,
                            self.policy.model_sha256 if self.policy is not None else None)
         self._start_incidents()
         self._restore(start_s)
-        self.wire = WireGate(self.actuators, self.supervisor.gate)
 
     # ------------------------------------------------------------------ restarts
 
@@ -763,9 +725,7 @@ class Gateway(NorthboundHandler):
     async def cycle(self, now: float) -> Decision:
         """One control cycle (public so that drills can step the gateway themselves)."""
         sup = self.supervisor
-        wire = self.wire
         assert sup is not None
-        assert wire is not None
         snapshot = self.store.snapshot(self.sensor_names, now)
         proposal = self._proposal(snapshot.sensors, now)
         self.last_proposal = proposal
@@ -778,10 +738,9 @@ class Gateway(NorthboundHandler):
             self._note_state()
         self.refusals.tick(now)
         self.security_events.tick(now)
-        written = wire.admit(decision.command, self.applied, decision.sensors, decision.dt_s)
-        if any(written.safe) or any(written.adjusted):
-            self.records.write(written.values)
-            sup.record_write(written.values)
+        # The decision's command is what the devices will hold after encoding, checked as
+        # such (the supervisor's wire gate).
+        command = decision.command
         async with self._write_lock:
             # Report by exception: write what changed, and everything once a second so that
             # a value changed at the PLC (a local panel, a restart) is put right.
@@ -789,11 +748,11 @@ class Gateway(NorthboundHandler):
                 self.next_refresh_s = now + self.refresh_period_s
                 changed = None
             else:
-                changed = {i for i, (a, b) in enumerate(zip(written.values.tolist(),
+                changed = {i for i, (a, b) in enumerate(zip(command.tolist(),
                                                             self.written.tolist(), strict=True))
                            if a != b}
-            await self._write_devices(written.values, heartbeat=True, only=changed)
-            self.applied = written.values
+            await self._write_devices(command, heartbeat=True, only=changed)
+            self.applied = command
             self.last_write_s = now
         for event in decision.events:
             log.info("event kind=%s name=%s mode=%s reason=%s requester=%s", event.kind,
@@ -981,7 +940,7 @@ class Gateway(NorthboundHandler):
         incident_id = open_incidents[-1].id if open_incidents else ""
         bypasses = modes.bypasses
         if self.modbus_server is not None:
-            from gateway.adapters.modbus_map import ModeCode
+            from gateway.adapters.modbus.map import ModeCode
 
             srv = self.modbus_server
             for name in self.sensor_names:
@@ -1040,7 +999,7 @@ class Gateway(NorthboundHandler):
             elif name not in self.index:
                 outcomes[name] = WriteOutcome(False, 2, f"{name} is not a writable setpoint",
                                               Refusal.UNKNOWN_TAG)
-            elif client.role not in (Role.AI, Role.OPERATOR, Role.ADMIN):
+            elif client.role not in roles.WRITERS:
                 outcomes[name] = WriteOutcome(False, 2, f"role {client.role} may not write",
                                               Refusal.NOT_AUTHORISED)
         if starting:
@@ -1106,7 +1065,7 @@ class Gateway(NorthboundHandler):
         OPC UA ``Status/LastRejection``."""
         why = Refusal.UNKNOWN_TAG if name not in self.index else outcome.why
         if self.modbus_server is not None:
-            from gateway.adapters.modbus_map import RejectionCode
+            from gateway.adapters.modbus.map import RejectionCode
 
             code = (RejectionCode.UNKNOWN_TAG if name not in self.index
                     else RejectionCode.of(outcome))
@@ -1118,9 +1077,7 @@ class Gateway(NorthboundHandler):
     async def _write_group(self, client: ClientInfo, group: dict[str, float], sensors: F64
                            ) -> WriteOutcome:
         sup = self.supervisor
-        wire = self.wire
         assert sup is not None
-        assert wire is not None
         candidate = self.applied.copy()
         for name, value in group.items():
             candidate[self.index[name]] = value
@@ -1218,8 +1175,8 @@ class Gateway(NorthboundHandler):
         (the envelope's linear constraints span actuators), write the accepted ones' first
         steps in one go, and answer each client."""
         sup = self.supervisor
-        wire = self.wire
         assert sup is not None
+        wire = sup.wire
         assert wire is not None
         async with self._write_lock:
             now = self.clock()
@@ -1302,7 +1259,7 @@ class Gateway(NorthboundHandler):
             request_kind = RequestKind(kind)
         except ValueError:
             return WriteOutcome(False, 3, f"unknown request {kind!r}", Refusal.MODE)
-        authorised = request_kind in _ALLOWED.get(client.role, frozenset())
+        authorised = roles.may_request(client.role, request_kind)
         who = client.user or client.address
         source = f"{client.protocol}:{client.address}"
         if (self.quarantined is not None and authorised
@@ -1332,7 +1289,7 @@ class Gateway(NorthboundHandler):
         manager = self.incidents
         if manager is None:
             return WriteOutcome(False, 4, "this gateway keeps no incidents (audit off)")
-        allowed = _INCIDENT_ROLES.get(action)
+        allowed = roles.INCIDENT_ROLES.get(action)
         if allowed is None:
             return WriteOutcome(False, 3, f"unknown incident action {action!r}")
         if client.role not in allowed:

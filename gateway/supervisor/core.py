@@ -42,6 +42,7 @@ from gateway.config.schema import ControllerKind
 from gateway.control.bank import FallbackBank
 from gateway.envelope.compiled import Action
 from gateway.envelope.gate import Gate
+from gateway.envelope.wire import WireGate
 from gateway.supervisor.decision import Decision, ProposalAnomaly, Source
 from gateway.supervisor.detectors import (
     Canary,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from gateway.config.schema import Site
     from gateway.envelope.compiled import F64
     from gateway.envelope.engine import Envelope, Verdict
+    from gateway.envelope.wire import WireCodec
     from gateway.supervisor.decision import Proposal, Snapshot
     from gateway.supervisor.detectors import CanaryCases
     from gateway.supervisor.modes import OperatorRequest
@@ -75,11 +77,15 @@ class Supervisor:
 
     ``initial_command`` is what the actuators hold now (their read-back, or the safe values):
     the rate limits of the first step are measured from it and the fallbacks start from it.
-    ``canary`` holds the current model's golden cases, if it has any.
+    ``canary`` holds the current model's golden cases, if it has any. With a ``codec`` (the
+    runtime's, and replay's: ``gateway.adapters.codec``) each step's command is the one the
+    devices will hold after encoding, checked again as such (:class:`WireGate`): the decision
+    is the last word on what is written. Without one (tests of the logic alone) it is the
+    envelope's command as computed.
     """
 
     def __init__(self, site: Site, envelope: Envelope, initial_command: F64, start_s: float,
-                 canary: CanaryCases | None = None) -> None:
+                 canary: CanaryCases | None = None, codec: WireCodec | None = None) -> None:
         n_a = envelope.n_actuators
         if initial_command.shape != (n_a,):
             raise ValueError(f"initial_command must have length {n_a}")
@@ -87,6 +93,7 @@ class Supervisor:
         self.envelope = envelope
         self.gate = Gate(envelope)
         self.safe_values = self.gate.safe_values  # plain; the effective state: safe_state()
+        self.wire = None if codec is None else WireGate(site.actuators, self.gate, codec)
         self.bank = FallbackBank(site, initial_command)
         self.inputs = InputHealth(site)
         names = [t.name for t in site.actuators]
@@ -277,6 +284,12 @@ class Supervisor:
         admitted = self.gate.admit(chosen, self.previous, sensor_vec, dt_write)
         command = admitted.command
         safe = admitted.safe
+        if self.wire is not None:
+            # The invariant after encoding: what the devices will hold, checked as such.
+            written = self.wire.admit(command, self.previous, sensor_vec, dt_write)
+            command = written.values
+            if True in written.safe:
+                safe = written.safe
         sources = (tuple(Source.SAFE if s else source for s in safe) if True in safe
                    else self._uniform_sources[source])
         self._ai_in_control = source is Source.AI

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
 
+# What the AI proposes is the controllers' vocabulary (gateway.control.proposal); the supervisor
+# judges it. Re-exported here for the supervisor's readers.
+from gateway.control.proposal import Proposal, ProposalAnomaly
+
+__all__ = ["Decision", "Proposal", "ProposalAnomaly", "Snapshot", "Source"]
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -29,32 +35,6 @@ class Snapshot:
     age_s: F64
 
 
-class ProposalAnomaly(StrEnum):
-    """Why a cycle has no usable AI proposal. The ONNX controller's names, plus the external
-    controller's silence."""
-
-    DEADLINE_MISSED = "deadline_missed"
-    BUSY = "busy"
-    NONFINITE_OUTPUT = "nonfinite_output"
-    WRONG_OUTPUT_SHAPE = "wrong_output_shape"
-    NONFINITE_INPUT = "nonfinite_input"
-    RUNTIME_ERROR = "runtime_error"
-    SILENT = "silent"
-
-
-@dataclass(frozen=True, slots=True)
-class Proposal:
-    """The AI's command for this cycle (actuator order, engineering units), or why there is
-    none. ``produced_at_s`` is when it was computed or written (for an external controller, the
-    time of its last write). ``canary`` carries the model's outputs on the golden inputs when
-    the runtime ran them this cycle (rows in the order of the canary cases)."""
-
-    values: F64 | None
-    anomaly: ProposalAnomaly | None = None
-    produced_at_s: float | None = None
-    canary: F64 | None = None
-
-
 class Source(StrEnum):
     AI = "ai"
     FALLBACK = "fallback"
@@ -64,7 +44,8 @@ class Source(StrEnum):
 class Decision(NamedTuple):
     """The outcome of one step.
 
-    ``command`` is what the runtime writes (it passed :class:`gateway.envelope.gate.Gate`);
+    ``command`` is what the runtime writes (it passed :class:`gateway.envelope.gate.Gate`,
+    and, with the supervisor's codec, it is the value after encoding, checked again as such);
     ``source`` is where it came from before the gate, ``sources`` per actuator after it (an
     actuator the gate replaced is SAFE); ``verdict`` is the envelope's verdict on the AI's
     proposal (None when there was none); ``clamped`` tells whether the written command is a

@@ -210,7 +210,7 @@ class ExternalAi:
     its command to the gateway's northbound Modbus server, like a real client would."""
 
     def __init__(self, site: Site, port: int, policy: OnnxPolicy) -> None:
-        from gateway.adapters.modbus_map import NorthboundMap
+        from gateway.adapters.modbus.map import NorthboundMap
 
         self.map = NorthboundMap.from_site(site)
         self.site = site
@@ -461,12 +461,12 @@ async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _I
 async def _baseline(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenario,
                     server: Any, plant: Plant, clock: SimClock, workdir: Path) -> None:
     """The same AI wired straight to the PLC: no envelope, no detectors, no fallback."""
-    from gateway.runtime.gateway import _make_client
+    from gateway.adapters.factory import make_client
 
     store = TagStore(tuple(t.name for t in site.tags))
     dev = site.devices[0]
-    client = _make_client(dev, [t for t in site.tags if t.device == dev.name], store, clock,
-                          False)
+    client = make_client(dev, [t for t in site.tags if t.device == dev.name], store, clock,
+                         False)
     task = asyncio.create_task(client.run())
     policy = _policy(onnx_site)
     wiring = AiWiring(onnx_site)

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from gateway.config.loader import ConfigError, _Abort, _Ctx, _Map
+from gateway.config.loader import Abort, ConfigError, Ctx, Section
 from gateway.config.yamlsrc import SourceError
 from gateway.config.yamlsrc import load as load_yaml
 
@@ -135,10 +135,10 @@ def load_scenario(path: str | Path) -> Scenario:
         root_node = load_yaml(path)
     except SourceError as exc:
         raise ConfigError([exc.issue]) from None
-    ctx = _Ctx(str(path))
+    ctx = Ctx(str(path))
     try:
-        scenario = _read(ctx, _Map(ctx, root_node, ""), path)
-    except _Abort:
+        scenario = _read(ctx, Section(ctx, root_node, ""), path)
+    except Abort:
         scenario = None
     if ctx.issues or scenario is None:
         raise ConfigError(ctx.issues)
@@ -155,12 +155,12 @@ class _Grab:
     def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
         try:
             return fn(*args, **kwargs)
-        except _Abort:
+        except Abort:
             self.ok = False
             return None
 
 
-def _read(ctx: _Ctx, m: _Map, path: Path) -> Scenario | None:
+def _read(ctx: Ctx, m: Section, path: Path) -> Scenario | None:
     grab = _Grab()
     ok = True
 
@@ -197,10 +197,10 @@ def _read(ctx: _Ctx, m: _Map, path: Path) -> Scenario | None:
     injections: list[Injection] = []
     for node, where in m.items_of("injections"):
         try:
-            im = _Map(ctx, node, where)
+            im = Section(ctx, node, where)
             inj = _read_injection(im)
             im.finish()
-        except _Abort:
+        except Abort:
             ok = False
             continue
         if duration is not None and not 0 <= inj.at_s < duration:
@@ -224,7 +224,7 @@ def _read(ctx: _Ctx, m: _Map, path: Path) -> Scenario | None:
                     auto, budget, tuple(sorted(injections, key=lambda i: i.at_s)), baseline)
 
 
-def _read_injection(m: _Map) -> Injection:
+def _read_injection(m: Section) -> Injection:
     at_s = m.req_float("at_s")
     kind = m.req_enum("kind", InjectionKind)
     inj = Injection(at_s, kind, m.opt_str("tag"), m.opt_float("value"), m.opt_str("model"),
@@ -232,11 +232,11 @@ def _read_injection(m: _Map) -> Injection:
     for key in _NEEDS.get(kind, ()):
         if getattr(inj, key) is None:
             m.ctx.error(m.node.line, m.sub_path(key), f"required for {kind.value}")
-            raise _Abort
+            raise Abort
     if inj.model is not None and inj.model not in MODELS:
         m.error("model", f"must be one of {', '.join(MODELS)}; not {inj.model!r}")
-        raise _Abort
+        raise Abort
     if inj.duration_s is not None and not inj.duration_s > 0:
         m.error("duration_s", f"must be > 0, not {inj.duration_s}")
-        raise _Abort
+        raise Abort
     return inj

@@ -23,7 +23,7 @@ from gateway.adapters.base import (
     TagStore,
 )
 from gateway.adapters.codec import encode
-from gateway.adapters.modbus_client import ModbusDeviceClient
+from gateway.adapters.modbus.client import ModbusDeviceClient
 from gateway.config.schema import ModbusDevice, ModbusRef, Order, Table, Tag, TagKind, WireType
 from simulators.plc_modbus import TestPLC
 from simulators.ports import free_port

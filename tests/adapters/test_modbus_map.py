@@ -1,4 +1,4 @@
-"""Tests for gateway.adapters.modbus_map: the northbound register layout and its image."""
+"""Tests for gateway.adapters.modbus.map: the northbound register layout and its image."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.adapters.base import Refusal, WriteOutcome
-from gateway.adapters.modbus_map import (
+from gateway.adapters.modbus.map import (
     STATUS_BASE,
     ModeCode,
     NorthboundMap,

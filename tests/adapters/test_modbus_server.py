@@ -1,4 +1,4 @@
-"""Tests for gateway.adapters.modbus_server over real sockets on 127.0.0.1.
+"""Tests for gateway.adapters.modbus.server over real sockets on 127.0.0.1.
 
 A pymodbus client plays SCADA for the well-formed cases; raw sockets send the hostile frames.
 Every wait is bounded: each test runs under ``run`` (20 s cap) and every read has a timeout.
@@ -30,8 +30,8 @@ from gateway.adapters.base import (
     Role,
     WriteOutcome,
 )
-from gateway.adapters.modbus_map import ModeCode, NorthboundMap, RejectionCode
-from gateway.adapters.modbus_server import ModbusServer
+from gateway.adapters.modbus.map import ModeCode, NorthboundMap, RejectionCode
+from gateway.adapters.modbus.server import ModbusServer
 from gateway.config.schema import ModbusServerSpec
 
 if TYPE_CHECKING:
@@ -451,7 +451,7 @@ def test_a_failing_handler_gets_exception_4_and_the_server_lives_on(
             handler.fail = None
             assert not (await c.write_registers(0, regs(1.0), device_id=1)).isError()
         assert server.stats.handler_failures == 3
-    with caplog.at_level(logging.WARNING, logger="gateway.adapters.modbus_server"):
+    with caplog.at_level(logging.WARNING, logger="gateway.adapters.modbus.server"):
         with_server(body, handler)
     assert any(r.levelno >= logging.WARNING for r in caplog.records)
 
@@ -672,7 +672,7 @@ def test_clients_not_allowed_are_closed_without_an_answer(caplog: pytest.LogCapt
                 assert await until_closed(reader) == b""
         assert server.stats.refused_not_allowed == 5
         assert server.stats.frames == 0
-    with caplog.at_level(logging.DEBUG, logger="gateway.adapters.modbus_server"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.adapters.modbus.server"):
         with_server(body, allow=("10.1.2.3",))
     refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
     assert len(refusals) == 5

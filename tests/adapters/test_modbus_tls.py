@@ -18,9 +18,9 @@ from cryptography.x509.oid import NameOID
 from pymodbus.client import AsyncModbusTlsClient
 
 from gateway.adapters.base import Role
-from gateway.adapters.modbus_map import NorthboundMap
-from gateway.adapters.modbus_server import ModbusServer
-from gateway.adapters.modbus_tls import ROLE_OID, identify
+from gateway.adapters.modbus.map import NorthboundMap
+from gateway.adapters.modbus.server import ModbusServer
+from gateway.adapters.modbus.tls import ROLE_OID, identify
 from gateway.config.schema import ModbusServerSpec, ModbusTlsSpec
 from tests.adapters.test_modbus_server import ACTUATORS, SENSORS, Handler, recv, write_req
 

@@ -25,7 +25,7 @@ from gateway.adapters.base import (
     EncodingError,
     TagStore,
 )
-from gateway.adapters.opcua_client import OpcUaDeviceClient, decode, encode
+from gateway.adapters.opcua.client import OpcUaDeviceClient, decode, encode
 from gateway.config.schema import (
     OpcUaDevice,
     OpcUaRef,

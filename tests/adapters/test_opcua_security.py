@@ -19,8 +19,8 @@ from asyncua.crypto.security_policies import (
     SecurityPolicyBasic256Sha256,
 )
 
-from gateway.adapters.opcua_pki import Pki
-from gateway.adapters.opcua_server import OpcUaServer
+from gateway.adapters.opcua.pki import Pki
+from gateway.adapters.opcua.server import OpcUaServer
 from gateway.config.schema import (
     LoginThrottleSpec,
     OpcUaSecurity,
@@ -42,7 +42,7 @@ from tests.adapters.test_opcua_server import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from gateway.adapters.opcua_security import SecurityEvent
+    from gateway.adapters.opcua.security import SecurityEvent
 
 G = "ns=2;s=Gateway."
 CLIENT_URI = "urn:safety-gateway:test:client"
@@ -351,8 +351,8 @@ def test_first_run_creates_the_application_certificate(tmp_path: Path,
     """A site that names its certificate and key, neither yet existing: the server makes them
     at start (application URI in the SubjectAltName, paths relative to the site file) and
     serves a client that trusts it."""
-    from gateway.adapters.opcua_client import certificate_uri
-    from gateway.adapters.opcua_pki import application_uri
+    from gateway.adapters.opcua.client import certificate_uri
+    from gateway.adapters.opcua.pki import application_uri
     from gateway.config.loader import load_config
     from tests.adapters.test_opcua_security_pki import site_file
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from gateway import adapters
-from gateway.adapters import opcua_pki
-from gateway.adapters.opcua_pki import Pki, application_uri
+from gateway.adapters.opcua import pki as opcua_pki
+from gateway.adapters.opcua.pki import Pki, application_uri
 from gateway.cli import main
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.adapters.login_throttle import MAX_KEYS, LoginThrottle
+from gateway.adapters.opcua.throttle import MAX_KEYS, LoginThrottle
 from gateway.config.schema import LoginThrottleSpec
 
 SPEC = LoginThrottleSpec(max_failures=5, window_s=60.0, delay_s=1.0, max_delay_s=30.0)

@@ -30,9 +30,9 @@ from gateway.adapters.base import (
     TagStore,
     WriteOutcome,
 )
-from gateway.adapters.opcua_client import OpcUaDeviceClient
-from gateway.adapters.opcua_pki import Pki
-from gateway.adapters.opcua_server import OpcUaServer, _Users, opcua_nodes
+from gateway.adapters.opcua.client import OpcUaDeviceClient
+from gateway.adapters.opcua.pki import Pki
+from gateway.adapters.opcua.server import OpcUaServer, _Users, opcua_nodes
 from gateway.config.loader import load_config
 from gateway.config.schema import (
     Northbound,
@@ -369,7 +369,7 @@ def test_sign_and_encrypt_anonymous_operator(tmp_path: Path) -> None:
 
 def test_every_refusal_kind_has_its_own_status_code() -> None:
     from gateway.adapters.base import Refusal
-    from gateway.adapters.opcua_server import _REFUSAL_STATUS
+    from gateway.adapters.opcua.server import _REFUSAL_STATUS
 
     assert set(_REFUSAL_STATUS) == set(Refusal)
     # Starting and stopping share "resource unavailable"; every other kind is distinct.

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.adapters.readplan import ReadBlock, plan_reads
+from gateway.adapters.modbus.readplan import ReadBlock, plan_reads
 from gateway.config.schema import ModbusRef, OpcUaRef, Table, Tag, TagKind, WireType
 
 HR, IR, CO, DI = (Table.HOLDING_REGISTER, Table.INPUT_REGISTER, Table.COIL,

@@ -22,6 +22,7 @@ import pytest
 
 import gateway
 import gateway.envelope
+from gateway.adapters import codec
 from gateway.config.schema import ControllerKind, ControllerSpec
 from gateway.control.ai import AiWiring, onnx_policy_config
 from gateway.control.onnx_policy import load_policy
@@ -142,8 +143,9 @@ def record_run(tmp_path: Path, engine: str, n_cycles: int = N_CYCLES) -> Run:
         golden = np.array([[2.5, 0.005, 30.0], [3.0, 0.005, 40.0]])
         expected = np.array([policy.infer_sync(row).outputs for row in golden])
         canary = CanaryCases(golden, expected, 1e-4)
+        # As the live runtime builds it: with the codec, its commands are as written.
         sup = Supervisor(site, gateway.envelope.compile(site, engine), initial, start_s,
-                         canary=canary)
+                         canary=canary, codec=codec)
         recorder = FlightRecorder(n_cycles * CYCLE_S + 10.0, CYCLE_S,
                                   RecordingInfo.of(site, start_s, initial, canary,
                                                    sha256_hex(data)))

@@ -11,7 +11,7 @@ import pytest
 
 import gateway
 from gateway.adapters.base import ClientInfo, Role
-from gateway.adapters.modbus_map import StatusRegister
+from gateway.adapters.modbus.map import StatusRegister
 from gateway.audit import read_records, verify
 from gateway.incident.store import load_incident
 from gateway.runtime.gateway import Gateway

@@ -51,7 +51,7 @@ The mirror API (:meth:`set_sensor`, :meth:`set_actuator`, :meth:`set_status`,
 does not pass the write hook.
 
 Channels, certificates and logins are checked before any of this, at every request, by
-:class:`~gateway.adapters.opcua_security.ChannelGuard`: only the configured security policy and
+:class:`~gateway.adapters.opcua.security.ChannelGuard`: only the configured security policy and
 mode (discovery alone on any other channel), only trusted client certificates, failed logins
 throttled; refusals go to the listeners of :meth:`OpcUaServer.add_security_listener`.
 
@@ -78,9 +78,9 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 
 from gateway.adapters.base import ClientInfo, NorthboundHandler, Refusal, Role, WriteOutcome
-from gateway.adapters.opcua_client import certificate_uri
-from gateway.adapters.opcua_pki import Pki, application_uri, create_certificate, now_utc
-from gateway.adapters.opcua_security import (
+from gateway.adapters.opcua.client import certificate_uri
+from gateway.adapters.opcua.pki import Pki, application_uri, create_certificate, now_utc
+from gateway.adapters.opcua.security import (
     ChannelGuard,
     GuardedServer,
     SecurityEvent,
@@ -262,7 +262,7 @@ class OpcUaServer:
 
     def add_security_listener(self, listener: Callable[[SecurityEvent], None]) -> None:
         """Have ``listener`` called with every refused channel or certificate and every failed
-        login (:class:`~gateway.adapters.opcua_security.SecurityEvent`), e.g. to audit it."""
+        login (:class:`~gateway.adapters.opcua.security.SecurityEvent`), e.g. to audit it."""
         self.guard.listeners.append(listener)
 
     @property

@@ -2,19 +2,20 @@
 
 Scaling, rounding and integer ranges can move a value: 99.995 % written as a uint16 with scale
 0.01 becomes raw 10000, i.e. 100.00 %. :class:`WireGate` computes the exact engineering value
-each actuator will hold (``codec.wire_value``) and checks the vector with the envelope's gate.
+each actuator will hold (the codec's ``wire_value``) and checks the vector with the envelope's
+gate.
 If rounding pushed a value across a limit, it tries that actuator's representable neighbours,
 closest first; if no choice passes, every actuator gets its safe value (safe values are
 representable: the site loader checks that).
+
+The codec is passed in (``gateway.adapters.codec`` satisfies :class:`WireCodec`): the envelope
+package knows what a wire type can hold only through it, and imports no adapter.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
-
-from gateway.adapters import codec
-from gateway.adapters.base import EncodingError
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from gateway.config.schema import Tag
@@ -32,14 +33,25 @@ class WireCommand(NamedTuple):
     adjusted: tuple[bool, ...]
 
 
+class WireCodec(Protocol):
+    """What the wire gate needs of a codec: the exact engineering value a tag will hold for a
+    value, and the representable values nearest to it. Both raise ``ValueError`` (the
+    adapters' ``EncodingError`` is one) for a value the wire type cannot hold."""
+
+    def wire_value(self, tag: Tag, value: float) -> float: ...
+
+    def neighbours(self, tag: Tag, value: float) -> tuple[float, ...]: ...
+
+
 class WireGate:
     """Checks commands after encoding, for the actuators of one site (site order)."""
 
-    def __init__(self, actuators: tuple[Tag, ...], gate: Gate) -> None:
+    def __init__(self, actuators: tuple[Tag, ...], gate: Gate, codec: WireCodec) -> None:
         if len(actuators) != gate.envelope.n_actuators:
             raise ValueError("one tag per actuator of the envelope is needed")
         self.tags = actuators
         self.gate = gate
+        self.codec = codec
         safe = [codec.wire_value(t, float(v)) for t, v in zip(actuators, gate.safe_values,
                                                                 strict=True)]
         if safe != gate.safe_values.tolist():
@@ -64,8 +76,8 @@ class WireGate:
                 w = memo_out[i]
             else:
                 try:
-                    w = codec.wire_value(self.tags[i], x)
-                except EncodingError:
+                    w = self.codec.wire_value(self.tags[i], x)
+                except ValueError:
                     return self._safe(sensors)
                 memo_in[i] = x
                 memo_out[i] = w
@@ -80,9 +92,9 @@ class WireGate:
                 break
             target = float(command[i])
             try:
-                options = sorted(codec.neighbours(self.tags[i], target),
+                options = sorted(self.codec.neighbours(self.tags[i], target),
                                  key=lambda w: abs(w - target))
-            except EncodingError:
+            except ValueError:
                 return self._safe(sensors)
             for option in options:
                 wire[i] = option

@@ -1,7 +1,7 @@
 """A short OPC UA session with a running gateway, for the command line.
 
 ``safety-gateway incidents ... --via`` and ``safety-gateway ctl`` both open one session to the
-gateway's northbound OPC UA server (see :mod:`gateway.adapters.opcua_server` for the address
+gateway's northbound OPC UA server (see :mod:`gateway.adapters.opcua.server` for the address
 space), do one thing (call a method, or read the status nodes) and close it. asyncua's
 exceptions are translated here into two of ours, so that callers can tell a gateway that could
 not be reached from one that answered no:
@@ -26,7 +26,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from gateway.adapters.opcua_server import NAMESPACE_INDEX
+from gateway.adapters.opcua.server import NAMESPACE_INDEX
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence

@@ -38,7 +38,7 @@ from gateway.adapters.base import (
     EncodingError,
 )
 from gateway.adapters.codec import decode, decode_bit, encode, encode_bit
-from gateway.adapters.readplan import plan_reads
+from gateway.adapters.modbus.readplan import plan_reads
 from gateway.config.schema import ModbusRef, Table, TagKind
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
 
     from gateway.adapters.base import TagStore
-    from gateway.adapters.readplan import ReadBlock
+    from gateway.adapters.modbus.readplan import ReadBlock
     from gateway.config.schema import ModbusDevice, Tag
 
 __all__ = ["ModbusDeviceClient"]

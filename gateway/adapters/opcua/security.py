@@ -12,10 +12,10 @@ OpenSecureChannel. So every request of every connection passes :class:`ChannelGu
   channel); anything else (CreateSession, ActivateSession, Read, Write, Call, ...) is answered
   BadSecurityPolicyRejected and the connection is closed, so no session can activate on it.
 - On a secured channel, the client's certificate must be trusted by the store
-  (:mod:`gateway.adapters.opcua_pki`); otherwise BadCertificateUntrusted, the certificate is
+  (:mod:`gateway.adapters.opcua.pki`); otherwise BadCertificateUntrusted, the certificate is
   kept in ``pki/rejected/certs`` and the connection is closed.
 - An ActivateSession waits its turn in the login throttle
-  (:mod:`gateway.adapters.login_throttle`) or is refused unchecked (BadUserAccessDenied).
+  (:mod:`gateway.adapters.opcua.throttle`) or is refused unchecked (BadUserAccessDenied).
 
 Every refusal and every failed login is logged and handed to the listeners as a
 :class:`SecurityEvent` (the runtime audits them).
@@ -45,14 +45,14 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 
-from gateway.adapters.login_throttle import LoginThrottle
-from gateway.adapters.opcua_pki import Verdict
+from gateway.adapters.opcua.pki import Verdict
+from gateway.adapters.opcua.throttle import LoginThrottle
 from gateway.config.schema import SecurityMode, SecurityPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from gateway.adapters.opcua_pki import Pki
+    from gateway.adapters.opcua.pki import Pki
     from gateway.config.schema import LoginThrottleSpec
 
 _log = logging.getLogger("gateway.adapters.opcua.security")

@@ -13,7 +13,7 @@ import gateway
 import gateway.envelope
 from gateway.adapters import codec
 from gateway.envelope.gate import Gate
-from gateway.runtime.wire import WireGate
+from gateway.envelope.wire import WireGate
 
 TANK = "configs/water_tank.yaml"
 
@@ -26,7 +26,7 @@ def wire_gate(engine: str, inflow_max: float = 100.0) -> WireGate:
     site = replace(site, envelope=replace(site.envelope, limits=limits))
     env = gateway.envelope.compile(site, engine)
     gate = Gate(env)
-    return WireGate(site.actuators, gate)
+    return WireGate(site.actuators, gate, codec)
 
 
 SENSORS = np.array([2.5, 0.01, 0.004, 1000.0])  # level, inflow_rate, demand, uptime_s
@@ -83,11 +83,38 @@ def test_a_gate_that_remembers_answers_as_a_fresh_one(commands):
     site = gateway.load_config(TANK)
     env = gateway.envelope.compile(site, "python")
     gate = Gate(env)
-    kept = WireGate(site.actuators, gate)
+    kept = WireGate(site.actuators, gate, codec)
     previous = np.array([30.0, 30.0, 0.0])
     for command in commands:
         c = np.array(command)
         got = kept.admit(c, previous, SENSORS, 10.0)
-        want = WireGate(site.actuators, gate).admit(c, previous, SENSORS, 10.0)
+        want = WireGate(site.actuators, gate, codec).admit(c, previous, SENSORS, 10.0)
         np.testing.assert_array_equal(got.values, want.values)
         assert (got.safe, got.adjusted) == (want.safe, want.adjusted)
+
+
+def test_the_supervisors_step_returns_the_command_as_written(engine):
+    # The supervisor's decision is the last word on what is written: with the runtime's codec
+    # its command is the value after encoding, checked again as such.
+    from gateway.supervisor.core import Supervisor
+    from gateway.supervisor.decision import Snapshot
+    from gateway.supervisor.modes import Mode
+
+    base = gateway.load_config(TANK)
+    limits = tuple(replace(lim, max=99.995) if lim.actuator == "inflow_valve" else lim
+                   for lim in base.envelope.limits)
+    site = replace(base, envelope=replace(base.envelope, limits=limits))
+    env = gateway.envelope.compile(site, engine)
+    initial = np.array([99.0, 30.0, 0.0])
+    snapshot = Snapshot(SENSORS, np.ones(4, dtype=np.bool_), np.zeros(4))
+
+    def first_command(with_codec: bool) -> float:
+        sup = Supervisor(site, env, initial, 0.0, codec=codec if with_codec else None)
+        assert sup.mode is Mode.MANUAL
+        sup.set_operator_setpoint(0, 99.995)
+        return float(sup.step(snapshot, None, 10.0).command[0])
+
+    assert first_command(False) == 99.995  # the envelope's own answer: on its limit
+    written = first_command(True)
+    assert written == codec.wire_value(site.actuators[0], 99.99)  # what the register holds
+    assert codec.wire_value(site.actuators[0], written) == written <= 99.995

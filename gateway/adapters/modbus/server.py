@@ -3,10 +3,10 @@
 Our own implementation, an asyncio protocol per connection (not pymodbus's server, which its
 maintainers do not describe as hardened for hostile networks): every frame is validated before
 any other work, reads are answered from the in-memory
-:class:`~gateway.adapters.modbus_map.RegisterImage` in the callback that received them
+:class:`~gateway.adapters.modbus.map.RegisterImage` in the callback that received them
 (no task, nothing awaited), and every write is a request handed to the runtime's
 :class:`~gateway.adapters.base.NorthboundHandler`, which checks it against the safety envelope.
-The register layout is documented in :mod:`gateway.adapters.modbus_map`.
+The register layout is documented in :mod:`gateway.adapters.modbus.map`.
 
 Frames from clients are hostile. Per connection, each frame is handled in order:
 
@@ -67,15 +67,15 @@ from gateway.adapters.base import (
     Role,
     WriteOutcome,
 )
-from gateway.adapters.modbus_map import RegisterImage
-from gateway.adapters.modbus_tls import identify, server_context
+from gateway.adapters.modbus.map import RegisterImage
+from gateway.adapters.modbus.tls import identify, server_context
 from gateway.config.schema import Table
 
 if TYPE_CHECKING:
     import ssl
     from types import TracebackType
 
-    from gateway.adapters.modbus_map import NorthboundMap
+    from gateway.adapters.modbus.map import NorthboundMap
     from gateway.config.schema import ModbusServerSpec
 
 logger = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ class ModbusServer:
         self.image.set_actuator(name, value)
 
     def set_status(self, mode_code: int, latched: bool, incident: bool, heartbeat: int) -> None:
-        """Mirror the gateway status (:class:`~gateway.adapters.modbus_map.ModeCode`)."""
+        """Mirror the gateway status (:class:`~gateway.adapters.modbus.map.ModeCode`)."""
         self.image.set_status(mode_code, latched, incident, heartbeat)
 
     def set_bypasses(self, count: int, earliest_expiry_s: float | None) -> None:
@@ -331,7 +331,7 @@ class ModbusServer:
         self.image.set_bypasses(count, earliest_expiry_s)
 
     def set_rejection(self, code: int, actuator_index: int | None) -> None:
-        """Mirror the last rejection (:class:`~gateway.adapters.modbus_map.RejectionCode`,
+        """Mirror the last rejection (:class:`~gateway.adapters.modbus.map.RejectionCode`,
         0-based actuator index or None)."""
         self.image.set_rejection(code, actuator_index)
 

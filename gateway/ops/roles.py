@@ -1,0 +1,30 @@
+"""Who may ask for what, by role: one table for every entry point (Modbus, OPC UA, `ctl`, and
+later the dashboard), so that no interface grants more than another."""
+
+from __future__ import annotations
+
+from gateway.adapters.base import Role
+from gateway.supervisor.modes import RequestKind
+
+# Resets and bypasses weaken protection: administrators only.
+REQUESTS: dict[Role, frozenset[RequestKind]] = {
+    Role.ADMIN: frozenset(RequestKind),
+    Role.OPERATOR: frozenset({RequestKind.TO_MANUAL, RequestKind.TO_SAFE_STOP,
+                              RequestKind.TO_SHADOW, RequestKind.TO_AUTO}),
+}
+
+# Incident work through a running gateway: closing an incident is an administrator's call.
+INCIDENT_ROLES: dict[str, frozenset[Role]] = {
+    "note": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "acknowledge": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "check": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "resolve": frozenset({Role.ADMIN}),
+}
+
+# Who may write setpoints (an AI's writes are proposals; an operator's, setpoints).
+WRITERS: frozenset[Role] = frozenset({Role.AI, Role.OPERATOR, Role.ADMIN})
+
+
+def may_request(role: Role, kind: RequestKind) -> bool:
+    """Whether ``role`` may make an operator request of ``kind``."""
+    return kind in REQUESTS.get(role, frozenset())
