@@ -92,8 +92,9 @@ def test_a_write_that_outlives_its_adapters_timeouts_is_abandoned_and_reported(c
     async def body() -> None:
         device = Slow(None)  # never answers (a broken adapter: ours time out by themselves)
         gw, _ = await started(ControllerKind.NONE, device)
-        gw._devices = {"plc": replace(gw._devices["plc"], timeout_ms=50.0)}
-        bound = gw._write_bound_s("plc")
+        south = gw.southbound
+        south.devices = {"plc": replace(south.devices["plc"], timeout_ms=50.0)}
+        bound = south.write_bound_s("plc")
         assert bound == 8 * 0.05 + 2.0
         good_sensors(gw)
         await gw.cycle(gw.clock())

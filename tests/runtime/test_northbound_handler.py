@@ -42,7 +42,7 @@ async def started(kind: ControllerKind = ControllerKind.EXTERNAL,
     gw = Gateway(site, clients={"plc": device}, servers=False, startup_wait_s=0.0)
     for name in ("level", "inflow_rate"):
         gw.store.update(name, 2.5 if name == "level" else 0.01, True, gw.clock())
-    await gw._start_supervisor()
+    await gw.start_supervisor()
     return gw, device
 
 
@@ -189,9 +189,10 @@ def test_shutdown_ends_even_if_a_device_task_swallows_its_cancellation():
         site = gateway.load_config("configs/water_tank.yaml")
         device = SwallowsCancel()
         gw = Gateway(site, clients={"plc": device}, servers=False, startup_wait_s=0.0)
-        tasks = [asyncio.create_task(device.run())]
+        gw.southbound.start()
+        tasks = list(gw.southbound.tasks)
         await asyncio.sleep(0.05)
-        shutdown = asyncio.create_task(gw._shutdown(tasks))
+        shutdown = asyncio.create_task(gw.close())
         try:
             done, _ = await asyncio.wait([shutdown], timeout=10)
             hung = not done

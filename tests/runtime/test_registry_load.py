@@ -16,6 +16,8 @@ from gateway.config.schema import ControllerKind
 from gateway.registry import PolicySettings, Registry, generate_key
 from gateway.registry.signing import Signer, load_private_key
 from gateway.runtime.gateway import Gateway
+from gateway.runtime.model_loading import load_model
+from gateway.runtime.startup import open_records
 from simulators.zoo import policies
 from tests.runtime.test_northbound_handler import FakeDevice
 
@@ -57,8 +59,8 @@ def registry(tmp_path: Path) -> tuple[Registry, Path]:
 def _load(site, audit: Path | None = None) -> Gateway:
     gw = Gateway(site, clients={"plc": FakeDevice()}, servers=False, startup_wait_s=0.0,
                  audit_path=audit)
-    gw._open_audit()
-    gw._load_policy()
+    gw.records = open_records(site, audit, False)
+    gw.ai.policy, gw.ai.wiring, gw.ai.canary = load_model(site, gw.records, audit, gw.ai.canary)
     return gw
 
 
@@ -215,7 +217,7 @@ def test_playbook_quarantine_refuses_shadow_and_auto_for_that_model(registry):
             # and quarantines the model.
             trip = Event(decision.at_s, EventKind.TRIP, "canary", "golden outputs deviate",
                          None)
-            gw._incident_actions(decision._replace(events=(trip,), mode=Mode.MANUAL))
+            gw.control.playbook.after(decision._replace(events=(trip,), mode=Mode.MANUAL))
             assert gw.quarantined is not None
             assert gw.quarantined[0] == gw.policy.model_sha256
             refused = await gw.request(admin, "to_shadow", None, None)
@@ -254,11 +256,11 @@ def test_playbook_rate_limit_is_applied_until_the_incident_is_resolved(registry,
             decision = await gw.cycle(gw.clock())
             trip = Event(decision.at_s, EventKind.TRIP, "divergence.inflow_valve", "drift",
                          None)
-            gw._incident_actions(decision._replace(events=(trip,), mode=Mode.MANUAL))
+            gw.control.playbook.after(decision._replace(events=(trip,), mode=Mode.MANUAL))
             assert gw.supervisor.rate_factor == 0.5
             (incident,) = gw.incidents.open_incidents
             gw.incidents.resolve(incident.id, "alice", "test", "understood")
-            gw._incident_actions(decision)
+            gw.control.playbook.after(decision)
             assert gw.supervisor.rate_factor == 1.0
         finally:
             await gw.close()

@@ -121,7 +121,7 @@ async def trip_and_bypass(db: Path, wall: Clock, *, clean: bool) -> str:
             # given (as the audit child does when its parent dies), then lets go of the file.
             assert gw.records.audit is not None
             gw.records.audit.close()
-            for task in gw._tasks:
+            for task in gw.southbound.tasks:
                 task.cancel()
             if gw.modbus_server is not None:
                 await gw.modbus_server.stop()
@@ -240,7 +240,7 @@ def test_a_quarantined_model_stays_quarantined_until_another_is_loaded(tmp_path)
             assert gw.policy is not None
             sha = gw.policy.model_sha256
             # As the playbook's quarantine_model step does it (its trip's events follow).
-            gw.quarantined = (sha, "INC-test: canary deviated")
+            gw.durable.quarantined = (sha, "INC-test: canary deviated")
             await gw.request(ADMIN, "to_safe_stop", None, None)
             await cycles(gw, clock, 2)
         finally:

@@ -85,7 +85,7 @@ async def started(tmp_path: Path, site: str = SITE) -> tuple[Gateway, Device]:
     gw = Gateway(gateway.load_config(path), clients={"plc": device}, servers=False,
                  startup_wait_s=0.0)
     gw.store.update("s", 1.0, True, gw.clock())
-    await gw._start_supervisor()
+    await gw.start_supervisor()
     assert gw.supervisor is not None and gw.supervisor.mode is Mode.MANUAL
     return gw, device
 
@@ -171,7 +171,9 @@ def test_nothing_lands_after_the_shutdown_values(tmp_path: Path) -> None:
 def test_a_batch_waits_a_moment_for_the_other_recent_writers(tmp_path: Path) -> None:
     async def body() -> None:
         gw, device = await started(tmp_path)
-        gw.sibling_active_s, gw.sibling_wait_s = 5.0, 1.0
+        through = gw.write_through
+        assert through is not None
+        through.sibling_active_s, through.sibling_wait_s = 5.0, 1.0
         await asyncio.gather(gw.write(SCADA[0], {"a": 10.0}, atomic=True),
                              gw.write(SCADA[1], {"b": 10.0}, atomic=True))
         calls = device.calls
@@ -190,7 +192,9 @@ def test_a_batch_waits_a_moment_for_the_other_recent_writers(tmp_path: Path) -> 
 def test_a_lone_writer_never_waits(tmp_path: Path) -> None:
     async def body() -> None:
         gw, device = await started(tmp_path)
-        gw.sibling_active_s, gw.sibling_wait_s = 5.0, 1.0
+        through = gw.write_through
+        assert through is not None
+        through.sibling_active_s, through.sibling_wait_s = 5.0, 1.0
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         for value in (10.0, 20.0, 30.0):
@@ -233,7 +237,7 @@ def test_before_the_first_cycle_the_status_says_starting_and_writes_are_refused(
 
     async def body() -> None:
         gw = Gateway(gateway.load_config(path), clients={"plc": device}, startup_wait_s=0.0)
-        await gw._start_servers()
+        await gw.northbound.start()
         scada = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
         try:
             assert await scada.connect()
@@ -245,7 +249,7 @@ def test_before_the_first_cycle_the_status_says_starting_and_writes_are_refused(
             assert any("starting" in m for m in gw.faults.active.values()), gw.faults.active
             assert device.landed == []
             gw.store.update("s", 1.0, True, gw.clock())
-            await gw._start_supervisor()
+            await gw.start_supervisor()
             await gw.cycle(gw.clock())
             status = await scada.read_input_registers(1000, count=4, device_id=1)
             assert status.registers[0] == 2 and status.registers[3] > 0  # MANUAL, beating
