@@ -1,0 +1,490 @@
+"""The mirror: the core's sensors, actuators and status in shared memory, one writer, many readers.
+
+The safety core writes a :class:`MirrorWriter` every cycle; the communications process reads
+it with a :class:`MirrorReader` on its own schedule, without the core's help and without ever
+making the core wait (no lock is shared: a reader that stops half-way, is killed or hangs holds
+nothing the writer needs).
+
+Consistency is a seqlock with a checksum. The writer makes the sequence number odd, writes the
+body, writes the body's CRC-32, and makes the sequence even again. A reader takes the sequence,
+copies the body, takes the sequence again, and keeps the copy only if both are the same even
+number and the CRC matches; otherwise it tries again, at most ``retries`` times (never for ever),
+and then answers None. The CRC is there because Python gives no memory barriers: on a weakly
+ordered CPU (ARM edge hardware) the sequence alone could let a torn copy through; a torn copy
+with a matching CRC-32 has a chance of 2**-32.
+
+The segment's memory layout (little-endian, offsets in bytes)::
+
+    0   header   magic "SGMR", version, counts, fixed string sizes, total size, layout id
+    32  seq      u64: odd while being written, 0 before the first publish
+    40  crc      u32: CRC-32 of the body, then 4 bytes of padding
+    48  body     status (cycle, heartbeat, wall time, generation, mode, latched, lengths),
+                 float64 arrays (sensor values and read times, applied values, proposals,
+                 bypass expiries), uint8 arrays (sensor quality, source of each applied value),
+                 then the trip reason, the open incident id and the bypassed detectors' names
+
+The layout id is a hash of the sensor and actuator names: a reader built for another site (or
+another version of this file) fails at once with :class:`MirrorMismatch`, never reads values
+into the wrong tags.
+
+Segments are named ``sgw-mirror-<pid>-<random>`` after the core's pid. CPython 3.11's
+``SharedMemory`` registers every segment it opens with the resource tracker, which unlinks it
+when the opening process exits (cpython gh-82300; ``track=False`` only came in 3.13): so only
+the writer uses ``SharedMemory`` (its tracker unlinks the segment if the core dies without
+:meth:`MirrorWriter.close`), and the reader opens the segment with ``shm_open`` and maps it
+read-only (it can never unlink the core's segment, nor write into it). A writer also unlinks
+segments left by cores that are no longer running (:func:`remove_stale`).
+"""
+
+from __future__ import annotations
+
+# The stdlib's own shm_open/shm_unlink (what SharedMemory calls), without its resource
+# tracker; typeshed has no stub for it.
+import _posixshmem  # type: ignore[import-not-found]
+import contextlib
+import enum
+import hashlib
+import math
+import mmap
+import os
+import re
+import secrets
+import struct
+import zlib
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy.typing as npt
+
+    from gateway.config.schema import Site
+
+__all__ = [
+    "MirrorLayout",
+    "MirrorMismatch",
+    "MirrorReader",
+    "MirrorSnapshot",
+    "MirrorWriter",
+    "Source",
+    "remove_stale",
+]
+
+MAGIC: Final = b"SGMR"
+VERSION: Final = 1
+NAME_PREFIX: Final = "sgw-mirror-"
+_NAME_RE: Final = re.compile(r"^sgw-mirror-(\d+)-[0-9a-f]+$")
+_SHM_DIR: Final = Path("/dev/shm")  # where Linux keeps POSIX shared memory (for remove_stale)
+
+_HEADER = struct.Struct("<4sHHHHHHHIQ")  # magic, version, ns, na, max_bypasses, reason, id,
+#                                          detector name bytes, size, layout id
+_SEQ_AT: Final = 32
+_SEQ = struct.Struct("<Q")
+_CRC_AT: Final = 40
+_CRC = struct.Struct("<I")
+_BODY_AT: Final = 48
+# cycle, heartbeat, wall time of the publish, comms generation, mode, latched, bypass count,
+# trip reason length, incident id length; padded to 8 bytes so the float64 arrays align.
+_STATUS = struct.Struct("<QQdI16sBBHH")
+_STATUS_SIZE: Final = (_STATUS.size + 7) // 8 * 8
+_ELLIPSIS: Final = "\u2026".encode()
+
+
+class MirrorMismatch(ValueError):
+    """The segment is not a mirror of this layout (wrong magic, version, tags or size)."""
+
+
+class Source(enum.IntEnum):
+    """Where an actuator's applied value came from this cycle."""
+
+    NONE = 0  # nothing applied yet
+    AI = 1  # the AI's proposal
+    FALLBACK = 2  # a fallback controller
+    OPERATOR = 3  # an operator's setpoint (MANUAL)
+    SAFE = 4  # the site's safe state
+
+
+@dataclass(frozen=True)
+class MirrorLayout:
+    """What a mirror holds and how big it is; both sides must build the same one.
+
+    ``max_bypasses`` bypasses are mirrored (more are counted, the earliest expiring kept);
+    strings are cut at a character boundary to their byte sizes (UTF-8), ending in "…" when cut.
+    Raises ``ValueError`` for duplicate or empty names or sizes out of range.
+    """
+
+    sensors: tuple[str, ...]
+    actuators: tuple[str, ...]
+    max_bypasses: int = 16
+    reason_bytes: int = 256
+    incident_id_bytes: int = 64
+    detector_name_bytes: int = 64
+
+    def __post_init__(self) -> None:
+        for kind, names in (("sensors", self.sensors), ("actuators", self.actuators)):
+            if len(set(names)) != len(names) or not all(names):
+                raise ValueError(f"`{kind}` must be distinct, non-empty names: {names!r}")
+            if len(names) > 65535:
+                raise ValueError(f"too many {kind}: {len(names)}")
+        for key, value in (("reason_bytes", self.reason_bytes),
+                           ("incident_id_bytes", self.incident_id_bytes),
+                           ("detector_name_bytes", self.detector_name_bytes)):
+            if not 4 <= value <= 65535:
+                raise ValueError(f"`{key}` must be 4..65535, not {value}")
+        if not 0 <= self.max_bypasses <= 255:
+            raise ValueError(f"`max_bypasses` must be 0..255, not {self.max_bypasses}")
+
+    @classmethod
+    def for_site(cls, site: Site) -> MirrorLayout:
+        """The layout of ``site``: its sensors and actuators in config order."""
+        return cls(tuple(t.name for t in site.sensors), tuple(t.name for t in site.actuators))
+
+    @property
+    def layout_id(self) -> int:
+        """A 64-bit hash of the names and sizes: equal layouts, equal ids."""
+        text = "\n".join((*self.sensors, "", *self.actuators, "",
+                          f"{self.max_bypasses},{self.reason_bytes},{self.incident_id_bytes},"
+                          f"{self.detector_name_bytes}"))
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        """Byte offset of each field in the segment (see the module docstring)."""
+        ns, na, nb = len(self.sensors), len(self.actuators), self.max_bypasses
+        out: dict[str, int] = {}
+        at = _BODY_AT + _STATUS_SIZE
+        for name, size in (("sensor_values", 8 * ns), ("sensor_read_s", 8 * ns),
+                           ("applied", 8 * na), ("proposal", 8 * na),
+                           ("bypass_expiry", 8 * nb), ("sensor_good", ns), ("source", na),
+                           ("trip_reason", self.reason_bytes),
+                           ("incident_id", self.incident_id_bytes),
+                           ("bypass_names", self.detector_name_bytes * nb),
+                           ("bypass_name_lengths", 2 * nb), ("end", 0)):
+            out[name] = at
+            at += size
+        return out
+
+    @property
+    def size_bytes(self) -> int:
+        """The segment's size in bytes."""
+        return self.offsets["end"]
+
+    def header(self) -> bytes:
+        return _HEADER.pack(MAGIC, VERSION, len(self.sensors), len(self.actuators),
+                            self.max_bypasses, self.reason_bytes, self.incident_id_bytes,
+                            self.detector_name_bytes, self.size_bytes, self.layout_id)
+
+
+@dataclass(frozen=True)
+class MirrorSnapshot:
+    """One consistent publish of the core, as the reader copied it.
+
+    Times: ``sensor_read_s`` is the core's monotonic clock (``time.monotonic``, the same clock
+    in every process of the host), ``wall_s`` the core's ``time.time()`` at the publish,
+    ``bypasses`` each bypassed detector with its expiry as UTC seconds since the epoch.
+    ``proposal`` is NaN where the AI proposed nothing.
+    """
+
+    cycle: int
+    heartbeat: int
+    wall_s: float
+    generation: int
+    mode: str
+    latched: bool
+    trip_reason: str
+    incident_id: str
+    bypasses: tuple[tuple[str, float], ...]
+    sensor_values: tuple[float, ...]
+    sensor_good: tuple[bool, ...]
+    sensor_read_s: tuple[float, ...]
+    applied: tuple[float, ...]
+    proposal: tuple[float, ...]
+    source: tuple[Source, ...]
+
+
+def _cut(text: str, limit: int) -> bytes:
+    """``text`` as UTF-8 in at most ``limit`` bytes, cut at a character boundary, "…" when cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data
+    head = data[:limit - len(_ELLIPSIS)].decode("utf-8", "ignore").encode()
+    return head + _ELLIPSIS
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale(directory: Path = _SHM_DIR) -> list[str]:
+    """Unlink every mirror segment whose core (the pid in its name) is no longer running,
+    e.g. after a core was killed with its resource tracker. Returns the names removed. Does
+    nothing where POSIX shared memory has no directory (not Linux)."""
+    removed: list[str] = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _NAME_RE.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            _posixshmem.shm_unlink("/" + entry.name)
+            removed.append(entry.name)
+    return removed
+
+
+class MirrorWriter:
+    """Creates the mirror segment (the core's side) and publishes into it.
+
+    ``name`` None picks ``sgw-mirror-<pid>-<random>`` (see :attr:`name`); a name taken by a
+    running core raises ``FileExistsError``. Segments of dead cores are removed first.
+    :meth:`close` unlinks the segment; until then readers may attach by :attr:`name`.
+    """
+
+    def __init__(self, name: str | None, layout: MirrorLayout) -> None:
+        remove_stale()
+        if name is None:
+            name = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        self.layout = layout
+        self._shm = shared_memory.SharedMemory(name, create=True, size=layout.size_bytes)
+        self.name: str = self._shm.name
+        buf = self._shm.buf
+        assert buf is not None
+        self._buf: memoryview | None = buf
+        off = layout.offsets
+        ns, na, nb = len(layout.sensors), len(layout.actuators), layout.max_bypasses
+
+        def f64(key: str, n: int) -> npt.NDArray[np.float64]:
+            return np.ndarray((n,), np.float64, buffer=buf, offset=off[key])
+
+        def u8(key: str, n: int) -> npt.NDArray[np.uint8]:
+            return np.ndarray((n,), np.uint8, buffer=buf, offset=off[key])
+
+        self._sensor_values = f64("sensor_values", ns)
+        self._sensor_read_s = f64("sensor_read_s", ns)
+        self._applied = f64("applied", na)
+        self._proposal = f64("proposal", na)
+        self._bypass_expiry = f64("bypass_expiry", nb)
+        self._sensor_good = u8("sensor_good", ns)
+        self._source = u8("source", na)
+        self._off = off
+        self._seq = 0
+        self._modes: dict[str, bytes] = {}
+        # Strings are encoded and copied only when they change (they rarely do).
+        self._reason: tuple[str, int] = ("", 0)
+        self._incident: tuple[str, int] = ("", 0)
+        self._bypasses: tuple[tuple[str, float], ...] = ()
+        self._n_bypasses = 0
+        buf[:_HEADER.size] = layout.header()
+        self.publishes = 0
+
+    def publish(self, *, cycle: int, heartbeat: int, wall_s: float, mode: str, latched: bool,
+                sensor_values: Sequence[float] | npt.NDArray[np.float64],
+                sensor_good: Sequence[bool] | npt.NDArray[np.bool_],
+                sensor_read_s: Sequence[float] | npt.NDArray[np.float64],
+                applied: Sequence[float] | npt.NDArray[np.float64],
+                proposal: Sequence[float] | npt.NDArray[np.float64] | None,
+                source: Sequence[int] | npt.NDArray[np.uint8],
+                trip_reason: str = "", incident_id: str = "",
+                bypasses: Sequence[tuple[str, float]] = (), generation: int = 0) -> None:
+        """Publish one cycle's values and status (arrays in the layout's tag order).
+
+        ``cycle`` must move for readers to take the publish as new (the comms pump only
+        updates on a new cycle). ``proposal`` None: no proposal (NaN for every actuator).
+        ``bypasses``: (detector, expiry as UTC epoch seconds); beyond ``max_bypasses`` the
+        earliest expiring are kept. ``mode`` a :class:`~gateway.supervisor.modes.Mode`
+        value (at most 16 ASCII bytes). Raises ``ValueError`` for arrays of the wrong length
+        (numpy's broadcast error), ``RuntimeError`` after :meth:`close`.
+        """
+        buf = self._buf
+        if buf is None:
+            raise RuntimeError("mirror closed")
+        mode_b = self._modes.get(mode)
+        if mode_b is None:
+            mode_b = mode.encode("ascii")
+            if len(mode_b) > 16:
+                raise ValueError(f"mode code {mode!r} longer than 16 bytes")
+            self._modes[mode] = mode_b
+        seq = self._seq + 1
+        _SEQ.pack_into(buf, _SEQ_AT, seq)  # odd: being written
+        off = self._off
+        lay = self.layout
+        self._sensor_values[:] = sensor_values
+        self._sensor_good[:] = sensor_good
+        self._sensor_read_s[:] = sensor_read_s
+        self._applied[:] = applied
+        self._proposal[:] = math.nan if proposal is None else proposal
+        self._source[:] = source
+        if trip_reason != self._reason[0]:
+            data = _cut(trip_reason, lay.reason_bytes)
+            at = off["trip_reason"]
+            buf[at:at + len(data)] = data
+            self._reason = (trip_reason, len(data))
+        if incident_id != self._incident[0]:
+            data = _cut(incident_id, lay.incident_id_bytes)
+            at = off["incident_id"]
+            buf[at:at + len(data)] = data
+            self._incident = (incident_id, len(data))
+        if tuple(bypasses) != self._bypasses:
+            self._write_bypasses(tuple(bypasses))
+        _STATUS.pack_into(buf, _BODY_AT, cycle, heartbeat % 2**64, wall_s, generation % 2**32,
+                          mode_b, bool(latched), self._n_bypasses, self._reason[1],
+                          self._incident[1])
+        _CRC.pack_into(buf, _CRC_AT, zlib.crc32(buf[_BODY_AT:lay.size_bytes]))
+        self._seq = seq + 1
+        _SEQ.pack_into(buf, _SEQ_AT, self._seq)  # even: consistent
+        self.publishes += 1
+
+    def _write_bypasses(self, bypasses: tuple[tuple[str, float], ...]) -> None:
+        lay, buf, off = self.layout, self._buf, self._off
+        assert buf is not None
+        kept = sorted(bypasses, key=lambda b: b[1])[:lay.max_bypasses]
+        width = lay.detector_name_bytes
+        for i, (detector, expiry_s) in enumerate(kept):
+            data = _cut(detector, width)
+            at = off["bypass_names"] + i * width
+            buf[at:at + len(data)] = data
+            struct.pack_into("<H", buf, off["bypass_name_lengths"] + 2 * i, len(data))
+            self._bypass_expiry[i] = expiry_s
+        self._bypasses = bypasses
+        self._n_bypasses = len(kept)
+
+    def close(self) -> None:
+        """Unlink the segment and release it (readers attached keep their mapping until they
+        close it; no new reader can attach). Idempotent."""
+        if self._buf is None:
+            return
+        # numpy views export the buffer: SharedMemory.close() refuses while they live.
+        del self._sensor_values, self._sensor_read_s, self._applied, self._proposal
+        del self._bypass_expiry, self._sensor_good, self._source
+        self._buf = None
+        with contextlib.suppress(FileNotFoundError):
+            self._shm.unlink()
+        self._shm.close()
+
+
+class MirrorReader:
+    """Attaches to the mirror named ``name`` (the communications side), read-only.
+
+    Raises ``FileNotFoundError`` if there is no such segment and :class:`MirrorMismatch` if
+    it does not hold ``layout``. Never unlinks the segment (see the module docstring).
+    """
+
+    def __init__(self, name: str, layout: MirrorLayout, *, retries: int = 100) -> None:
+        if retries < 1:
+            raise ValueError(f"`retries` must be >= 1, not {retries}")
+        self.name = name
+        self.layout = layout
+        self.retries = retries
+        self.torn = 0  # reads that found a publish in progress or a bad checksum
+        fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0)
+        try:
+            size = os.fstat(fd).st_size
+            if size < _BODY_AT:
+                raise MirrorMismatch(f"mirror {name}: {size} bytes, not a mirror")
+            self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self._view: memoryview | None = memoryview(self._map)
+        head = bytes(self._view[:_HEADER.size])
+        if head != layout.header():
+            self.close()
+            raise MirrorMismatch(_explain(name, head, layout, size))
+        off = layout.offsets
+        ns, na, nb = len(layout.sensors), len(layout.actuators), layout.max_bypasses
+        base = _CRC_AT
+        self._arrays = struct.Struct(f"<{2 * ns + 2 * na + nb}d{ns + na}B")
+        self._arrays_at = off["sensor_values"] - base
+        self._lengths = struct.Struct(f"<{nb}H")
+        self._off = {k: v - base for k, v in off.items()}
+        self._ns, self._na = ns, na
+
+    def read(self) -> MirrorSnapshot | None:
+        """The latest consistent publish, or None: nothing published yet, or no consistent
+        copy within ``retries`` tries (the writer kept writing; try again next period).
+        Raises ``RuntimeError`` after :meth:`close`."""
+        view = self._view
+        if view is None:
+            raise RuntimeError("mirror reader closed")
+        end = self.layout.size_bytes
+        for _ in range(self.retries):
+            (seq1,) = _SEQ.unpack_from(view, _SEQ_AT)
+            if seq1 == 0:
+                return None
+            if seq1 & 1:
+                self.torn += 1
+                continue
+            raw = bytes(view[_CRC_AT:end])
+            (seq2,) = _SEQ.unpack_from(view, _SEQ_AT)
+            if seq2 != seq1 or _CRC.unpack_from(raw, 0)[0] != zlib.crc32(
+                    memoryview(raw)[_BODY_AT - _CRC_AT:]):
+                self.torn += 1
+                continue
+            return self._parse(raw)
+        return None
+
+    def _parse(self, raw: bytes) -> MirrorSnapshot:
+        off, ns, na = self._off, self._ns, self._na
+        (cycle, heartbeat, wall_s, generation, mode_b, latched, n_bypass, n_reason,
+         n_incident) = _STATUS.unpack_from(raw, _BODY_AT - _CRC_AT)
+        vals = self._arrays.unpack_from(raw, self._arrays_at)
+        nb = self.layout.max_bypasses
+        floats, small = vals[:2 * ns + 2 * na + nb], vals[2 * ns + 2 * na + nb:]
+        expiry = floats[2 * ns + 2 * na:]
+        width = self.layout.detector_name_bytes
+        lengths = self._lengths.unpack_from(raw, off["bypass_name_lengths"])
+        names = off["bypass_names"]
+        bypasses = tuple(
+            (raw[names + i * width:names + i * width + lengths[i]].decode("utf-8", "replace"),
+             expiry[i]) for i in range(min(n_bypass, nb)))
+        at_r, at_i = off["trip_reason"], off["incident_id"]
+        return MirrorSnapshot(
+            cycle=cycle, heartbeat=heartbeat, wall_s=wall_s, generation=generation,
+            mode=mode_b.rstrip(b"\0").decode("ascii", "replace"), latched=bool(latched),
+            trip_reason=raw[at_r:at_r + n_reason].decode("utf-8", "replace"),
+            incident_id=raw[at_i:at_i + n_incident].decode("utf-8", "replace"),
+            bypasses=bypasses,
+            sensor_values=floats[:ns], sensor_read_s=floats[ns:2 * ns],
+            applied=floats[2 * ns:2 * ns + na], proposal=floats[2 * ns + na:2 * ns + 2 * na],
+            sensor_good=tuple(bool(g) for g in small[:ns]),
+            source=tuple(Source(s) if s in _SOURCES else Source.NONE for s in small[ns:]))
+
+    def close(self) -> None:
+        """Unmap the segment (never unlinks it). Idempotent."""
+        view, self._view = self._view, None
+        if view is not None:
+            view.release()
+            self._map.close()
+
+
+_SOURCES: Final = frozenset(int(s) for s in Source)
+
+
+def _explain(name: str, head: bytes, layout: MirrorLayout, size: int) -> str:
+    try:
+        (magic, version, ns, na, nb, _r, _i, _d, total, lid) = _HEADER.unpack(head)
+    except struct.error:
+        return f"mirror {name}: header unreadable"
+    if magic != MAGIC:
+        return f"mirror {name}: not a mirror (magic {magic!r}, expected {MAGIC!r})"
+    if version != VERSION:
+        return f"mirror {name}: layout version {version}, this program reads {VERSION}"
+    if (ns, na) != (len(layout.sensors), len(layout.actuators)):
+        return (f"mirror {name}: {ns} sensors and {na} actuators, this site has "
+                f"{len(layout.sensors)} and {len(layout.actuators)}")
+    if lid != layout.layout_id:
+        return f"mirror {name}: written for other tag names or sizes than this site's"
+    return (f"mirror {name}: size {total} (segment {size} bytes), expected "
+            f"{layout.size_bytes}; max bypasses {nb}")
