@@ -152,6 +152,9 @@ class Refusal(StrEnum):
     NOT_AUTHORISED = "not_authorised"  # the client's role may not do this
     STARTING = "starting"  # the supervisor is not running yet
     STOPPING = "stopping"  # the gateway is shutting down
+    # The safety core has as many requests in flight as it takes (the request channel is
+    # full): refused at once, never queued; Modbus exception 6, server device busy.
+    BUSY = "busy"
 
 
 class WriteOutcome(NamedTuple):
@@ -216,6 +219,19 @@ class NorthboundHandler(ABC):
         a failed login): ``address`` is ``host:port``, ``event`` a short kind. Reported as
         evidence; must not block or raise. Ignored by default."""
         return None
+
+    def refused_many(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                     code: int, count: int) -> None:
+        """``count`` refusals like :meth:`refused`, aggregated by the communications process
+        (``values`` is the latest tried). A handler that keeps counts overrides this; by
+        default it is reported once. Must not block or raise."""
+        self.refused(client, values, reason, code)
+
+    def refused_connections_many(self, protocol: str, address: str, user: str | None,
+                                 event: str, reason: str, count: int) -> None:
+        """``count`` refusals like :meth:`refused_connection`, aggregated by the
+        communications process. By default reported once. Must not block or raise."""
+        self.refused_connection(protocol, address, user, event, reason)
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:
