@@ -291,6 +291,7 @@ class ChannelServer:
         self._closed = asyncio.Event()
         self._ping = 0
         self.last_pong_s = clock()
+        self.pongs = 0  # pongs received (0: the peer has not answered yet)
         self.handled = 0  # requests answered
         self.notes = 0  # refusal reports taken
         self.dropped_notes = 0  # refusal reports over max_notes_per_s, dropped
@@ -343,8 +344,11 @@ class ChannelServer:
     def _message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "pong":
-            if msg.get("n") == self._ping:
-                self.last_pong_s = self.clock()
+            n = msg.get("n")
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= self._ping:
+                raise FrameError(f"a pong to no ping ({n!r})")
+            self.pongs += 1
+            self.last_pong_s = self.clock()
             return
         if op in ("refused", "refused_connection"):
             self._note(op, msg)

@@ -306,7 +306,8 @@ class MirrorWriter:
         ``bypasses``: (detector, expiry as UTC epoch seconds); beyond ``max_bypasses`` the
         earliest expiring are kept. ``mode`` a :class:`~gateway.supervisor.modes.Mode`
         value (at most 16 ASCII bytes). Raises ``ValueError`` for arrays of the wrong length
-        (numpy's broadcast error), ``RuntimeError`` after :meth:`close`.
+        (numpy's broadcast error; the publish is then left unfinished, which readers see as
+        one being written, until the next publish), ``RuntimeError`` after :meth:`close`.
         """
         buf = self._buf
         if buf is None:

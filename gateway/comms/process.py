@@ -1,0 +1,242 @@
+"""The communications process: northbound servers in front of the safety core.
+
+It loads the site, attaches to the core's mirror, takes over the request channel's socket,
+and starts the servers the site configures, as the core did before the split: plain Modbus,
+Modbus/TLS sharing the plain server's register image (one mirror serves both), OPC UA with its
+security listener reporting refused channels, certificates and logins. Their handler is the
+channel (:class:`~gateway.link.channel.ChannelClient`) behind :class:`Front`, which shows each
+refusal the core answered on the servers' status. asyncua is imported only when the site has
+``northbound.opcua``.
+
+It ends on SIGTERM or SIGINT (exit 0), and when the channel closes (exit 3): without a core
+there is nothing true to serve, so it never serves stale values. It fails to start with exit
+4 (mirror missing or of another layout, a port taken); exit 2 is a bad command line or site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+from gateway.adapters.base import (
+    AdapterError,
+    ClientInfo,
+    NorthboundHandler,
+    Refusal,
+    WriteOutcome,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from gateway.config.schema import Site
+    from gateway.link.channel import ChannelClient
+
+log = logging.getLogger("gateway.comms")
+
+EXIT_STOPPED: Final = 0
+EXIT_BAD_CONFIG: Final = 2
+EXIT_CORE_GONE: Final = 3
+EXIT_START_FAILED: Final = 4
+
+
+class Front(NorthboundHandler):
+    """The servers' handler: every call goes to the core over ``channel``; a refused write
+    is shown on the servers' status (Modbus ``status.rejection``, OPC UA
+    ``Status/LastRejection``) as the core did before the split."""
+
+    def __init__(self, channel: ChannelClient, actuators: Sequence[str]) -> None:
+        self.channel = channel
+        self.index = {name: i for i, name in enumerate(actuators)}
+        self.modbus: Any = None
+        self.opcua: Any = None
+
+    async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
+                    ) -> dict[str, WriteOutcome]:
+        outcomes = await self.channel.write(client, values, atomic)
+        refused = [(name, o) for name, o in outcomes.items() if not o.accepted]
+        if refused:
+            await self.show_rejection(*refused[0])
+        return outcomes
+
+    async def request(self, client: ClientInfo, kind: str, detector: str | None,
+                      duration_s: float | None) -> WriteOutcome:
+        return await self.channel.request(client, kind, detector, duration_s)
+
+    async def incident(self, client: ClientInfo, action: str, incident_id: str,
+                       args: tuple[str, ...]) -> WriteOutcome:
+        return await self.channel.incident(client, action, incident_id, args)
+
+    def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                code: int) -> None:
+        self.channel.refused(client, values, reason, code)
+
+    def refused_connection(self, protocol: str, address: str, user: str | None, event: str,
+                           reason: str) -> None:
+        self.channel.refused_connection(protocol, address, user, event, reason)
+
+    async def show_rejection(self, name: str, outcome: WriteOutcome) -> None:
+        """The latest refusal, for operators: its kind as a Modbus ``status.rejection`` code
+        with the actuator's index, and ``"<tag> refused (<kind>): <reason>"`` on OPC UA."""
+        known = name in self.index
+        why = Refusal.UNKNOWN_TAG if not known else outcome.why
+        if self.modbus is not None:
+            from gateway.adapters.modbus_map import RejectionCode
+
+            code = RejectionCode.UNKNOWN_TAG if not known else RejectionCode.of(outcome)
+            self.modbus.set_rejection(code, self.index.get(name))
+        if self.opcua is not None:
+            kind = str(why).replace("_", " ") if why is not None else "refused"
+            await self.opcua.set_rejection(f"{name} refused ({kind}): {outcome.reason}")
+
+
+class Comms:
+    """The servers of ``site`` in front of ``channel``, fed from ``mirror_name``."""
+
+    def __init__(self, site: Site, mirror_name: str, channel_sock: socket.socket) -> None:
+        self.site = site
+        self.mirror_name = mirror_name
+        self.channel_sock = channel_sock
+        self.servers: list[Any] = []
+        self.modbus: Any = None
+        self.opcua: Any = None
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop`` is set or the channel closes; returns the exit code."""
+        from gateway.comms.pump import MirrorPump
+        from gateway.link.channel import ChannelClient
+        from gateway.link.mirror import MirrorLayout, MirrorMismatch, MirrorReader
+
+        site = self.site
+        try:
+            reader = MirrorReader(self.mirror_name, MirrorLayout.for_site(site))
+        except (FileNotFoundError, MirrorMismatch) as exc:
+            log.error("cannot read the core's mirror %s: %s", self.mirror_name, exc)
+            return EXIT_START_FAILED
+        channel = ChannelClient(self.channel_sock)
+        front = Front(channel, [t.name for t in site.actuators])
+        try:
+            await channel.start()
+            try:
+                await self._start_servers(front)
+            except (AdapterError, OSError, ValueError, RuntimeError) as exc:
+                # a port taken, a certificate missing: the supervisor retries with backoff
+                log.error("cannot start the northbound servers: %s", exc)
+                return EXIT_START_FAILED
+            front.modbus, front.opcua = self.modbus, self.opcua
+            pump = MirrorPump(reader, site.site.cycle_ms / 1000.0, modbus=self.modbus,
+                              opcua=self.opcua)
+            await pump.step()  # show what the core already published before serving long
+            pumping = asyncio.create_task(pump.run(), name="mirror pump")
+            stopping = asyncio.create_task(stop.wait(), name="stop")
+            gone = asyncio.create_task(channel.wait_closed(), name="channel")
+            await asyncio.wait({pumping, stopping, gone}, return_when=asyncio.FIRST_COMPLETED)
+            code = EXIT_CORE_GONE if gone.done() and not stop.is_set() else EXIT_STOPPED
+            if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+                log.error("the mirror pump failed", exc_info=pumping.exception())
+                code = EXIT_START_FAILED
+            for task in (pumping, stopping, gone):
+                task.cancel()
+            await asyncio.gather(pumping, stopping, gone, return_exceptions=True)
+            if code == EXIT_CORE_GONE:
+                log.warning("the safety core's channel closed (%s); stopping so that nothing "
+                            "stale is served", channel.reason)
+            return code
+        finally:
+            await self._stop_servers()
+            channel.close()
+            reader.close()
+
+    async def _start_servers(self, front: Front) -> None:
+        nb = self.site.northbound
+        if nb.modbus is not None:
+            from gateway.adapters.modbus_map import NorthboundMap
+            from gateway.adapters.modbus_server import ModbusServer
+
+            nmap = NorthboundMap.from_site(self.site)
+            if nb.modbus.plain:
+                self.modbus = ModbusServer(nmap, nb.modbus, front)
+                self.servers.append(self.modbus)
+                await self.modbus.start()
+            if nb.modbus.tls is not None:
+                # Modbus/TCP Security on its own port, sharing the plain server's image.
+                secure = ModbusServer(nmap, nb.modbus, front, secure=True, image=None if
+                                      self.modbus is None else self.modbus.image)
+                self.servers.append(secure)
+                await secure.start()
+                if self.modbus is None:
+                    self.modbus = secure
+        if nb.opcua is not None:
+            from gateway.adapters.opcua_server import OpcUaServer
+
+            self.opcua = OpcUaServer(self.site, front)
+            # refused channels and certificates, failed logins: evidence for the core
+            self.opcua.add_security_listener(
+                lambda e: front.refused_connection("opcua", e.source, e.user, e.kind,
+                                                   e.reason))
+            self.servers.append(self.opcua)
+            await self.opcua.start()
+
+    async def _stop_servers(self) -> None:
+        for server in reversed(self.servers):
+            try:
+                await server.stop()
+            except Exception:  # one server failing to stop must not keep the others up
+                log.exception("stopping %s failed", type(server).__name__)
+        self.servers.clear()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.comms",
+        description="The gateway's communications process (started by the safety core).")
+    parser.add_argument("--site", required=True, help="the site's YAML file")
+    parser.add_argument("--mirror", required=True, help="the core's mirror segment name")
+    parser.add_argument("--channel-fd", type=int, required=True,
+                        help="file descriptor of the request channel's socket")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The process's entry point; returns its exit code (see the module docstring)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s comms %(levelname)s %(name)s: %(message)s")
+    from gateway.config.loader import ConfigError, load_config
+
+    try:
+        site = load_config(args.site)
+    except (ConfigError, OSError) as exc:
+        log.error("cannot load the site %s: %s", args.site, exc)
+        return EXIT_BAD_CONFIG
+    try:
+        sock = socket.socket(fileno=args.channel_fd)
+    except OSError as exc:
+        log.error("--channel-fd %d is not a socket: %s", args.channel_fd, exc)
+        return EXIT_BAD_CONFIG
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        log.error("--channel-fd %d is not a Unix stream socket", args.channel_fd)
+        sock.close()
+        return EXIT_BAD_CONFIG
+    return asyncio.run(_serve(Comms(site, args.mirror, sock)))
+
+
+async def _serve(comms: Comms) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await comms.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
