@@ -33,8 +33,9 @@ def test_map_json_has_the_documented_shape(capsys):
     assert all(set(n) == {"tag", "nodeid", "writable"} for n in out["opcua"])
     # What the coded status registers and refused OPC UA writes mean, each kind its own code.
     rejection = out["modbus_codes"]["status.rejection"]
-    assert len(set(rejection.values())) == len(rejection) == 9
+    assert len(set(rejection.values())) == len(rejection) == 10
     assert "MANUAL only" in rejection["5"]
+    assert "busy" in rejection["9"] and out["opcua_refusals"]["busy"] == "BadTooManyOperations"
     assert out["opcua_refusals"]["mode"] == "BadInvalidState"
     level = next(s for s in out["southbound"] if s["tag"] == "level")
     assert level == {"tag": "level", "device": "plc", "table": "input_register", "address": 0,

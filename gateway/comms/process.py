@@ -87,7 +87,7 @@ class Front(NorthboundHandler):
         known = name in self.index
         why = Refusal.UNKNOWN_TAG if not known else outcome.why
         if self.modbus is not None:
-            from gateway.adapters.modbus_map import RejectionCode
+            from gateway.adapters.modbus.map import RejectionCode
 
             code = RejectionCode.UNKNOWN_TAG if not known else RejectionCode.of(outcome)
             self.modbus.set_rejection(code, self.index.get(name))
@@ -99,8 +99,10 @@ class Front(NorthboundHandler):
 class Comms:
     """The servers of ``site`` in front of ``channel``, fed from ``mirror_name``."""
 
-    def __init__(self, site: Site, mirror_name: str, channel_sock: socket.socket) -> None:
+    def __init__(self, site: Site, mirror_name: str, channel_sock: socket.socket, *,
+                 max_in_flight: int = 64) -> None:
         self.site = site
+        self.max_in_flight = max_in_flight
         self.mirror_name = mirror_name
         self.channel_sock = channel_sock
         self.servers: list[Any] = []
@@ -119,7 +121,7 @@ class Comms:
         except (FileNotFoundError, MirrorMismatch) as exc:
             log.error("cannot read the core's mirror %s: %s", self.mirror_name, exc)
             return EXIT_START_FAILED
-        channel = ChannelClient(self.channel_sock)
+        channel = ChannelClient(self.channel_sock, max_in_flight=self.max_in_flight)
         front = Front(channel, [t.name for t in site.actuators])
         try:
             await channel.start()
@@ -156,8 +158,8 @@ class Comms:
     async def _start_servers(self, front: Front) -> None:
         nb = self.site.northbound
         if nb.modbus is not None:
-            from gateway.adapters.modbus_map import NorthboundMap
-            from gateway.adapters.modbus_server import ModbusServer
+            from gateway.adapters.modbus.map import NorthboundMap
+            from gateway.adapters.modbus.server import ModbusServer
 
             nmap = NorthboundMap.from_site(self.site)
             if nb.modbus.plain:
@@ -173,7 +175,7 @@ class Comms:
                 if self.modbus is None:
                     self.modbus = secure
         if nb.opcua is not None:
-            from gateway.adapters.opcua_server import OpcUaServer
+            from gateway.adapters.opcua.server import OpcUaServer
 
             self.opcua = OpcUaServer(self.site, front)
             # refused channels and certificates, failed logins: evidence for the core
@@ -200,6 +202,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mirror", required=True, help="the core's mirror segment name")
     parser.add_argument("--channel-fd", type=int, required=True,
                         help="file descriptor of the request channel's socket")
+    parser.add_argument("--max-in-flight", type=_positive, default=64,
+                        help="requests waiting for the core at most; more are refused at once "
+                             "(Modbus exception 6)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser.parse_args(argv)
@@ -226,7 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("--channel-fd %d is not a Unix stream socket", args.channel_fd)
         sock.close()
         return EXIT_BAD_CONFIG
-    return asyncio.run(_serve(Comms(site, args.mirror, sock)))
+    return asyncio.run(_serve(Comms(site, args.mirror, sock,
+                                    max_in_flight=args.max_in_flight)))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
 
 
 async def _serve(comms: Comms) -> int:

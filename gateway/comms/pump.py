@@ -60,7 +60,7 @@ class MirrorPump:
         return True
 
     def _modbus(self, snap: MirrorSnapshot) -> None:
-        from gateway.adapters.modbus_map import ModeCode
+        from gateway.adapters.modbus.map import ModeCode
 
         srv = self.modbus
         for name, value in zip(self._sensors, snap.sensor_values, strict=True):

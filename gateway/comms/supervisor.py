@@ -108,6 +108,8 @@ class CommsSupervisor:
                            ("stop_timeout_s", stop_timeout_s)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"`{key}` must be finite and > 0, not {value!r}")
+        if max_in_flight < 1:
+            raise ValueError(f"`max_in_flight` must be >= 1, not {max_in_flight}")
         if backoff_max_s < backoff_initial_s:
             raise ValueError("`backoff_max_s` must be >= `backoff_initial_s`")
         self.site_path = str(site_path)
@@ -207,6 +209,7 @@ class CommsSupervisor:
             proc = await asyncio.create_subprocess_exec(
                 *self.command, "--site", self.site_path, "--mirror", self.mirror_name,
                 "--channel-fd", str(fd), "--log-level", self.log_level,
+                "--max-in-flight", str(self.max_in_flight),
                 pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL, env=self.env,
                 start_new_session=True)
         except BaseException:

@@ -229,7 +229,7 @@ def test_status_and_rejection() -> None:
     with pytest.raises(ValueError, match="actuator_index"):
         image.set_rejection(RejectionCode.READ_ONLY, 2)
     with pytest.raises(ValueError, match="rejection code"):
-        image.set_rejection(9, None)
+        image.set_rejection(10, None)
     # Bypasses in force: a count and the seconds to the earliest expiry, rounded up.
     assert image.read(IR, 1006, 2) == struct.pack(">2H", 0, 0)
     image.set_bypasses(2, 59.2)
@@ -262,7 +262,7 @@ def test_codes() -> None:
     assert RejectionCode.from_exception_code(2) is RejectionCode.READ_ONLY
     assert RejectionCode.from_exception_code(4) is RejectionCode.DEVICE_UNCONFIRMED
     assert RejectionCode.from_exception_code(0) is RejectionCode.NONE
-    assert [int(c) for c in RejectionCode] == list(range(9))
+    assert [int(c) for c in RejectionCode] == list(range(10))
     # Each kind of refusal has its own code (issue 15: a MANUAL-only refusal was "device
     # failure"); without a kind, the exception code decides.
     codes = {RejectionCode.of(WriteOutcome(False, 4, "x", why)) for why in Refusal}

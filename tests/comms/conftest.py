@@ -42,10 +42,13 @@ class StubCore(NorthboundHandler):
     def __init__(self) -> None:
         self.writes: list[tuple[ClientInfo, dict[str, float], bool]] = []
         self.reports: list[tuple[Any, ...]] = []
+        self.gate: asyncio.Event | None = None  # while set and clear, writes wait
 
     async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
                     ) -> dict[str, WriteOutcome]:
         self.writes.append((client, values, atomic))
+        if self.gate is not None:
+            await self.gate.wait()
         refused = any(not v <= 50 for v in values.values())
         return dict.fromkeys(values, ENVELOPE if refused else ACCEPTED)
 

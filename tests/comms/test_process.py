@@ -210,3 +210,32 @@ def test_a_modbus_site_does_not_import_asyncua(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_full_channel_answers_modbus_busy_at_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        path, port = site_file(tmp_path)
+        writer = MirrorWriter(None, MirrorLayout.for_site(load_config(path)))
+        core = StubCore()
+        core.gate = asyncio.Event()
+        sup = CommsSupervisor(path, writer.name, core, lambda e: None, max_in_flight=1)
+        first = second = None
+        try:
+            publish(writer, 1)
+            await sup.start()
+            first, second = await connect(port), await connect(port)
+            held = asyncio.create_task(first.write_registers(0, regs(10.0), device_id=1))
+            await until(lambda: core.writes, 30, "the first write reaches the core")
+            wr = await asyncio.wait_for(second.write_registers(2, regs(20.0), device_id=1), 5)
+            assert wr.isError() and wr.exception_code == 6  # server device busy
+            assert len(core.writes) == 1  # never reached the core
+            assert (await status(second))[4:6] == [9, 2]  # busy, on actuator 2
+            core.gate.set()
+            assert not (await asyncio.wait_for(held, 10)).isError()
+        finally:
+            for c in (first, second):
+                if c is not None:
+                    c.close()
+            await sup.stop()
+            writer.close()
+    run(main())

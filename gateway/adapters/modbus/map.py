@@ -31,7 +31,8 @@ Input registers (function code 4, read only):
                                     4 unknown tag, 5 not taken in this mode (e.g. an
                                     operator setpoint outside MANUAL), 6 not authorised
                                     (the client's role), 7 gateway starting, 8 gateway
-                                    stopping
+                                    stopping, 9 busy (the safety core had as many
+                                    requests waiting as it takes; exception 6; retry)
   1005  ``status.rejected_actuator``  index + 1 of the last rejected actuator, 0 none
   1006  ``status.bypasses``         number of detector bypasses in force
   1007  ``status.bypass_expiry_s``  seconds until the earliest bypass expires (rounded
@@ -116,6 +117,7 @@ class RejectionCode(IntEnum):
     NOT_AUTHORISED = 6
     STARTING = 7
     STOPPING = 8
+    BUSY = 9  # the request channel to the safety core was full: refused at once, retry
 
     @classmethod
     def from_exception_code(cls, code: int) -> RejectionCode:
@@ -142,6 +144,7 @@ _BY_REFUSAL: dict[Refusal, RejectionCode] = {
     Refusal.NOT_AUTHORISED: RejectionCode.NOT_AUTHORISED,
     Refusal.STARTING: RejectionCode.STARTING,
     Refusal.STOPPING: RejectionCode.STOPPING,
+    Refusal.BUSY: RejectionCode.BUSY,
 }
 
 
@@ -156,6 +159,7 @@ _REJECTION_TEXT: dict[RejectionCode, str] = {
     RejectionCode.NOT_AUTHORISED: "the client's role may not write this",
     RejectionCode.STARTING: "the gateway is starting",
     RejectionCode.STOPPING: "the gateway is shutting down",
+    RejectionCode.BUSY: "the safety core was busy (too many requests waiting); try again",
 }
 
 

@@ -124,7 +124,8 @@ _REFUSAL_STATUS: Final = {Refusal.ENVELOPE: StatusCodes.BadOutOfRange,
                           Refusal.MODE: StatusCodes.BadInvalidState,
                           Refusal.NOT_AUTHORISED: StatusCodes.BadUserAccessDenied,
                           Refusal.STARTING: StatusCodes.BadResourceUnavailable,
-                          Refusal.STOPPING: StatusCodes.BadResourceUnavailable}
+                          Refusal.STOPPING: StatusCodes.BadResourceUnavailable,
+                          Refusal.BUSY: StatusCodes.BadTooManyOperations}
 _MODE_REQUESTS: Final = {"auto": "to_auto", "shadow": "to_shadow", "manual": "to_manual",
                          "safe_stop": "to_safe_stop"}
 _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip": (Role.ADMIN,),
