@@ -23,13 +23,19 @@ if TYPE_CHECKING:
 ENVELOPE = WriteOutcome(False, 3, "above 50 in this test", Refusal.ENVELOPE)
 
 
-def site_file(tmp_path: Path) -> tuple[Path, int]:
-    """The water tank site with only a plain Modbus server on a free port; (path, port)."""
+def site_file(tmp_path: Path, *, opcua: bool = False) -> tuple[Path, int]:
+    """The water tank site with only a plain Modbus server on a free port, or (``opcua``)
+    only an OPC UA server (anonymous operators, user ``boss`` with password variable
+    ``SG_TEST_BOSS``); (path, port)."""
     with open("configs/water_tank.yaml", encoding="utf-8") as f:
         data = yaml.safe_load(f)
     port = free_port()
-    data["northbound"] = {"modbus": {"host": "127.0.0.1", "port": port, "unit": 1,
-                                     "allow": ["127.0.0.1"]}}
+    data["northbound"] = (
+        {"opcua": {"endpoint": f"opc.tcp://127.0.0.1:{port}/gateway/",
+                   "allow_anonymous": True, "allow_insecure_passwords": True,
+                   "users": [{"name": "boss", "role": "admin",
+                              "password_env": "SG_TEST_BOSS"}]}} if opcua else
+        {"modbus": {"host": "127.0.0.1", "port": port, "unit": 1, "allow": ["127.0.0.1"]}})
     data["audit"]["path"] = str(tmp_path / "audit.db")
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -59,6 +65,10 @@ class StubCore(NorthboundHandler):
     def refused_many(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                      code: int, count: int) -> None:
         self.reports.append((client, dict(values), reason, code, count))
+
+    def refused_connections_many(self, protocol: str, address: str, user: str | None,
+                                 event: str, reason: str, count: int) -> None:
+        self.reports.append((protocol, address, user, event, reason, count))
 
 
 async def until(cond: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> None:
