@@ -128,13 +128,17 @@ class _Frames(asyncio.Protocol):
         self.reason = reason
         self.on_lost(reason)
 
-    def close(self, reason: str) -> None:
-        """Close the channel (idempotent); ``reason`` is what :attr:`reason` then says."""
+    def close(self, reason: str, *, flush: bool = False) -> None:
+        """Close the channel (idempotent); ``reason`` is what :attr:`reason` then says.
+        ``flush``: send what is buffered first (a graceful close); else drop it."""
         if not self.reason:
             self.reason = reason
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.abort()
+            if flush:
+                transport.close()
+            else:
+                transport.abort()
 
     def send(self, message: Mapping[str, Any]) -> bool:
         """Queue ``message`` without waiting; False if the channel is closed. A peer that
@@ -527,7 +531,7 @@ class ChannelClient(NorthboundHandler):
         if not self._closed.is_set():
             self._flush(force=True)
         self._closing = True
-        self._proto.close(reason)
+        self._proto.close(reason, flush=True)
 
     # ------------------------------------------------------------------ requests
 
