@@ -180,7 +180,7 @@ class CommsSupervisor:
             began = self.clock()
             try:
                 proc, channel = await self._spawn()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # no such program, a bad argument
                 self._first.set()
                 event = CommsEvent(CommsEventKind.LOST, None, self.restarts, "start failed",
                                    str(exc))

@@ -74,10 +74,15 @@ class RefusalLog:
         self.total = 0  # refusals counted since start
 
     def refused(self, now_s: float, *, protocol: str, address: str, user: str | None,
-                role: str, reason: str, code: int, values: Mapping[str, float]) -> None:
+                role: str, reason: str, code: int, values: Mapping[str, float],
+                count: int = 1) -> None:
         """One refused write: ``address`` is the client's ``host:port`` (the host is the
-        client), ``values`` what it tried to write (by tag, or e.g. a register address)."""
-        self.total += 1
+        client), ``values`` what it tried to write (by tag, or e.g. a register address).
+        ``count`` > 1: that many refusals already aggregated elsewhere (the communications
+        process sends one report per second per client and reason), ``values`` the latest."""
+        if count < 1:
+            raise ValueError(f"`count` must be >= 1, not {count}")
+        self.total += count
         host = _host(address)
         key = (protocol, host, user, reason)
         window = self._open.get(key)
@@ -90,7 +95,7 @@ class RefusalLog:
                 window = _Window(protocol, host, user, role, reason, int(code), now_s,
                                  _json_values(values), now_s)
                 self._open[key] = window
-        window.count += 1
+        window.count += count
         window.last_values = _json_values(values)
         window.last_s = now_s
         if len(window.addresses) < 1024:

@@ -239,3 +239,20 @@ def test_a_full_channel_answers_modbus_busy_at_once(tmp_path: Path) -> None:
             await sup.stop()
             writer.close()
     run(main())
+
+
+def test_a_bad_command_line_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+
+    path, _ = site_file(tmp_path)
+    cases = {("--site", str(path), "--mirror", "m", "--channel-fd", "999"): "not a socket",
+             ("--site", str(tmp_path / "none.yaml"), "--mirror", "m", "--channel-fd", "0"):
+                 "cannot load the site",
+             ("--site", str(path), "--mirror", "m", "--channel-fd", "0",
+              "--max-in-flight", "0"): "must be >= 1"}
+    for args, message in cases.items():
+        out = subprocess.run([sys.executable, "-m", "gateway.comms", *args],
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, out.stderr

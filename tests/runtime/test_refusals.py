@@ -48,6 +48,19 @@ def test_many_clients_stay_bounded() -> None:
     assert sum(w["count"] for w in out) == 100
 
 
+def test_refusals_counted_elsewhere_keep_their_count() -> None:
+    out: list[dict[str, Any]] = []
+    log = RefusalLog(out.append)
+    log.refused(1.0, protocol="modbus", address="10.0.0.5:1", user=None, role="viewer",
+                reason="r", code=2, values={"address": 1.0}, count=500)
+    log.refused(1.5, protocol="modbus", address="10.0.0.5:2", user=None, role="viewer",
+                reason="r", code=2, values={"address": 2.0})
+    assert log.flush() == 1 and out[0]["count"] == 501 and log.total == 501
+    with pytest.raises(ValueError, match="count"):
+        log.refused(2.0, protocol="modbus", address="x:1", user=None, role="ai", reason="r",
+                    code=3, values={}, count=0)
+
+
 async def hammer(tmp_path) -> tuple[float, int]:
     from asyncua import Client, ua
     from pymodbus.client import AsyncModbusTcpClient
