@@ -32,7 +32,7 @@ class MirrorPump:
         self.period_s = period_s
         self.modbus = modbus
         self.opcua = opcua
-        self.cycle = 0  # the core's cycle last copied (0: none yet)
+        self.cycle: int | None = None  # the core's cycle last copied (None: none yet)
         self.updates = 0
         self._unknown_mode: str | None = None
         layout = reader.layout
