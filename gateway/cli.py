@@ -237,6 +237,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_INPUT
 
+    site_path = Path(args.config).resolve()  # the communications process loads it too
+
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
         # Signals (gateway/runtime/signals.py): the handler records, this loop acts. SIGHUP
@@ -244,8 +246,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch = SignalWatch(stop)
         watch.install()
         watcher = asyncio.create_task(watch.run(), name="signals")
+        # The northbound servers run in the communications process (gateway.comms), which
+        # reads the mirror and sends requests over a bounded channel: nothing a northbound
+        # peer does can delay the cycle.
+        link = None
+        if site.northbound.modbus is not None or site.northbound.opcua is not None:
+            from gateway.comms.link import CommsLink, comms_recorder
+
+            link = CommsLink(site, site_path,
+                             on_event=comms_recorder(lambda event: gw.records.comms(event)),
+                             log_level="DEBUG" if args.debug else "INFO")
         gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
-                     audit_process=True, playbook=playbook)
+                     audit_process=True, playbook=playbook, servers=False, northbound=link)
+        if link is not None:
+            link.handler = gw
         watch.on_stop = gw.stopped_by
         pauses = GcPauses()
 
@@ -263,8 +277,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return {**gw.stats(), **pauses.stats()}
 
     from gateway.audit import AuditError
+    from gateway.comms.ports import check_free
 
     try:
+        check_free(site)  # a taken northbound port is a setup error: say so before control
         stats = asyncio.run(main())
     except AuditError as exc:
         # audit.required: the audit log could not be opened at start (not an audit

@@ -123,3 +123,28 @@ def test_run_stops_cleanly_on_signal_and_applies_shutdown_policy(tmp_path, sig):
     assert last.data()["actuators"]["inflow_valve"] == {"policy": "safe", "value": 0.0}
     assert last.data()["actuators"]["outflow_pump"] == {"policy": "hold", "value": 30.0}
 
+
+
+def test_run_with_a_northbound_port_taken_exits_3_naming_it(tmp_path):
+    # The northbound servers run in the communications process, which retries with backoff
+    # when it cannot bind; at start-up a taken port is a setup error and `run` says so.
+    import socket
+    import subprocess
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        text = (ROOT / "configs" / "water_tank.yaml").read_text()
+        text = text.replace("port: 1502", f"port: {port}")
+        site = tmp_path / "site.yaml"
+        site.write_text(text)
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--no-audit",
+                              str(site)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+    finally:
+        taken.close()
+    assert out.returncode == 3, out.stderr
+    assert f"northbound Modbus 127.0.0.1:{port} cannot be bound" in out.stderr
+    assert "Traceback" not in out.stderr

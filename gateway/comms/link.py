@@ -9,9 +9,10 @@ mirror (a few microseconds, no await, nothing a northbound peer can delay), and
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-from gateway.comms.supervisor import CommsEvent, CommsSupervisor
+from gateway.comms.supervisor import CommsEvent, CommsEventKind, CommsSupervisor
 from gateway.link.mirror import MirrorLayout, MirrorWriter, Source
 
 if TYPE_CHECKING:
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     from gateway.config.schema import Site
     from gateway.runtime.view import PlantView
 
-__all__ = ["CommsLink"]
+__all__ = ["CommsLink", "comms_recorder"]
+
+log = logging.getLogger("gateway.runtime")
 
 _SOURCES = {s.name.lower(): int(s) for s in Source}
 
@@ -92,3 +95,25 @@ class CommsLink:
         mirror, self.mirror = self.mirror, None
         if mirror is not None:
             mirror.close()
+
+
+def comms_recorder(record: Callable[[dict[str, Any]], None]) -> Callable[[CommsEvent], None]:
+    """An ``on_event`` that logs each start, loss and stop of the communications process and
+    hands it to ``record`` (the core's audit records): while the process is away nobody
+    outside sees the plant or reaches the core, so each loss is evidence."""
+
+    def on_event(event: CommsEvent) -> None:
+        payload = {"kind": str(event.kind), "pid": event.pid, "restarts": event.restarts,
+                   "cause": event.cause, "detail": event.detail,
+                   "exit_code": event.exit_code, "delay_s": event.delay_s}
+        record(payload)
+        if event.kind is CommsEventKind.LOST:
+            log.error("communications process lost (%s%s, exit code %s); the core keeps "
+                      "controlling; next start in %.1f s", event.cause,
+                      f": {event.detail}" if event.detail else "", event.exit_code,
+                      event.delay_s or 0.0)
+        else:
+            log.info("communications process %s pid=%s restarts=%d", event.kind, event.pid,
+                     event.restarts)
+
+    return on_event

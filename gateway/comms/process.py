@@ -21,20 +21,19 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from gateway.adapters.base import (
     AdapterError,
     ClientInfo,
     NorthboundHandler,
-    Refusal,
     WriteOutcome,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from gateway.comms.servers import NorthboundServers
     from gateway.config.schema import Site
     from gateway.link.channel import ChannelClient
 
@@ -51,18 +50,16 @@ class Front(NorthboundHandler):
     is shown on the servers' status (Modbus ``status.rejection``, OPC UA
     ``Status/LastRejection``) as the core did before the split."""
 
-    def __init__(self, channel: ChannelClient, actuators: Sequence[str]) -> None:
+    def __init__(self, channel: ChannelClient) -> None:
         self.channel = channel
-        self.index = {name: i for i, name in enumerate(actuators)}
-        self.modbus: Any = None
-        self.opcua: Any = None
+        self.servers: NorthboundServers | None = None
 
     async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
                     ) -> dict[str, WriteOutcome]:
         outcomes = await self.channel.write(client, values, atomic)
         refused = [(name, o) for name, o in outcomes.items() if not o.accepted]
-        if refused:
-            await self.show_rejection(*refused[0])
+        if refused and self.servers is not None:
+            await self.servers.show_rejection(*refused[0])
         return outcomes
 
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
@@ -81,20 +78,6 @@ class Front(NorthboundHandler):
                            reason: str) -> None:
         self.channel.refused_connection(protocol, address, user, event, reason)
 
-    async def show_rejection(self, name: str, outcome: WriteOutcome) -> None:
-        """The latest refusal, for operators: its kind as a Modbus ``status.rejection`` code
-        with the actuator's index, and ``"<tag> refused (<kind>): <reason>"`` on OPC UA."""
-        known = name in self.index
-        why = Refusal.UNKNOWN_TAG if not known else outcome.why
-        if self.modbus is not None:
-            from gateway.adapters.modbus.map import RejectionCode
-
-            code = RejectionCode.UNKNOWN_TAG if not known else RejectionCode.of(outcome)
-            self.modbus.set_rejection(code, self.index.get(name))
-        if self.opcua is not None:
-            kind = str(why).replace("_", " ") if why is not None else "refused"
-            await self.opcua.set_rejection(f"{name} refused ({kind}): {outcome.reason}")
-
 
 class Comms:
     """The servers of ``site`` in front of ``channel``, fed from ``mirror_name``."""
@@ -105,13 +88,12 @@ class Comms:
         self.max_in_flight = max_in_flight
         self.mirror_name = mirror_name
         self.channel_sock = channel_sock
-        self.servers: list[Any] = []
-        self.modbus: Any = None
-        self.opcua: Any = None
+        self.servers: NorthboundServers | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set or the channel closes; returns the exit code."""
         from gateway.comms.pump import MirrorPump
+        from gateway.comms.servers import NorthboundServers
         from gateway.link.channel import ChannelClient
         from gateway.link.mirror import MirrorLayout, MirrorMismatch, MirrorReader
 
@@ -122,20 +104,22 @@ class Comms:
             log.error("cannot read the core's mirror %s: %s", self.mirror_name, exc)
             return EXIT_START_FAILED
         channel = ChannelClient(self.channel_sock, max_in_flight=self.max_in_flight)
-        front = Front(channel, [t.name for t in site.actuators])
+        front = Front(channel)
+        pumping: asyncio.Task[None] | None = None
         try:
             await channel.start()
             try:
-                await self._start_servers(front)
+                self.servers = front.servers = NorthboundServers(site, front)
+                pump = MirrorPump(reader, site.site.cycle_ms / 1000.0, self.servers)
+                # What the core already published, in the Modbus image before it listens;
+                # then the pump runs while the servers start (OPC UA takes a while).
+                await pump.step()
+                pumping = asyncio.create_task(pump.run(), name="mirror pump")
+                await self.servers.start()
             except (AdapterError, OSError, ValueError, RuntimeError) as exc:
                 # a port taken, a certificate missing: the supervisor retries with backoff
                 log.error("cannot start the northbound servers: %s", exc)
                 return EXIT_START_FAILED
-            front.modbus, front.opcua = self.modbus, self.opcua
-            pump = MirrorPump(reader, site.site.cycle_ms / 1000.0, modbus=self.modbus,
-                              opcua=self.opcua)
-            await pump.step()  # show what the core already published before serving long
-            pumping = asyncio.create_task(pump.run(), name="mirror pump")
             stopping = asyncio.create_task(stop.wait(), name="stop")
             gone = asyncio.create_task(channel.wait_closed(), name="channel")
             await asyncio.wait({pumping, stopping, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -146,52 +130,19 @@ class Comms:
             for task in (pumping, stopping, gone):
                 task.cancel()
             await asyncio.gather(pumping, stopping, gone, return_exceptions=True)
+            pumping = None
             if code == EXIT_CORE_GONE:
                 log.warning("the safety core's channel closed (%s); stopping so that nothing "
                             "stale is served", channel.reason)
             return code
         finally:
-            await self._stop_servers()
+            if pumping is not None:
+                pumping.cancel()
+                await asyncio.gather(pumping, return_exceptions=True)
+            if self.servers is not None:
+                await self.servers.stop()
             channel.close()
             reader.close()
-
-    async def _start_servers(self, front: Front) -> None:
-        nb = self.site.northbound
-        if nb.modbus is not None:
-            from gateway.adapters.modbus.map import NorthboundMap
-            from gateway.adapters.modbus.server import ModbusServer
-
-            nmap = NorthboundMap.from_site(self.site)
-            if nb.modbus.plain:
-                self.modbus = ModbusServer(nmap, nb.modbus, front)
-                self.servers.append(self.modbus)
-                await self.modbus.start()
-            if nb.modbus.tls is not None:
-                # Modbus/TCP Security on its own port, sharing the plain server's image.
-                secure = ModbusServer(nmap, nb.modbus, front, secure=True, image=None if
-                                      self.modbus is None else self.modbus.image)
-                self.servers.append(secure)
-                await secure.start()
-                if self.modbus is None:
-                    self.modbus = secure
-        if nb.opcua is not None:
-            from gateway.adapters.opcua.server import OpcUaServer
-
-            self.opcua = OpcUaServer(self.site, front)
-            # refused channels and certificates, failed logins: evidence for the core
-            self.opcua.add_security_listener(
-                lambda e: front.refused_connection("opcua", e.source, e.user, e.kind,
-                                                   e.reason))
-            self.servers.append(self.opcua)
-            await self.opcua.start()
-
-    async def _stop_servers(self) -> None:
-        for server in reversed(self.servers):
-            try:
-                await server.stop()
-            except Exception:  # one server failing to stop must not keep the others up
-                log.exception("stopping %s failed", type(server).__name__)
-        self.servers.clear()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -213,8 +164,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """The process's entry point; returns its exit code (see the module docstring)."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s comms %(levelname)s %(name)s: %(message)s")
+    from gateway.runtime import logs
+
+    logs.configure(logging.getLevelName(args.log_level), process="comms")
     from gateway.config.loader import ConfigError, load_config
 
     try:

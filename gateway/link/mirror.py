@@ -29,11 +29,13 @@ into the wrong tags.
 
 Segments are named ``sgw-mirror-<pid>-<random>`` after the core's pid. CPython 3.11's
 ``SharedMemory`` registers every segment it opens with the resource tracker, which unlinks it
-when the opening process exits (cpython gh-82300; ``track=False`` only came in 3.13): so only
-the writer uses ``SharedMemory`` (its tracker unlinks the segment if the core dies without
-:meth:`MirrorWriter.close`), and the reader opens the segment with ``shm_open`` and maps it
-read-only (it can never unlink the core's segment, nor write into it). A writer also unlinks
-segments left by cores that are no longer running (:func:`remove_stale`).
+when the opening process exits (cpython gh-82300; ``track=False`` only came in 3.13), and the
+tracker is a helper process that a signal to the process group can end. So neither side uses
+it: the writer creates the segment with ``shm_open`` and unlinks it at :meth:`MirrorWriter.close`,
+the reader opens it with ``shm_open`` and maps it read-only (it can never unlink the core's
+segment, nor write into it), and a writer unlinks segments left by cores that are no longer
+running (:func:`remove_stale`: a core killed with SIGKILL leaves its segment until the next
+start).
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ import secrets
 import struct
 import zlib
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -258,10 +259,22 @@ class MirrorWriter:
         if name is None:
             name = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self.layout = layout
-        self._shm = shared_memory.SharedMemory(name, create=True, size=layout.size_bytes)
-        self.name: str = self._shm.name
-        buf = self._shm.buf
-        assert buf is not None
+        # shm_open directly, not multiprocessing's SharedMemory: that one registers the
+        # segment with multiprocessing's resource tracker, a helper process that a signal to
+        # the process group (a terminal's SIGHUP) can end; its successor then does not know
+        # the segment and prints a traceback when it is unlinked. Stale segments are removed
+        # by pid instead (remove_stale).
+        fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            os.ftruncate(fd, layout.size_bytes)
+            self._map: mmap.mmap | None = mmap.mmap(fd, layout.size_bytes)
+        except BaseException:
+            _posixshmem.shm_unlink("/" + name)
+            raise
+        finally:
+            os.close(fd)
+        self.name: str = name
+        buf = memoryview(self._map)
         self._buf: memoryview | None = buf
         off = layout.offsets
         ns, na, nb = len(layout.sensors), len(layout.actuators), layout.max_bypasses
@@ -367,13 +380,16 @@ class MirrorWriter:
         close it; no new reader can attach). Idempotent."""
         if self._buf is None:
             return
-        # numpy views export the buffer: SharedMemory.close() refuses while they live.
+        # numpy views export the buffer: the mapping cannot close while they live.
         del self._sensor_values, self._sensor_read_s, self._applied, self._proposal
         del self._bypass_expiry, self._sensor_good, self._source
-        self._buf = None
+        buf, self._buf = self._buf, None
         with contextlib.suppress(FileNotFoundError):
-            self._shm.unlink()
-        self._shm.close()
+            _posixshmem.shm_unlink("/" + self.name)
+        buf.release()
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
 
 class MirrorReader:

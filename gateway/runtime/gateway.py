@@ -5,7 +5,7 @@ One asyncio event loop carries the southbound device tasks (``southbound``), the
 What talks to people and other systems lives elsewhere: ``safety-gateway run`` hosts the
 northbound servers in a communications process (``gateway.comms``) that reads the plant's view
 from shared memory and sends requests over a bounded channel; tests and drills may host them
-in this process (``gateway.runtime.inline``).
+in this process (``gateway.comms.servers``, ``Gateway(servers=True)``).
 
 This class owns the lifecycle: open (audit, previous run, model, devices, northbound,
 supervisor, incidents, restored safety state), run the cycles, close (shutdown values, then
@@ -131,9 +131,9 @@ class Gateway(NorthboundHandler):
             lambda: self.records, self.refusals, self.security_events, self.faults, clock)
         self.inline: Any = None
         if northbound is None and servers:
-            from gateway.runtime.inline import InlineServers
+            from gateway.comms.servers import NorthboundServers
 
-            self.inline = InlineServers(site, self)
+            self.inline = NorthboundServers(site, self)
             self.requests.on_refusal = self.inline.show_rejection
             northbound = self.inline
         self.northbound = northbound
@@ -291,9 +291,17 @@ class Gateway(NorthboundHandler):
                 code: int) -> None:
         self.requests.refused(client, values, reason, code)
 
+    def refused_many(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                     code: int, count: int) -> None:
+        self.requests.refused_many(client, values, reason, code, count)
+
     def refused_connection(self, protocol: str, address: str, user: str | None, event: str,
                            reason: str) -> None:
         self.requests.refused_connection(protocol, address, user, event, reason)
+
+    def refused_connections_many(self, protocol: str, address: str, user: str | None,
+                                 event: str, reason: str, count: int) -> None:
+        self.requests.refused_connections_many(protocol, address, user, event, reason, count)
 
     # ------------------------------------------------------------------ what tests read
 

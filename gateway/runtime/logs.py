@@ -54,14 +54,18 @@ def unescape(text: str) -> str:
     return _UNESCAPE.sub(_unescape, text)
 
 
-def configure(level: int) -> None:
+def configure(level: int, process: str = "") -> None:
     """Log to stderr at ``level``, one line per record; the protocol libraries at WARNING.
+    ``process`` names a child process (the communications process logs ``process=comms``
+    after the logger), so that one stream interleaving both still tells them apart.
 
     asyncua and pymodbus log every node they create and every frame at INFO/DEBUG: that would
     bury the gateway's own fault lines. Their warnings and errors still show.
     """
     handler = logging.StreamHandler()
-    handler.setFormatter(OneLineFormatter())
+    handler.setFormatter(OneLineFormatter(
+        FORMAT.replace(" %(message)s", f" process={process} %(message)s") if process
+        else FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("asyncua", "pymodbus"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -192,16 +192,27 @@ class NorthboundRequests(NorthboundHandler):
                 code: int) -> None:
         """A refused write, counted as evidence (also for writes the northbound servers
         refuse themselves, before they reach :meth:`write`)."""
+        self.refused_many(client, values, reason, code, 1)
+
+    def refused_many(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                     code: int, count: int) -> None:
+        """``count`` refused writes, already aggregated by the communications process."""
         self.refusals.refused(self.clock(), protocol=client.protocol, address=client.address,
                               user=client.user, role=str(client.role), reason=reason,
-                              code=code, values=values)
+                              code=code, values=values, count=count)
 
     def refused_connection(self, protocol: str, address: str, user: str | None, event: str,
                            reason: str) -> None:
         """A refused connection, channel or certificate, or a failed login: evidence,
         aggregated per client, event and reason like refused writes."""
+        self.refused_connections_many(protocol, address, user, event, reason, 1)
+
+    def refused_connections_many(self, protocol: str, address: str, user: str | None,
+                                 event: str, reason: str, count: int) -> None:
+        """``count`` refused connections, already aggregated by the communications process."""
         self.security_events.refused(self.clock(), protocol=protocol, address=address,
-                                     user=user, role=event, reason=reason, code=0, values={})
+                                     user=user, role=event, reason=reason, code=0, values={},
+                                     count=count)
 
     # ------------------------------------------------------------------ requests
 

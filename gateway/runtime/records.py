@@ -218,6 +218,12 @@ class Records:
         if self.audit is not None:
             self.audit.idle()
 
+    def comms(self, event: dict[str, Any]) -> None:
+        """The communications process started, was lost (why, its exit code) or stopped:
+        while it is away nobody outside sees the plant or reaches the core, so each loss is
+        evidence (``gateway.comms.supervisor``)."""
+        self._append("comms", event)
+
     def alarm(self, message: str) -> None:
         self._append("alarm", {"message": message})
 

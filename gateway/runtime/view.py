@@ -1,8 +1,9 @@
 """What the core shows the northbound side after each cycle: one immutable view of the plant.
 
-The safety core builds it; publishers carry it to whoever shows it: the servers in this process
-(``gateway.runtime.inline``, tests and drills) or the shared-memory mirror that the
-communications process reads (``gateway.link``). Nothing in it lets the reader act on the core.
+The safety core builds it; publishers carry it to whoever shows it: the shared-memory mirror
+that the communications process reads (``gateway.link``), or the servers themselves in this
+process (``gateway.comms.servers``; tests and drills). Nothing in it lets the reader act on the
+core.
 """
 
 from __future__ import annotations

@@ -193,15 +193,16 @@ def test_a_modbus_site_does_not_import_asyncua(tmp_path: Path) -> None:
     path, _ = site_file(tmp_path)
     script = (
         "import asyncio, socket, sys\n"
-        "from gateway.comms.process import Comms, Front\n"
+        "from gateway.comms.process import Front\n"
+        "from gateway.comms.servers import NorthboundServers\n"
         "from gateway.config.loader import load_config\n"
         "from gateway.link.channel import ChannelClient\n"
         "async def main():\n"
         "    a, b = socket.socketpair()\n"
         "    site = load_config(sys.argv[1])\n"
-        "    comms = Comms(site, 'x', a)\n"
-        "    await comms._start_servers(Front(ChannelClient(a), []))\n"
-        "    await comms._stop_servers()\n"
+        "    servers = NorthboundServers(site, Front(ChannelClient(a)))\n"
+        "    await servers.start()\n"
+        "    await servers.stop()\n"
         "asyncio.run(main())\n"
         "print(sorted(m for m in ('asyncua', 'onnx', 'onnxruntime', 'matplotlib')"
         " if m in sys.modules))\n")
