@@ -1,0 +1,63 @@
+"""The wire bench against its peer: fair interleaving, ratios against the proxy, and a smoke
+run of the Modbus part with the real modbus-proxy, PLC stand-in and gateway processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from benchmarks import wire
+
+
+def test_each_path_takes_each_place_equally_often():
+    places: Counter[tuple[str, int]] = Counter()
+    for r in range(3 * 7):
+        order = wire._rotated(r)
+        assert sorted(order) == sorted(wire.PATHS)
+        places.update((path, k) for k, path in enumerate(order))
+    assert set(places.values()) == {7}
+
+
+def figures(**overrides: float) -> dict[str, float]:
+    r = {}
+    for op in ("write", "read"):
+        for q, base in (("p50", 400.0), ("p99", 800.0)):
+            r[f"modbus_{op}_proxy_us_{q}"] = base
+            r[f"modbus_{op}_direct_us_{q}"] = base / 2
+            r[f"modbus_{op}_gateway_us_{q}"] = base * 1.5
+    r.update(direct_writes_per_s=8000.0, proxy_writes_per_s=2000.0,
+             validated_writes_per_s=3000.0)
+    r.update(overrides)
+    return r
+
+
+def test_every_figure_is_against_the_proxy_of_the_same_run():
+    vs = wire._ratios(figures(modbus_write_gateway_us_p99=1000.0,
+                              modbus_read_gateway_us_p50=100.0))
+    assert vs["write_gateway_p50"] == pytest.approx(1.5)
+    assert vs["write_gateway_p99"] == pytest.approx(1.25)
+    assert vs["read_gateway_p50"] == pytest.approx(0.25)
+    assert vs["write_direct_p50"] == pytest.approx(0.5)
+    assert vs["writes_per_s_gateway"] == pytest.approx(1.5)
+    assert vs["writes_per_s_direct"] == pytest.approx(4.0)
+
+
+def test_a_missing_peer_is_said_so(monkeypatch):
+    from benchmarks.errors import BenchUnavailable
+
+    monkeypatch.setattr(wire.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BenchUnavailable, match=r"modbus-proxy 0\.8\.0"):
+        wire.run(quick=True)
+
+
+def test_modbus_part_runs_with_the_proxy_in_the_same_run(tmp_path):
+    r = asyncio.run(wire._modbus(20, 0.5, tmp_path))
+    for path in wire.PATHS:
+        assert r[f"modbus_write_{path}_n"] == 20
+        assert 0 < r[f"modbus_write_{path}_us_p50"] <= r[f"modbus_write_{path}_us_p99"]
+        assert 0 < r[f"modbus_read_{path}_us_p50"] <= r[f"modbus_read_{path}_us_p99"]
+    assert r["proxy_writes_per_s"] > 0
+    assert r["validated_writes_per_s"] > 0
+    assert r["cycles"] > 0
