@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -39,6 +40,7 @@ from gateway.adapters.base import (
 )
 from gateway.adapters.codec import decode, decode_bit, encode, encode_bit
 from gateway.adapters.modbus.readplan import plan_reads
+from gateway.adapters.modbus.writer import ConnectionLost, WriteConnection
 from gateway.config.schema import ModbusRef, Table, TagKind
 
 if TYPE_CHECKING:
@@ -53,6 +55,9 @@ if TYPE_CHECKING:
 __all__ = ["ModbusDeviceClient"]
 
 _log = logging.getLogger("gateway.adapters.modbus")
+
+_T = TypeVar("_T")
+_ADDR_VALUE = struct.Struct(">BHH")  # function code, address, value (FC5/FC6) or quantity (FC16)
 
 
 class _ConnectionLost(Exception):
@@ -104,7 +109,8 @@ class ModbusDeviceClient:
         self._polling = polling
         self._state = ConnectionState.DISCONNECTED
         self._client: AsyncModbusTcpClient | None = None
-        self._writer: AsyncModbusTcpClient | None = None  # separate write connection, if any
+        # The separate write connection, if configured: our own lean client (writes only).
+        self._writer: WriteConnection | None = None
         self._wake = asyncio.Event()  # connection lost or close(): stop waiting now
         self._closing = False
         self._running = False
@@ -183,8 +189,23 @@ class ModbusDeviceClient:
         client = await self._open()
         self._client = client
         if self.device.separate_write_connection:
-            self._writer = await self._open()
+            self._writer = await self._open_writer()
         return client
+
+    async def _open_writer(self) -> WriteConnection:
+        try:
+            writer = await WriteConnection.open(
+                self.device.host, self.device.port, self._timeout_s,
+                on_lost=lambda: self._on_connect_change(False),
+                connect_timeout_s=2 * self._timeout_s)
+        except (OSError, TimeoutError):
+            raise _ConnectionLost(
+                f"cannot connect to {self.device.host}:{self.device.port} (write connection)"
+            ) from None
+        if self._closing:  # close() was called while connecting
+            writer.close()
+            raise _ConnectionLost("closed")
+        return writer
 
     async def _open(self) -> AsyncModbusTcpClient:
         client = AsyncModbusTcpClient(
@@ -282,8 +303,8 @@ class ModbusDeviceClient:
         with contextlib.suppress(_ConnectionLost):
             await self._read_all(client)
 
-    async def _request(self, client: AsyncModbusTcpClient, what: str,
-                       call: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
+    async def _request(self, client: AsyncModbusTcpClient | WriteConnection, what: str,
+                       call: Callable[[], Awaitable[_T]]) -> _T:
         """Send one request; the answer's exception code (if any) is left to the caller.
         Raises _ConnectionLost (already dropped) when not connected, on timeout or on a
         transport error."""
@@ -315,7 +336,9 @@ class ModbusDeviceClient:
             # transaction_id=N but got id=N-1"). The session is never reused out of step.
             self._lose(f"{what}: abandoned before its answer")
             raise
-        except ModbusException as exc:  # ConnectionException, ModbusIOException (timeout)
+        except (ModbusException, ConnectionLost) as exc:
+            # pymodbus's ConnectionException, ModbusIOException (timeout); the write
+            # connection's loss or an answer out of step (it closed itself already).
             raise self._lose(f"{what}: {exc}") from None
         finally:
             left = self._in_flight[key] - 1
@@ -414,25 +437,66 @@ class ModbusDeviceClient:
 
     async def _write_one(self, name: str, address: int, payload: tuple[int, ...] | bool
                          ) -> None:
-        client = self._writer if self._writer is not None else self._client
-        if client is not None and client is self._writer and not client.connected:
+        writer = self._writer
+        if writer is not None and not writer.connected:
             # The write connection died while polling goes on: end the session, so that the
             # poll loop reconnects both (and marks the tags bad meanwhile).
             self._lose("write connection lost")
+            writer = None
+        client = self._client
         if (self._state is not ConnectionState.CONNECTED or self._closing or client is None
                 or not client.connected):
             raise DeviceUnavailable(f"{self.device.name}: not connected; {name} not written")
-        unit = self.device.unit
         if isinstance(payload, bool):
             fc, what = 5, f"write {name} (coil {address})"
-            call: Callable[[], Awaitable[ModbusPDU]] = lambda: client.write_coil(  # noqa: E731
-                address, payload, device_id=unit)
         elif len(payload) == 1:
             fc, what = 6, f"write {name} (register {address})"
+        else:
+            fc, what = 16, f"write {name} (registers {address}+{len(payload)})"
+        if writer is not None:
+            await self._write_lean(writer, name, what, fc, address, payload)
+        else:
+            await self._write_pymodbus(client, name, what, fc, address, payload)
+
+    async def _write_lean(self, writer: WriteConnection, name: str, what: str, fc: int,
+                          address: int, payload: tuple[int, ...] | bool) -> None:
+        """One write on the separate write connection. Every normal answer to FC5, FC6 and
+        FC16 repeats the request's first five bytes (function code, address, then the value or
+        the quantity; Modbus Application Protocol V1.1b3, 6.5, 6.6, 6.12): anything else but
+        an exception response is a garbled session."""
+        if isinstance(payload, bool):
+            pdu = _ADDR_VALUE.pack(fc, address, 0xFF00 if payload else 0x0000)
+        elif fc == 6:
+            pdu = _ADDR_VALUE.pack(fc, address, payload[0])
+        else:
+            pdu = (_ADDR_VALUE.pack(fc, address, len(payload))
+                   + struct.pack(f">B{len(payload)}H", 2 * len(payload), *payload))
+        unit = self.device.unit
+        try:
+            answer = await self._request(writer, what, lambda: writer.request(unit, pdu))
+        except _ConnectionLost as exc:
+            raise DeviceUnavailable(f"{self.device.name}: {exc}; {name} may not be written"
+                                    ) from None
+        if len(answer) == 2 and answer[0] == fc | 0x80:
+            raise DeviceRejected(f"{self.device.name}: {what}: exception code {answer[1]}",
+                                 answer[1])
+        if answer != pdu[:5]:
+            self._lose(f"{what}: answer does not echo the request")
+            raise DeviceUnavailable(
+                f"{self.device.name}: {what}: answer does not echo the request "
+                f"({answer.hex()})")
+
+    async def _write_pymodbus(self, client: AsyncModbusTcpClient, name: str, what: str,
+                              fc: int, address: int, payload: tuple[int, ...] | bool) -> None:
+        """One write on the polling connection (no separate write connection configured)."""
+        unit = self.device.unit
+        if isinstance(payload, bool):
+            call: Callable[[], Awaitable[ModbusPDU]] = lambda: client.write_coil(  # noqa: E731
+                address, payload, device_id=unit)
+        elif fc == 6:
             call = lambda: client.write_register(  # noqa: E731
                 address, payload[0], device_id=unit)
         else:
-            fc, what = 16, f"write {name} (registers {address}+{len(payload)})"
             call = lambda: client.write_registers(  # noqa: E731
                 address, list(payload), device_id=unit)
         try:
