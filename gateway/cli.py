@@ -305,6 +305,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"unknown bench {args.what!r}; one of: {', '.join(sorted(BENCHES))}",
               file=sys.stderr)
         return EXIT_INPUT
+    from benchmarks.errors import BenchUnavailable
     from gateway.config import ConfigError
 
     try:
@@ -314,6 +315,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"safety-gateway bench {args.what}: needs the example sites of a source "
               f"checkout:\n{exc}", file=sys.stderr)
         return EXIT_INPUT
+    except BenchUnavailable as exc:  # a benchmark's own dependency is not installed
+        print(f"safety-gateway bench {args.what}: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     if args.json:
         print(json.dumps(result, indent=2))
     else:

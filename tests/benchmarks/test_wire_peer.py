@@ -61,3 +61,14 @@ def test_modbus_part_runs_with_the_proxy_in_the_same_run(tmp_path):
     assert r["proxy_writes_per_s"] > 0
     assert r["validated_writes_per_s"] > 0
     assert r["cycles"] > 0
+
+
+def test_bench_without_the_peer_exits_3_and_says_what_to_install(monkeypatch, capsys):
+    from gateway.cli import main
+
+    monkeypatch.setattr(wire.importlib.util, "find_spec", lambda name: None)
+    assert main(["bench", "wire", "--quick"]) == 3
+    err = capsys.readouterr().err
+    assert "modbus-proxy 0.8.0" in err
+    assert "pip install -e '.[bench]'" in err
+    assert "internal error" not in err
