@@ -26,9 +26,10 @@ from simulators.ports import free_port
 AI_IP = "127.0.0.2"
 
 
-def site_for(plc_port: int, server_port: int) -> gateway.config.Site:
+def site_for(plc_port: int, server_port: int, separate: bool = False) -> gateway.config.Site:
     site = gateway.load_config("configs/water_tank.yaml")
-    devices = tuple(replace(d, port=plc_port, poll_ms=20.0) for d in site.devices)
+    devices = tuple(replace(d, port=plc_port, poll_ms=20.0, separate_write_connection=separate)
+                    for d in site.devices)
     nb = replace(site.northbound, modbus=ModbusServerSpec(
         host="127.0.0.1", port=server_port, unit=1, allow=("127.0.0.1", AI_IP),
         ai_clients=(AI_IP,)), opcua=None)
@@ -72,12 +73,12 @@ async def wait_for_registers(plc: TestPLC, expected: list[int], timeout_s: float
     return held
 
 
-async def scenario(engine: str) -> None:
+async def scenario(engine: str, separate: bool = False) -> None:
     async with TestPLC(holding=128) as plc:
         await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)  # level, m
         await plc.set_registers(Table.INPUT_REGISTER, 2, [10])  # inflow rate 0.010 m3/s
         await plc.set_registers(Table.HOLDING_REGISTER, 0, [3000, 3000])  # 30 %, 30 %
-        site = site_for(plc.port, free_port())
+        site = site_for(plc.port, free_port(), separate)
         gw = Gateway(site, engine=engine)
         stop = asyncio.Event()
         runner = asyncio.create_task(gw.run(stop))
@@ -187,5 +188,11 @@ async def scenario(engine: str) -> None:
 
 def test_gateway_between_modbus_plc_and_clients(engine):
     asyncio.run(scenario(engine))
+
+
+def test_the_same_with_writes_on_a_connection_of_their_own():
+    """The whole scenario with the device's writes on the lean write connection
+    (gateway/adapters/modbus/writer.py) instead of pymodbus on the polling connection."""
+    asyncio.run(scenario("cython", separate=True))
 
 
