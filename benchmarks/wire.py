@@ -291,8 +291,9 @@ async def _modbus(n: int, seconds: float, folder: Path) -> dict[str, float]:
 
             clients = {"direct": direct, "proxy": proxied, "gateway": via}
             samples, refused = await _latencies(clients, n, per_round=max(10, n // 30))
-            for key, count in refused.items():
-                result[f"modbus_{key}_refused"] = float(count)
+            for path in PATHS:
+                for op in ("write", "read"):
+                    result[f"modbus_{op}_{path}_refused"] = float(refused[f"{path}_{op}"])
             for path in PATHS:
                 for op in ("write", "read"):
                     s = samples[path][op]

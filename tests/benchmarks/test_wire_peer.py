@@ -58,6 +58,10 @@ def test_modbus_part_runs_with_the_proxy_in_the_same_run(tmp_path):
         assert r[f"modbus_write_{path}_n"] == 20
         assert 0 < r[f"modbus_write_{path}_us_p50"] <= r[f"modbus_write_{path}_us_p99"]
         assert 0 < r[f"modbus_read_{path}_us_p50"] <= r[f"modbus_read_{path}_us_p99"]
+        # Counted, under the names the text output reads (a loaded host may refuse some).
+        assert r[f"modbus_write_{path}_refused"] >= 0
+        assert r[f"modbus_read_{path}_refused"] >= 0
+        assert r[f"{path}_writes_refused_under_load"] >= 0
     assert r["proxy_writes_per_s"] > 0
     assert r["validated_writes_per_s"] > 0
     assert r["cycles"] > 0
@@ -72,3 +76,41 @@ def test_bench_without_the_peer_exits_3_and_says_what_to_install(monkeypatch, ca
     assert "modbus-proxy 0.8.0" in err
     assert "pip install -e '.[bench]'" in err
     assert "internal error" not in err
+
+
+def whole_result(**overrides: float) -> dict[str, object]:
+    """A result as run() builds it, with made-up figures."""
+    r: dict[str, object] = dict(figures(**overrides))
+    for path in wire.PATHS:
+        for op in ("write", "read"):
+            r[f"modbus_{op}_{path}_n"] = 3000.0
+            r[f"modbus_{op}_{path}_refused"] = 0.0
+        r[f"{path}_writes_refused_under_load"] = 0.0
+    r["gateway_writes_refused_under_load"] = 5.0
+    for proto in ("opcua",):
+        for op in ("read", "write"):
+            for path in ("direct", "gateway"):
+                r[f"{proto}_{op}_{path}_us_p50"] = 500.0
+                r[f"{proto}_{op}_{path}_us_p99"] = 900.0
+    r.update(hammer_reads_per_s=8000.0, cycle_lateness_ms_p50=0.1, cycle_lateness_ms_p99=0.5,
+             cycles=600.0, cycles_skipped=0.0, cycle_lateness_ms_p99_under_writes=2.0,
+             gateway_gc_pause_ms_max=0.9, gateway_gc_full_collections=0.0,
+             link_hop_us_p50=45.0, link_hop_us_p99=110.0)
+    vs = wire._ratios(r)  # type: ignore[arg-type]
+    r["vs_proxy"] = vs
+    r["targets"] = wire.TARGETS
+    r["met"] = {"write_p50_vs_proxy_max": False, "write_p99_vs_proxy_max": True,
+                "writes_per_s_vs_proxy_min": True, "read_p50_vs_proxy_max": True,
+                "cycle_lateness_ms_p99_max": True}
+    r["machine"] = {"cpus": 2, "load_avg_before": [1.0, 1.0, 1.0],
+                    "load_avg_after": [1.5, 1.0, 1.0]}
+    return r
+
+
+def test_the_text_says_pass_or_fail_per_target_with_the_ratio():
+    text = wire.format_text(whole_result())
+    assert "FAIL  write p50 <= 1.2x (x1.50)" in text
+    assert "PASS  write p99 <= 1.5x (x1.50)" in text
+    assert "PASS  writes/s >= 1.5x (x1.50)" in text
+    assert "PASS  read p50 <= 0.5x" in text
+    assert "gateway 0; 5" in text  # refused: latency runs; 4-connection runs
