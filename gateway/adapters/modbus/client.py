@@ -3,7 +3,10 @@
 pymodbus 3.16 is used here and nowhere else above this package. Everything it can raise or
 answer is translated at this boundary into :mod:`gateway.adapters.base`'s errors: an exception
 response becomes :class:`DeviceRejected` (with the Modbus exception code), a lost connection or
-a timeout becomes :class:`DeviceUnavailable`.
+a timeout becomes :class:`DeviceUnavailable`. Where the device has
+``separate_write_connection``, that connection is our own lean client
+(:mod:`gateway.adapters.modbus.writer`: writes only, without pymodbus's per-request cost), under
+the same rules; polls, and writes without a connection of their own, go through pymodbus.
 
 Safety rules kept here:
 
