@@ -3,10 +3,12 @@
 Modbus: four processes, as on site, and this one as the client: a PLC stand-in
 (``simulators.plc_modbus``); the peer baseline, ``modbus-proxy`` 0.8.0 (PyPI; an asyncio
 forwarding proxy that checks nothing, installed by the ``bench`` extra) in front of that PLC;
-the gateway (``safety-gateway run``, 100 Hz cycle, 16 tags: 8 sensors, 8 actuators) in front
-of the same PLC; the PLC directly. The same pymodbus client measures the three paths in
-interleaved rounds (each path goes first, second and third equally often), so that a change
-of load on the host hits all three alike, and every figure is reported against the proxy's:
+the gateway (``safety-gateway run``, 100 Hz cycle, 16 tags: 8 sensors, 8 actuators: its safety
+core, and its communications process hosting the northbound servers, which hands every write to
+the core over the request channel) in front of the same PLC; the PLC directly. The same
+pymodbus client measures the three paths in interleaved rounds (each path goes first, second
+and third equally often), so that a change of load on the host hits all three alike, and every
+figure is reported against the proxy's:
 
 - write latency p50/p99: a float32 setpoint (FC16, 2 registers). Through the gateway it is an
   operator setpoint in MANUAL mode: validated against the envelope, encoded, checked again,
@@ -541,8 +543,8 @@ def format_text(r: dict[str, Any]) -> str:
 
     load = r["machine"]
     lines = [
-        "wire bench (PLC stand-in, modbus-proxy 0.8.0, gateway and client as separate "
-        "processes; loopback; paths interleaved in rounds):",
+        "wire bench (PLC stand-in, modbus-proxy 0.8.0, gateway (safety core + communications "
+        "process) and client as separate processes; loopback; paths interleaved in rounds):",
         f"  modbus writes ({int(r['modbus_write_proxy_n'])} per path):", *row("write"),
         f"  modbus reads ({int(r['modbus_read_proxy_n'])} per path):", *row("read"),
         "  writes/s over 4 connections: "
