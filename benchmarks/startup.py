@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import re
@@ -266,6 +267,9 @@ async def first_cycles(runs: int, folder: Path, variants: tuple[str, ...] = VARI
     # FC6 (write single register) to a holding register, FC5 (write single coil) to a coil
     heartbeat = (6 if ref["table"] == "holding_register" else 5, int(ref["address"]))
     out: dict[str, Any] = {}
+    # A gateway stopped between a request and its answer makes the PLC's server log the
+    # frames it could not answer: noise here, not a finding.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     # The PLC's clock is this process's monotonic clock: the one the spawn is timed with.
     async with TestPLC(holding=128, input_registers=16, clock=time.monotonic) as plc:
         # A tank at 2.5 m with a little inflow and draw: a plausible plant, no trip at start.

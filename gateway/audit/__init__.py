@@ -5,23 +5,62 @@
 - :func:`export_head` and the sinks in :mod:`gateway.audit.export` publish the chain head, so
   that truncation is detectable up to the last head exported.
 - :mod:`gateway.audit.chain` is the record format and the pure verification.
+
+The names below are imported on first use (PEP 562): the audit writer process, which imports
+this package first, must not pay for what it does not use (the HTTP head sinks, the command
+line's tools), and neither must ``safety-gateway --help``.
 """
 
 from __future__ import annotations
 
-from gateway.audit.chain import (
-    ExportedHead,
-    Kind,
-    Problem,
-    Record,
-    VerifyResult,
-    canonical_payload,
-    record_hash,
-    verify_records,
-)
-from gateway.audit.export import ExportError, export_head, parse_sink, send_head
-from gateway.audit.log import AuditLog
-from gateway.audit.store import AuditError, NotAuditDatabase, read_records, verify
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.audit.chain import (
+        ExportedHead,
+        Kind,
+        Problem,
+        Record,
+        VerifyResult,
+        canonical_payload,
+        record_hash,
+        verify_records,
+    )
+    from gateway.audit.export import ExportError, export_head, parse_sink, send_head
+    from gateway.audit.log import AuditLog
+    from gateway.audit.store import AuditError, NotAuditDatabase, read_records, verify
+
+# Where each name lives.
+_HOME: dict[str, str] = {
+    "AuditError": "gateway.audit.store",
+    "AuditLog": "gateway.audit.log",
+    "ExportError": "gateway.audit.export",
+    "ExportedHead": "gateway.audit.chain",
+    "Kind": "gateway.audit.chain",
+    "NotAuditDatabase": "gateway.audit.store",
+    "Problem": "gateway.audit.chain",
+    "Record": "gateway.audit.chain",
+    "VerifyResult": "gateway.audit.chain",
+    "canonical_payload": "gateway.audit.chain",
+    "export_head": "gateway.audit.export",
+    "parse_sink": "gateway.audit.export",
+    "read_records": "gateway.audit.store",
+    "record_hash": "gateway.audit.chain",
+    "send_head": "gateway.audit.export",
+    "verify": "gateway.audit.store",
+    "verify_records": "gateway.audit.chain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AuditError",

@@ -27,18 +27,12 @@ from typing import TYPE_CHECKING, Any
 from gateway.audit.chain import ExportedHead, VerifyResult
 from gateway.audit.export import HeadSink, parse_sink, send_head
 from gateway.audit.show import iso_utc, parse_time, show, tail
-from gateway.audit.signed_head import (
-    SignedHead,
-    SignedHeadError,
-    head_path,
-    key_path,
-    public_key_path,
-    read_public_key,
-)
 from gateway.audit.store import AuditError, last_head, read_records, verify
 
 if TYPE_CHECKING:
     import argparse
+
+    from gateway.audit.signed_head import SignedHead
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -129,6 +123,17 @@ def _broken(args: argparse.Namespace, reason: str, extra: dict[str, Any] | None 
 
 def _signed_head(args: argparse.Namespace) -> tuple[SignedHead | None, str | None, int | None]:
     """The signed head to check against: (head, warning, exit code to stop with)."""
+    # Imported here: it loads the cryptography package, which no other audit command and
+    # not `safety-gateway --help` needs.
+    from gateway.audit.signed_head import (
+        SignedHead,
+        SignedHeadError,
+        head_path,
+        key_path,
+        public_key_path,
+        read_public_key,
+    )
+
     db = Path(args.db)
     path = Path(args.head_file) if args.head_file else head_path(db)
     if args.head_file and not path.is_file():

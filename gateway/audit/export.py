@@ -14,8 +14,6 @@ import logging.handlers
 import os
 import socket
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
@@ -142,6 +140,11 @@ class HttpSink:
         self.name = f"http:{url}"
 
     def send(self, head: ExportedHead) -> None:
+        # Imported here: urllib.request brings http.client and email with it, and the audit
+        # writer process of a site without an HTTP sink never needs them.
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(
             self.url, data=head.dumps().encode(), method="POST",
             headers={"Content-Type": "application/json",
