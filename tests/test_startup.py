@@ -7,11 +7,16 @@ only (not in its children: the audit writer and, later, the communications proce
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
 from benchmarks.startup import SITE, site_variant
+from gateway.config.schema import Table
+from simulators.plc_modbus import TestPLC
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,3 +75,47 @@ def test_check_of_a_modbus_site_imports_no_opcua_model_runtime_or_plotting(
     assert "gateway" in imported  # the probe saw the command's own modules
     wrong = imported & {"asyncua", "onnx", "onnxruntime", "matplotlib"}
     assert not wrong, f"check imported {sorted(wrong)}"
+
+
+async def _run_until_cycles(site: Path, plc: TestPLC, modules: Path, log: Path,
+                            cycles: int) -> None:
+    def heartbeats() -> int:
+        return sum(1 for w in plc.writes if (w.function_code, w.address) == (6, 100))
+
+    with log.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROBE, str(modules), "run", str(site),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while heartbeats() < cycles:
+            assert proc.returncode is None, f"the gateway exited: {_tail(log)}"
+            assert asyncio.get_running_loop().time() < deadline, "no control cycles in 60 s"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0, _tail(log)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_the_core_of_a_modbus_run_imports_no_opcua_model_runtime_or_crypto(
+        tmp_path: Path) -> None:
+    # A Modbus site without TLS, its controller external: the process that runs the cycle
+    # needs pymodbus and numpy, and none of the OPC UA stack, the model runtimes, plotting or
+    # the cryptography package (the audit writer, a child, signs the chain's head).
+    modules = tmp_path / "modules.txt"
+
+    async def scenario() -> None:
+        async with TestPLC(holding=128) as plc:
+            await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)
+            site = site_variant(SITE, tmp_path, plc.port, opcua=False)
+            await _run_until_cycles(site, plc, modules, tmp_path / "gateway.log", cycles=5)
+
+    asyncio.run(scenario())
+    imported = _packages(modules)
+    assert {"gateway", "pymodbus", "numpy"} <= imported  # it did run the cycle
+    wrong = imported & {"asyncua", "onnx", "onnxruntime", "matplotlib", "cryptography"}
+    assert not wrong, f"the core imported {sorted(wrong)}"

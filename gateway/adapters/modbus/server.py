@@ -68,7 +68,6 @@ from gateway.adapters.base import (
     WriteOutcome,
 )
 from gateway.adapters.modbus.map import RegisterImage
-from gateway.adapters.modbus.tls import identify, server_context
 from gateway.config.schema import Table
 
 if TYPE_CHECKING:
@@ -224,6 +223,10 @@ class ModbusServer:
         if secure:
             if spec.tls is None:
                 raise ValueError("secure=True needs spec.tls")
+            # Imported here: it loads the cryptography package (certificate parsing), which a
+            # site without Modbus/TCP Security never needs (issue 17: start in a second).
+            from gateway.adapters.modbus.tls import server_context
+
             self._tls = server_context(spec.tls)
             self._roles = {name: Role(role) for name, role in spec.tls.roles}
             if port is None:
@@ -363,6 +366,8 @@ class ModbusServer:
         user: str | None = None
         if self._tls is not None:
             # Authorised before it may take anyone's slot.
+            from gateway.adapters.modbus.tls import identify  # loaded with the TLS context
+
             who = identify(der, self._roles)
             if who.role is None:
                 self.stats.refused_not_allowed += 1
