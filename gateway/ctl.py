@@ -25,7 +25,6 @@ shell's history); errors print one line on stderr, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -125,12 +124,18 @@ def _session_args(args: argparse.Namespace) -> tuple[str, str | None, str | None
 
 
 async def _bounded(coro: Any, timeout_s: float) -> Any:
+    import asyncio
+
     # The session has its own timeout per service call; this bounds the whole conversation.
     async with asyncio.timeout(timeout_s * 2):
         return await coro
 
 
 def _run(coro_factory: Any, timeout_s: float) -> Any:
+    # Imported here, like the OPC UA session: every command builds this parser, and only
+    # `ctl` talks to a running gateway.
+    import asyncio
+
     from gateway.adapters.opcua.session import GatewayRefused, GatewayUnreachable
 
     try:

@@ -24,15 +24,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit.chain import ExportedHead, VerifyResult
-from gateway.audit.export import HeadSink, parse_sink, send_head
-from gateway.audit.show import iso_utc, parse_time, show, tail
-from gateway.audit.store import AuditError, last_head, read_records, verify
-
 if TYPE_CHECKING:
     import argparse
 
+    from gateway.audit.chain import ExportedHead, VerifyResult
+    from gateway.audit.export import HeadSink
     from gateway.audit.signed_head import SignedHead
+
+# Every command builds this parser (``safety-gateway --help``, ``check``, ``run``): the audit
+# modules the commands below use are imported in each command, when it runs.
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -98,6 +98,8 @@ def _fail_input(command: str, message: str) -> int:
 def load_head(spec: str) -> ExportedHead:
     """An exported head from JSON text, or from a file of heads (the last line is used).
     Raises ``ValueError`` naming what is wrong."""
+    from gateway.audit.chain import ExportedHead
+
     text = spec.strip()
     if not text.startswith("{"):
         path = Path(spec)
@@ -160,6 +162,9 @@ def _signed_head(args: argparse.Namespace) -> tuple[SignedHead | None, str | Non
 
 
 def _unclean_ends(db: str) -> list[dict[str, Any]]:
+    from gateway.audit.show import iso_utc
+    from gateway.audit.store import read_records
+
     ends = []
     for rec in read_records(db, kinds=("unclean_end",)):
         try:
@@ -173,6 +178,8 @@ def _unclean_ends(db: str) -> list[dict[str, Any]]:
 
 
 def _unclean_line(end: dict[str, Any]) -> str:
+    from gateway.audit.show import iso_utc
+
     def when(key: str) -> str:
         value = end.get(key)
         return iso_utc(value) if isinstance(value, (int, float)) else "?"
@@ -186,6 +193,9 @@ def _unclean_line(end: dict[str, Any]) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.audit.show import iso_utc
+    from gateway.audit.store import AuditError, verify
+
     db = Path(args.db)
     if not db.exists():
         return _fail_input("verify", f"{db}: no such file")
@@ -239,6 +249,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _json_result(result: VerifyResult, signed: SignedHead | None, warning: str | None,
                  uncovered: str | None, ends: list[dict[str, Any]]) -> dict[str, Any]:
+    from gateway.audit.show import iso_utc
+
     out = result.to_json()
     out["signed_head"] = None if signed is None else {
         **signed.head.to_json(), "exported_at": iso_utc(signed.exported_at_s),
@@ -251,6 +263,8 @@ def _json_result(result: VerifyResult, signed: SignedHead | None, warning: str |
 
 def _reader_args(args: argparse.Namespace, command: str,
                  ) -> tuple[float | None, tuple[str, ...] | None] | int:
+    from gateway.audit.show import parse_time
+
     db = Path(args.db)
     if not db.is_file():
         return _fail_input(command, f"{db}: no such file")
@@ -264,6 +278,9 @@ def _reader_args(args: argparse.Namespace, command: str,
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.audit.show import show
+    from gateway.audit.store import AuditError
+
     parsed = _reader_args(args, "show")
     if isinstance(parsed, int):
         return parsed
@@ -277,6 +294,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from gateway.audit.show import tail
+    from gateway.audit.store import AuditError
+
     parsed = _reader_args(args, "tail")
     if isinstance(parsed, int):
         return parsed
@@ -290,6 +310,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_head(args: argparse.Namespace) -> int:
+    from gateway.audit.export import parse_sink, send_head
+    from gateway.audit.store import AuditError, last_head, verify
+
     try:
         sinks: list[HeadSink] = [parse_sink(spec) for spec in args.to]
     except ValueError as exc:

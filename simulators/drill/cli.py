@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +119,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
     jobs = [(str(p), not args.no_gateway, report, args.seed, baseline, args.duration_s)
             for p in paths]
     if args.jobs > 1 and len(jobs) > 1:
+        # Imported here: it loads multiprocessing, which every other command (they all build
+        # this parser) would otherwise pay for at start.
+        from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             results = list(pool.map(_job, jobs))
     else:
