@@ -29,6 +29,13 @@ process would inherit this process's peak. The launcher's own RSS is a floor und
 
 Start-up on a loaded host is slower: the host's load average before and after is reported, with
 the number of CPUs, so that a figure can be read against it.
+
+The commands run as an installed gateway does: with Python's bytecode cache. A
+``PYTHONDONTWRITEBYTECODE`` in this environment is removed from theirs (a development shell may
+set it; every start would then compile the gateway's modules from source, about 0.3 s here), so
+the first, uncounted run of each command writes the cache and the counted runs read it.
+``bytecode_cached`` says whether the cache was there for the counted runs (a read-only install
+without one cannot write it).
 """
 
 from __future__ import annotations
@@ -92,13 +99,29 @@ def _command() -> list[str]:
     return [sys.executable, "-m", "gateway.cli"]
 
 
+def child_env() -> dict[str, str]:
+    """The environment of the measured commands: this one, with the bytecode cache on (see
+    the module docstring)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def _bytecode_cached() -> bool:
+    import importlib.util
+
+    import gateway.cli
+
+    cached = importlib.util.cache_from_source(gateway.cli.__file__)
+    return Path(cached).is_file()
+
+
 def launch(argv: list[str]) -> dict[str, Any]:
     """Run ``argv`` once through the launcher: ``wall_s``, ``peak_rss_kb``, ``exit_code``.
 
     ``argv[0]`` must be a path (it is not looked up in PATH). Raises :class:`BenchError` with
     the command's stderr if it exits with a code other than 0."""
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", _LAUNCHER, *argv],
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=child_env())
     if proc.returncode != 0:
         raise BenchError(f"the launcher failed ({proc.returncode}): {proc.stderr.strip()}")
     result: dict[str, Any] = json.loads(proc.stdout)
@@ -220,7 +243,7 @@ async def _one_run(site: Path, plc: Any, heartbeat: tuple[int, int], folder: Pat
         spawned = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *_command(), "run", str(site), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=err)
+            stdout=asyncio.subprocess.DEVNULL, stderr=err, env=child_env())
     try:
         first: float | None = None
         deadline = spawned + _FIRST_CYCLE_TIMEOUT_S
@@ -320,6 +343,7 @@ def run(quick: bool) -> dict[str, Any]:
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "command": " ".join(cmd), "rss_floor_mb": floor,
+        "bytecode_cached": _bytecode_cached(),
         "help": help_, "check": check, "run": cycles,
         "targets": TARGETS, "judged_on_max": figures, "pass": passed,
         "all_pass": all(passed.values()),
@@ -340,7 +364,8 @@ def format_text(result: dict[str, Any]) -> str:
     out = [f"bench startup ({result['runs']} runs of each command, {result['run_runs']} "
            f"gateway runs per site; {result['cpus']} CPUs, load average "
            f"{result['load_avg_before'][0]:.2f} before, {result['load_avg_after'][0]:.2f} "
-           f"after; Python {result['python']}; judged on the max)",
+           f"after; Python {result['python']}; bytecode cache "
+           f"{'used' if result['bytecode_cached'] else 'NOT available'}; judged on the max)",
            line("--help wall time", result["help"]["wall_s"], "s",
                 f"<= {t['help_s_max']} s", "help_s"),
            line("--help peak RSS", result["help"]["peak_rss_mb"], "MB", "", None),
