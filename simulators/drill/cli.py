@@ -10,7 +10,6 @@ happens without the gateway, and exits 0 once it ran.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -163,6 +162,8 @@ def _has_baseline(path: Path) -> bool:
 def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
          ) -> tuple[list[Scorecard], tuple[Scorecard, Scorecard | None], str]:
     """Run one scenario (and its baseline); in a worker process with --all."""
+    import asyncio  # here, not at the top: every command builds this parser
+
     from simulators.drill.report import scorecard_text, write_report
     from simulators.drill.runner import run_drill
     from simulators.drill.scenario import load_scenario, with_duration
