@@ -81,6 +81,19 @@ def test_check_of_a_modbus_site_imports_no_opcua_model_runtime_or_plotting(
     assert not wrong, f"check imported {sorted(wrong)}"
 
 
+def test_the_audit_writer_process_imports_only_what_it_writes_with(tmp_path: Path) -> None:
+    # The core waits for its audit writer child to open the database before the first cycle:
+    # what the child imports is on that path. The child runs gateway/audit/process.py and
+    # opens an AuditLog; here the same, in a fresh interpreter.
+    code = ("import sys, gateway.audit.process; from gateway.audit.log import AuditLog; "
+            f"AuditLog({str(tmp_path / 'audit.db')!r}).close(); "
+            "print(','.join(m for m in ('asyncio', 'urllib.request', 'http.client', 'numpy', "
+            "'yaml', 'pymodbus', 'asyncua') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out == "", f"the audit writer imported: {out}"
+
+
 async def _run_until_cycles(site: Path, plc: TestPLC, modules: Path, log: Path,
                             cycles: int) -> None:
     def heartbeats() -> int:

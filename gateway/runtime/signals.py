@@ -21,12 +21,12 @@ gateway closes it, so that the shutdown record still reaches the disk.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable
 
 __all__ = ["IGNORED_SIGNALS", "STOP_SIGNALS", "SignalWatch", "ignore_in_child"]
@@ -63,10 +63,16 @@ class SignalWatch:
         self.on_stop = on_stop
         self.received: list[signal.Signals] = []
         self.stopped_by: signal.Signals | None = None
+        # asyncio is imported where it is used: the audit writer process imports this module
+        # for ignore_in_child alone, and waits for nothing else before it says it is ready.
+        import asyncio
+
         self._queue: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._installed: list[signal.Signals] = []
 
     def install(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS + IGNORED_SIGNALS:
             # The handler only records: the loop acts in run().
@@ -74,6 +80,8 @@ class SignalWatch:
             self._installed.append(sig)
 
     def uninstall(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         for sig in self._installed:
             loop.remove_signal_handler(sig)
