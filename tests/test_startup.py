@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
+
 from benchmarks.startup import SITE, site_variant
 from gateway.config.schema import Table
 from simulators.plc_modbus import TestPLC
@@ -118,17 +120,20 @@ async def _run_until_cycles(site: Path, plc: TestPLC, modules: Path, log: Path,
             await proc.wait()
 
 
+@pytest.mark.parametrize("opcua", [False, True], ids=["modbus-only", "as-shipped"])
 def test_the_core_of_a_modbus_run_imports_no_opcua_model_runtime_or_crypto(
-        tmp_path: Path) -> None:
-    # A Modbus site without TLS, its controller external: the process that runs the cycle
-    # needs pymodbus and numpy, and none of the OPC UA stack, the model runtimes, plotting or
-    # the cryptography package (the audit writer, a child, signs the chain's head).
+        tmp_path: Path, opcua: bool) -> None:
+    # A site with a Modbus PLC, without TLS, its controller external: the process that runs
+    # the cycle needs pymodbus and numpy, and none of the OPC UA stack, the model runtimes,
+    # plotting or the cryptography package (the audit writer, a child, signs the chain's
+    # head). As shipped, the water tank also serves OPC UA northbound: from the
+    # communications process, a child, never from the core.
     modules = tmp_path / "modules.txt"
 
     async def scenario() -> None:
         async with TestPLC(holding=128) as plc:
             await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)
-            site = site_variant(SITE, tmp_path, plc.port, opcua=False)
+            site = site_variant(SITE, tmp_path, plc.port, opcua=opcua)
             await _run_until_cycles(site, plc, modules, tmp_path / "gateway.log", cycles=5)
 
     asyncio.run(scenario())
