@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from benchmarks import audit, envelope, replay, startup, supervisor, wire
+from benchmarks import audit, envelope, interference, replay, startup, supervisor, wire
 
 
 class BenchModule(Protocol):
@@ -22,6 +22,7 @@ class BenchModule(Protocol):
 BENCHES: dict[str, BenchModule] = {
     "audit": audit,
     "envelope": envelope,
+    "interference": interference,
     "replay": replay,
     "startup": startup,
     "supervisor": supervisor,
