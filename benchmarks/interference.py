@@ -295,6 +295,7 @@ class Rig:
         """The northbound Modbus server answers with a heartbeat: the core has cycled."""
         from pymodbus.client import AsyncModbusTcpClient
 
+        await _tcp_open(self.modbus_port)  # listening yet? (pymodbus logs each refusal)
         client = AsyncModbusTcpClient("127.0.0.1", port=self.modbus_port, timeout=2,
                                       retries=0)
         try:
