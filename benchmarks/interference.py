@@ -179,11 +179,12 @@ def trips(records: list[tuple[str, dict[str, Any]]]) -> list[tuple[float, str]]:
 
 
 def judge(windows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each load against the idle window: ratios and the issue's targets."""
+    """Each load against the ``idle`` window: ratios and the issue's targets (other windows
+    whose name starts with ``idle`` are not judged)."""
     idle = windows["idle"]
     out: dict[str, Any] = {}
     for name, w in windows.items():
-        if name == "idle" or not w.get("available", True):
+        if name.startswith("idle") or not w.get("available", True):
             continue
         ratios = {}
         for key in ("cycle_lateness_ms_p50", "cycle_lateness_ms_p99", "cycle_lateness_ms_max",
@@ -352,14 +353,15 @@ class Rig:
                 "answer_s": time.monotonic() - t0}
 
     async def window(self, name: str, window_s: float) -> dict[str, Any]:
-        """Run load ``name`` (``idle`` or one of :data:`LOADS`) for a window of ``window_s``
+        """Run load ``name`` (one of :data:`LOADS`, or no load for a name that starts with
+        ``idle``) for a window of ``window_s``
         (longer only when the load itself needs longer), then probe the northbound side."""
         load: dict[str, Any] = {}
         busy0, total0 = _cpu_busy()
         core0 = _cpu_s(self.gateway.pid)
         start = time.monotonic()
         end = start + window_s
-        if name == "idle":
+        if name.startswith("idle"):
             await asyncio.sleep(window_s)
         elif name == "read_hammer":
             r = await read_hammer("127.0.0.1", self.modbus_port, end, HAMMER_CONNECTIONS)

@@ -94,7 +94,8 @@ def test_judge_holds_each_load_to_the_idle_run_of_the_same_bench() -> None:
     verdict = judge({"idle": window(1.0), "ok": window(1.6), "late": window(1.61),
                      "missed": window(1.0, missed=1), "tripped": window(1.0, tripped=("t",)),
                      "deaf": window(1.0, answered=False),
-                     "gone": {"available": False, "why": "no comms process"}})
+                     "gone": {"available": False, "why": "no comms process"},
+                     "idle_after": window(9.0)})
     assert verdict["ok"]["cycle_lateness_ms_p99_bound"] == pytest.approx(1.6)
     assert verdict["ok"]["ratios"]["cycle_lateness_ms_p99"] == pytest.approx(1.6)
     assert all(verdict["ok"]["met"].values())
@@ -103,6 +104,7 @@ def test_judge_holds_each_load_to_the_idle_run_of_the_same_bench() -> None:
     assert not verdict["tripped"]["met"]["no_trip"]
     assert not verdict["deaf"]["met"]["northbound_answers_after"]
     assert "gone" not in verdict
+    assert "idle_after" not in verdict  # another idle window: information, not a load
 
 
 def test_comms_children_are_the_core_children_running_gateway_comms(tmp_path: Path) -> None:

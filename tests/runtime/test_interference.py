@@ -4,20 +4,22 @@ do not stop or stall the safety core's cycle.
 Each test starts a PLC stand-in that records every heartbeat's arrival and the real gateway
 (``safety-gateway run``: a Modbus device, northbound Modbus and OPC UA, 100 Hz, audit on), each
 in a process of its own (``benchmarks.interference.Rig``); this process generates the load.
-Each test first measures an idle window, then the same window under its load.
+Each test measures an idle window, the same window under its load, and an idle window again:
+the host's own noise changes from minute to minute, so the load is judged against the idle
+windows on either side of it.
 
 What must hold whatever else runs on the host:
 
 - no trip (the audit log has no mode change to SAFE_STOP and no trip event);
 - the longest gap between two cycle starts (the gateway's own timeline) and between two
-  heartbeats at the PLC stays within :func:`gap_bound_ms` of the idle window's; the bound is
+  heartbeats at the PLC stays within :func:`gap_bound_ms` of the idle windows'; the bound is
   relative, so that a host busy with other work moves the idle figure and the bound together;
 - the northbound side answers a fresh client afterwards.
 
 ``gap_bound_ms``: the core is a process that sleeps between cycles. Once northbound traffic is
 served elsewhere, a load can only reach it through the CPU scheduler: more runnable processes
 on the host (the load generator, the communications process), each able to hold a core for a
-scheduler time slice before the waking core runs. The idle window already contains the host's
+scheduler time slice before the waking core runs. The idle windows already contain the host's
 own worst stall of that kind; under load one more can add to it. Twice the idle gap plus three
 cycle periods leaves that room and no more: a core that waits on its northbound peers (one
 event loop serving a flood of connections) stalls for many periods and fails it.
@@ -40,9 +42,11 @@ if TYPE_CHECKING:
 WINDOW_S = 3.0
 
 
-def gap_bound_ms(idle_gap_ms: float) -> float:
-    """The longest gap allowed under load, from the idle window's (see the module docstring)."""
-    return 2.0 * idle_gap_ms + 3.0 * CYCLE_MS
+def gap_bound_ms(result: dict[str, dict[str, Any]], key: str) -> float:
+    """The longest gap (``key``) allowed under load: from the longer of the two idle windows'
+    (see the module docstring)."""
+    idle_ms = max(result["idle"][key], result["idle_after"][key])
+    return 2.0 * idle_ms + 3.0 * CYCLE_MS
 
 
 def run_load(folder: Path, load: str) -> dict[str, dict[str, Any]]:
@@ -50,21 +54,24 @@ def run_load(folder: Path, load: str) -> dict[str, dict[str, Any]]:
         async with Rig(folder) as rig:
             await rig.window("idle", WINDOW_S)
             await rig.window(load, WINDOW_S)
+            await rig.window("idle_after", WINDOW_S)
         return rig.results()
 
     return asyncio.run(body())
 
 
 def assert_unharmed(result: dict[str, dict[str, Any]], load: str) -> None:
-    idle, loaded = result["idle"], result[load]
-    figures = {k: (idle[k], loaded[k]) for k in ("cycle_gap_ms_max", "heartbeat_gap_ms_max",
-                                                 "cycle_lateness_ms_p99", "host_cpu_busy_pct")}
-    print(f"{load}: (idle, loaded) {json.dumps(figures)} load {json.dumps(loaded['load'])}")
+    idle, loaded, after = result["idle"], result[load], result["idle_after"]
+    figures = {k: (idle[k], loaded[k], after[k])
+               for k in ("cycle_gap_ms_max", "heartbeat_gap_ms_max", "cycle_lateness_ms_p99",
+                         "host_cpu_busy_pct")}
+    print(f"{load}: (idle, loaded, idle) {json.dumps(figures)} load "
+          f"{json.dumps(loaded['load'])}")
     assert result["_whole_run"]["trips"] == []
     assert result["_whole_run"]["gateway_log_tracebacks"] == 0
-    bound = gap_bound_ms(idle["cycle_gap_ms_max"])
-    assert loaded["cycle_gap_ms_max"] <= bound, figures
-    assert loaded["heartbeat_gap_ms_max"] <= gap_bound_ms(idle["heartbeat_gap_ms_max"]), figures
+    assert loaded["cycle_gap_ms_max"] <= gap_bound_ms(result, "cycle_gap_ms_max"), figures
+    assert loaded["heartbeat_gap_ms_max"] <= gap_bound_ms(result, "heartbeat_gap_ms_max"), \
+        figures
     assert loaded["northbound_after"]["ok"], loaded["northbound_after"]
 
 
@@ -98,6 +105,7 @@ def test_a_killed_communications_process_is_recorded_and_replaced_while_the_core
             killed_at = time.time()
             await rig.window("comms_killed", WINDOW_S)
             after = comms_children(rig.gateway.pid)
+            await rig.window("idle_after", WINDOW_S)
             assert rig.gateway.alive(), "the core ended with its communications process"
         return rig.results(), found[0], killed_at, after
 
