@@ -127,15 +127,18 @@ def _max_gap_ms(times: list[float], start_s: float, end_s: float) -> float:
 def cycle_figures(stats: dict[str, Any], start_s: float, end_s: float) -> dict[str, float]:
     """The core's cycles in ``[start_s, end_s]`` from ``run --stats-json``: lateness
     percentiles (ms), the longest gap between cycle starts (ms, across the window's edges too)
-    and the cycles skipped (gaps of more than a period and a half, in whole periods)."""
+    and the cycles skipped: deadlines that passed without a cycle (each cycle's deadline is
+    its start minus its lateness; the schedule's deadlines are a period apart, so two
+    consecutive cycles whose deadlines are n periods apart skipped n - 1)."""
     timeline = stats["timeline"]
     at = list(timeline["at_s"])
+    deadline = {t: t - ms / 1000.0 for t, ms in zip(at, timeline["lateness_ms"], strict=True)}
     late = [ms for t, ms in zip(at, timeline["lateness_ms"], strict=True)
             if start_s <= t <= end_s]
-    period_ms = float(stats["period_ms"])
+    period_s = float(stats["period_ms"]) / 1000.0
     near = _neighbourhood(at, start_s, end_s)
-    gaps = [1000.0 * (b - a) for a, b in itertools.pairwise(near)]
-    skipped = sum(max(0, round(g / period_ms) - 1) for g in gaps if g > 1.5 * period_ms)
+    skipped = sum(max(0, round((deadline[b] - deadline[a]) / period_s) - 1)
+                  for a, b in itertools.pairwise(near))
     return {
         "cycles": float(len(late)),
         "cycle_lateness_ms_p50": statistics.median(late) if late else float("nan"),

@@ -23,14 +23,26 @@ def stats(at_s: list[float], lateness_ms: list[float] | None = None) -> dict[str
 
 
 def test_cycle_figures_take_the_window_and_count_a_stall_across_its_edge() -> None:
-    at = [PERIOD_S * k for k in range(100)] + [1.5 + PERIOD_S * k for k in range(100)]
+    # 9 ms late before the window, then a stall, then 0.5 ms late from 1.5 s on.
+    at = ([PERIOD_S * k + 0.009 for k in range(100)]
+          + [1.5 + PERIOD_S * k + 0.0005 for k in range(100)])
     late = [9.0] * 100 + [0.5] * 100
-    got = cycle_figures(stats(at, late), 1.2, 2.49)
-    # The cycles at 1.50..2.49 only; the stall from 0.99 to 1.50 straddles the window's start.
+    got = cycle_figures(stats(at, late), 1.2, 2.5)
+    # The cycles at 1.50..2.49 only; the stall from 0.999 to 1.5005 straddles the window's
+    # start; the deadlines 1.00 .. 1.49 passed without a cycle.
     assert got["cycles"] == 100
     assert got["cycle_lateness_ms_p99"] == 0.5
-    assert got["cycle_gap_ms_max"] == pytest.approx(510.0)
+    assert got["cycle_gap_ms_max"] == pytest.approx(501.5)
     assert got["cycles_skipped"] == 50
+
+
+def test_a_late_cycle_is_not_a_skipped_one() -> None:
+    # Each cycle on its deadline but one, 8 ms late: a 18 ms gap, then a 2 ms one.
+    at = [PERIOD_S * k + (0.008 if k == 50 else 0.0) for k in range(100)]
+    late = [8.0 if k == 50 else 0.0 for k in range(100)]
+    got = cycle_figures(stats(at, late), 0.0, 1.0)
+    assert got["cycle_gap_ms_max"] == pytest.approx(18.0)
+    assert got["cycles_skipped"] == 0
 
 
 def test_cycle_figures_of_a_window_without_any_cycle_span_the_whole_stall() -> None:
