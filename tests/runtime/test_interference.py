@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -122,5 +123,9 @@ def test_a_killed_communications_process_is_recorded_and_replaced_while_the_core
     # The loss is in the audit chain, after the kill: the killed process, lost.
     comms = [r.data() for r in read_records(tmp_path / "audit.db", kinds=("comms",))
              if r.at_s >= killed_at]
-    assert [e for e in comms if e.get("kind") == "lost" and e.get("pid") == killed], comms
+    lost = [e for e in comms if e.get("kind") == "lost" and e.get("pid") == killed]
+    assert lost, comms
+    assert lost[0]["exit_code"] == -signal.SIGKILL, lost
+    # ... and so is the start of its successor, the process serving now.
+    assert [e for e in comms if e.get("kind") == "started" and e.get("pid") in after], comms
 
