@@ -88,7 +88,9 @@ class CommsSupervisor:
     ``handler`` is the core's :class:`~gateway.adapters.base.NorthboundHandler`; ``on_event``
     is called (in the event loop) with every :class:`CommsEvent` and must not block; an
     exception from it is logged. ``command`` replaces ``[sys.executable, "-m",
-    "gateway.comms"]`` (tests); ``env`` the child's environment (default: the core's).
+    "gateway.comms"]`` (tests); ``env`` the child's environment (default: the core's);
+    ``nice`` is added to the core's niceness for the child, so that the scheduler favours the
+    core's cycle when the CPU is short.
     """
 
     def __init__(self, site_path: str | Path, mirror_name: str, handler: NorthboundHandler,
@@ -98,7 +100,7 @@ class CommsSupervisor:
                  backoff_initial_s: float = 0.2, backoff_max_s: float = 10.0,
                  stable_s: float = 60.0, ping_interval_s: float = 0.5,
                  ping_timeout_s: float = 3.0, start_timeout_s: float = 20.0,
-                 stop_timeout_s: float = 5.0, max_in_flight: int = 64,
+                 stop_timeout_s: float = 5.0, max_in_flight: int = 64, nice: int = 10,
                  clock: Callable[[], float] = time.monotonic) -> None:
         for key, value in (("backoff_initial_s", backoff_initial_s),
                            ("backoff_max_s", backoff_max_s), ("stable_s", stable_s),
@@ -128,6 +130,7 @@ class CommsSupervisor:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.max_in_flight = max_in_flight
+        self.nice = nice  # added to the core's niceness for the child (0: the same)
         self.clock = clock
         self.restarts = 0  # starts after the first
         self.generation = 0  # starts so far (a child's number; the mirror may show it)
@@ -217,6 +220,15 @@ class CommsSupervisor:
             raise
         finally:
             theirs.close()  # the child holds its own copy
+        if self.nice:
+            # When the CPU is short (a flood, a loaded host) the scheduler must favour the
+            # safety core's cycle over the communications process: its niceness is raised
+            # (allowed without privileges). A failure costs nothing but that preference.
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.nice))
+            except OSError as exc:
+                log.warning("could not lower the communications process's priority: %s", exc)
         self.generation += 1
         channel = ChannelServer(ours, self.handler, max_in_flight=self.max_in_flight,
                                 clock=self.clock)

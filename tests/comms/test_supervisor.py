@@ -157,6 +157,24 @@ def test_stop_ends_the_child_and_a_child_ignoring_sigterm_is_killed(tmp_path: Pa
     run(main())
 
 
+def test_the_child_runs_at_a_lower_priority_than_the_core(tmp_path: Path) -> None:
+    # When the CPU is short the scheduler must favour the core's cycle.
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)", "--"]
+
+    async def main() -> None:
+        sup = CommsSupervisor(tmp_path / "none.yaml", "none", StubCore(), lambda e: None,
+                              command=sleeper, stop_timeout_s=0.5, start_timeout_s=60)
+        await sup.start()
+        try:
+            pid = sup.pid
+            assert pid is not None
+            core = os.getpriority(os.PRIO_PROCESS, 0)
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, core + 10)
+        finally:
+            await sup.stop()
+    run(main())
+
+
 def test_a_child_that_cannot_start_is_retried_with_growing_delays(tmp_path: Path) -> None:
     async def main() -> None:
         events: list[CommsEvent] = []
