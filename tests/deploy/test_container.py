@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.cli import build_parser
+from tests.deploy.test_healthcheck import load_healthcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -68,8 +69,10 @@ def test_the_image_commands_parse():
     parses(json.loads(steps["CMD"]))
     health = steps["HEALTHCHECK"]
     check = json.loads(health[health.index("CMD ") + 4:])
-    assert check[0] == "safety-gateway"
-    parses(check[1:])
+    assert check[:2] == ["python", "/opt/safety-gateway/deploy/healthcheck.py"]
+    # The script is copied to that path, and takes these arguments.
+    assert ("COPY", "deploy/healthcheck.py deploy/") in instructions()
+    load_healthcheck().build_parser().parse_args(check[2:])
 
 
 def test_compose_brings_up_simulator_gateway_and_prometheus():
