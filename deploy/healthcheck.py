@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import os
 import sys
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         password = os.environ.get(args.password_env)
         if password is None or args.user is None:
             parser.error("--password-env needs --user and the variable set")
+    # asyncua warns about the session timeout it negotiated: not the health check's business.
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
         problem = asyncio.run(stuck(args.via, args.interval, args.timeout, args.user, password))
     except (GatewayUnreachable, GatewayRefused) as exc:
