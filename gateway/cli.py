@@ -229,6 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
     from gateway.runtime.gateway import Gateway
     from gateway.runtime.heap import GcPauses, freeze_startup_heap
+    from gateway.runtime.sdnotify import ServiceNotifier
 
     playbook = Path(args.playbook) if args.playbook else DEFAULT_PLAYBOOK
     try:
@@ -257,7 +258,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                              on_event=comms_recorder(lambda event: gw.records.comms(event)),
                              log_level="DEBUG" if args.debug else "INFO")
         gw = Gateway(site, audit_path=None if args.no_audit else site.audit.path,
-                     audit_process=True, playbook=playbook, servers=False, northbound=link)
+                     audit_process=True, playbook=playbook, servers=False, northbound=link,
+                     service=ServiceNotifier.from_environment())  # systemd, if it asks
         if link is not None:
             link.handler = gw
         watch.on_stop = gw.stopped_by
@@ -325,9 +327,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject's ``version``), or ``unknown`` when
+    the package runs from a source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("safety-gateway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="safety-gateway", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the installed package's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check", help="validate site files and summarise their envelope")

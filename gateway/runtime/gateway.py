@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from gateway.control.proposal import Proposal
     from gateway.incident.manager import IncidentManager
     from gateway.incident.notify import Notifier
-    from gateway.runtime.view import PlantView
+    from gateway.runtime.sdnotify import ServiceNotifier
+    from gateway.runtime.view import PlantView, Publisher
     from gateway.supervisor.decision import Decision
     from gateway.supervisor.detectors import CanaryCases
 
@@ -91,7 +92,8 @@ class Gateway(NorthboundHandler):
                  audit_path: Path | None = None, audit_process: bool = False,
                  playbook: Path | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 northbound: Northbound | None = None) -> None:
+                 northbound: Northbound | None = None,
+                 service: ServiceNotifier | None = None) -> None:
         self.site = site
         self.clock = clock
         # Wall-clock UTC seconds: a bypass's expiry is stored in it, so that it survives a
@@ -137,6 +139,9 @@ class Gateway(NorthboundHandler):
             self.requests.on_refusal = self.inline.show_rejection
             northbound = self.inline
         self.northbound = northbound
+        # systemd (``run`` under a unit): READY before the first cycle, the watchdog fed by
+        # each completed cycle (a publisher), STOPPING when close begins.
+        self.service = service
         self.supervisor: Supervisor | None = None
         self.write_through: WriteThrough | None = None
         self.control: ControlCycle | None = None
@@ -157,6 +162,8 @@ class Gateway(NorthboundHandler):
             await self.open()
             if on_open is not None:
                 on_open()
+            if self.service is not None:
+                self.service.ready()
             assert self.control is not None
             await self.control.run(stop)
         finally:
@@ -214,7 +221,9 @@ class Gateway(NorthboundHandler):
                                           self.period_s, self.index,
                                           self.requests.sensors_now)
         self.requests.attach(sup, self.write_through, self.incidents)
-        publishers = [self.northbound] if self.northbound is not None else []
+        publishers: list[Publisher] = [self.northbound] if self.northbound is not None else []
+        if self.service is not None:
+            publishers.append(self.service)
         self.control = ControlCycle(
             sup, self.store, self.sensor_names, self.ai, south, self.records, self.durable,
             playbook, self.incidents, (self.refusals, self.security_events), publishers,
@@ -223,6 +232,8 @@ class Gateway(NorthboundHandler):
     async def close(self) -> None:
         """Leave each actuator as its shutdown policy says, stop devices and the northbound
         side, and write the shutdown record last."""
+        if self.service is not None:
+            self.service.stopping()
         self.requests.stopping = True
         if self.write_through is not None:
             await self.write_through.stop(_TASK_STOP_S, log.error)
