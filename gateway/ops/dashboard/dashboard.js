@@ -22,8 +22,9 @@ function el(tag, text, cls) {
 
 function fmt(x, unit) {
   if (x === null || x === undefined) return "–";
-  const s = Math.abs(x) >= 1000 || x === Math.trunc(x) ? String(Math.round(x * 1000) / 1000)
-                                                       : x.toPrecision(4);
+  // Four significant digits, no trailing zeros (2.5, not 2.500); large values to 0.001.
+  const s = Math.abs(x) >= 1000 ? String(Math.round(x * 1000) / 1000)
+                                : String(Number(x.toPrecision(4)));
   return unit ? s + " " + unit : s;
 }
 
@@ -137,8 +138,9 @@ function show(msg) {
   const v = msg.view;
   if (!v) { setText("mode", "waiting for the first cycle"); return; }
   const mode = document.getElementById("mode");
-  mode.textContent = v.mode;
-  mode.dataset.mode = v.mode;
+  // The core names modes in lower case ("safe_stop"); people read them as SAFE_STOP.
+  mode.textContent = v.mode.toUpperCase();
+  mode.dataset.mode = v.mode.toUpperCase();
   document.getElementById("latch").hidden = !v.latched;
   setText("trip-reason", v.trip_reason || "(no reason recorded)");
   setText("incident", v.incident_id || "none");
