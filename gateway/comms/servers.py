@@ -62,7 +62,7 @@ class NorthboundServers:
         if nb.http is not None:
             from gateway.ops.http import Dashboard
 
-            self.http = Dashboard(site, nb.http)
+            self.http = Dashboard(site, nb.http, handler)
 
     async def start(self) -> None:
         """Start listening: Modbus first, then the dashboard, then OPC UA. Raises what a server

@@ -12,7 +12,16 @@ publisher nothing. Readers get:
   with its age, so that the page sees a stalled core), with a ``retry:`` so that the browser
   reconnects by itself after the gateway restarts.
 
-It is read-only: nothing here reaches the core.
+Read-only by default. With users in the site (``northbound.opcua.users``: the same accounts,
+passwords and roles as OPC UA, checked by :class:`gateway.ops.users.UserTable` and throttled
+like OPC UA logins), ``POST /api/login`` opens a session: an HttpOnly, SameSite=Strict cookie
+(Secure over HTTPS) and a CSRF token that every action must carry in ``X-CSRF-Token``.
+``POST /api/request`` (mode requests, reset, bypasses) and ``POST /api/incident`` (note,
+acknowledge, check, resolve) go to the core through the same
+:class:`~gateway.adapters.base.NorthboundHandler` as the OPC UA methods: the core checks the
+role, applies or refuses, audits it with the user, and its answer is what the page shows.
+Without a session: 401; without the right CSRF token: 403; bad input: 400; refused by the
+core: 403 (role) or 409, with the core's reason.
 """
 
 from __future__ import annotations
@@ -28,11 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.adapters.base import ClientInfo, Refusal
+from gateway.adapters.opcua.throttle import LoginThrottle
+from gateway.config.schema import LoginThrottleSpec
 from gateway.ops.margins import margins
+from gateway.ops.sessions import Session, Sessions
+from gateway.ops.users import UserTable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from gateway.adapters.base import NorthboundHandler, WriteOutcome
     from gateway.config.schema import HttpServerSpec, Site
     from gateway.runtime.view import PlantView
 
@@ -42,6 +57,9 @@ STATIC = Path(__file__).with_name("dashboard")
 MAX_RATE_HZ = 5.0  # a browser needs no more; the core may cycle at 1 kHz
 KEEPALIVE_S = 0.5  # >= 2 Hz even when the core publishes nothing new
 RETRY_MS = 1000  # the browser's reconnect delay after the stream drops
+COOKIE = "sg_session"
+MAX_BODY_BYTES = 16 * 1024  # a login or an action is small; anything bigger is refused
+MAX_TEXT = 2000  # characters of a note or acknowledgement
 _PAGES = {"/": ("index.html", "text/html"), "/dashboard.css": ("dashboard.css", "text/css"),
           "/dashboard.js": ("dashboard.js", "text/javascript")}
 # The page loads only our own files: no inline script, nothing from elsewhere.
@@ -117,13 +135,23 @@ def ssl_context(spec: HttpServerSpec) -> ssl.SSLContext | None:
 
 class Dashboard:
     """The dashboard's server. ``wall_clock`` (UTC seconds) dates each message, so that the
-    page can say how old the view it shows is."""
+    page can say how old the view it shows is; ``clock`` (seconds) times sessions and the
+    login throttle. Without a ``handler`` no action is possible (every one answers 401)."""
 
     def __init__(self, site: Site, spec: HttpServerSpec,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 handler: NorthboundHandler | None = None,
+                 wall_clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.site = site
         self.spec = spec
+        self.handler = handler
         self.wall_clock = wall_clock
+        self.clock = clock
+        opcua = site.northbound.opcua
+        self.users = UserTable(() if opcua is None else opcua.users, "dashboard", log)
+        self.throttle = LoginThrottle(LoginThrottleSpec() if opcua is None else opcua.login)
+        self.sessions = Sessions()
+        self.secure = spec.certificate is not None
         self.facts = site_facts(site)
         self._view: PlantView | None = None
         self._encoded: tuple[PlantView, dict[str, Any]] | None = None
@@ -153,13 +181,18 @@ class Dashboard:
         return body
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.on_response_prepare.append(_headers)
         app.router.add_get("/", self._page)
         app.router.add_get("/dashboard.css", self._page)
         app.router.add_get("/dashboard.js", self._page)
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/events", self._events)
+        app.router.add_get("/api/session", self._session)
+        app.router.add_post("/api/login", self._login)
+        app.router.add_post("/api/logout", self._logout)
+        app.router.add_post("/api/request", self._request)
+        app.router.add_post("/api/incident", self._incident)
         return app
 
     async def start(self) -> None:
@@ -224,6 +257,150 @@ class Dashboard:
         finally:
             closing.cancel()
         return response
+
+
+    # ------------------------------------------------------------------ login and actions
+
+    async def _session(self, request: web.Request) -> web.Response:
+        session = self.sessions.get(request.cookies.get(COOKIE), self.clock())
+        if session is None:
+            return _error(401, "not logged in")
+        return _json({"user": session.user, "role": str(session.role), "csrf": session.csrf})
+
+    async def _login(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        if isinstance(body, web.Response):
+            return body
+        user, password = body.get("user"), body.get("password")
+        if not isinstance(user, str) or not isinstance(password, str) or not user:
+            return _error(400, "send {\"user\": text, \"password\": text}")
+        if not self.users:
+            return _error(403, "no users are configured (northbound.opcua.users)")
+        source = request.remote or "unknown"
+        admission = self.throttle.admit(user, source, self.clock())
+        if admission.refused:
+            log.warning("dashboard login of %r from %s refused unchecked (throttled)", user,
+                        source)
+            return _error(429, "too many failed logins: try again later")
+        if admission.wait_s > 0:  # our own turn in the throttle (the OPC UA server's rule)
+            await asyncio.sleep(admission.wait_s)
+        role, reason = self.users.check(user, password)
+        if role is None and self.handler is not None:  # evidence, as OPC UA's failures
+            self.handler.refused_connection("http", _address(request), user, "login_failed",
+                                            reason)
+        if role is None:
+            log.info("dashboard login of %r from %s refused: %s", user, source, reason)
+            return _error(401, "wrong user name or password")
+        self.throttle.succeeded(user, source)
+        session = self.sessions.create(user, role, self.clock())
+        log.info("dashboard login: %s (%s) from %s", user, role, source)
+        response = _json({"user": user, "role": str(role), "csrf": session.csrf})
+        response.set_cookie(COOKIE, session.token, httponly=True, samesite="Strict",
+                            secure=self.secure, path="/")
+        return response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        session = self._authorised(request)
+        if isinstance(session, web.Response):
+            return session
+        self.sessions.end(session.token)
+        response = _json({"logged_out": True})
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    def _authorised(self, request: web.Request) -> Session | web.Response:
+        """The request's session, or the answer: 401 without one, 403 without its CSRF
+        token."""
+        session = self.sessions.get(request.cookies.get(COOKIE), self.clock())
+        if session is None or self.handler is None:
+            return _error(401, "log in first")
+        if not Sessions.csrf_ok(session, request.headers.get("X-CSRF-Token")):
+            return _error(403, "missing or wrong CSRF token")
+        return session
+
+    async def _request(self, request: web.Request) -> web.Response:
+        session = self._authorised(request)
+        if isinstance(session, web.Response):
+            return session
+        body = await _body(request)
+        if isinstance(body, web.Response):
+            return body
+        kind, detector, duration = body.get("kind"), body.get("detector"), body.get(
+            "duration_s")
+        if not isinstance(kind, str) or not kind:
+            return _error(400, "kind: a request such as to_manual or reset_trip")
+        if detector is not None and not isinstance(detector, str):
+            return _error(400, "detector: text")
+        if duration is not None and (isinstance(duration, bool)
+                                     or not isinstance(duration, int | float)
+                                     or not math.isfinite(duration) or duration <= 0):
+            return _error(400, "duration_s: a number of seconds > 0")
+        assert self.handler is not None  # _authorised said so
+        outcome = await self.handler.request(
+            self._client(request, session), kind, detector,
+            None if duration is None else float(duration))
+        return _outcome(outcome)
+
+    async def _incident(self, request: web.Request) -> web.Response:
+        session = self._authorised(request)
+        if isinstance(session, web.Response):
+            return session
+        body = await _body(request)
+        if isinstance(body, web.Response):
+            return body
+        action, incident_id, args = body.get("action"), body.get("incident_id"), body.get(
+            "args", [])
+        if not isinstance(action, str) or not isinstance(incident_id, str) or not incident_id:
+            return _error(400, "action and incident_id: text")
+        if (not isinstance(args, list) or not all(isinstance(a, str) for a in args)
+                or any(len(a) > MAX_TEXT for a in args)):
+            return _error(400, f"args: a list of texts of at most {MAX_TEXT} characters")
+        assert self.handler is not None
+        outcome = await self.handler.incident(self._client(request, session), action,
+                                              incident_id, tuple(args))
+        return _outcome(outcome)
+
+    @staticmethod
+    def _client(request: web.Request, session: Session) -> ClientInfo:
+        return ClientInfo("http", _address(request), session.user, session.role)
+
+
+def _address(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return request.remote or "unknown"
+
+
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"accepted": False, "error": message}, status)
+
+
+def _outcome(outcome: WriteOutcome) -> web.Response:
+    """The core's answer: 200 when applied; 403 when the role may not; else 409."""
+    status = 200 if outcome.accepted else (
+        403 if outcome.why is Refusal.NOT_AUTHORISED else 409)
+    return _json({"accepted": outcome.accepted, "reason": outcome.reason,
+                  "refusal": None if outcome.why is None else str(outcome.why)}, status)
+
+
+async def _body(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object, or a 400/413/415 answer saying what is wrong."""
+    if request.content_type != "application/json":
+        return _error(415, "send application/json")
+    try:
+        body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body over {MAX_BODY_BYTES} bytes")
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body is not JSON")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    return body
 
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -13,16 +13,22 @@ import re
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from playwright.async_api import Page, async_playwright, expect
 
-from gateway.config.schema import HttpServerSpec, Table
+from gateway.audit import read_records
+from gateway.config.schema import HttpServerSpec, OpcUaServerSpec, OpcUaUser, Table
 from gateway.runtime.gateway import Gateway
 from simulators.plc_modbus import TestPLC
 from simulators.ports import free_port
 from tests.runtime.test_gateway_modbus import site_for
 
+if TYPE_CHECKING:
+    import pytest
+
 CHROMIUM = Path("/usr/bin/chromium")
+PASSWORD = "a long test secret"
 # How soon the page must show a trip: the cycle (100 ms), the event stream's throttle (200 ms)
 # and the page's drawing fit well inside; the rest is slack for a loaded host.
 TRIP_SHOWN_S = 2.0
@@ -42,13 +48,18 @@ async def scenario(folder: Path) -> dict[str, float]:
         http_port = free_port()
         # The test moves the level in steps: no rate-of-change check on it here (the trip
         # must come from the range check, when the test says so).
+        # The site's users are its OPC UA users (the server runs too): one admin.
+        opcua = OpcUaServerSpec(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/gateway/",
+                                users=(OpcUaUser("boss", "SG_TEST_BROWSER_BOSS", "admin"),),
+                                allow_insecure_passwords=True)
         site = replace(base, northbound=replace(
-            base.northbound, http=HttpServerSpec(host="127.0.0.1", port=http_port)),
-            detection=replace(base.detection, max_rate_per_s=()))
+            base.northbound, http=HttpServerSpec(host="127.0.0.1", port=http_port),
+            opcua=opcua), detection=replace(base.detection, max_rate_per_s=()))
         url = f"http://127.0.0.1:{http_port}/"
+        audit = folder / "audit.db"
 
         async def start() -> tuple[Gateway, asyncio.Event, asyncio.Task[None]]:
-            gw = Gateway(site, engine="cython")
+            gw = Gateway(site, engine="cython", audit_path=audit)
             stop = asyncio.Event()
             task = asyncio.create_task(gw.run(stop))
             await asyncio.wait_for(gw.ready.wait(), 20)
@@ -103,11 +114,42 @@ async def scenario(folder: Path) -> dict[str, float]:
                     assert gw.supervisor.modes.latched  # the page shows what the core did
                     await shot(page, folder, "2-safe-stop")
 
+                    # Read-only without login: a reset is refused, and nothing changes.
+                    result = page.locator("#action-result")
+                    await page.click("#reset-trip")
+                    await expect(result).to_have_text("reset trip: refused: log in first")
+                    await expect(page.locator("#latch")).to_be_visible()
+                    # The level is back in range; the admin logs in and resets the trip.
+                    await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)
+                    await expect(level.locator(".value")).to_have_text("2.5 m", timeout=5_000)
+                    await page.fill("#login-user", "boss")
+                    await page.fill("#login-password", "wrong")
+                    await page.click("#login")
+                    await expect(result).to_have_text(re.compile("^login refused"))
+                    await page.fill("#login-password", PASSWORD)
+                    await page.click("#login")
+                    await expect(page.locator("#who-user")).to_have_text("boss")
+                    await page.fill("#incident-text", "seen on the dashboard")
+                    await page.click("#acknowledge")
+                    await expect(result).to_have_text(re.compile("^acknowledge: "))
+                    await expect(result).to_have_attribute("data-ok", "true")
+                    await page.click("#reset-trip")
+                    await expect(result).to_have_text(re.compile("^reset trip: "))
+                    await expect(result).to_have_attribute("data-ok", "true")
+                    await expect(page.locator("#latch")).to_be_hidden(timeout=5_000)
+                    # Unlatched, the plant stays in SAFE_STOP until someone asks for more.
+                    await page.select_option("#mode-request", "to_manual")
+                    await page.click("#request-mode")
+                    await expect(result).to_have_text(re.compile("^mode request to_manual: "))
+                    await expect(result).to_have_attribute("data-ok", "true")
+                    await expect(page.locator("#mode")).to_have_text("MANUAL", timeout=5_000)
+                    assert not gw.supervisor.modes.latched
+                    await shot(page, folder, "2b-reset-by-boss")
+
                     # The gateway goes away: the page says the link is lost...
                     stop.set()
                     await runner
                     await expect(page.locator("#link-lost")).to_be_visible(timeout=5_000)
-                    await expect(page.locator("#mode")).to_have_text("SAFE_STOP")
                     await shot(page, folder, "3-link-lost")
                     # ...and when it is back, the page reconnects by itself (no reload).
                     gw, stop, runner = await start()
@@ -120,10 +162,16 @@ async def scenario(folder: Path) -> dict[str, float]:
         finally:
             stop.set()
             await runner
+    # The core audited the dashboard's actions with the user, as it does OPC UA methods.
+    ops = [r for r in read_records(audit) if r.kind == "operator"]
+    assert [(r.actor, r.source.split(":")[0], r.data()["action"]) for r in ops] == [
+        ("boss", "http", "reset_trip"), ("boss", "http", "to_manual")], ops
     return measured
 
 
-def test_the_page_follows_the_gateway_through_a_trip_and_a_restart(tmp_path: Path) -> None:
+def test_the_page_follows_the_gateway_through_a_trip_and_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert CHROMIUM.exists(), "install Debian's chromium (apt-get install -y chromium)"
+    monkeypatch.setenv("SG_TEST_BROWSER_BOSS", PASSWORD)
     measured = asyncio.run(scenario(tmp_path))
     print(f"trip shown in {measured['trip_shown_s']:.2f} s; screenshots in {tmp_path}")

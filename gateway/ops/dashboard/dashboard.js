@@ -144,6 +144,7 @@ function show(msg) {
   document.getElementById("latch").hidden = !v.latched;
   setText("trip-reason", v.trip_reason || "(no reason recorded)");
   setText("incident", v.incident_id || "none");
+  incidentId = v.incident_id;
   setText("bypasses", v.bypasses.length === 0 ? "none" :
           v.bypasses.map((b) => b.detector + " until " + b.expires).join(", "));
   setText("cycle", String(v.cycle));
@@ -201,5 +202,77 @@ function connect() {
   });
 }
 
+// ---------------------------------------------------------------- login and actions
+
+let csrf = null;                // the session's CSRF token; null when not logged in
+let incidentId = "";            // the open incident the actions apply to
+
+function showSession(info) {
+  csrf = info ? info.csrf : null;
+  document.getElementById("login-form").hidden = info !== null;
+  document.getElementById("who").hidden = info === null;
+  if (info) { setText("who-user", info.user); setText("who-role", info.role); }
+}
+
+function result(ok, text) {
+  const r = document.getElementById("action-result");
+  r.dataset.ok = ok ? "true" : "false";
+  r.textContent = text;
+}
+
+async function post(path, body) {
+  const headers = {"Content-Type": "application/json"};
+  if (csrf) headers["X-CSRF-Token"] = csrf;
+  try {
+    const resp = await fetch(path, {method: "POST", headers, body: JSON.stringify(body),
+                                    credentials: "same-origin"});
+    const answer = await resp.json().catch(() => ({}));
+    return {status: resp.status, answer};
+  } catch (e) {
+    return {status: 0, answer: {error: "the gateway did not answer"}};
+  }
+}
+
+async function act(path, body, what) {
+  const {status, answer} = await post(path, body);
+  if (status === 401) { showSession(null); result(false, what + ": refused: log in first"); return; }
+  if (status === 200 && answer.accepted) { result(true, what + ": " + (answer.reason || "applied")); return; }
+  result(false, what + ": refused: " + (answer.reason || answer.error || ("HTTP " + status)));
+}
+
+function wireActions() {
+  document.getElementById("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const user = document.getElementById("login-user").value;
+    const password = document.getElementById("login-password").value;
+    const {status, answer} = await post("/api/login", {user, password});
+    document.getElementById("login-password").value = "";
+    if (status === 200) { showSession(answer); result(true, "logged in as " + answer.user); }
+    else result(false, "login refused: " + (answer.error || ("HTTP " + status)));
+  });
+  document.getElementById("logout").addEventListener("click", async () => {
+    await post("/api/logout", {});
+    showSession(null);
+    result(true, "logged out");
+  });
+  document.getElementById("request-mode").addEventListener("click", () => {
+    const kind = document.getElementById("mode-request").value;
+    act("/api/request", {kind}, "mode request " + kind);
+  });
+  document.getElementById("reset-trip").addEventListener("click", () =>
+    act("/api/request", {kind: "reset_trip"}, "reset trip"));
+  for (const [id, action] of [["acknowledge", "acknowledge"], ["note", "note"]]) {
+    document.getElementById(id).addEventListener("click", () => {
+      if (!incidentId) { result(false, action + ": no open incident"); return; }
+      const text = document.getElementById("incident-text").value;
+      act("/api/incident", {action, incident_id: incidentId, args: [text]}, action);
+    });
+  }
+  // A page reloaded while logged in picks its session up again.
+  fetch("/api/session", {credentials: "same-origin"})
+    .then((r) => (r.ok ? r.json() : null)).then(showSession).catch(() => showSession(null));
+}
+
+wireActions();
 connect();
 setInterval(linkCheck, 250);
