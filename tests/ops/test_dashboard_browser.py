@@ -47,14 +47,16 @@ async def scenario(folder: Path) -> dict[str, float]:
         base = site_for(plc.port, free_port())
         http_port = free_port()
         # The test moves the level in steps: no rate-of-change check on it here (the trip
-        # must come from the range check, when the test says so).
+        # must come from the range check, when the test says so); and a loaded host that
+        # stalls this process (the browser shares two cores) must not trip it on staleness.
         # The site's users are its OPC UA users (the server runs too): one admin.
         opcua = OpcUaServerSpec(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/gateway/",
                                 users=(OpcUaUser("boss", "SG_TEST_BROWSER_BOSS", "admin"),),
                                 allow_insecure_passwords=True)
         site = replace(base, northbound=replace(
             base.northbound, http=HttpServerSpec(host="127.0.0.1", port=http_port),
-            opcua=opcua), detection=replace(base.detection, max_rate_per_s=()))
+            opcua=opcua), detection=replace(base.detection, max_rate_per_s=(),
+                                            stale_after_ms=10_000.0))
         url = f"http://127.0.0.1:{http_port}/"
         audit = folder / "audit.db"
 
@@ -157,6 +159,9 @@ async def scenario(folder: Path) -> dict[str, float]:
                     await expect(page.locator("#cycle")).not_to_have_text("…")
                     await shot(page, folder, "4-reconnected")
                     assert errors == []
+                except BaseException:
+                    await shot(page, folder, "failure")  # kept for each failure
+                    raise
                 finally:
                     await browser.close()
         finally:
@@ -175,3 +180,54 @@ def test_the_page_follows_the_gateway_through_a_trip_and_a_restart(
     monkeypatch.setenv("SG_TEST_BROWSER_BOSS", PASSWORD)
     measured = asyncio.run(scenario(tmp_path))
     print(f"trip shown in {measured['trip_shown_s']:.2f} s; screenshots in {tmp_path}")
+
+
+async def stalled_core(folder: Path) -> None:
+    from gateway.ops.http import Dashboard
+    from tests.ops.test_margins import SITE, view
+
+    dash = Dashboard(SITE, HttpServerSpec(host="127.0.0.1", port=free_port()))
+    hostile = "<img src=x onerror=\"document.title='owned'\"><b>bold</b>"
+    dash.publish(replace(view(), at_wall_s=time.time(), mode="safe_stop", latched=True,
+                         trip_reason=hostile))
+    await dash.start()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM),
+                                               args=["--no-sandbox"])
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{dash.port}/")
+                await expect(page.locator("#mode")).to_have_text("SAFE_STOP", timeout=15_000)
+                # Data from the gateway is text, never markup.
+                await expect(page.locator("#trip-reason")).to_have_text(hostile)
+                assert await page.locator("#trip-reason b, #trip-reason img").count() == 0
+                assert await page.title() != "owned"
+                # The stream is up but the core publishes nothing new: the view ages and the
+                # page says so (five cycles of 100 ms, at least 1 s).
+                await expect(page.locator("#link-lost")).to_be_visible(timeout=5_000)
+                await expect(page.locator("#link-why")).to_have_text(
+                    re.compile("publishes nothing new"))
+                await shot(page, folder, "5-stalled-core")
+                # The core comes back: fresh views, cycle after cycle.
+                async def cycles() -> None:
+                    n = 2
+                    while True:
+                        dash.publish(replace(view(), at_wall_s=time.time(), cycle=n))
+                        n += 1
+                        await asyncio.sleep(0.1)
+
+                publisher = asyncio.create_task(cycles())
+                try:
+                    await expect(page.locator("#link-lost")).to_be_hidden(timeout=5_000)
+                finally:
+                    publisher.cancel()
+            finally:
+                await browser.close()
+    finally:
+        await dash.stop()
+
+
+def test_the_page_shows_a_stalled_core_and_escapes_what_it_shows(tmp_path: Path) -> None:
+    assert CHROMIUM.exists(), "install Debian's chromium (apt-get install -y chromium)"
+    asyncio.run(stalled_core(tmp_path))
