@@ -198,6 +198,7 @@ class Dashboard:
     async def start(self) -> None:
         """Listen on the site's host and port. Raises OSError when the port cannot be bound."""
         context = ssl_context(self.spec)
+        self._closing.clear()  # a server stopped and started again serves streams again
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=None,
                                shutdown_timeout=1.0)
         await runner.setup()

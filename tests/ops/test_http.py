@@ -166,3 +166,21 @@ def test_a_taken_port_is_an_os_error() -> None:
             await dash.stop()  # nothing started: a no-op
 
     asyncio.run(main())
+
+
+def test_stopped_and_started_again_it_streams_again() -> None:
+    async def main() -> None:
+        dash = dashboard()
+        dash.publish(view())
+        await dash.start()
+        await dash.stop()
+        await dash.start()
+        try:
+            async with (aiohttp.ClientSession() as http,
+                        http.get(f"http://127.0.0.1:{dash.port}/api/events") as resp):
+                _, events = await read_events(resp, 2, timeout_s=10)
+            assert events[0][1]["view"]["cycle"] == 1
+        finally:
+            await dash.stop()
+
+    asyncio.run(main())
