@@ -72,6 +72,12 @@ def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _dumps(body: Any) -> str:
+    """JSON as browsers parse it: a NaN or infinity left anywhere is a bug, raised here
+    (ValueError) rather than sent as a document the page cannot read."""
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
 def site_facts(site: Site) -> dict[str, Any]:
     """What does not change while the gateway runs: the site, its tags with units and ranges,
     the actuators' limits, the linear constraints and interlocks as written."""
@@ -109,7 +115,7 @@ def view_json(site: Site, view: PlantView) -> dict[str, Any]:
         "latched": view.latched, "trip_reason": view.trip_reason,
         "incident_id": view.incident_id, "heartbeat": view.heartbeat,
         "bypasses": [{"detector": d, "expires": t.isoformat()} for d, t in view.bypasses],
-        "bypass_left_s": view.bypass_left_s,
+        "bypass_left_s": None if view.bypass_left_s is None else _num(view.bypass_left_s),
         "sensors": [{"name": t.name, "value": _num(v), "good": g, "read_at_s": _num(at)}
                     for t, v, g, at in zip(site.sensors, view.sensor_values, view.sensor_good,
                                            view.sensor_at_s, strict=True)],
@@ -227,7 +233,8 @@ class Dashboard:
         return web.FileResponse(STATIC / name, headers={"Content-Type": kind})
 
     async def _state(self, request: web.Request) -> web.Response:
-        return web.json_response(self.state(), headers={"Cache-Control": "no-store"})
+        return web.json_response(self.state(), headers={"Cache-Control": "no-store"},
+                                 dumps=_dumps)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={
@@ -241,7 +248,7 @@ class Dashboard:
             while not self._closing.is_set():
                 changed = self._changed  # taken before sending: a view published meanwhile
                 sent_at = loop.time()    # wakes the next wait
-                data = json.dumps(self.state(), separators=(",", ":"), allow_nan=False)
+                data = _dumps(self.state())
                 await response.write(f"event: state\ndata: {data}\n\n".encode())
                 # Throttle, then wait for a new view or the keepalive, whichever comes first.
                 await asyncio.sleep(max(0.0, sent_at + 1.0 / MAX_RATE_HZ - loop.time()))

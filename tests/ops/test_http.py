@@ -60,10 +60,13 @@ def test_state_before_and_after_the_first_view() -> None:
                 assert body["site"]["interlocks"][0]["then"] == ["inflow_valve <= 0"]
 
                 dash.publish(dataclasses.replace(view(level=4.6), mode="SAFE_STOP",
-                                                 latched=True, trip_reason="range: level"))
+                                                 latched=True, trip_reason="range: level",
+                                                 bypass_left_s=math.inf))
                 async with http.get(base + "/api/state") as resp:
                     text = await resp.text()
-                assert "NaN" not in text  # JSON a browser can parse: no proposal is null
+                # JSON a browser can parse: no proposal (NaN) and an unbounded time are null
+                assert "NaN" not in text and "Infinity" not in text
+                assert json.loads(text)["view"]["bypass_left_s"] is None
                 v = json.loads(text)["view"]
                 assert (v["mode"], v["latched"], v["trip_reason"]) == (
                     "SAFE_STOP", True, "range: level")
