@@ -251,7 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # reads the mirror and sends requests over a bounded channel: nothing a northbound
         # peer does can delay the cycle.
         link = None
-        if site.northbound.modbus is not None or site.northbound.opcua is not None:
+        nb = site.northbound
+        if nb.modbus is not None or nb.opcua is not None or nb.http is not None:
             from gateway.comms.link import CommsLink, comms_recorder
 
             link = CommsLink(site, site_path,

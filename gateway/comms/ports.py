@@ -29,6 +29,8 @@ def northbound_addresses(site: Site) -> list[tuple[str, str, int]]:
     if nb.opcua is not None:
         url = urlsplit(nb.opcua.endpoint)
         out.append(("northbound OPC UA", url.hostname or "0.0.0.0", url.port or 4840))
+    if nb.http is not None:
+        out.append(("dashboard (HTTP)", nb.http.host, nb.http.port))
     return out
 
 

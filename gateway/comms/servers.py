@@ -22,7 +22,8 @@ log = logging.getLogger("gateway.comms")
 
 
 class NorthboundServers:
-    """The site's northbound Modbus (plain and/or Modbus/TCP Security) and OPC UA servers.
+    """The site's northbound Modbus (plain and/or Modbus/TCP Security) and OPC UA servers, and
+    its dashboard (HTTP).
 
     The Modbus servers are built at once (their register image exists before they listen, so
     a first :meth:`publish` is what their first client reads); :meth:`start` starts them, then
@@ -36,6 +37,7 @@ class NorthboundServers:
         self.modbus: Any = None  # the plain server, or the TLS one when plain is off
         self.modbus_tls: Any = None  # beside a plain server, sharing its image
         self.opcua: Any = None  # set once started
+        self.http: Any = None  # the dashboard (gateway.ops.http), when the site has one
         self._started: list[Any] = []
         self._unknown_mode: str | None = None
         self._last: PlantView | None = None
@@ -57,10 +59,15 @@ class NorthboundServers:
                 else:
                     self.modbus_tls = secure
 
+        if nb.http is not None:
+            from gateway.ops.http import Dashboard
+
+            self.http = Dashboard(site, nb.http, handler)
+
     async def start(self) -> None:
-        """Start listening: Modbus first, then OPC UA. Raises what a server raises (OSError
-        for a port taken, AdapterError for a certificate missing...)."""
-        for server in (self.modbus, self.modbus_tls):
+        """Start listening: Modbus first, then the dashboard, then OPC UA. Raises what a server
+        raises (OSError for a port taken, AdapterError for a certificate missing...)."""
+        for server in (self.modbus, self.modbus_tls, self.http):
             if server is not None:
                 await server.start()
                 self._started.append(server)
@@ -93,6 +100,8 @@ class NorthboundServers:
         self._last = view
         if self.modbus is not None:
             self._publish_modbus(view)
+        if self.http is not None:
+            self.http.publish(view)
         if self.opcua is not None:
             await self._publish_opcua(view)
 

@@ -1017,8 +1017,22 @@ def _read_northbound(ctx: Ctx, root: Section, base: Path) -> s.Northbound:
                 lm.finish()
             opcua = _build(om, s.OpcUaServerSpec, **okw)
             om.finish()
+    http = None
+    hm = m.map("http")
+    if hm is not None:
+        with _section(ctx):
+            hkw: dict[str, Any] = {}
+            if hm.has("host"):
+                hkw["host"] = hm.req_str("host")
+            if hm.has("port"):
+                hkw["port"] = hm.req_int("port")
+            for key in ("certificate", "private_key"):
+                if hm.has(key):
+                    hkw[key] = base / hm.req_str(key)
+            http = _build(hm, s.HttpServerSpec, **hkw)
+            hm.finish()
     m.finish()
-    return s.Northbound(modbus=modbus, opcua=opcua)
+    return s.Northbound(modbus=modbus, opcua=opcua, http=http)
 
 
 def _rebase_opcua(nb: s.Northbound, base: Path) -> s.Northbound:

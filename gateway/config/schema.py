@@ -984,9 +984,31 @@ class OpcUaServerSpec:
 
 
 @dataclass(frozen=True)
+class HttpServerSpec:
+    """The live dashboard (``gateway.ops.http``), served by the communications process: HTTP
+    on ``host``:``port``, or HTTPS when ``certificate`` and ``private_key`` (PEM files) are both
+    set. It is read-only."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise FieldError("host", "must not be empty")
+        if not 1 <= self.port <= 65535:
+            raise FieldError("port", f"must be 1..65535, not {self.port}")
+        if (self.certificate is None) != (self.private_key is None):
+            raise FieldError("certificate" if self.certificate is None else "private_key",
+                             "HTTPS needs both certificate and private_key")
+
+
+@dataclass(frozen=True)
 class Northbound:
     modbus: ModbusServerSpec | None = None
     opcua: OpcUaServerSpec | None = None
+    http: HttpServerSpec | None = None
 
 
 @dataclass(frozen=True)

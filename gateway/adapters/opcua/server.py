@@ -62,7 +62,6 @@ see shared/NOTES-libraries.md): the version is pinned exactly.
 from __future__ import annotations
 
 import contextvars
-import hmac
 import logging
 import math
 import os
@@ -87,13 +86,14 @@ from gateway.adapters.opcua.security import (
     policy_type,
 )
 from gateway.config.schema import SecurityPolicy
+from gateway.ops.users import UserTable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from asyncua.server.server import Server
 
-    from gateway.config.schema import OpcUaServerSpec, OpcUaUser, Site
+    from gateway.config.schema import OpcUaServerSpec, Site
 
 _log = logging.getLogger("gateway.adapters.opcua")
 
@@ -196,8 +196,7 @@ class _Users(UserManager):
 
     def __init__(self, spec: OpcUaServerSpec, guard: ChannelGuard | None = None) -> None:
         self._spec = spec
-        self._users: dict[str, OpcUaUser] = {u.name: u for u in spec.users}
-        self._missing_logged: set[str] = set()
+        self._users = UserTable(spec.users, "OPC UA", _log)
         self._guard = guard
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
@@ -218,22 +217,10 @@ class _Users(UserManager):
                 return _GatewayUser(role=UserRole.User, name=None,
                                     gateway_role=Role.OPERATOR), "anonymous"
             return None, "anonymous access is not allowed"
-        user = self._users.get(username)
-        if user is None:
-            return None, "unknown user"
-        expected = os.environ.get(user.password_env)
-        if not expected:  # unset, or empty: an empty password is no password
-            if username not in self._missing_logged:
-                self._missing_logged.add(username)
-                _log.warning("OPC UA user %r cannot log in: environment variable %s is %s",
-                             username, user.password_env,
-                             "empty" if expected is not None else "not set")
-            return None, ("no password is configured for the user (variable "
-                          f"{'empty' if expected is not None else 'unset'})")
-        if password is None or not hmac.compare_digest(password.encode(), expected.encode()):
-            return None, "wrong password"
-        return _GatewayUser(role=UserRole.User, name=username,
-                            gateway_role=Role(user.role)), "ok"
+        role, reason = self._users.check(username, password)
+        if role is None:
+            return None, reason
+        return _GatewayUser(role=UserRole.User, name=username, gateway_role=role), "ok"
 
 
 class OpcUaServer:

@@ -1,0 +1,278 @@
+// The live dashboard: our own plain JavaScript, no third-party code. Every value from the
+// gateway is put into the page as text (textContent), never as markup.
+"use strict";
+
+const HISTORY_S = 300;          // the charts show the last five minutes
+const STALE_CYCLES = 5;         // a view older than this many cycles (and at least 1 s) is stale
+const SILENCE_S = 2.0;          // no message for this long: the stream is down
+
+let facts = null;               // the site's static facts (from the first message)
+let lastMessageAt = 0;          // performance.now() of the last message, ms
+let lastAge = null;             // the age of the view in the last message, s
+let streamUp = false;
+const history = {};             // actuator name -> [[t_wall_s, applied, proposal], ...]
+const rows = {};                // "<table>:<name>" -> {cells...}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function fmt(x, unit) {
+  if (x === null || x === undefined) return "–";
+  // Four significant digits, no trailing zeros (2.5, not 2.500); large values to 0.001.
+  const s = Math.abs(x) >= 1000 ? String(Math.round(x * 1000) / 1000)
+                                : String(Number(x.toPrecision(4)));
+  return unit ? s + " " + unit : s;
+}
+
+function setText(id, text) {
+  document.getElementById(id).textContent = text;
+}
+
+function limitsText(lim) {
+  if (!lim) return "none";
+  const parts = [fmt(lim.min) + " … " + fmt(lim.max)];
+  if (lim.allowed) parts.push("allowed " + lim.allowed.join(", "));
+  if (lim.max_rate_per_s !== null) parts.push("rate ≤ " + fmt(lim.max_rate_per_s) + "/s");
+  if (lim.max_step !== null) parts.push("step ≤ " + fmt(lim.max_step));
+  parts.push(lim.policy);
+  return parts.join("; ");
+}
+
+function build(site) {
+  facts = site;
+  setText("site", site.site);
+  document.title = site.site + ": safety gateway";
+  const abody = document.querySelector("#actuators tbody");
+  abody.replaceChildren();
+  for (const a of site.actuators) {
+    const tr = el("tr");
+    tr.dataset.name = a.name;
+    const r = {name: el("td", a.name + (a.unit ? " (" + a.unit + ")" : "")),
+               proposal: el("td", "–", "num proposal"), applied: el("td", "–", "num applied"),
+               source: el("td", "–", "source"), limits: el("td", limitsText(a.limits)),
+               chart: el("td")};
+    r.canvas = el("canvas");
+    r.canvas.width = 320; r.canvas.height = 60;
+    r.chart.append(r.canvas);
+    tr.append(r.name, r.proposal, r.applied, r.source, r.limits, r.chart);
+    abody.append(tr);
+    rows["a:" + a.name] = r;
+    if (!history[a.name]) history[a.name] = [];
+  }
+  const sbody = document.querySelector("#sensors tbody");
+  sbody.replaceChildren();
+  for (const s of site.sensors) {
+    const tr = el("tr");
+    tr.dataset.name = s.name;
+    const r = {value: el("td", "–", "num value"), quality: el("td", "–", "quality"),
+               age: el("td", "–", "num age"),
+               range: el("td", fmt(s.range[0]) + " … " + fmt(s.range[1]) + (s.unit ? " " + s.unit : ""))};
+    tr.append(el("td", s.name), r.value, r.quality, r.age, r.range);
+    sbody.append(tr);
+    rows["s:" + s.name] = r;
+  }
+}
+
+function showMargins(margins) {
+  const body = document.querySelector("#margins tbody");
+  if (body.children.length !== margins.length) {
+    body.replaceChildren();
+    for (const m of margins) {
+      const tr = el("tr");
+      tr.dataset.name = m.name;
+      const r = {margin: el("td", "–", "num margin"), bar: el("td")};
+      r.fill = el("span", null, "bar");
+      r.bar.append(r.fill);
+      tr.append(el("td", m.kind), el("td", m.name), el("td", m.text), r.margin, r.bar);
+      body.append(tr);
+      rows["m:" + m.name] = r;
+    }
+  }
+  for (const m of margins) {
+    const r = rows["m:" + m.name];
+    if (!r) continue;
+    r.margin.textContent = fmt(m.margin);
+    const level = m.margin === null ? "bad" : m.margin < 0 ? "bad"
+                : (m.fraction !== null && m.fraction < 0.1) ? "near" : "";
+    r.margin.className = "num margin " + level;
+    r.fill.className = "bar " + level;
+    const frac = m.fraction === null ? null : Math.max(0, Math.min(1, m.fraction * 2));
+    r.fill.style.width = frac === null ? "0" : Math.round(frac * 100) + "px";
+  }
+}
+
+function draw(name, lim) {
+  const r = rows["a:" + name];
+  const pts = history[name];
+  const c = r.canvas, g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  if (pts.length < 1) return;
+  const tEnd = pts[pts.length - 1][0], tStart = tEnd - HISTORY_S;
+  let lo = lim ? lim.min : Infinity, hi = lim ? lim.max : -Infinity;
+  for (const p of pts) for (const v of [p[1], p[2]]) if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  if (!(hi > lo)) { hi = lo + 1; }
+  const x = (t) => (t - tStart) / HISTORY_S * (c.width - 2) + 1;
+  const y = (v) => c.height - 2 - (v - lo) / (hi - lo) * (c.height - 4);
+  g.strokeStyle = "#bbb"; g.lineWidth = 1;
+  g.strokeRect(0.5, 0.5, c.width - 1, c.height - 1);
+  for (const [k, colour, dash] of [[2, "#1f5fa8", [4, 3]], [1, "#111", []]]) {
+    g.beginPath(); g.setLineDash(dash); g.strokeStyle = colour; g.lineWidth = 1.5;
+    let pen = false;
+    for (const p of pts) {
+      if (p[k] === null) { pen = false; continue; }
+      if (pen) g.lineTo(x(p[0]), y(p[k])); else g.moveTo(x(p[0]), y(p[k]));
+      pen = true;
+    }
+    g.stroke();
+  }
+  g.setLineDash([]);
+}
+
+function show(msg) {
+  if (!facts || facts.site !== msg.site.site) build(msg.site);
+  lastAge = msg.age_s;
+  const v = msg.view;
+  if (!v) { setText("mode", "waiting for the first cycle"); return; }
+  const mode = document.getElementById("mode");
+  // The core names modes in lower case ("safe_stop"); people read them as SAFE_STOP.
+  mode.textContent = v.mode.toUpperCase();
+  mode.dataset.mode = v.mode.toUpperCase();
+  document.getElementById("latch").hidden = !v.latched;
+  setText("trip-reason", v.trip_reason || "(no reason recorded)");
+  setText("incident", v.incident_id || "none");
+  incidentId = v.incident_id;
+  setText("bypasses", v.bypasses.length === 0 ? "none" :
+          v.bypasses.map((b) => b.detector + " until " + b.expires).join(", "));
+  setText("cycle", String(v.cycle));
+  setText("age", fmt(msg.age_s, "s"));
+  const limits = {};
+  for (const a of facts.actuators) limits[a.name] = a.limits;
+  for (const a of v.actuators) {
+    const r = rows["a:" + a.name];
+    if (!r) continue;
+    const unit = facts.actuators.find((f) => f.name === a.name).unit;
+    r.proposal.textContent = fmt(a.proposal, unit);
+    r.applied.textContent = fmt(a.applied, unit);
+    r.source.textContent = a.source;
+    r.source.className = "source src-" + a.source;
+    const h = history[a.name];
+    if (h.length === 0 || h[h.length - 1][0] < v.at_wall_s) h.push([v.at_wall_s, a.applied, a.proposal]);
+    while (h.length > 0 && h[0][0] < v.at_wall_s - HISTORY_S) h.shift();
+    draw(a.name, limits[a.name]);
+  }
+  v.sensors.forEach((s, i) => {
+    const r = rows["s:" + s.name];
+    if (!r) return;
+    const unit = facts.sensors[i].unit;
+    r.value.textContent = fmt(s.value, unit);
+    r.quality.textContent = s.good ? "good" : "BAD";
+    r.quality.className = "quality" + (s.good ? "" : " bad");
+    r.age.textContent = fmt(v.sensor_age_s[i], "s");
+  });
+  showMargins(v.margins);
+}
+
+function linkCheck() {
+  const cycleS = facts ? facts.cycle_ms / 1000 : 0.1;
+  const silent = (performance.now() - lastMessageAt) / 1000;
+  let why = null;
+  if (!streamUp) why = "the event stream is down (reconnecting)";
+  else if (silent > SILENCE_S) why = "no message for " + silent.toFixed(1) + " s";
+  else if (lastAge !== null && lastAge > Math.max(1.0, STALE_CYCLES * cycleS))
+    why = "the view is " + lastAge.toFixed(1) + " s old: the safety core publishes nothing new";
+  document.getElementById("link-lost").hidden = why === null;
+  if (why !== null) setText("link-why", why);
+  document.body.dataset.link = why === null ? "up" : "lost";
+}
+
+function connect() {
+  // EventSource reconnects by itself after an error, at the server's `retry:` delay.
+  const source = new EventSource("/api/events");
+  source.addEventListener("open", () => { streamUp = true; });
+  source.addEventListener("error", () => { streamUp = false; linkCheck(); });
+  source.addEventListener("state", (e) => {
+    streamUp = true;
+    lastMessageAt = performance.now();
+    show(JSON.parse(e.data));
+    linkCheck();
+  });
+}
+
+// ---------------------------------------------------------------- login and actions
+
+let csrf = null;                // the session's CSRF token; null when not logged in
+let incidentId = "";            // the open incident the actions apply to
+
+function showSession(info) {
+  csrf = info ? info.csrf : null;
+  document.getElementById("login-form").hidden = info !== null;
+  document.getElementById("who").hidden = info === null;
+  if (info) { setText("who-user", info.user); setText("who-role", info.role); }
+}
+
+function result(ok, text) {
+  const r = document.getElementById("action-result");
+  r.dataset.ok = ok ? "true" : "false";
+  r.textContent = text;
+}
+
+async function post(path, body) {
+  const headers = {"Content-Type": "application/json"};
+  if (csrf) headers["X-CSRF-Token"] = csrf;
+  try {
+    const resp = await fetch(path, {method: "POST", headers, body: JSON.stringify(body),
+                                    credentials: "same-origin"});
+    const answer = await resp.json().catch(() => ({}));
+    return {status: resp.status, answer};
+  } catch (e) {
+    return {status: 0, answer: {error: "the gateway did not answer"}};
+  }
+}
+
+async function act(path, body, what) {
+  const {status, answer} = await post(path, body);
+  if (status === 401) { showSession(null); result(false, what + ": refused: log in first"); return; }
+  if (status === 200 && answer.accepted) { result(true, what + ": " + (answer.reason || "applied")); return; }
+  result(false, what + ": refused: " + (answer.reason || answer.error || ("HTTP " + status)));
+}
+
+function wireActions() {
+  document.getElementById("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const user = document.getElementById("login-user").value;
+    const password = document.getElementById("login-password").value;
+    const {status, answer} = await post("/api/login", {user, password});
+    document.getElementById("login-password").value = "";
+    if (status === 200) { showSession(answer); result(true, "logged in as " + answer.user); }
+    else result(false, "login refused: " + (answer.error || ("HTTP " + status)));
+  });
+  document.getElementById("logout").addEventListener("click", async () => {
+    await post("/api/logout", {});
+    showSession(null);
+    result(true, "logged out");
+  });
+  document.getElementById("request-mode").addEventListener("click", () => {
+    const kind = document.getElementById("mode-request").value;
+    act("/api/request", {kind}, "mode request " + kind);
+  });
+  document.getElementById("reset-trip").addEventListener("click", () =>
+    act("/api/request", {kind: "reset_trip"}, "reset trip"));
+  for (const [id, action] of [["acknowledge", "acknowledge"], ["note", "note"]]) {
+    document.getElementById(id).addEventListener("click", () => {
+      if (!incidentId) { result(false, action + ": no open incident"); return; }
+      const text = document.getElementById("incident-text").value;
+      act("/api/incident", {action, incident_id: incidentId, args: [text]}, action);
+    });
+  }
+  // A page reloaded while logged in picks its session up again.
+  fetch("/api/session", {credentials: "same-origin"})
+    .then((r) => (r.ok ? r.json() : null)).then(showSession).catch(() => showSession(null));
+}
+
+wireActions();
+connect();
+setInterval(linkCheck, 250);

@@ -1,0 +1,233 @@
+"""The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real
+gateway on loopback: a simulated Modbus PLC, the gateway's southbound client, supervisor and
+cycle, and its northbound servers with the dashboard in this process (``Gateway(servers=True)``,
+as drills run it). Screenshots go into the test's tmp folder.
+
+Waits are on page state with deadlines (``expect(...)``), never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from playwright.async_api import Page, async_playwright, expect
+
+from gateway.audit import read_records
+from gateway.config.schema import HttpServerSpec, OpcUaServerSpec, OpcUaUser, Table
+from gateway.runtime.gateway import Gateway
+from simulators.plc_modbus import TestPLC
+from simulators.ports import free_port
+from tests.runtime.test_gateway_modbus import site_for
+
+if TYPE_CHECKING:
+    import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+PASSWORD = "a long test secret"
+# How soon the page must show a trip: the cycle (100 ms), the event stream's throttle (200 ms)
+# and the page's drawing fit well inside; the rest is slack for a loaded host.
+TRIP_SHOWN_S = 2.0
+
+
+async def shot(page: Page, folder: Path, name: str) -> None:
+    await page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+async def scenario(folder: Path) -> dict[str, float]:
+    measured: dict[str, float] = {}
+    async with TestPLC(holding=128) as plc:
+        await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)  # level, m
+        await plc.set_registers(Table.INPUT_REGISTER, 2, [10])  # inflow rate
+        await plc.set_registers(Table.HOLDING_REGISTER, 0, [3000, 3000])  # 30 %, 30 %
+        base = site_for(plc.port, free_port())
+        http_port = free_port()
+        # The test moves the level in steps: no rate-of-change check on it here (the trip
+        # must come from the range check, when the test says so); and a loaded host that
+        # stalls this process (the browser shares two cores) must not trip it on staleness.
+        # The site's users are its OPC UA users (the server runs too): one admin.
+        opcua = OpcUaServerSpec(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/gateway/",
+                                users=(OpcUaUser("boss", "SG_TEST_BROWSER_BOSS", "admin"),),
+                                allow_insecure_passwords=True)
+        site = replace(base, northbound=replace(
+            base.northbound, http=HttpServerSpec(host="127.0.0.1", port=http_port),
+            opcua=opcua), detection=replace(base.detection, max_rate_per_s=(),
+                                            stale_after_ms=10_000.0))
+        url = f"http://127.0.0.1:{http_port}/"
+        audit = folder / "audit.db"
+
+        async def start() -> tuple[Gateway, asyncio.Event, asyncio.Task[None]]:
+            gw = Gateway(site, engine="cython", audit_path=audit)
+            stop = asyncio.Event()
+            task = asyncio.create_task(gw.run(stop))
+            await asyncio.wait_for(gw.ready.wait(), 20)
+            return gw, stop, task
+
+        gw, stop, runner = await start()
+        try:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=str(CHROMIUM),
+                                                   args=["--no-sandbox"])
+                try:
+                    page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+                    errors: list[str] = []
+                    page.on("pageerror", lambda exc: errors.append(str(exc)))
+                    await page.goto(url)
+                    # The page loads and shows the site and the mode (the site starts MANUAL).
+                    await expect(page.locator("#site")).to_have_text("water-tank",
+                                                                     timeout=15_000)
+                    await expect(page.locator("#mode")).to_have_text("MANUAL", timeout=15_000)
+                    await expect(page.locator("#link-lost")).to_be_hidden()
+                    await expect(page.locator("#latch")).to_be_hidden()
+                    # Per actuator: applied value and source; per sensor: the level's value.
+                    inflow = page.locator("#actuators tr[data-name='inflow_valve']")
+                    await expect(inflow.locator(".source")).to_have_text("fallback")
+                    await expect(inflow.locator(".applied")).to_have_text(re.compile(r"\d+ %"))
+                    level = page.locator("#sensors tr[data-name='level']")
+                    await expect(level.locator(".value")).to_have_text("2.5 m")
+                    await expect(level.locator(".quality")).to_have_text("good")
+                    # Margins: every limit, constraint, interlock and kept range, with numbers.
+                    await expect(page.locator("#margins tbody tr")).to_have_count(8)
+                    interlock = page.locator("#margins tr[data-name='high_level_closes_inflow']")
+                    await expect(interlock.locator(".margin")).to_have_text("2")  # 4.5 - 2.5
+                    await shot(page, folder, "1-manual")
+
+                    # A drift: the level rises toward the interlock; its margin shrinks live.
+                    await plc.set_float32(Table.INPUT_REGISTER, 0, 4.25)
+                    await expect(interlock.locator(".margin")).to_have_text("0.25",
+                                                                            timeout=5_000)
+                    await expect(page.locator("#mode")).to_have_text("MANUAL")
+
+                    # The level transmitter reads out of its range: the gateway trips into
+                    # SAFE_STOP and latches; the page shows it within TRIP_SHOWN_S.
+                    await plc.set_float32(Table.INPUT_REGISTER, 0, 7.0)
+                    t0 = time.monotonic()
+                    await expect(page.locator("#mode")).to_have_text(
+                        "SAFE_STOP", timeout=TRIP_SHOWN_S * 1000)
+                    measured["trip_shown_s"] = time.monotonic() - t0
+                    await expect(page.locator("#latch")).to_be_visible()
+                    await expect(page.locator("#trip-reason")).not_to_have_text("")
+                    await expect(inflow.locator(".source")).to_have_text("safe")
+                    assert gw.supervisor is not None
+                    assert gw.supervisor.modes.latched  # the page shows what the core did
+                    await shot(page, folder, "2-safe-stop")
+
+                    # Read-only without login: a reset is refused, and nothing changes.
+                    result = page.locator("#action-result")
+                    await page.click("#reset-trip")
+                    await expect(result).to_have_text("reset trip: refused: log in first")
+                    await expect(page.locator("#latch")).to_be_visible()
+                    # The level is back in range; the admin logs in and resets the trip.
+                    await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)
+                    await expect(level.locator(".value")).to_have_text("2.5 m", timeout=5_000)
+                    await page.fill("#login-user", "boss")
+                    await page.fill("#login-password", "wrong")
+                    await page.click("#login")
+                    await expect(result).to_have_text(re.compile("^login refused"))
+                    await page.fill("#login-password", PASSWORD)
+                    await page.click("#login")
+                    await expect(page.locator("#who-user")).to_have_text("boss")
+                    await page.fill("#incident-text", "seen on the dashboard")
+                    await page.click("#acknowledge")
+                    await expect(result).to_have_text(re.compile("^acknowledge: "))
+                    await expect(result).to_have_attribute("data-ok", "true")
+                    await page.click("#reset-trip")
+                    await expect(result).to_have_text(re.compile("^reset trip: "))
+                    await expect(result).to_have_attribute("data-ok", "true")
+                    await expect(page.locator("#latch")).to_be_hidden(timeout=5_000)
+                    # Unlatched, the plant stays in SAFE_STOP until someone asks for more.
+                    await page.select_option("#mode-request", "to_manual")
+                    await page.click("#request-mode")
+                    await expect(result).to_have_text(re.compile("^mode request to_manual: "))
+                    await expect(result).to_have_attribute("data-ok", "true")
+                    await expect(page.locator("#mode")).to_have_text("MANUAL", timeout=5_000)
+                    assert not gw.supervisor.modes.latched
+                    await shot(page, folder, "2b-reset-by-boss")
+
+                    # The gateway goes away: the page says the link is lost...
+                    stop.set()
+                    await runner
+                    await expect(page.locator("#link-lost")).to_be_visible(timeout=5_000)
+                    await shot(page, folder, "3-link-lost")
+                    # ...and when it is back, the page reconnects by itself (no reload).
+                    gw, stop, runner = await start()
+                    await expect(page.locator("#link-lost")).to_be_hidden(timeout=15_000)
+                    await expect(page.locator("#cycle")).not_to_have_text("…")
+                    await shot(page, folder, "4-reconnected")
+                    assert errors == []
+                except BaseException:
+                    await shot(page, folder, "failure")  # kept for each failure
+                    raise
+                finally:
+                    await browser.close()
+        finally:
+            stop.set()
+            await runner
+    # The core audited the dashboard's actions with the user, as it does OPC UA methods.
+    ops = [r for r in read_records(audit) if r.kind == "operator"]
+    assert [(r.actor, r.source.split(":")[0], r.data()["action"]) for r in ops] == [
+        ("boss", "http", "reset_trip"), ("boss", "http", "to_manual")], ops
+    return measured
+
+
+def test_the_page_follows_the_gateway_through_a_trip_and_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CHROMIUM.exists(), "install Debian's chromium (apt-get install -y chromium)"
+    monkeypatch.setenv("SG_TEST_BROWSER_BOSS", PASSWORD)
+    measured = asyncio.run(scenario(tmp_path))
+    print(f"trip shown in {measured['trip_shown_s']:.2f} s; screenshots in {tmp_path}")
+
+
+async def stalled_core(folder: Path) -> None:
+    from gateway.ops.http import Dashboard
+    from tests.ops.test_margins import SITE, view
+
+    dash = Dashboard(SITE, HttpServerSpec(host="127.0.0.1", port=free_port()))
+    hostile = "<img src=x onerror=\"document.title='owned'\"><b>bold</b>"
+    dash.publish(replace(view(), at_wall_s=time.time(), mode="safe_stop", latched=True,
+                         trip_reason=hostile))
+    await dash.start()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM),
+                                               args=["--no-sandbox"])
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{dash.port}/")
+                await expect(page.locator("#mode")).to_have_text("SAFE_STOP", timeout=15_000)
+                # Data from the gateway is text, never markup.
+                await expect(page.locator("#trip-reason")).to_have_text(hostile)
+                assert await page.locator("#trip-reason b, #trip-reason img").count() == 0
+                assert await page.title() != "owned"
+                # The stream is up but the core publishes nothing new: the view ages and the
+                # page says so (five cycles of 100 ms, at least 1 s).
+                await expect(page.locator("#link-lost")).to_be_visible(timeout=5_000)
+                await expect(page.locator("#link-why")).to_have_text(
+                    re.compile("publishes nothing new"))
+                await shot(page, folder, "5-stalled-core")
+                # The core comes back: fresh views, cycle after cycle.
+                async def cycles() -> None:
+                    n = 2
+                    while True:
+                        dash.publish(replace(view(), at_wall_s=time.time(), cycle=n))
+                        n += 1
+                        await asyncio.sleep(0.1)
+
+                publisher = asyncio.create_task(cycles())
+                try:
+                    await expect(page.locator("#link-lost")).to_be_hidden(timeout=5_000)
+                finally:
+                    publisher.cancel()
+            finally:
+                await browser.close()
+    finally:
+        await dash.stop()
+
+
+def test_the_page_shows_a_stalled_core_and_escapes_what_it_shows(tmp_path: Path) -> None:
+    assert CHROMIUM.exists(), "install Debian's chromium (apt-get install -y chromium)"
+    asyncio.run(stalled_core(tmp_path))
