@@ -3,7 +3,8 @@
 The core counts (cycles, skipped cycles, cycle lateness and duration as histograms, the
 envelope's verdicts by action, trips by detector, refused writes by reason, write-throughs and
 their latency, each device's link state and connections, audit alarms, restarts of the
-communications process) and publishes the block in the mirror every cycle. The counters live
+communications process, and the audit sink's backlog, losses and fault once a second) and
+publishes the block in the mirror every cycle. The counters live
 in the core, so a restart of the communications process, which serves them as metrics, loses
 nothing; they start at zero with the core.
 
@@ -121,7 +122,12 @@ class CounterLayout:
     skipped = 1
     comms_restarts = 2
     audit_alarms = 3
-    lateness = Histogram(4, CYCLE_BUCKETS_S)
+    # The audit sink's figures, sampled once a second: records not yet committed (a level),
+    # records lost (a count), and whether the sink reports a fault now (0/1).
+    audit_pending = 4
+    audit_lost = 5
+    audit_fault = 6
+    lateness = Histogram(7, CYCLE_BUCKETS_S)
     duration = Histogram(lateness.start + lateness.size, CYCLE_BUCKETS_S)
     write_through = Histogram(duration.start + duration.size, WRITE_THROUGH_BUCKETS_S)
     verdicts = write_through.start + write_through.size
@@ -153,7 +159,8 @@ class CounterLayout:
         def hist(key: str, h: Histogram) -> list[str]:
             return [*(f"{key}.le.{b!r}" for b in h.bounds_s), f"{key}.inf", f"{key}.sum_ns"]
 
-        return ("cycles", "skipped", "comms_restarts", "audit_alarms",
+        return ("cycles", "skipped", "comms_restarts", "audit_alarms", "audit_pending",
+                "audit_lost", "audit_fault",
                 *hist("lateness", self.lateness), *hist("duration", self.duration),
                 *hist("write_through", self.write_through),
                 *(f"verdict.{a}" for a in ACTIONS), *(f"refusal.{r}" for r in REFUSALS),

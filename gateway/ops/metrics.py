@@ -129,6 +129,13 @@ class GatewayCollector(Collector):
                       slots[lay.comms_restarts])
         yield counter("audit_alarms", "Alarm records the core appended to the audit log",
                       slots[lay.audit_alarms])
+        yield counter("audit_lost_records", "Audit records lost (the writer's queue full, or "
+                      "its process gone), as the audit sink counts them; read once a second",
+                      slots[lay.audit_lost])
+        yield self._gauge("audit_pending_records", "Audit records not yet committed (the "
+                          "backlog); read once a second", float(slots[lay.audit_pending]))
+        yield self._gauge("audit_fault", "1 while the audit sink reports a fault, else 0; "
+                          "read once a second", float(slots[lay.audit_fault]))
         for name, doc, h in (
                 ("cycle_lateness_seconds", "How late each cycle started against its schedule",
                  lay.lateness),

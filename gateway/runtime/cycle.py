@@ -86,6 +86,7 @@ class ControlCycle:
         self.comms_restarts = comms_restarts
         self._links = ([southbound.clients.get(d) for d in counters.layout.devices]
                        if counters is not None else [])
+        self._audit_due_s = -float("inf")  # when the audit sink's figures are read next
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at the site's period until ``stop`` is set."""
@@ -185,12 +186,13 @@ class ControlCycle:
             bypasses=self._bypass_clock.expiries(modes.bypasses, decision.at_s),
             bypass_left_s=(min(modes.bypasses.values()) - decision.at_s if modes.bypasses
                            else None),
-            counters=self._count_now())
+            counters=self._count_now(decision.at_s))
 
-    def _count_now(self) -> bytes:
+    def _count_now(self, now_s: float) -> bytes:
         """The counters with what others keep counted (skipped cycles, link states and
         connections, audit alarms, restarts of the communications process) copied in: a
-        handful of attribute reads per view."""
+        handful of attribute reads per view; the audit sink's backlog, losses and fault once a
+        second (its backlog takes a lock in the audit writer's client)."""
         counters = self.counters
         if counters is None:
             return b""
@@ -201,6 +203,13 @@ class ControlCycle:
             values[layout.comms_restarts] = self.comms_restarts()
         for i, client in enumerate(self._links):
             counters.set_link(i, getattr(client, "state", ""), getattr(client, "connects", 0))
+        if now_s >= self._audit_due_s:
+            self._audit_due_s = now_s + 1.0
+            audit = self.records.audit
+            if audit is not None:  # the sinks' own figures (AuditLog, AuditProcess)
+                values[layout.audit_pending] = max(0, int(getattr(audit, "pending", 0)))
+                values[layout.audit_lost] = max(0, int(getattr(audit, "lost", 0)))
+                values[layout.audit_fault] = getattr(audit, "alarm", None) is not None
         return counters.snapshot()
 
     @property

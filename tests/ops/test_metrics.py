@@ -104,7 +104,24 @@ async def until(check: object, what: str, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def scenario() -> tuple[Samples, Samples, bytes, Gateway, int]:
+class FaultySink:
+    """An audit sink in trouble: a backlog, losses and an alarm (as AuditLog reports them)."""
+
+    pending = 7
+    lost = 2
+    alarm = "disk full"
+
+    def append(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def idle(self) -> None:
+        return None
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        return True
+
+
+async def scenario(tmp: Path) -> tuple[Samples, Samples, bytes, Gateway, int, Samples]:
     async with TestPLC(holding=128) as plc:
         await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)  # level, m
         await plc.set_registers(Table.INPUT_REGISTER, 2, [10])  # inflow 0.010 m3/s
@@ -112,7 +129,8 @@ async def scenario() -> tuple[Samples, Samples, bytes, Gateway, int]:
         site = site_for(plc.port)
         clock = Clock()
         link = MirrorOnly(site, ROOT / "configs" / "water_tank.yaml")
-        gw = Gateway(site, clock=clock, stepped=True, northbound=link, startup_wait_s=5.0)
+        gw = Gateway(site, clock=clock, stepped=True, northbound=link, startup_wait_s=5.0,
+                     audit_path=tmp / "audit.db")
         link.handler = gw
         reader: MirrorReader | None = None
         await gw.open()
@@ -160,8 +178,16 @@ async def scenario() -> tuple[Samples, Samples, bytes, Gateway, int]:
             assert gw.supervisor.mode is Mode.SAFE_STOP
             await cycles(2)
             after_text = render(latest(), site.site.name, layout, clock)
-            return samples(before), samples(after_text), after_text, gw, gw.control.count \
-                if gw.control is not None else 0
+            n_cycles = gw.control.count if gw.control is not None else 0
+            # The audit sink's figures are read once a second: a sink in trouble shows.
+            real, gw.records.audit = gw.records.audit, FaultySink()  # type: ignore[assignment]
+            try:
+                clock.now += 1.0
+                await cycles(1)
+                faulty = samples(render(latest(), site.site.name, layout, clock))
+            finally:
+                gw.records.audit = real
+            return samples(before), samples(after_text), after_text, gw, n_cycles, faulty
         finally:
             if reader is not None:
                 reader.close()
@@ -172,8 +198,8 @@ def value(s: Samples, name: str, **labels: str) -> float:
     return s[(name, tuple(sorted(labels.items())))]
 
 
-def test_the_core_counts_and_the_metrics_show_it() -> None:
-    before, after, text, gw, n_cycles = asyncio.run(scenario())
+def test_the_core_counts_and_the_metrics_show_it(tmp_path: Path) -> None:
+    before, after, text, gw, n_cycles, faulty = asyncio.run(scenario(tmp_path))
     p = "safety_gateway_"
     assert value(after, p + "core_published") == 1.0
     assert value(after, p + "cycles_total") == n_cycles
@@ -216,6 +242,12 @@ def test_the_core_counts_and_the_metrics_show_it() -> None:
     assert value(before, p + "actuator_proposal", actuator="inflow_valve") == 30.0
     assert not math.isnan(value(after, p + "actuator_applied", actuator="outflow_pump"))
     assert value(after, p + "actuator_source", actuator="outflow_pump", source="safe") == 1.0
+    # The audit: healthy with a real database, then the sink in trouble.
+    assert value(after, p + "audit_fault") == 0.0
+    assert value(after, p + "audit_lost_records_total") == 0.0
+    assert value(faulty, p + "audit_fault") == 1.0
+    assert value(faulty, p + "audit_pending_records") == 7.0
+    assert value(faulty, p + "audit_lost_records_total") == 2.0
     # And Prometheus's own linter finds nothing to say.
     assert promtool_problems(text) == ""
 
