@@ -2,11 +2,11 @@
 
 The core counts (cycles, skipped cycles, cycle lateness and duration as histograms, the
 envelope's verdicts by action, trips by detector, refused writes by reason, write-throughs and
-their latency, each device's link state and connections, audit alarms, restarts of the
-communications process, and the audit sink's backlog, losses and fault once a second) and
-publishes the block in the mirror every cycle. The counters live
-in the core, so a restart of the communications process, which serves them as metrics, loses
-nothing; they start at zero with the core.
+their latency, each device's link state and connections, audit alarms; once a second, the
+restarts of the communications process and the audit sink's backlog, losses and fault) and
+publishes the block in the mirror every cycle. The counters live in the core, so a restart of
+the communications process, which serves them as metrics, loses nothing; they start at zero
+with the core.
 
 The block's slots are fixed by the site (its sensors, actuators and devices) and by this
 module: :class:`CounterLayout` names every slot, and both sides build the same one. Label sets

@@ -191,20 +191,20 @@ class ControlCycle:
     def _count_now(self, now_s: float) -> bytes:
         """The counters with what others keep counted (skipped cycles, link states and
         connections, audit alarms, restarts of the communications process) copied in: a
-        handful of attribute reads per view; the audit sink's backlog, losses and fault once a
-        second (its backlog takes a lock in the audit writer's client)."""
+        handful of attribute reads per view; the restarts, and the audit sink's backlog, losses
+        and fault once a second (its backlog takes a lock in the audit writer's client)."""
         counters = self.counters
         if counters is None:
             return b""
         values, layout = counters.values, counters.layout
         values[layout.skipped] = self.skipped
         values[layout.audit_alarms] = self.records.alarms
-        if self.comms_restarts is not None:
-            values[layout.comms_restarts] = self.comms_restarts()
         for i, client in enumerate(self._links):
             counters.set_link(i, getattr(client, "state", ""), getattr(client, "connects", 0))
-        if now_s >= self._audit_due_s:
+        if now_s >= self._audit_due_s:  # what changes rarely or costs more, once a second
             self._audit_due_s = now_s + 1.0
+            if self.comms_restarts is not None:
+                values[layout.comms_restarts] = self.comms_restarts()
             audit = self.records.audit
             if audit is not None:  # the sinks' own figures (AuditLog, AuditProcess)
                 values[layout.audit_pending] = max(0, int(getattr(audit, "pending", 0)))
