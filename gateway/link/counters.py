@@ -1,12 +1,12 @@
 """What the safety core counts, as one fixed block of unsigned 64-bit integers.
 
 The core counts (cycles, skipped cycles, cycle lateness and duration as histograms, the
-envelope's verdicts by action, trips by detector, refused writes by reason, write-throughs and
-their latency, each device's link state and connections, audit alarms; once a second, the
-restarts of the communications process and the audit sink's backlog, losses and fault) and
-publishes the block in the mirror every cycle. The counters live in the core, so a restart of
-the communications process, which serves them as metrics, loses nothing; they start at zero
-with the core.
+envelope's verdicts by action and its violations by constraint, trips by detector, refused
+writes by reason, write-throughs and their latency, each device's link state and connections,
+audit alarms; once a second, the restarts of the communications process and the audit sink's
+backlog, losses and fault) and publishes the block in the mirror every cycle. The counters
+live in the core, so a restart of the communications process, which serves them as metrics,
+loses nothing; they start at zero with the core.
 
 The block's slots are fixed by the site (its sensors, actuators and devices) and by this
 module: :class:`CounterLayout` names every slot, and both sides build the same one. Label sets
@@ -94,6 +94,7 @@ class CounterLayout:
     sensors: tuple[str, ...]
     actuators: tuple[str, ...]
     devices: tuple[str, ...]
+    constraints: tuple[str, ...] = ()  # the envelope's constraint (slot) names
 
     def __post_init__(self) -> None:
         if len(set(self.devices)) != len(self.devices) or not all(self.devices):
@@ -104,7 +105,16 @@ class CounterLayout:
         """The layout of ``site``: its sensors, actuators and devices in config order (the
         mirror's :meth:`~gateway.link.mirror.MirrorLayout.for_site` holds the same)."""
         return cls(tuple(t.name for t in site.sensors), tuple(t.name for t in site.actuators),
-                   tuple(d.name for d in site.devices))
+                   tuple(d.name for d in site.devices), constraint_names(site))
+
+    @functools.cached_property
+    def violation_names(self) -> tuple[str, ...]:
+        """Every constraint with a violation slot of its own, then ``other``."""
+        return (*dict.fromkeys(c for c in self.constraints if c != OTHER), OTHER)
+
+    @functools.cached_property
+    def violation_index(self) -> dict[str, int]:
+        return {name: self.violations + i for i, name in enumerate(self.violation_names)}
 
     @functools.cached_property
     def detectors(self) -> tuple[str, ...]:
@@ -141,8 +151,12 @@ class CounterLayout:
         return self.refusals + len(REFUSALS)
 
     @functools.cached_property
-    def link_state(self) -> int:
+    def violations(self) -> int:
         return self.trips + len(self.detectors)
+
+    @functools.cached_property
+    def link_state(self) -> int:
+        return self.violations + len(self.violation_names)
 
     @functools.cached_property
     def connects(self) -> int:
@@ -165,6 +179,7 @@ class CounterLayout:
                 *hist("write_through", self.write_through),
                 *(f"verdict.{a}" for a in ACTIONS), *(f"refusal.{r}" for r in REFUSALS),
                 *(f"trip.{d}" for d in self.detectors),
+                *(f"violation.{c}" for c in self.violation_names),
                 *(f"link_state.{d}" for d in self.devices),
                 *(f"connects.{d}" for d in self.devices))
 
@@ -186,6 +201,8 @@ class CoreCounters:
         self.values = array("Q", bytes(8 * layout.size))
         self._detector = layout.detector_index
         self._other_detector = self._detector[OTHER]
+        self._violation = layout.violation_index
+        self._other_violation = self._violation[OTHER]
         self._links: list[str | None] = [None] * len(layout.devices)
         # Offsets as plain ints: read on the cycle's path.
         self._verdicts = layout.verdicts
@@ -204,6 +221,13 @@ class CoreCounters:
     def verdict(self, action: int) -> None:
         """One verdict of the envelope (``action``: an ``Action`` code, 0..3)."""
         self.values[self._verdicts + action] += 1
+
+    def violated(self, constraints: tuple[str, ...]) -> None:
+        """One verdict's violated constraints (a name without a slot counts under
+        ``other``)."""
+        values, index, other = self.values, self._violation, self._other_violation
+        for name in constraints:
+            values[index.get(name, other)] += 1
 
     def trip(self, detector: str) -> None:
         """One trip by ``detector`` (a name without a slot counts under ``other``)."""
@@ -228,6 +252,13 @@ class CoreCounters:
         """A copy of the block (8 bytes per slot, native order: the mirror's layout is
         little-endian, and so is every platform the gateway runs on)."""
         return self.values.tobytes()
+
+
+def constraint_names(site: Site) -> tuple[str, ...]:
+    """The names a verdict of ``site``'s envelope can carry (its compiled slots, in order)."""
+    from gateway.envelope.compiled import compile_site  # numpy and the schema: at start only
+
+    return compile_site(site).slot_names
 
 
 def decode(layout: CounterLayout, data: bytes) -> tuple[int, ...]:

@@ -120,13 +120,15 @@ class MirrorLayout:
 
     ``max_bypasses`` bypasses are mirrored (more are counted, the earliest expiring kept);
     strings are cut at a character boundary to their byte sizes (UTF-8), ending in "…" when cut.
-    ``devices`` name the slots of the device counters (:attr:`counters`).
+    ``devices`` and ``constraints`` (the envelope's) name slots of the core's counters
+    (:attr:`counters`).
     Raises ``ValueError`` for duplicate or empty names or sizes out of range.
     """
 
     sensors: tuple[str, ...]
     actuators: tuple[str, ...]
     devices: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
     max_bypasses: int = 16
     reason_bytes: int = 256
     incident_id_bytes: int = 64
@@ -148,14 +150,15 @@ class MirrorLayout:
 
     @classmethod
     def for_site(cls, site: Site) -> MirrorLayout:
-        """The layout of ``site``: its sensors, actuators and devices in config order."""
-        return cls(tuple(t.name for t in site.sensors), tuple(t.name for t in site.actuators),
-                   tuple(d.name for d in site.devices))
+        """The layout of ``site``: its sensors, actuators and devices in config order, and
+        its envelope's constraints."""
+        counters = CounterLayout.for_site(site)
+        return cls(counters.sensors, counters.actuators, counters.devices, counters.constraints)
 
     @functools.cached_property
     def counters(self) -> CounterLayout:
         """The slots of the core's counter block (see :mod:`gateway.link.counters`)."""
-        return CounterLayout(self.sensors, self.actuators, self.devices)
+        return CounterLayout(self.sensors, self.actuators, self.devices, self.constraints)
 
     @property
     def layout_id(self) -> int:

@@ -153,6 +153,13 @@ class GatewayCollector(Collector):
         for i, action in enumerate(ACTIONS):
             verdicts.add_metric([site, action], float(slots[lay.verdicts + i]))
         yield verdicts
+        violations = CounterMetricFamily(PREFIX + "envelope_violations",
+                                         "Constraints the AI's proposals violated, by "
+                                         "constraint (a verdict can name several)",
+                                         labels=["site", "constraint"])
+        for i, constraint in enumerate(lay.violation_names):
+            violations.add_metric([site, constraint], float(slots[lay.violations + i]))
+        yield violations
         refused = CounterMetricFamily(PREFIX + "refused_writes",
                                       "Northbound writes refused, by reason",
                                       labels=["site", "reason"])

@@ -120,8 +120,11 @@ class ControlCycle:
         counters = self.counters
         if counters is not None:
             counters.values[0] += 1  # cycles (slot 0: CounterLayout.cycles)
-            if decision.verdict is not None:
-                counters.verdict(decision.verdict.action)
+            verdict = decision.verdict
+            if verdict is not None:
+                counters.verdict(verdict.action)
+                if verdict.violations:
+                    counters.violated(verdict.violations)
         self.ai.canary_due = decision.canary_due
         # Recorded before the write-back below: replay re-applies it after this step.
         self.records.cycle(snapshot, self.ai.model_inputs, proposal, decision)

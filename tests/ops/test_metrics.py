@@ -211,10 +211,18 @@ def test_the_core_counts_and_the_metrics_show_it(tmp_path: Path) -> None:
     for code, action in enumerate(ACTIONS):
         assert value(after, p + "envelope_verdicts_total", action=action) == sum(
             1 for a in judged if a == code)
+    # Violations by constraint: exactly the verdicts' (the safe state's interlocks refuse the
+    # AI's 30 % inflow with the level unknown).
+    violated = [c for d in gw.decisions if d.verdict is not None for c in d.verdict.violations]
+    assert violated
+    layout = CounterLayout.for_site(gw.site)
+    for constraint in layout.violation_names:
+        assert value(after, p + "envelope_violations_total", constraint=constraint) == (
+            violated.count(constraint)), constraint
+    assert set(violated) < set(layout.violation_names)
     # Trips by detector: exactly the decisions' TRIP events.
     trips = [e.name for d in gw.decisions for e in d.events if e.kind is EventKind.TRIP]
     assert trips
-    layout = CounterLayout.for_site(gw.site)
     for detector in layout.detectors:
         assert value(after, p + "trips_total", detector=detector) == trips.count(detector)
     assert value(before, p + "trips_total", detector="other") == 0.0
@@ -302,6 +310,19 @@ def test_every_detector_of_the_shipped_sites_has_a_slot() -> None:
                          else np.zeros(len(site.actuators)), 0.0)
         missing = set(sup.detector_names) - set(CounterLayout.for_site(site).detectors)
         assert not missing, (path.name, missing)
+
+
+def test_the_constraint_slots_are_the_envelopes() -> None:
+    """Every shipped site: the violation slots are the compiled envelope's slot names (what a
+    verdict can name), and the mirror's layout carries them."""
+    from gateway.envelope import compile as compile_envelope
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        site = gateway.load_config(path)
+        names = compile_envelope(site, "python").compiled.slot_names
+        layout = CounterLayout.for_site(site)
+        assert layout.violation_names == (*names, "other"), path.name
+        assert MirrorLayout.for_site(site).counters == layout
 
 
 def test_nothing_published_yet() -> None:
