@@ -357,3 +357,49 @@ def test_the_dashboard_asks_only_for_metrics_that_exist() -> None:
             asked |= set(re.findall(r"\bsafety_gateway_\w+", var["query"]["query"]))
     assert asked, "no metric in the dashboard"
     assert asked <= served, asked - served
+
+
+class QuietDevice:
+    """A southbound device that takes writes and has nothing to read."""
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def refresh(self) -> None:
+        return None
+
+    async def write(self, values: dict[str, float]) -> None:
+        return None
+
+    async def write_heartbeat(self, counter: int) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_running_gateway_times_every_cycle() -> None:
+    """Lateness and duration histograms: one observation per cycle the running loop ran."""
+    site = site_for(1)
+
+    async def body() -> CoreCounters:
+        gw = Gateway(site, clients={"plc": QuietDevice()}, servers=False, startup_wait_s=0.0)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(gw.run(stop))
+        try:
+            await until(lambda: gw.counters.values[CounterLayout.cycles] >= 4, "4 cycles", 20.0)
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 20)
+        return gw.counters
+
+    counters = asyncio.run(body())
+    layout, values = counters.layout, counters.values
+    cycles = values[layout.cycles]
+    assert cycles >= 4
+    for h in (layout.lateness, layout.duration):
+        counts, _ = layout.histogram(values, h)
+        assert sum(counts) == cycles
+    assert layout.histogram(values, layout.duration)[1] > 0  # nanoseconds spent in cycles
+    text = render(None, "water-tank", layout)
+    assert promtool_problems(text) == ""
