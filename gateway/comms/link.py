@@ -84,7 +84,14 @@ class CommsLink:
             source=[_SOURCES.get(s, 0) for s in view.sources],
             trip_reason=view.trip_reason, incident_id=view.incident_id,
             bypasses=[(d, when.timestamp()) for d, when in view.bypasses],
-            generation=sup.generation if sup is not None else 0)
+            generation=sup.generation if sup is not None else 0, counters=view.counters)
+
+    @property
+    def restarts(self) -> int:
+        """How many times the supervisor started the communications process again (0 before
+        :meth:`start`)."""
+        sup = self.supervisor
+        return sup.restarts if sup is not None else 0
 
     async def stop(self) -> None:
         """End the communications process (SIGTERM, then SIGKILL) and remove the mirror.

@@ -67,4 +67,5 @@ def view_of(snap: MirrorSnapshot) -> PlantView:
         incident_id=snap.incident_id, heartbeat=snap.heartbeat,
         bypasses=tuple((d, datetime.datetime.fromtimestamp(e, datetime.UTC))
                        for d, e in snap.bypasses),
-        bypass_left_s=min(expiries) - snap.wall_s if expiries else None)
+        bypass_left_s=min(expiries) - snap.wall_s if expiries else None,
+        counters=snap.counters)

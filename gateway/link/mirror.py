@@ -20,12 +20,13 @@ The segment's memory layout (little-endian, offsets in bytes)::
     40  crc      u32: CRC-32 of the body, then 4 bytes of padding
     48  body     status (cycle, heartbeat, wall time, generation, mode, latched, lengths),
                  float64 arrays (sensor values and read times, applied values, proposals,
-                 bypass expiries), uint8 arrays (sensor quality, source of each applied value),
+                 bypass expiries), the core's counters (uint64, see gateway.link.counters),
+                 uint8 arrays (sensor quality, source of each applied value),
                  then the trip reason, the open incident id and the bypassed detectors' names
 
-The layout id is a hash of the sensor and actuator names: a reader built for another site (or
-another version of this file) fails at once with :class:`MirrorMismatch`, never reads values
-into the wrong tags.
+The layout id is a hash of the sensor, actuator and counter names: a reader built for another
+site (or another version of this file) fails at once with :class:`MirrorMismatch`, never reads
+values into the wrong tags.
 
 Segments are named ``sgw-mirror-<pid>-<random>`` after the core's pid. CPython 3.11's
 ``SharedMemory`` registers every segment it opens with the resource tracker, which unlinks it
@@ -45,6 +46,7 @@ from __future__ import annotations
 import _posixshmem  # type: ignore[import-not-found]
 import contextlib
 import enum
+import functools
 import hashlib
 import math
 import mmap
@@ -58,6 +60,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
+
+from gateway.link.counters import CounterLayout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -77,7 +81,7 @@ __all__ = [
 ]
 
 MAGIC: Final = b"SGMR"
-VERSION: Final = 1
+VERSION: Final = 2  # 2: the counters block
 NAME_PREFIX: Final = "sgw-mirror-"
 _NAME_RE: Final = re.compile(r"^sgw-mirror-(\d+)-[0-9a-f]+$")
 _SHM_DIR: Final = Path("/dev/shm")  # where Linux keeps POSIX shared memory (for remove_stale)
@@ -116,11 +120,15 @@ class MirrorLayout:
 
     ``max_bypasses`` bypasses are mirrored (more are counted, the earliest expiring kept);
     strings are cut at a character boundary to their byte sizes (UTF-8), ending in "…" when cut.
+    ``devices`` and ``constraints`` (the envelope's) name slots of the core's counters
+    (:attr:`counters`).
     Raises ``ValueError`` for duplicate or empty names or sizes out of range.
     """
 
     sensors: tuple[str, ...]
     actuators: tuple[str, ...]
+    devices: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = ()
     max_bypasses: int = 16
     reason_bytes: int = 256
     incident_id_bytes: int = 64
@@ -142,15 +150,22 @@ class MirrorLayout:
 
     @classmethod
     def for_site(cls, site: Site) -> MirrorLayout:
-        """The layout of ``site``: its sensors and actuators in config order."""
-        return cls(tuple(t.name for t in site.sensors), tuple(t.name for t in site.actuators))
+        """The layout of ``site``: its sensors, actuators and devices in config order, and
+        its envelope's constraints."""
+        counters = CounterLayout.for_site(site)
+        return cls(counters.sensors, counters.actuators, counters.devices, counters.constraints)
+
+    @functools.cached_property
+    def counters(self) -> CounterLayout:
+        """The slots of the core's counter block (see :mod:`gateway.link.counters`)."""
+        return CounterLayout(self.sensors, self.actuators, self.devices, self.constraints)
 
     @property
     def layout_id(self) -> int:
         """A 64-bit hash of the names and sizes: equal layouts, equal ids."""
         text = "\n".join((*self.sensors, "", *self.actuators, "",
                           f"{self.max_bypasses},{self.reason_bytes},{self.incident_id_bytes},"
-                          f"{self.detector_name_bytes}"))
+                          f"{self.detector_name_bytes}", "", *self.counters.names))
         return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
     @property
@@ -161,7 +176,8 @@ class MirrorLayout:
         at = _BODY_AT + _STATUS_SIZE
         for name, size in (("sensor_values", 8 * ns), ("sensor_read_s", 8 * ns),
                            ("applied", 8 * na), ("proposal", 8 * na),
-                           ("bypass_expiry", 8 * nb), ("sensor_good", ns), ("source", na),
+                           ("bypass_expiry", 8 * nb), ("counters", 8 * self.counters.size),
+                           ("sensor_good", ns), ("source", na),
                            ("trip_reason", self.reason_bytes),
                            ("incident_id", self.incident_id_bytes),
                            ("bypass_names", self.detector_name_bytes * nb),
@@ -206,6 +222,7 @@ class MirrorSnapshot:
     applied: tuple[float, ...]
     proposal: tuple[float, ...]
     source: tuple[Source, ...]
+    counters: bytes = b""  # the core's counter block (gateway.link.counters.decode)
 
 
 def _cut(text: str, limit: int) -> bytes:
@@ -292,6 +309,8 @@ class MirrorWriter:
         self._bypass_expiry = f64("bypass_expiry", nb)
         self._sensor_good = u8("sensor_good", ns)
         self._source = u8("source", na)
+        self._counters_at = off["counters"]
+        self._counters_bytes = 8 * layout.counters.size
         self._off = off
         self._seq = 0
         self._modes: dict[str, bytes] = {}
@@ -311,16 +330,20 @@ class MirrorWriter:
                 proposal: Sequence[float] | npt.NDArray[np.float64] | None,
                 source: Sequence[int] | npt.NDArray[np.uint8],
                 trip_reason: str = "", incident_id: str = "",
-                bypasses: Sequence[tuple[str, float]] = (), generation: int = 0) -> None:
+                bypasses: Sequence[tuple[str, float]] = (), generation: int = 0,
+                counters: bytes = b"") -> None:
         """Publish one cycle's values and status (arrays in the layout's tag order).
 
         ``cycle`` must move for readers to take the publish as new (the comms pump only
         updates on a new cycle). ``proposal`` None: no proposal (NaN for every actuator).
         ``bypasses``: (detector, expiry as UTC epoch seconds); beyond ``max_bypasses`` the
-        earliest expiring are kept. ``mode`` a :class:`~gateway.supervisor.modes.Mode`
-        value (at most 16 ASCII bytes). Raises ``ValueError`` for arrays of the wrong length
-        (numpy's broadcast error; the publish is then left unfinished, which readers see as
-        one being written, until the next publish), ``RuntimeError`` after :meth:`close`.
+        earliest expiring are kept. ``counters``: the core's counter block
+        (:meth:`~gateway.link.counters.CoreCounters.snapshot`), b"" to leave it as it was
+        (zero before the first). ``mode`` a :class:`~gateway.supervisor.modes.Mode`
+        value (at most 16 ASCII bytes). Raises ``ValueError`` for arrays or counters of the
+        wrong length (numpy's broadcast error; the publish is then left unfinished, which
+        readers see as one being written, until the next publish), ``RuntimeError`` after
+        :meth:`close`.
         """
         buf = self._buf
         if buf is None:
@@ -341,6 +364,12 @@ class MirrorWriter:
         self._applied[:] = applied
         self._proposal[:] = math.nan if proposal is None else proposal
         self._source[:] = source
+        if counters:
+            if len(counters) != self._counters_bytes:
+                raise ValueError(f"counters: {len(counters)} bytes, the layout has "
+                                 f"{self._counters_bytes}")
+            at = self._counters_at
+            buf[at:at + len(counters)] = counters
         if trip_reason != self._reason[0]:
             data = _cut(trip_reason, lay.reason_bytes)
             at = off["trip_reason"]
@@ -422,8 +451,10 @@ class MirrorReader:
         off = layout.offsets
         ns, na, nb = len(layout.sensors), len(layout.actuators), layout.max_bypasses
         base = _CRC_AT
-        self._arrays = struct.Struct(f"<{2 * ns + 2 * na + nb}d{ns + na}B")
-        self._arrays_at = off["sensor_values"] - base
+        self._floats = struct.Struct(f"<{2 * ns + 2 * na + nb}d")
+        self._floats_at = off["sensor_values"] - base
+        self._small = struct.Struct(f"<{ns + na}B")
+        self._small_at = off["sensor_good"] - base
         self._lengths = struct.Struct(f"<{nb}H")
         self._off = {k: v - base for k, v in off.items()}
         self._ns, self._na = ns, na
@@ -456,9 +487,9 @@ class MirrorReader:
         off, ns, na = self._off, self._ns, self._na
         (cycle, heartbeat, wall_s, generation, mode_b, latched, n_bypass, n_reason,
          n_incident) = _STATUS.unpack_from(raw, _BODY_AT - _CRC_AT)
-        vals = self._arrays.unpack_from(raw, self._arrays_at)
+        floats = self._floats.unpack_from(raw, self._floats_at)
+        small = self._small.unpack_from(raw, self._small_at)
         nb = self.layout.max_bypasses
-        floats, small = vals[:2 * ns + 2 * na + nb], vals[2 * ns + 2 * na + nb:]
         expiry = floats[2 * ns + 2 * na:]
         width = self.layout.detector_name_bytes
         lengths = self._lengths.unpack_from(raw, off["bypass_name_lengths"])
@@ -466,7 +497,7 @@ class MirrorReader:
         bypasses = tuple(
             (raw[names + i * width:names + i * width + lengths[i]].decode("utf-8", "replace"),
              expiry[i]) for i in range(min(n_bypass, nb)))
-        at_r, at_i = off["trip_reason"], off["incident_id"]
+        at_r, at_i, at_c = off["trip_reason"], off["incident_id"], off["counters"]
         return MirrorSnapshot(
             cycle=cycle, heartbeat=heartbeat, wall_s=wall_s, generation=generation,
             mode=mode_b.rstrip(b"\0").decode("ascii", "replace"), latched=bool(latched),
@@ -476,7 +507,8 @@ class MirrorReader:
             sensor_values=floats[:ns], sensor_read_s=floats[ns:2 * ns],
             applied=floats[2 * ns:2 * ns + na], proposal=floats[2 * ns + na:2 * ns + 2 * na],
             sensor_good=tuple(bool(g) for g in small[:ns]),
-            source=tuple(Source(s) if s in _SOURCES else Source.NONE for s in small[ns:]))
+            source=tuple(Source(s) if s in _SOURCES else Source.NONE for s in small[ns:]),
+            counters=raw[at_c:at_c + 8 * self.layout.counters.size])
 
     def close(self) -> None:
         """Unmap the segment (never unlinks it). Idempotent."""
@@ -502,6 +534,6 @@ def _explain(name: str, head: bytes, layout: MirrorLayout, size: int) -> str:
         return (f"mirror {name}: {ns} sensors and {na} actuators, this site has "
                 f"{len(layout.sensors)} and {len(layout.actuators)}")
     if lid != layout.layout_id:
-        return f"mirror {name}: written for other tag names or sizes than this site's"
+        return f"mirror {name}: written for other tag names, devices or sizes than this site's"
     return (f"mirror {name}: size {total} (segment {size} bytes), expected "
             f"{layout.size_bytes}; max bypasses {nb}")

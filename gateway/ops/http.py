@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from gateway.adapters.base import NorthboundHandler, WriteOutcome
     from gateway.config.schema import HttpServerSpec, Site
+    from gateway.link.counters import CounterLayout
     from gateway.runtime.view import PlantView
 
 log = logging.getLogger("gateway.ops.http")
@@ -160,6 +161,7 @@ class Dashboard:
         self.secure = spec.certificate is not None
         self.facts = site_facts(site)
         self._view: PlantView | None = None
+        self._counters: CounterLayout | None = None  # the mirror's, built at first scrape
         self._encoded: tuple[PlantView, dict[str, Any]] | None = None
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
@@ -199,6 +201,7 @@ class Dashboard:
         app.router.add_post("/api/logout", self._logout)
         app.router.add_post("/api/request", self._request)
         app.router.add_post("/api/incident", self._incident)
+        app.router.add_get("/metrics", self._metrics)
         return app
 
     async def start(self) -> None:
@@ -231,6 +234,20 @@ class Dashboard:
     async def _page(self, request: web.Request) -> web.StreamResponse:
         name, kind = _PAGES[request.path]
         return web.FileResponse(STATIC / name, headers={"Content-Type": kind})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus metrics of the latest view (``gateway.ops.metrics``); read-only, like
+        the page."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from gateway.link.mirror import MirrorLayout
+        from gateway.ops.metrics import render
+
+        if self._counters is None:
+            self._counters = MirrorLayout.for_site(self.site).counters
+        body = render(self._view, self.site.site.name, self._counters)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
+                                                "Cache-Control": "no-store"})
 
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state(), headers={"Cache-Control": "no-store"},

@@ -9,7 +9,8 @@ Each cycle:
    encoding, checked as such;
 4. record the decision, apply the playbook's actions, note the safety state;
 5. write each device's actuators and its heartbeat, concurrently, bounded by the cycle;
-6. publish the plant's view northbound (never waiting on a northbound peer).
+6. publish the plant's view northbound (never waiting on a northbound peer), with the core's
+   counters (``gateway.link.counters``: a few integer additions per cycle).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.runtime.schedule import CycleSchedule
 from gateway.runtime.view import BypassClock, PlantView
+from gateway.supervisor.events import EventKind
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from gateway.adapters.base import TagStore
     from gateway.incident.manager import IncidentManager
+    from gateway.link.counters import CoreCounters
     from gateway.runtime.ai_source import AiSource
     from gateway.runtime.incidents import PlaybookActions
     from gateway.runtime.records import Records
@@ -51,8 +54,9 @@ class ControlCycle:
                  durable: DurableState, playbook: PlaybookActions | None,
                  incidents: IncidentManager | None, evidence: tuple[RefusalLog, ...],
                  publishers: Sequence[Publisher], period_s: float,
-                 clock: Callable[[], float], wall_clock: Callable[[], float] = time.time
-                 ) -> None:
+                 clock: Callable[[], float], wall_clock: Callable[[], float] = time.time,
+                 counters: CoreCounters | None = None,
+                 comms_restarts: Callable[[], int] | None = None) -> None:
         self.supervisor = supervisor
         self.store = store
         self.sensor_names = sensor_names
@@ -76,17 +80,31 @@ class ControlCycle:
         self.cycle_at_s: deque[float] = deque(maxlen=100_000)
         self.decisions: deque[Decision] = deque(maxlen=1000)  # for tests and dashboards
         self.schedule: CycleSchedule | None = None
+        # What the core counts for the metrics (None: nothing); each device's client in the
+        # counters' device order, to sample its link state with each view.
+        self.counters = counters
+        self.comms_restarts = comms_restarts
+        self._links = ([southbound.clients.get(d) for d in counters.layout.devices]
+                       if counters is not None else [])
+        self._audit_due_s = -float("inf")  # when the audit sink's figures are read next
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at the site's period until ``stop`` is set."""
         schedule = CycleSchedule(self.period_s, self.clock())
         self.schedule = schedule
+        counters = self.counters
         while not stop.is_set():
             now = self.clock()
-            self.lateness_s.append(schedule.lateness_s(now))
+            late_s = schedule.lateness_s(now)
+            self.lateness_s.append(late_s)
             self.cycle_at_s.append(now)
             await self.step(now)
-            nxt = schedule.advance(self.clock())
+            done = self.clock()
+            if counters is not None:
+                layout = counters.layout
+                counters.observe(layout.lateness, late_s)
+                counters.observe(layout.duration, done - now)
+            nxt = schedule.advance(done)
             delay = nxt - self.clock()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -99,6 +117,14 @@ class ControlCycle:
         snapshot = self.store.snapshot(self.sensor_names, now)
         proposal = self.ai.proposal(snapshot.sensors, south.applied, now)
         decision = sup.step(snapshot, proposal, now)
+        counters = self.counters
+        if counters is not None:
+            counters.values[0] += 1  # cycles (slot 0: CounterLayout.cycles)
+            verdict = decision.verdict
+            if verdict is not None:
+                counters.verdict(verdict.action)
+                if verdict.violations:
+                    counters.violated(verdict.violations)
         self.ai.canary_due = decision.canary_due
         # Recorded before the write-back below: replay re-applies it after this step.
         self.records.cycle(snapshot, self.ai.model_inputs, proposal, decision)
@@ -125,6 +151,8 @@ class ControlCycle:
             south.applied = command.copy()  # the decision stays as decided
             south.last_write_s = now
         for event in decision.events:
+            if counters is not None and event.kind is EventKind.TRIP:
+                counters.trip(event.name)
             log.info("event kind=%s name=%s mode=%s reason=%s requester=%s", event.kind,
                      event.name, decision.mode, event.reason, event.requester)
         self.count += 1
@@ -160,7 +188,32 @@ class ControlCycle:
             heartbeat=self.southbound.heartbeat,
             bypasses=self._bypass_clock.expiries(modes.bypasses, decision.at_s),
             bypass_left_s=(min(modes.bypasses.values()) - decision.at_s if modes.bypasses
-                           else None))
+                           else None),
+            counters=self._count_now(decision.at_s))
+
+    def _count_now(self, now_s: float) -> bytes:
+        """The counters with what others keep counted (skipped cycles, link states and
+        connections, audit alarms, restarts of the communications process) copied in: a
+        handful of attribute reads per view; the restarts, and the audit sink's backlog, losses
+        and fault once a second (its backlog takes a lock in the audit writer's client)."""
+        counters = self.counters
+        if counters is None:
+            return b""
+        values, layout = counters.values, counters.layout
+        values[layout.skipped] = self.skipped
+        values[layout.audit_alarms] = self.records.alarms
+        for i, client in enumerate(self._links):
+            counters.set_link(i, getattr(client, "state", ""), getattr(client, "connects", 0))
+        if now_s >= self._audit_due_s:  # what changes rarely or costs more, once a second
+            self._audit_due_s = now_s + 1.0
+            if self.comms_restarts is not None:
+                values[layout.comms_restarts] = self.comms_restarts()
+            audit = self.records.audit
+            if audit is not None:  # the sinks' own figures (AuditLog, AuditProcess)
+                values[layout.audit_pending] = max(0, int(getattr(audit, "pending", 0)))
+                values[layout.audit_lost] = max(0, int(getattr(audit, "lost", 0)))
+                values[layout.audit_fault] = getattr(audit, "alarm", None) is not None
+        return counters.snapshot()
 
     @property
     def skipped(self) -> int:

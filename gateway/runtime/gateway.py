@@ -23,6 +23,7 @@ import gateway.envelope
 from gateway.adapters.base import NorthboundHandler, TagStore
 from gateway.adapters.factory import make_client
 from gateway.config.schema import ShutdownAction
+from gateway.link.counters import CoreCounters, CounterLayout
 from gateway.runtime.ai_source import AiSource
 from gateway.runtime.cycle import ControlCycle
 from gateway.runtime.external import ExternalCommands
@@ -119,6 +120,9 @@ class Gateway(NorthboundHandler):
         self.playbook_path = playbook
         self.records = Records(site, None)  # replaced when the audit log opens
         self.durable = DurableState(lambda: self.records, clock, wall_clock)
+        # What the core counts for the metrics; they live here, so that a restart of the
+        # communications process that serves them loses nothing.
+        self.counters = CoreCounters(CounterLayout.for_site(site))
         self.external = ExternalCommands(self.names)
         self.ai = AiSource(site, None, None, canary, self.external)
         # Refused writes, aggregated into at most one audit record per second per client and
@@ -130,7 +134,8 @@ class Gateway(NorthboundHandler):
         self.security_events = RefusalLog(lambda payload: self.records.security(payload))
         self.requests = NorthboundRequests(
             site, self.envelope, self.store, self.southbound, self.external, self.durable,
-            lambda: self.records, self.refusals, self.security_events, self.faults, clock)
+            lambda: self.records, self.refusals, self.security_events, self.faults, clock,
+            self.counters)
         self.inline: Any = None
         if northbound is None and servers:
             from gateway.comms.servers import NorthboundServers
@@ -219,15 +224,20 @@ class Gateway(NorthboundHandler):
         self.durable.restore(sup, self.incidents, sha, start_s)
         self.write_through = WriteThrough(sup, south, lambda: self.records, self.clock,
                                           self.period_s, self.index,
-                                          self.requests.sensors_now)
+                                          self.requests.sensors_now, self.counters)
         self.requests.attach(sup, self.write_through, self.incidents)
         publishers: list[Publisher] = [self.northbound] if self.northbound is not None else []
         if self.service is not None:
             publishers.append(self.service)
+        # The communications link counts its process's restarts (servers in this process
+        # have none).
+        northbound = self.northbound
+        restarts = ((lambda: int(getattr(northbound, "restarts", 0)))
+                    if isinstance(getattr(northbound, "restarts", None), int) else None)
         self.control = ControlCycle(
             sup, self.store, self.sensor_names, self.ai, south, self.records, self.durable,
             playbook, self.incidents, (self.refusals, self.security_events), publishers,
-            self.period_s, self.clock, self.wall_clock)
+            self.period_s, self.clock, self.wall_clock, self.counters, restarts)
 
     async def close(self) -> None:
         """Leave each actuator as its shutdown policy says, stop devices and the northbound

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.envelope.compiled import F64
     from gateway.envelope.engine import Envelope
     from gateway.incident.manager import IncidentManager
+    from gateway.link.counters import CoreCounters
     from gateway.runtime.external import ExternalCommands
     from gateway.runtime.faults import FaultLog
     from gateway.runtime.records import Records
@@ -54,7 +55,7 @@ class NorthboundRequests(NorthboundHandler):
                  southbound: Southbound, external: ExternalCommands, durable: DurableState,
                  records: Callable[[], Records], refusals: RefusalLog,
                  security_events: RefusalLog, faults: FaultLog,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], counters: CoreCounters | None = None) -> None:
         self.site = site
         self.envelope = envelope
         self.store = store
@@ -66,6 +67,7 @@ class NorthboundRequests(NorthboundHandler):
         self.security_events = security_events
         self.faults = faults
         self.clock = clock
+        self.counters = counters  # refused writes by kind
         self.names = tuple(t.name for t in site.actuators)
         self.index = {n: i for i, n in enumerate(self.names)}
         self.sensor_names = tuple(t.name for t in site.sensors)
@@ -137,7 +139,7 @@ class NorthboundRequests(NorthboundHandler):
             for name, outcome in refused:
                 by_reason.setdefault(outcome, {})[name] = values[name]
             for outcome, tried in by_reason.items():
-                self.refused(client, tried, outcome.reason, outcome.code)
+                self._refused(client, tried, outcome.reason, outcome.code, 1, outcome.why)
         key = f"refused:{client.address}"
         if refused:
             name, outcome = refused[0]
@@ -196,7 +198,16 @@ class NorthboundRequests(NorthboundHandler):
 
     def refused_many(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                      code: int, count: int) -> None:
-        """``count`` refused writes, already aggregated by the communications process."""
+        """``count`` refused writes, already aggregated by the communications process (their
+        kind, for the counters, follows from ``code``: see ``WriteOutcome.why``; 6, server
+        device busy, is a full request channel)."""
+        kind = Refusal.BUSY if code == 6 else WriteOutcome(False, code, reason).why
+        self._refused(client, values, reason, code, count, kind)
+
+    def _refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
+                 code: int, count: int, kind: Refusal | None) -> None:
+        if self.counters is not None:
+            self.counters.refused(str(kind), count)
         self.refusals.refused(self.clock(), protocol=client.protocol, address=client.address,
                               user=client.user, role=str(client.role), reason=reason,
                               code=code, values=values, count=count)

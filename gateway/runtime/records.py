@@ -63,6 +63,7 @@ class Records:
         self.sensor_names = [t.name for t in site.sensors]
         self.actuator_names = [t.name for t in site.actuators]
         self._nominal_count = 0
+        self.alarms = 0  # alarm records appended (the core's metrics)
 
     # ------------------------------------------------------------------ start-up
 
@@ -225,6 +226,7 @@ class Records:
         self._append("comms", event)
 
     def alarm(self, message: str) -> None:
+        self.alarms += 1
         self._append("alarm", {"message": message})
 
     def _append(self, kind: str, payload: dict[str, Any], actor: str = "gateway",

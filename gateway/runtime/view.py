@@ -23,7 +23,8 @@ class PlantView:
     source and the AI's latest proposal (NaN: none), and the status: mode, latch and its
     reason, the newest open incident ("" when none), the heartbeat counter, the bypasses in
     force with their UTC expiry (and the seconds left until the first ends), and when this
-    view was made (``at_s``: the core's clock; ``at_wall_s``: UTC seconds)."""
+    view was made (``at_s``: the core's clock; ``at_wall_s``: UTC seconds). ``counters`` is
+    the core's counter block as bytes (``gateway.link.counters``; b"": not counted)."""
 
     at_s: float
     at_wall_s: float
@@ -41,6 +42,7 @@ class PlantView:
     heartbeat: int
     bypasses: tuple[tuple[str, datetime.datetime], ...]
     bypass_left_s: float | None  # until the first bypass expires (None: none in force)
+    counters: bytes = b""
 
 
 class Publisher(Protocol):

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.envelope.compiled import F64
+    from gateway.link.counters import CoreCounters
     from gateway.runtime.records import Records
     from gateway.runtime.southbound import Southbound
     from gateway.supervisor.core import Supervisor
@@ -61,7 +62,8 @@ class WriteThrough:
 
     def __init__(self, supervisor: Supervisor, southbound: Southbound, records: Callable[[],
                  Records], clock: Callable[[], float], period_s: float,
-                 index: dict[str, int], sensors_now: Callable[[], F64]) -> None:
+                 index: dict[str, int], sensors_now: Callable[[], F64],
+                 counters: CoreCounters | None = None) -> None:
         self.supervisor = supervisor
         self.southbound = southbound
         self._records = records  # looked up at use: the audit log may be reopened
@@ -69,6 +71,7 @@ class WriteThrough:
         self.period_s = period_s
         self.index = index
         self.sensors_now = sensors_now
+        self.counters = counters  # answered write-throughs and their latency
         self.stopping = False
         self.sibling_active_s = SIBLING_ACTIVE_S
         self.sibling_wait_s = SIBLING_WAIT_S
@@ -79,9 +82,11 @@ class WriteThrough:
 
     async def submit(self, client: str, group: dict[str, float]) -> WriteOutcome:
         """Queue ``group`` (already inside the envelope as a setpoint) and answer once it is
-        written through, or refused."""
+        written through, or refused. Each answer after queueing is counted with its latency
+        (the site's clock) when the write-through has counters."""
         if self.stopping:
             return STOPPING
+        start_s = self.clock()
         loop = asyncio.get_running_loop()
         item = _Through(client, group, tuple(self.index[n] for n in group),
                         loop.create_future())
@@ -89,7 +94,11 @@ class WriteThrough:
         self._note_writer(client, loop.time())
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_queued(), name="write-through")
-        return await item.outcome
+        outcome = await item.outcome
+        counters = self.counters
+        if counters is not None:
+            counters.observe(counters.layout.write_through, self.clock() - start_s)
+        return outcome
 
     async def stop(self, timeout_s: float, log_error: Callable[..., None]) -> None:
         """Refuse new setpoints, let the batch on its way finish (bounded by ``timeout_s``),

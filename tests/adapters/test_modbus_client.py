@@ -212,6 +212,7 @@ def test_plc_outage_marks_tags_bad_and_reconnect_replays_nothing() -> None:
         async with TestPLC() as plc, running(plc.port, tags) as (client, store):
             await plc.set_float32(IR, 0, 5.0)
             await wait_until(lambda: all_good(store))
+            assert client.connects == 1  # the metrics' device_connects_total
             await client.write({"valve": 10.0})
             assert len(plc.writes) == 1
 
@@ -229,6 +230,7 @@ def test_plc_outage_marks_tags_bad_and_reconnect_replays_nothing() -> None:
             await plc.start()
             await wait_until(lambda: all_good(store) and store.get("level").value == 6.0)
             assert client.state is ConnectionState.CONNECTED
+            assert client.connects == 2  # failed attempts against the dark port are not
             await asyncio.sleep(0.2)  # ~10 poll cycles after the reconnect
             assert len(plc.writes) == 1, "the reconnect wrote something"
             assert await plc.get_registers(HR, 20, 2) == list(encode(ACTUATORS[0], 10.0))

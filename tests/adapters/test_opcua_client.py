@@ -107,6 +107,7 @@ def test_client_against_plc(caplog: pytest.LogCaptureFixture) -> None:
             # -- subscription and polling fill their stores, in engineering units
             await until(lambda: store.get("pressure").good and poll_store.get("flame").good)
             assert client.state is ConnectionState.CONNECTED
+            assert client.connects == 1  # the metrics' device_connects_total
             assert store.get("pressure").value == 1.5
             assert store.get("temperature").value == 20.0
             assert store.get("flame").value == 1.0
@@ -188,6 +189,7 @@ def test_client_against_plc(caplog: pytest.LogCaptureFixture) -> None:
             await plc.set("Boiler.Pressure", 3.25)
             await until(lambda: store.get("pressure").value == 3.25)
             assert client.state is ConnectionState.CONNECTED
+            assert client.connects == 2  # failed attempts are not connects
             assert len(plc.writes) == writes_before_loss
             await client.write({"stage": 2})
             assert plc.writes[-1].value == 2

@@ -263,3 +263,55 @@ def test_layout_checks() -> None:
     with pytest.raises(ValueError, match="max_bypasses"):
         MirrorLayout(("a",), ("b",), max_bypasses=300)
     assert MirrorLayout(("a",), ("b",)).layout_id != MirrorLayout(("b",), ("a",)).layout_id
+
+
+def test_the_counters_cross_with_each_publish() -> None:
+    """The core's counter block (gateway.link.counters) is part of the mirror: each publish
+    carries it, an empty one leaves the last in place, a wrong size is refused."""
+    from gateway.link.counters import CoreCounters, decode
+
+    layout = MirrorLayout(("level",), ("valve",), ("plc", "rtu"))
+    counters = CoreCounters(layout.counters)
+    w = MirrorWriter(None, layout)
+    reader = MirrorReader(w.name, layout)
+    try:
+        publish_one = dict(heartbeat=1, wall_s=0.0, mode="auto", latched=False,
+                           sensor_values=[1.0], sensor_good=[True], sensor_read_s=[0.0],
+                           applied=[2.0], proposal=None, source=[1])
+        w.publish(cycle=1, counters=counters.snapshot(), **publish_one)  # type: ignore[arg-type]
+        snap = reader.read()
+        assert snap is not None and decode(layout.counters, snap.counters) == (0,) * len(
+            layout.counters.names)
+        counters.values[layout.counters.cycles] = 2**64 - 1
+        counters.trip("input.stale.level")
+        counters.set_link(1, "connected", 3)
+        counters.observe(layout.counters.lateness, 0.003)
+        w.publish(cycle=2, counters=counters.snapshot(), **publish_one)  # type: ignore[arg-type]
+        snap = reader.read()
+        assert snap is not None
+        slots = decode(layout.counters, snap.counters)
+        lay = layout.counters
+        assert slots[lay.cycles] == 2**64 - 1
+        assert slots[lay.detector_index["input.stale.level"]] == 1
+        assert slots[lay.connects + 1] == 3 and slots[lay.connects] == 0
+        counts, sum_ns = lay.histogram(slots, lay.lateness)
+        assert counts[lay.lateness.bounds_s.index(0.005)] == 1 and sum(counts) == 1
+        assert sum_ns == 3_000_000
+        w.publish(cycle=3, **publish_one)  # type: ignore[arg-type]
+        snap = reader.read()
+        assert snap is not None and decode(lay, snap.counters) == slots
+        with pytest.raises(ValueError, match="counters: 8 bytes"):
+            w.publish(cycle=4, counters=b"\0" * 8, **publish_one)  # type: ignore[arg-type]
+    finally:
+        reader.close()
+        w.close()
+
+
+def test_a_reader_of_other_devices_is_refused() -> None:
+    """The counters' slots name the site's devices: another device list is another layout."""
+    w = MirrorWriter(None, MirrorLayout(("level",), ("valve",), ("plc",)))
+    try:
+        with pytest.raises(MirrorMismatch, match="other tag names"):
+            MirrorReader(w.name, MirrorLayout(("level",), ("valve",), ("plc", "rtu")))
+    finally:
+        w.close()

@@ -187,3 +187,30 @@ def test_stopped_and_started_again_it_streams_again() -> None:
             await dash.stop()
 
     asyncio.run(main())
+
+
+def test_metrics_are_served_beside_the_page() -> None:
+    # Prometheus scrapes the communications process's HTTP server; the text follows the latest
+    # view and passes promtool.
+    from tests.ops.test_metrics import promtool_problems
+
+    async def main() -> None:
+        dash = dashboard()
+        await dash.start()
+        base = f"http://127.0.0.1:{dash.port}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                dash.publish(dataclasses.replace(view(level=4.6), mode="safe_stop",
+                                                 latched=True))
+                async with http.get(base + "/metrics") as resp:
+                    assert resp.status == 200
+                    assert resp.headers["Content-Type"].startswith("text/plain")
+                    text = await resp.read()
+            lines = text.decode().splitlines()
+            assert 'safety_gateway_mode{mode="safe_stop",site="water-tank"} 1.0' in lines
+            assert 'safety_gateway_latched{site="water-tank"} 1.0' in lines
+            assert promtool_problems(text) == ""
+        finally:
+            await dash.stop()
+
+    asyncio.run(main())

@@ -111,6 +111,7 @@ class ModbusDeviceClient:
         self._poll_s = device.poll_ms / 1000.0
         self._polling = polling
         self._state = ConnectionState.DISCONNECTED
+        self.connects = 0  # sessions opened (the first connect and every reconnect)
         self._client: AsyncModbusTcpClient | None = None
         # The separate write connection, if configured: our own lean client (writes only).
         self._writer: WriteConnection | None = None
@@ -164,6 +165,7 @@ class ModbusDeviceClient:
                 try:
                     client = await self._connect()
                     self._state = ConnectionState.CONNECTED
+                    self.connects += 1  # the core's metrics: reconnects are connects - 1
                     await self._poll(client)
                 except _ConnectionLost as exc:
                     self._report(str(exc), str(exc))

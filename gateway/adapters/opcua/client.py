@@ -157,6 +157,7 @@ class OpcUaDeviceClient:
         # enough that a value is never older than a quarter second while the link is healthy.
         self._subscription_probe_s = 0.25
         self.state = ConnectionState.DISCONNECTED
+        self.connects = 0  # sessions opened (the first connect and every reconnect)
         self._client: Client | None = None
         # Node types read at connect: a VariantType, or the Bad status name when unreadable.
         self._types: dict[str, ua.VariantType | str] = {}
@@ -176,6 +177,7 @@ class OpcUaDeviceClient:
                 try:
                     await self._connect()
                     self.state = ConnectionState.CONNECTED
+                    self.connects += 1  # the core's metrics: reconnects are connects - 1
                     delay = self._backoff_initial_s
                     if self._fault is not None:
                         _log.info("%s: connected to %s again", self.device.name,
