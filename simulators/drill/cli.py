@@ -117,15 +117,28 @@ def cmd_drill(args: argparse.Namespace) -> int:
     baseline = args.baselines or not several
     jobs = [(str(p), not args.no_gateway, report, args.seed, baseline, args.duration_s)
             for p in paths]
+    progress = _Progress(len(jobs)) if several else None
     if args.jobs > 1 and len(jobs) > 1:
         # Imported here: it loads multiprocessing, which every other command (they all build
         # this parser) would otherwise pay for at start.
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(_job, jobs))
+            futures = {pool.submit(_job, j): k for k, j in enumerate(jobs)}
+            done: dict[int, Any] = {}
+            for future in as_completed(futures):
+                done[futures[future]] = result = future.result()
+                if progress is not None:
+                    progress.finished(result[1][0])
+            results = [done[k] for k in range(len(jobs))]
     else:
-        results = [_job(j) for j in jobs]
+        results = []
+        for j in jobs:
+            results.append(_job(j))
+            if progress is not None:
+                progress.finished(results[-1][1][0])
+    if progress is not None:
+        progress.close()
     cards = [c for r in results for c in r[0]]
     if args.json:
         out = []
@@ -147,6 +160,32 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.no_gateway:
         return 0  # a baseline has no pass or fail: it ran (a broken run raises)
     return 0 if all(r[1][0].passed for r in results) else 1
+
+
+class _Progress:
+    """Each scenario as it finishes, on stderr (a long `drill --all` is not silent): a bar
+    redrawn in place on a terminal, one plain line per scenario otherwise (logs, CI)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.count = 0
+        self.tty = sys.stderr.isatty()
+
+    def finished(self, card: Scorecard) -> None:
+        self.count += 1
+        verdict = "PASS" if card.passed else "FAIL"
+        line = f"[{self.count}/{self.total}] {card.scenario}: {verdict} ({card.wall_s:.1f} s)"
+        if self.tty:
+            width = 20
+            filled = width * self.count // self.total
+            bar = "#" * filled + "." * (width - filled)
+            print(f"\r\x1b[K{bar} {line}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty and self.count:
+            print(file=sys.stderr, flush=True)
 
 
 def _has_baseline(path: Path) -> bool:

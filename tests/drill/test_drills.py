@@ -37,6 +37,11 @@ def all_cards(long_cards: dict[str, dict]) -> dict[str, dict]:
     assert result.returncode in (0, 1), result.stderr
     cards = {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
     assert "Traceback" not in result.stderr
+    # Progress: each scenario as it finished, one plain line each (stderr is not a terminal).
+    progress = [ln for ln in result.stderr.splitlines() if ln.startswith("[")]
+    assert [ln.split("] ")[0] for ln in progress] == [
+        f"[{k}/{len(SHORT)}" for k in range(1, len(SHORT) + 1)]
+    assert {ln.split("] ")[1].split(":")[0] for ln in progress} == set(cards)
     assert not set(cards) & set(long_cards)
     return {**cards, **long_cards}
 
