@@ -270,7 +270,33 @@ def _outcome(raw: Any) -> WriteOutcome:
 # --------------------------------------------------------------------------- core side
 
 
-class ChannelServer:
+class _End:
+    """What both ends of the channel share: the socket taken over at :meth:`start`, and
+    whether (and why) the channel closed."""
+
+    _sock: socket.socket
+    _proto: _Frames
+    _closed: asyncio.Event
+
+    async def start(self) -> None:
+        """Take over the socket; the first frames are read from the next loop turn."""
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: self._proto, sock=self._sock)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def reason(self) -> str:
+        """Why the channel closed ("" while open)."""
+        return self._proto.reason
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+class ChannelServer(_End):
     """The core's end of the channel: dispatches requests to ``handler`` (see the module
     docstring). ``sock`` is a connected stream socket; :meth:`start` takes it over.
     ``on_close(reason)`` is called once when the channel closes (from the event loop)."""
@@ -302,27 +328,13 @@ class ChannelServer:
         self._notes_window = (0.0, 0)
 
     async def start(self) -> None:
-        """Take over the socket; the first frames are read from the next loop turn."""
-        loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: self._proto, sock=self._sock)
+        await super().start()
         self.last_pong_s = self.clock()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
-    @property
-    def reason(self) -> str:
-        """Why the channel closed ("" while open)."""
-        return self._proto.reason
 
     @property
     def in_flight(self) -> int:
         """Requests being handled now."""
         return len(self._tasks)
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
     def close(self, reason: str = "closed by the core") -> None:
         """Close the channel now (idempotent). Requests being handled run to their end (a
@@ -480,7 +492,7 @@ class _Window:
         self.count = 0
 
 
-class ChannelClient(NorthboundHandler):
+class ChannelClient(_End, NorthboundHandler):
     """The communications process's end: a :class:`NorthboundHandler` whose calls are
     answered by the core (see the module docstring). :meth:`start` takes over ``sock``."""
 
@@ -507,24 +519,9 @@ class ChannelClient(NorthboundHandler):
         self.busy = 0  # calls refused because max_in_flight were waiting
         self._closing = False
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: self._proto, sock=self._sock)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
-    @property
-    def reason(self) -> str:
-        return self._proto.reason
-
     @property
     def in_flight(self) -> int:
         return len(self._waiting)
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
     def close(self, reason: str = "closed by the communications process") -> None:
         """Send the refusal windows still open, then close (idempotent)."""
