@@ -170,9 +170,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
             out.append(entry)
         print(json.dumps({"scenarios": out}, indent=2))
     elif args.markdown:
-        from simulators.drill.summary import summary_markdown
-
-        print(summary_markdown(cards), end="")
+        pass  # printed below, after a live drill's people have been scored
     elif several:
         from simulators.drill.report import format_table
 
@@ -188,6 +186,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
         if score is not None:
             live[score.scenario] = score
         passed = passed and score is not None and score.acknowledged_after_s is not None
+    if args.markdown and not args.json:
+        from simulators.drill.summary import summary_markdown
+
+        print(summary_markdown(cards, live=live), end="")
     if report is not None:
         from simulators.drill.summary import summary_json, summary_markdown
 

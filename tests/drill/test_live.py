@@ -31,7 +31,7 @@ def test_a_person_works_the_live_drills_incident(tmp_path):
     report = tmp_path / "report"
     drill = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "drill", "own_model_water_tank", "--live",
-         "--report", str(report), "--live-timeout-s", "240"],
+         "--markdown", "--report", str(report), "--live-timeout-s", "240"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert drill.stderr is not None
@@ -71,30 +71,40 @@ def test_a_person_works_the_live_drills_incident(tmp_path):
     assert live["incident"] == ident and live["checklist_done"] == n > 0
     assert live["acknowledged_by"] == "alice" and not live["timed_out"]
     assert 0 <= live["acknowledged_after_s"] <= live["opened_to_ack_s"]
+    # The summary a team files (--markdown prints it; --report keeps it as summary.md and
+    # summary.json), with the people's score.
+    md = (report / "summary.md").read_text()
+    assert stdout.endswith(md)
+    assert md.startswith("# Drill summary\n")
+    assert "1 of 1 scenarios passed; 2 of 2 injections passed; 0 unsafe writes" in md
+    assert "| own_model_water_tank | PASS | 0.10 s (0.5 s) | 0.10 s | 0 |" in md
+    assert ("- injection 2, level forged at 35 s: detected after 0.10 s, budget 0.5 s; "
+            "cause named sensing, expected sensing: **PASS**") in md
+    assert "- injection 1, demand surge at 15 s: benign (no trip expected)" in md
+    assert f"- incident {ident}: cause sensing (trips: input.rate.level" in md
+    assert f"- live: incident {ident}: acknowledged after" in md
     summary = json.loads((report / "summary.json").read_text())
+    assert (summary["scenarios"], summary["passed"], summary["unsafe_writes"]) == (1, 1, 0)
+    (card,) = summary["cards"]
+    assert [r["passed"] for r in card["injections"]] == [True, True]
+    assert card["incident_causes"][0]["cause"] == "sensing"
     assert summary["live"]["own_model_water_tank"]["checklist_done"] == n
-    assert f"- live: incident {ident}: acknowledged after" in (report / "summary.md").read_text()
+    assert (report / "own_model_water_tank" / "ran" / "manifest.json").is_file()
 
 
-def test_an_unworked_incident_times_out_unacknowledged(tmp_path):
+def test_an_unworked_incident_times_out_unacknowledged(own_run):
     # Nobody answers: the wait ends at its timeout (virtual clock, no real waiting) and the
     # score says the incident was never acknowledged.
-    import asyncio
-
-    from simulators.drill.cli import drills_dir
-    from simulators.drill.runner import run_drill
-    from simulators.drill.scenario import load_scenario
-
-    sc = load_scenario(drills_dir() / "own_model_water_tank.yaml")
-    run = asyncio.run(run_drill(sc, tmp_path, audit_db=tmp_path / "audit.db"))
+    run, _, db = own_run
     (ident,) = run.incidents
     now = [1000.0]
 
     def sleep(s: float) -> None:
         now[0] += s
 
-    score = wait_for_people(tmp_path / "audit.db", ident, sc.name, timeout_s=60.0,
+    score = wait_for_people(db, ident, run.scenario.name, timeout_s=60.0,
                             clock=lambda: now[0], sleep=sleep)
     assert score.timed_out and score.acknowledged_after_s is None
     assert score.checklist_done == 0 < score.checklist_items
+    assert now[0] >= 1060.0
     assert "not acknowledged" in score.text()

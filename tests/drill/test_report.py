@@ -1,15 +1,14 @@
 """Drill reports: the exact files a run used are kept (copied, with sha256) so that it can be
 replayed; the plots carry the site's units, every actuator, each injection, and legends that
-do not cover the curves (checked on the matplotlib figure objects, not on pixels)."""
+do not cover the curves (checked on the matplotlib figure objects, not on pixels). The
+Markdown and JSON summary is checked with the live drill (test_live.py), which writes it."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 
 import matplotlib
-import pytest
 
 from simulators.drill.cli import drills_dir
 from simulators.drill.report import (
@@ -19,9 +18,7 @@ from simulators.drill.report import (
     modes_figure,
     process_figure,
 )
-from simulators.drill.runner import run_drill
 from simulators.drill.scenario import load_scenario
-from simulators.drill.score import score
 
 matplotlib.use("Agg")
 
@@ -53,14 +50,6 @@ def test_the_default_report_keeps_the_files_it_ran(default_report):
     assert (ran / files["ai"]["file"]).read_bytes() == policies.build("water_tank", "backdoor")
 
 
-@pytest.fixture(scope="module")
-def own_run(tmp_path_factory):
-    """The shipped own-model drill (50 simulated s, two injections), run and scored."""
-    sc = load_scenario(drills_dir() / "own_model_water_tank.yaml")
-    run = asyncio.run(run_drill(sc, tmp_path_factory.mktemp("own")))
-    return run, score(run)
-
-
 def _legend_outside(ax) -> bool:
     legend = ax.get_legend()
     if legend is None:
@@ -72,7 +61,7 @@ def _legend_outside(ax) -> bool:
 def test_plots_have_units_every_actuator_each_injection_and_legends_outside(own_run):
     import matplotlib.pyplot as plt
 
-    run, card = own_run
+    run, card, _ = own_run
     assert card.passed, card.reasons
     fig = process_figure(run, card)
     (ax,) = fig.axes
@@ -110,36 +99,8 @@ def test_plots_have_units_every_actuator_each_injection_and_legends_outside(own_
 
 
 def test_keep_inputs_copies_an_own_model(own_run, tmp_path):
-    run, _ = own_run
+    run, _, _ = own_run
     manifest = json.loads(keep_inputs(tmp_path / "ran", run).read_text())
     ai = next(f for f in manifest["files"] if f["role"] == "ai")
     assert ai["sha256"] == run.scenario.own_model.sha256
     assert (tmp_path / "ran" / ai["file"]).read_bytes() == run.scenario.own_model.path.read_bytes()
-
-
-def test_markdown_and_json_summary_a_team_can_file(tmp_path):
-    # One short drill through the command line: --markdown prints the summary, --report
-    # writes it beside the scorecards as summary.md and summary.json.
-    import subprocess
-    import sys
-
-    report = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "drill",
-                             "own_model_water_tank", "--markdown", "--report", str(report)],
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    md = result.stdout
-    assert md.startswith("# Drill summary\n")
-    assert "1 of 1 scenarios passed; 2 of 2 injections passed; 0 unsafe writes" in md
-    assert "| own_model_water_tank | PASS | 0.10 s (0.5 s) | 0.10 s | 0 |" in md
-    assert ("- injection 2, level forged at 35 s: detected after 0.10 s, budget 0.5 s; "
-            "cause named sensing, expected sensing: **PASS**") in md
-    assert "- injection 1, demand surge at 15 s: benign (no trip expected)" in md
-    assert "cause sensing (trips: input.rate.level" in md
-    assert (report / "summary.md").read_text() == md
-    data = json.loads((report / "summary.json").read_text())
-    assert (data["scenarios"], data["passed"], data["unsafe_writes"]) == (1, 1, 0)
-    (card,) = data["cards"]
-    assert [r["passed"] for r in card["injections"]] == [True, True]
-    assert card["incident_causes"][0]["cause"] == "sensing"
-    assert (report / "own_model_water_tank" / "ran" / "manifest.json").is_file()
