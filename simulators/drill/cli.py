@@ -261,6 +261,7 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
          ) -> tuple[list[Scorecard], tuple[Scorecard, Scorecard | None], str]:
     """Run one scenario (and its baseline); in a worker process with --all."""
     import asyncio  # here, not at the top: every command builds this parser
+    import shutil
 
     from simulators.drill.report import keep_inputs, scorecard_text, write_report
     from simulators.drill.runner import run_drill
@@ -284,12 +285,17 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
             for stale in folder.glob("audit.db*"):
                 stale.unlink()  # a report describes one run: never join an older run's chain
         if with_gateway:
-            runs.append(asyncio.run(run_drill(scenario, work, gateway=True, seed=seed,
+            # With a report, the run's zoo models are built in its ran/ folder and stay
+            # there: the model path its incidents record (models.json of the evidence
+            # bundle, replay, localise) keeps pointing at the file the gateway ran.
+            ran = report / scenario.name / "ran" if report is not None else None
+            if ran is not None and ran.exists():
+                shutil.rmtree(ran)  # a report describes one run
+            runs.append(asyncio.run(run_drill(scenario, ran or work, gateway=True, seed=seed,
                                               audit_db=audit_db)))
-            if report is not None:
-                # The exact scenario, site and model files the run used, with their sha256,
-                # copied while the zoo's model files still exist in the working folder.
-                keep_inputs(report / scenario.name / "ran", runs[-1])
+            if ran is not None:
+                # The exact scenario, site and model files the run used, with their sha256.
+                keep_inputs(ran, runs[-1])
         if not with_gateway or (with_baseline and scenario.baseline_s is not None):
             runs.append(asyncio.run(run_drill(scenario, work, gateway=False, seed=seed)))
     cards = [score(r) for r in runs]

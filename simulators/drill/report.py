@@ -101,38 +101,43 @@ def scorecard_text(card: Scorecard, run: DrillRun) -> str:
 
 
 def keep_inputs(folder: Path, run: DrillRun) -> Path:
-    """Copy the exact files the run used into ``folder`` (created; emptied of an older run's
-    copies): the scenario, the site and every model file it loaded (the AI's, and any model
-    swapped in), byte for byte, and write ``manifest.json`` with each file's sha256, role and
-    original path, so that the run can be replayed later from the report alone. Returns the
-    manifest's path. Call it while the run's working folder (zoo models) still exists."""
+    """Keep in ``folder`` (created) the exact files the run used: the scenario and the site,
+    copied byte for byte, and every model file it loaded (the AI's, and any model swapped
+    in): one already inside ``folder`` (a drill with a report builds its zoo models there, so
+    that the path its incidents record stays valid) is kept where it is, any other is copied
+    to ``models/``. Writes ``manifest.json`` with each file's sha256, role and original path,
+    so that the run can be replayed from the report alone; returns its path. Raises
+    ``RuntimeError`` if a model file no longer has the hash the gateway loaded it with."""
     import hashlib
-    import shutil
 
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "models").mkdir(parents=True)
+    (folder / "models").mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, str]] = []
+    root = folder.resolve()
 
-    def keep(role: str, source: Path, name: str) -> None:
+    def keep(role: str, source: Path, name: str | None) -> str:
         data = source.read_bytes()
-        (folder / name).write_bytes(data)
-        entries.append({"role": role, "file": name, "sha256": hashlib.sha256(data).hexdigest(),
+        if name is None:  # already in the folder
+            name = source.resolve().relative_to(root).as_posix()
+        else:
+            (folder / name).write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        entries.append({"role": role, "file": name, "sha256": digest,
                         "original": str(source)})
+        return digest
 
     sc = run.scenario
     keep("scenario", sc.source, "scenario.yaml")
     keep("site", sc.site, "site.yaml")
-    seen: set[str] = set()
+    seen: set[Path] = set()
     for role, path, sha in run.models:
-        name = f"models/{role}-{path.name}"
-        if name in seen:
+        if path.resolve() in seen:
             continue
-        seen.add(name)
-        keep(role, path, name)
-        if entries[-1]["sha256"] != sha:  # the file changed after the gateway loaded it
+        seen.add(path.resolve())
+        inside = path.resolve().is_relative_to(root)
+        digest = keep(role, path, None if inside else f"models/{role}-{path.name}")
+        if digest != sha:
             raise RuntimeError(f"model file {path} changed during the drill: sha256 "
-                               f"{entries[-1]['sha256']}, loaded as {sha}")
+                               f"{digest}, loaded as {sha}")
     manifest = {
         "scenario": sc.name, "model": sc.model, "seed": sc.seed, "duration_s": sc.duration_s,
         "files": entries,

@@ -45,6 +45,11 @@ def test_the_default_report_keeps_the_files_it_ran(default_report):
     assert (ran / "site.yaml").read_bytes() == load_scenario(scenario).site.read_bytes()
     (incident,) = load_incidents(folder / "audit.db")
     assert incident.model.sha256 == files["ai"]["sha256"]
+    # The model path the incident recorded is the kept file: it outlives the drill.
+    assert incident.model.path is not None
+    from pathlib import Path
+
+    assert Path(incident.model.path).resolve() == (ran / files["ai"]["file"]).resolve()
     from simulators.zoo import policies
 
     assert (ran / files["ai"]["file"]).read_bytes() == policies.build("water_tank", "backdoor")
