@@ -338,7 +338,7 @@ def _injection_scores(run: DrillRun, trips: list[Any], left_at: float | None
         if problems:
             verdict = "; ".join(problems)
         elif hit is None:
-            verdict = "never in control: the AI had no control from its start on"
+            verdict = "never in control: the AI had no control while it was in force"
         else:
             verdict = f"detected after {ttd:.2f} s by {hit.name}" + (
                 "" if in_control else ", the AI not in control")
