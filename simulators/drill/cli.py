@@ -1,5 +1,5 @@
-"""``safety-gateway drill [SCENARIO ...] [--all] [--no-gateway] [--report DIR] [--json] [--seed N]
-[--duration-s S] [--jobs N]``.
+"""``safety-gateway drill [SCENARIO ...] [--all] [--no-gateway] [--report DIR] [--json]
+[--markdown] [--seed N] [--duration-s S] [--jobs N]``.
 
 Exit codes: 0 every drill passed; 1 a drill failed (an unsafe write reached the plant, an
 attack was not detected within its budget, a false trip, the process left its safe range, or
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import argparse
 
+    from simulators.drill.live import LiveScore
     from simulators.drill.score import Scorecard
 
 __all__ = ["DEFAULT_SCENARIO", "add_parser", "drills_dir", "find_scenario"]
@@ -55,8 +56,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--baselines", action="store_true",
                    help="with --all: also run each attack's baseline (a single scenario "
                         "always does)")
-    p.add_argument("--report", metavar="DIR", help="write scorecards (Markdown, JSON) and plots")
+    p.add_argument("--report", metavar="DIR",
+                   help="write scorecards (Markdown, JSON), plots, the files each run used, "
+                        "and summary.md / summary.json for the whole set")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the summary as Markdown (a team's drill record) instead of "
+                        "the table")
     p.add_argument("--json", action="store_true", help="print the scorecards as JSON")
+    p.add_argument("--live", action="store_true",
+                   help="after the drill, wait for the people on shift to work its incident "
+                        "(incidents ack/check/resolve --db) and score them; one scenario, "
+                        "with --report")
+    p.add_argument("--live-timeout-s", type=float, default=1800.0, metavar="S",
+                   help="with --live: stop waiting after S wall seconds (default 1800)")
     p.add_argument("--seed", type=int, default=None, help="override the scenarios' seeds")
     p.add_argument("--duration-s", type=float, default=None, metavar="S",
                    help="run each scenario for S simulated seconds instead of its own "
@@ -77,6 +89,15 @@ def cmd_drill(args: argparse.Namespace) -> int:
         return 2
     if args.jobs < 1:
         print("safety-gateway drill: --jobs must be >= 1", file=sys.stderr)
+        return 2
+    if args.live and (args.all or len(args.scenario) > 1 or not args.report
+                      or args.no_gateway):
+        print("safety-gateway drill: --live runs one scenario, with the gateway, and needs "
+              "--report DIR (the people work the incident in its audit database)",
+              file=sys.stderr)
+        return 2
+    if not args.live_timeout_s > 0:
+        print("safety-gateway drill: --live-timeout-s must be > 0", file=sys.stderr)
         return 2
     if args.all:
         paths = sorted(drills_dir().glob("*.yaml"))
@@ -148,6 +169,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
                 entry["baseline"] = base.as_json()
             out.append(entry)
         print(json.dumps({"scenarios": out}, indent=2))
+    elif args.markdown:
+        pass  # printed below, after a live drill's people have been scored
     elif several:
         from simulators.drill.report import format_table
 
@@ -155,11 +178,47 @@ def cmd_drill(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(r[2])
+    passed = all(r[1][0].passed for r in results)
+    live: dict[str, Any] = {}
+    if args.live:
+        assert report is not None
+        score = _live(report, results[0][1][0], args.live_timeout_s)
+        if score is not None:
+            live[score.scenario] = score
+        passed = passed and score is not None and score.acknowledged_after_s is not None
+    if args.markdown and not args.json:
+        from simulators.drill.summary import summary_markdown
+
+        print(summary_markdown(cards, live=live), end="")
+    if report is not None:
+        from simulators.drill.summary import summary_json, summary_markdown
+
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "summary.md").write_text(summary_markdown(cards, live=live))
+        (report / "summary.json").write_text(json.dumps(summary_json(cards, live=live),
+                                                        indent=2) + "\n")
     if report is not None and not args.json:
         print(f"report written to {report}/", file=sys.stderr)
     if args.no_gateway:
         return 0  # a baseline has no pass or fail: it ran (a broken run raises)
-    return 0 if all(r[1][0].passed for r in results) else 1
+    return 0 if passed else 1
+
+
+def _live(report: Path, card: Scorecard, timeout_s: float) -> LiveScore | None:
+    """Hand the drill's incident to the people on shift, wait, print and keep their score
+    (``<report>/<scenario>/live.json``). None if the drill opened no incident."""
+    from simulators.drill.live import handover_text, wait_for_people
+
+    if card.incident is None:
+        print("live drill: the drill opened no incident; nothing to work", file=sys.stderr)
+        return None
+    db = report / card.scenario / "audit.db"
+    print(handover_text(card.incident, db), file=sys.stderr, flush=True)
+    live = wait_for_people(db, card.incident, card.scenario, timeout_s=timeout_s)
+    print(live.text(), flush=True)
+    (report / card.scenario / "live.json").write_text(json.dumps(live.as_json(), indent=2)
+                                                      + "\n")
+    return live
 
 
 class _Progress:
@@ -202,8 +261,9 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
          ) -> tuple[list[Scorecard], tuple[Scorecard, Scorecard | None], str]:
     """Run one scenario (and its baseline); in a worker process with --all."""
     import asyncio  # here, not at the top: every command builds this parser
+    import shutil
 
-    from simulators.drill.report import scorecard_text, write_report
+    from simulators.drill.report import keep_inputs, scorecard_text, write_report
     from simulators.drill.runner import run_drill
     from simulators.drill.scenario import load_scenario, with_duration
     from simulators.drill.score import score
@@ -225,8 +285,17 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
             for stale in folder.glob("audit.db*"):
                 stale.unlink()  # a report describes one run: never join an older run's chain
         if with_gateway:
-            runs.append(asyncio.run(run_drill(scenario, work, gateway=True, seed=seed,
+            # With a report, the run's zoo models are built in its ran/ folder and stay
+            # there: the model path its incidents record (models.json of the evidence
+            # bundle, replay, localise) keeps pointing at the file the gateway ran.
+            ran = report / scenario.name / "ran" if report is not None else None
+            if ran is not None and ran.exists():
+                shutil.rmtree(ran)  # a report describes one run
+            runs.append(asyncio.run(run_drill(scenario, ran or work, gateway=True, seed=seed,
                                               audit_db=audit_db)))
+            if ran is not None:
+                # The exact scenario, site and model files the run used, with their sha256.
+                keep_inputs(ran, runs[-1])
         if not with_gateway or (with_baseline and scenario.baseline_s is not None):
             runs.append(asyncio.run(run_drill(scenario, work, gateway=False, seed=seed)))
     cards = [score(r) for r in runs]

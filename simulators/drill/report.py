@@ -3,10 +3,11 @@
 Plots (matplotlib, Agg backend: no display needed on an edge box or in CI):
 
 - ``process.png``: the plant's true process variables with their safe range and danger limits;
-- ``commands.png``: per AI-driven actuator, the AI's proposal against the command applied;
+- ``commands.png``: every actuator's applied command, and the AI's proposal where it drives one;
 - ``modes.png``: the gateway's mode over time.
 
-Each marks the injection (red dashed line) and the detection (first trip, green line).
+Each marks every injection (its own colour and line style) and its detection (green); axes
+are labelled with the site's units; legends sit outside the axes, to the right.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from simulators.drill.runner import DrillRun
     from simulators.drill.score import Scorecard
 
-__all__ = ["format_table", "write_report"]
+__all__ = ["commands_figure", "format_table", "keep_inputs", "modes_figure", "process_figure",
+           "write_report"]
 
 _MODES = ("safe_stop", "manual", "shadow", "auto")
 
@@ -55,12 +57,25 @@ def scorecard_text(card: Scorecard, run: DrillRun) -> str:
     lines = [f"drill {card.scenario}: {'PASS' if card.passed else 'FAIL'}"
              if card.gateway else f"drill {card.scenario} WITHOUT the gateway (baseline)",
              f"  {sc.description}" if sc.description else "",
-             f"  plant {sc.plant}, controller {sc.controller.value} model {sc.model!r}, "
+             f"  plant {sc.plant}, controller {sc.controller.value} model {_model_text(run)}, "
              f"{sc.duration_s:g} s simulated in {card.wall_s:.1f} s"]
     for m in run.marks:
         if m.kind == "injection":
             lines.append(f"  t={m.at_s:7.1f} s  injected: {m.detail}")
     if card.gateway:
+        granted = card.auto_granted_at_s
+        lines.append("  AUTO:            "
+                     + (f"granted at {granted:.1f} s" if granted is not None else "never granted")
+                     + f" ({card.auto_requests} request{'s' if card.auto_requests != 1 else ''})")
+        for r in card.injections:
+            cause = ""
+            if r.cause_named is not None:
+                cause = f"; cause named {r.cause_named}"
+                if r.cause_expected is not None:
+                    cause += (f" ({'right' if r.cause_ok else 'expected ' + r.cause_expected}"
+                              f"{'' if r.cause_scored else ', not scored'})")
+            lines.append(f"  injection {r.index + 1} ({r.title}, t={r.start_s:g} s): "
+                         f"{'PASS' if r.passed else 'FAIL'}: {r.verdict}{cause}")
         lines.append(f"  detected:        {'yes' if card.detected else 'no'}"
                      + (f" after {card.time_to_detect_s:.2f} s (budget "
                         f"{card.detect_budget_s:g} s): {card.first_trip}"
@@ -83,6 +98,66 @@ def scorecard_text(card: Scorecard, run: DrillRun) -> str:
     for reason in card.reasons:
         lines.append(f"  FAIL: {reason}")
     return "\n".join(line for line in lines if line)
+
+
+def keep_inputs(folder: Path, run: DrillRun) -> Path:
+    """Keep in ``folder`` (created) the exact files the run used: the scenario and the site,
+    copied byte for byte, and every model file it loaded (the AI's, and any model swapped
+    in): one already inside ``folder`` (a drill with a report builds its zoo models there, so
+    that the path its incidents record stays valid) is kept where it is, any other is copied
+    to ``models/``. Writes ``manifest.json`` with each file's sha256, role and original path,
+    so that the run can be replayed from the report alone; returns its path. Raises
+    ``RuntimeError`` if a model file no longer has the hash the gateway loaded it with."""
+    import hashlib
+
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    entries: list[dict[str, str]] = []
+    root = folder.resolve()
+
+    def keep(role: str, source: Path, name: str | None) -> str:
+        data = source.read_bytes()
+        if name is None:  # already in the folder
+            name = source.resolve().relative_to(root).as_posix()
+        else:
+            (folder / name).write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        entries.append({"role": role, "file": name, "sha256": digest,
+                        "original": str(source)})
+        return digest
+
+    sc = run.scenario
+    keep("scenario", sc.source, "scenario.yaml")
+    keep("site", sc.site, "site.yaml")
+    seen: set[Path] = set()
+    for role, path, sha in run.models:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        inside = path.resolve().is_relative_to(root)
+        digest = keep(role, path, None if inside else f"models/{role}-{path.name}")
+        if digest != sha:
+            raise RuntimeError(f"model file {path} changed during the drill: sha256 "
+                               f"{digest}, loaded as {sha}")
+    manifest = {
+        "scenario": sc.name, "model": sc.model, "seed": sc.seed, "duration_s": sc.duration_s,
+        "files": entries,
+        "replay": "safety-gateway drill SCENARIO with the site and model files above: the "
+                  "scenario names its site (and its own model file) by path; point those "
+                  "paths at site.yaml and models/ (a zoo model is rebuilt bit for bit from "
+                  "its name, its sha256 is the one above)",
+    }
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def _model_text(run: DrillRun) -> str:
+    sc = run.scenario
+    if sc.own_model is None:
+        return repr(sc.model)
+    own = sc.own_model
+    where = "the site's own" if sc.model == "site" else "own file"
+    return f"{own.path.name} ({where}, sha256 {own.sha256[:12]}…)"
 
 
 def write_report(directory: Path, card: Scorecard, run: DrillRun,
@@ -116,61 +191,122 @@ def _plots(out: Path, run: DrillRun, card: Scorecard) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    inj = card.injected_at_s
-    det = (inj + card.time_to_detect_s
-           if inj is not None and card.time_to_detect_s is not None else None)
-
-    def marks(ax: Any) -> None:
-        if inj is not None:
-            ax.axvline(inj, color="tab:red", linestyle="--", linewidth=1, label="injection")
-        if det is not None:
-            ax.axvline(det, color="tab:green", linewidth=1.2, label="detection")
-
-    from gateway.incident.export import save_figure
-
     files: list[Path] = []
+    figures = [("process.png", process_figure(run, card)),
+               ("commands.png", commands_figure(run, card))]
+    if run.gateway:
+        figures.append(("modes.png", modes_figure(run, card)))
+    for name, fig in figures:
+        # bbox_inches="tight" keeps the legends placed outside the axes inside the image.
+        fig.savefig(out / name, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        files.append(out / name)
+    return files
+
+
+# Injections are told apart by colour and line style (up to four, then they repeat); the
+# detection of each is a solid green line. Legends go outside the axes, to the right, so that
+# they never cover a curve.
+_INJECTION_STYLES = (("tab:red", "--"), ("tab:purple", "-."), ("tab:brown", ":"),
+                     ("tab:pink", (0, (5, 2, 1, 2))))
+LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 7,
+          "borderaxespad": 0.0}
+
+
+def _unit(run: DrillRun, tag: str) -> str:
+    """The site's unit of ``tag`` (empty when it declares none)."""
+    try:
+        return str(run.site.tag(tag).unit or "")
+    except KeyError:
+        return ""
+
+
+def _label(run: DrillRun, tag: str) -> str:
+    unit = _unit(run, tag)
+    return f"{tag} ({unit})" if unit else tag
+
+
+def _marks(ax: Any, run: DrillRun, card: Scorecard) -> None:
+    """Every injection (its start) and its detection, each with its own legend entry."""
+    results = {r.index: r for r in card.injections}
+    for k, inj in enumerate(run.scenario.injections):
+        colour, style = _INJECTION_STYLES[k % len(_INJECTION_STYLES)]
+        ax.axvline(inj.start_s, color=colour, linestyle=style, linewidth=1.2,
+                   label=f"{k + 1}: {inj.title} ({inj.start_s:g} s)")
+        r = results.get(k)
+        if r is not None and r.time_to_detect_s is not None and r.expect == "trip":
+            ax.axvline(r.start_s + r.time_to_detect_s, color="tab:green", linestyle="-",
+                       linewidth=1.0, alpha=0.8,
+                       label=f"{k + 1}: detected (+{r.time_to_detect_s:.2f} s)")
+    if not run.scenario.injections and card.injected_at_s is not None:
+        ax.axvline(card.injected_at_s, color="tab:red", linestyle="--", label="injection")
+
+
+def process_figure(run: DrillRun, card: Scorecard) -> Any:
+    """The plant's true process variables (site units) with their safe range and danger
+    limits, injections and detections marked."""
+    import matplotlib.pyplot as plt
+
     t_hist = [s.at_s for s in run.history]
-    fig, axes = plt.subplots(len(run.limits), 1, figsize=(8, 2.6 * len(run.limits)),
+    fig, axes = plt.subplots(len(run.limits), 1, figsize=(9, 2.6 * len(run.limits)),
                              squeeze=False, sharex=True)
     for ax, lim in zip(axes[:, 0], run.limits, strict=True):
         ax.plot(t_hist, [s.process.get(lim.tag, math.nan) for s in run.history],
-                color="tab:blue", label=f"{lim.tag} (true)")
+                color="tab:blue", linewidth=1.4, label=f"{lim.tag} (true)")
         ax.axhspan(lim.safe_min, lim.safe_max, color="tab:green", alpha=0.08,
                    label="safe range")
-        for d in (lim.danger_min, lim.danger_max):
-            ax.axhline(d, color="black", linewidth=1.5)
-        ax.set_ylabel(lim.tag)
-        marks(ax)
-        ax.legend(loc="upper left", fontsize=7)
+        ax.axhline(lim.danger_min, color="black", linewidth=1.5, label="danger limits")
+        ax.axhline(lim.danger_max, color="black", linewidth=1.5)
+        ax.set_ylabel(_label(run, lim.tag))
+        _marks(ax, run, card)
+        ax.legend(**LEGEND)
     axes[-1, 0].set_xlabel("simulated time (s)")
-    fig.suptitle(f"{card.scenario}: process (black: danger limits)")
-    files.append(save_figure(fig, out / "process.png"))
+    fig.suptitle(f"{card.scenario}: process")
+    return fig
+
+
+def commands_figure(run: DrillRun, card: Scorecard) -> Any:
+    """One axes per actuator of the site (site units): the command applied, and the AI's
+    proposal for the actuators the AI drives (dashed, with markers, drawn under the applied
+    line so that neither hides the other)."""
+    import matplotlib.pyplot as plt
 
     t = [k.at_s for k in run.ticks]
-    driven = [n for n in run.site.controller.outputs] or list(run.actuators)
-    fig, axes = plt.subplots(len(driven), 1, figsize=(8, 2.4 * len(driven)), squeeze=False,
+    driven = set(run.site.controller.outputs if run.drill_site is None
+                 else run.drill_site.controller.outputs)
+    names = list(run.actuators)
+    every = max(1, len(t) // 40)
+    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.2 * len(names)), squeeze=False,
                              sharex=True)
-    for ax, name in zip(axes[:, 0], driven, strict=True):
+    for ax, name in zip(axes[:, 0], names, strict=True):
         i = run.actuators.index(name)
-        ax.plot(t, [k.proposal[i] for k in run.ticks], color="tab:orange", linewidth=1,
-                label="AI proposal")
-        ax.plot(t, [k.applied[i] for k in run.ticks], color="tab:blue", linewidth=1.2,
-                label="applied")
-        ax.set_ylabel(name)
-        marks(ax)
-        ax.legend(loc="upper left", fontsize=7)
+        if name in driven:
+            ax.plot(t, [k.proposal[i] for k in run.ticks], color="tab:orange", linewidth=1.0,
+                    linestyle="--", marker="x", markersize=4, markevery=every,
+                    label="AI proposal", zorder=2)
+        ax.plot(t, [k.applied[i] for k in run.ticks], color="tab:blue", linewidth=1.4,
+                linestyle="-", marker="o", markersize=3, markevery=(every // 2, every),
+                label="applied" + ("" if name in driven else " (not AI-driven)"), zorder=3)
+        ax.set_ylabel(_label(run, name))
+        _marks(ax, run, card)
+        ax.legend(**LEGEND)
     axes[-1, 0].set_xlabel("simulated time (s)")
-    fig.suptitle(f"{card.scenario}: AI proposal vs applied command")
-    files.append(save_figure(fig, out / "commands.png"))
+    fig.suptitle(f"{card.scenario}: commands, every actuator")
+    return fig
 
-    if run.gateway:
-        fig, ax = plt.subplots(figsize=(8, 2.2))
-        ax.step(t, [_MODES.index(k.mode) if k.mode in _MODES else -1 for k in run.ticks],
-                where="post", color="tab:purple")
-        ax.set_yticks(range(len(_MODES)), [m.upper() for m in _MODES])
-        marks(ax)
-        ax.set_xlabel("simulated time (s)")
-        ax.legend(loc="lower left", fontsize=7)
-        fig.suptitle(f"{card.scenario}: gateway mode")
-        files.append(save_figure(fig, out / "modes.png"))
-    return files
+
+def modes_figure(run: DrillRun, card: Scorecard) -> Any:
+    """The gateway's mode over time, injections and detections marked."""
+    import matplotlib.pyplot as plt
+
+    t = [k.at_s for k in run.ticks]
+    fig, ax = plt.subplots(figsize=(9, 2.4))
+    ax.step(t, [_MODES.index(k.mode) if k.mode in _MODES else -1 for k in run.ticks],
+            where="post", color="tab:purple", label="mode")
+    ax.set_yticks(range(len(_MODES)), [m.upper() for m in _MODES])
+    ax.set_ylabel("gateway mode")
+    _marks(ax, run, card)
+    ax.set_xlabel("simulated time (s)")
+    ax.legend(**LEGEND)
+    fig.suptitle(f"{card.scenario}: gateway mode")
+    return fig

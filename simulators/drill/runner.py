@@ -114,6 +114,13 @@ class DrillRun:
     audit_db: Path | None = None
     incidents: list[str] = field(default_factory=list)
     drill_site: Site | None = None  # the site as the drill ran it (ports, controller, ...)
+    # Per incident: the detectors of its trips, first (its trigger) first.
+    incident_trips: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The model files the run loaded: (role, path, sha256); "ai" first, then swapped-in ones.
+    models: list[tuple[str, Path, str]] = field(default_factory=list)
+    # The drill operator's AUTO requests: how many, and when one was granted (None: never).
+    auto_requests: int = 0
+    auto_granted_at_s: float | None = None
 
 
 def _plant(scenario: Scenario, uptime_s: float) -> Plant:
@@ -139,13 +146,25 @@ def _model_file(workdir: Path, plant: str, variant: str) -> tuple[Path, str]:
 
 def _controller(site: Site, scenario: Scenario, model: Path, sha: str,
                 kind: ControllerKind) -> ControllerSpec:
+    """The drill's AI controller: the scenario's (or the site's) own model with its own
+    mapping to the site's tags, else the zoo model with the zoo's interface."""
     from simulators.zoo import policies
 
-    iface = policies.INTERFACES[scenario.plant]
+    own = scenario.own_model
+    if own is not None:
+        mapping: tuple[tuple[str, ...], tuple[str, ...], tuple[float, ...], tuple[float, ...],
+                       tuple[float, ...], tuple[float, ...]] = (
+            own.inputs, own.outputs, own.input_offset, own.input_scale, own.output_offset,
+            own.output_scale)
+    else:
+        iface = policies.INTERFACES[scenario.plant]
+        mapping = (iface.inputs, iface.outputs, iface.input_offset, iface.input_scale,
+                   iface.output_offset, iface.output_scale)
+    inputs, outputs, in_off, in_scale, out_off, out_scale = mapping
     return dataclasses.replace(
-        site.controller, kind=kind, model=model, sha256=sha, inputs=iface.inputs,
-        outputs=iface.outputs, input_offset=iface.input_offset, input_scale=iface.input_scale,
-        output_offset=iface.output_offset, output_scale=iface.output_scale,
+        site.controller, kind=kind, model=model, sha256=sha, inputs=inputs,
+        outputs=outputs, input_offset=in_off, input_scale=in_scale,
+        output_offset=out_off, output_scale=out_scale,
         # A drill runs on a virtual clock, but inference is real and its deadline is wall
         # time: on a shared 2-core machine a 50 ms deadline still saw four misses in a row
         # (a stall of 200 ms while two drills and a test suite ran) and a false trip in the
@@ -187,10 +206,13 @@ def _drill_site(site: Site, scenario: Scenario, server: Any, controller: Control
             host="127.0.0.1", port=external_port, unit=1, allow=("127.0.0.1",),
             ai_clients=("127.0.0.1",)))
     # The drill's operator asks for AUTO at auto_after_s; the clean shadow period required
-    # before it is shortened to fit (drills compress time; the rule itself still applies).
+    # before it is shortened to fit (drills compress time; the rule itself still applies),
+    # unless the scenario sets its own.
     cycle_s = site.site.cycle_ms / 1000.0
-    operation = dataclasses.replace(
-        site.operation, clean_shadow_s=max(cycle_s, scenario.auto_after_s - 2 * cycle_s))
+    clean = scenario.clean_shadow_s
+    if clean is None:
+        clean = max(cycle_s, scenario.auto_after_s - 2 * cycle_s)
+    operation = dataclasses.replace(site.operation, clean_shadow_s=clean)
     return dataclasses.replace(site, devices=tuple(devices), controller=controller,
                                northbound=northbound, operation=operation)
 
@@ -295,12 +317,18 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
     clock = SimClock()
     server = PlantServer(plant, clock=clock, **_server_options(site0))
     external = scenario.controller is ControllerMode.EXTERNAL
-    model_path, sha = _model_file(workdir, scenario.plant, scenario.model)
+    if scenario.own_model is not None:
+        # The team's own file (the scenario's, or the site's own model): run as it is, never
+        # replaced by a zoo model. Its hash is checked again when the gateway loads it.
+        model_path, sha = scenario.own_model.path, scenario.own_model.sha256
+    else:
+        model_path, sha = _model_file(workdir, scenario.plant, scenario.model)
     kind = ControllerKind.EXTERNAL if external else ControllerKind.ONNX
     run = DrillRun(scenario, gateway, site0, cycle_s, tuple(t.name for t in site0.actuators),
                    limits=tuple(plant.limits),
                    safe_values=tuple(float(t.safe_value or 0.0) for t in site0.actuators),
                    initial_actuators=dict(plant.actuators()))
+    run.models.append(("ai", model_path, sha))
     await server.start()
     try:
         await server.publish()
@@ -320,7 +348,10 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
                                 ext_port, workdir, recording)
             from gateway.incident.store import load_incidents
 
-            run.incidents = [i.id for i in load_incidents(run.audit_db)]
+            found = load_incidents(run.audit_db)
+            run.incidents = [i.id for i in found]
+            run.incident_trips = {i.id: tuple(t.detector for t in (i.trips or (i.trigger,)))
+                                  for i in found}
         else:
             await _baseline(run, site, onnx_site, scenario, server, plant, clock, workdir)
     finally:
@@ -331,14 +362,25 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
     return run
 
 
+@dataclass
+class _Active:
+    """An injection in force that the injector drives every step, or ends at ``end_s``."""
+
+    inj: Injection
+    start_s: float
+    at_start: float
+    end_s: float
+
+
 class _Injector:
-    """Applies the scenario's timeline at the right steps."""
+    """Applies the scenario's timeline at the right steps: starts each injection when due,
+    drives profiles every step, and lifts an injection with a ``duration_s`` when it ends."""
 
     def __init__(self, run: DrillRun, scenario: Scenario, server: Any, plant: Plant,
                  workdir: Path) -> None:
         self.run = run
         self.pending = list(scenario.injections)
-        self.reconnect_at: float | None = None
+        self.active: list[_Active] = []
         self.server = server
         self.plant = plant
         self.scenario = scenario
@@ -347,19 +389,42 @@ class _Injector:
         self.silence = False
 
     async def due(self, t: float, eps: float) -> None:
-        if self.reconnect_at is not None and t + eps >= self.reconnect_at:
-            self.reconnect_at = None
-            await self.server.reconnect()
-            self.run.marks.append(Mark(t, "fault", "plc_reconnect", "PLC back on the network"))
+        for act in [a for a in self.active if t + eps >= a.end_s]:
+            self.active.remove(act)
+            await self._lift(act.inj, t)
         while self.pending and self.pending[0].at_s <= t + eps:
             inj = self.pending.pop(0)
             await self._apply(inj, t)
-            self.run.marks.append(Mark(t, "injection", inj.kind.value, inj.describe()))
+            self.run.marks.append(Mark(t, "injection", inj.title, inj.describe()))
+        for act in self.active:
+            self._drive(act, t)
+
+    def _current(self, inj: Injection) -> float:
+        """The value a profile starts from where it gives no ``from``."""
+        if inj.kind is InjectionKind.SENSOR_PROFILE:
+            assert inj.tag is not None
+            return float(self.server.published().get(inj.tag, math.nan))
+        assert inj.name is not None
+        process, sensors = self.plant.process(), self.plant.sensors()
+        return float(process.get(inj.name, sensors.get(inj.name, math.nan)))
+
+    def _drive(self, act: _Active, t: float) -> None:
+        inj = act.inj
+        if inj.profile is None:
+            return
+        value = inj.profile.value(t - act.start_s, act.at_start)
+        if inj.kind is InjectionKind.SENSOR_PROFILE:
+            assert inj.tag is not None
+            self.server.spoof(inj.tag, value)
+        else:
+            assert inj.name is not None
+            self.plant.set_disturbance(inj.name, value)
 
     async def _apply(self, inj: Injection, t: float) -> None:
         from simulators.zoo import policies
 
         k = inj.kind
+        end = t + inj.duration_s if inj.duration_s is not None else math.inf
         if k is InjectionKind.BACKDOOR_TRIGGER:
             tag = policies.BACKDOOR_TRIGGER[self.scenario.plant][0]
             self.plant.set_disturbance(tag, policies.trigger_value(self.scenario.plant))
@@ -373,10 +438,36 @@ class _Injector:
         elif k is InjectionKind.PLC_DISCONNECT:
             assert inj.duration_s is not None
             await self.server.disconnect()
-            self.reconnect_at = t + inj.duration_s
         elif k is InjectionKind.AI_SILENT:
             self.silence = True
+        elif k in (InjectionKind.SENSOR_PROFILE, InjectionKind.DISTURBANCE):
+            self.active.append(_Active(inj, t, self._current(inj), end))
+            return
         # TIME_BOMB: the plant's uptime was aligned at start; nothing to do now.
+        if math.isfinite(end):
+            self.active.append(_Active(inj, t, math.nan, end))
+
+    async def _lift(self, inj: Injection, t: float) -> None:
+        k = inj.kind
+        if k is InjectionKind.PLC_DISCONNECT:
+            await self.server.reconnect()
+            self.run.marks.append(Mark(t, "fault", "plc_reconnect", "PLC back on the network"))
+            return
+        if k is InjectionKind.SENSOR_FREEZE:
+            self.server.unfreeze(inj.tag)
+        elif k in (InjectionKind.SENSOR_SPOOF, InjectionKind.SENSOR_PROFILE):
+            self.server.unspoof(inj.tag)
+        elif k is InjectionKind.DISTURBANCE:
+            assert inj.name is not None
+            self.plant.set_disturbance(inj.name, math.nan)
+        elif k is InjectionKind.AI_SILENT:
+            self.silence = False
+        elif k is InjectionKind.BACKDOOR_TRIGGER:
+            from simulators.zoo import policies
+
+            self.plant.set_disturbance(policies.BACKDOOR_TRIGGER[self.scenario.plant][0],
+                                       math.nan)
+        self.run.marks.append(Mark(t, "lifted", inj.title, f"{inj.describe()}: lifted"))
 
     def swapped_policy(self, site: Site) -> OnnxPolicy | None:
         """The attacker's model, once a swap is due (the file has the same interface)."""
@@ -384,6 +475,7 @@ class _Injector:
             return None
         path, sha = _model_file(self.workdir, self.scenario.plant, self.swap_to)
         self.swap_to = None
+        self.run.models.append(("swapped_in", path, sha))
         return _policy(dataclasses.replace(site, controller=dataclasses.replace(
             site.controller, model=path, sha256=sha)))
 
@@ -394,7 +486,10 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
     from gateway.runtime.gateway import Gateway
 
     external = ext_port is not None
-    canary = None if external else _canary(site, scenario.plant)
+    # The zoo's golden inputs fit only the zoo's models; a team's own model has none here
+    # (its registry records its canary cases).
+    canary = None if external or scenario.own_model is not None else _canary(
+        site, scenario.plant)
     gw = Gateway(site, clock=clock, stepped=True, servers=external, canary=canary,
                  startup_wait_s=10.0, audit_path=run.audit_db)
     ext: ExternalAi | None = None
@@ -416,12 +511,57 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
         await gw.close()
 
 
+class _AutoOperator:
+    """The drill's operator: asks for AUTO at ``auto_after_s`` and, refused (the clean shadow
+    period has not run yet, an anomaly restarted it), asks again every ``auto_retry_s`` until
+    it is granted, until ``auto_until_s`` passes, or until a trip takes the gateway out of
+    SHADOW (a person does not keep asking once the AI has been caught). The first request,
+    the grant and giving up are marked; the refusals in between are counted."""
+
+    def __init__(self, run: DrillRun, scenario: Scenario) -> None:
+        self.run = run
+        self.next_s = scenario.auto_after_s
+        self.until_s = (scenario.auto_until_s if scenario.auto_until_s is not None
+                        else scenario.duration_s)
+        self.retry_s = scenario.auto_retry_s
+        self.done = False
+        self.last_refusal = ""
+
+    async def step(self, gw: Gateway, t: float, dt: float, mode: str) -> None:
+        if self.done or t + dt / 2 < self.next_s:
+            return
+        run = self.run
+        if t > self.until_s + dt / 2 or (run.auto_requests and mode != "shadow"):
+            self.done = True
+            run.marks.append(Mark(t, "operator", "auto_abandoned",
+                                  f"drill operator stops asking for AUTO after "
+                                  f"{run.auto_requests} refused requests "
+                                  f"({self.last_refusal or 'mode ' + mode})"))
+            return
+        outcome = await gw.request(OPERATOR, "to_auto", None, None)
+        run.auto_requests += 1
+        if outcome.accepted:
+            self.done = True
+            run.auto_granted_at_s = t
+            run.marks.append(Mark(t, "operator", "to_auto",
+                                  f"drill operator: AUTO, granted at request "
+                                  f"{run.auto_requests}"))
+            return
+        self.last_refusal = outcome.reason
+        if run.auto_requests == 1:
+            run.marks.append(Mark(t, "operator", "to_auto_refused",
+                                  f"drill operator: AUTO refused ({outcome.reason}); asking "
+                                  f"again every {self.retry_s:g} s"))
+        self.next_s = t + self.retry_s
+
+
 async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _Injector,
                 server: Any, clock: SimClock, scenario: Scenario) -> None:
     dt = run.cycle_s
     steps = round(scenario.duration_s / dt)
-    asked_auto = False
+    operator = _AutoOperator(run, scenario)
     n_a = len(run.actuators)
+    mode = ""
     for k in range(steps):
         t = k * dt
         clock.now = t
@@ -429,10 +569,7 @@ async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _I
         if k == 0:
             await gw.request(OPERATOR, "to_shadow", None, None)
             run.marks.append(Mark(t, "operator", "to_shadow", "drill operator: SHADOW"))
-        if not asked_auto and t + dt / 2 >= scenario.auto_after_s:
-            asked_auto = True
-            await gw.request(OPERATOR, "to_auto", None, None)
-            run.marks.append(Mark(t, "operator", "to_auto", "drill operator: AUTO"))
+        await operator.step(gw, t, dt, mode)
         swapped = injector.swapped_policy(gw.site)
         if swapped is not None:
             if gw.policy is not None:
@@ -453,6 +590,7 @@ async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _I
                                                   strict=True) if math.isnan(x))
         run.ticks.append(Tick(t, str(decision.mode), str(decision.source), proposal,
                               tuple(decision.command.tolist()), untrusted))
+        mode = str(decision.mode)
         for ev in decision.events:
             run.marks.append(Mark(ev.at_s, str(ev.kind), ev.name, ev.reason))
         await server.tick(dt)

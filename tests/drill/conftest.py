@@ -1,12 +1,12 @@
-"""Drill runs shared by the tests that read them: the default drill's report, and the long
-drills (each fault held for 25 simulated minutes on both plants)."""
+"""Drill runs shared by the tests that read them: the default drill's report, the long
+drills (each fault held for 25 simulated minutes on both plants), and the own-model drill."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -47,3 +47,20 @@ def long_cards() -> dict[str, dict]:
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
     return {c["scenario"]: c for c in json.loads(result.stdout)["scenarios"]}
+
+
+@pytest.fixture(scope="session")
+def own_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    """The shipped own-model drill (50 simulated s, two injections), run in this process and
+    scored: (run, scorecard, its audit database)."""
+    import asyncio
+
+    from simulators.drill.cli import drills_dir
+    from simulators.drill.runner import run_drill
+    from simulators.drill.scenario import load_scenario
+    from simulators.drill.score import score
+
+    work = tmp_path_factory.mktemp("own")
+    sc = load_scenario(drills_dir() / "own_model_water_tank.yaml")
+    run = asyncio.run(run_drill(sc, work, audit_db=work / "audit.db"))
+    return run, score(run), work / "audit.db"

@@ -138,6 +138,8 @@ def test_a_missed_budget_fails_the_drill(tmp_path):
     (["no_such_drill"], "no scenario 'no_such_drill'"),
     (["--all", "clean_boiler"], "give a scenario or --all"),
     (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--live", "clean_boiler"], "--live runs one scenario, with the gateway, and needs --report"),
+    (["--live", "--all", "--report", "x"], "--live runs one scenario"),
 ])
 def test_bad_input_exits_2_without_traceback(args, message):
     result = _drill(*args, timeout=60)

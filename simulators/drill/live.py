@@ -1,0 +1,121 @@
+"""``drill --live``: after the drill, the people on shift work its incident, and are scored.
+
+The drill hands its incident over (its id, its audit database and the commands to work it)
+and waits, in wall time, while people acknowledge it, tick its checklist and resolve it with
+``safety-gateway incidents ack|check|resolve ... --db DB`` (the drill's gateway has closed, so
+the database is theirs; nothing here writes to it). It stops when the incident is resolved,
+when it is acknowledged and every checklist item is done, or at the timeout, and scores the
+time to acknowledge and the checklist's completion from the incident's own records.
+
+The waiting is a loop over an injected clock and sleep, so a test can run it in virtual time;
+the command line passes the real ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from gateway.incident.model import Incident
+
+__all__ = ["LiveScore", "handover_text", "wait_for_people"]
+
+
+@dataclass(frozen=True)
+class LiveScore:
+    """How the people worked the incident. Times are wall seconds from the handover
+    (``handed_over_wall_s``, UTC seconds); ``opened_to_ack_s`` counts from the incident's
+    opening instead (the drill itself runs in seconds)."""
+
+    scenario: str
+    incident: str
+    handed_over_wall_s: float
+    acknowledged_after_s: float | None
+    acknowledged_by: str | None
+    opened_to_ack_s: float | None
+    checklist_done: int
+    checklist_items: int
+    resolved_after_s: float | None
+    timed_out: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        ack = ("not acknowledged" if self.acknowledged_after_s is None else
+               f"acknowledged after {self.acknowledged_after_s:.1f} s"
+               f" by {self.acknowledged_by}")
+        resolved = ("not resolved" if self.resolved_after_s is None else
+                    f"resolved after {self.resolved_after_s:.1f} s")
+        return (f"live: incident {self.incident}: {ack}; checklist {self.checklist_done} of "
+                f"{self.checklist_items} done; {resolved}"
+                + ("; timed out" if self.timed_out else ""))
+
+
+def handover_text(incident: str, db: Path) -> str:
+    """What the drill prints for the people on shift."""
+    where = f"--db {db}"
+    return "\n".join([
+        f"live drill: incident {incident} is yours. Work it with:",
+        f"  safety-gateway incidents show {incident} {where}",
+        f"  safety-gateway incidents ack {incident} {where} --by WHO",
+        f"  safety-gateway incidents check {incident} PHASE ITEM {where} --by WHO",
+        f"  safety-gateway incidents resolve {incident} {where} --by WHO --summary TEXT",
+        "waiting until it is resolved, or acknowledged with every checklist item done",
+    ])
+
+
+def _acknowledged(incident: Incident) -> tuple[float, str | None] | None:
+    """(wall time, who) of the first acknowledgement: an acknowledging note, else the move to
+    investigating."""
+    from gateway.incident.model import Phase
+
+    notes = [n for n in incident.notes if n.acknowledge]
+    if notes:
+        return notes[0].wall_s, notes[0].who
+    change = incident.phase_change(Phase.INVESTIGATING)
+    return (change.wall_s, change.by) if change is not None else None
+
+
+def score_incident(incident: Incident, scenario: str, handed_over_wall_s: float,
+                   timed_out: bool) -> LiveScore:
+    ack = _acknowledged(incident)
+    done = sum(1 for item in incident.checklist if item.done)
+    resolved = incident.resolution.wall_s if incident.resolution is not None else None
+    return LiveScore(
+        scenario=scenario, incident=incident.id, handed_over_wall_s=handed_over_wall_s,
+        acknowledged_after_s=None if ack is None else round(ack[0] - handed_over_wall_s, 3),
+        acknowledged_by=None if ack is None else ack[1],
+        opened_to_ack_s=None if ack is None else round(ack[0] - incident.opened_wall_s, 3),
+        checklist_done=done, checklist_items=len(incident.checklist),
+        resolved_after_s=None if resolved is None else round(resolved - handed_over_wall_s, 3),
+        timed_out=timed_out)
+
+
+def _finished(incident: Incident) -> bool:
+    if incident.resolution is not None:
+        return True
+    return _acknowledged(incident) is not None and all(i.done for i in incident.checklist)
+
+
+def wait_for_people(db: Path, incident_id: str, scenario: str, *, timeout_s: float,
+                    poll_s: float = 0.5,
+                    clock: Callable[[], float] = time.time,
+                    sleep: Callable[[float], None] = time.sleep) -> LiveScore:
+    """Wait until the incident is resolved, or acknowledged with every checklist item done,
+    or ``timeout_s`` has passed; return the score. Reads ``db`` only."""
+    from gateway.incident.store import load_incident
+
+    start = clock()
+    while True:
+        incident = load_incident(db, incident_id)
+        if _finished(incident):
+            return score_incident(incident, scenario, start, timed_out=False)
+        if clock() - start >= timeout_s:
+            return score_incident(incident, scenario, start, timed_out=True)
+        sleep(poll_s)

@@ -1,0 +1,110 @@
+"""``drill --live``: the drill hands its incident to the people on shift and scores them. The
+test plays the person: it waits for the handover on the drill's stderr, then runs the
+``incidents`` commands against the live drill's audit database (ack, then every checklist
+item), and the drill reports the time to acknowledge and the checklist's completion."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.cli import main as safety_gateway
+from simulators.drill.live import wait_for_people
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sg(*args: str) -> tuple[int, str]:
+    """Run a ``safety-gateway`` command in this process (as a person would type it)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = safety_gateway(list(args))
+    return code, out.getvalue()
+
+
+def test_a_person_works_the_live_drills_incident(tmp_path):
+    report = tmp_path / "report"
+    drill = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "drill", "own_model_water_tank", "--live",
+         "--markdown", "--report", str(report), "--live-timeout-s", "240"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert drill.stderr is not None
+        handover = ""
+        for line in drill.stderr:  # blocks until the drill has run and hands over
+            handover += line
+            if line.startswith("waiting until"):
+                break
+        match = re.search(r"incident (\S+) is yours", handover)
+        assert match, handover
+        ident = match.group(1)
+        db = report / "own_model_water_tank" / "audit.db"
+        assert f"--db {db}" in handover
+        # The person: acknowledges, then works through the checklist.
+        code, _ = _sg("incidents", "ack", ident, "on it", "--db", str(db), "--by", "alice")
+        assert code == 0
+        code, shown = _sg("incidents", "show", ident, "--db", str(db), "--json")
+        assert code == 0
+        checklist = json.loads(shown)["checklist"]
+        index: dict[str, int] = {}
+        for item in checklist:
+            k = index.get(item["phase"], 0)
+            index[item["phase"]] = k + 1
+            code, _ = _sg("incidents", "check", ident, item["phase"], str(k), "--db", str(db),
+                          "--by", "alice")
+            assert code == 0, item
+        stdout, stderr = drill.communicate(timeout=120)
+    finally:
+        if drill.poll() is None:
+            drill.kill()
+            drill.wait()
+    assert drill.returncode == 0, stdout + stderr
+    n = len(checklist)
+    assert re.search(rf"live: incident {ident}: acknowledged after [0-9.]+ s by alice; "
+                     rf"checklist {n} of {n} done; not resolved\n", stdout), stdout
+    live = json.loads((report / "own_model_water_tank" / "live.json").read_text())
+    assert live["incident"] == ident and live["checklist_done"] == n > 0
+    assert live["acknowledged_by"] == "alice" and not live["timed_out"]
+    assert 0 <= live["acknowledged_after_s"] <= live["opened_to_ack_s"]
+    # The summary a team files (--markdown prints it; --report keeps it as summary.md and
+    # summary.json), with the people's score.
+    md = (report / "summary.md").read_text()
+    assert stdout.endswith(md)
+    assert md.startswith("# Drill summary\n")
+    assert "1 of 1 scenarios passed; 2 of 2 injections passed; 0 unsafe writes" in md
+    assert "| own_model_water_tank | PASS | 0.10 s (0.5 s) | 0.10 s | 0 |" in md
+    assert ("- injection 2, level forged at 35 s: detected after 0.10 s, budget 0.5 s; "
+            "cause named sensing, expected sensing: **PASS**") in md
+    assert "- injection 1, demand surge at 15 s: benign (no trip expected)" in md
+    assert f"- incident {ident}: cause sensing (trips: input.rate.level" in md
+    assert f"- live: incident {ident}: acknowledged after" in md
+    summary = json.loads((report / "summary.json").read_text())
+    assert (summary["scenarios"], summary["passed"], summary["unsafe_writes"]) == (1, 1, 0)
+    (card,) = summary["cards"]
+    assert [r["passed"] for r in card["injections"]] == [True, True]
+    assert card["incident_causes"][0]["cause"] == "sensing"
+    assert summary["live"]["own_model_water_tank"]["checklist_done"] == n
+    assert (report / "own_model_water_tank" / "ran" / "manifest.json").is_file()
+
+
+def test_an_unworked_incident_times_out_unacknowledged(own_run):
+    # Nobody answers: the wait ends at its timeout (virtual clock, no real waiting) and the
+    # score says the incident was never acknowledged.
+    run, _, db = own_run
+    (ident,) = run.incidents
+    now = [1000.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    score = wait_for_people(db, ident, run.scenario.name, timeout_s=60.0,
+                            clock=lambda: now[0], sleep=sleep)
+    assert score.timed_out and score.acknowledged_after_s is None
+    assert score.checklist_done == 0 < score.checklist_items
+    assert now[0] >= 1060.0
+    assert "not acknowledged" in score.text()
