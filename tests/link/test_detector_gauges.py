@@ -1,0 +1,95 @@
+"""The detectors' statistics against their thresholds (gateway.runtime.view.DetectorGauges),
+as the core fills them for each view and as they reach the communications process through the
+mirror (``CommsLink.publish`` -> ``MirrorReader`` -> ``view_of``)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from gateway.comms.pump import view_of
+from gateway.link.mirror import MirrorLayout, MirrorReader, MirrorWriter
+from gateway.runtime.view import DetectorGauges
+from gateway.supervisor.decision import Proposal
+from gateway.supervisor.modes import RequestKind
+from tests.ops.test_margins import view
+from tests.supervisor.plant import Loop
+
+NAMES = ("violation_rate", "deadline", "ai_silent", "divergence.inflow_valve",
+         "input.stale.level", "input.stale.inflow_rate", "input.stale.demand",
+         "input.stale.uptime_s")
+
+
+def test_the_water_tanks_gauges_and_their_thresholds() -> None:
+    loop = Loop("python")
+    gauges = DetectorGauges(loop.sup)
+    site = loop.sup.site
+    assert gauges.names == NAMES
+    limits = dict(zip(gauges.names, gauges.limits, strict=True))
+    assert limits["violation_rate"] == site.detection.violation_max
+    assert limits["divergence.inflow_valve"] == site.detection.divergence_threshold
+    assert limits["ai_silent"] == site.controller.silence_timeout_ms / 1000.0
+    assert limits["input.stale.level"] == site.stale_after_ms(site.sensors[0]) / 1000.0
+    # Before the AI was ever heard its silence is unknown (NaN), not a reassuring zero.
+    values = dict(zip(NAMES, gauges.values(0.0, None, (-0.05,) * 4), strict=True))
+    assert math.isnan(values["ai_silent"])
+    assert values["input.stale.level"] == 0.05
+    assert values["violation_rate"] == 0.0 and values["divergence.inflow_valve"] == 0.0
+
+
+def test_a_diverging_ai_drives_its_statistic_above_the_threshold() -> None:
+    """In SHADOW an AI that opens the inflow valve, within its rate limit, all the way while
+    the fallback holds the level: the CUSUM statistic rises, cycle after cycle, and the
+    supervisor trips when it passes the threshold the gauge shows."""
+    loop = Loop("python")
+    gauges = DetectorGauges(loop.sup)
+    at = gauges.names.index("divergence.inflow_valve")
+    loop.request(RequestKind.TO_SHADOW)
+    seen = []
+    tripped = False
+    for _ in range(400):
+        inflow = min(float(loop.sup.ai_previous[0]) + 0.9, 100.0)  # 9 %/s: within its rate
+        proposal = Proposal(np.array([inflow, 30.0, 0.0]), produced_at_s=loop.now_s)
+        decision = loop.step(proposal=proposal)
+        seen.append(gauges.values(decision.at_s, proposal, (decision.at_s,) * 4)[at])
+        if any(e.name == "divergence.inflow_valve" for e in decision.events):
+            tripped = True
+            break
+    assert tripped
+    assert seen[-1] > gauges.limits[at] >= seen[-2]  # it trips as the gauge crosses
+    assert all(b >= a for a, b in itertools.pairwise(seen))  # it built up
+    # The AI falls silent: its silence grows with the time since its last proposal.
+    later = loop.now_s + 3.0
+    silent = gauges.values(later, None, (later,) * 4)[gauges.names.index("ai_silent")]
+    assert math.isclose(silent, later - (loop.now_s - 0.1))
+
+
+def test_gauges_cross_the_mirror_by_name() -> None:
+    loop = Loop("python")
+    gauges = DetectorGauges(loop.sup)
+    layout = MirrorLayout.for_site(loop.sup.site)
+    values = (7.0, 1.0, math.nan, 25.0, 0.1, 0.2, 0.3, 0.4)
+    plant = replace(view(), detector_names=gauges.names, detector_values=values,
+                    detector_limits=gauges.limits)
+    w = MirrorWriter(None, layout)
+    reader = MirrorReader(w.name, layout)
+    try:
+        w.publish(cycle=plant.cycle, heartbeat=plant.heartbeat, wall_s=plant.at_wall_s,
+                  mode=plant.mode, latched=plant.latched, sensor_values=plant.sensor_values,
+                  sensor_good=plant.sensor_good, sensor_read_s=plant.sensor_at_s,
+                  applied=plant.applied, proposal=plant.proposal, source=[2, 2, 2],
+                  detector_names=plant.detector_names, detector_values=plant.detector_values,
+                  detector_limits=plant.detector_limits)
+        snap = reader.read()
+        assert snap is not None
+        got = view_of(snap)
+    finally:
+        reader.close()
+        w.close()
+    assert got.detector_names == gauges.names
+    assert got.detector_limits == gauges.limits
+    assert got.detector_values[:2] == (7.0, 1.0) and math.isnan(got.detector_values[2])
+    assert got.detector_values[3:] == values[3:]
