@@ -173,6 +173,7 @@ class ControlCycle:
         modes = self.supervisor.modes
         open_incidents = self.incidents.open_incidents if self.incidents is not None else ()
         readings = [self.store.get(n) for n in self.sensor_names]
+        sensor_values = tuple(r.value for r in readings)
         sensor_at_s = tuple(r.at_s for r in readings)
         gauges = self._gauges
         last = self.ai.last
@@ -180,7 +181,7 @@ class ControlCycle:
                     else (float("nan"),) * len(decision.command))
         return PlantView(
             at_s=decision.at_s, at_wall_s=self.wall_clock(), cycle=self.count,
-            sensor_values=tuple(r.value for r in readings),
+            sensor_values=sensor_values,
             sensor_good=tuple(r.good for r in readings),
             sensor_at_s=sensor_at_s,
             applied=tuple(self.southbound.applied.tolist()),
@@ -194,7 +195,8 @@ class ControlCycle:
                            else None),
             counters=self._count_now(decision.at_s),
             detector_names=gauges.names, detector_limits=gauges.limits,
-            detector_values=gauges.values(decision.at_s, last, sensor_at_s))
+            detector_values=gauges.values(decision.at_s, last, sensor_values,
+                                           sensor_at_s))
 
     def _count_now(self, now_s: float) -> bytes:
         """The counters with what others keep counted (skipped cycles, link states and

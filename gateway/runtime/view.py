@@ -98,10 +98,12 @@ class DetectorGauges:
     last proposal, against the silence timeout; only with an AI controller), ``canary`` (the
     largest deviation on the golden inputs at the last canary run, against the tolerance; only
     with canary cases), ``divergence.<actuator>`` (the CUSUM or Page-Hinkley statistic, the
-    larger of its two sides, against its threshold), ``input.stale.<sensor>`` (the reading's
-    age in seconds, against the sensor's limit). Frozen and implausible readings, the gross
-    violation and the envelope itself are not gauges: they have no statistic that builds up
-    (the margins show how close the envelope is).
+    larger of its two sides, against its threshold), then per sensor ``input.stale.<sensor>``
+    (the reading's age in seconds, against the sensor's limit) and ``input.range.<sensor>``
+    (how far the reading lies outside its declared range widened by the input range margin,
+    in the sensor's units, against 0: negative is the room left inside). Frozen and
+    implausible readings, the gross violation and the envelope itself are not gauges: they
+    have no statistic that builds up (the margins show how close the envelope is).
     """
 
     def __init__(self, supervisor: Supervisor) -> None:
@@ -124,18 +126,21 @@ class DetectorGauges:
         for name, detector in self._divergence:
             names.append(f"divergence.{name}")
             limits.append(float(detector.config.threshold))
-        for sensor, stale_s in zip(sup.inputs.names, sup.inputs.stale_s, strict=True):
-            names.append(f"input.stale.{sensor}")
-            limits.append(stale_s)
+        inputs = sup.inputs
+        for sensor, stale_s in zip(inputs.names, inputs.stale_s, strict=True):
+            names += (f"input.stale.{sensor}", f"input.range.{sensor}")
+            limits += (stale_s, 0.0)
+        self._ranges = tuple(zip(inputs.lo, inputs.hi, strict=True))
         self.names: tuple[str, ...] = tuple(names)
         self.limits: tuple[float, ...] = tuple(limits)
         self._heard_s = math.nan  # when the AI last proposed (its own time, if it says)
         self._canary_deviation = math.nan
 
-    def values(self, now_s: float, proposal: Proposal | None,
+    def values(self, now_s: float, proposal: Proposal | None, sensor_values: Sequence[float],
                sensor_at_s: Sequence[float]) -> tuple[float, ...]:
         """The statistics now (``proposal``: this cycle's, None when the AI proposed nothing;
-        ``sensor_at_s``: each sensor's read time on the core's clock, in sensor order)."""
+        ``sensor_values`` and ``sensor_at_s``: each sensor's reading and its read time on the
+        core's clock, in sensor order). A value that cannot be known is NaN."""
         sup = self.supervisor
         out = [float(sup.violations.window.count), float(sup.controller.misses)]
         if self._has_ai:
@@ -153,6 +158,7 @@ class DetectorGauges:
             out.append(self._canary_deviation)
         for _, detector in self._divergence:
             out.append(max(detector.g_pos, detector.g_neg))
-        for at in sensor_at_s:
+        for at, x, (lo, hi) in zip(sensor_at_s, sensor_values, self._ranges, strict=True):
             out.append(now_s - at)
+            out.append(max(lo - x, x - hi))  # NaN for a NaN reading
         return tuple(out)

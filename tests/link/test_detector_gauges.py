@@ -19,8 +19,9 @@ from tests.ops.test_margins import view
 from tests.supervisor.plant import Loop
 
 NAMES = ("violation_rate", "deadline", "ai_silent", "divergence.inflow_valve",
-         "input.stale.level", "input.stale.inflow_rate", "input.stale.demand",
-         "input.stale.uptime_s")
+         *(f"input.{kind}.{sensor}" for sensor in ("level", "inflow_rate", "demand", "uptime_s")
+           for kind in ("stale", "range")))
+READINGS = (2.5, 0.01, 0.004, 1000.0)
 
 
 def test_the_water_tanks_gauges_and_their_thresholds() -> None:
@@ -34,9 +35,17 @@ def test_the_water_tanks_gauges_and_their_thresholds() -> None:
     assert limits["ai_silent"] == site.controller.silence_timeout_ms / 1000.0
     assert limits["input.stale.level"] == site.stale_after_ms(site.sensors[0]) / 1000.0
     # Before the AI was ever heard its silence is unknown (NaN), not a reassuring zero.
-    values = dict(zip(NAMES, gauges.values(0.0, None, (-0.05,) * 4), strict=True))
+    values = dict(zip(NAMES, gauges.values(0.0, None, READINGS, (-0.05,) * 4), strict=True))
     assert math.isnan(values["ai_silent"])
     assert values["input.stale.level"] == 0.05
+    # The level's range is 0..5 m, widened by the input range margin on both sides.
+    margin = site.detection.input_range_margin * 5.0
+    assert limits["input.range.level"] == 0.0
+    assert math.isclose(values["input.range.level"], -(2.5 + margin))  # room left inside
+    over = gauges.values(0.0, None, (7.0, *READINGS[1:]), (0.0,) * 4)
+    assert math.isclose(over[NAMES.index("input.range.level")], 7.0 - 5.0 - margin)
+    unknown = gauges.values(0.0, None, (math.nan, *READINGS[1:]), (0.0,) * 4)
+    assert math.isnan(unknown[NAMES.index("input.range.level")])
     assert values["violation_rate"] == 0.0 and values["divergence.inflow_valve"] == 0.0
 
 
@@ -54,7 +63,8 @@ def test_a_diverging_ai_drives_its_statistic_above_the_threshold() -> None:
         inflow = min(float(loop.sup.ai_previous[0]) + 0.9, 100.0)  # 9 %/s: within its rate
         proposal = Proposal(np.array([inflow, 30.0, 0.0]), produced_at_s=loop.now_s)
         decision = loop.step(proposal=proposal)
-        seen.append(gauges.values(decision.at_s, proposal, (decision.at_s,) * 4)[at])
+        seen.append(gauges.values(decision.at_s, proposal, READINGS,
+                                  (decision.at_s,) * 4)[at])
         if any(e.name == "divergence.inflow_valve" for e in decision.events):
             tripped = True
             break
@@ -63,7 +73,7 @@ def test_a_diverging_ai_drives_its_statistic_above_the_threshold() -> None:
     assert all(b >= a for a, b in itertools.pairwise(seen))  # it built up
     # The AI falls silent: its silence grows with the time since its last proposal.
     later = loop.now_s + 3.0
-    silent = gauges.values(later, None, (later,) * 4)[gauges.names.index("ai_silent")]
+    silent = gauges.values(later, None, READINGS, (later,) * 4)[gauges.names.index("ai_silent")]
     assert math.isclose(silent, later - (loop.now_s - 0.1))
 
 
@@ -71,7 +81,7 @@ def test_gauges_cross_the_mirror_by_name() -> None:
     loop = Loop("python")
     gauges = DetectorGauges(loop.sup)
     layout = MirrorLayout.for_site(loop.sup.site)
-    values = (7.0, 1.0, math.nan, 25.0, 0.1, 0.2, 0.3, 0.4)
+    values = (7.0, 1.0, math.nan, 25.0, 0.1, -2.0, 0.2, -1.0, 0.3, -1.0, 0.4, -5.0)
     plant = replace(view(), detector_names=gauges.names, detector_values=values,
                     detector_limits=gauges.limits)
     w = MirrorWriter(None, layout)
