@@ -39,7 +39,8 @@ def health(view: PlantView, layout: CounterLayout) -> dict[str, Any]:
     ``audit``: ``level`` ``bad`` while the sink reports a fault or once records were lost,
     ``warn`` with alarm records or a backlog of :data:`AUDIT_BACKLOG_WARN` or more, else
     ``ok``; ``devices``: per device its link state, its connections so far and its reconnects
-    (connections after the first), ``bad`` when not connected. ``counted`` is False for a view
+    (connections after the first), ``bad`` when not connected (``unknown`` when its client
+    does not say). ``counted`` is False for a view
     without counters (then every level is ``unknown``: nothing is known, nothing looks fine).
     """
     counted = len(view.counters) == 8 * layout.size
@@ -62,7 +63,7 @@ def health(view: PlantView, layout: CounterLayout) -> dict[str, Any]:
         devices.append({
             "name": name, "state": state, "connects": connects,
             "reconnects": max(0, connects - 1),
-            "level": ("unknown" if not counted else
+            "level": ("unknown" if not counted or code == 0 else
                       "ok" if state == ConnectionState.CONNECTED.value else "bad")})
     return {
         "counted": counted,

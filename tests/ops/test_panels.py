@@ -44,6 +44,11 @@ def test_a_bad_audit_or_link_is_graded_bad() -> None:
     plc = h["devices"][0]
     assert (plc["state"], plc["connects"], plc["reconnects"], plc["level"]) == (
         "backoff", 4, 3, "bad")
+    # A client that does not say its state is not shown as healthy, nor as down.
+    counters = CoreCounters(LAYOUT)
+    counters.set_link(0, "", 0)
+    h = health(dataclasses.replace(view(), counters=counters.snapshot()), LAYOUT)
+    assert (h["devices"][0]["state"], h["devices"][0]["level"]) == ("unknown", "unknown")
 
 
 def test_without_counters_nothing_looks_fine() -> None:

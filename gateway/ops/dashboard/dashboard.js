@@ -224,7 +224,7 @@ function showHealth(h) {
   const devText = h.devices.map((d) => d.name + " " + d.state + " (" + d.reconnects + " reconnects)");
   devs.textContent = devText.length ? devText.join(", ") : "none";
   const bad = h.devices.filter((d) => d.level === "bad");
-  devs.dataset.level = bad.length ? "bad" : "ok";
+  devs.dataset.level = bad.length ? "bad" : h.devices.some((d) => d.level === "unknown") ? "unknown" : "ok";
   document.getElementById("devices-bad").hidden = bad.length === 0;
   setText("devices-why", bad.map((d) => d.name + " " + d.state.toUpperCase() + ", " +
                                  d.reconnects + " reconnects").join("; "));
