@@ -16,7 +16,8 @@ publisher nothing. Readers get:
   (``gateway.incident.export``); only for a logged-in user whose role may read the audit
   (``gateway.ops.roles.AUDIT_READERS``: operators and administrators): 401 without a session,
   403 for another role, 404 for an incident that does not exist;
-- ``GET /api/events``: Server-Sent Events, one ``state`` event per new view, at most
+- ``GET /api/events``: Server-Sent Events, one ``state`` event per new view (its
+  ``incidents`` null when unchanged since the stream's last message), at most
   :data:`MAX_RATE_HZ` a second and at least every :data:`KEEPALIVE_S` (the same view again,
   with its age, so that the page sees a stalled core), with a ``retry:`` so that the browser
   reconnects by itself after the gateway restarts.
@@ -317,11 +318,19 @@ class Dashboard:
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
         loop = asyncio.get_running_loop()
         closing = asyncio.ensure_future(self._closing.wait())
+        sent_board: dict[str, Any] | None = None  # the incidents document this stream has
         try:
             while not self._closing.is_set():
                 changed = self._changed  # taken before sending: a view published meanwhile
                 sent_at = loop.time()    # wakes the next wait
-                data = _dumps(self.state())
+                body = self.state()
+                # The incidents change at most once a second: sent when they did, else null
+                # (the page keeps what it has).
+                if body["incidents"] is sent_board:
+                    body["incidents"] = None
+                else:
+                    sent_board = body["incidents"]
+                data = _dumps(body)
                 await response.write(f"event: state\ndata: {data}\n\n".encode())
                 # Throttle, then wait for a new view or the keepalive, whichever comes first.
                 await asyncio.sleep(max(0.0, sent_at + 1.0 / MAX_RATE_HZ - loop.time()))

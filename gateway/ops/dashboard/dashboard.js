@@ -267,9 +267,12 @@ let listKey = "";               // the incident list as last drawn (redrawn when
 let eventsKey = "";
 
 let lastNowWall = null;         // the gateway's wall clock in the last message, UTC s
+let lastDoc = null;             // the incidents document last received
 
 function showIncidents(doc, nowWall) {
   lastNowWall = nowWall;
+  if (doc) lastDoc = doc;       // null in a message: unchanged since the last one
+  doc = lastDoc;
   if (!doc) return;
   setText("incidents-status", doc.error ? "Incidents cannot be read: " + doc.error :
           doc.incidents.length === 0 ? "No incidents recorded." : "");
