@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from gateway.config.schema import ControllerKind
 from gateway.supervisor.changepoint import Cusum, PageHinkley
+from gateway.supervisor.modes import Mode
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
@@ -87,6 +88,9 @@ class BypassClock:
         return tuple(out)
 
 
+_JUDGED = frozenset({Mode.SHADOW, Mode.AUTO})  # where the AI's silence trips
+
+
 class DetectorGauges:
     """Each detector's statistic against its threshold, for the people on shift: the core
     fills it once per view with a few attribute reads (no allocation beyond the values'
@@ -95,7 +99,8 @@ class DetectorGauges:
     The gauges, in this order (the first ones matter most when the mirror has room for fewer):
     ``violation_rate`` (proposals clamped or rejected in the window, against the most allowed),
     ``deadline`` (controller deadlines missed in a row), ``ai_silent`` (seconds since the AI's
-    last proposal, against the silence timeout; only with an AI controller), ``canary`` (the
+    last proposal, against the silence timeout; only with an AI controller, and NaN outside
+    SHADOW and AUTO, where silence is not judged), ``canary`` (the
     largest deviation on the golden inputs at the last canary run, against the tolerance; only
     with canary cases), ``divergence.<actuator>`` (the CUSUM or Page-Hinkley statistic, the
     larger of its two sides, against its threshold), then per sensor ``input.stale.<sensor>``
@@ -147,7 +152,8 @@ class DetectorGauges:
             if proposal is not None:
                 at = proposal.produced_at_s
                 self._heard_s = now_s if at is None else at
-            out.append(now_s - self._heard_s)  # NaN until the AI was heard once
+            # NaN until the AI was heard once, and while its silence is not judged.
+            out.append(now_s - self._heard_s if sup.modes.mode in _JUDGED else math.nan)
         cases = self._canary
         if cases is not None:
             outputs = None if proposal is None else proposal.canary

@@ -14,7 +14,7 @@ from gateway.comms.pump import view_of
 from gateway.link.mirror import MirrorLayout, MirrorReader, MirrorWriter
 from gateway.runtime.view import DetectorGauges
 from gateway.supervisor.decision import Proposal
-from gateway.supervisor.modes import RequestKind
+from gateway.supervisor.modes import Mode, RequestKind
 from tests.ops.test_margins import view
 from tests.supervisor.plant import Loop
 
@@ -71,10 +71,24 @@ def test_a_diverging_ai_drives_its_statistic_above_the_threshold() -> None:
     assert tripped
     assert seen[-1] > gauges.limits[at] >= seen[-2]  # it trips as the gauge crosses
     assert all(b >= a for a, b in itertools.pairwise(seen))  # it built up
-    # The AI falls silent: its silence grows with the time since its last proposal.
-    later = loop.now_s + 3.0
-    silent = gauges.values(later, None, READINGS, (later,) * 4)[gauges.names.index("ai_silent")]
-    assert math.isclose(silent, later - (loop.now_s - 0.1))
+
+
+def test_the_ai_s_silence_counts_only_where_it_is_judged() -> None:
+    """Silence grows with the time since the AI's last proposal while it is judged (SHADOW,
+    AUTO); in MANUAL nobody waits for the AI: not known, rather than "too long"."""
+    loop = Loop("python")
+    gauges = DetectorGauges(loop.sup)
+    at = gauges.names.index("ai_silent")
+    loop.request(RequestKind.TO_SHADOW)
+    proposal = Proposal(np.array([30.0, 30.0, 0.0]), produced_at_s=loop.now_s)
+    heard_s = loop.now_s
+    decision = loop.step(proposal=proposal)
+    assert loop.sup.mode is Mode.SHADOW
+    assert gauges.values(decision.at_s, proposal, READINGS, (0.0,) * 4)[at] == 0.0
+    later = heard_s + 3.0
+    assert math.isclose(gauges.values(later, None, READINGS, (later,) * 4)[at], 3.0)
+    loop.request(RequestKind.TO_MANUAL)
+    assert math.isnan(gauges.values(later, None, READINGS, (later,) * 4)[at])
 
 
 def test_gauges_cross_the_mirror_by_name() -> None:
