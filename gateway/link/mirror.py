@@ -18,13 +18,19 @@ The segment's memory layout (little-endian, offsets in bytes)::
     0   header   magic "SGMR", version, counts, fixed string sizes, total size, layout id
     32  seq      u64: odd while being written, 0 before the first publish
     40  crc      u32: CRC-32 of the body, then 4 bytes of padding
-    48  body     status (cycle, heartbeat, wall time, generation, mode, latched, lengths,
+    48  body     the detector gauges' names and their lengths (padded to 8 bytes), then
+                 status (cycle, heartbeat, wall time, generation, mode, latched, lengths,
                  how many detector gauges),
                  float64 arrays (sensor values and read times, applied values, proposals,
                  bypass expiries, detector statistics and thresholds), the core's counters
                  (uint64, see gateway.link.counters), uint8 arrays (sensor quality, source of
-                 each applied value), then the trip reason, the open incident id, the
-                 bypassed detectors' names and the detector gauges' names
+                 each applied value), then the trip reason, the open incident id and the
+                 bypassed detectors' names
+
+The gauges' names come first because they are the largest part and change only with the
+tuple the core passes (normally never): the writer keeps their CRC-32 and continues it over the
+rest of the body (``zlib.crc32(rest, names_crc)`` is the CRC of the whole), so a publish
+checksums only what can change.
 
 Every part has a fixed size set by the layout: at most ``max_bypasses`` bypasses and
 ``max_detectors`` detector gauges, each name in ``detector_name_bytes`` (a longer one is cut,
@@ -186,8 +192,11 @@ class MirrorLayout:
         """Byte offset of each field in the segment (see the module docstring)."""
         ns, na, nb = len(self.sensors), len(self.actuators), self.max_bypasses
         nd = self.max_detectors
-        out: dict[str, int] = {}
-        at = _BODY_AT + _STATUS_SIZE
+        names = self.detector_name_bytes * nd + 2 * nd
+        out: dict[str, int] = {"detector_names": _BODY_AT,
+                               "detector_name_lengths": _BODY_AT + self.detector_name_bytes * nd,
+                               "status": _BODY_AT + (names + 7) // 8 * 8}
+        at = out["status"] + _STATUS_SIZE
         for name, size in (("sensor_values", 8 * ns), ("sensor_read_s", 8 * ns),
                            ("applied", 8 * na), ("proposal", 8 * na),
                            ("bypass_expiry", 8 * nb), ("detector_values", 8 * nd),
@@ -196,9 +205,7 @@ class MirrorLayout:
                            ("trip_reason", self.reason_bytes),
                            ("incident_id", self.incident_id_bytes),
                            ("bypass_names", self.detector_name_bytes * nb),
-                           ("bypass_name_lengths", 2 * nb),
-                           ("detector_names", self.detector_name_bytes * nd),
-                           ("detector_name_lengths", 2 * nd), ("end", 0)):
+                           ("bypass_name_lengths", 2 * nb), ("end", 0)):
             out[name] = at
             at += size
         return out
@@ -327,8 +334,6 @@ class MirrorWriter:
         self._applied = f64("applied", na)
         self._proposal = f64("proposal", na)
         self._bypass_expiry = f64("bypass_expiry", nb)
-        self._detector_values = f64("detector_values", layout.max_detectors)
-        self._detector_limits = f64("detector_limits", layout.max_detectors)
         self._sensor_good = u8("sensor_good", ns)
         self._source = u8("source", na)
         self._counters_at = off["counters"]
@@ -343,7 +348,11 @@ class MirrorWriter:
         self._n_bypasses = 0
         self._detector_names: tuple[str, ...] = ()
         self._n_detectors = 0
+        self._gauges = struct.Struct("<0d")  # packs the gauges' values (n doubles)
+        self._limits_from: object = None  # the limits last written (the core's same tuple)
+        self._status_at = off["status"]
         buf[:_HEADER.size] = layout.header()
+        self._names_crc = zlib.crc32(buf[_BODY_AT:self._status_at])  # all zeros so far
         self.publishes = 0
 
     def publish(self, *, cycle: int, heartbeat: int, wall_s: float, mode: str, latched: bool,
@@ -417,12 +426,18 @@ class MirrorWriter:
             if len(detector_values) < n or len(detector_limits) < n:
                 raise ValueError(f"detector gauges: {len(detector_names)} names, "
                                  f"{len(detector_values)} values, {len(detector_limits)} limits")
-            self._detector_values[:n] = detector_values[:n]
-            self._detector_limits[:n] = detector_limits[:n]
-        _STATUS.pack_into(buf, _BODY_AT, cycle, heartbeat % 2**64, wall_s, generation % 2**32,
-                          mode_b, bool(latched), self._n_bypasses, self._reason[1],
-                          self._incident[1], n)
-        _CRC.pack_into(buf, _CRC_AT, zlib.crc32(buf[_BODY_AT:lay.size_bytes]))
+            gauges = self._gauges
+            gauges.pack_into(buf, off["detector_values"], *detector_values[:n])
+            if detector_limits is not self._limits_from:  # the same tuple every cycle: skip
+                gauges.pack_into(buf, off["detector_limits"], *detector_limits[:n])
+                self._limits_from = detector_limits
+        status_at = self._status_at
+        _STATUS.pack_into(buf, status_at, cycle, heartbeat % 2**64, wall_s,
+                          generation % 2**32, mode_b, bool(latched), self._n_bypasses,
+                          self._reason[1], self._incident[1], n)
+        # The CRC of the names (kept since they last changed), continued over the rest.
+        _CRC.pack_into(buf, _CRC_AT, zlib.crc32(buf[status_at:lay.size_bytes],
+                                                self._names_crc))
         self._seq = seq + 1
         _SEQ.pack_into(buf, _SEQ_AT, self._seq)  # even: consistent
         self.publishes += 1
@@ -453,6 +468,9 @@ class MirrorWriter:
             struct.pack_into("<H", buf, off["detector_name_lengths"] + 2 * i, len(data))
         self._detector_names = names
         self._n_detectors = len(kept)
+        self._gauges = struct.Struct(f"<{len(kept)}d")
+        self._limits_from = None  # written again with the next publish
+        self._names_crc = zlib.crc32(buf[_BODY_AT:self._status_at])
 
     def close(self) -> None:
         """Unlink the segment and release it (readers attached keep their mapping until they
@@ -462,7 +480,6 @@ class MirrorWriter:
         # numpy views export the buffer: the mapping cannot close while they live.
         del self._sensor_values, self._sensor_read_s, self._applied, self._proposal
         del self._bypass_expiry, self._sensor_good, self._source
-        del self._detector_values, self._detector_limits
         buf, self._buf = self._buf, None
         with contextlib.suppress(FileNotFoundError):
             _posixshmem.shm_unlink("/" + self.name)
@@ -543,7 +560,7 @@ class MirrorReader:
     def _parse(self, raw: bytes) -> MirrorSnapshot:
         off, ns, na = self._off, self._ns, self._na
         (cycle, heartbeat, wall_s, generation, mode_b, latched, n_bypass, n_reason,
-         n_incident, n_detectors) = _STATUS.unpack_from(raw, _BODY_AT - _CRC_AT)
+         n_incident, n_detectors) = _STATUS.unpack_from(raw, off["status"])
         floats = self._floats.unpack_from(raw, self._floats_at)
         small = self._small.unpack_from(raw, self._small_at)
         nb = self.layout.max_bypasses

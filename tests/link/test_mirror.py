@@ -341,6 +341,11 @@ def test_the_detector_gauges_cross_with_each_publish(writer: MirrorWriter) -> No
         snap = reader.read()
         assert snap is not None
         assert [v for _, v, _ in snap.detectors] == [6.0, 4.5, 0.1]
+        # Other limits with the same names: written too (the names' checksum is kept).
+        publish(writer, 3, detector_names=names, detector_values=(6.0, 4.5, 0.1),
+                detector_limits=(7.0, 4.0, 2.0))
+        snap = reader.read()
+        assert snap is not None and [lim for _, _, lim in snap.detectors] == [7.0, 4.0, 2.0]
         publish(writer, 3, detector_names=("canary",), detector_values=(0.25,),
                 detector_limits=(0.01,))
         snap = reader.read()
