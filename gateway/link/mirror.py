@@ -377,10 +377,11 @@ class MirrorWriter:
         (zero before the first). ``mode`` a :class:`~gateway.supervisor.modes.Mode`
         value (at most 16 ASCII bytes). ``detector_names`` with their ``detector_values`` and
         ``detector_limits`` (same lengths): the detector gauges; beyond ``max_detectors`` the
-        first are kept, and the names are copied only when the tuple changes. Raises
-        ``ValueError`` for arrays, gauges or counters of the wrong length (numpy's broadcast
-        error; the publish is then left unfinished, which readers see as one being written,
-        until the next publish), ``RuntimeError`` after :meth:`close`.
+        first are kept; the names are copied only when another tuple is passed, and the limits
+        only when another object is passed (pass tuples: a list changed in place is not
+        seen). Raises ``ValueError`` for arrays, gauges or counters of the wrong length
+        (numpy's broadcast error; the publish is then left unfinished, which readers see as
+        one being written, until the next publish), ``RuntimeError`` after :meth:`close`.
         """
         buf = self._buf
         if buf is None:
