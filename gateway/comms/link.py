@@ -84,7 +84,9 @@ class CommsLink:
             source=[_SOURCES.get(s, 0) for s in view.sources],
             trip_reason=view.trip_reason, incident_id=view.incident_id,
             bypasses=[(d, when.timestamp()) for d, when in view.bypasses],
-            generation=sup.generation if sup is not None else 0, counters=view.counters)
+            generation=sup.generation if sup is not None else 0, counters=view.counters,
+            detector_names=view.detector_names, detector_values=view.detector_values,
+            detector_limits=view.detector_limits)
 
     @property
     def restarts(self) -> int:

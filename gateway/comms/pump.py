@@ -2,7 +2,8 @@
 
 Once per period (the site's cycle) it reads the mirror, and only when the core's cycle counter
 moved does it update the servers: sensors and applied values, the mode, latch, heartbeat and
-open incident, the trip reason and the bypasses in force with their expiry. What the servers
+open incident, the trip reason, the bypasses in force with their expiry, the core's counters
+and the detectors' statistics against their thresholds. What the servers
 show is what the core published, nothing computed here: the seconds until a bypass expires
 are counted from the core's wall time of that publish.
 """
@@ -68,4 +69,7 @@ def view_of(snap: MirrorSnapshot) -> PlantView:
         bypasses=tuple((d, datetime.datetime.fromtimestamp(e, datetime.UTC))
                        for d, e in snap.bypasses),
         bypass_left_s=min(expiries) - snap.wall_s if expiries else None,
-        counters=snap.counters)
+        counters=snap.counters,
+        detector_names=tuple(name for name, _, _ in snap.detectors),
+        detector_values=tuple(value for _, value, _ in snap.detectors),
+        detector_limits=tuple(limit for _, _, limit in snap.detectors))

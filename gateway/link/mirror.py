@@ -18,11 +18,24 @@ The segment's memory layout (little-endian, offsets in bytes)::
     0   header   magic "SGMR", version, counts, fixed string sizes, total size, layout id
     32  seq      u64: odd while being written, 0 before the first publish
     40  crc      u32: CRC-32 of the body, then 4 bytes of padding
-    48  body     status (cycle, heartbeat, wall time, generation, mode, latched, lengths),
+    48  body     the detector gauges' names and their lengths (padded to 8 bytes), then
+                 status (cycle, heartbeat, wall time, generation, mode, latched, lengths,
+                 how many detector gauges),
                  float64 arrays (sensor values and read times, applied values, proposals,
-                 bypass expiries), the core's counters (uint64, see gateway.link.counters),
-                 uint8 arrays (sensor quality, source of each applied value),
-                 then the trip reason, the open incident id and the bypassed detectors' names
+                 bypass expiries, detector statistics and thresholds), the core's counters
+                 (uint64, see gateway.link.counters), uint8 arrays (sensor quality, source of
+                 each applied value), then the trip reason, the open incident id and the
+                 bypassed detectors' names
+
+The gauges' names come first because they are the largest part and change only with the
+tuple the core passes (normally never): the writer keeps their CRC-32 and continues it over the
+rest of the body (``zlib.crc32(rest, names_crc)`` is the CRC of the whole), so a publish
+checksums only what can change.
+
+Every part has a fixed size set by the layout: at most ``max_bypasses`` bypasses and
+``max_detectors`` detector gauges, each name in ``detector_name_bytes`` (a longer one is cut,
+ending in "…"), so nothing the core publishes can grow the segment or overflow a field.
+Strings are copied only when they change (names once, normally): a cycle copies numbers.
 
 The layout id is a hash of the sensor, actuator and counter names: a reader built for another
 site (or another version of this file) fails at once with :class:`MirrorMismatch`, never reads
@@ -81,21 +94,22 @@ __all__ = [
 ]
 
 MAGIC: Final = b"SGMR"
-VERSION: Final = 2  # 2: the counters block
+VERSION: Final = 3  # 2: the counters block; 3: the detector gauges
 NAME_PREFIX: Final = "sgw-mirror-"
 _NAME_RE: Final = re.compile(r"^sgw-mirror-(\d+)-[0-9a-f]+$")
 _SHM_DIR: Final = Path("/dev/shm")  # where Linux keeps POSIX shared memory (for remove_stale)
 
-_HEADER = struct.Struct("<4sHHHHHHHIQ")  # magic, version, ns, na, max_bypasses, reason, id,
-#                                          detector name bytes, size, layout id
+_HEADER = struct.Struct("<4sHHHHHHHIQH")  # magic, version, ns, na, max_bypasses, reason,
+#                                    id, detector name bytes, size, layout id, max_detectors
 _SEQ_AT: Final = 32
 _SEQ = struct.Struct("<Q")
 _CRC_AT: Final = 40
 _CRC = struct.Struct("<I")
 _BODY_AT: Final = 48
 # cycle, heartbeat, wall time of the publish, comms generation, mode, latched, bypass count,
-# trip reason length, incident id length; padded to 8 bytes so the float64 arrays align.
-_STATUS = struct.Struct("<QQdI16sBBHH")
+# trip reason length, incident id length, detector gauge count; padded to 8 bytes so the
+# float64 arrays align.
+_STATUS = struct.Struct("<QQdI16sBBHHH")
 _STATUS_SIZE: Final = (_STATUS.size + 7) // 8 * 8
 _ELLIPSIS: Final = "\u2026".encode()
 
@@ -118,7 +132,8 @@ class Source(enum.IntEnum):
 class MirrorLayout:
     """What a mirror holds and how big it is; both sides must build the same one.
 
-    ``max_bypasses`` bypasses are mirrored (more are counted, the earliest expiring kept);
+    ``max_bypasses`` bypasses are mirrored (more are counted, the earliest expiring kept), and
+    ``max_detectors`` detector gauges (statistic, threshold, name; the first ones kept);
     strings are cut at a character boundary to their byte sizes (UTF-8), ending in "…" when cut.
     ``devices`` and ``constraints`` (the envelope's) name slots of the core's counters
     (:attr:`counters`).
@@ -133,6 +148,7 @@ class MirrorLayout:
     reason_bytes: int = 256
     incident_id_bytes: int = 64
     detector_name_bytes: int = 64
+    max_detectors: int = 64
 
     def __post_init__(self) -> None:
         for kind, names in (("sensors", self.sensors), ("actuators", self.actuators)):
@@ -147,6 +163,8 @@ class MirrorLayout:
                 raise ValueError(f"`{key}` must be 4..65535, not {value}")
         if not 0 <= self.max_bypasses <= 255:
             raise ValueError(f"`max_bypasses` must be 0..255, not {self.max_bypasses}")
+        if not 0 <= self.max_detectors <= 1024:
+            raise ValueError(f"`max_detectors` must be 0..1024, not {self.max_detectors}")
 
     @classmethod
     def for_site(cls, site: Site) -> MirrorLayout:
@@ -165,18 +183,24 @@ class MirrorLayout:
         """A 64-bit hash of the names and sizes: equal layouts, equal ids."""
         text = "\n".join((*self.sensors, "", *self.actuators, "",
                           f"{self.max_bypasses},{self.reason_bytes},{self.incident_id_bytes},"
-                          f"{self.detector_name_bytes}", "", *self.counters.names))
+                          f"{self.detector_name_bytes},{self.max_detectors}", "",
+                          *self.counters.names))
         return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
     @property
     def offsets(self) -> dict[str, int]:
         """Byte offset of each field in the segment (see the module docstring)."""
         ns, na, nb = len(self.sensors), len(self.actuators), self.max_bypasses
-        out: dict[str, int] = {}
-        at = _BODY_AT + _STATUS_SIZE
+        nd = self.max_detectors
+        names = self.detector_name_bytes * nd + 2 * nd
+        out: dict[str, int] = {"detector_names": _BODY_AT,
+                               "detector_name_lengths": _BODY_AT + self.detector_name_bytes * nd,
+                               "status": _BODY_AT + (names + 7) // 8 * 8}
+        at = out["status"] + _STATUS_SIZE
         for name, size in (("sensor_values", 8 * ns), ("sensor_read_s", 8 * ns),
                            ("applied", 8 * na), ("proposal", 8 * na),
-                           ("bypass_expiry", 8 * nb), ("counters", 8 * self.counters.size),
+                           ("bypass_expiry", 8 * nb), ("detector_values", 8 * nd),
+                           ("detector_limits", 8 * nd), ("counters", 8 * self.counters.size),
                            ("sensor_good", ns), ("source", na),
                            ("trip_reason", self.reason_bytes),
                            ("incident_id", self.incident_id_bytes),
@@ -194,7 +218,8 @@ class MirrorLayout:
     def header(self) -> bytes:
         return _HEADER.pack(MAGIC, VERSION, len(self.sensors), len(self.actuators),
                             self.max_bypasses, self.reason_bytes, self.incident_id_bytes,
-                            self.detector_name_bytes, self.size_bytes, self.layout_id)
+                            self.detector_name_bytes, self.size_bytes, self.layout_id,
+                            self.max_detectors)
 
 
 @dataclass(frozen=True)
@@ -204,7 +229,8 @@ class MirrorSnapshot:
     Times: ``sensor_read_s`` is the core's monotonic clock (``time.monotonic``, the same clock
     in every process of the host), ``wall_s`` the core's ``time.time()`` at the publish,
     ``bypasses`` each bypassed detector with its expiry as UTC seconds since the epoch.
-    ``proposal`` is NaN where the AI proposed nothing.
+    ``proposal`` is NaN where the AI proposed nothing. ``detectors``: each detector gauge's
+    name, statistic and threshold (NaN: not known).
     """
 
     cycle: int
@@ -223,6 +249,7 @@ class MirrorSnapshot:
     proposal: tuple[float, ...]
     source: tuple[Source, ...]
     counters: bytes = b""  # the core's counter block (gateway.link.counters.decode)
+    detectors: tuple[tuple[str, float, float], ...] = ()
 
 
 def _cut(text: str, limit: int) -> bytes:
@@ -319,7 +346,13 @@ class MirrorWriter:
         self._incident: tuple[str, int] = ("", 0)
         self._bypasses: tuple[tuple[str, float], ...] = ()
         self._n_bypasses = 0
+        self._detector_names: tuple[str, ...] = ()
+        self._n_detectors = 0
+        self._gauges = struct.Struct("<0d")  # packs the gauges' values (n doubles)
+        self._limits_from: object = None  # the limits last written (the core's same tuple)
+        self._status_at = off["status"]
         buf[:_HEADER.size] = layout.header()
+        self._names_crc = zlib.crc32(buf[_BODY_AT:self._status_at])  # all zeros so far
         self.publishes = 0
 
     def publish(self, *, cycle: int, heartbeat: int, wall_s: float, mode: str, latched: bool,
@@ -331,7 +364,9 @@ class MirrorWriter:
                 source: Sequence[int] | npt.NDArray[np.uint8],
                 trip_reason: str = "", incident_id: str = "",
                 bypasses: Sequence[tuple[str, float]] = (), generation: int = 0,
-                counters: bytes = b"") -> None:
+                counters: bytes = b"", detector_names: tuple[str, ...] = (),
+                detector_values: Sequence[float] = (),
+                detector_limits: Sequence[float] = ()) -> None:
         """Publish one cycle's values and status (arrays in the layout's tag order).
 
         ``cycle`` must move for readers to take the publish as new (the comms pump only
@@ -340,10 +375,13 @@ class MirrorWriter:
         earliest expiring are kept. ``counters``: the core's counter block
         (:meth:`~gateway.link.counters.CoreCounters.snapshot`), b"" to leave it as it was
         (zero before the first). ``mode`` a :class:`~gateway.supervisor.modes.Mode`
-        value (at most 16 ASCII bytes). Raises ``ValueError`` for arrays or counters of the
-        wrong length (numpy's broadcast error; the publish is then left unfinished, which
-        readers see as one being written, until the next publish), ``RuntimeError`` after
-        :meth:`close`.
+        value (at most 16 ASCII bytes). ``detector_names`` with their ``detector_values`` and
+        ``detector_limits`` (same lengths): the detector gauges; beyond ``max_detectors`` the
+        first are kept; the names are copied only when another tuple is passed, and the limits
+        only when another object is passed (pass tuples: a list changed in place is not
+        seen). Raises ``ValueError`` for arrays, gauges or counters of the wrong length
+        (numpy's broadcast error; the publish is then left unfinished, which readers see as
+        one being written, until the next publish), ``RuntimeError`` after :meth:`close`.
         """
         buf = self._buf
         if buf is None:
@@ -382,10 +420,25 @@ class MirrorWriter:
             self._incident = (incident_id, len(data))
         if tuple(bypasses) != self._bypasses:
             self._write_bypasses(tuple(bypasses))
-        _STATUS.pack_into(buf, _BODY_AT, cycle, heartbeat % 2**64, wall_s, generation % 2**32,
-                          mode_b, bool(latched), self._n_bypasses, self._reason[1],
-                          self._incident[1])
-        _CRC.pack_into(buf, _CRC_AT, zlib.crc32(buf[_BODY_AT:lay.size_bytes]))
+        if detector_names is not self._detector_names:  # the same tuple every cycle: skip
+            self._write_detector_names(detector_names)
+        n = self._n_detectors
+        if n:
+            if len(detector_values) < n or len(detector_limits) < n:
+                raise ValueError(f"detector gauges: {len(detector_names)} names, "
+                                 f"{len(detector_values)} values, {len(detector_limits)} limits")
+            gauges = self._gauges
+            gauges.pack_into(buf, off["detector_values"], *detector_values[:n])
+            if detector_limits is not self._limits_from:  # the same tuple every cycle: skip
+                gauges.pack_into(buf, off["detector_limits"], *detector_limits[:n])
+                self._limits_from = detector_limits
+        status_at = self._status_at
+        _STATUS.pack_into(buf, status_at, cycle, heartbeat % 2**64, wall_s,
+                          generation % 2**32, mode_b, bool(latched), self._n_bypasses,
+                          self._reason[1], self._incident[1], n)
+        # The CRC of the names (kept since they last changed), continued over the rest.
+        _CRC.pack_into(buf, _CRC_AT, zlib.crc32(buf[status_at:lay.size_bytes],
+                                                self._names_crc))
         self._seq = seq + 1
         _SEQ.pack_into(buf, _SEQ_AT, self._seq)  # even: consistent
         self.publishes += 1
@@ -403,6 +456,22 @@ class MirrorWriter:
             self._bypass_expiry[i] = expiry_s
         self._bypasses = bypasses
         self._n_bypasses = len(kept)
+
+    def _write_detector_names(self, names: tuple[str, ...]) -> None:
+        lay, buf, off = self.layout, self._buf, self._off
+        assert buf is not None
+        kept = names[:lay.max_detectors]
+        width = lay.detector_name_bytes
+        for i, name in enumerate(kept):
+            data = _cut(name, width)
+            at = off["detector_names"] + i * width
+            buf[at:at + len(data)] = data
+            struct.pack_into("<H", buf, off["detector_name_lengths"] + 2 * i, len(data))
+        self._detector_names = names
+        self._n_detectors = len(kept)
+        self._gauges = struct.Struct(f"<{len(kept)}d")
+        self._limits_from = None  # written again with the next publish
+        self._names_crc = zlib.crc32(buf[_BODY_AT:self._status_at])
 
     def close(self) -> None:
         """Unlink the segment and release it (readers attached keep their mapping until they
@@ -450,12 +519,18 @@ class MirrorReader:
             raise MirrorMismatch(_explain(name, head, layout, size))
         off = layout.offsets
         ns, na, nb = len(layout.sensors), len(layout.actuators), layout.max_bypasses
+        nd = layout.max_detectors
         base = _CRC_AT
-        self._floats = struct.Struct(f"<{2 * ns + 2 * na + nb}d")
+        self._floats = struct.Struct(f"<{2 * ns + 2 * na + nb + 2 * nd}d")
         self._floats_at = off["sensor_values"] - base
         self._small = struct.Struct(f"<{ns + na}B")
         self._small_at = off["sensor_good"] - base
         self._lengths = struct.Struct(f"<{nb}H")
+        self._detector_lengths = struct.Struct(f"<{nd}H")
+        # The gauges' names as last decoded, with the bytes they came from (they rarely
+        # change: decoded again only when those bytes do).
+        self._names_raw = b""
+        self._names: tuple[str, ...] = ()
         self._off = {k: v - base for k, v in off.items()}
         self._ns, self._na = ns, na
 
@@ -486,11 +561,16 @@ class MirrorReader:
     def _parse(self, raw: bytes) -> MirrorSnapshot:
         off, ns, na = self._off, self._ns, self._na
         (cycle, heartbeat, wall_s, generation, mode_b, latched, n_bypass, n_reason,
-         n_incident) = _STATUS.unpack_from(raw, _BODY_AT - _CRC_AT)
+         n_incident, n_detectors) = _STATUS.unpack_from(raw, off["status"])
         floats = self._floats.unpack_from(raw, self._floats_at)
         small = self._small.unpack_from(raw, self._small_at)
         nb = self.layout.max_bypasses
-        expiry = floats[2 * ns + 2 * na:]
+        expiry = floats[2 * ns + 2 * na:2 * ns + 2 * na + nb]
+        nd = self.layout.max_detectors
+        at_v = 2 * ns + 2 * na + nb
+        n_det = min(n_detectors, nd)
+        gauges = tuple(zip(self._detector_names(raw, n_det), floats[at_v:at_v + n_det],
+                           floats[at_v + nd:at_v + nd + n_det], strict=True))
         width = self.layout.detector_name_bytes
         lengths = self._lengths.unpack_from(raw, off["bypass_name_lengths"])
         names = off["bypass_names"]
@@ -508,7 +588,19 @@ class MirrorReader:
             applied=floats[2 * ns:2 * ns + na], proposal=floats[2 * ns + na:2 * ns + 2 * na],
             sensor_good=tuple(bool(g) for g in small[:ns]),
             source=tuple(Source(s) if s in _SOURCES else Source.NONE for s in small[ns:]),
-            counters=raw[at_c:at_c + 8 * self.layout.counters.size])
+            counters=raw[at_c:at_c + 8 * self.layout.counters.size], detectors=gauges)
+
+    def _detector_names(self, raw: bytes, n: int) -> tuple[str, ...]:
+        off, width = self._off, self.layout.detector_name_bytes
+        at = off["detector_names"]
+        key = raw[at:off["detector_name_lengths"] + 2 * self.layout.max_detectors]
+        if key != self._names_raw or len(self._names) != n:
+            lengths = self._detector_lengths.unpack_from(raw, off["detector_name_lengths"])
+            self._names = tuple(
+                raw[at + i * width:at + i * width + min(lengths[i], width)].decode(
+                    "utf-8", "replace") for i in range(n))
+            self._names_raw = key
+        return self._names
 
     def close(self) -> None:
         """Unmap the segment (never unlinks it). Idempotent."""
@@ -523,7 +615,7 @@ _SOURCES: Final = frozenset(int(s) for s in Source)
 
 def _explain(name: str, head: bytes, layout: MirrorLayout, size: int) -> str:
     try:
-        (magic, version, ns, na, nb, _r, _i, _d, total, lid) = _HEADER.unpack(head)
+        (magic, version, ns, na, nb, _r, _i, _d, total, lid, _nd) = _HEADER.unpack(head)
     except struct.error:
         return f"mirror {name}: header unreadable"
     if magic != MAGIC:

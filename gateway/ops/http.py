@@ -6,8 +6,18 @@ the cycle itself with ``Gateway(servers=True)``) and only stores it, so publishi
 publisher nothing. Readers get:
 
 - ``GET /``: the page (``gateway/ops/dashboard/``: our own HTML, CSS and JavaScript, no CDN);
-- ``GET /api/state``: JSON of the site's static facts and the latest view with its margins;
-- ``GET /api/events``: Server-Sent Events, one ``state`` event per new view, at most
+- ``GET /api/state``: JSON of the site's static facts and the latest view with its margins,
+  the audit's and device links' health, the detectors' statistics against their thresholds
+  (``gateway.ops.panels``), the incidents and the recent events (``gateway.ops.incidents``:
+  read from the audit database at most once a second, in a worker thread, while someone looks);
+- ``GET /api/incidents/{id}``: one listed incident in full (checklist, timeline); read-only,
+  like the page;
+- ``GET /api/incidents/{id}/evidence.zip``: its evidence bundle, built on request
+  (``gateway.incident.export``); only for a logged-in user whose role may read the audit
+  (``gateway.ops.roles.AUDIT_READERS``: operators and administrators): 401 without a session,
+  403 for another role, 404 for an incident that does not exist;
+- ``GET /api/events``: Server-Sent Events, one ``state`` event per new view (its
+  ``incidents`` null when unchanged since the stream's last message), at most
   :data:`MAX_RATE_HZ` a second and at least every :data:`KEEPALIVE_S` (the same view again,
   with its age, so that the page sees a stalled core), with a ``retry:`` so that the browser
   reconnects by itself after the gateway restarts.
@@ -30,6 +40,7 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 import ssl
 import time
 from pathlib import Path
@@ -39,12 +50,20 @@ from aiohttp import web
 
 from gateway.adapters.base import ClientInfo, Refusal
 from gateway.adapters.opcua.throttle import LoginThrottle
+from gateway.audit.store import NotAuditDatabase
 from gateway.config.schema import LoginThrottleSpec
+from gateway.incident.export import ExportError
+from gateway.incident.model import UnknownIncident
+from gateway.link.mirror import MirrorLayout
+from gateway.ops.incidents import IncidentBoard, evidence_zip, valid_id
 from gateway.ops.margins import margins
+from gateway.ops.panels import detectors, health
+from gateway.ops.roles import AUDIT_READERS
 from gateway.ops.sessions import Session, Sessions
 from gateway.ops.users import UserTable
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable
 
     from gateway.adapters.base import NorthboundHandler, WriteOutcome
@@ -61,6 +80,7 @@ RETRY_MS = 1000  # the browser's reconnect delay after the stream drops
 COOKIE = "sg_session"
 MAX_BODY_BYTES = 16 * 1024  # a login or an action is small; anything bigger is refused
 MAX_TEXT = 2000  # characters of a note or acknowledgement
+LOOKED_S = 5.0  # the incidents are read while someone looked at the page within this time
 _PAGES = {"/": ("index.html", "text/html"), "/dashboard.css": ("dashboard.css", "text/css"),
           "/dashboard.js": ("dashboard.js", "text/javascript")}
 # The page loads only our own files: no inline script, nothing from elsewhere.
@@ -109,9 +129,14 @@ def site_facts(site: Site) -> dict[str, Any]:
     }
 
 
-def view_json(site: Site, view: PlantView) -> dict[str, Any]:
-    """The view, by tag name, with the margin of each limit, constraint and interlock."""
+def view_json(site: Site, view: PlantView, counters: CounterLayout | None = None
+              ) -> dict[str, Any]:
+    """The view, by tag name, with the margin of each limit, constraint and interlock, the
+    detectors' statistics against their thresholds, and (given the site's counter layout) the
+    audit's and device links' health."""
     return {
+        "detectors": detectors(view),
+        "health": None if counters is None else health(view, counters),
         "cycle": view.cycle, "at_wall_s": view.at_wall_s, "mode": view.mode,
         "latched": view.latched, "trip_reason": view.trip_reason,
         "incident_id": view.incident_id, "heartbeat": view.heartbeat,
@@ -143,12 +168,15 @@ def ssl_context(spec: HttpServerSpec) -> ssl.SSLContext | None:
 class Dashboard:
     """The dashboard's server. ``wall_clock`` (UTC seconds) dates each message, so that the
     page can say how old the view it shows is; ``clock`` (seconds) times sessions and the
-    login throttle. Without a ``handler`` no action is possible (every one answers 401)."""
+    login throttle. Without a ``handler`` no action is possible (every one answers 401).
+    Incidents and events are read from ``audit_path`` (default: the site's ``audit.path``, the
+    database the core writes)."""
 
     def __init__(self, site: Site, spec: HttpServerSpec,
                  handler: NorthboundHandler | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 audit_path: str | os.PathLike[str] | None = None) -> None:
         self.site = site
         self.spec = spec
         self.handler = handler
@@ -161,7 +189,13 @@ class Dashboard:
         self.secure = spec.certificate is not None
         self.facts = site_facts(site)
         self._view: PlantView | None = None
-        self._counters: CounterLayout | None = None  # the mirror's, built at first scrape
+        self._counters: CounterLayout | None = None  # the mirror's, built at first use
+        self.audit_path = Path(site.audit.path if audit_path is None else audit_path)
+        self._looked_until = -math.inf  # self.clock() until which someone looks at the page
+        self.board = IncidentBoard(self.audit_path,
+                                   wanted=lambda: self.clock() < self._looked_until)
+        self._board_task: asyncio.Task[None] | None = None
+        self._exporting = asyncio.Lock()  # one evidence bundle at a time (CPU, memory)
         self._encoded: tuple[PlantView, dict[str, Any]] | None = None
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
@@ -174,18 +208,37 @@ class Dashboard:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    @property
+    def counter_layout(self) -> CounterLayout:
+        """The mirror's counter slots for this site (built once, when first needed)."""
+        if self._counters is None:
+            self._counters = MirrorLayout.for_site(self.site).counters
+        return self._counters
+
     def state(self) -> dict[str, Any]:
         """The document of ``/api/state`` and of each event: the site's facts, the latest view
-        (null before the first) and its age in seconds by the wall clock."""
+        (null before the first) and its age in seconds by the wall clock, the incidents and
+        recent events as last read (``incidents``) and the open incident of the view with its
+        phase and when it opened (``incident``; null when none, or not read yet)."""
+        self._looked_until = self.clock() + LOOKED_S
         view = self._view
+        board = self.board.document
         body: dict[str, Any] = {"site": self.facts, "view": None, "age_s": None,
-                                "now_wall_s": self.wall_clock()}
+                                "now_wall_s": self.wall_clock(), "incidents": board,
+                                "incident": None}
         if view is not None:
             cached = self._encoded
             if cached is None or cached[0] is not view:  # encode each view once
-                cached = self._encoded = (view, view_json(self.site, view))
+                cached = self._encoded = (view, view_json(self.site, view,
+                                                          self.counter_layout))
             body["view"] = cached[1]
             body["age_s"] = max(0.0, body["now_wall_s"] - view.at_wall_s)
+            if view.incident_id:
+                found = self.board.detail(view.incident_id)
+                body["incident"] = {"id": view.incident_id,
+                                    "phase": None if found is None else found["phase"],
+                                    "opened_wall_s": None if found is None
+                                    else found["opened_wall_s"]}
         return body
 
     def app(self) -> web.Application:
@@ -196,6 +249,8 @@ class Dashboard:
         app.router.add_get("/dashboard.js", self._page)
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/events", self._events)
+        app.router.add_get("/api/incidents/{id}", self._incident_detail)
+        app.router.add_get("/api/incidents/{id}/evidence.zip", self._evidence)
         app.router.add_get("/api/session", self._session)
         app.router.add_post("/api/login", self._login)
         app.router.add_post("/api/logout", self._logout)
@@ -218,6 +273,7 @@ class Dashboard:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._board_task = asyncio.create_task(self.board.run(), name="dashboard incidents")
         server = site._server  # aiohttp gives no public accessor for the bound port
         sockets = getattr(server, "sockets", None) or ()
         self.port = sockets[0].getsockname()[1] if sockets else self.spec.port
@@ -227,6 +283,10 @@ class Dashboard:
     async def stop(self) -> None:
         """End the event streams, then close the server."""
         self._closing.set()
+        task, self._board_task = self._board_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -240,12 +300,9 @@ class Dashboard:
         the page."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        from gateway.link.mirror import MirrorLayout
         from gateway.ops.metrics import render
 
-        if self._counters is None:
-            self._counters = MirrorLayout.for_site(self.site).counters
-        body = render(self._view, self.site.site.name, self._counters)
+        body = render(self._view, self.site.site.name, self.counter_layout)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
                                                 "Cache-Control": "no-store"})
 
@@ -261,11 +318,19 @@ class Dashboard:
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
         loop = asyncio.get_running_loop()
         closing = asyncio.ensure_future(self._closing.wait())
+        sent_board: dict[str, Any] | None = None  # the incidents document this stream has
         try:
             while not self._closing.is_set():
                 changed = self._changed  # taken before sending: a view published meanwhile
                 sent_at = loop.time()    # wakes the next wait
-                data = _dumps(self.state())
+                body = self.state()
+                # The incidents change at most once a second: sent when they did, else null
+                # (the page keeps what it has).
+                if body["incidents"] is sent_board:
+                    body["incidents"] = None
+                else:
+                    sent_board = body["incidents"]
+                data = _dumps(body)
                 await response.write(f"event: state\ndata: {data}\n\n".encode())
                 # Throttle, then wait for a new view or the keepalive, whichever comes first.
                 await asyncio.sleep(max(0.0, sent_at + 1.0 / MAX_RATE_HZ - loop.time()))
@@ -283,6 +348,40 @@ class Dashboard:
             closing.cancel()
         return response
 
+
+    # ------------------------------------------------------------------ incidents
+
+    async def _incident_detail(self, request: web.Request) -> web.Response:
+        ident = request.match_info["id"]
+        self._looked_until = self.clock() + LOOKED_S
+        found = self.board.detail(ident) if valid_id(ident) else None
+        if found is None:
+            return _error(404, "no such incident among those listed")
+        return _json(found)
+
+    async def _evidence(self, request: web.Request) -> web.Response:
+        """The evidence bundle as a zip download (see the module docstring for who may)."""
+        session = self.sessions.get(request.cookies.get(COOKIE), self.clock())
+        if session is None:
+            return _error(401, "log in to download evidence")
+        if session.role not in AUDIT_READERS:
+            return _error(403, f"role {session.role} may not read the audit")
+        ident = request.match_info["id"]
+        if not valid_id(ident):
+            return _error(404, "no such incident")
+        async with self._exporting:
+            try:
+                data = await asyncio.to_thread(evidence_zip, self.audit_path, ident)
+            except UnknownIncident:
+                return _error(404, "no such incident")
+            except (NotAuditDatabase, ExportError, OSError, sqlite3.Error) as exc:
+                log.warning("evidence of %s for %s failed: %s", ident, session.user, exc)
+                return _error(503, f"the evidence bundle cannot be built: {exc}")
+        log.info("evidence of incident %s downloaded by %s (%s) from %s, %d bytes", ident,
+                 session.user, session.role, _address(request), len(data))
+        return web.Response(body=data, headers={
+            "Content-Type": "application/zip", "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="evidence-{ident}.zip"'})
 
     # ------------------------------------------------------------------ login and actions
 

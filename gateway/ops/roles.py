@@ -21,6 +21,11 @@ INCIDENT_ROLES: dict[str, frozenset[Role]] = {
     "resolve": frozenset({Role.ADMIN}),
 }
 
+# Who may download an incident's evidence bundle from the dashboard: it holds the site's
+# configuration and an excerpt of the audit chain, which is for the people who run the plant
+# and answer for it, not for every account that may look at the page (viewers) nor for an AI.
+AUDIT_READERS: frozenset[Role] = frozenset({Role.OPERATOR, Role.ADMIN})
+
 # Who may write setpoints (an AI's writes are proposals; an operator's, setpoints).
 WRITERS: frozenset[Role] = frozenset({Role.AI, Role.OPERATOR, Role.ADMIN})
 

@@ -24,7 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from gateway.runtime.schedule import CycleSchedule
-from gateway.runtime.view import BypassClock, PlantView
+from gateway.runtime.view import BypassClock, DetectorGauges, PlantView
 from gateway.supervisor.events import EventKind
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class ControlCycle:
         self.next_refresh_s = -float("inf")
         self.count = 0
         self._bypass_clock = BypassClock()
+        self._gauges = DetectorGauges(supervisor)
         # The last 100,000 cycles: when each started (self.clock) and how late it was.
         self.lateness_s: deque[float] = deque(maxlen=100_000)
         self.cycle_at_s: deque[float] = deque(maxlen=100_000)
@@ -172,14 +173,17 @@ class ControlCycle:
         modes = self.supervisor.modes
         open_incidents = self.incidents.open_incidents if self.incidents is not None else ()
         readings = [self.store.get(n) for n in self.sensor_names]
+        sensor_values = tuple(r.value for r in readings)
+        sensor_at_s = tuple(r.at_s for r in readings)
+        gauges = self._gauges
         last = self.ai.last
         proposal = (tuple(last.values.tolist()) if last is not None and last.values is not None
                     else (float("nan"),) * len(decision.command))
         return PlantView(
             at_s=decision.at_s, at_wall_s=self.wall_clock(), cycle=self.count,
-            sensor_values=tuple(r.value for r in readings),
+            sensor_values=sensor_values,
             sensor_good=tuple(r.good for r in readings),
-            sensor_at_s=tuple(r.at_s for r in readings),
+            sensor_at_s=sensor_at_s,
             applied=tuple(self.southbound.applied.tolist()),
             sources=tuple(str(s) for s in decision.sources), proposal=proposal,
             mode=decision.mode.value, latched=modes.latched,
@@ -189,7 +193,10 @@ class ControlCycle:
             bypasses=self._bypass_clock.expiries(modes.bypasses, decision.at_s),
             bypass_left_s=(min(modes.bypasses.values()) - decision.at_s if modes.bypasses
                            else None),
-            counters=self._count_now(decision.at_s))
+            counters=self._count_now(decision.at_s),
+            detector_names=gauges.names, detector_limits=gauges.limits,
+            detector_values=gauges.values(decision.at_s, last, sensor_values,
+                                           sensor_at_s))
 
     def _count_now(self, now_s: float) -> bytes:
         """The counters with what others keep counted (skipped cycles, link states and

@@ -243,6 +243,10 @@ def test_publish_is_cheap(writer: MirrorWriter) -> None:
         v = np.arange(16.0)
         good = np.ones(16, bool)
         src = np.ones(16, np.uint8)
+        # Detector gauges as the core passes them: the same names and limits every cycle.
+        gauge_names = tuple(f"input.stale.s{i}" for i in range(32))
+        gauge_limits = (1.0,) * 32
+        gauge_values = tuple(float(i) for i in range(32))
         best = math.inf
         for _ in range(5):
             t = time.perf_counter()
@@ -250,7 +254,8 @@ def test_publish_is_cheap(writer: MirrorWriter) -> None:
                 w.publish(cycle=k, heartbeat=k, wall_s=0.0, mode="auto", latched=False,
                           sensor_values=v, sensor_good=good, sensor_read_s=v, applied=v,
                           proposal=v, source=src, trip_reason="r", incident_id="i",
-                          bypasses=[("d", 1.0)])
+                          bypasses=[("d", 1.0)], detector_names=gauge_names,
+                          detector_values=gauge_values, detector_limits=gauge_limits)
             best = min(best, (time.perf_counter() - t) / 1000)
         assert best < 100e-6
     finally:
@@ -313,5 +318,80 @@ def test_a_reader_of_other_devices_is_refused() -> None:
     try:
         with pytest.raises(MirrorMismatch, match="other tag names"):
             MirrorReader(w.name, MirrorLayout(("level",), ("valve",), ("plc", "rtu")))
+    finally:
+        w.close()
+
+
+def test_the_detector_gauges_cross_with_each_publish(writer: MirrorWriter) -> None:
+    """Each detector's statistic and threshold travel with each publish, by name; the names
+    are written once (the same tuple every cycle) and change when the tuple does."""
+    reader = MirrorReader(writer.name, LAYOUT)
+    try:
+        names = ("violation_rate", "divergence.inflow_valve", "input.stale.level")
+        publish(writer, 1, detector_names=names, detector_values=(0.0, 1.5, math.nan),
+                detector_limits=(5.0, 4.0, 2.0))
+        snap = reader.read()
+        assert snap is not None
+        assert snap.detectors[:2] == (("violation_rate", 0.0, 5.0),
+                                      ("divergence.inflow_valve", 1.5, 4.0))
+        name, value, limit = snap.detectors[2]
+        assert (name, limit) == ("input.stale.level", 2.0) and math.isnan(value)
+        publish(writer, 2, detector_names=names, detector_values=(6.0, 4.5, 0.1),
+                detector_limits=(5.0, 4.0, 2.0))
+        snap = reader.read()
+        assert snap is not None
+        assert [v for _, v, _ in snap.detectors] == [6.0, 4.5, 0.1]
+        # Other limits with the same names: written too (the names' checksum is kept).
+        publish(writer, 3, detector_names=names, detector_values=(6.0, 4.5, 0.1),
+                detector_limits=(7.0, 4.0, 2.0))
+        snap = reader.read()
+        assert snap is not None and [lim for _, _, lim in snap.detectors] == [7.0, 4.0, 2.0]
+        publish(writer, 3, detector_names=("canary",), detector_values=(0.25,),
+                detector_limits=(0.01,))
+        snap = reader.read()
+        assert snap is not None and snap.detectors == (("canary", 0.25, 0.01),)
+        publish(writer, 4)  # no gauges at all
+        snap = reader.read()
+        assert snap is not None and snap.detectors == ()
+        with pytest.raises(ValueError, match="detector gauges: 1 names, 0 values"):
+            publish(writer, 5, detector_names=("canary",))
+    finally:
+        reader.close()
+
+
+def test_detector_gauges_are_bounded_and_long_names_cut() -> None:
+    """At most ``max_detectors`` gauges are mirrored (the first ones); a name longer than
+    ``detector_name_bytes`` is cut at a character boundary with "…" and does not spill into
+    its neighbour; the segment's size does not depend on what is published."""
+    layout = MirrorLayout(("level",), ("valve",), max_detectors=4, detector_name_bytes=16)
+    assert layout.size_bytes == MirrorLayout(("level",), ("valve",), max_detectors=4,
+                                             detector_name_bytes=16).size_bytes
+    w = MirrorWriter(None, layout)
+    reader = MirrorReader(w.name, layout)
+    try:
+        names = ("ü" * 40, "next", *(f"g{i}" for i in range(10)))
+        w.publish(cycle=1, heartbeat=1, wall_s=0.0, mode="auto", latched=False,
+                  sensor_values=[1.0], sensor_good=[True], sensor_read_s=[0.0], applied=[2.0],
+                  proposal=None, source=[1], detector_names=names,
+                  detector_values=[float(i) for i in range(len(names))],
+                  detector_limits=[10.0] * len(names))
+        snap = reader.read()
+        assert snap is not None
+        assert len(snap.detectors) == 4
+        first = snap.detectors[0][0]
+        assert len(first.encode()) <= 16 and first.endswith("…") and set(first[:-1]) == {"ü"}
+        assert [d[0] for d in snap.detectors[1:]] == ["next", "g0", "g1"]
+        assert [d[1] for d in snap.detectors] == [0.0, 1.0, 2.0, 3.0]
+        assert (SHM / w.name).stat().st_size == layout.size_bytes
+    finally:
+        reader.close()
+        w.close()
+    with pytest.raises(ValueError, match="max_detectors"):
+        MirrorLayout(("a",), ("b",), max_detectors=5000)
+    # The gauges' room is part of the layout: a reader built for another room is refused.
+    w = MirrorWriter(None, MirrorLayout(("level",), ("valve",), max_detectors=4))
+    try:
+        with pytest.raises(MirrorMismatch):
+            MirrorReader(w.name, MirrorLayout(("level",), ("valve",), max_detectors=8))
     finally:
         w.close()

@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real
 gateway on loopback: a simulated Modbus PLC, the gateway's southbound client, supervisor and
 cycle, and its northbound servers with the dashboard in this process (``Gateway(servers=True)``,
-as drills run it). Screenshots go into the test's tmp folder.
+as drills run it), reading incidents and events from the audit database the core writes.
+Screenshots go into the test's tmp folder.
 
 Waits are on page state with deadlines (``expect(...)``), never sleeps.
 """
@@ -9,8 +10,11 @@ Waits are on page state with deadlines (``expect(...)``), never sleeps.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import re
 import time
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +63,8 @@ async def scenario(folder: Path) -> dict[str, float]:
                                             stale_after_ms=10_000.0))
         url = f"http://127.0.0.1:{http_port}/"
         audit = folder / "audit.db"
+        # The dashboard reads incidents from the site's audit database: the one the core writes.
+        site = replace(site, audit=replace(site.audit, path=audit))
 
         async def start() -> tuple[Gateway, asyncio.Event, asyncio.Task[None]]:
             gw = Gateway(site, engine="cython", audit_path=audit)
@@ -83,6 +89,20 @@ async def scenario(folder: Path) -> dict[str, float]:
                     await expect(page.locator("#mode")).to_have_text("MANUAL", timeout=15_000)
                     await expect(page.locator("#link-lost")).to_be_hidden()
                     await expect(page.locator("#latch")).to_be_hidden()
+                    # The header: the audit and the device link are healthy, no incident.
+                    await expect(page.locator("#audit-health")).to_have_attribute(
+                        "data-level", "ok")
+                    await expect(page.locator("#device-health")).to_have_text(
+                        re.compile(r"^plc connected \(0 reconnects\)$"))
+                    await expect(page.locator("#device-health")).to_have_attribute(
+                        "data-level", "ok")
+                    await expect(page.locator("#audit-bad")).to_be_hidden()
+                    await expect(page.locator("#devices-bad")).to_be_hidden()
+                    await expect(page.locator("#incident")).to_have_text("none")
+                    # Detectors: the level's range check well inside its threshold.
+                    level_range = page.locator("#detectors tr[data-name='input.range.level']")
+                    await expect(level_range).to_have_attribute("data-level", "ok")
+                    await expect(level_range.locator(".limit")).to_have_text("0")
                     # Per actuator: applied value and source; per sensor: the level's value.
                     inflow = page.locator("#actuators tr[data-name='inflow_valve']")
                     await expect(inflow.locator(".source")).to_have_text("fallback")
@@ -114,6 +134,32 @@ async def scenario(folder: Path) -> dict[str, float]:
                     await expect(inflow.locator(".source")).to_have_text("safe")
                     assert gw.supervisor is not None
                     assert gw.supervisor.modes.latched  # the page shows what the core did
+                    # The range check's statistic is above its threshold, and shown so.
+                    await expect(level_range).to_have_attribute("data-level", "bad")
+                    excursion = float(await level_range.locator(".value").inner_text())
+                    assert excursion > 0, excursion
+                    # The incident: in the header with its phase and age, in the list, and
+                    # selected with its checklist and timeline; the trip among recent events.
+                    incident_id = gw.incidents.open_incidents[-1].id if gw.incidents else ""
+                    assert incident_id
+                    await expect(page.locator("#incident")).to_have_text(
+                        re.compile(rf"^{re.escape(incident_id)} · (DETECTED|CONTAINED) · "
+                                   r"\d+ s old$"), timeout=5_000)
+                    row = page.locator(f"#incidents tr[data-id='{incident_id}']")
+                    await expect(row.locator(".phase")).to_have_text(
+                        re.compile("^(detected|contained)$"))
+                    await expect(row.locator(".checklist")).to_have_text(re.compile(r"^\d+/\d+$"))
+                    await expect(page.locator("#sel-id")).to_have_text(incident_id)
+                    await expect(page.locator("#sel-checklist > li").first).to_have_text(
+                        re.compile(r"^detection: \d+/\d+ done"))
+                    await expect(page.locator("#sel-timeline tbody tr").first).to_be_visible()
+                    await expect(page.locator(
+                        "#events tr[data-kind='event'] .text").first).to_have_text(
+                        re.compile("input.range.level"))
+                    # Evidence is not for anyone who can see the page: refused without login.
+                    await page.click("#evidence")
+                    await expect(page.locator("#evidence-result")).to_have_text(
+                        "refused: log in to download evidence")
                     await shot(page, folder, "2-safe-stop")
 
                     # Read-only without login: a reset is refused, and nothing changes.
@@ -131,10 +177,31 @@ async def scenario(folder: Path) -> dict[str, float]:
                     await page.fill("#login-password", PASSWORD)
                     await page.click("#login")
                     await expect(page.locator("#who-user")).to_have_text("boss")
-                    await page.fill("#incident-text", "seen on the dashboard")
+                    note = "<b>seen</b> on the dashboard"  # shown as text, never as markup
+                    await page.fill("#incident-text", note)
                     await page.click("#acknowledge")
                     await expect(result).to_have_text(re.compile("^acknowledge: "))
                     await expect(result).to_have_attribute("data-ok", "true")
+                    # Acknowledged: the incident moves to investigating, on the page too.
+                    await expect(row.locator(".phase")).to_have_text("investigating",
+                                                                     timeout=5_000)
+                    await expect(page.locator("#incident")).to_have_text(
+                        re.compile(" · INVESTIGATING · "))
+                    await expect(page.locator("#sel-timeline tbody")).to_contain_text(note)
+                    assert await page.locator("#sel-timeline b, #events b").count() == 0
+                    # Logged in (an administrator), the evidence bundle downloads: a zip of
+                    # the export, with the incident and its manifest.
+                    async with page.expect_download(timeout=60_000) as download_info:
+                        await page.click("#evidence")
+                    download = await download_info.value
+                    bundle = folder / "evidence.zip"
+                    await download.save_as(bundle)
+                    with zipfile.ZipFile(io.BytesIO(bundle.read_bytes())) as zf:
+                        names = set(zf.namelist())
+                        assert f"{incident_id}/incident.json" in names, names
+                        assert f"{incident_id}/manifest.json" in names, names
+                        exported = json.loads(zf.read(f"{incident_id}/incident.json"))
+                        assert exported["incident"]["id"] == incident_id
                     await page.click("#reset-trip")
                     await expect(result).to_have_text(re.compile("^reset trip: "))
                     await expect(result).to_have_attribute("data-ok", "true")
@@ -158,6 +225,13 @@ async def scenario(folder: Path) -> dict[str, float]:
                     await expect(page.locator("#link-lost")).to_be_hidden(timeout=15_000)
                     await expect(page.locator("#cycle")).not_to_have_text("…")
                     await shot(page, folder, "4-reconnected")
+                    # The PLC goes away: the device link's health turns bad, impossible to miss.
+                    await plc.stop()
+                    await expect(page.locator("#devices-bad")).to_be_visible(timeout=10_000)
+                    await expect(page.locator("#devices-why")).to_have_text(re.compile("^plc "))
+                    await expect(page.locator("#device-health")).to_have_attribute(
+                        "data-level", "bad")
+                    await shot(page, folder, "4b-device-lost")
                     assert errors == []
                 except BaseException:
                     await shot(page, folder, "failure")  # kept for each failure

@@ -37,7 +37,8 @@ def test_the_communications_process_serves_the_core_s_view(tmp_path: Path) -> No
         link = CommsLink(site, path, on_event=events.append, ping_interval_s=0.1)
         clock = Clock()
         gw = Gateway(site, clock=clock, clients={"plc": Device()}, stepped=True,
-                     startup_wait_s=0.0, servers=False, northbound=link)
+                     startup_wait_s=0.0, servers=False, northbound=link,
+                     audit_path=site.audit.path)  # the database the child's dashboard reads
         link.handler = gw
 
         def sense() -> None:
@@ -59,6 +60,7 @@ def test_the_communications_process_serves_the_core_s_view(tmp_path: Path) -> No
 
         stepper = asyncio.create_task(cycles())
         seen: list[dict[str, Any]] = []
+        seen_docs: list[dict[str, Any]] = []
         try:
             async with aiohttp.ClientSession() as http:
                 async def state() -> bool:
@@ -69,15 +71,33 @@ def test_the_communications_process_serves_the_core_s_view(tmp_path: Path) -> No
                         return False
                     if body["view"] is not None:
                         seen.append(body["view"])
-                    return len({v["cycle"] for v in seen}) >= 2
+                        seen_docs.append(body)
+                    return (len({v["cycle"] for v in seen}) >= 2
+                            and body["incidents"]["read_at_wall_s"] is not None)
 
-                await until(state, 60, "the child's dashboard shows the core's cycles")
+                await until(state, 60, "the child's dashboard shows the core's cycles and "
+                            "has read the audit database")
             view = seen[-1]
             assert view["mode"] == "manual"
             assert [a["source"] for a in view["actuators"]] == ["fallback"] * 3
             level = view["sensors"][0]
             assert level["name"] == "level" and 2.5 <= level["value"] <= 2.5021  # 2.500..2.502
             assert {m["name"] for m in view["margins"]} >= {"total_flow", "pump_dry_run"}
+            # The detectors' statistics crossed the mirror with their thresholds, by name.
+            gauges = {d["name"]: d for d in view["detectors"]}
+            assert list(gauges)[:4] == ["violation_rate", "deadline", "ai_silent",
+                                        "divergence.inflow_valve"]
+            assert gauges["input.range.level"]["limit"] == 0.0
+            assert -2.51 < gauges["input.range.level"]["value"] < -2.49  # 2.5 m inside
+            assert gauges["input.range.level"]["level"] == "ok"
+            assert gauges["violation_rate"]["limit"] == site.detection.violation_max
+            # The core's counters: the audit is healthy; this fake device says no link state.
+            health = view["health"]
+            assert health["counted"] and health["audit"]["level"] == "ok"
+            assert [(d["name"], d["level"]) for d in health["devices"]] == [("plc", "unknown")]
+            # The communications process reads the core's audit database (no incident yet).
+            board = seen_docs[-1]["incidents"]
+            assert (board["error"], board["incidents"]) == (None, [])
         finally:
             stepping = False
             await asyncio.wait({stepper})

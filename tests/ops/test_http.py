@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import socket
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,9 @@ from tests.ops.test_margins import SITE, view
 
 
 def dashboard() -> Dashboard:
-    return Dashboard(SITE, HttpServerSpec(host="127.0.0.1", port=free_port()))
+    # No audit database (not the shipped site's, which a demo run may have left behind).
+    return Dashboard(SITE, HttpServerSpec(host="127.0.0.1", port=free_port()),
+                     audit_path=Path("/nonexistent-sg-test/audit.db"))
 
 
 async def read_events(resp: aiohttp.ClientResponse, n: int, timeout_s: float = 10.0
@@ -125,8 +128,9 @@ def test_events_throttled_kept_alive_and_told_to_reconnect() -> None:
             async with (aiohttp.ClientSession() as http,
                         http.get(f"http://127.0.0.1:{dash.port}/api/events") as resp):
                 assert resp.headers["Content-Type"].startswith("text/event-stream")
-                lines, _ = await read_events(resp, 1)
+                lines, first = await read_events(resp, 1)
                 assert lines[0].startswith("retry: ")  # the browser reconnects by itself
+                assert first[0][1]["incidents"]["error"] == "not read yet"
                 publisher = asyncio.create_task(cycle())
                 _, fast = await read_events(resp, 8)
                 stop.set()
@@ -137,6 +141,12 @@ def test_events_throttled_kept_alive_and_told_to_reconnect() -> None:
                 assert span >= (len(fast) - 1) / MAX_RATE_HZ * 0.9
                 cycles = [e["view"]["cycle"] for _, e in fast]
                 assert cycles == sorted(cycles) and cycles[-1] > cycles[0]
+                # The incidents (read at most once a second) go out when they change: the
+                # first message has them, the next ones say null until they are read again.
+                assert fast[0][1]["incidents"] is None  # the stream's first had them
+                dash.board.read()  # (no database here: its error is the news)
+                _, after = await read_events(resp, 1)
+                assert after[0][1]["incidents"]["error"].startswith("no audit database")
                 # Nothing new: the same view comes again, older (a stalled core shows).
                 _, still = await read_events(resp, 3)
                 assert len({e["view"]["cycle"] for _, e in still}) == 1

@@ -32,6 +32,18 @@ function setText(id, text) {
   document.getElementById(id).textContent = text;
 }
 
+function utc(wallS) {
+  if (wallS === null || wallS === undefined) return "–";
+  return new Date(wallS * 1000).toISOString().replace("T", " ").slice(0, 19);
+}
+
+function ageText(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "–";
+  if (s < 120) return Math.max(0, Math.round(s)) + " s";
+  if (s < 7200) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
 function limitsText(lim) {
   if (!lim) return "none";
   const parts = [fmt(lim.min) + " … " + fmt(lim.max)];
@@ -135,6 +147,7 @@ function draw(name, lim) {
 function show(msg) {
   if (!facts || facts.site !== msg.site.site) build(msg.site);
   lastAge = msg.age_s;
+  showIncidents(msg.incidents, msg.now_wall_s);
   const v = msg.view;
   if (!v) { setText("mode", "waiting for the first cycle"); return; }
   const mode = document.getElementById("mode");
@@ -143,8 +156,10 @@ function show(msg) {
   mode.dataset.mode = v.mode.toUpperCase();
   document.getElementById("latch").hidden = !v.latched;
   setText("trip-reason", v.trip_reason || "(no reason recorded)");
-  setText("incident", v.incident_id || "none");
   incidentId = v.incident_id;
+  showHeaderIncident(msg);
+  showHealth(v.health);
+  showDetectors(v.detectors);
   setText("bypasses", v.bypasses.length === 0 ? "none" :
           v.bypasses.map((b) => b.detector + " until " + b.expires).join(", "));
   setText("cycle", String(v.cycle));
@@ -174,6 +189,205 @@ function show(msg) {
     r.age.textContent = fmt(v.sensor_age_s[i], "s");
   });
   showMargins(v.margins);
+}
+
+// ---------------------------------------------------------------- header: incident and health
+
+function showHeaderIncident(msg) {
+  const inc = msg.incident;
+  const dd = document.getElementById("incident");
+  if (!inc) { dd.textContent = "none"; dd.dataset.level = "ok"; return; }
+  const parts = [inc.id];
+  if (inc.phase) parts.push(inc.phase.toUpperCase());
+  if (inc.opened_wall_s !== null) parts.push(ageText(msg.now_wall_s - inc.opened_wall_s) + " old");
+  dd.textContent = parts.join(" · ");
+  dd.dataset.level = "bad";
+}
+
+function showHealth(h) {
+  const audit = document.getElementById("audit-health");
+  const devs = document.getElementById("device-health");
+  if (!h || !h.counted) {
+    audit.textContent = "not counted"; audit.dataset.level = "unknown";
+    devs.textContent = "not counted"; devs.dataset.level = "unknown";
+    document.getElementById("audit-bad").hidden = true;
+    document.getElementById("devices-bad").hidden = true;
+    return;
+  }
+  const a = h.audit;
+  const auditText = (a.fault ? "FAULT; " : "") + "backlog " + a.pending + ", lost " + a.lost +
+                    ", alarms " + a.alarms;
+  audit.textContent = (a.level === "ok" ? "ok: " : "") + auditText;
+  audit.dataset.level = a.level;
+  document.getElementById("audit-bad").hidden = a.level !== "bad";
+  setText("audit-why", auditText);
+  const devText = h.devices.map((d) => d.name + " " + d.state + " (" + d.reconnects + " reconnects)");
+  devs.textContent = devText.length ? devText.join(", ") : "none";
+  const bad = h.devices.filter((d) => d.level === "bad");
+  devs.dataset.level = bad.length ? "bad" : h.devices.some((d) => d.level === "unknown") ? "unknown" : "ok";
+  document.getElementById("devices-bad").hidden = bad.length === 0;
+  setText("devices-why", bad.map((d) => d.name + " " + d.state.toUpperCase() + ", " +
+                                 d.reconnects + " reconnects").join("; "));
+}
+
+// ---------------------------------------------------------------- detectors
+
+function showDetectors(list) {
+  const body = document.querySelector("#detectors tbody");
+  if (body.children.length !== list.length ||
+      list.some((d, i) => body.children[i].dataset.name !== d.name)) {
+    body.replaceChildren();
+    for (const d of list) {
+      const tr = el("tr");
+      tr.dataset.name = d.name;
+      const r = {value: el("td", "–", "num value"), limit: el("td", "–", "num limit"), bar: el("td")};
+      r.fill = el("span", null, "bar");
+      r.bar.append(r.fill);
+      tr.append(el("td", d.name), r.value, r.limit, r.bar);
+      body.append(tr);
+      rows["d:" + d.name] = r;
+      r.tr = tr;
+    }
+  }
+  for (const d of list) {
+    const r = rows["d:" + d.name];
+    r.value.textContent = fmt(d.value);
+    r.limit.textContent = fmt(d.limit);
+    r.tr.dataset.level = d.level;
+    r.fill.className = "bar " + (d.level === "bad" ? "bad" : d.level === "near" ? "near" : "");
+    const frac = d.fraction === null ? (d.level === "bad" ? 1 : 0) : Math.max(0, Math.min(1, d.fraction));
+    r.fill.style.width = Math.round(frac * 100) + "px";
+  }
+}
+
+// ---------------------------------------------------------------- incidents and events
+
+let selectedIncident = null;    // the incident whose detail is shown (null: the newest open)
+let listKey = "";               // the incident list as last drawn (redrawn when it changes)
+let eventsKey = "";
+
+let lastNowWall = null;         // the gateway's wall clock in the last message, UTC s
+let lastDoc = null;             // the incidents document last received
+
+function showIncidents(doc, nowWall) {
+  lastNowWall = nowWall;
+  if (doc) lastDoc = doc;       // null in a message: unchanged since the last one
+  doc = lastDoc;
+  if (!doc) return;
+  setText("incidents-status", doc.error ? "Incidents cannot be read: " + doc.error :
+          doc.incidents.length === 0 ? "No incidents recorded." : "");
+  const key = JSON.stringify(doc.incidents);
+  const body = document.querySelector("#incidents tbody");
+  if (key !== listKey) {
+    listKey = key;
+    body.replaceChildren();
+    for (const inc of doc.incidents) {
+      const tr = el("tr");
+      tr.dataset.id = inc.id;
+      tr.dataset.open = inc.open ? "true" : "false";
+      tr.tabIndex = 0;
+      const age = el("td", "–", "age");
+      tr.append(el("td", inc.id, "id"), el("td", inc.phase, "phase"), el("td", utc(inc.opened_wall_s)),
+                age, el("td", inc.detector + ": " + inc.reason),
+                el("td", inc.done + "/" + inc.total, "checklist"));
+      tr.addEventListener("click", () => select(inc.id));
+      tr.addEventListener("keydown", (e) => { if (e.key === "Enter") select(inc.id); });
+      body.append(tr);
+    }
+    if (selectedIncident === null && doc.incidents.length) selectedIncident = doc.incidents[0].id;
+    if (selectedIncident !== null) loadDetail(selectedIncident);
+  }
+  for (const tr of body.children) {
+    const inc = doc.incidents.find((i) => i.id === tr.dataset.id);
+    if (inc) tr.querySelector(".age").textContent = ageText(nowWall - inc.opened_wall_s);
+    tr.setAttribute("aria-selected", tr.dataset.id === selectedIncident ? "true" : "false");
+  }
+  if (selectedDetail) setText("sel-age", ageText(nowWall - selectedDetail.opened_wall_s));
+  const ekey = JSON.stringify(doc.events.length ? doc.events[0].seq : null) + doc.events.length;
+  if (ekey !== eventsKey) {
+    eventsKey = ekey;
+    const ebody = document.querySelector("#events tbody");
+    ebody.replaceChildren();
+    for (const e of doc.events) {
+      const tr = el("tr");
+      tr.dataset.kind = e.kind;
+      tr.append(el("td", utc(e.wall_s)), el("td", e.kind, "kind"), el("td", e.actor), el("td", e.text, "text"));
+      ebody.append(tr);
+    }
+  }
+}
+
+let selectedDetail = null;
+
+function select(id) {
+  selectedIncident = id;
+  loadDetail(id);
+}
+
+async function loadDetail(id) {
+  let d = null;
+  try {
+    const r = await fetch("/api/incidents/" + encodeURIComponent(id), {credentials: "same-origin"});
+    if (r.ok) d = await r.json();
+  } catch (e) { d = null; }
+  if (id !== selectedIncident) return;  // another was selected meanwhile
+  selectedDetail = d;
+  document.getElementById("incident-detail").hidden = d === null;
+  if (!d) return;
+  setText("sel-id", d.id);
+  setText("sel-phase", d.phase.toUpperCase());
+  setText("sel-trigger", d.detector + ": " + d.reason);
+  setText("sel-age", ageText(lastNowWall - d.opened_wall_s));
+  setText("evidence-result", "");
+  const list = document.getElementById("sel-checklist");
+  list.replaceChildren();
+  for (const p of d.checklist) {
+    const li = el("li", p.phase + ": " + p.done + "/" + p.total + " done");
+    li.dataset.phase = p.phase;
+    const ul = el("ul");
+    for (const item of p.items) ul.append(el("li", (item.done ? "☑ " : "☐ ") + item.text + (item.by ? " (" + item.by + ")" : "")));
+    li.append(ul);
+    list.append(li);
+  }
+  const tbody = document.querySelector("#sel-timeline tbody");
+  tbody.replaceChildren();
+  for (const e of d.timeline) {
+    const tr = el("tr");
+    tr.append(el("td", utc(e.wall_s)), el("td", e.kind), el("td", e.who || ""), el("td", e.text));
+    tbody.append(tr);
+  }
+  for (const tr of document.querySelectorAll("#incidents tbody tr"))
+    tr.setAttribute("aria-selected", tr.dataset.id === id ? "true" : "false");
+}
+
+async function downloadEvidence(e) {
+  e.preventDefault();
+  const id = selectedIncident;
+  if (!id) return;
+  const out = document.getElementById("evidence-result");
+  out.dataset.ok = "true";
+  out.textContent = "building the bundle…";
+  let resp;
+  try {
+    resp = await fetch("/api/incidents/" + encodeURIComponent(id) + "/evidence.zip", {credentials: "same-origin"});
+  } catch (err) {
+    out.dataset.ok = "false"; out.textContent = "the gateway did not answer"; return;
+  }
+  if (!resp.ok) {
+    const answer = await resp.json().catch(() => ({}));
+    out.dataset.ok = "false";
+    out.textContent = "refused: " + (answer.error || ("HTTP " + resp.status));
+    return;
+  }
+  const blob = await resp.blob();
+  const a = el("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = "evidence-" + id + ".zip";
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+  out.textContent = "downloaded (" + blob.size + " bytes)";
 }
 
 function linkCheck() {
@@ -268,6 +482,7 @@ function wireActions() {
       act("/api/incident", {action, incident_id: incidentId, args: [text]}, action);
     });
   }
+  document.getElementById("evidence").addEventListener("click", downloadEvidence);
   // A page reloaded while logged in picks its session up again.
   fetch("/api/session", {credentials: "same-origin"})
     .then((r) => (r.ok ? r.json() : null)).then(showSession).catch(() => showSession(null));
