@@ -36,9 +36,16 @@ from gateway.adapters import codec
 from gateway.config.schema import ControllerKind, StartMode
 from gateway.control.ai import AiWiring, onnx_policy_config
 from gateway.control.onnx_policy import load_policy
-from gateway.forensics.recorder import Frame, Recording, SetpointChange
+from gateway.forensics.recorder import (
+    Frame,
+    Recording,
+    RecordingError,
+    SetpointChange,
+    site_as_recorded,
+)
 from gateway.supervisor.core import Supervisor
-from gateway.supervisor.decision import Proposal, ProposalAnomaly
+from gateway.supervisor.decision import Proposal, ProposalAnomaly, Source
+from gateway.supervisor.events import EventKind
 from gateway.supervisor.modes import Mode
 
 if TYPE_CHECKING:
@@ -198,6 +205,8 @@ def replay(site: Site, frames: Sequence[Frame], model: Path | None, *,
     sha: str | None = None
     if model is not None:
         policy, sha = _load(site, model)
+    if not exact_start:
+        warm_start(sup, frames)
     try:
         return _run(site, frames, sup, policy, sha, canary, tolerance, exact_start,
                     keep_decisions)
@@ -212,15 +221,19 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
                      keep_decisions: bool = True) -> ReplayResult:
     """:func:`replay` with the start taken from the recording itself.
 
+    The site's ``controller`` and ``operation`` sections are those the recording ran with,
+    when its header keeps them (:func:`~gateway.forensics.recorder.site_as_recorded`; each
+    difference from ``site`` is noted): the model's input wiring and the mode policy of the
+    live run, whatever the site file says.
+
     When the recording has its :class:`~gateway.forensics.recorder.RecordingInfo` and starts at
     the supervisor's first step, the replay starts exactly as the live supervisor did (its
     ``start_s``, ``initial_command`` and canary cases) and must reproduce it. Otherwise (a
-    window frozen in the middle of a run) the replay starts warm: from the first frame's
-    command and time, in SHADOW if it was in AUTO or SHADOW (AUTO only an operator can grant),
-    else in MANUAL, with
-    fresh detectors and fallback controllers; ``exact_start`` is then False and decisions may
-    differ until the supervisor's state has caught up (the proposals are compared exactly
-    either way). Raises :class:`ReplayError` as :func:`replay` does.
+    window frozen in the middle of a run) the replay starts warm (:func:`warm_start`): in the
+    recorded mode, with the canary's schedule read from the recording; the first frame primes
+    the supervisor (its decision is taken as recorded, not compared) and decisions are
+    compared from the second. ``exact_start`` is then False. Raises :class:`ReplayError` as
+    :func:`replay` does.
     """
     info = recording.info if isinstance(recording, Recording) else None
     frames = recording.frames if isinstance(recording, Recording) else tuple(recording)
@@ -229,6 +242,11 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
     notes: list[str] = []
     if info is not None and info.site != site.site.name:
         notes.append(f"recorded on site {info.site!r}, replayed on {site.site.name!r}")
+    try:
+        site, as_run = site_as_recorded(site, info)
+    except RecordingError as exc:
+        raise ReplayError(str(exc)) from None
+    notes += as_run
     first = frames[0]
     if info is not None and first.seq == 0:
         result = replay(site, frames, model, engine=engine, initial_command=info.initial_command,
@@ -237,11 +255,12 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
     else:
         why = ("the recording has no header" if info is None
                else f"the recording starts at cycle {first.seq}, not at the supervisor's start")
-        notes.append(f"warm start ({why}): supervisor state is rebuilt from the first frame, "
-                     f"decisions may differ while it catches up; proposals compare exactly")
-        # The config's start modes are SHADOW and MANUAL: AUTO starts in SHADOW (the AI is
-        # judged the same way), SAFE_STOP in MANUAL.
-        start_mode = (StartMode.SHADOW if first.decision.mode in (Mode.AUTO, Mode.SHADOW)
+        notes.append(f"warm start ({why}): the supervisor starts in the recorded mode "
+                     f"({_mode_before(first)}); cycle {first.seq} primes its state and is not "
+                     f"compared")
+        # The config's start modes are SHADOW and MANUAL; warm_start then sets the recorded
+        # mode (AUTO too) directly.
+        start_mode = (StartMode.SHADOW if _mode_before(first) in (Mode.AUTO, Mode.SHADOW)
                       else StartMode.MANUAL)
         warm = replace(site, operation=replace(site.operation, start_mode=start_mode))
         cycle_s = site.site.cycle_ms / 1000.0
@@ -254,6 +273,47 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
     if notes:
         result = replace(result, notes=tuple(notes) + result.notes)
     return result
+
+
+def _mode_before(frame: Frame) -> Mode:
+    """The mode the supervisor was in when ``frame``'s step began: the ``from`` of the step's
+    first mode change, else the mode it decided in."""
+    for event in frame.decision.events:
+        if event.kind is EventKind.MODE_CHANGE:
+            before = dict(event.evidence).get("from")
+            if isinstance(before, str):
+                try:
+                    return Mode(before)
+                except ValueError:
+                    break
+    return frame.decision.mode
+
+
+def warm_start(sup: Supervisor, frames: Sequence[Frame]) -> None:
+    """Put a fresh replay supervisor into the state the live one had at ``frames[0]``, as far
+    as the recording shows it: the recorded mode (AUTO included: the live run was in it; only
+    replay may start there, never a live supervisor) and the canary's schedule (the first
+    cycle where a canary round was due). The rest is primed by the first frame
+    (:func:`_prime`). Forensic replay only."""
+    mode = _mode_before(frames[0])
+    # ModeMachine refuses AUTO as a start mode (the AI must earn control); replay
+    # reproduces a run in which it had.
+    sup.modes._mode = mode
+    if sup.canary.cases is not None:
+        due = next((f.now_s for f in frames if f.decision.canary_due), None)
+        sup.canary.next_due_s = due if due is not None else math.inf
+
+
+def _prime(sup: Supervisor, recorded: Decision) -> None:
+    """After the warm start's first step: take that step's decision as recorded, so that the
+    rate limits, the fallbacks' bumpless tracking and the AI's own trajectory continue from
+    what the live run applied (the supervisor's state before the window is not recorded)."""
+    sup.record_write(np.array(recorded.command, dtype=np.float64))
+    verdict = recorded.verdict
+    if recorded.source is Source.AI or recorded.mode in (Mode.MANUAL, Mode.SAFE_STOP):
+        sup.ai_previous = np.array(recorded.command, dtype=np.float64)
+    elif verdict is not None and verdict.clamped is not None:
+        sup.ai_previous = np.array(verdict.clamped, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,6 +382,7 @@ def _run(site: Site, frames: Sequence[Frame], sup: Supervisor, policy: OnnxPolic
     n_prop = n_dec = n_mode_cmd = kept = 0
     first_prop: float | None = None
     first_dec: float | None = None
+    prime = not exact_start  # a warm start's first frame primes the state
     set_point = sup.set_operator_setpoint
     record_write = sup.record_write
     step = sup.step
@@ -355,7 +416,12 @@ def _run(site: Site, frames: Sequence[Frame], sup: Supervisor, policy: OnnxPolic
         decision = step(frame.snapshot, proposal, frame.now_s)
         if keep_decisions:
             decisions.append(decision)
-        differ = _decision_diff(frame.decision, decision)
+        if prime:
+            prime = False
+            _prime(sup, frame.decision)
+            differ: tuple[str, ...] = ()
+        else:
+            differ = _decision_diff(frame.decision, decision)
         prop_diverged = diff > tolerance
         if prop_diverged:
             n_prop += 1
