@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 
     from gateway.forensics.recorder import Frame, Recording
 
-__all__ = ["ExportError", "export_incident", "render_report", "save_figure"]
+__all__ = ["ExportError", "export_incident", "incident_figures", "render_report", "save_figure"]
 
 BUNDLE_FORMAT: Final = "safety-gateway-evidence-bundle"
 BUNDLE_VERSION: Final = 1
@@ -513,12 +513,53 @@ def render_report(incident: Incident, recording: Recording | None, proof: dict[s
 
 
 def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:
+    units = _units(work / "site.yaml")
+    return [save_figure(fig, work / name)
+            for name, fig in incident_figures(incident, recording, units)]
+
+
+def _units(site_file: Path) -> dict[str, str]:
+    """Each tag's unit from the bundle's copy of the site file ({} when it has none or it
+    does not load: the plots then name the variables without units)."""
+    if not site_file.is_file():
+        return {}
+    from gateway.config import ConfigError, load_config
+
+    try:
+        site = load_config(site_file)
+    except (ConfigError, OSError):
+        return {}
+    return {t.name: t.unit for t in site.tags if t.unit}
+
+
+def _label(name: str, units: dict[str, str]) -> str:
+    unit = units.get(name)
+    return f"{name} [{unit}]" if unit else name
+
+
+# Distinct styles so that neither curve hides the other where they coincide: the applied
+# command solid and wide, the AI's proposal dashed and thin on top with sparse markers.
+_APPLIED_STYLE: Final = {"color": "tab:blue", "linestyle": "-", "linewidth": 2.2, "alpha": 0.8,
+                         "zorder": 2}
+_PROPOSAL_STYLE: Final = {"color": "tab:orange", "linestyle": "--", "linewidth": 1.1,
+                          "marker": "x", "markersize": 4, "zorder": 3}
+_TIME_LABEL: Final = "time from the trip [s] (supervisor time)"
+
+
+def incident_figures(incident: Incident, recording: Recording,
+                     units: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+    """The report's figures as ``(file name, matplotlib figure)``: process values, AI proposal
+    against applied command (every actuator), and the mode, over the flight-recorder window
+    with the trips marked. ``units`` maps tag names to their units (axis labels read
+    ``name [unit]``). Legends sit outside the axes, right of them, so they cover no curve.
+    The caller saves or closes the figures (:func:`save_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    units = units or {}
     frames: tuple[Frame, ...] = recording.frames
     info = recording.info
     t0 = incident.flight_recorder.trigger_s if incident.flight_recorder else frames[0].now_s
@@ -531,53 +572,61 @@ def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:
                  else [f"actuator{i}" for i in range(n_a)])
     trips = [tr.at_s - t0 for tr in incident.trips
              if tr.at_s is not None and t[0] <= tr.at_s - t0 <= t[-1]]
+    every = max(1, len(frames) // 40)  # about 40 markers per curve, whatever the window
 
     def marks(ax: Any) -> None:
         for k, x in enumerate(trips):
-            ax.axvline(x, color="tab:red", linestyle="--", linewidth=1,
+            ax.axvline(x, color="tab:red", linestyle=":", linewidth=1.4, zorder=4,
                        label="trip" if k == 0 else None)
 
-    files: list[Path] = []
-    fig, axes = plt.subplots(n_s, 1, figsize=(8, 2.2 * n_s), squeeze=False, sharex=True)
+    def legend(ax: Any) -> None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  fontsize=8, frameon=False)
+
+    figures: list[tuple[str, Any]] = []
+    fig, axes = plt.subplots(n_s, 1, figsize=(9, 2.2 * n_s), squeeze=False, sharex=True)
     for i, ax in enumerate(axes[:, 0]):
         ax.plot(t, [float(f.snapshot.sensors[i]) for f in frames], color="tab:blue",
-                linewidth=1.1, label=sensors[i])
-        ax.set_ylabel(sensors[i])
+                linewidth=1.2, label=sensors[i])
+        ax.set_ylabel(_label(sensors[i], units), fontsize=9)
         marks(ax)
-        ax.legend(loc="upper left", fontsize=7)
-    axes[-1, 0].set_xlabel("seconds from the trip (supervisor time)")
+        legend(ax)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(_TIME_LABEL)
     fig.suptitle(f"{incident.id}: process values")
-    files.append(save_figure(fig, work / "process.png"))
+    figures.append(("process.png", fig))
 
-    fig, axes = plt.subplots(n_a, 1, figsize=(8, 2.2 * n_a), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(n_a, 1, figsize=(9, 2.2 * n_a), squeeze=False, sharex=True)
     for i, ax in enumerate(axes[:, 0]):
         proposed = []
         for f in frames:
             values = f.proposal.values if f.proposal is not None else None
             ok = isinstance(values, np.ndarray) and values.shape == (n_a,)
             proposed.append(float(values[i]) if ok and values is not None else math.nan)
-        ax.plot(t, proposed, color="tab:orange", linewidth=1, label="AI proposal")
-        ax.plot(t, [float(f.decision.command[i]) for f in frames], color="tab:blue",
-                linewidth=1.2, label="applied")
-        ax.set_ylabel(actuators[i])
+        ax.plot(t, [float(f.decision.command[i]) for f in frames], label="applied",
+                **_APPLIED_STYLE)
+        ax.plot(t, proposed, label="AI proposal", markevery=every, **_PROPOSAL_STYLE)
+        ax.set_ylabel(_label(actuators[i], units), fontsize=9)
         marks(ax)
-        ax.legend(loc="upper left", fontsize=7)
-    axes[-1, 0].set_xlabel("seconds from the trip (supervisor time)")
+        legend(ax)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(_TIME_LABEL)
     fig.suptitle(f"{incident.id}: AI proposal vs applied command")
-    files.append(save_figure(fig, work / "commands.png"))
+    figures.append(("commands.png", fig))
 
-    fig, ax = plt.subplots(figsize=(8, 2.2))
+    fig, ax = plt.subplots(figsize=(9, 2.2))
     ax.step(t, [_MODES.index(str(f.decision.mode)) if str(f.decision.mode) in _MODES else -1
-                for f in frames], where="post", color="tab:purple")
+                for f in frames], where="post", color="tab:purple", label="mode")
     ax.set_yticks(range(len(_MODES)), [m.upper() for m in _MODES])
     ax.set_ylim(-0.5, len(_MODES) - 0.5)
+    ax.set_ylabel("mode", fontsize=9)
     marks(ax)
-    ax.set_xlabel("seconds from the trip (supervisor time)")
-    if trips:
-        ax.legend(loc="lower left", fontsize=7)
+    ax.set_xlabel(_TIME_LABEL)
+    legend(ax)
+    ax.grid(alpha=0.3)
     fig.suptitle(f"{incident.id}: gateway mode")
-    files.append(save_figure(fig, work / "modes.png"))
-    return files
+    figures.append(("modes.png", fig))
+    return figures
 
 
 def save_figure(fig: Any, path: Path) -> Path:
