@@ -316,8 +316,10 @@ def _check_evidence(root: Path, records: list[Record], verdict: BundleVerdict) -
         entry = _json(root / index).get(key) if (root / index).is_file() else None
         name = entry.get("file") if isinstance(entry, dict) else None
         if not isinstance(name, str):
-            why = entry.get("missing") if isinstance(entry, dict) else "not listed"
-            verdict.notes.append(f"{what}: not in the bundle ({why})")
+            why = entry.get("missing") if isinstance(entry, dict) else None
+            verdict.notes.append(f"{what}: not in the bundle ("
+                                 f"{why or 'exported before bundles kept copies'}), so the "
+                                 f"bundle is not self-contained")
             continue
         target = root / name
         if not target.is_file():
