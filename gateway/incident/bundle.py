@@ -142,9 +142,12 @@ def verify_bundle(path: str | Path) -> BundleVerdict:
     manifest = _manifest(root)
     verdict = BundleVerdict(root)
     _check_manifest(root, manifest["files"], verdict)
-    records = _check_chain(root, verdict)
-    if records is not None:
-        _check_evidence(root, records, verdict)
+    try:
+        records = _check_chain(root, verdict)
+        if records is not None:
+            _check_evidence(root, records, verdict)
+    except BundleError as exc:  # a file of the bundle no longer reads: tampered, not unusable
+        verdict.problems.append(str(exc))
     return verdict
 
 

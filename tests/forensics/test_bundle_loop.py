@@ -128,6 +128,8 @@ def test_verify_bundle_accepts_the_bundle_as_exported(drill_bundle, capsys):
     ("models/backdoor.onnx", "models/backdoor.onnx"),
     ("flight_recorder.jsonl", "flight_recorder.jsonl"),
     ("site.yaml", "site.yaml"),
+    ("chain_proof.json", "chain_proof.json"),
+    ("incident.json", "incident.json"),
 ])
 def test_verify_bundle_names_a_file_with_one_byte_changed(drill_bundle, capsys, tmp_path,
                                                           name, expected):
