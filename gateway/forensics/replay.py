@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
@@ -46,7 +47,7 @@ from gateway.forensics.recorder import (
 from gateway.supervisor.core import Supervisor
 from gateway.supervisor.decision import Proposal, ProposalAnomaly, Source
 from gateway.supervisor.events import EventKind
-from gateway.supervisor.modes import Mode
+from gateway.supervisor.modes import Mode, RequestKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -292,16 +293,52 @@ def _mode_before(frame: Frame) -> Mode:
 def warm_start(sup: Supervisor, frames: Sequence[Frame]) -> None:
     """Put a fresh replay supervisor into the state the live one had at ``frames[0]``, as far
     as the recording shows it: the recorded mode (AUTO included: the live run was in it; only
-    replay may start there, never a live supervisor) and the canary's schedule (the first
-    cycle where a canary round was due). The rest is primed by the first frame
-    (:func:`_prime`). Forensic replay only."""
+    replay may start there, never a live supervisor), in SHADOW when the clean shadow period
+    began (from the window's first request for AUTO and its answer), and the canary's
+    schedule (the first cycle where a canary round was due). The rest is primed by the first
+    frame (:func:`_prime`). Forensic replay only.
+
+    Not recoverable from a window: the state of detectors that accumulate over minutes (the
+    divergence detectors against the free-running reference controllers, the violation-rate
+    window) and a latched trip; they start fresh, so a trip they caused may come later or not
+    at all in the replay, which then reports the difference."""
     mode = _mode_before(frames[0])
     # ModeMachine refuses AUTO as a start mode (the AI must earn control); replay
     # reproduces a run in which it had.
     sup.modes._mode = mode
+    if mode is Mode.SHADOW:
+        since = _clean_shadow_since(frames, sup.modes.config.clean_shadow_s)
+        if since is not None:
+            sup.modes._shadow_clean_since_s = since
     if sup.canary.cases is not None:
         due = next((f.now_s for f in frames if f.decision.canary_due), None)
         sup.canary.next_due_s = due if due is not None else math.inf
+
+
+def _clean_shadow_since(frames: Sequence[Frame], need_s: float) -> float | None:
+    """When the clean shadow period began, as the live run's answer to the window's first
+    request for AUTO shows it (None when the window has none): granted at ``t``, it began
+    ``need_s`` before at the latest; refused, the refusal says how long it had lasted. A
+    request is judged at the previous step's time."""
+    for k, frame in enumerate(frames):
+        for req in frame.requests:
+            if req.kind is not RequestKind.TO_AUTO:
+                continue
+            t = frames[k - 1].now_s if k else frame.now_s - frame.decision.dt_s
+            for event in frame.decision.events:
+                if event.requester != req.requester:
+                    continue
+                if (event.kind is EventKind.MODE_CHANGE
+                        and dict(event.evidence).get("to") == Mode.AUTO.value):
+                    return t - need_s
+                if event.kind is EventKind.REQUEST_REFUSED:
+                    found = _CLEAN_FOR.search(event.reason)
+                    if found is not None:
+                        return t - float(found.group(1))
+    return None
+
+
+_CLEAN_FOR: Final = re.compile(r"shadow clean for ([0-9.]+) s of")
 
 
 def _prime(sup: Supervisor, recorded: Decision) -> None:
@@ -309,6 +346,8 @@ def _prime(sup: Supervisor, recorded: Decision) -> None:
     rate limits, the fallbacks' bumpless tracking and the AI's own trajectory continue from
     what the live run applied (the supervisor's state before the window is not recorded)."""
     sup.record_write(np.array(recorded.command, dtype=np.float64))
+    # The mode the live step ended in (an operator request applied before it, or a trip).
+    sup.modes._mode = recorded.mode
     verdict = recorded.verdict
     if recorded.source is Source.AI or recorded.mode in (Mode.MANUAL, Mode.SAFE_STOP):
         sup.ai_previous = np.array(recorded.command, dtype=np.float64)
