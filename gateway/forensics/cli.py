@@ -82,8 +82,8 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
                           "and its flight recording as seeds; then give only REFERENCE.onnx")
     localise.add_argument("models", type=Path, nargs="+", metavar="SUSPECT.onnx "
                           "REFERENCE.onnx",
-                          help="the suspect and the known-good model (with --bundle: only "
-                          "the known-good one)")
+                          help="the suspect and the known-good model (with --bundle the "
+                          "suspect may be left out: the bundle's model)")
     localise.add_argument("--seeds", type=Path, metavar="FILE.jsonl",
                           help="a flight recording whose model inputs seed the search; its "
                           "header's controller wiring is used when the site file has none")
@@ -277,14 +277,16 @@ def _localise(args: argparse.Namespace) -> int:
     from gateway.forensics.recorder import read_jsonl, site_as_recorded
 
     if args.bundle is not None:
-        if len(args.models) != 1:
-            raise _InputError("with --bundle give only REFERENCE.onnx (the suspect is the "
-                              "bundle's model)")
+        if len(args.models) > 2:
+            raise _InputError("with --bundle give REFERENCE.onnx (the suspect is the "
+                              "bundle's model), or SUSPECT.onnx REFERENCE.onnx")
         args.site, seeds_file, suspect_file = _from_bundle(args.bundle, args.site, args.seeds)
-        if suspect_file is None:
-            raise _InputError(f"{args.bundle}: the bundle holds no model file")
         args.seeds = seeds_file
-        args.models = [suspect_file, args.models[0]]
+        if len(args.models) == 1:
+            if suspect_file is None:
+                raise _InputError(f"{args.bundle}: the bundle holds no model file; give "
+                                  f"SUSPECT.onnx REFERENCE.onnx")
+            args.models = [suspect_file, args.models[0]]
     elif len(args.models) != 2:
         raise _InputError("give SUSPECT.onnx and REFERENCE.onnx (or --bundle DIR "
                           "REFERENCE.onnx)")

@@ -198,4 +198,20 @@ def test_replay_and_localise_run_straight_from_the_bundle(drill_bundle, capsys, 
     assert code == 1, out + err
     _assert_demand_band(json.loads(out))
     code, _, err = run(capsys, "replay", "--bundle", str(tmp_path))
-    assert code == 2 and "not an evidence bundle" in err
+    assert code == 2
+    assert "not an evidence bundle" in err
+    # A bundle without its model (exported after the file was deleted): the suspect is given.
+    copy = shutil.copytree(drill_bundle.bundle, tmp_path / "b")
+    shutil.rmtree(copy / "models")
+    models = json.loads((copy / "models.json").read_text())
+    models["model"].update({"file": None, "missing": "deleted for the test"})
+    (copy / "models.json").write_text(json.dumps(models))
+    code, _, err = run(capsys, "localise", "--bundle", str(copy), str(reference))
+    assert code == 2
+    assert "holds no model file" in err
+    suspect = tmp_path / "backdoor.onnx"
+    suspect.write_bytes(policies.build("water_tank", "backdoor"))
+    code, out, err = run(capsys, "localise", "--bundle", str(copy), str(suspect),
+                         str(reference), "--budget", "20000", "--json")
+    assert code == 1, out + err
+    _assert_demand_band(json.loads(out))
