@@ -230,8 +230,10 @@ def _check_head(root: Path, proof: Any, records: list[Record], verdict: BundleVe
             verdict.problems.append("audit_head.json: the chain proof names a signed head, "
                                     "the bundle has none (removed)")
         else:
-            verdict.notes.append("no signed head: the excerpt's records are proved to link "
-                                 "to each other only, not to a head kept elsewhere")
+            why = proof.get("signed_head_omitted") if isinstance(proof, dict) else None
+            verdict.notes.append("no signed head" + (f" ({why})" if why else "") + ": the "
+                                 "excerpt's records are proved to link to each other only, "
+                                 "not to a head kept elsewhere")
         return
     pinned: bytes | None = None
     pub = root / "audit_head.pub"

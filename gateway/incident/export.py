@@ -165,6 +165,13 @@ def _write_bundle(db: str | os.PathLike[str], incident: Incident, work: Path,
         for rec in records:
             out.write(json.dumps(rec.to_json(), sort_keys=True, allow_nan=False) + "\n")
     proof = _chain_proof(db, records, truncated)
+    if signed is not None and not any(r.seq == signed.head.seq for r in records):
+        # Too many records between the window and the head (or a head older than the
+        # window): the excerpt does not reach it, so the bundle cannot prove a link to it.
+        proof["signed_head_omitted"] = (
+            f"the signed head (seq {signed.head.seq}) is not within the excerpt (seq "
+            f"{records[0].seq if records else '-'} to {records[-1].seq if records else '-'})")
+        signed = None
     if signed is not None:
         shutil.copyfile(head_file, work / "audit_head.json")
         public = public_key_path(key_path(db))

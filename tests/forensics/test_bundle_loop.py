@@ -215,3 +215,19 @@ def test_replay_and_localise_run_straight_from_the_bundle(drill_bundle, capsys, 
                          str(reference), "--budget", "20000", "--json")
     assert code == 1, out + err
     _assert_demand_band(json.loads(out))
+
+
+def test_a_head_beyond_the_excerpt_is_left_out_not_claimed(drill_bundle, tmp_path, capsys):
+    """With more records between the window and the signed head than an excerpt holds, the
+    bundle cannot link the two: it says so, and the bundle still verifies."""
+    from gateway.incident.export import export_incident
+
+    bundle = export_incident(drill_bundle.audit_db, drill_bundle.incident, tmp_path,
+                             max_records=50)
+    assert not (bundle / "audit_head.json").exists()
+    proof = json.loads((bundle / "chain_proof.json").read_text())
+    assert proof["signed_head"] is None
+    assert "not within the excerpt" in proof["signed_head_omitted"]
+    code, out, _ = run(capsys, "incidents", "verify-bundle", str(bundle))
+    assert code == 0, out
+    assert "no signed head (the signed head (seq" in out
