@@ -94,7 +94,10 @@ def open_bundle(path: str | Path) -> Bundle:
     def kept(entry: Any, what: str) -> Path | None:
         name = entry.get("file") if isinstance(entry, dict) else None
         if isinstance(name, str):
-            return root / name
+            target = root / name
+            if not target.resolve().is_relative_to(root.resolve()):
+                raise BundleError(f"{root}: {what} {name!r} lies outside the bundle")
+            return target
         why = entry.get("missing") if isinstance(entry, dict) else None
         missing.append(f"{what}: {why or 'not in the bundle'}")
         return None

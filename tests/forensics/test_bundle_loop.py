@@ -231,3 +231,13 @@ def test_a_head_beyond_the_excerpt_is_left_out_not_claimed(drill_bundle, tmp_pat
     code, out, _ = run(capsys, "incidents", "verify-bundle", str(bundle))
     assert code == 0, out
     assert "no signed head (the signed head (seq" in out
+
+
+def test_a_bundle_naming_a_file_outside_itself_is_refused(drill_bundle, tmp_path, capsys):
+    copy = shutil.copytree(drill_bundle.bundle, tmp_path / "b")
+    config = json.loads((copy / "config.json").read_text())
+    config["site"]["file"] = "../../elsewhere.yaml"
+    (copy / "config.json").write_text(json.dumps(config))
+    code, _, err = run(capsys, "replay", "--bundle", str(copy))
+    assert code == 2
+    assert "lies outside the bundle" in err
