@@ -52,12 +52,20 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     replay = sub.add_parser(
         "replay", help="run a flight recording through the supervisor offline, with any model, "
         "and report where it diverges (exit 1 if it does)")
-    replay.add_argument("--site", required=True, type=Path, metavar="SITE.yaml")
-    replay.add_argument("--recording", required=True, type=Path, metavar="FILE.jsonl",
+    replay.add_argument("--bundle", type=Path, metavar="DIR",
+                        help="an evidence bundle: its site file and flight recording (and "
+                        "with --rerun its model), so that --site and --recording are not "
+                        "needed")
+    replay.add_argument("--site", type=Path, metavar="SITE.yaml")
+    replay.add_argument("--recording", type=Path, metavar="FILE.jsonl",
                         help="flight recorder export (JSON lines)")
-    replay.add_argument("--model", type=Path, metavar="M.onnx",
-                        help="recompute the proposals with this model (default: replay the "
-                        "recorded proposals, which must reproduce the live decisions)")
+    model = replay.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, metavar="M.onnx",
+                       help="recompute the proposals with this model (default: replay the "
+                       "recorded proposals, which must reproduce the live decisions)")
+    model.add_argument("--rerun", action="store_true",
+                       help="with --bundle: recompute the proposals with the bundle's own "
+                       "model file")
     replay.add_argument("--tolerance", type=_non_negative, default=REPLAY_TOLERANCE,
                         help="proposal difference (engineering units) that counts as a "
                         f"divergence (default {REPLAY_TOLERANCE:g})")
@@ -67,12 +75,18 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     localise = sub.add_parser(
         "localise", help="find the input region where a suspect model departs from a "
         "known-good one (exit 1 if there is one)")
-    localise.add_argument("--site", required=True, type=Path, metavar="SITE.yaml",
+    localise.add_argument("--site", type=Path, metavar="SITE.yaml",
                           help="input box (sensor ranges, actuator limits) and normalisation")
-    localise.add_argument("suspect", type=Path, metavar="SUSPECT.onnx")
-    localise.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
+    localise.add_argument("--bundle", type=Path, metavar="DIR",
+                          help="an evidence bundle: its site file, its model as the suspect "
+                          "and its flight recording as seeds; then give only REFERENCE.onnx")
+    localise.add_argument("models", type=Path, nargs="+", metavar="SUSPECT.onnx "
+                          "REFERENCE.onnx",
+                          help="the suspect and the known-good model (with --bundle the "
+                          "suspect may be left out: the bundle's model)")
     localise.add_argument("--seeds", type=Path, metavar="FILE.jsonl",
-                          help="a flight recording whose model inputs seed the search")
+                          help="a flight recording whose model inputs seed the search; its "
+                          "header's controller wiring is used when the site file has none")
     localise.add_argument("--tolerance", type=_positive, default=LOCALISE_TOLERANCE,
                           help="output difference (engineering units) that counts as a "
                           f"divergence (default {LOCALISE_TOLERANCE:g})")
@@ -159,10 +173,45 @@ def _model_path(path: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+def _from_bundle(path: Path, site: Path | None, recording: Path | None
+                 ) -> tuple[Path, Path, Path | None]:
+    """The site file, recording and model of the bundle at ``path`` (``site`` and
+    ``recording``, when given, take precedence)."""
+    from gateway.incident.bundle import BundleError, open_bundle
+
+    try:
+        bundle = open_bundle(path)
+    except BundleError as exc:
+        raise _InputError(str(exc)) from None
+    if site is None and bundle.site is None:
+        raise _InputError(f"{path}: the bundle has no site file ({'; '.join(bundle.missing)});"
+                          f" give --site")
+    if recording is None and bundle.recording is None:
+        raise _InputError(f"{path}: the bundle has no flight recording")
+    chosen_site = site if site is not None else bundle.site
+    chosen_recording = recording if recording is not None else bundle.recording
+    assert chosen_site is not None
+    assert chosen_recording is not None
+    return chosen_site, chosen_recording, bundle.model
+
+
 def _replay(args: argparse.Namespace) -> int:
     from gateway.forensics.recorder import read_jsonl
     from gateway.forensics.replay import replay_recording
 
+    bundle_model: Path | None = None
+    if args.bundle is not None:
+        args.site, args.recording, bundle_model = _from_bundle(args.bundle, args.site,
+                                                               args.recording)
+    elif args.site is None or args.recording is None:
+        raise _InputError("give --site and --recording, or --bundle DIR")
+    if args.rerun:
+        if args.bundle is None:
+            raise _InputError("--rerun recomputes with a bundle's model: give --bundle DIR "
+                              "(or --model M.onnx)")
+        if bundle_model is None:
+            raise _InputError(f"{args.bundle}: the bundle holds no model file to rerun")
+        args.model = bundle_model
     site = _site(args.site)
     if not args.recording.is_file():
         raise _InputError(f"{args.recording}: recording not found")
@@ -223,18 +272,47 @@ def _t(x: float | None) -> str:
 def _localise(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from gateway.config.schema import ControllerKind
     from gateway.forensics.localise import Normalisation, localise, site_input_box
-    from gateway.forensics.recorder import read_jsonl
+    from gateway.forensics.recorder import read_jsonl, site_as_recorded
 
+    if args.bundle is not None:
+        if len(args.models) > 2:
+            raise _InputError("with --bundle give REFERENCE.onnx (the suspect is the "
+                              "bundle's model), or SUSPECT.onnx REFERENCE.onnx")
+        args.site, seeds_file, suspect_file = _from_bundle(args.bundle, args.site, args.seeds)
+        args.seeds = seeds_file
+        if len(args.models) == 1:
+            if suspect_file is None:
+                raise _InputError(f"{args.bundle}: the bundle holds no model file; give "
+                                  f"SUSPECT.onnx REFERENCE.onnx")
+            args.models = [suspect_file, args.models[0]]
+    elif len(args.models) != 2:
+        raise _InputError("give SUSPECT.onnx and REFERENCE.onnx (or --bundle DIR "
+                          "REFERENCE.onnx)")
+    elif args.site is None:
+        raise _InputError("give --site SITE.yaml (or --bundle DIR)")
     site = _site(args.site)
-    suspect = _model_path(args.suspect)
-    reference = _model_path(args.reference)
-    box = site_input_box(site)
-    seeds = None
+    suspect = _model_path(args.models[0])
+    reference = _model_path(args.models[1])
+    recording = None
     if args.seeds is not None:
         if not args.seeds.is_file():
             raise _InputError(f"{args.seeds}: seeds recording not found")
-        rows = [f.model_inputs for f in read_jsonl(args.seeds).frames
+        recording = read_jsonl(args.seeds)
+        # The wiring the model ran with (a drill's, or an older site file's), when kept.
+        site, _ = site_as_recorded(site, recording.info)
+    if not site.controller.inputs:
+        hint = ("its controller is external: the gateway does not know what the model reads"
+                if site.controller.kind is ControllerKind.EXTERNAL
+                else f"its controller ({site.controller.kind}) reads no inputs")
+        raise _InputError(f"site {site.site.name!r}: {hint}; give --seeds RECORDING.jsonl "
+                          f"(a flight recording of the model, whose header names its inputs) "
+                          f"or --bundle DIR")
+    box = site_input_box(site)
+    seeds = None
+    if recording is not None:
+        rows = [f.model_inputs for f in recording.frames
                 if f.model_inputs is not None and f.model_inputs.shape == (len(box),)]
         seeds = np.array(rows) if rows else None
     result = localise(suspect, reference, box, normalisation=Normalisation.of_site(site),

@@ -43,11 +43,14 @@ import csv
 import json
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 
+from gateway.config.schema import ControllerKind, ControllerSpec, Operation, StartMode
 from gateway.envelope.compiled import Action
 from gateway.envelope.engine import Verdict
 from gateway.supervisor.decision import Decision, Proposal, ProposalAnomaly, Snapshot, Source
@@ -57,7 +60,6 @@ from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
-    from pathlib import Path
 
     import numpy.typing as npt
 
@@ -79,6 +81,7 @@ __all__ = [
     "WriteBack",
     "frame_from_cycle",
     "read_jsonl",
+    "site_as_recorded",
     "write_csv",
     "write_jsonl",
 ]
@@ -210,7 +213,15 @@ class RecordingInfo:
     """What a replay needs besides the frames: the site's name and cycle, the supervisor's
     ``start_s`` and ``initial_command`` (exact replay starts a fresh supervisor with them), the
     names of sensors, actuators and model inputs (CSV columns, replay reports), the model's
-    sha256 and the canary cases the supervisor was given (None when it had none)."""
+    sha256 and the canary cases the supervisor was given (None when it had none).
+
+    ``controller`` and ``operation`` are the site's ``controller`` and ``operation`` sections
+    as the supervisor ran them (None in recordings made before they were kept). A gateway
+    can run with settings its site file does not hold (a drill wires the zoo's model into a
+    site whose file names an external controller, and shortens the clean shadow period), and
+    replay needs the settings that ran: the model's input wiring and normalisation, the mode
+    policy. :func:`site_as_recorded` applies them to a site loaded from its file.
+    """
 
     site: str
     cycle_s: float
@@ -221,6 +232,8 @@ class RecordingInfo:
     input_names: tuple[str, ...] = ()
     model_sha256: str | None = None
     canary: CanaryCases | None = None
+    controller: ControllerSpec | None = None
+    operation: Operation | None = None
 
     @classmethod
     def of(cls, site: Site, start_s: float, initial_command: npt.ArrayLike,
@@ -233,7 +246,41 @@ class RecordingInfo:
                    sensor_names=tuple(t.name for t in site.sensors),
                    actuator_names=tuple(t.name for t in site.actuators),
                    input_names=tuple(site.controller.inputs),
-                   model_sha256=model_sha256, canary=canary)
+                   model_sha256=model_sha256, canary=canary, controller=site.controller,
+                   operation=site.operation)
+
+
+def site_as_recorded(site: Site, info: RecordingInfo | None) -> tuple[Site, tuple[str, ...]]:
+    """``site`` with the ``controller`` and ``operation`` sections the recording ran with,
+    and a note for each section that differs from the site's own (nothing changes for a
+    recording without them). Raises :class:`RecordingError` when the recorded controller
+    names tags the site does not have."""
+    if info is None:
+        return site, ()
+    notes: list[str] = []
+    changes: dict[str, Any] = {}
+    if info.controller is not None and info.controller != site.controller:
+        names = {t.name for t in site.tags}
+        missing = [n for n in (*info.controller.inputs, *info.controller.outputs)
+                   if n not in names]
+        if missing:
+            raise RecordingError(f"the recording's controller reads or drives "
+                                 f"{', '.join(missing)}, which site {site.site.name!r} does "
+                                 f"not have")
+        c = info.controller
+        notes.append(f"controller as recorded ({c.kind}, inputs "
+                     f"{', '.join(c.inputs) or 'none'}), not the site file's "
+                     f"({site.controller.kind}"
+                     + (f", inputs {', '.join(site.controller.inputs)})"
+                        if site.controller.inputs else ")"))
+        changes["controller"] = c
+    if info.operation is not None and info.operation != site.operation:
+        diffs = [f"{f.name} {getattr(info.operation, f.name)!s}"
+                 for f in fields(info.operation)
+                 if getattr(info.operation, f.name) != getattr(site.operation, f.name)]
+        notes.append(f"operation as recorded: {', '.join(diffs)}")
+        changes["operation"] = info.operation
+    return (replace(site, **changes) if changes else site), tuple(notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +472,53 @@ def info_json(info: RecordingInfo) -> dict[str, Any]:
         "canary": None if canary is None else {
             "inputs": _arr(np.asarray(canary.inputs)), "outputs": _arr(np.asarray(canary.outputs)),
             "tolerance": _f(float(canary.tolerance))},
+        "controller": _section_json(info.controller),
+        "operation": _section_json(info.operation),
     }
+
+
+def _section_json(section: ControllerSpec | Operation | None) -> dict[str, Any] | None:
+    """A flat config section as JSON: enums by value, paths as text, tuples as lists."""
+    if section is None:
+        return None
+    out: dict[str, Any] = {}
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = _floats(list(value))
+        out[f.name] = _f(value)
+    return out
+
+
+def _controller_from(obj: dict[str, Any] | None) -> ControllerSpec | None:
+    if obj is None:
+        return None
+    kw: dict[str, Any] = {}
+    for f in fields(ControllerSpec):
+        if f.name not in obj:
+            continue
+        value = obj[f.name]
+        if f.name == "kind":
+            value = ControllerKind(value)
+        elif f.name in ("model", "registry"):
+            value = None if value is None else Path(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kw[f.name] = value
+    return ControllerSpec(**kw)
+
+
+def _operation_from(obj: dict[str, Any] | None) -> Operation | None:
+    if obj is None:
+        return None
+    kw = {f.name: obj[f.name] for f in fields(Operation) if f.name in obj}
+    if "start_mode" in kw:
+        kw["start_mode"] = StartMode(kw["start_mode"])
+    return Operation(**kw)
 
 
 def _info_from(obj: dict[str, Any]) -> RecordingInfo:
@@ -436,7 +529,9 @@ def _info_from(obj: dict[str, Any]) -> RecordingInfo:
         sensor_names=tuple(obj["sensor_names"]), actuator_names=tuple(obj["actuator_names"]),
         input_names=tuple(obj.get("input_names", ())), model_sha256=obj.get("model_sha256"),
         canary=None if canary is None else CanaryCases(
-            _f64(canary["inputs"]), _f64(canary["outputs"]), float(canary["tolerance"])))
+            _f64(canary["inputs"]), _f64(canary["outputs"]), float(canary["tolerance"])),
+        controller=_controller_from(obj.get("controller")),
+        operation=_operation_from(obj.get("operation")))
 
 
 def _request_json(req: OperatorRequest) -> dict[str, Any]:

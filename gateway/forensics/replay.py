@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
@@ -36,10 +37,17 @@ from gateway.adapters import codec
 from gateway.config.schema import ControllerKind, StartMode
 from gateway.control.ai import AiWiring, onnx_policy_config
 from gateway.control.onnx_policy import load_policy
-from gateway.forensics.recorder import Frame, Recording, SetpointChange
+from gateway.forensics.recorder import (
+    Frame,
+    Recording,
+    RecordingError,
+    SetpointChange,
+    site_as_recorded,
+)
 from gateway.supervisor.core import Supervisor
-from gateway.supervisor.decision import Proposal, ProposalAnomaly
-from gateway.supervisor.modes import Mode
+from gateway.supervisor.decision import Proposal, ProposalAnomaly, Source
+from gateway.supervisor.events import EventKind
+from gateway.supervisor.modes import Mode, RequestKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -198,6 +206,8 @@ def replay(site: Site, frames: Sequence[Frame], model: Path | None, *,
     sha: str | None = None
     if model is not None:
         policy, sha = _load(site, model)
+    if not exact_start:
+        warm_start(sup, frames)
     try:
         return _run(site, frames, sup, policy, sha, canary, tolerance, exact_start,
                     keep_decisions)
@@ -212,15 +222,19 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
                      keep_decisions: bool = True) -> ReplayResult:
     """:func:`replay` with the start taken from the recording itself.
 
+    The site's ``controller`` and ``operation`` sections are those the recording ran with,
+    when its header keeps them (:func:`~gateway.forensics.recorder.site_as_recorded`; each
+    difference from ``site`` is noted): the model's input wiring and the mode policy of the
+    live run, whatever the site file says.
+
     When the recording has its :class:`~gateway.forensics.recorder.RecordingInfo` and starts at
     the supervisor's first step, the replay starts exactly as the live supervisor did (its
     ``start_s``, ``initial_command`` and canary cases) and must reproduce it. Otherwise (a
-    window frozen in the middle of a run) the replay starts warm: from the first frame's
-    command and time, in SHADOW if it was in AUTO or SHADOW (AUTO only an operator can grant),
-    else in MANUAL, with
-    fresh detectors and fallback controllers; ``exact_start`` is then False and decisions may
-    differ until the supervisor's state has caught up (the proposals are compared exactly
-    either way). Raises :class:`ReplayError` as :func:`replay` does.
+    window frozen in the middle of a run) the replay starts warm (:func:`warm_start`): in the
+    recorded mode, with the canary's schedule read from the recording; the first frame primes
+    the supervisor (its decision is taken as recorded, not compared) and decisions are
+    compared from the second. ``exact_start`` is then False. Raises :class:`ReplayError` as
+    :func:`replay` does.
     """
     info = recording.info if isinstance(recording, Recording) else None
     frames = recording.frames if isinstance(recording, Recording) else tuple(recording)
@@ -229,6 +243,11 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
     notes: list[str] = []
     if info is not None and info.site != site.site.name:
         notes.append(f"recorded on site {info.site!r}, replayed on {site.site.name!r}")
+    try:
+        site, as_run = site_as_recorded(site, info)
+    except RecordingError as exc:
+        raise ReplayError(str(exc)) from None
+    notes += as_run
     first = frames[0]
     if info is not None and first.seq == 0:
         result = replay(site, frames, model, engine=engine, initial_command=info.initial_command,
@@ -237,11 +256,12 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
     else:
         why = ("the recording has no header" if info is None
                else f"the recording starts at cycle {first.seq}, not at the supervisor's start")
-        notes.append(f"warm start ({why}): supervisor state is rebuilt from the first frame, "
-                     f"decisions may differ while it catches up; proposals compare exactly")
-        # The config's start modes are SHADOW and MANUAL: AUTO starts in SHADOW (the AI is
-        # judged the same way), SAFE_STOP in MANUAL.
-        start_mode = (StartMode.SHADOW if first.decision.mode in (Mode.AUTO, Mode.SHADOW)
+        notes.append(f"warm start ({why}): the supervisor starts in the recorded mode "
+                     f"({_mode_before(first)}); cycle {first.seq} primes its state and is not "
+                     f"compared")
+        # The config's start modes are SHADOW and MANUAL; warm_start then sets the recorded
+        # mode (AUTO too) directly.
+        start_mode = (StartMode.SHADOW if _mode_before(first) in (Mode.AUTO, Mode.SHADOW)
                       else StartMode.MANUAL)
         warm = replace(site, operation=replace(site.operation, start_mode=start_mode))
         cycle_s = site.site.cycle_ms / 1000.0
@@ -254,6 +274,85 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
     if notes:
         result = replace(result, notes=tuple(notes) + result.notes)
     return result
+
+
+def _mode_before(frame: Frame) -> Mode:
+    """The mode the supervisor was in when ``frame``'s step began: the ``from`` of the step's
+    first mode change, else the mode it decided in."""
+    for event in frame.decision.events:
+        if event.kind is EventKind.MODE_CHANGE:
+            before = dict(event.evidence).get("from")
+            if isinstance(before, str):
+                try:
+                    return Mode(before)
+                except ValueError:
+                    break
+    return frame.decision.mode
+
+
+def warm_start(sup: Supervisor, frames: Sequence[Frame]) -> None:
+    """Put a fresh replay supervisor into the state the live one had at ``frames[0]``, as far
+    as the recording shows it: the recorded mode (AUTO included: the live run was in it; only
+    replay may start there, never a live supervisor), in SHADOW when the clean shadow period
+    began (from the window's first request for AUTO and its answer), and the canary's
+    schedule (the first cycle where a canary round was due). The rest is primed by the first
+    frame (:func:`_prime`). Forensic replay only.
+
+    Not recoverable from a window: the state of detectors that accumulate over minutes (the
+    divergence detectors against the free-running reference controllers, the violation-rate
+    window) and a latched trip; they start fresh, so a trip they caused may come later or not
+    at all in the replay, which then reports the difference."""
+    mode = _mode_before(frames[0])
+    # ModeMachine refuses AUTO as a start mode (the AI must earn control); replay
+    # reproduces a run in which it had.
+    sup.modes._mode = mode
+    if mode is Mode.SHADOW:
+        since = _clean_shadow_since(frames, sup.modes.config.clean_shadow_s)
+        if since is not None:
+            sup.modes._shadow_clean_since_s = since
+    if sup.canary.cases is not None:
+        due = next((f.now_s for f in frames if f.decision.canary_due), None)
+        sup.canary.next_due_s = due if due is not None else math.inf
+
+
+def _clean_shadow_since(frames: Sequence[Frame], need_s: float) -> float | None:
+    """When the clean shadow period began, as the live run's answer to the window's first
+    request for AUTO shows it (None when the window has none): granted at ``t``, it began
+    ``need_s`` before at the latest; refused, the refusal says how long it had lasted. A
+    request is judged at the previous step's time."""
+    for k, frame in enumerate(frames):
+        for req in frame.requests:
+            if req.kind is not RequestKind.TO_AUTO:
+                continue
+            t = frames[k - 1].now_s if k else frame.now_s - frame.decision.dt_s
+            for event in frame.decision.events:
+                if event.requester != req.requester:
+                    continue
+                if (event.kind is EventKind.MODE_CHANGE
+                        and dict(event.evidence).get("to") == Mode.AUTO.value):
+                    return t - need_s
+                if event.kind is EventKind.REQUEST_REFUSED:
+                    found = _CLEAN_FOR.search(event.reason)
+                    if found is not None:
+                        return t - float(found.group(1))
+    return None
+
+
+_CLEAN_FOR: Final = re.compile(r"shadow clean for ([0-9.]+) s of")
+
+
+def _prime(sup: Supervisor, recorded: Decision) -> None:
+    """After the warm start's first step: take that step's decision as recorded, so that the
+    rate limits, the fallbacks' bumpless tracking and the AI's own trajectory continue from
+    what the live run applied (the supervisor's state before the window is not recorded)."""
+    sup.record_write(np.array(recorded.command, dtype=np.float64))
+    # The mode the live step ended in (an operator request applied before it, or a trip).
+    sup.modes._mode = recorded.mode
+    verdict = recorded.verdict
+    if recorded.source is Source.AI or recorded.mode in (Mode.MANUAL, Mode.SAFE_STOP):
+        sup.ai_previous = np.array(recorded.command, dtype=np.float64)
+    elif verdict is not None and verdict.clamped is not None:
+        sup.ai_previous = np.array(verdict.clamped, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,6 +421,7 @@ def _run(site: Site, frames: Sequence[Frame], sup: Supervisor, policy: OnnxPolic
     n_prop = n_dec = n_mode_cmd = kept = 0
     first_prop: float | None = None
     first_dec: float | None = None
+    prime = not exact_start  # a warm start's first frame primes the state
     set_point = sup.set_operator_setpoint
     record_write = sup.record_write
     step = sup.step
@@ -355,7 +455,12 @@ def _run(site: Site, frames: Sequence[Frame], sup: Supervisor, policy: OnnxPolic
         decision = step(frame.snapshot, proposal, frame.now_s)
         if keep_decisions:
             decisions.append(decision)
-        differ = _decision_diff(frame.decision, decision)
+        if prime:
+            prime = False
+            _prime(sup, frame.decision)
+            differ: tuple[str, ...] = ()
+        else:
+            differ = _decision_diff(frame.decision, decision)
         prop_diverged = diff > tolerance
         if prop_diverged:
             n_prop += 1

@@ -135,6 +135,10 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     export.add_argument("--json", action="store_true", help="print the result as JSON")
     export.set_defaults(func=_command(_export))
 
+    from gateway.incident.bundle import add_verify_parser  # issue 19: verify-bundle DIR
+
+    add_verify_parser(commands)
+
 
 def _command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:

@@ -9,21 +9,36 @@
     ``safety-gateway replay``), and as CSV;
 ``audit_excerpt.jsonl``
     every audit record of the incident plus every record appended during its time window (the
-    flight-recorder window and on to the incident's last record), one JSON object per line
-    with ``seq``, ``at_s``, ``kind``, ``actor``, ``source``, ``payload`` (the stored canonical
-    text), ``prev_hash`` and ``hash``;
+    flight-recorder window and on to the incident's last record), and on to the signed head
+    (below) when there is one, so that the records from the window to the head form one
+    unbroken run; one JSON object per line with ``seq``, ``at_s``, ``kind``, ``actor``,
+    ``source``, ``payload`` (the stored canonical text), ``prev_hash`` and ``hash``;
 ``chain_proof.json``
     the result of :func:`gateway.audit.verify` on the whole database and its head at export;
     for the excerpt: that every record's hash recomputes from its fields, that records with
     consecutive ``seq`` link (``prev_hash`` is the hash of the one before), and that the first
-    record of each run links to the record before it in the database;
-``models.json`` / ``config.json``
-    the model's path and sha256 (and the one the recording names), the config's and the
-    playbook's sha256;
+    record of each run links to the record before it in the database; the database's genesis
+    hash (the first record's ``prev_hash``);
+``audit_head.json`` / ``audit_head.pub``
+    the database's signed head (``AUDIT.db.head.json``) and the public key beside it, copied
+    when they exist: the excerpt's last record is the head's;
+``models/<file>``, ``models.json``
+    the model file the incident names, copied when it can still be read and its sha256 is the
+    one the incident recorded; ``models.json`` gives its original path, sha256, the copy
+    (``file``, relative to the bundle) or why there is none (``missing``), and the model the
+    recording names;
+``site.yaml``, ``playbook.yaml``, ``config.json``
+    the site configuration as loaded (the file named by the gateway's latest ``config_load``
+    audit record, copied when its sha256 is the incident's ``config_sha256``) and the playbook
+    (likewise against the playbook's sha256); ``config.json`` gives their sources, hashes and
+    copies (or why they are missing);
 ``report.md`` and its plots (``process.png``, ``commands.png``, ``modes.png``)
     the post-incident report;
 ``manifest.json``
     the sha256 and size of every other file of the bundle.
+
+:func:`gateway.incident.bundle.verify_bundle` checks a bundle against its manifest and its
+chain proof; ``safety-gateway replay --bundle`` and ``localise --bundle`` run from one.
 
 Reading never blocks a gateway writing the same database (read-only connections).
 """
@@ -40,7 +55,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.audit.chain import Record
-from gateway.audit.store import open_read, verify
+from gateway.audit.signed_head import (
+    SignedHead,
+    SignedHeadError,
+    head_path,
+    key_path,
+    public_key_path,
+)
+from gateway.audit.store import open_read, read_records, verify
 from gateway.forensics.recorder import read_jsonl, write_csv
 from gateway.incident.model import (
     ChecklistPhase,
@@ -57,7 +79,7 @@ if TYPE_CHECKING:
 
     from gateway.forensics.recorder import Frame, Recording
 
-__all__ = ["ExportError", "export_incident", "render_report", "save_figure"]
+__all__ = ["ExportError", "export_incident", "incident_figures", "render_report", "save_figure"]
 
 BUNDLE_FORMAT: Final = "safety-gateway-evidence-bundle"
 BUNDLE_VERSION: Final = 1
@@ -130,22 +152,74 @@ def _write_bundle(db: str | os.PathLike[str], incident: Incident, work: Path,
         recording = read_jsonl(jsonl)
         write_csv(work / "flight_recorder.csv", recording.frames, recording.info)
 
-    records, truncated = _excerpt(db, incident, max_records)
+    head_file = head_path(db)
+    signed: SignedHead | None = None
+    if head_file.is_file():
+        try:
+            signed = SignedHead.read(head_file)
+        except SignedHeadError:
+            signed = None  # chain_proof's verify reports the broken head
+    records, truncated = _excerpt(db, incident, max_records,
+                                  None if signed is None else signed.head.seq)
     with (work / "audit_excerpt.jsonl").open("w", encoding="utf-8") as out:
         for rec in records:
             out.write(json.dumps(rec.to_json(), sort_keys=True, allow_nan=False) + "\n")
     proof = _chain_proof(db, records, truncated)
+    if signed is not None and not any(r.seq == signed.head.seq for r in records):
+        # Too many records between the window and the head (or a head older than the
+        # window): the excerpt does not reach it, so the bundle cannot prove a link to it.
+        proof["signed_head_omitted"] = (
+            f"the signed head (seq {signed.head.seq}) is not within the excerpt (seq "
+            f"{records[0].seq if records else '-'} to {records[-1].seq if records else '-'})")
+        signed = None
+    if signed is not None:
+        shutil.copyfile(head_file, work / "audit_head.json")
+        public = public_key_path(key_path(db))
+        if public.is_file():
+            shutil.copyfile(public, work / "audit_head.pub")
+        proof["signed_head"] = {"file": "audit_head.json", "seq": signed.head.seq,
+                                "hash": signed.head.hash, "key_id": signed.key_id,
+                                "public_key_file": ("audit_head.pub"
+                                                    if (work / "audit_head.pub").is_file()
+                                                    else None)}
+    else:
+        proof["signed_head"] = None
     _dump(work / "chain_proof.json", proof)
 
+    model_entry: dict[str, Any] = {"path": incident.model.path,
+                                   "sha256": incident.model.sha256}
+    if incident.model.path:
+        name = Path(incident.model.path).name or "model.onnx"
+        model_entry.update(_copy_checked(Path(incident.model.path), incident.model.sha256,
+                                         work / "models" / name, f"models/{name}"))
+    else:
+        model_entry.update({"file": None, "missing": "the incident names no model file"})
     _dump(work / "models.json", {
-        "model": {"path": incident.model.path, "sha256": incident.model.sha256},
+        "model": model_entry,
         "recording_model_sha256": (recording.info.model_sha256
                                    if recording is not None and recording.info is not None
                                    else None)})
-    _dump(work / "config.json", {
-        "config_sha256": incident.config_sha256,
-        "playbook": {"name": incident.playbook.name, "source": incident.playbook.source,
-                     "sha256": incident.playbook.sha256, "rule": incident.playbook.rule}})
+    site_source = _site_source(db, incident)
+    site_entry: dict[str, Any] = {"source": None if site_source is None else str(site_source),
+                                  "sha256": incident.config_sha256}
+    if site_source is None:
+        site_entry.update({"file": None, "missing": "no config_load record names the site "
+                                                    "file"})
+    else:
+        site_entry.update(_copy_checked(site_source, incident.config_sha256,
+                                        work / "site.yaml", "site.yaml"))
+    playbook_entry: dict[str, Any] = {"name": incident.playbook.name,
+                                      "source": incident.playbook.source,
+                                      "sha256": incident.playbook.sha256,
+                                      "rule": incident.playbook.rule}
+    if incident.playbook.source:
+        playbook_entry.update(_copy_checked(Path(incident.playbook.source),
+                                            incident.playbook.sha256,
+                                            work / "playbook.yaml", "playbook.yaml"))
+    else:
+        playbook_entry.update({"file": None, "missing": "built-in playbook, no file"})
+    _dump(work / "config.json", {"config_sha256": incident.config_sha256,
+                                 "site": site_entry, "playbook": playbook_entry})
 
     plots = _plots(work, incident, recording) if recording is not None and \
         recording.frames else []
@@ -154,17 +228,54 @@ def _write_bundle(db: str | os.PathLike[str], incident: Incident, work: Path,
     (work / "report.md").write_text(report, encoding="utf-8")
 
     files = {}
-    for path in sorted(work.iterdir()):
+    for path in sorted(p for p in work.rglob("*") if p.is_file()):
         data = path.read_bytes()
-        files[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        files[path.relative_to(work).as_posix()] = {
+            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     _dump(work / "manifest.json", {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
                                    "incident": incident.id, "exported_wall_s": exported_at,
                                    "database": str(Path(db).resolve()), "files": files})
 
 
-def _excerpt(db: str | os.PathLike[str], incident: Incident, max_records: int
-             ) -> tuple[list[Record], bool]:
-    """The incident's records and those in its time window (wall clock), by seq."""
+def _copy_checked(source: Path, sha256: str | None, target: Path, name: str
+                  ) -> dict[str, Any]:
+    """Copy ``source`` to ``target`` if its bytes hash to ``sha256``: ``{"file": name}``, else
+    ``{"file": None, "missing": why}`` (the bundle says what it could not keep)."""
+    if sha256 is None:
+        return {"file": None, "missing": "no sha256 recorded: the copy could not be checked"}
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        return {"file": None, "missing": f"cannot read {source}: {exc.strerror or exc}"}
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        return {"file": None, "missing": f"{source} has changed since (sha256 {actual})"}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return {"file": name}
+
+
+def _site_source(db: str | os.PathLike[str], incident: Incident) -> Path | None:
+    """The site file the gateway loaded last before the incident opened (its latest
+    ``config_load`` record), or None."""
+    found: Path | None = None
+    for rec in read_records(db, kinds=("config_load",)):
+        if rec.at_s > incident.opened_wall_s:
+            break
+        try:
+            payload = json.loads(rec.payload)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(payload, dict) and isinstance(payload.get("file"), str):
+            found = Path(payload["file"])
+    return found
+
+
+def _excerpt(db: str | os.PathLike[str], incident: Incident, max_records: int,
+             head_seq: int | None = None) -> tuple[list[Record], bool]:
+    """The incident's records and those in its time window (wall clock), by seq; with
+    ``head_seq`` (the signed head's), also every record from the window's first to the
+    head, so that the excerpt links to the signed head without a gap."""
     own = incident_records(db, incident.id)
     first_wall = incident.opened_wall_s
     fr = incident.flight_recorder
@@ -191,6 +302,11 @@ def _excerpt(db: str | os.PathLike[str], incident: Incident, max_records: int
         truncated = True
     for row in rows:
         by_seq.setdefault(row[0], Record(*row))
+    if head_seq is not None and by_seq and not truncated:
+        first = min(by_seq)
+        if head_seq >= first and head_seq - first < max_records:
+            for rec in read_records(db, first_seq=first, last_seq=head_seq):
+                by_seq.setdefault(rec.seq, rec)
     return [by_seq[s] for s in sorted(by_seq)], truncated
 
 
@@ -229,6 +345,7 @@ def _chain_proof(db: str | os.PathLike[str], records: list[Record], truncated: b
     return {
         "format": "safety-gateway-chain-proof", "version": 1,
         "database": str(Path(db).resolve()), "db_id": result.db_id,
+        "genesis": header.genesis,
         "verify": result.to_json(),
         "head_at_export": result.head().to_json(),
         "excerpt": {
@@ -393,18 +510,63 @@ def render_report(incident: Incident, recording: Recording | None, proof: dict[s
            f"- `chain_proof.json`: whole chain {proof.get('verify', {}).get('message', '')}; "
            f"head at export seq {proof.get('head_at_export', {}).get('seq')} "
            f"`{proof.get('head_at_export', {}).get('hash', '')}`",
-           "- `models.json`, `config.json`: model and configuration hashes",
-           "- `manifest.json`: sha256 of every file in this bundle", ""]
+           "- `models.json`, `config.json`: model, site configuration and playbook, with their "
+           "hashes; copies in `models/`, `site.yaml`, `playbook.yaml` (`safety-gateway replay "
+           "--bundle` and `localise --bundle` run from them)",
+           "- `audit_head.json`: the audit chain's signed head, when the database had one",
+           "- `manifest.json`: sha256 of every file in this bundle (check with "
+           "`safety-gateway incidents verify-bundle DIR`)", ""]
     return "\n".join(md)
 
 
 def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:
+    units = _units(work / "site.yaml")
+    return [save_figure(fig, work / name)
+            for name, fig in incident_figures(incident, recording, units)]
+
+
+def _units(site_file: Path) -> dict[str, str]:
+    """Each tag's unit from the bundle's copy of the site file ({} when it has none or it
+    does not load: the plots then name the variables without units)."""
+    if not site_file.is_file():
+        return {}
+    from gateway.config import ConfigError, load_config
+
+    try:
+        site = load_config(site_file)
+    except (ConfigError, OSError):
+        return {}
+    return {t.name: t.unit for t in site.tags if t.unit}
+
+
+def _label(name: str, units: dict[str, str]) -> str:
+    unit = units.get(name)
+    return f"{name} [{unit}]" if unit else name
+
+
+# Distinct styles so that neither curve hides the other where they coincide: the applied
+# command solid and wide, the AI's proposal dashed and thin on top with sparse markers.
+_APPLIED_STYLE: Final = {"color": "tab:blue", "linestyle": "-", "linewidth": 2.2, "alpha": 0.8,
+                         "zorder": 2}
+_PROPOSAL_STYLE: Final = {"color": "tab:orange", "linestyle": "--", "linewidth": 1.1,
+                          "marker": "x", "markersize": 4, "zorder": 3}
+_TIME_LABEL: Final = "time from the trip [s] (supervisor time)"
+
+
+def incident_figures(incident: Incident, recording: Recording,
+                     units: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+    """The report's figures as ``(file name, matplotlib figure)``: process values, AI proposal
+    against applied command (every actuator), and the mode, over the flight-recorder window
+    with the trips marked. ``units`` maps tag names to their units (axis labels read
+    ``name [unit]``). Legends sit outside the axes, right of them, so they cover no curve.
+    The caller saves or closes the figures (:func:`save_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    units = units or {}
     frames: tuple[Frame, ...] = recording.frames
     info = recording.info
     t0 = incident.flight_recorder.trigger_s if incident.flight_recorder else frames[0].now_s
@@ -417,53 +579,61 @@ def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:
                  else [f"actuator{i}" for i in range(n_a)])
     trips = [tr.at_s - t0 for tr in incident.trips
              if tr.at_s is not None and t[0] <= tr.at_s - t0 <= t[-1]]
+    every = max(1, len(frames) // 40)  # about 40 markers per curve, whatever the window
 
     def marks(ax: Any) -> None:
         for k, x in enumerate(trips):
-            ax.axvline(x, color="tab:red", linestyle="--", linewidth=1,
+            ax.axvline(x, color="tab:red", linestyle=":", linewidth=1.4, zorder=4,
                        label="trip" if k == 0 else None)
 
-    files: list[Path] = []
-    fig, axes = plt.subplots(n_s, 1, figsize=(8, 2.2 * n_s), squeeze=False, sharex=True)
+    def legend(ax: Any) -> None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  fontsize=8, frameon=False)
+
+    figures: list[tuple[str, Any]] = []
+    fig, axes = plt.subplots(n_s, 1, figsize=(9, 2.2 * n_s), squeeze=False, sharex=True)
     for i, ax in enumerate(axes[:, 0]):
         ax.plot(t, [float(f.snapshot.sensors[i]) for f in frames], color="tab:blue",
-                linewidth=1.1, label=sensors[i])
-        ax.set_ylabel(sensors[i])
+                linewidth=1.2, label=sensors[i])
+        ax.set_ylabel(_label(sensors[i], units), fontsize=9)
         marks(ax)
-        ax.legend(loc="upper left", fontsize=7)
-    axes[-1, 0].set_xlabel("seconds from the trip (supervisor time)")
+        legend(ax)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(_TIME_LABEL)
     fig.suptitle(f"{incident.id}: process values")
-    files.append(save_figure(fig, work / "process.png"))
+    figures.append(("process.png", fig))
 
-    fig, axes = plt.subplots(n_a, 1, figsize=(8, 2.2 * n_a), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(n_a, 1, figsize=(9, 2.2 * n_a), squeeze=False, sharex=True)
     for i, ax in enumerate(axes[:, 0]):
         proposed = []
         for f in frames:
             values = f.proposal.values if f.proposal is not None else None
             ok = isinstance(values, np.ndarray) and values.shape == (n_a,)
             proposed.append(float(values[i]) if ok and values is not None else math.nan)
-        ax.plot(t, proposed, color="tab:orange", linewidth=1, label="AI proposal")
-        ax.plot(t, [float(f.decision.command[i]) for f in frames], color="tab:blue",
-                linewidth=1.2, label="applied")
-        ax.set_ylabel(actuators[i])
+        ax.plot(t, [float(f.decision.command[i]) for f in frames], label="applied",
+                **_APPLIED_STYLE)
+        ax.plot(t, proposed, label="AI proposal", markevery=every, **_PROPOSAL_STYLE)
+        ax.set_ylabel(_label(actuators[i], units), fontsize=9)
         marks(ax)
-        ax.legend(loc="upper left", fontsize=7)
-    axes[-1, 0].set_xlabel("seconds from the trip (supervisor time)")
+        legend(ax)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(_TIME_LABEL)
     fig.suptitle(f"{incident.id}: AI proposal vs applied command")
-    files.append(save_figure(fig, work / "commands.png"))
+    figures.append(("commands.png", fig))
 
-    fig, ax = plt.subplots(figsize=(8, 2.2))
+    fig, ax = plt.subplots(figsize=(9, 2.2))
     ax.step(t, [_MODES.index(str(f.decision.mode)) if str(f.decision.mode) in _MODES else -1
-                for f in frames], where="post", color="tab:purple")
+                for f in frames], where="post", color="tab:purple", label="mode")
     ax.set_yticks(range(len(_MODES)), [m.upper() for m in _MODES])
     ax.set_ylim(-0.5, len(_MODES) - 0.5)
+    ax.set_ylabel("mode", fontsize=9)
     marks(ax)
-    ax.set_xlabel("seconds from the trip (supervisor time)")
-    if trips:
-        ax.legend(loc="lower left", fontsize=7)
+    ax.set_xlabel(_TIME_LABEL)
+    legend(ax)
+    ax.grid(alpha=0.3)
     fig.suptitle(f"{incident.id}: gateway mode")
-    files.append(save_figure(fig, work / "modes.png"))
-    return files
+    figures.append(("modes.png", fig))
+    return figures
 
 
 def save_figure(fig: Any, path: Path) -> Path:

@@ -417,10 +417,19 @@ def test_cli_replay_bad_input_is_one_line_and_exit_2(recorded, tmp_path, capsys)
         ["--site", str(site_file), "--recording", str(bad)],
         ["--site", str(site_file), "--recording", str(recording), "--model",
          str(tmp_path / "missing.onnx")],
-        ["--site", str(TANK), "--recording", str(recording), "--model", str(run.model)],
+        ["--recording", str(recording)],
+        ["--bundle", str(tmp_path)],
     ]
     for argv in cases:
         assert cli(["replay", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
+    # The shipped site's controller is external: the recording's header says how the model
+    # was wired, so the model runs (this used to be refused). The site file's canary period
+    # is not the run's (5 s), and replay says where that makes the decisions differ.
+    assert cli(["replay", "--site", str(TANK), "--recording", str(recording), "--model",
+                str(run.model)]) == 1
+    out = capsys.readouterr().out
+    assert "controller as recorded (onnx" in out
+    assert "decision fields that differ (cycles): canary_due" in out
     assert "bad.jsonl:2" in (cli(["replay", *cases[2]]), capsys.readouterr().err)[1]

@@ -18,7 +18,8 @@ from tests.incident.rig import CONFIG_SHA, MODEL_SHA, Rig, recorder_of
 
 FILES = {"incident.json", "flight_recorder.csv", "flight_recorder.jsonl", "audit_excerpt.jsonl",
          "chain_proof.json", "models.json", "config.json", "report.md", "manifest.json",
-         "process.png", "commands.png", "modes.png"}
+         "process.png", "commands.png", "modes.png", "playbook.yaml", "audit_head.json",
+         "audit_head.pub"}
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,10 @@ def test_the_bundle_holds_the_incident_and_the_flight_recorder(incident_db, bund
     assert len(rows) == 1 + 61
     assert rows[0][:4] == ["t_s", "seq", "mode", "source"]
     assert "applied.inflow_valve" in rows[0]
+    # The rig's model file does not exist: the bundle says so instead of pointing at it.
     assert json.loads((bundle / "models.json").read_text())["model"] == {
-        "path": "models/nominal.onnx", "sha256": MODEL_SHA}
+        "path": "models/nominal.onnx", "sha256": MODEL_SHA, "file": None,
+        "missing": "cannot read models/nominal.onnx: No such file or directory"}
     assert json.loads((bundle / "models.json").read_text())["recording_model_sha256"] == \
         MODEL_SHA
     config = json.loads((bundle / "config.json").read_text())
