@@ -305,11 +305,9 @@ def warm_start(sup: Supervisor, frames: Sequence[Frame]) -> None:
     mode = _mode_before(frames[0])
     # ModeMachine refuses AUTO as a start mode (the AI must earn control); replay
     # reproduces a run in which it had.
-    sup.modes._mode = mode
-    if mode is Mode.SHADOW:
-        since = _clean_shadow_since(frames, sup.modes.config.clean_shadow_s)
-        if since is not None:
-            sup.modes._shadow_clean_since_s = since
+    since = (_clean_shadow_since(frames, sup.modes.config.clean_shadow_s)
+             if mode is Mode.SHADOW else None)
+    sup.modes.replay_from(mode, since)
     if sup.canary.cases is not None:
         due = next((f.now_s for f in frames if f.decision.canary_due), None)
         sup.canary.next_due_s = due if due is not None else math.inf
@@ -347,7 +345,7 @@ def _prime(sup: Supervisor, recorded: Decision) -> None:
     what the live run applied (the supervisor's state before the window is not recorded)."""
     sup.record_write(np.array(recorded.command, dtype=np.float64))
     # The mode the live step ended in (an operator request applied before it, or a trip).
-    sup.modes._mode = recorded.mode
+    sup.modes.replay_from(recorded.mode)
     verdict = recorded.verdict
     if recorded.source is Source.AI or recorded.mode in (Mode.MANUAL, Mode.SAFE_STOP):
         sup.ai_previous = np.array(recorded.command, dtype=np.float64)

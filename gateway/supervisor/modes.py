@@ -607,6 +607,17 @@ class ModeMachine:
         return Restored(self._mode, self._latched, self._trip_reason, restored, tuple(cut))
 
 
+    def replay_from(self, mode: Mode, shadow_clean_since_s: float | None = None) -> None:
+        """Put the machine in ``mode`` as a recorded run was, AUTO included, with the clean
+        shadow period begun at ``shadow_clean_since_s`` (kept unless given). For forensic
+        replay only, which reproduces a window of a run in which the AI had earned control;
+        a live gateway never calls it (it starts through :meth:`restore`, which only ever
+        tightens). No events: the replay compares decisions, not how the mode was reached."""
+        self._mode = Mode(mode)
+        if shadow_clean_since_s is not None:
+            self._shadow_clean_since_s = shadow_clean_since_s
+
+
 @dataclass(frozen=True)
 class Restored:
     """What :meth:`ModeMachine.restore` restored: the mode and latch now in force, and each
