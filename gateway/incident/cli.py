@@ -1,4 +1,5 @@
-"""``safety-gateway incidents list|show|note|ack|check|resolve|export``: incidents, by hand.
+"""``safety-gateway incidents list|show|note|ack|check|severity|reported|resolve|export|playbook``:
+incidents, by hand.
 
 :func:`add_parser` adds ``incidents`` to the top-level subparsers; each subcommand sets ``func``
 to a callable taking the parsed ``argparse.Namespace`` and returning the exit code:
@@ -7,7 +8,9 @@ to a callable taking the parsed ``argparse.Namespace`` and returning the exit co
 - 1: the incident does not exist, the request was refused (already resolved, item already
   done), the audit database is held by a running gateway, the records could not be written, or
   (``export``) the bundle was written but the audit chain does not verify;
-- 2: bad input (a missing file or one that is not an audit database, an empty text or name).
+- 2: bad input (a missing file or one that is not an audit database, an empty text or name,
+  an unknown severity; ``playbook``: an invalid playbook, each problem printed as
+  ``file:line: key: message``).
 
 Errors print one line on stderr, never a traceback.
 
@@ -29,6 +32,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -111,6 +115,39 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     writer_args(check, "who did it")
     check.add_argument("--json", action="store_true", help="print the incident as JSON")
     check.set_defaults(func=_command(_check))
+
+    severity = commands.add_parser(
+        "severity", help="raise an incident's severity, with a reason",
+        description="Raise the incident's severity (low < medium < high < critical); the "
+                    "playbook's escalation for the new severity starts. Severity never falls.")
+    severity.add_argument("id", metavar="ID")
+    severity.add_argument("level", metavar="LEVEL", help="low, medium, high or critical")
+    severity.add_argument("--reason", required=True, metavar="TEXT", help="why")
+    writer_args(severity, "who raises it")
+    severity.add_argument("--json", action="store_true", help="print the incident as JSON")
+    severity.set_defaults(func=_command(_severity))
+
+    reported = commands.add_parser(
+        "reported", help="record that a report a reporting clock asks for was made",
+        description="Stop the reminders of a reporting obligation (as `show` lists them) "
+                    "for this incident: the report was made.")
+    reported.add_argument("id", metavar="ID")
+    reported.add_argument("obligation", metavar="OBLIGATION")
+    reported.add_argument("--ref", default="", metavar="TEXT",
+                          help="the report's reference, or where it went")
+    writer_args(reported, "who made it")
+    reported.add_argument("--json", action="store_true", help="print the incident as JSON")
+    reported.set_defaults(func=_command(_reported))
+
+    book = commands.add_parser(
+        "playbook", help="check a playbook file and print its people: contacts, severity "
+                         "rules, escalation, reporting clocks",
+        description="Exit 2, each problem printed as file:line: key: message, if it is "
+                    "invalid.")
+    book.add_argument("path", type=Path, metavar="PATH", nargs="?",
+                      help="the playbook (default: configs/playbooks/default.yaml)")
+    book.add_argument("--json", action="store_true", help="print JSON")
+    book.set_defaults(func=_command(_playbook))
 
     resolve = commands.add_parser("resolve", help="resolve an incident with a summary")
     resolve.add_argument("id", metavar="ID")
@@ -214,6 +251,11 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         out = incident.to_json()
         out["problems"] = problems
+        now = time.time()
+        out["deadlines"] = [{"obligation": d.obligation, "description": d.description,
+                             "start_wall_s": d.start_wall_s, "due_wall_s": d.due_wall_s,
+                             "remind_wall_s": d.remind_wall_s, "status": d.status(now),
+                             "due_utc": _utc(d.due_wall_s)} for d in incident.deadlines()]
         _print_json(_finite(out))
     else:
         print(format_incident(incident))
@@ -228,8 +270,9 @@ def _finite(obj: Any) -> Any:
     return finite_json(obj)
 
 
-def format_incident(incident: Incident) -> str:
-    """A readable, plain-text account of an incident (``incidents show``)."""
+def format_incident(incident: Incident, now_wall_s: float | None = None) -> str:
+    """A readable, plain-text account of an incident (``incidents show``); reporting
+    deadlines are judged at ``now_wall_s`` (default: the wall clock)."""
     from gateway.incident.model import ChecklistPhase, Phase, evidence_text
 
     t0 = incident.opened_at_s
@@ -248,6 +291,15 @@ def format_incident(incident: Incident) -> str:
         state = "stored" if fr.stored else "not stored yet"
         lines.append(f"  recorder  {fr.frames} frames, {fr.start_s - fr.trigger_s:+g} s to "
                      f"{fr.end_s - fr.trigger_s:+g} s around the trip ({state})")
+    sev = incident.severity_changes[-1] if incident.severity_changes else None
+    if sev is not None:
+        lines.append(f"  severity  {sev.level}  since {_utc(sev.wall_s)}: {sev.reason}"
+                     + (f" ({sev.by})" if sev.by else ""))
+    c = incident.consequence
+    if c is not None and c.min_margin is not None:
+        where = "beyond" if c.excursion else "from"
+        lines.append(f"  closest   {abs(c.min_margin):.1%} of the span {where} a danger limit "
+                     f"({c.sensor}={c.value:g})")
     if incident.resolution is not None:
         r = incident.resolution
         lines.append(f"  resolved  by {r.who} at {_utc(r.wall_s)}: {r.summary}")
@@ -260,6 +312,27 @@ def format_incident(incident: Incident) -> str:
     lines += ["", "containment:"]
     lines += [f"  {c.step:<16} {c.status:<11} {c.detail}" for c in incident.containment] or [
         "  (none)"]
+    deadlines = incident.deadlines()
+    if incident.people.obligations:
+        lines += ["", "reporting deadlines (record a report with: incidents reported ID NAME):"]
+        now = time.time() if now_wall_s is None else now_wall_s
+        for d in deadlines:
+            state = d.status(now)
+            if d.report is not None:
+                state += f" by {d.report.who} at {_utc(d.report.wall_s)}"
+                state += f" ({d.report.ref})" if d.report.ref else ""
+            lines.append(f"  {d.obligation:<18} due {_utc(d.due_wall_s)}  [{state}]  "
+                         f"clock from {_utc(d.start_wall_s)}, reminder at "
+                         f"{_utc(d.remind_wall_s)}"
+                         + (f"; {d.description}" if d.description else ""))
+        waiting = [o for o in incident.people.obligations
+                   if o.name not in {d.obligation for d in deadlines}]
+        lines += [f"  {o.name:<18} not running (starts at severity {o.min_severity})"
+                  for o in waiting]
+    if incident.escalations:
+        lines += ["", "escalations:"]
+        lines += [f"  {_utc(e.wall_s)}  {e.contact} ({e.role}) via {', '.join(e.hooks)}: "
+                  f"{e.reason}" for e in incident.escalations]
     if incident.notifications:
         lines += ["", "notifications:"]
         lines += [f"  {n.hook} ({n.kind}) {'sent' if n.ok else 'FAILED'}: {n.detail}"
@@ -404,6 +477,60 @@ def _check(args: argparse.Namespace) -> int:
     return _write(args, lambda m: m.check(args.id, args.phase, args.item, args.by, _source()),
                   f"checklist {args.phase} item {args.item} done",
                   ("IncidentCheck", (args.phase, args.item)))
+
+
+def _no_via(args: argparse.Namespace) -> None:
+    if args.via is not None:
+        raise _Fail(EXIT_INPUT, f"`{args.incidents_command}` cannot go through --via yet (the "
+                                "gateway's OPC UA server has no method for it); stop the "
+                                "gateway or use --db when it does not hold the database")
+
+
+def _severity(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.raise_severity(args.id, args.level, args.by, _source(),
+                                                   args.reason),
+                  f"severity {args.level}", ("", ()))
+
+
+def _reported(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.report_made(args.id, args.obligation, args.by, _source(),
+                                                args.ref),
+                  f"report {args.obligation} recorded", ("", ()))
+
+
+def _playbook(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError
+    from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
+
+    path = args.path or DEFAULT_PLAYBOOK
+    try:
+        book = load_playbook(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
+    people = book.people
+    if args.json:
+        _print_json({"name": book.name, "source": book.source, "sha256": book.sha256,
+                     "people": people.to_json(), "danger_limits": book.danger_limits})
+        return EXIT_OK
+    lines = [f"{book.name}  ({book.source})", "contacts:"]
+    lines += [f"  {c.name:<22} {c.role:<22} via {', '.join(c.reach)}"
+              + (f"; {c.person}" if c.person else "") + (f"; {c.hours}" if c.hours else "")
+              for c in people.contacts.values()] or ["  (none)"]
+    lines.append(f"severity: default {people.default_severity}")
+    lines += [f"  {r.level:<9} {r.name}" for r in people.severity_rules]
+    lines.append("escalation:")
+    for level, steps in people.escalation.items():
+        lines += [f"  {level:<9} after {st.after_s / 60:g} min: {', '.join(st.contacts)}"
+                  for st in steps]
+    lines.append("reporting:")
+    lines += [f"  {o.name:<18} within {o.within_s / 3600:g} h from severity {o.min_severity}, "
+              f"reminder {o.lead_s / 60:g} min before: {', '.join(o.contacts)}"
+              for o in people.obligations] or ["  (none)"]
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _resolve(args: argparse.Namespace) -> int:

@@ -36,8 +36,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import numpy as np
+
 from gateway.audit.chain import canonical_payload
 from gateway.forensics.recorder import FORMAT, FORMAT_VERSION, frame_json, info_json
+from gateway.incident.escalation import due_escalations, due_notices
 from gateway.incident.model import (
     KIND,
     BadRequest,
@@ -48,7 +51,9 @@ from gateway.incident.model import (
     Phase,
     UnknownIncident,
     fold_record,
+    utc_text,
 )
+from gateway.incident.people import Severity, SeverityFacts
 from gateway.incident.playbook import ContainmentKind, NotificationSpec, Playbook, Rule
 from gateway.supervisor.decision import Source
 from gateway.supervisor.events import EventKind
@@ -160,10 +165,11 @@ _TARGET_OF_REQUEST: Final = {RequestKind.TO_MANUAL: Mode.MANUAL,
 class _Storing:
     """A complete window whose frames are being serialised, a few per cycle."""
 
-    __slots__ = ("done", "frames", "header", "incident_id", "lines", "part", "parts_chars",
-                 "window")
+    __slots__ = ("done", "frames", "header", "incident_id", "lines", "margin", "part",
+                 "parts_chars", "watch", "window")
 
-    def __init__(self, incident_id: str, window: FrozenWindow) -> None:
+    def __init__(self, incident_id: str, window: FrozenWindow,
+                 danger: Mapping[str, tuple[float, float]]) -> None:
         self.incident_id = incident_id
         self.window = window
         self.frames: tuple[Frame, ...] = window.frames()
@@ -175,6 +181,31 @@ class _Storing:
         self.header = (None if info is None else json.dumps(
             {"format": FORMAT, "version": FORMAT_VERSION, "info": info_json(info)},
             allow_nan=False))
+        # The watched sensors (those with danger limits) by index in the snapshot, their
+        # limits, and the closest approach so far: (margin, sensor, value).
+        names = info.sensor_names if info is not None else ()
+        watched = [(k, n) for k, n in enumerate(names) if n in danger]
+        self.watch = None if not watched else (
+            np.array([k for k, _ in watched], dtype=np.intp),
+            np.array([danger[n][0] for _, n in watched]),
+            np.array([danger[n][1] for _, n in watched]), [n for _, n in watched])
+        self.margin: tuple[float, str, float] | None = None
+
+    def assess(self, frame: Frame) -> None:
+        """Fold one frame into the closest approach to a danger limit (good readings only)."""
+        if self.watch is None:
+            return
+        index, lo, hi, names = self.watch
+        snap = frame.snapshot
+        values = snap.sensors[index]
+        good = snap.good[index] & np.isfinite(values)
+        if not good.any():
+            return
+        margins = np.minimum(values - lo, hi - values) / (hi - lo)
+        margins[~good] = np.inf
+        k = int(np.argmin(margins))
+        if self.margin is None or margins[k] < self.margin[0]:
+            self.margin = (float(margins[k]), names[k], float(values[k]))
 
 
 class IncidentManager:
@@ -187,14 +218,24 @@ class IncidentManager:
     ``after_s`` seconds after it (``ValueError`` if not finite and >= 0); ``clock`` gives
     wall-clock UTC seconds (ids and ``wall_s``); ``existing`` are incidents read back from the
     database (:func:`gateway.incident.store.load_incidents`), so that after a restart an open
-    incident stays open and further trips join it.
+    incident stays open and further trips join it. ``danger_limits`` (sensor: (min, max),
+    engineering units; the runtime passes the site's keep ranges) are the limits whose closest
+    approach in the flight-recorder window is the incident's consequence; the playbook's own
+    ``danger_limits`` take precedence.
+
+    Severity: each incident is classified when it opens, again when a trip joins it and when
+    its window has been assessed, by the playbook's severity rules (recorded in the incident,
+    so that the command line classifies by the same plan); it only ever rises.
+    Escalations and reporting clocks are not handled in the control cycle: :meth:`tick`,
+    called from a timer off the control path, records and returns what is due.
     """
 
     def __init__(self, site_name: str, playbook: Playbook, audit: AuditSink | None, *,
                  model_path: str | None = None, model_sha256: str | None = None,
                  config_sha256: str | None = None, recorder: FlightRecorder | None = None,
                  after_s: float = 30.0, clock: Callable[[], float] = time.time,
-                 existing: Iterable[Incident] = ()) -> None:
+                 existing: Iterable[Incident] = (),
+                 danger_limits: Mapping[str, tuple[float, float]] | None = None) -> None:
         if isinstance(after_s, bool) or not isinstance(after_s, int | float) or not (
                 math.isfinite(after_s) and after_s >= 0):
             raise ValueError(f"`after_s` must be finite and >= 0, not {after_s!r}")
@@ -207,6 +248,7 @@ class IncidentManager:
         self.recorder = recorder
         self.after_s = float(after_s)
         self.clock = clock
+        self.danger_limits = {**(danger_limits or {}), **playbook.danger_limits}
         self._incidents: dict[str, Incident] = {i.id: i for i in existing}
         self._open: list[str] = [i.id for i in self._incidents.values() if i.is_open]
         self._awaiting_containment: list[str] = []
@@ -355,6 +397,113 @@ class IncidentManager:
         self._update_busy()
         return self._incidents[incident_id]
 
+    def raise_severity(self, incident_id: str, level: Severity | str, who: str, source: str,
+                       reason: str, *, authorised: bool = True) -> Incident:
+        """An operator raises the incident's severity to ``level``, giving a reason; the
+        escalation plan of the new severity starts at the next :meth:`tick`. Raises
+        :class:`BadRequest` for an unknown level or an empty reason or name,
+        :class:`IncidentError` for an unknown id, a resolved incident, a level that is not
+        higher than the current one, or an unauthorised request."""
+        incident = self.get(incident_id)
+        _need_text("who", who)
+        if not authorised:
+            raise IncidentError(f"{who} is not authorised to change an incident's severity")
+        try:
+            level = Severity(level)
+        except ValueError:
+            raise BadRequest(f"unknown severity {level!r}; use "
+                             + ", ".join(s.value for s in Severity)) from None
+        _need_text("reason", reason)
+        if not incident.is_open:
+            raise IncidentError(f"{incident_id} is resolved; its severity stays "
+                                f"{incident.severity or '-'}")
+        current = incident.severity
+        if current is not None and level.rank <= current.rank:
+            higher = ", ".join(s.value for s in Severity if s.rank > current.rank)
+            raise IncidentError(f"{incident_id}: severity is {current}; it can only be raised"
+                                + (f" (to {higher})" if higher else " and it is the highest"))
+        self._record(incident_id, {"action": "severity", "level": level.value,
+                                   "previous": None if current is None else current.value,
+                                   "by": who, "source": source, "reason": reason.strip(),
+                                   "rule": None},
+                     actor=who, source=source)
+        self._investigating(incident_id, who, f"severity raised to {level}")
+        return self._incidents[incident_id]
+
+    def report_made(self, incident_id: str, obligation: str, who: str, source: str,
+                    ref: str = "") -> Incident:
+        """Record that the report a reporting obligation asks for was made (``ref``: its
+        reference, or where it went): its reminders stop. Raises :class:`BadRequest` for an
+        empty name, :class:`IncidentError` for an unknown id, an obligation whose clock does
+        not run for this incident, or one already recorded as made."""
+        incident = self.get(incident_id)
+        _need_text("who", who)
+        clocks = {d.obligation: d for d in incident.deadlines()}
+        if obligation not in clocks:
+            known = ", ".join(clocks) or "none runs for it"
+            raise IncidentError(f"{incident_id}: no reporting clock {obligation!r} ({known})")
+        made = clocks[obligation].report
+        if made is not None:
+            raise IncidentError(f"{incident_id}: report {obligation} already recorded "
+                                f"(by {made.who})")
+        self._record(incident_id, {"action": "reported", "obligation": obligation, "who": who,
+                                   "source": source, "ref": ref.strip()},
+                     actor=who, source=source)
+        return self._incidents[incident_id]
+
+    def tick(self, now_wall_s: float | None = None) -> list[Notify]:
+        """What the escalation plans and reporting clocks ask for now (see
+        :mod:`gateway.incident.escalation`): each is recorded in its incident, and the
+        notifications to send (one per contact and hook) are returned for the notifier. Not
+        for the control cycle: call it from a timer (:meth:`gateway.incident.notify.Notifier.
+        start_timer`). ``now_wall_s`` defaults to the manager's clock. A contact's hook that
+        the running playbook does not define is recorded as a failed notification."""
+        now = float(self.clock()) if now_wall_s is None else now_wall_s
+        out: list[Notify] = []
+        for incident in tuple(self._incidents.values()):
+            ident = incident.id
+            for due in due_escalations(incident, now):
+                c = due.contact
+                self._record(ident, {"action": "escalate", "severity": due.severity.value,
+                                     "step": due.step, "after_s": due.after_s,
+                                     "contact": c.name, "role": c.role.value,
+                                     "hooks": list(c.reach), "reason": due.reason},
+                             wall_s=now)
+                message = (f"incident {ident} on {incident.site} ({due.severity}): "
+                           f"{incident.trigger.detector}: {incident.trigger.reason}; "
+                           f"to {c.name} ({c.role}): {due.reason}")
+                out += self._notifies(incident, c.reach, message, now)
+            for notice in due_notices(incident, now):
+                ob = notice.obligation
+                self._record(ident, {"action": "deadline", "obligation": ob.name,
+                                     "notice": notice.notice, "due_wall_s": notice.due_wall_s,
+                                     "contacts": list(ob.contacts)}, wall_s=now)
+                verb = "is due" if notice.notice == "reminder" else "WAS DUE"
+                message = (f"incident {ident} on {incident.site}: report {ob.name} "
+                           f"{verb} at {utc_text(notice.due_wall_s)}"
+                           + (f" ({ob.description})" if ob.description else ""))
+                for name in ob.contacts:  # one message per contact: a shared pager hook
+                    contact = incident.people.contacts.get(name)  # says whom it is for
+                    if contact is not None:
+                        out += self._notifies(incident, contact.reach,
+                                              f"{message}; to {name} ({contact.role})", now)
+        return out
+
+    def _notifies(self, incident: Incident, hooks: Iterable[str], message: str,
+                  now: float) -> list[Notify]:
+        out: list[Notify] = []
+        for name in hooks:
+            spec = self.playbook.hooks.get(name)
+            if spec is None:
+                self._record(incident.id, {
+                    "action": "notify", "hook": name, "kind": "?", "target": "",
+                    "status": "failed", "detail": "the running playbook has no such hook",
+                    "duration_s": None}, wall_s=now)
+                continue
+            out.append(Notify(spec, message, incident.id, incident.site,
+                              incident.trigger.detector, incident.trigger.reason))
+        return out
+
     # ----------------------------------------------------------------------- runtime reports
 
     def restarted(self, detail: str) -> None:
@@ -451,10 +600,12 @@ class IncidentManager:
             "flight_recorder": None if window is None else {
                 "trigger_s": window.trigger_s, "start_s": window.start_s,
                 "end_s": window.end_s},
+            "people": self.playbook.people.to_json(),
         }
         self._record(ident, payload, wall_s=wall_s)
         if ident not in self._incidents:  # not folded: a bug, already logged
             return []
+        self._classify(ident, "at the trip")
         self._open.append(ident)
         self._taken[ident] = set()
         if window is not None:
@@ -485,6 +636,7 @@ class IncidentManager:
                 self._record(ident, {"action": "checklist",
                                      "added": {p: t for p, t in added.items() if t},
                                      "rule": rule.name})
+        self._classify(ident, f"trip {event.name} joined")
         # The joined trip's containment steps not taken yet; no new notifications (one
         # incident, one page), the timeline shows the trip.
         return list(self._containment(ident, rule, decision, event))
@@ -595,7 +747,7 @@ class IncidentManager:
         still = []
         for ident, window in self._windows:
             if window.complete:
-                self._storing.append(_Storing(ident, window))
+                self._storing.append(_Storing(ident, window, self.danger_limits))
             else:
                 still.append((ident, window))
         self._windows = still
@@ -607,6 +759,7 @@ class IncidentManager:
         frames = job.frames
         end = min(job.done + budget, len(frames))
         for k in range(job.done, end):
+            job.assess(frames[k])
             line = json.dumps(frame_json(frames[k]), allow_nan=False, separators=(",", ":"))
             job.lines.append(line)
             job.parts_chars += len(line) + 1
@@ -616,6 +769,14 @@ class IncidentManager:
         if end >= len(frames):
             self._store_part(job, final=True, done=end)
             self._storing.pop(0)
+            if job.watch is not None and job.incident_id in self._incidents:
+                margin = job.margin
+                self._record(job.incident_id, {
+                    "action": "consequence", "frames": len(frames),
+                    "min_margin": None if margin is None else margin[0],
+                    "sensor": None if margin is None else margin[1],
+                    "value": None if margin is None else margin[2]})
+                self._classify(job.incident_id, "consequence assessed")
 
     def _store_part(self, job: _Storing, *, final: bool, done: int) -> None:
         # The number of parts is known only at the end; non-final parts say 0 and the fold
@@ -673,6 +834,22 @@ class IncidentManager:
             self._incidents[ident] = fold_record(self._incidents.get(ident), normal)
         except ValueError:  # a bug here must not stop the control loop
             log.exception("incident %s: record not folded: %s", ident, payload.get("action"))
+
+    def _classify(self, ident: str, why: str) -> None:
+        """Classify the incident by its recorded plan; record the severity if it rose."""
+        incident = self._incidents[ident]
+        facts = SeverityFacts(tuple(t.detector for t in incident.trips),
+                              incident.mode_at_trip == Mode.AUTO.value,
+                              incident.mode_after_trip, incident.consequence)
+        level, rule = incident.people.classify(facts)
+        current = incident.severity
+        if current is not None and level.rank <= current.rank:
+            return
+        reason = (f"{why}: severity rule {rule}" if rule is not None
+                  else f"{why}: the playbook's default")
+        self._record(ident, {"action": "severity", "level": level.value,
+                             "previous": None if current is None else current.value,
+                             "by": None, "source": "", "reason": reason, "rule": rule})
 
     def _update_busy(self) -> None:
         self._busy = bool(self._awaiting_containment or self._windows or self._storing)
