@@ -1,5 +1,5 @@
-"""``safety-gateway incidents list|show|note|ack|check|severity|reported|resolve|export|playbook``:
-incidents, by hand.
+"""``safety-gateway incidents list|show|note|ack|check|severity|reported|draft|approve-draft|
+resolve|export|playbook``: incidents, by hand.
 
 :func:`add_parser` adds ``incidents`` to the top-level subparsers; each subcommand sets ``func``
 to a callable taking the parsed ``argparse.Namespace`` and returning the exit code:
@@ -138,6 +138,37 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     writer_args(reported, "who made it")
     reported.add_argument("--json", action="store_true", help="print the incident as JSON")
     reported.set_defaults(func=_command(_reported))
+
+    audiences = ("regulator", "customers", "board", "internal")
+    draft = commands.add_parser(
+        "draft", help="render a communication (Markdown) from the incident's facts",
+        description="Print (or write to --out) the draft for the audience, from the "
+                    "templates in configs/playbooks/templates/ (or --templates DIR). A draft "
+                    "is not sent: a person edits it if needed and approves it with "
+                    "approve-draft. Exit 2 for a template that cannot be used.")
+    draft.add_argument("id", metavar="ID")
+    draft.add_argument("--for", dest="audience", required=True, choices=audiences)
+    db_arg(draft)
+    draft.add_argument("--next-update", metavar="TEXT",
+                       help="when the next update will be given (default: the earliest "
+                            "reporting deadline not met, else within 24 hours)")
+    draft.add_argument("--templates", type=Path, metavar="DIR",
+                       help="a folder with regulator.md, customers.md, board.md, internal.md")
+    draft.add_argument("--out", type=Path, metavar="FILE", help="write the draft here")
+    draft.set_defaults(func=_command(_draft))
+
+    approve = commands.add_parser(
+        "approve-draft", help="record who approved a communication, and its text's sha256",
+        description="Record the approval of the text in --file (as edited), or of the draft "
+                    "as it renders now, with its sha256 and the text itself.")
+    approve.add_argument("id", metavar="ID")
+    approve.add_argument("--for", dest="audience", required=True, choices=audiences)
+    approve.add_argument("--file", type=Path, metavar="FILE", help="the text approved")
+    approve.add_argument("--next-update", metavar="TEXT", help="as for draft")
+    approve.add_argument("--templates", type=Path, metavar="DIR", help="as for draft")
+    writer_args(approve, "who approves it")
+    approve.add_argument("--json", action="store_true", help="print the incident as JSON")
+    approve.set_defaults(func=_command(_approve_draft))
 
     book = commands.add_parser(
         "playbook", help="check a playbook file and print its people: contacts, severity "
@@ -329,6 +360,10 @@ def format_incident(incident: Incident, now_wall_s: float | None = None) -> str:
                    if o.name not in {d.obligation for d in deadlines}]
         lines += [f"  {o.name:<18} not running (starts at severity {o.min_severity})"
                   for o in waiting]
+    if incident.approvals:
+        lines += ["", "approved communications:"]
+        lines += [f"  {a.audience:<10} by {a.who} at {_utc(a.wall_s)}  sha256 {a.sha256}"
+                  for a in incident.approvals]
     if incident.escalations:
         lines += ["", "escalations:"]
         lines += [f"  {_utc(e.wall_s)}  {e.contact} ({e.role}) via {', '.join(e.hooks)}: "
@@ -498,6 +533,49 @@ def _reported(args: argparse.Namespace) -> int:
     return _write(args, lambda m: m.report_made(args.id, args.obligation, args.by, _source(),
                                                 args.ref),
                   f"report {args.obligation} recorded", ("", ()))
+
+
+def _render(args: argparse.Namespace, incident: Incident) -> str:
+    from gateway.incident.comms import TemplateError, render_draft
+
+    try:
+        return render_draft(incident, args.audience, next_update=args.next_update,
+                            templates=args.templates)
+    except TemplateError as exc:
+        raise _Fail(EXIT_INPUT, str(exc)) from None
+
+
+def _draft(args: argparse.Namespace) -> int:
+    from gateway.incident.store import load_incident
+
+    text = _render(args, load_incident(_need_db(args), args.id))
+    if args.out is None:
+        print(text, end="")
+        return EXIT_OK
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _Fail(EXIT_INPUT, f"{args.out}: cannot write: {exc.strerror}") from None
+    print(f"{args.out}: draft for {args.audience}; approve with: safety-gateway incidents "
+          f"approve-draft {args.id} --for {args.audience} --file {args.out} --by WHO --db DB")
+    return EXIT_OK
+
+
+def _approve_draft(args: argparse.Namespace) -> int:
+    from gateway.incident.comms import text_sha256
+    from gateway.incident.store import load_incident
+
+    _no_via(args)
+    if args.file is not None:
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:
+            raise _Fail(EXIT_INPUT, f"{args.file}: cannot read: {exc}") from None
+    else:
+        text = _render(args, load_incident(_need_db(args), args.id))
+    return _write(args, lambda m: m.approve_draft(args.id, args.audience, text, args.by,
+                                                  _source()),
+                  f"draft for {args.audience} approved (sha256 {text_sha256(text)})", ("", ()))
 
 
 def _playbook(args: argparse.Namespace) -> int:

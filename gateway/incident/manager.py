@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FRAMES_PER_CYCLE",
+    "MAX_DRAFT_CHARS",
     "PART_CHARS",
     "PLAYBOOK_REQUESTER",
     "Action",
@@ -94,6 +95,9 @@ REPEAT_S: Final = 10.0
 _REPEATABLE: Final = frozenset({EventKind.ANOMALY, EventKind.REQUEST_REFUSED,
                                 EventKind.BYPASS_START, EventKind.BYPASS_END})
 _SITE_RE: Final = re.compile(r"[^A-Za-z0-9_-]+")
+# An approved communication's text is kept in its audit record (the audit log cuts payloads
+# above 1 MiB).
+MAX_DRAFT_CHARS: Final = 200_000
 
 
 # ------------------------------------------------------------------------------------ actions
@@ -449,6 +453,31 @@ class IncidentManager:
         self._record(incident_id, {"action": "reported", "obligation": obligation, "who": who,
                                    "source": source, "ref": ref.strip()},
                      actor=who, source=source)
+        return self._incidents[incident_id]
+
+    def approve_draft(self, incident_id: str, audience: str, text: str, who: str,
+                      source: str = "") -> Incident:
+        """Record that ``who`` approved ``text`` for ``audience`` (regulator, customers,
+        board, internal), with its sha256 (also for resolved incidents: reports go on after
+        resolution). Raises :class:`BadRequest` for an unknown audience, an empty name or
+        text, or a text over :data:`MAX_DRAFT_CHARS`; :class:`IncidentError` for an unknown
+        id."""
+        from gateway.incident.comms import Audience, text_sha256
+
+        self.get(incident_id)
+        _need_text("who", who)
+        try:
+            audience = Audience(audience)
+        except ValueError:
+            raise BadRequest(f"unknown audience {audience!r}; use "
+                             + ", ".join(a.value for a in Audience)) from None
+        _need_text("text", text)
+        if len(text) > MAX_DRAFT_CHARS:
+            raise BadRequest(f"the text has {len(text)} characters; at most "
+                             f"{MAX_DRAFT_CHARS} are recorded")
+        self._record(incident_id, {"action": "draft_approved", "audience": audience.value,
+                                   "who": who, "source": source, "sha256": text_sha256(text),
+                                   "text": text}, actor=who, source=source)
         return self._incidents[incident_id]
 
     def tick(self, now_wall_s: float | None = None) -> list[Notify]:

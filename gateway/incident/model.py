@@ -50,6 +50,9 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     a reporting obligation were told its deadline is near, or has passed.
 ``reported``
     ``wall_s, obligation, who, source, ref``: the report an obligation asks for was made.
+``draft_approved``
+    ``wall_s, audience, who, source, sha256, text``: a person approved this text of the
+    communication to ``audience`` (regulator, customers, board, internal) for sending.
 ``flight_recorder``
     ``wall_s, part, parts, frames, total_frames, trigger_s, start_s, end_s, header, frames_jsonl``:
     part ``part`` (from 0, in frame order, contiguous) of the frozen window, written once the
@@ -68,6 +71,7 @@ would write the text ``"nan"``, which could not be told apart from evidence that
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -87,6 +91,7 @@ __all__ = [
     "ContainmentStatus",
     "Deadline",
     "DeadlineNotice",
+    "DraftApproval",
     "EntryKind",
     "Escalation",
     "Incident",
@@ -183,6 +188,7 @@ class EntryKind(StrEnum):
     ESCALATION = "escalation"
     DEADLINE = "deadline"
     REPORTED = "reported"
+    DRAFT_APPROVED = "draft_approved"
 
 
 Evidence = tuple[tuple[str, float | str], ...]
@@ -344,6 +350,18 @@ class ReportMade:
 
 
 @dataclass(frozen=True, slots=True)
+class DraftApproval:
+    """``who`` approved ``text`` (whose UTF-8 sha256 is ``sha256``) for ``audience``."""
+
+    audience: str
+    who: str
+    source: str
+    sha256: str
+    text: str
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Deadline:
     """A reporting obligation's clock for one incident: it started at ``start_wall_s`` (the
     incident first reached the obligation's severity), is due at ``due_wall_s``, its contacts
@@ -415,6 +433,7 @@ class Incident:
     escalations: tuple[Escalation, ...] = ()
     deadline_notices: tuple[DeadlineNotice, ...] = ()
     reports: tuple[ReportMade, ...] = ()
+    approvals: tuple[DraftApproval, ...] = ()
 
     @property
     def is_open(self) -> bool:
@@ -820,7 +839,21 @@ def _reported(incident: Incident, payload: Mapping[str, Any]) -> Incident:
                   f"report {r.obligation} made" + (f": {r.ref}" if r.ref else ""), r.who)
 
 
+def _draft_approved(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    a = DraftApproval(_text(payload.get("audience"), "audience"),
+                      _text(payload.get("who"), "who"),
+                      _text(payload.get("source", ""), "source"),
+                      _text(payload.get("sha256"), "sha256"), _text(payload.get("text"), "text"),
+                      _num(payload.get("wall_s"), "wall_s"))
+    if hashlib.sha256(a.text.encode("utf-8")).hexdigest() != a.sha256:
+        raise ValueError("draft_approved: the text does not match its sha256")
+    incident = replace(incident, approvals=(*incident.approvals, a))
+    return _entry(incident, payload, EntryKind.DRAFT_APPROVED,
+                  f"draft for {a.audience} approved (sha256 {a.sha256[:12]}...)", a.who)
+
+
 _FOLDS: Final = {
+    "draft_approved": _draft_approved,
     "severity": _severity,
     "consequence": _consequence,
     "escalate": _escalate,
