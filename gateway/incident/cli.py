@@ -1,5 +1,5 @@
 """``safety-gateway incidents list|show|note|ack|check|severity|reported|draft|approve-draft|
-resolve|export|playbook``: incidents, by hand.
+review|actions|action-done|resolve|export|playbook``: incidents, by hand.
 
 :func:`add_parser` adds ``incidents`` to the top-level subparsers; each subcommand sets ``func``
 to a callable taking the parsed ``argparse.Namespace`` and returning the exit code:
@@ -11,6 +11,8 @@ to a callable taking the parsed ``argparse.Namespace`` and returning the exit co
 - 2: bad input (a missing file or one that is not an audit database, an empty text or name,
   an unknown severity; ``playbook``: an invalid playbook, each problem printed as
   ``file:line: key: message``).
+- 3: (``resolve``) refused because required checklist items or the review are open; the
+  message lists them (an administrator may ``--force --reason TEXT``).
 
 Errors print one line on stderr, never a traceback.
 
@@ -48,6 +50,7 @@ __all__ = ["add_parser", "format_incident"]
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INPUT: Final = 2
+EXIT_OPEN_ITEMS: Final = 3
 
 
 class _Fail(Exception):
@@ -180,10 +183,50 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     book.add_argument("--json", action="store_true", help="print JSON")
     book.set_defaults(func=_command(_playbook))
 
-    resolve = commands.add_parser("resolve", help="resolve an incident with a summary")
+    review = commands.add_parser(
+        "review", help="record the post-incident review (again: revise it, add actions)",
+        description="Record the root cause, contributing factors, what went well and badly, "
+                    "and action items with owners and due dates. A later review revises the "
+                    "root cause and lessons and adds its action items.")
+    review.add_argument("id", metavar="ID")
+    review.add_argument("--root-cause", required=True, metavar="TEXT")
+    review.add_argument("--factor", action="append", default=[], metavar="TEXT",
+                        help="a contributing factor (repeat for more)")
+    review.add_argument("--went-well", action="append", default=[], metavar="TEXT")
+    review.add_argument("--went-badly", action="append", default=[], metavar="TEXT")
+    review.add_argument("--action", nargs=3, action="append", default=[],
+                        metavar=("TEXT", "OWNER", "DUE"),
+                        help="an action item, its owner and its due date (YYYY-MM-DD); "
+                             "repeat for more")
+    writer_args(review, "who records it")
+    review.add_argument("--json", action="store_true", help="print the incident as JSON")
+    review.set_defaults(func=_command(_review))
+
+    actions = commands.add_parser("actions", help="list open action items across incidents")
+    db_arg(actions)
+    actions.add_argument("--all", action="store_true", help="closed ones too")
+    actions.add_argument("--json", action="store_true", help="print JSON")
+    actions.set_defaults(func=_command(_actions))
+
+    done = commands.add_parser("action-done", help="close an action item")
+    done.add_argument("id", metavar="ID")
+    done.add_argument("number", metavar="N", help="the item's number, as `actions` lists it")
+    done.add_argument("--note", default="", metavar="TEXT", help="what was done")
+    writer_args(done, "who closes it")
+    done.add_argument("--json", action="store_true", help="print the incident as JSON")
+    done.set_defaults(func=_command(_action_done))
+
+    resolve = commands.add_parser(
+        "resolve", help="resolve an incident with a summary",
+        description="Refused (exit 3) while required checklist items or the review are "
+                    "open, unless an administrator forces it with --force --reason TEXT "
+                    "(recorded, with what was open).")
     resolve.add_argument("id", metavar="ID")
     resolve.add_argument("--summary", required=True, metavar="TEXT",
                          help="what happened and what was done")
+    resolve.add_argument("--force", action="store_true",
+                         help="(administrator) resolve although required items are open")
+    resolve.add_argument("--reason", metavar="TEXT", help="why it is forced (with --force)")
     writer_args(resolve, "who resolves it")
     resolve.add_argument("--json", action="store_true", help="print the incident as JSON")
     resolve.set_defaults(func=_command(_resolve))
@@ -360,6 +403,28 @@ def format_incident(incident: Incident, now_wall_s: float | None = None) -> str:
                    if o.name not in {d.obligation for d in deadlines}]
         lines += [f"  {o.name:<18} not running (starts at severity {o.min_severity})"
                   for o in waiting]
+    if incident.review is not None:
+        rv = incident.review
+        lines += ["", f"review (by {rv.who} at {_utc(rv.wall_s)}"
+                      + (f", revision {rv.revisions}" if rv.revisions > 1 else "") + "):",
+                  f"  root cause   {rv.root_cause}"]
+        lines += [f"  factor       {t}" for t in rv.factors]
+        lines += [f"  went well    {t}" for t in rv.went_well]
+        lines += [f"  went badly   {t}" for t in rv.went_badly]
+    if incident.actions:
+        lines += ["", "action items (close with: incidents action-done ID N --by WHO --db DB):"]
+        lines += [f"  [{'x' if a.done else ' '}] {a.number}. {a.text}  (owner {a.owner}, due "
+                  f"{a.due})" + (f"  done by {a.done_by}" if a.done else "")
+                  for a in incident.actions]
+    if incident.is_open:
+        needed = incident.open_requirements()
+        lines += ["", f"to resolve: {len(needed)} required item(s) open"
+                  + (" (checklist below" + (", review" if "review" in needed else "") + ")"
+                     if needed else "")]
+    elif incident.resolution is not None and incident.resolution.forced:
+        r = incident.resolution
+        lines += ["", f"resolution FORCED by {r.who}: {r.force_reason}; open then:"]
+        lines += [f"  - {t}" for t in r.open]
     if incident.approvals:
         lines += ["", "approved communications:"]
         lines += [f"  {a.audience:<10} by {a.who} at {_utc(a.wall_s)}  sha256 {a.sha256}"
@@ -471,7 +536,7 @@ def _source() -> str:
 
 def _write(args: argparse.Namespace, change: Callable[[IncidentManager], Incident],
            done: str, via: tuple[str, tuple[str, ...]]) -> int:
-    from gateway.incident.model import BadRequest, IncidentError
+    from gateway.incident.model import BadRequest, IncidentError, OpenItems
 
     if args.via is not None:
         return _through_gateway(args, *via)
@@ -484,7 +549,8 @@ def _write(args: argparse.Namespace, change: Callable[[IncidentManager], Inciden
         try:
             incident = change(manager)
         except IncidentError as exc:
-            code = EXIT_INPUT if isinstance(exc, BadRequest) else EXIT_FAILED
+            code = (EXIT_INPUT if isinstance(exc, BadRequest) else
+                    EXIT_OPEN_ITEMS if isinstance(exc, OpenItems) else EXIT_FAILED)
             raise _Fail(code, str(exc)) from None
     finally:
         written = audit.close(timeout_s=10.0)
@@ -612,8 +678,58 @@ def _playbook(args: argparse.Namespace) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    return _write(args, lambda m: m.resolve(args.id, args.by, _source(), args.summary),
-                  "resolved", ("IncidentResolve", (args.summary,)))
+    if args.force != (args.reason is not None):
+        raise _Fail(EXIT_INPUT, "--force and --reason go together (an administrator's "
+                                "reason for resolving with required items open)")
+    if args.force and args.via is not None:
+        raise _Fail(EXIT_INPUT, "--force cannot go through --via yet; the gateway's OPC UA "
+                                "resolve takes a summary only")
+    # Through --db the database's file permissions are the authority (as for every command
+    # here); the CLI enforces the playbook's requirements before resolving.
+    return _write(args, lambda m: m.resolve(args.id, args.by, _source(), args.summary,
+                                            enforce=True, force_reason=args.reason),
+                  "resolved" + (" (forced)" if args.force else ""),
+                  ("IncidentResolve", (args.summary,)))
+
+
+def _review(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.review(
+        args.id, args.by, _source(), args.root_cause, factors=args.factor,
+        went_well=args.went_well, went_badly=args.went_badly,
+        actions=[tuple(a) for a in args.action]), "review recorded", ("", ()))
+
+
+def _action_done(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.action_done(args.id, args.number, args.by, _source(),
+                                                args.note),
+                  f"action item {args.number} closed", ("", ()))
+
+
+def _actions(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from gateway.incident.store import load_incidents
+
+    today = dt.datetime.now(dt.UTC).date()
+    rows = [(inc, item) for inc in load_incidents(_need_db(args)) for item in inc.actions
+            if args.all or not item.done]
+    if args.json:
+        _print_json([{"incident": inc.id, "number": item.number, "text": item.text,
+                      "owner": item.owner, "due": item.due.isoformat(), "done": item.done,
+                      "done_by": item.done_by, "overdue": item.overdue(today)}
+                     for inc, item in rows])
+        return EXIT_OK
+    if not rows:
+        print("no open action items" if not args.all else "no action items")
+        return EXIT_OK
+    for inc, item in sorted(rows, key=lambda r: (r[1].due, r[0].id, r[1].number)):
+        state = (f"done by {item.done_by}" if item.done else
+                 "OVERDUE" if item.overdue(today) else "open")
+        print(f"{inc.id} #{item.number}  due {item.due}  {item.owner:<12} [{state}]  "
+              f"{item.text}")
+    return EXIT_OK
 
 
 def _through_gateway(args: argparse.Namespace, method: str, rest: tuple[str, ...]) -> int:

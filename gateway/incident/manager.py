@@ -48,6 +48,7 @@ from gateway.incident.model import (
     ContainmentStatus,
     Incident,
     IncidentError,
+    OpenItems,
     Phase,
     UnknownIncident,
     fold_record,
@@ -377,10 +378,16 @@ class IncidentManager:
         return self._incidents[incident_id]
 
     def resolve(self, incident_id: str, who: str, source: str, summary: str, *,
-                authorised: bool = True) -> Incident:
+                authorised: bool = True, enforce: bool = False,
+                force_reason: str | None = None) -> Incident:
         """Resolve the incident with a summary. ``authorised`` is the ops layer's verdict on
-        ``who``. Raises :class:`IncidentError` for an unknown id, an incident already resolved,
-        an empty summary or name, or an unauthorised request."""
+        ``who`` (an administrator). With ``enforce``, resolving is refused while required
+        checklist items or the review are open (:meth:`Incident.open_requirements`), unless
+        ``force_reason`` says why it must be resolved anyway: the resolution then records that
+        it was forced, the reason and what was open. Raises :class:`OpenItems` (listing what is
+        open), :class:`BadRequest` for an empty summary, name or force reason,
+        :class:`IncidentError` for an unknown id, an incident already resolved, or an
+        unauthorised request."""
         incident = self.get(incident_id)
         _need_text("who", who)
         if not authorised:
@@ -389,9 +396,23 @@ class IncidentManager:
             raise IncidentError(f"{incident_id} is already resolved")
         if not isinstance(summary, str) or not summary.strip():
             raise BadRequest("a resolution needs a summary")
-        self._record(incident_id, {"action": "resolve", "who": who, "source": source,
-                                   "summary": summary.strip(), "at_s": self._last_at_s},
-                     actor=who, source=source)
+        if force_reason is not None:
+            _need_text("force reason", force_reason)
+        payload: dict[str, Any] = {"action": "resolve", "who": who, "source": source,
+                                   "summary": summary.strip(), "at_s": self._last_at_s}
+        open_items = incident.open_requirements() if enforce else ()
+        if open_items:
+            if force_reason is None:
+                shown = "; ".join(open_items[:5]) + (
+                    f"; and {len(open_items) - 5} more" if len(open_items) > 5 else "")
+                raise OpenItems(f"{incident_id} cannot be resolved: {len(open_items)} required "
+                                f"item(s) open: {shown} (an administrator may force it with "
+                                "a reason)", open_items)
+            payload |= {"forced": True, "force_reason": force_reason.strip(),
+                        "open": list(open_items)}
+            log.warning("incident %s resolved by %s with %d required items open: %s",
+                        incident_id, who, len(open_items), force_reason)
+        self._record(incident_id, payload, actor=who, source=source)
         self._phase(incident_id, Phase.RESOLVED, self._last_at_s, who, "resolved")
         self._open.remove(incident_id)
         self._awaiting_containment = [i for i in self._awaiting_containment
@@ -452,6 +473,67 @@ class IncidentManager:
                                 f"(by {made.who})")
         self._record(incident_id, {"action": "reported", "obligation": obligation, "who": who,
                                    "source": source, "ref": ref.strip()},
+                     actor=who, source=source)
+        return self._incidents[incident_id]
+
+    def review(self, incident_id: str, who: str, source: str, root_cause: str, *,
+               factors: Iterable[str] = (), went_well: Iterable[str] = (),
+               went_badly: Iterable[str] = (),
+               actions: Iterable[tuple[str, str, str]] = ()) -> Incident:
+        """Record the post-incident review (or revise it: a later review replaces the root
+        cause and lessons and adds its action items). ``actions`` are (text, owner, due date
+        ``YYYY-MM-DD``). Also for resolved incidents. Raises :class:`BadRequest` for an empty
+        root cause, name, text or owner, or a malformed due date; :class:`IncidentError` for
+        an unknown id."""
+        from gateway.incident.review import parse_due
+
+        self.get(incident_id)
+        _need_text("who", who)
+        _need_text("root cause", root_cause)
+        lists = {}
+        for key, texts in (("factors", factors), ("went_well", went_well),
+                           ("went_badly", went_badly)):
+            items = [t.strip() for t in texts]
+            if any(not t for t in items):
+                raise BadRequest(f"`{key}`: an entry is empty")
+            lists[key] = items
+        items_json = []
+        for text, owner, due in actions:
+            _need_text("action text", text)
+            _need_text("action owner", owner)
+            try:
+                day = parse_due(due)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            items_json.append({"text": text.strip(), "owner": owner.strip(),
+                               "due": day.isoformat()})
+        self._record(incident_id, {"action": "review", "who": who, "source": source,
+                                   "root_cause": root_cause.strip(), **lists,
+                                   "actions": items_json}, actor=who, source=source)
+        if self._incidents[incident_id].is_open:
+            self._investigating(incident_id, who, "review recorded")
+        return self._incidents[incident_id]
+
+    def action_done(self, incident_id: str, number: int | str, who: str, source: str = "",
+                    note: str = "") -> Incident:
+        """Close action item ``number`` (from 1, as ``incidents actions`` lists it). Raises
+        :class:`BadRequest` for an empty name or a number that is not one,
+        :class:`IncidentError` for an unknown id or item, or an item closed already."""
+        incident = self.get(incident_id)
+        _need_text("who", who)
+        try:
+            n = int(number)
+        except ValueError:
+            raise BadRequest(f"action item {number!r} is not a number") from None
+        if not 1 <= n <= len(incident.actions):
+            raise IncidentError(f"{incident_id} has no action item {n} "
+                                f"({len(incident.actions)} items, numbered from 1)")
+        item = incident.actions[n - 1]
+        if item.done:
+            raise IncidentError(f"{incident_id}: action item {n} is closed already "
+                                f"(by {item.done_by})")
+        self._record(incident_id, {"action": "action_done", "number": n, "who": who,
+                                   "source": source, "note": note.strip()},
                      actor=who, source=source)
         return self._incidents[incident_id]
 
@@ -630,6 +712,7 @@ class IncidentManager:
                 "trigger_s": window.trigger_s, "start_s": window.start_s,
                 "end_s": window.end_s},
             "people": self.playbook.people.to_json(),
+            "resolve_requires": self.playbook.resolve_requires.to_json(),
         }
         self._record(ident, payload, wall_s=wall_s)
         if ident not in self._incidents:  # not folded: a bug, already logged

@@ -14,9 +14,11 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     ``site, wall_s, at_s, trigger {detector, reason, at_s, target, evidence [[k, v], ...]},
     mode_at_trip, mode_after_trip, model {path, sha256}, config_sha256,
     playbook {name, source, sha256, rule}, checklist {phase: [item, ...]}, notify [hook, ...],
-    flight_recorder {trigger_s, start_s, end_s} | null, people {...} | absent`` (``people``: the
+    flight_recorder {trigger_s, start_s, end_s} | null, people {...} | absent,
+    resolve_requires {checklist: [phase, ...], review: bool} | absent`` (``people``: the
     playbook's contacts, severity rules, escalation and reporting obligations,
-    :meth:`gateway.incident.people.PeoplePlan.to_json`).
+    :meth:`gateway.incident.people.PeoplePlan.to_json`; ``resolve_requires`` absent means
+    every checklist item and a review).
 ``phase``
     ``phase, wall_s, at_s, by, reason``: the incident moved forward to ``phase``.
 ``event``
@@ -34,7 +36,8 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     ``wall_s, phase, index, item, who, source`` (an item done), or ``wall_s, added
     {phase: [item, ...]}, rule`` (items added by a further trip's playbook rule).
 ``resolve``
-    ``wall_s, at_s, who, source, summary``.
+    ``wall_s, at_s, who, source, summary`` and, when it was forced while required items were
+    open, ``forced: true, force_reason, open [what was open, ...]``.
 ``severity``
     ``wall_s, level, previous, by, source, reason, rule``: the incident's severity became
     ``level`` (``by`` null and ``rule`` the severity rule when the playbook classified it; an
@@ -50,6 +53,12 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     a reporting obligation were told its deadline is near, or has passed.
 ``reported``
     ``wall_s, obligation, who, source, ref``: the report an obligation asks for was made.
+``review``
+    ``wall_s, who, source, root_cause, factors [..], went_well [..], went_badly [..],
+    actions [{text, owner, due: "YYYY-MM-DD"}, ...]``: the post-incident review (a later one
+    revises it and adds its action items, numbered on from the earlier ones).
+``action_done``
+    ``wall_s, number, who, source, note``: action item ``number`` was closed.
 ``draft_approved``
     ``wall_s, audience, who, source, sha256, text``: a person approved this text of the
     communication to ``audience`` (regulator, customers, board, internal) for sending.
@@ -79,6 +88,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.incident.people import Consequence, PeoplePlan, Severity
+from gateway.incident.review import ActionItem, Review, parse_due
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -99,12 +109,14 @@ __all__ = [
     "ModelIdentity",
     "Note",
     "NotificationRecord",
+    "OpenItems",
     "Phase",
     "PhaseChange",
     "PlaybookRef",
     "RecorderRef",
     "ReportMade",
     "Resolution",
+    "ResolveRequirements",
     "SeverityChange",
     "TimelineEntry",
     "Trigger",
@@ -125,6 +137,15 @@ class IncidentError(Exception):
 class BadRequest(IncidentError):
     """The request itself is malformed: an empty name, text or summary, an unknown checklist
     phase."""
+
+
+class OpenItems(IncidentError):
+    """Resolve refused: required checklist items or the review are still open (``open``
+    lists them)."""
+
+    def __init__(self, message: str, open_items: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.open = open_items
 
 
 class UnknownIncident(IncidentError, KeyError):
@@ -189,6 +210,8 @@ class EntryKind(StrEnum):
     DEADLINE = "deadline"
     REPORTED = "reported"
     DRAFT_APPROVED = "draft_approved"
+    REVIEW = "review"
+    ACTION = "action"
 
 
 Evidence = tuple[tuple[str, float | str], ...]
@@ -274,10 +297,38 @@ class Note:
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
+    """Who resolved it, with what summary; ``forced`` (with ``force_reason`` and what was
+    still ``open``) when required items were open."""
+
     who: str
     source: str
     summary: str
     wall_s: float
+    forced: bool = False
+    force_reason: str = ""
+    open: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequirements:
+    """What must be closed before the incident can be resolved without force: every
+    checklist item of the ``checklist`` phases, and a review when ``review``."""
+
+    checklist: tuple[ChecklistPhase, ...] = tuple(ChecklistPhase)
+    review: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checklist": [p.value for p in self.checklist], "review": self.review}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ResolveRequirements:
+        """Absent (records written before it existed): everything is required."""
+        if obj is None:
+            return cls()
+        if not isinstance(obj, dict) or not isinstance(obj.get("checklist", []), list):
+            raise ValueError("resolve_requires must be {checklist: [phase, ...], review: bool}")
+        return cls(tuple(ChecklistPhase(p) for p in obj.get("checklist", [])),
+                   bool(obj.get("review", True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +485,9 @@ class Incident:
     deadline_notices: tuple[DeadlineNotice, ...] = ()
     reports: tuple[ReportMade, ...] = ()
     approvals: tuple[DraftApproval, ...] = ()
+    resolve_requires: ResolveRequirements = field(default_factory=ResolveRequirements)
+    review: Review | None = None
+    actions: tuple[ActionItem, ...] = ()
 
     @property
     def is_open(self) -> bool:
@@ -448,6 +502,20 @@ class Incident:
 
     def checklist_of(self, phase: ChecklistPhase) -> tuple[ChecklistItem, ...]:
         return tuple(item for item in self.checklist if item.phase is phase)
+
+    def open_requirements(self) -> tuple[str, ...]:
+        """What must still be closed before the incident can be resolved without force:
+        ``"checklist PHASE N: TEXT"`` per required item not done, ``"review"`` when a review
+        is required and none is recorded. Empty when it may be resolved."""
+        required = set(self.resolve_requires.checklist)
+        out = []
+        for phase in ChecklistPhase:
+            if phase in required:
+                out += [f"checklist {phase} {k}: {item.text}"
+                        for k, item in enumerate(self.checklist_of(phase)) if not item.done]
+        if self.resolve_requires.review and self.review is None:
+            out.append("review")
+        return tuple(out)
 
     def acknowledged_at(self) -> float | None:
         """When someone first acknowledged the incident (wall clock), None if no one has."""
@@ -611,7 +679,8 @@ def _open(payload: Mapping[str, Any]) -> Incident:
         notifications_planned=tuple(_text(n, "notify") for n in notify),
         checklist=_checklist(payload.get("checklist", {})),
         trips=(trigger,), flight_recorder=recorder,
-        people=PeoplePlan.from_json(payload.get("people")))
+        people=PeoplePlan.from_json(payload.get("people")),
+        resolve_requires=ResolveRequirements.from_json(payload.get("resolve_requires")))
     text = f"incident opened: {trigger.detector}: {trigger.reason}"
     if trigger.evidence:
         text += f" ({evidence_text(trigger.evidence)})"
@@ -724,10 +793,66 @@ def _resolve(incident: Incident, payload: Mapping[str, Any]) -> Incident:
     resolution = Resolution(_text(payload.get("who"), "who"),
                             _text(payload.get("source", ""), "source"),
                             _text(payload.get("summary"), "summary"),
-                            _num(payload.get("wall_s"), "wall_s"))
+                            _num(payload.get("wall_s"), "wall_s"),
+                            bool(payload.get("forced", False)),
+                            _text(payload.get("force_reason", ""), "force_reason"),
+                            _names(payload.get("open", []), "open"))
     incident = replace(incident, resolution=resolution)
-    return _entry(incident, payload, EntryKind.RESOLVED, f"resolved: {resolution.summary}",
-                  resolution.who)
+    text = f"resolved: {resolution.summary}"
+    if resolution.forced:
+        text += (f" (FORCED with {len(resolution.open)} required item(s) open: "
+                 f"{resolution.force_reason})")
+    return _entry(incident, payload, EntryKind.RESOLVED, text, resolution.who)
+
+
+def _texts(value: Any, what: str) -> tuple[str, ...]:
+    return _names(value if value is not None else [], what)
+
+
+def _review(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    who = _text(payload.get("who"), "who")
+    wall_s = _num(payload.get("wall_s"), "wall_s")
+    before = incident.review
+    review = Review(_text(payload.get("root_cause"), "root_cause"),
+                    _texts(payload.get("factors"), "factors"),
+                    _texts(payload.get("went_well"), "went_well"),
+                    _texts(payload.get("went_badly"), "went_badly"), who, wall_s,
+                    1 if before is None else before.revisions + 1)
+    raw = payload.get("actions", [])
+    if not isinstance(raw, list):
+        raise ValueError("actions must be a list")
+    items = list(incident.actions)
+    for obj in raw:
+        if not isinstance(obj, dict):
+            raise ValueError("an action item must be an object")
+        items.append(ActionItem(len(items) + 1, _text(obj.get("text"), "action text"),
+                                _text(obj.get("owner"), "action owner"),
+                                parse_due(_text(obj.get("due"), "action due"))))
+    incident = replace(incident, review=review, actions=tuple(items))
+    verb = "review recorded" if before is None else f"review revised ({review.revisions})"
+    return _entry(incident, payload, EntryKind.REVIEW,
+                  f"{verb}: root cause: {review.root_cause}; {len(raw)} action item(s) added",
+                  who)
+
+
+def _action_done(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    number = payload.get("number")
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValueError("action number must be a whole number")
+    if not 1 <= number <= len(incident.actions):
+        raise ValueError(f"no action item {number}")
+    who = _text(payload.get("who"), "who")
+    wall_s = _num(payload.get("wall_s"), "wall_s")
+    note = _text(payload.get("note", ""), "note")
+    items = list(incident.actions)
+    item = items[number - 1]
+    if item.done:
+        raise ValueError(f"action item {number} is closed already")
+    items[number - 1] = replace(item, done_by=who, done_wall_s=wall_s, note=note)
+    incident = replace(incident, actions=tuple(items))
+    return _entry(incident, payload, EntryKind.ACTION,
+                  f"action item {number} done: {item.text}" + (f" ({note})" if note else ""),
+                  who)
 
 
 def _count(value: Any, what: str) -> int:
@@ -853,6 +978,8 @@ def _draft_approved(incident: Incident, payload: Mapping[str, Any]) -> Incident:
 
 
 _FOLDS: Final = {
+    "review": _review,
+    "action_done": _action_done,
     "draft_approved": _draft_approved,
     "severity": _severity,
     "consequence": _consequence,

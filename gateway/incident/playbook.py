@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from gateway.config.loader import Abort, ConfigError, Ctx, Section
 from gateway.config.yamlsrc import Issue, Node, SourceError
 from gateway.config.yamlsrc import load as load_yaml
-from gateway.incident.model import ChecklistPhase
+from gateway.incident.model import ChecklistPhase, ResolveRequirements
 from gateway.incident.people import (
     Contact,
     ContactRole,
@@ -213,6 +213,7 @@ class Playbook:
     sha256: str | None = None
     people: PeoplePlan = field(default_factory=PeoplePlan)
     danger_limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    resolve_requires: ResolveRequirements = field(default_factory=ResolveRequirements)
     _cache: dict[str, Rule | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -355,13 +356,14 @@ def _read(ctx: Ctx, m: Section, path: Path, digest: str) -> Playbook | None:
                 ok[0] = False
     people = _read_people(ctx, m, hooks, hm if isinstance(hm, Section) else None, ok)
     danger = _read_danger(m, ok)
+    requires = _read_requires(m, ok)
     m.finish()
     if not ok[0] or people is None:
         return None
     return Playbook(name=str(name), rules=tuple(rules), hooks=hooks, checklist=checklist,
                     join_open_incident=True if join is None else bool(join),
                     description=str(description), source=str(path), sha256=digest,
-                    people=people, danger_limits=danger)
+                    people=people, danger_limits=danger, resolve_requires=requires)
 
 
 def _read_hook(ctx: Ctx, name: str, node: Node, where: str) -> NotificationSpec:
@@ -711,3 +713,22 @@ def _read_danger(m: Section, ok: list[bool]) -> dict[str, tuple[float, float]]:
         out[key] = (pair[0], pair[1])
     dm.finish()
     return out
+
+
+def _read_requires(m: Section, ok: list[bool]) -> ResolveRequirements:
+    """``resolve_requires: {checklist: [phase, ...], review: bool}``; absent: everything."""
+    rm = _grab(lambda: m.map("resolve_requires"), ok)
+    if not isinstance(rm, Section):
+        return ResolveRequirements()
+    phases = _grab(lambda: rm.opt_strs("checklist"), ok)
+    review = _grab(lambda: rm.opt_bool("review"), ok)
+    rm.finish()
+    known = [p.value for p in ChecklistPhase]
+    chosen: list[ChecklistPhase] = []
+    for phase in phases if phases is not None else known:
+        if phase not in known:
+            rm.error("checklist", f"unknown phase {phase!r}; use " + ", ".join(known))
+            ok[0] = False
+        else:
+            chosen.append(ChecklistPhase(phase))
+    return ResolveRequirements(tuple(chosen), True if review is None else review)
