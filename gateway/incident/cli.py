@@ -383,6 +383,8 @@ def format_incident(incident: Incident, now_wall_s: float | None = None) -> str:
         if change is not None:
             lines.append(f"  {phase:<13} {_utc(change.wall_s)}  {change.reason}"
                          + (f" ({change.by})" if change.by else ""))
+    if incident.plant_safety:
+        lines += ["", "plant safety systems:", f"  {incident.plant_safety}"]
     lines += ["", "containment:"]
     lines += [f"  {c.step:<16} {c.status:<11} {c.detail}" for c in incident.containment] or [
         "  (none)"]

@@ -74,6 +74,8 @@ PLACEHOLDERS: Final = {
     "deadlines": "the reporting deadlines and their state, one line each",
     "next_update": "when the next update will be given",
     "summary": "the resolution's summary, or 'under investigation'",
+    "plant_safety": "how the gateway's actions relate to the plant's safety instrumented "
+                    "system (the playbook's statement)",
 }
 
 
@@ -133,6 +135,7 @@ def facts(incident: Incident, now_wall_s: float, next_update: str | None = None
         "deadlines": "\n".join(lines) or "- no reporting clock runs for this incident",
         "next_update": next_update,
         "summary": res.summary if res else "under investigation",
+        "plant_safety": incident.plant_safety or "not stated in the playbook",
     }
 
 

@@ -260,7 +260,7 @@ class IncidentManager:
         self._windows: list[tuple[str, FrozenWindow]] = []
         self._storing: list[_Storing] = []
         self._pending_requests: list[Request] = []
-        self._taken: dict[str, set[ContainmentKind]] = {}
+        self._taken: dict[str, set[str]] = {}
         self._repeats: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._last_at_s: float | None = None
         self._busy = False
@@ -713,6 +713,7 @@ class IncidentManager:
                 "end_s": window.end_s},
             "people": self.playbook.people.to_json(),
             "resolve_requires": self.playbook.resolve_requires.to_json(),
+            "plant_safety": self.playbook.plant_safety,
         }
         self._record(ident, payload, wall_s=wall_s)
         if ident not in self._incidents:  # not folded: a bug, already logged
@@ -763,9 +764,9 @@ class IncidentManager:
         mode = decision.mode
         for step in rule.containment:
             kind = step.kind
-            if kind in taken:
+            if step.key in taken:
                 continue
-            taken.add(kind)
+            taken.add(step.key)
             payload: dict[str, Any] = {"action": "containment", "step": kind.value,
                                        "at_s": decision.at_s}
             if kind in _REQUEST_OF:
@@ -787,6 +788,11 @@ class IncidentManager:
                 payload |= {"status": status.value,
                             "detail": f"mode is {mode}; the AI keeps being computed and "
                                       "judged without being applied"}
+            elif kind is ContainmentKind.PROCEDURE:
+                # For the people on shift: the incident says which procedure, its checklist
+                # tracks it; the gateway keeps doing what it does (fallback control).
+                payload |= {"status": ContainmentStatus.REQUESTED.value,
+                            "detail": f"operators: {step.describe()}"}
             elif kind is ContainmentKind.RATE_LIMIT:
                 assert step.factor is not None
                 actions.append(RateLimit(step.factor, reason, ident))

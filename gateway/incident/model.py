@@ -15,7 +15,9 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     mode_at_trip, mode_after_trip, model {path, sha256}, config_sha256,
     playbook {name, source, sha256, rule}, checklist {phase: [item, ...]}, notify [hook, ...],
     flight_recorder {trigger_s, start_s, end_s} | null, people {...} | absent,
-    resolve_requires {checklist: [phase, ...], review: bool} | absent`` (``people``: the
+    resolve_requires {checklist: [phase, ...], review: bool} | absent,
+    plant_safety TEXT | absent`` (``plant_safety``: how the gateway's actions relate to the
+    plant's own safety instrumented system, as the playbook states it; ``people``: the
     playbook's contacts, severity rules, escalation and reporting obligations,
     :meth:`gateway.incident.people.PeoplePlan.to_json`; ``resolve_requires`` absent means
     every checklist item and a review).
@@ -486,6 +488,7 @@ class Incident:
     reports: tuple[ReportMade, ...] = ()
     approvals: tuple[DraftApproval, ...] = ()
     resolve_requires: ResolveRequirements = field(default_factory=ResolveRequirements)
+    plant_safety: str = ""
     review: Review | None = None
     actions: tuple[ActionItem, ...] = ()
 
@@ -680,7 +683,8 @@ def _open(payload: Mapping[str, Any]) -> Incident:
         checklist=_checklist(payload.get("checklist", {})),
         trips=(trigger,), flight_recorder=recorder,
         people=PeoplePlan.from_json(payload.get("people")),
-        resolve_requires=ResolveRequirements.from_json(payload.get("resolve_requires")))
+        resolve_requires=ResolveRequirements.from_json(payload.get("resolve_requires")),
+        plant_safety=_text(payload.get("plant_safety", ""), "plant_safety"))
     text = f"incident opened: {trigger.detector}: {trigger.reason}"
     if trigger.evidence:
         text += f" ({evidence_text(trigger.evidence)})"

@@ -7,7 +7,9 @@ A playbook maps triggers (detector names, matched by shell-style patterns: ``env
   to the supervisor as requester ``playbook``; a step the supervisor's trip already satisfies is
   recorded as such and not requested), ``rate_limit`` with a ``factor`` in (0, 1] (the runtime
   scales the actuators' rate limits, if it supports that), ``quarantine_model`` (keep the model
-  from being re-enabled until it is investigated);
+  from being re-enabled until it is investigated), ``procedure`` with a ``name`` (and a
+  document ``ref``): a manual-operation procedure the people on shift carry out (recorded in
+  the incident and added to its containment checklist; the gateway itself does nothing);
 * **notifications**: named hooks of kind ``log``, ``webhook`` (``url``, ``timeout_s``) or
   ``command`` (``argv``, a list: never a shell string; ``timeout_s``);
 * **checklist** items per phase of incident response (detection, containment, investigation,
@@ -102,6 +104,7 @@ class ContainmentKind(StrEnum):
     SAFE_STOP = "safe_stop"
     RATE_LIMIT = "rate_limit"
     QUARANTINE_MODEL = "quarantine_model"
+    PROCEDURE = "procedure"
 
 
 class HookKind(StrEnum):
@@ -112,12 +115,20 @@ class HookKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ContainmentStep:
-    """One containment step; ``factor`` (0 < factor <= 1) only for ``rate_limit``."""
+    """One containment step; ``factor`` (0 < factor <= 1) only for ``rate_limit``;
+    ``procedure`` (its name) and ``ref`` (where it is written down) only for ``procedure``."""
 
     kind: ContainmentKind
     factor: float | None = None
+    procedure: str | None = None
+    ref: str = ""
 
     def __post_init__(self) -> None:
+        if self.kind is ContainmentKind.PROCEDURE:
+            if not self.procedure or not self.procedure.strip():
+                raise ValueError("a procedure step needs the procedure's `name`")
+        elif self.procedure is not None or self.ref:
+            raise ValueError(f"`name` and `ref` apply to procedure steps only, not {self.kind}")
         if self.kind is ContainmentKind.RATE_LIMIT:
             if self.factor is None or not (math.isfinite(self.factor)
                                            and 0.0 < self.factor <= 1.0):
@@ -126,7 +137,21 @@ class ContainmentStep:
             raise ValueError(f"`factor` applies to rate_limit only, not {self.kind}")
 
     def describe(self) -> str:
+        if self.procedure is not None:
+            return f"procedure {self.procedure}" + (f" ({self.ref})" if self.ref else "")
         return self.kind.value if self.factor is None else f"{self.kind} x{self.factor:g}"
+
+    @property
+    def key(self) -> str:
+        """What makes a step distinct within an incident (one per kind; procedures by name)."""
+        return self.kind.value if self.procedure is None else f"procedure:{self.procedure}"
+
+    def checklist_item(self) -> str | None:
+        """The containment checklist item a procedure step adds (None for other steps)."""
+        if self.procedure is None:
+            return None
+        return (f"carry out the manual-operation procedure {self.procedure}"
+                + (f" ({self.ref})" if self.ref else "") + "; record who and when")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +236,7 @@ class Playbook:
     description: str = ""
     source: str | None = None
     sha256: str | None = None
+    plant_safety: str = ""
     people: PeoplePlan = field(default_factory=PeoplePlan)
     danger_limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     resolve_requires: ResolveRequirements = field(default_factory=ResolveRequirements)
@@ -244,12 +270,16 @@ class Playbook:
         return self.join_open_incident
 
     def checklist_for(self, rule: Rule | None) -> dict[str, list[str]]:
-        """The common checklist plus ``rule``'s items, per phase (JSON-ready)."""
+        """The common checklist plus ``rule``'s items, per phase (JSON-ready); a rule's
+        procedure steps add their items to the containment phase."""
         out: dict[str, list[str]] = {}
         for phase in ChecklistPhase:
             items = list(self.checklist.get(phase, ()))
             if rule is not None:
-                items += [i for i in rule.checklist.get(phase, ()) if i not in items]
+                extra = list(rule.checklist.get(phase, ()))
+                if phase is ChecklistPhase.CONTAINMENT:
+                    extra += [t for t in (s.checklist_item() for s in rule.containment) if t]
+                items += [i for i in extra if i not in items]
             out[phase.value] = items
         return out
 
@@ -310,6 +340,7 @@ def _read(ctx: Ctx, m: Section, path: Path, digest: str) -> Playbook | None:
     ok = [True]
     name = _grab(lambda: m.opt_str("name"), ok) or path.stem
     description = _grab(lambda: m.opt_str("description"), ok) or ""
+    plant_safety = _grab(lambda: m.opt_str("plant_safety"), ok) or ""
     join = _grab(lambda: m.opt_bool("join_open_incident"), ok)
 
     hooks: dict[str, NotificationSpec] = {}
@@ -363,7 +394,8 @@ def _read(ctx: Ctx, m: Section, path: Path, digest: str) -> Playbook | None:
     return Playbook(name=str(name), rules=tuple(rules), hooks=hooks, checklist=checklist,
                     join_open_incident=True if join is None else bool(join),
                     description=str(description), source=str(path), sha256=digest,
-                    people=people, danger_limits=danger, resolve_requires=requires)
+                    people=people, danger_limits=danger, resolve_requires=requires,
+                    plant_safety=" ".join(str(plant_safety).split()))
 
 
 def _read_hook(ctx: Ctx, name: str, node: Node, where: str) -> NotificationSpec:
@@ -438,7 +470,7 @@ def _read_rule(rm: Section, hooks: Mapping[str, NotificationSpec],
         except Abort:
             ok[0] = False
     kinds = [s.kind for s in containment]
-    if len(set(kinds)) != len(kinds):
+    if len({s.key for s in containment}) != len(containment):
         rm.error("containment", "a step is listed twice")
         ok[0] = False
     modes = {ContainmentKind.MANUAL, ContainmentKind.SHADOW, ContainmentKind.SAFE_STOP}
@@ -497,14 +529,22 @@ def _read_step(ctx: Ctx, node: Node, where: str) -> ContainmentStep:
     sm = Section(ctx, node, where)
     kind = sm.req_enum("kind", ContainmentKind)
     factor = sm.opt_float("factor")
+    name = sm.opt_str("name")
+    ref = sm.opt_str("ref")
     sm.finish()
     if kind is ContainmentKind.RATE_LIMIT and factor is None:
         ctx.error(node.line, f"{where}.factor", "required for rate_limit (0 < factor <= 1)")
         raise Abort
+    if kind is ContainmentKind.PROCEDURE and (name is None or not name.strip()):
+        ctx.error(node.line, f"{where}.name", "a procedure step needs the procedure's name")
+        raise Abort
     try:
-        return ContainmentStep(kind, factor)
+        return ContainmentStep(kind, factor, None if name is None else name.strip(),
+                               (ref or "").strip())
     except ValueError as exc:
-        sm.error("factor", str(exc).replace("rate_limit `factor` ", "").replace("`factor` ", ""))
+        key = "name" if "`name`" in str(exc) and sm.has("name") else (
+            "ref" if sm.has("ref") and "`ref`" in str(exc) else "factor")
+        sm.error(key, str(exc).replace("rate_limit `factor` ", "").replace("`factor` ", ""))
         raise Abort from None
 
 

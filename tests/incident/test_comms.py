@@ -48,6 +48,8 @@ def test_each_draft_is_rendered_from_the_incident_facts(db, audience, capsys):
                  "50.0% of the span from it (level = 2.5)",
                  "by 2023-11-15 22:13:23.000Z"):  # the next update: the early warning's due
         assert fact in text, fact
+    if audience in ("regulator", "internal"):  # the playbook's word on the plant's SIS
+        assert "never replaces, bypasses or resets the plant's safety instrumented" in text
     if audience != "customers":  # the customers are told less
         assert "envelope.gross" in text and "high" in text
         assert "- fallback: applied" in text
