@@ -90,7 +90,11 @@ class PlaybookActions:
         manager, sup = self.manager, self.supervisor
         if not self._timer:  # the first cycle runs on the event loop: start escalations
             self._timer = True
-            self.notifier.start_timer(manager.tick, ESCALATION_PERIOD_S)
+            try:
+                self.notifier.start_timer(manager.tick, ESCALATION_PERIOD_S)
+            except RuntimeError as exc:  # no event loop: a bug of the caller, not a stop
+                log.error("escalations and reporting clocks not running: %s", exc)
+                self.records.alarm(f"escalations not running: {exc}")
         if decision.events:
             self.notifier.wake()  # an incident may have opened: escalate at once, off the cycle
         for action in manager.on_decision(decision):
