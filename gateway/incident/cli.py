@@ -311,7 +311,8 @@ def _list(args: argparse.Namespace) -> int:
         return EXIT_OK
     for inc in incidents:
         s = inc.summary()
-        print(f"{inc.id}  {inc.phase:<13}  opened {_utc(inc.opened_wall_s)}  "
+        print(f"{inc.id}  {inc.phase:<13}  {inc.severity or '-':<8}  "
+              f"opened {_utc(inc.opened_wall_s)}  "
               f"{inc.trigger.detector}: {inc.trigger.reason}  "
               f"(trips {s['trips']}, checklist {s['checklist_done']}/{s['checklist_items']})")
     return EXIT_OK

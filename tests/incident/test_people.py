@@ -210,6 +210,8 @@ def test_an_operator_raises_the_severity_with_a_reason(tmp_path, capsys):
                "opc.tcp://127.0.0.1:1/", "--user", "u") == 2
     assert "cannot go through --via" in capsys.readouterr().err
     assert load_incident(db, ident).severity_changes == inc.severity_changes
+    assert cli("list", "--db", db) == 0
+    assert f"{ident}  investigating  critical  opened" in capsys.readouterr().out
 
 
 def test_a_severity_record_that_does_not_rise_is_not_folded():
