@@ -562,6 +562,8 @@ class Incident:
         """Every field as JSON-ready values (enums as their text, tuples as lists)."""
         out: dict[str, Any] = dataclasses.asdict(self)
         out["is_open"] = self.is_open
+        for item in out["actions"]:  # dates as text: strict JSON has no date type
+            item["due"] = item["due"].isoformat()
         return out
 
 

@@ -21,6 +21,7 @@ from gateway.incident.model import (
     OpenItems,
     Phase,
     ResolveRequirements,
+    finite_json,
 )
 from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
 from gateway.incident.store import load_incident
@@ -89,6 +90,10 @@ def test_a_review_with_action_items_tracked_to_closure(tmp_path, capsys):
     assert "[x] 2. page the shift lead directly  (owner oscar, due 2000-01-01)  done by oscar" \
         in out
     assert verify(db).ok
+    # Strict JSON, as the evidence bundle writes incident.json.
+    data = json.loads(json.dumps(finite_json(inc.to_json()), sort_keys=True, allow_nan=False))
+    assert data["actions"][0]["due"] == "2099-01-31"
+    assert data["review"]["root_cause"] == "a backdoored policy update via the CI"
 
 
 @pytest.mark.parametrize(("argv", "message"), [
