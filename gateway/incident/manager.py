@@ -403,11 +403,16 @@ class IncidentManager:
         open_items = incident.open_requirements() if enforce else ()
         if open_items:
             if force_reason is None:
-                shown = "; ".join(open_items[:5]) + (
-                    f"; and {len(open_items) - 5} more" if len(open_items) > 5 else "")
-                raise OpenItems(f"{incident_id} cannot be resolved: {len(open_items)} required "
-                                f"item(s) open: {shown} (an administrator may force it with "
-                                "a reason)", open_items)
+                items = [t.removeprefix("checklist ") for t in open_items if t != "review"]
+                parts = []
+                if items:
+                    parts.append(f"{len(items)} required checklist item(s) open: "
+                                 + "; ".join(items[:3]) + ("; ..." if len(items) > 3 else ""))
+                if "review" in open_items:
+                    parts.append("no post-incident review recorded")
+                raise OpenItems(f"{incident_id} cannot be resolved: " + ", and ".join(parts)
+                                + " (an administrator may force it, giving a reason)",
+                                open_items)
             payload |= {"forced": True, "force_reason": force_reason.strip(),
                         "open": list(open_items)}
             log.warning("incident %s resolved by %s with %d required items open: %s",

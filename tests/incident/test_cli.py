@@ -63,9 +63,9 @@ def test_note_ack_check_resolve(db, capsys):
     assert cli("resolve", ident, "--by", "alice", "--summary", "rolled back to v2",
                "--db", str(path)) == 3
     err = capsys.readouterr().err
-    assert "cannot be resolved: 16 required item(s) open" in err
-    assert "checklist detection 0: confirm the trip on the dashboard" in err
-    assert "may force it with a reason" in err
+    assert "cannot be resolved: 15 required checklist item(s) open: detection 0: confirm " \
+        "the trip on the dashboard" in err
+    assert ", and no post-incident review recorded (an administrator may force it" in err
     assert load_incident(path, ident).phase is Phase.INVESTIGATING
     # An administrator forces it, with a reason: recorded, with what was open.
     assert cli("resolve", ident, "--by", "alice", "--summary", "rolled back to v2",
