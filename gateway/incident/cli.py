@@ -1,4 +1,5 @@
-"""``safety-gateway incidents list|show|note|ack|check|resolve|export``: incidents, by hand.
+"""``safety-gateway incidents list|show|note|ack|check|severity|reported|draft|approve-draft|
+review|actions|action-done|resolve|export|playbook``: incidents, by hand.
 
 :func:`add_parser` adds ``incidents`` to the top-level subparsers; each subcommand sets ``func``
 to a callable taking the parsed ``argparse.Namespace`` and returning the exit code:
@@ -7,7 +8,11 @@ to a callable taking the parsed ``argparse.Namespace`` and returning the exit co
 - 1: the incident does not exist, the request was refused (already resolved, item already
   done), the audit database is held by a running gateway, the records could not be written, or
   (``export``) the bundle was written but the audit chain does not verify;
-- 2: bad input (a missing file or one that is not an audit database, an empty text or name).
+- 2: bad input (a missing file or one that is not an audit database, an empty text or name,
+  an unknown severity; ``playbook``: an invalid playbook, each problem printed as
+  ``file:line: key: message``).
+- 3: (``resolve``) refused because required checklist items or the review are open; the
+  message lists them (an administrator may ``--force --reason TEXT``).
 
 Errors print one line on stderr, never a traceback.
 
@@ -29,6 +34,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,6 +50,7 @@ __all__ = ["add_parser", "format_incident"]
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INPUT: Final = 2
+EXIT_OPEN_ITEMS: Final = 3
 
 
 class _Fail(Exception):
@@ -112,10 +119,114 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     check.add_argument("--json", action="store_true", help="print the incident as JSON")
     check.set_defaults(func=_command(_check))
 
-    resolve = commands.add_parser("resolve", help="resolve an incident with a summary")
+    severity = commands.add_parser(
+        "severity", help="raise an incident's severity, with a reason",
+        description="Raise the incident's severity (low < medium < high < critical); the "
+                    "playbook's escalation for the new severity starts. Severity never falls.")
+    severity.add_argument("id", metavar="ID")
+    severity.add_argument("level", metavar="LEVEL", help="low, medium, high or critical")
+    severity.add_argument("--reason", required=True, metavar="TEXT", help="why")
+    writer_args(severity, "who raises it")
+    severity.add_argument("--json", action="store_true", help="print the incident as JSON")
+    severity.set_defaults(func=_command(_severity))
+
+    reported = commands.add_parser(
+        "reported", help="record that a report a reporting clock asks for was made",
+        description="Stop the reminders of a reporting obligation (as `show` lists them) "
+                    "for this incident: the report was made.")
+    reported.add_argument("id", metavar="ID")
+    reported.add_argument("obligation", metavar="OBLIGATION")
+    reported.add_argument("--ref", default="", metavar="TEXT",
+                          help="the report's reference, or where it went")
+    writer_args(reported, "who made it")
+    reported.add_argument("--json", action="store_true", help="print the incident as JSON")
+    reported.set_defaults(func=_command(_reported))
+
+    audiences = ("regulator", "customers", "board", "internal")
+    draft = commands.add_parser(
+        "draft", help="render a communication (Markdown) from the incident's facts",
+        description="Print (or write to --out) the draft for the audience, from the "
+                    "templates in configs/playbooks/templates/ (or --templates DIR). A draft "
+                    "is not sent: a person edits it if needed and approves it with "
+                    "approve-draft. Exit 2 for a template that cannot be used.")
+    draft.add_argument("id", metavar="ID")
+    draft.add_argument("--for", dest="audience", required=True, choices=audiences)
+    db_arg(draft)
+    draft.add_argument("--next-update", metavar="TEXT",
+                       help="when the next update will be given (default: the earliest "
+                            "reporting deadline not met, else within 24 hours)")
+    draft.add_argument("--templates", type=Path, metavar="DIR",
+                       help="a folder with regulator.md, customers.md, board.md, internal.md")
+    draft.add_argument("--out", type=Path, metavar="FILE", help="write the draft here")
+    draft.set_defaults(func=_command(_draft))
+
+    approve = commands.add_parser(
+        "approve-draft", help="record who approved a communication, and its text's sha256",
+        description="Record the approval of the text in --file (as edited), or of the draft "
+                    "as it renders now, with its sha256 and the text itself.")
+    approve.add_argument("id", metavar="ID")
+    approve.add_argument("--for", dest="audience", required=True, choices=audiences)
+    approve.add_argument("--file", type=Path, metavar="FILE", help="the text approved")
+    approve.add_argument("--next-update", metavar="TEXT", help="as for draft")
+    approve.add_argument("--templates", type=Path, metavar="DIR", help="as for draft")
+    writer_args(approve, "who approves it")
+    approve.add_argument("--json", action="store_true", help="print the incident as JSON")
+    approve.set_defaults(func=_command(_approve_draft))
+
+    book = commands.add_parser(
+        "playbook", help="check a playbook file and print its people: contacts, severity "
+                         "rules, escalation, reporting clocks",
+        description="Exit 2, each problem printed as file:line: key: message, if it is "
+                    "invalid.")
+    book.add_argument("path", type=Path, metavar="PATH", nargs="?",
+                      help="the playbook (default: configs/playbooks/default.yaml)")
+    book.add_argument("--json", action="store_true", help="print JSON")
+    book.set_defaults(func=_command(_playbook))
+
+    review = commands.add_parser(
+        "review", help="record the post-incident review (again: revise it, add actions)",
+        description="Record the root cause, contributing factors, what went well and badly, "
+                    "and action items with owners and due dates. A later review revises the "
+                    "root cause and lessons and adds its action items.")
+    review.add_argument("id", metavar="ID")
+    review.add_argument("--root-cause", required=True, metavar="TEXT")
+    review.add_argument("--factor", action="append", default=[], metavar="TEXT",
+                        help="a contributing factor (repeat for more)")
+    review.add_argument("--went-well", action="append", default=[], metavar="TEXT")
+    review.add_argument("--went-badly", action="append", default=[], metavar="TEXT")
+    review.add_argument("--action", nargs=3, action="append", default=[],
+                        metavar=("TEXT", "OWNER", "DUE"),
+                        help="an action item, its owner and its due date (YYYY-MM-DD); "
+                             "repeat for more")
+    writer_args(review, "who records it")
+    review.add_argument("--json", action="store_true", help="print the incident as JSON")
+    review.set_defaults(func=_command(_review))
+
+    actions = commands.add_parser("actions", help="list open action items across incidents")
+    db_arg(actions)
+    actions.add_argument("--all", action="store_true", help="closed ones too")
+    actions.add_argument("--json", action="store_true", help="print JSON")
+    actions.set_defaults(func=_command(_actions))
+
+    done = commands.add_parser("action-done", help="close an action item")
+    done.add_argument("id", metavar="ID")
+    done.add_argument("number", metavar="N", help="the item's number, as `actions` lists it")
+    done.add_argument("--note", default="", metavar="TEXT", help="what was done")
+    writer_args(done, "who closes it")
+    done.add_argument("--json", action="store_true", help="print the incident as JSON")
+    done.set_defaults(func=_command(_action_done))
+
+    resolve = commands.add_parser(
+        "resolve", help="resolve an incident with a summary",
+        description="Refused (exit 3) while required checklist items or the review are "
+                    "open, unless an administrator forces it with --force --reason TEXT "
+                    "(recorded, with what was open).")
     resolve.add_argument("id", metavar="ID")
     resolve.add_argument("--summary", required=True, metavar="TEXT",
                          help="what happened and what was done")
+    resolve.add_argument("--force", action="store_true",
+                         help="(administrator) resolve although required items are open")
+    resolve.add_argument("--reason", metavar="TEXT", help="why it is forced (with --force)")
     writer_args(resolve, "who resolves it")
     resolve.add_argument("--json", action="store_true", help="print the incident as JSON")
     resolve.set_defaults(func=_command(_resolve))
@@ -200,7 +311,8 @@ def _list(args: argparse.Namespace) -> int:
         return EXIT_OK
     for inc in incidents:
         s = inc.summary()
-        print(f"{inc.id}  {inc.phase:<13}  opened {_utc(inc.opened_wall_s)}  "
+        print(f"{inc.id}  {inc.phase:<13}  {inc.severity or '-':<8}  "
+              f"opened {_utc(inc.opened_wall_s)}  "
               f"{inc.trigger.detector}: {inc.trigger.reason}  "
               f"(trips {s['trips']}, checklist {s['checklist_done']}/{s['checklist_items']})")
     return EXIT_OK
@@ -214,6 +326,11 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         out = incident.to_json()
         out["problems"] = problems
+        now = time.time()
+        out["deadlines"] = [{"obligation": d.obligation, "description": d.description,
+                             "start_wall_s": d.start_wall_s, "due_wall_s": d.due_wall_s,
+                             "remind_wall_s": d.remind_wall_s, "status": d.status(now),
+                             "due_utc": _utc(d.due_wall_s)} for d in incident.deadlines()]
         _print_json(_finite(out))
     else:
         print(format_incident(incident))
@@ -228,8 +345,9 @@ def _finite(obj: Any) -> Any:
     return finite_json(obj)
 
 
-def format_incident(incident: Incident) -> str:
-    """A readable, plain-text account of an incident (``incidents show``)."""
+def format_incident(incident: Incident, now_wall_s: float | None = None) -> str:
+    """A readable, plain-text account of an incident (``incidents show``); reporting
+    deadlines are judged at ``now_wall_s`` (default: the wall clock)."""
     from gateway.incident.model import ChecklistPhase, Phase, evidence_text
 
     t0 = incident.opened_at_s
@@ -248,6 +366,15 @@ def format_incident(incident: Incident) -> str:
         state = "stored" if fr.stored else "not stored yet"
         lines.append(f"  recorder  {fr.frames} frames, {fr.start_s - fr.trigger_s:+g} s to "
                      f"{fr.end_s - fr.trigger_s:+g} s around the trip ({state})")
+    sev = incident.severity_changes[-1] if incident.severity_changes else None
+    if sev is not None:
+        lines.append(f"  severity  {sev.level}  since {_utc(sev.wall_s)}: {sev.reason}"
+                     + (f" ({sev.by})" if sev.by else ""))
+    c = incident.consequence
+    if c is not None and c.min_margin is not None:
+        where = "beyond" if c.excursion else "from"
+        lines.append(f"  closest   {abs(c.min_margin):.1%} of the span {where} a danger limit "
+                     f"({c.sensor}={c.value:g})")
     if incident.resolution is not None:
         r = incident.resolution
         lines.append(f"  resolved  by {r.who} at {_utc(r.wall_s)}: {r.summary}")
@@ -257,9 +384,58 @@ def format_incident(incident: Incident) -> str:
         if change is not None:
             lines.append(f"  {phase:<13} {_utc(change.wall_s)}  {change.reason}"
                          + (f" ({change.by})" if change.by else ""))
+    if incident.plant_safety:
+        lines += ["", "plant safety systems:", f"  {incident.plant_safety}"]
     lines += ["", "containment:"]
     lines += [f"  {c.step:<16} {c.status:<11} {c.detail}" for c in incident.containment] or [
         "  (none)"]
+    deadlines = incident.deadlines()
+    if incident.people.obligations:
+        lines += ["", "reporting deadlines (record a report with: incidents reported ID NAME):"]
+        now = time.time() if now_wall_s is None else now_wall_s
+        for d in deadlines:
+            state = d.status(now)
+            if d.report is not None:
+                state += f" by {d.report.who} at {_utc(d.report.wall_s)}"
+                state += f" ({d.report.ref})" if d.report.ref else ""
+            lines.append(f"  {d.obligation:<18} due {_utc(d.due_wall_s)}  [{state}]  "
+                         f"clock from {_utc(d.start_wall_s)}, reminder at "
+                         f"{_utc(d.remind_wall_s)}"
+                         + (f"; {d.description}" if d.description else ""))
+        waiting = [o for o in incident.people.obligations
+                   if o.name not in {d.obligation for d in deadlines}]
+        lines += [f"  {o.name:<18} not running (starts at severity {o.min_severity})"
+                  for o in waiting]
+    if incident.review is not None:
+        rv = incident.review
+        lines += ["", f"review (by {rv.who} at {_utc(rv.wall_s)}"
+                      + (f", revision {rv.revisions}" if rv.revisions > 1 else "") + "):",
+                  f"  root cause   {rv.root_cause}"]
+        lines += [f"  factor       {t}" for t in rv.factors]
+        lines += [f"  went well    {t}" for t in rv.went_well]
+        lines += [f"  went badly   {t}" for t in rv.went_badly]
+    if incident.actions:
+        lines += ["", "action items (close with: incidents action-done ID N --by WHO --db DB):"]
+        lines += [f"  [{'x' if a.done else ' '}] {a.number}. {a.text}  (owner {a.owner}, due "
+                  f"{a.due})" + (f"  done by {a.done_by}" if a.done else "")
+                  for a in incident.actions]
+    if incident.is_open:
+        needed = incident.open_requirements()
+        lines += ["", f"to resolve: {len(needed)} required item(s) open"
+                  + (" (checklist below" + (", review" if "review" in needed else "") + ")"
+                     if needed else "")]
+    elif incident.resolution is not None and incident.resolution.forced:
+        r = incident.resolution
+        lines += ["", f"resolution FORCED by {r.who}: {r.force_reason}; open then:"]
+        lines += [f"  - {t}" for t in r.open]
+    if incident.approvals:
+        lines += ["", "approved communications:"]
+        lines += [f"  {a.audience:<10} by {a.who} at {_utc(a.wall_s)}  sha256 {a.sha256}"
+                  for a in incident.approvals]
+    if incident.escalations:
+        lines += ["", "escalations:"]
+        lines += [f"  {_utc(e.wall_s)}  {e.contact} ({e.role}) via {', '.join(e.hooks)}: "
+                  f"{e.reason}" for e in incident.escalations]
     if incident.notifications:
         lines += ["", "notifications:"]
         lines += [f"  {n.hook} ({n.kind}) {'sent' if n.ok else 'FAILED'}: {n.detail}"
@@ -363,7 +539,7 @@ def _source() -> str:
 
 def _write(args: argparse.Namespace, change: Callable[[IncidentManager], Incident],
            done: str, via: tuple[str, tuple[str, ...]]) -> int:
-    from gateway.incident.model import BadRequest, IncidentError
+    from gateway.incident.model import BadRequest, IncidentError, OpenItems
 
     if args.via is not None:
         return _through_gateway(args, *via)
@@ -376,7 +552,8 @@ def _write(args: argparse.Namespace, change: Callable[[IncidentManager], Inciden
         try:
             incident = change(manager)
         except IncidentError as exc:
-            code = EXIT_INPUT if isinstance(exc, BadRequest) else EXIT_FAILED
+            code = (EXIT_INPUT if isinstance(exc, BadRequest) else
+                    EXIT_OPEN_ITEMS if isinstance(exc, OpenItems) else EXIT_FAILED)
             raise _Fail(code, str(exc)) from None
     finally:
         written = audit.close(timeout_s=10.0)
@@ -406,9 +583,156 @@ def _check(args: argparse.Namespace) -> int:
                   ("IncidentCheck", (args.phase, args.item)))
 
 
+def _no_via(args: argparse.Namespace) -> None:
+    if args.via is not None:
+        raise _Fail(EXIT_INPUT, f"`{args.incidents_command}` cannot go through --via yet (the "
+                                "gateway's OPC UA server has no method for it); stop the "
+                                "gateway or use --db when it does not hold the database")
+
+
+def _severity(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.raise_severity(args.id, args.level, args.by, _source(),
+                                                   args.reason),
+                  f"severity {args.level}", ("", ()))
+
+
+def _reported(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.report_made(args.id, args.obligation, args.by, _source(),
+                                                args.ref),
+                  f"report {args.obligation} recorded", ("", ()))
+
+
+def _render(args: argparse.Namespace, incident: Incident) -> str:
+    from gateway.incident.comms import TemplateError, render_draft
+
+    try:
+        return render_draft(incident, args.audience, next_update=args.next_update,
+                            templates=args.templates)
+    except TemplateError as exc:
+        raise _Fail(EXIT_INPUT, str(exc)) from None
+
+
+def _draft(args: argparse.Namespace) -> int:
+    from gateway.incident.store import load_incident
+
+    text = _render(args, load_incident(_need_db(args), args.id))
+    if args.out is None:
+        print(text, end="")
+        return EXIT_OK
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _Fail(EXIT_INPUT, f"{args.out}: cannot write: {exc.strerror}") from None
+    print(f"{args.out}: draft for {args.audience}; approve with: safety-gateway incidents "
+          f"approve-draft {args.id} --for {args.audience} --file {args.out} --by WHO --db DB")
+    return EXIT_OK
+
+
+def _approve_draft(args: argparse.Namespace) -> int:
+    from gateway.incident.comms import text_sha256
+    from gateway.incident.store import load_incident
+
+    _no_via(args)
+    if args.file is not None:
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:
+            raise _Fail(EXIT_INPUT, f"{args.file}: cannot read: {exc}") from None
+    else:
+        text = _render(args, load_incident(_need_db(args), args.id))
+    return _write(args, lambda m: m.approve_draft(args.id, args.audience, text, args.by,
+                                                  _source()),
+                  f"draft for {args.audience} approved (sha256 {text_sha256(text)})", ("", ()))
+
+
+def _playbook(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError
+    from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
+
+    path = args.path or DEFAULT_PLAYBOOK
+    try:
+        book = load_playbook(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
+    people = book.people
+    if args.json:
+        _print_json({"name": book.name, "source": book.source, "sha256": book.sha256,
+                     "people": people.to_json(), "danger_limits": book.danger_limits})
+        return EXIT_OK
+    lines = [f"{book.name}  ({book.source})", "contacts:"]
+    lines += [f"  {c.name:<22} {c.role:<22} via {', '.join(c.reach)}"
+              + (f"; {c.person}" if c.person else "") + (f"; {c.hours}" if c.hours else "")
+              for c in people.contacts.values()] or ["  (none)"]
+    lines.append(f"severity: default {people.default_severity}")
+    lines += [f"  {r.level:<9} {r.name}" for r in people.severity_rules]
+    lines.append("escalation:")
+    for level, steps in people.escalation.items():
+        lines += [f"  {level:<9} after {st.after_s / 60:g} min: {', '.join(st.contacts)}"
+                  for st in steps]
+    lines.append("reporting:")
+    lines += [f"  {o.name:<18} within {o.within_s / 3600:g} h from severity {o.min_severity}, "
+              f"reminder {o.lead_s / 60:g} min before: {', '.join(o.contacts)}"
+              for o in people.obligations] or ["  (none)"]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def _resolve(args: argparse.Namespace) -> int:
-    return _write(args, lambda m: m.resolve(args.id, args.by, _source(), args.summary),
-                  "resolved", ("IncidentResolve", (args.summary,)))
+    if args.force != (args.reason is not None):
+        raise _Fail(EXIT_INPUT, "--force and --reason go together (an administrator's "
+                                "reason for resolving with required items open)")
+    if args.force and args.via is not None:
+        raise _Fail(EXIT_INPUT, "--force cannot go through --via yet; the gateway's OPC UA "
+                                "resolve takes a summary only")
+    # Through --db the database's file permissions are the authority (as for every command
+    # here); the CLI enforces the playbook's requirements before resolving.
+    return _write(args, lambda m: m.resolve(args.id, args.by, _source(), args.summary,
+                                            enforce=True, force_reason=args.reason),
+                  "resolved" + (" (forced)" if args.force else ""),
+                  ("IncidentResolve", (args.summary,)))
+
+
+def _review(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.review(
+        args.id, args.by, _source(), args.root_cause, factors=args.factor,
+        went_well=args.went_well, went_badly=args.went_badly,
+        actions=[tuple(a) for a in args.action]), "review recorded", ("", ()))
+
+
+def _action_done(args: argparse.Namespace) -> int:
+    _no_via(args)
+    return _write(args, lambda m: m.action_done(args.id, args.number, args.by, _source(),
+                                                args.note),
+                  f"action item {args.number} closed", ("", ()))
+
+
+def _actions(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from gateway.incident.store import load_incidents
+
+    today = dt.datetime.now(dt.UTC).date()
+    rows = [(inc, item) for inc in load_incidents(_need_db(args)) for item in inc.actions
+            if args.all or not item.done]
+    if args.json:
+        _print_json([{"incident": inc.id, "number": item.number, "text": item.text,
+                      "owner": item.owner, "due": item.due.isoformat(), "done": item.done,
+                      "done_by": item.done_by, "overdue": item.overdue(today)}
+                     for inc, item in rows])
+        return EXIT_OK
+    if not rows:
+        print("no open action items" if not args.all else "no action items")
+        return EXIT_OK
+    for inc, item in sorted(rows, key=lambda r: (r[1].due, r[0].id, r[1].number)):
+        state = (f"done by {item.done_by}" if item.done else
+                 "OVERDUE" if item.overdue(today) else "open")
+        print(f"{inc.id} #{item.number}  due {item.due}  {item.owner:<12} [{state}]  "
+              f"{item.text}")
+    return EXIT_OK
 
 
 def _through_gateway(args: argparse.Namespace, method: str, rest: tuple[str, ...]) -> int:

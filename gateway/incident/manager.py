@@ -36,8 +36,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import numpy as np
+
 from gateway.audit.chain import canonical_payload
 from gateway.forensics.recorder import FORMAT, FORMAT_VERSION, frame_json, info_json
+from gateway.incident.escalation import due_escalations, due_notices
 from gateway.incident.model import (
     KIND,
     BadRequest,
@@ -45,10 +48,13 @@ from gateway.incident.model import (
     ContainmentStatus,
     Incident,
     IncidentError,
+    OpenItems,
     Phase,
     UnknownIncident,
     fold_record,
+    utc_text,
 )
+from gateway.incident.people import Severity, SeverityFacts
 from gateway.incident.playbook import ContainmentKind, NotificationSpec, Playbook, Rule
 from gateway.supervisor.decision import Source
 from gateway.supervisor.events import EventKind
@@ -65,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FRAMES_PER_CYCLE",
+    "MAX_DRAFT_CHARS",
     "PART_CHARS",
     "PLAYBOOK_REQUESTER",
     "Action",
@@ -89,6 +96,9 @@ REPEAT_S: Final = 10.0
 _REPEATABLE: Final = frozenset({EventKind.ANOMALY, EventKind.REQUEST_REFUSED,
                                 EventKind.BYPASS_START, EventKind.BYPASS_END})
 _SITE_RE: Final = re.compile(r"[^A-Za-z0-9_-]+")
+# An approved communication's text is kept in its audit record (the audit log cuts payloads
+# above 1 MiB).
+MAX_DRAFT_CHARS: Final = 200_000
 
 
 # ------------------------------------------------------------------------------------ actions
@@ -160,10 +170,11 @@ _TARGET_OF_REQUEST: Final = {RequestKind.TO_MANUAL: Mode.MANUAL,
 class _Storing:
     """A complete window whose frames are being serialised, a few per cycle."""
 
-    __slots__ = ("done", "frames", "header", "incident_id", "lines", "part", "parts_chars",
-                 "window")
+    __slots__ = ("done", "frames", "header", "incident_id", "lines", "margin", "part",
+                 "parts_chars", "watch", "window")
 
-    def __init__(self, incident_id: str, window: FrozenWindow) -> None:
+    def __init__(self, incident_id: str, window: FrozenWindow,
+                 danger: Mapping[str, tuple[float, float]]) -> None:
         self.incident_id = incident_id
         self.window = window
         self.frames: tuple[Frame, ...] = window.frames()
@@ -175,6 +186,31 @@ class _Storing:
         self.header = (None if info is None else json.dumps(
             {"format": FORMAT, "version": FORMAT_VERSION, "info": info_json(info)},
             allow_nan=False))
+        # The watched sensors (those with danger limits) by index in the snapshot, their
+        # limits, and the closest approach so far: (margin, sensor, value).
+        names = info.sensor_names if info is not None else ()
+        watched = [(k, n) for k, n in enumerate(names) if n in danger]
+        self.watch = None if not watched else (
+            np.array([k for k, _ in watched], dtype=np.intp),
+            np.array([danger[n][0] for _, n in watched]),
+            np.array([danger[n][1] for _, n in watched]), [n for _, n in watched])
+        self.margin: tuple[float, str, float] | None = None
+
+    def assess(self, frame: Frame) -> None:
+        """Fold one frame into the closest approach to a danger limit (good readings only)."""
+        if self.watch is None:
+            return
+        index, lo, hi, names = self.watch
+        snap = frame.snapshot
+        values = snap.sensors[index]
+        good = snap.good[index] & np.isfinite(values)
+        if not good.any():
+            return
+        margins = np.minimum(values - lo, hi - values) / (hi - lo)
+        margins[~good] = np.inf
+        k = int(np.argmin(margins))
+        if self.margin is None or margins[k] < self.margin[0]:
+            self.margin = (float(margins[k]), names[k], float(values[k]))
 
 
 class IncidentManager:
@@ -187,14 +223,24 @@ class IncidentManager:
     ``after_s`` seconds after it (``ValueError`` if not finite and >= 0); ``clock`` gives
     wall-clock UTC seconds (ids and ``wall_s``); ``existing`` are incidents read back from the
     database (:func:`gateway.incident.store.load_incidents`), so that after a restart an open
-    incident stays open and further trips join it.
+    incident stays open and further trips join it. ``danger_limits`` (sensor: (min, max),
+    engineering units; the runtime passes the site's keep ranges) are the limits whose closest
+    approach in the flight-recorder window is the incident's consequence; the playbook's own
+    ``danger_limits`` take precedence.
+
+    Severity: each incident is classified when it opens, again when a trip joins it and when
+    its window has been assessed, by the playbook's severity rules (recorded in the incident,
+    so that the command line classifies by the same plan); it only ever rises.
+    Escalations and reporting clocks are not handled in the control cycle: :meth:`tick`,
+    called from a timer off the control path, records and returns what is due.
     """
 
     def __init__(self, site_name: str, playbook: Playbook, audit: AuditSink | None, *,
                  model_path: str | None = None, model_sha256: str | None = None,
                  config_sha256: str | None = None, recorder: FlightRecorder | None = None,
                  after_s: float = 30.0, clock: Callable[[], float] = time.time,
-                 existing: Iterable[Incident] = ()) -> None:
+                 existing: Iterable[Incident] = (),
+                 danger_limits: Mapping[str, tuple[float, float]] | None = None) -> None:
         if isinstance(after_s, bool) or not isinstance(after_s, int | float) or not (
                 math.isfinite(after_s) and after_s >= 0):
             raise ValueError(f"`after_s` must be finite and >= 0, not {after_s!r}")
@@ -207,13 +253,14 @@ class IncidentManager:
         self.recorder = recorder
         self.after_s = float(after_s)
         self.clock = clock
+        self.danger_limits = {**(danger_limits or {}), **playbook.danger_limits}
         self._incidents: dict[str, Incident] = {i.id: i for i in existing}
         self._open: list[str] = [i.id for i in self._incidents.values() if i.is_open]
         self._awaiting_containment: list[str] = []
         self._windows: list[tuple[str, FrozenWindow]] = []
         self._storing: list[_Storing] = []
         self._pending_requests: list[Request] = []
-        self._taken: dict[str, set[ContainmentKind]] = {}
+        self._taken: dict[str, set[str]] = {}
         self._repeats: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._last_at_s: float | None = None
         self._busy = False
@@ -331,10 +378,16 @@ class IncidentManager:
         return self._incidents[incident_id]
 
     def resolve(self, incident_id: str, who: str, source: str, summary: str, *,
-                authorised: bool = True) -> Incident:
+                authorised: bool = True, enforce: bool = False,
+                force_reason: str | None = None) -> Incident:
         """Resolve the incident with a summary. ``authorised`` is the ops layer's verdict on
-        ``who``. Raises :class:`IncidentError` for an unknown id, an incident already resolved,
-        an empty summary or name, or an unauthorised request."""
+        ``who`` (an administrator). With ``enforce``, resolving is refused while required
+        checklist items or the review are open (:meth:`Incident.open_requirements`), unless
+        ``force_reason`` says why it must be resolved anyway: the resolution then records that
+        it was forced, the reason and what was open. Raises :class:`OpenItems` (listing what is
+        open), :class:`BadRequest` for an empty summary, name or force reason,
+        :class:`IncidentError` for an unknown id, an incident already resolved, or an
+        unauthorised request."""
         incident = self.get(incident_id)
         _need_text("who", who)
         if not authorised:
@@ -343,9 +396,28 @@ class IncidentManager:
             raise IncidentError(f"{incident_id} is already resolved")
         if not isinstance(summary, str) or not summary.strip():
             raise BadRequest("a resolution needs a summary")
-        self._record(incident_id, {"action": "resolve", "who": who, "source": source,
-                                   "summary": summary.strip(), "at_s": self._last_at_s},
-                     actor=who, source=source)
+        if force_reason is not None:
+            _need_text("force reason", force_reason)
+        payload: dict[str, Any] = {"action": "resolve", "who": who, "source": source,
+                                   "summary": summary.strip(), "at_s": self._last_at_s}
+        open_items = incident.open_requirements() if enforce else ()
+        if open_items:
+            if force_reason is None:
+                items = [t.removeprefix("checklist ") for t in open_items if t != "review"]
+                parts = []
+                if items:
+                    parts.append(f"{len(items)} required checklist item(s) open: "
+                                 + "; ".join(items[:3]) + ("; ..." if len(items) > 3 else ""))
+                if "review" in open_items:
+                    parts.append("no post-incident review recorded")
+                raise OpenItems(f"{incident_id} cannot be resolved: " + ", and ".join(parts)
+                                + " (an administrator may force it, giving a reason)",
+                                open_items)
+            payload |= {"forced": True, "force_reason": force_reason.strip(),
+                        "open": list(open_items)}
+            log.warning("incident %s resolved by %s with %d required items open: %s",
+                        incident_id, who, len(open_items), force_reason)
+        self._record(incident_id, payload, actor=who, source=source)
         self._phase(incident_id, Phase.RESOLVED, self._last_at_s, who, "resolved")
         self._open.remove(incident_id)
         self._awaiting_containment = [i for i in self._awaiting_containment
@@ -354,6 +426,199 @@ class IncidentManager:
                                   if r.incident_id != incident_id]
         self._update_busy()
         return self._incidents[incident_id]
+
+    def raise_severity(self, incident_id: str, level: Severity | str, who: str, source: str,
+                       reason: str, *, authorised: bool = True) -> Incident:
+        """An operator raises the incident's severity to ``level``, giving a reason; the
+        escalation plan of the new severity starts at the next :meth:`tick`. Raises
+        :class:`BadRequest` for an unknown level or an empty reason or name,
+        :class:`IncidentError` for an unknown id, a resolved incident, a level that is not
+        higher than the current one, or an unauthorised request."""
+        incident = self.get(incident_id)
+        _need_text("who", who)
+        if not authorised:
+            raise IncidentError(f"{who} is not authorised to change an incident's severity")
+        try:
+            level = Severity(level)
+        except ValueError:
+            raise BadRequest(f"unknown severity {level!r}; use "
+                             + ", ".join(s.value for s in Severity)) from None
+        _need_text("reason", reason)
+        if not incident.is_open:
+            raise IncidentError(f"{incident_id} is resolved; its severity stays "
+                                f"{incident.severity or '-'}")
+        current = incident.severity
+        if current is not None and level.rank <= current.rank:
+            higher = ", ".join(s.value for s in Severity if s.rank > current.rank)
+            raise IncidentError(f"{incident_id}: severity is {current}; it can only be raised"
+                                + (f" (to {higher})" if higher else " and it is the highest"))
+        self._record(incident_id, {"action": "severity", "level": level.value,
+                                   "previous": None if current is None else current.value,
+                                   "by": who, "source": source, "reason": reason.strip(),
+                                   "rule": None},
+                     actor=who, source=source)
+        self._investigating(incident_id, who, f"severity raised to {level}")
+        return self._incidents[incident_id]
+
+    def report_made(self, incident_id: str, obligation: str, who: str, source: str,
+                    ref: str = "") -> Incident:
+        """Record that the report a reporting obligation asks for was made (``ref``: its
+        reference, or where it went): its reminders stop. Raises :class:`BadRequest` for an
+        empty name, :class:`IncidentError` for an unknown id, an obligation whose clock does
+        not run for this incident, or one already recorded as made."""
+        incident = self.get(incident_id)
+        _need_text("who", who)
+        clocks = {d.obligation: d for d in incident.deadlines()}
+        if obligation not in clocks:
+            known = ", ".join(clocks) or "none runs for it"
+            raise IncidentError(f"{incident_id}: no reporting clock {obligation!r} ({known})")
+        made = clocks[obligation].report
+        if made is not None:
+            raise IncidentError(f"{incident_id}: report {obligation} already recorded "
+                                f"(by {made.who})")
+        self._record(incident_id, {"action": "reported", "obligation": obligation, "who": who,
+                                   "source": source, "ref": ref.strip()},
+                     actor=who, source=source)
+        return self._incidents[incident_id]
+
+    def review(self, incident_id: str, who: str, source: str, root_cause: str, *,
+               factors: Iterable[str] = (), went_well: Iterable[str] = (),
+               went_badly: Iterable[str] = (),
+               actions: Iterable[tuple[str, str, str]] = ()) -> Incident:
+        """Record the post-incident review (or revise it: a later review replaces the root
+        cause and lessons and adds its action items). ``actions`` are (text, owner, due date
+        ``YYYY-MM-DD``). Also for resolved incidents. Raises :class:`BadRequest` for an empty
+        root cause, name, text or owner, or a malformed due date; :class:`IncidentError` for
+        an unknown id."""
+        from gateway.incident.review import parse_due
+
+        self.get(incident_id)
+        _need_text("who", who)
+        _need_text("root cause", root_cause)
+        lists = {}
+        for key, texts in (("factors", factors), ("went_well", went_well),
+                           ("went_badly", went_badly)):
+            items = [t.strip() for t in texts]
+            if any(not t for t in items):
+                raise BadRequest(f"`{key}`: an entry is empty")
+            lists[key] = items
+        items_json = []
+        for text, owner, due in actions:
+            _need_text("action text", text)
+            _need_text("action owner", owner)
+            try:
+                day = parse_due(due)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            items_json.append({"text": text.strip(), "owner": owner.strip(),
+                               "due": day.isoformat()})
+        self._record(incident_id, {"action": "review", "who": who, "source": source,
+                                   "root_cause": root_cause.strip(), **lists,
+                                   "actions": items_json}, actor=who, source=source)
+        if self._incidents[incident_id].is_open:
+            self._investigating(incident_id, who, "review recorded")
+        return self._incidents[incident_id]
+
+    def action_done(self, incident_id: str, number: int | str, who: str, source: str = "",
+                    note: str = "") -> Incident:
+        """Close action item ``number`` (from 1, as ``incidents actions`` lists it). Raises
+        :class:`BadRequest` for an empty name or a number that is not one,
+        :class:`IncidentError` for an unknown id or item, or an item closed already."""
+        incident = self.get(incident_id)
+        _need_text("who", who)
+        try:
+            n = int(number)
+        except ValueError:
+            raise BadRequest(f"action item {number!r} is not a number") from None
+        if not 1 <= n <= len(incident.actions):
+            raise IncidentError(f"{incident_id} has no action item {n} "
+                                f"({len(incident.actions)} items, numbered from 1)")
+        item = incident.actions[n - 1]
+        if item.done:
+            raise IncidentError(f"{incident_id}: action item {n} is closed already "
+                                f"(by {item.done_by})")
+        self._record(incident_id, {"action": "action_done", "number": n, "who": who,
+                                   "source": source, "note": note.strip()},
+                     actor=who, source=source)
+        return self._incidents[incident_id]
+
+    def approve_draft(self, incident_id: str, audience: str, text: str, who: str,
+                      source: str = "") -> Incident:
+        """Record that ``who`` approved ``text`` for ``audience`` (regulator, customers,
+        board, internal), with its sha256 (also for resolved incidents: reports go on after
+        resolution). Raises :class:`BadRequest` for an unknown audience, an empty name or
+        text, or a text over :data:`MAX_DRAFT_CHARS`; :class:`IncidentError` for an unknown
+        id."""
+        from gateway.incident.comms import Audience, text_sha256
+
+        self.get(incident_id)
+        _need_text("who", who)
+        try:
+            audience = Audience(audience)
+        except ValueError:
+            raise BadRequest(f"unknown audience {audience!r}; use "
+                             + ", ".join(a.value for a in Audience)) from None
+        _need_text("text", text)
+        if len(text) > MAX_DRAFT_CHARS:
+            raise BadRequest(f"the text has {len(text)} characters; at most "
+                             f"{MAX_DRAFT_CHARS} are recorded")
+        self._record(incident_id, {"action": "draft_approved", "audience": audience.value,
+                                   "who": who, "source": source, "sha256": text_sha256(text),
+                                   "text": text}, actor=who, source=source)
+        return self._incidents[incident_id]
+
+    def tick(self, now_wall_s: float | None = None) -> list[Notify]:
+        """What the escalation plans and reporting clocks ask for now (see
+        :mod:`gateway.incident.escalation`): each is recorded in its incident, and the
+        notifications to send (one per contact and hook) are returned for the notifier. Not
+        for the control cycle: call it from a timer (:meth:`gateway.incident.notify.Notifier.
+        start_timer`). ``now_wall_s`` defaults to the manager's clock. A contact's hook that
+        the running playbook does not define is recorded as a failed notification."""
+        now = float(self.clock()) if now_wall_s is None else now_wall_s
+        out: list[Notify] = []
+        for incident in tuple(self._incidents.values()):
+            ident = incident.id
+            for due in due_escalations(incident, now):
+                c = due.contact
+                self._record(ident, {"action": "escalate", "severity": due.severity.value,
+                                     "step": due.step, "after_s": due.after_s,
+                                     "contact": c.name, "role": c.role.value,
+                                     "hooks": list(c.reach), "reason": due.reason},
+                             wall_s=now)
+                message = (f"incident {ident} on {incident.site} ({due.severity}): "
+                           f"{incident.trigger.detector}: {incident.trigger.reason}; "
+                           f"to {c.name} ({c.role}): {due.reason}")
+                out += self._notifies(incident, c.reach, message, now)
+            for notice in due_notices(incident, now):
+                ob = notice.obligation
+                self._record(ident, {"action": "deadline", "obligation": ob.name,
+                                     "notice": notice.notice, "due_wall_s": notice.due_wall_s,
+                                     "contacts": list(ob.contacts)}, wall_s=now)
+                verb = "is due" if notice.notice == "reminder" else "WAS DUE"
+                message = (f"incident {ident} on {incident.site}: report {ob.name} "
+                           f"{verb} at {utc_text(notice.due_wall_s)}"
+                           + (f" ({ob.description})" if ob.description else ""))
+                for name in ob.contacts:  # one message per contact: a shared pager hook
+                    contact = incident.people.contacts.get(name)  # says whom it is for
+                    if contact is not None:
+                        out += self._notifies(incident, contact.reach,
+                                              f"{message}; to {name} ({contact.role})", now)
+        return out
+
+    def _notifies(self, incident: Incident, hooks: Iterable[str], message: str,
+                  now: float) -> list[Notify]:
+        out: list[Notify] = []
+        for name in hooks:
+            spec = self.playbook.hooks.get(name)
+            if spec is None:
+                self._record(incident.id, {
+                    "action": "notify", "hook": name, "kind": "?", "target": "",
+                    "status": "failed", "detail": "the running playbook has no such hook",
+                    "duration_s": None}, wall_s=now)
+                continue
+            out.append(Notify(spec, message, incident.id, incident.site,
+                              incident.trigger.detector, incident.trigger.reason))
+        return out
 
     # ----------------------------------------------------------------------- runtime reports
 
@@ -451,10 +716,14 @@ class IncidentManager:
             "flight_recorder": None if window is None else {
                 "trigger_s": window.trigger_s, "start_s": window.start_s,
                 "end_s": window.end_s},
+            "people": self.playbook.people.to_json(),
+            "resolve_requires": self.playbook.resolve_requires.to_json(),
+            "plant_safety": self.playbook.plant_safety,
         }
         self._record(ident, payload, wall_s=wall_s)
         if ident not in self._incidents:  # not folded: a bug, already logged
             return []
+        self._classify(ident, "at the trip")
         self._open.append(ident)
         self._taken[ident] = set()
         if window is not None:
@@ -485,6 +754,7 @@ class IncidentManager:
                 self._record(ident, {"action": "checklist",
                                      "added": {p: t for p, t in added.items() if t},
                                      "rule": rule.name})
+        self._classify(ident, f"trip {event.name} joined")
         # The joined trip's containment steps not taken yet; no new notifications (one
         # incident, one page), the timeline shows the trip.
         return list(self._containment(ident, rule, decision, event))
@@ -499,9 +769,9 @@ class IncidentManager:
         mode = decision.mode
         for step in rule.containment:
             kind = step.kind
-            if kind in taken:
+            if step.key in taken:
                 continue
-            taken.add(kind)
+            taken.add(step.key)
             payload: dict[str, Any] = {"action": "containment", "step": kind.value,
                                        "at_s": decision.at_s}
             if kind in _REQUEST_OF:
@@ -523,6 +793,11 @@ class IncidentManager:
                 payload |= {"status": status.value,
                             "detail": f"mode is {mode}; the AI keeps being computed and "
                                       "judged without being applied"}
+            elif kind is ContainmentKind.PROCEDURE:
+                # For the people on shift: the incident says which procedure, its checklist
+                # tracks it; the gateway keeps doing what it does (fallback control).
+                payload |= {"status": ContainmentStatus.REQUESTED.value,
+                            "detail": f"operators: {step.describe()}"}
             elif kind is ContainmentKind.RATE_LIMIT:
                 assert step.factor is not None
                 actions.append(RateLimit(step.factor, reason, ident))
@@ -595,7 +870,7 @@ class IncidentManager:
         still = []
         for ident, window in self._windows:
             if window.complete:
-                self._storing.append(_Storing(ident, window))
+                self._storing.append(_Storing(ident, window, self.danger_limits))
             else:
                 still.append((ident, window))
         self._windows = still
@@ -607,6 +882,7 @@ class IncidentManager:
         frames = job.frames
         end = min(job.done + budget, len(frames))
         for k in range(job.done, end):
+            job.assess(frames[k])
             line = json.dumps(frame_json(frames[k]), allow_nan=False, separators=(",", ":"))
             job.lines.append(line)
             job.parts_chars += len(line) + 1
@@ -616,6 +892,14 @@ class IncidentManager:
         if end >= len(frames):
             self._store_part(job, final=True, done=end)
             self._storing.pop(0)
+            if job.watch is not None and job.incident_id in self._incidents:
+                margin = job.margin
+                self._record(job.incident_id, {
+                    "action": "consequence", "frames": len(frames),
+                    "min_margin": None if margin is None else margin[0],
+                    "sensor": None if margin is None else margin[1],
+                    "value": None if margin is None else margin[2]})
+                self._classify(job.incident_id, "consequence assessed")
 
     def _store_part(self, job: _Storing, *, final: bool, done: int) -> None:
         # The number of parts is known only at the end; non-final parts say 0 and the fold
@@ -673,6 +957,22 @@ class IncidentManager:
             self._incidents[ident] = fold_record(self._incidents.get(ident), normal)
         except ValueError:  # a bug here must not stop the control loop
             log.exception("incident %s: record not folded: %s", ident, payload.get("action"))
+
+    def _classify(self, ident: str, why: str) -> None:
+        """Classify the incident by its recorded plan; record the severity if it rose."""
+        incident = self._incidents[ident]
+        facts = SeverityFacts(tuple(t.detector for t in incident.trips),
+                              incident.mode_at_trip == Mode.AUTO.value,
+                              incident.mode_after_trip, incident.consequence)
+        level, rule = incident.people.classify(facts)
+        current = incident.severity
+        if current is not None and level.rank <= current.rank:
+            return
+        reason = (f"{why}: severity rule {rule}" if rule is not None
+                  else f"{why}: the playbook's default")
+        self._record(ident, {"action": "severity", "level": level.value,
+                             "previous": None if current is None else current.value,
+                             "by": None, "source": "", "reason": reason, "rule": rule})
 
     def _update_busy(self) -> None:
         self._busy = bool(self._awaiting_containment or self._windows or self._storing)

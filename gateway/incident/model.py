@@ -14,7 +14,13 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     ``site, wall_s, at_s, trigger {detector, reason, at_s, target, evidence [[k, v], ...]},
     mode_at_trip, mode_after_trip, model {path, sha256}, config_sha256,
     playbook {name, source, sha256, rule}, checklist {phase: [item, ...]}, notify [hook, ...],
-    flight_recorder {trigger_s, start_s, end_s} | null``
+    flight_recorder {trigger_s, start_s, end_s} | null, people {...} | absent,
+    resolve_requires {checklist: [phase, ...], review: bool} | absent,
+    plant_safety TEXT | absent`` (``plant_safety``: how the gateway's actions relate to the
+    plant's own safety instrumented system, as the playbook states it; ``people``: the
+    playbook's contacts, severity rules, escalation and reporting obligations,
+    :meth:`gateway.incident.people.PeoplePlan.to_json`; ``resolve_requires`` absent means
+    every checklist item and a review).
 ``phase``
     ``phase, wall_s, at_s, by, reason``: the incident moved forward to ``phase``.
 ``event``
@@ -32,7 +38,32 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     ``wall_s, phase, index, item, who, source`` (an item done), or ``wall_s, added
     {phase: [item, ...]}, rule`` (items added by a further trip's playbook rule).
 ``resolve``
-    ``wall_s, at_s, who, source, summary``.
+    ``wall_s, at_s, who, source, summary`` and, when it was forced while required items were
+    open, ``forced: true, force_reason, open [what was open, ...]``.
+``severity``
+    ``wall_s, level, previous, by, source, reason, rule``: the incident's severity became
+    ``level`` (``by`` null and ``rule`` the severity rule when the playbook classified it; an
+    operator's name and reason when raised by hand).
+``consequence``
+    ``wall_s, min_margin, sensor, value, frames``: how close the process came to a danger limit
+    in the flight-recorder window (see :class:`~gateway.incident.people.Consequence`).
+``escalate``
+    ``wall_s, severity, step, after_s, contact, role, hooks, reason``: a contact was notified
+    by the escalation plan (step ``step`` of the severity's steps).
+``deadline``
+    ``wall_s, obligation, notice ("reminder" | "overdue"), due_wall_s, contacts``: the contacts of
+    a reporting obligation were told its deadline is near, or has passed.
+``reported``
+    ``wall_s, obligation, who, source, ref``: the report an obligation asks for was made.
+``review``
+    ``wall_s, who, source, root_cause, factors [..], went_well [..], went_badly [..],
+    actions [{text, owner, due: "YYYY-MM-DD"}, ...]``: the post-incident review (a later one
+    revises it and adds its action items, numbered on from the earlier ones).
+``action_done``
+    ``wall_s, number, who, source, note``: action item ``number`` was closed.
+``draft_approved``
+    ``wall_s, audience, who, source, sha256, text``: a person approved this text of the
+    communication to ``audience`` (regulator, customers, board, internal) for sending.
 ``flight_recorder``
     ``wall_s, part, parts, frames, total_frames, trigger_s, start_s, end_s, header, frames_jsonl``:
     part ``part`` (from 0, in frame order, contiguous) of the frozen window, written once the
@@ -51,11 +82,15 @@ would write the text ``"nan"``, which could not be told apart from evidence that
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
+
+from gateway.incident.people import Consequence, PeoplePlan, Severity
+from gateway.incident.review import ActionItem, Review, parse_due
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -66,17 +101,25 @@ __all__ = [
     "ChecklistPhase",
     "ContainmentRecord",
     "ContainmentStatus",
+    "Deadline",
+    "DeadlineNotice",
+    "DraftApproval",
     "EntryKind",
+    "Escalation",
     "Incident",
     "IncidentError",
     "ModelIdentity",
     "Note",
     "NotificationRecord",
+    "OpenItems",
     "Phase",
     "PhaseChange",
     "PlaybookRef",
     "RecorderRef",
+    "ReportMade",
     "Resolution",
+    "ResolveRequirements",
+    "SeverityChange",
     "TimelineEntry",
     "Trigger",
     "finite_json",
@@ -96,6 +139,15 @@ class IncidentError(Exception):
 class BadRequest(IncidentError):
     """The request itself is malformed: an empty name, text or summary, an unknown checklist
     phase."""
+
+
+class OpenItems(IncidentError):
+    """Resolve refused: required checklist items or the review are still open (``open``
+    lists them)."""
+
+    def __init__(self, message: str, open_items: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.open = open_items
 
 
 class UnknownIncident(IncidentError, KeyError):
@@ -154,6 +206,14 @@ class EntryKind(StrEnum):
     CHECKLIST = "checklist"
     RESOLVED = "resolved"
     FLIGHT_RECORDER = "flight_recorder"
+    SEVERITY = "severity"
+    CONSEQUENCE = "consequence"
+    ESCALATION = "escalation"
+    DEADLINE = "deadline"
+    REPORTED = "reported"
+    DRAFT_APPROVED = "draft_approved"
+    REVIEW = "review"
+    ACTION = "action"
 
 
 Evidence = tuple[tuple[str, float | str], ...]
@@ -239,10 +299,38 @@ class Note:
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
+    """Who resolved it, with what summary; ``forced`` (with ``force_reason`` and what was
+    still ``open``) when required items were open."""
+
     who: str
     source: str
     summary: str
     wall_s: float
+    forced: bool = False
+    force_reason: str = ""
+    open: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequirements:
+    """What must be closed before the incident can be resolved without force: every
+    checklist item of the ``checklist`` phases, and a review when ``review``."""
+
+    checklist: tuple[ChecklistPhase, ...] = tuple(ChecklistPhase)
+    review: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checklist": [p.value for p in self.checklist], "review": self.review}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ResolveRequirements:
+        """Absent (records written before it existed): everything is required."""
+        if obj is None:
+            return cls()
+        if not isinstance(obj, dict) or not isinstance(obj.get("checklist", []), list):
+            raise ValueError("resolve_requires must be {checklist: [phase, ...], review: bool}")
+        return cls(tuple(ChecklistPhase(p) for p in obj.get("checklist", [])),
+                   bool(obj.get("review", True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +349,91 @@ class RecorderRef:
     @property
     def stored(self) -> bool:
         return self.parts > 0 and self.parts_stored == self.parts
+
+
+@dataclass(frozen=True, slots=True)
+class SeverityChange:
+    """The severity became ``level`` at ``wall_s``: by the playbook (``by`` None, ``rule``
+    the severity rule, None for the default) or raised by an operator (``by``, ``reason``)."""
+
+    level: Severity
+    previous: Severity | None
+    wall_s: float
+    by: str | None
+    reason: str
+    rule: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """A contact notified by the escalation plan."""
+
+    severity: Severity
+    step: int
+    after_s: float
+    contact: str
+    role: str
+    hooks: tuple[str, ...]
+    reason: str
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineNotice:
+    """The contacts of ``obligation`` were told its deadline is near (``notice``
+    "reminder") or has passed ("overdue")."""
+
+    obligation: str
+    notice: str
+    due_wall_s: float
+    contacts: tuple[str, ...]
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReportMade:
+    """The report ``obligation`` asks for was made (``ref``: where, or its reference)."""
+
+    obligation: str
+    who: str
+    source: str
+    ref: str
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DraftApproval:
+    """``who`` approved ``text`` (whose UTF-8 sha256 is ``sha256``) for ``audience``."""
+
+    audience: str
+    who: str
+    source: str
+    sha256: str
+    text: str
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A reporting obligation's clock for one incident: it started at ``start_wall_s`` (the
+    incident first reached the obligation's severity), is due at ``due_wall_s``, its contacts
+    are reminded at ``remind_wall_s``; ``report`` once made."""
+
+    obligation: str
+    description: str
+    start_wall_s: float
+    due_wall_s: float
+    remind_wall_s: float
+    report: ReportMade | None
+
+    def status(self, now_wall_s: float) -> str:
+        """``met``, ``overdue``, ``due soon`` (within the lead time) or ``open``."""
+        if self.report is not None:
+            return "met"
+        if now_wall_s >= self.due_wall_s:
+            return "overdue"
+        return "due soon" if now_wall_s >= self.remind_wall_s else "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +479,18 @@ class Incident:
     flight_recorder: RecorderRef | None = None
     resolution: Resolution | None = None
     records: int = 0
+    people: PeoplePlan = field(default_factory=PeoplePlan)
+    severity: Severity | None = None
+    severity_changes: tuple[SeverityChange, ...] = ()
+    consequence: Consequence | None = None
+    escalations: tuple[Escalation, ...] = ()
+    deadline_notices: tuple[DeadlineNotice, ...] = ()
+    reports: tuple[ReportMade, ...] = ()
+    approvals: tuple[DraftApproval, ...] = ()
+    resolve_requires: ResolveRequirements = field(default_factory=ResolveRequirements)
+    plant_safety: str = ""
+    review: Review | None = None
+    actions: tuple[ActionItem, ...] = ()
 
     @property
     def is_open(self) -> bool:
@@ -321,6 +506,46 @@ class Incident:
     def checklist_of(self, phase: ChecklistPhase) -> tuple[ChecklistItem, ...]:
         return tuple(item for item in self.checklist if item.phase is phase)
 
+    def open_requirements(self) -> tuple[str, ...]:
+        """What must still be closed before the incident can be resolved without force:
+        ``"checklist PHASE N: TEXT"`` per required item not done, ``"review"`` when a review
+        is required and none is recorded. Empty when it may be resolved."""
+        required = set(self.resolve_requires.checklist)
+        out = []
+        for phase in ChecklistPhase:
+            if phase in required:
+                out += [f"checklist {phase} {k}: {item.text}"
+                        for k, item in enumerate(self.checklist_of(phase)) if not item.done]
+        if self.resolve_requires.review and self.review is None:
+            out.append("review")
+        return tuple(out)
+
+    def acknowledged_at(self) -> float | None:
+        """When someone first acknowledged the incident (wall clock), None if no one has."""
+        return next((n.wall_s for n in self.notes if n.acknowledge), None)
+
+    def severity_since(self) -> float | None:
+        """When the incident reached its current severity (wall clock)."""
+        return self.severity_changes[-1].wall_s if self.severity_changes else None
+
+    def reached(self, level: Severity) -> float | None:
+        """When the incident first reached ``level`` or higher (wall clock), None if never."""
+        return next((c.wall_s for c in self.severity_changes if c.level.rank >= level.rank),
+                    None)
+
+    def deadlines(self) -> tuple[Deadline, ...]:
+        """The reporting obligations whose clock runs for this incident (it reached their
+        severity), in the playbook's order."""
+        out = []
+        for ob in self.people.obligations:
+            start = self.reached(ob.min_severity)
+            if start is None:
+                continue
+            report = next((r for r in self.reports if r.obligation == ob.name), None)
+            due = start + ob.within_s
+            out.append(Deadline(ob.name, ob.description, start, due, due - ob.lead_s, report))
+        return tuple(out)
+
     def summary(self) -> dict[str, Any]:
         """A short JSON-ready view (for listings)."""
         done = sum(1 for item in self.checklist if item.done)
@@ -328,6 +553,7 @@ class Incident:
                 "opened_wall_s": self.opened_wall_s, "opened_at_s": self.opened_at_s,
                 "detector": self.trigger.detector, "reason": self.trigger.reason,
                 "trips": len(self.trips), "notes": len(self.notes),
+                "severity": None if self.severity is None else self.severity.value,
                 "checklist_done": done, "checklist_items": len(self.checklist),
                 "flight_recorder_stored": (self.flight_recorder is not None
                                            and self.flight_recorder.stored)}
@@ -336,6 +562,8 @@ class Incident:
         """Every field as JSON-ready values (enums as their text, tuples as lists)."""
         out: dict[str, Any] = dataclasses.asdict(self)
         out["is_open"] = self.is_open
+        for item in out["actions"]:  # dates as text: strict JSON has no date type
+            item["due"] = item["due"].isoformat()
         return out
 
 
@@ -455,7 +683,10 @@ def _open(payload: Mapping[str, Any]) -> Incident:
                              _opt_text(book.get("rule"), "playbook.rule")),
         notifications_planned=tuple(_text(n, "notify") for n in notify),
         checklist=_checklist(payload.get("checklist", {})),
-        trips=(trigger,), flight_recorder=recorder)
+        trips=(trigger,), flight_recorder=recorder,
+        people=PeoplePlan.from_json(payload.get("people")),
+        resolve_requires=ResolveRequirements.from_json(payload.get("resolve_requires")),
+        plant_safety=_text(payload.get("plant_safety", ""), "plant_safety"))
     text = f"incident opened: {trigger.detector}: {trigger.reason}"
     if trigger.evidence:
         text += f" ({evidence_text(trigger.evidence)})"
@@ -568,10 +799,66 @@ def _resolve(incident: Incident, payload: Mapping[str, Any]) -> Incident:
     resolution = Resolution(_text(payload.get("who"), "who"),
                             _text(payload.get("source", ""), "source"),
                             _text(payload.get("summary"), "summary"),
-                            _num(payload.get("wall_s"), "wall_s"))
+                            _num(payload.get("wall_s"), "wall_s"),
+                            bool(payload.get("forced", False)),
+                            _text(payload.get("force_reason", ""), "force_reason"),
+                            _names(payload.get("open", []), "open"))
     incident = replace(incident, resolution=resolution)
-    return _entry(incident, payload, EntryKind.RESOLVED, f"resolved: {resolution.summary}",
-                  resolution.who)
+    text = f"resolved: {resolution.summary}"
+    if resolution.forced:
+        text += (f" (FORCED with {len(resolution.open)} required item(s) open: "
+                 f"{resolution.force_reason})")
+    return _entry(incident, payload, EntryKind.RESOLVED, text, resolution.who)
+
+
+def _texts(value: Any, what: str) -> tuple[str, ...]:
+    return _names(value if value is not None else [], what)
+
+
+def _review(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    who = _text(payload.get("who"), "who")
+    wall_s = _num(payload.get("wall_s"), "wall_s")
+    before = incident.review
+    review = Review(_text(payload.get("root_cause"), "root_cause"),
+                    _texts(payload.get("factors"), "factors"),
+                    _texts(payload.get("went_well"), "went_well"),
+                    _texts(payload.get("went_badly"), "went_badly"), who, wall_s,
+                    1 if before is None else before.revisions + 1)
+    raw = payload.get("actions", [])
+    if not isinstance(raw, list):
+        raise ValueError("actions must be a list")
+    items = list(incident.actions)
+    for obj in raw:
+        if not isinstance(obj, dict):
+            raise ValueError("an action item must be an object")
+        items.append(ActionItem(len(items) + 1, _text(obj.get("text"), "action text"),
+                                _text(obj.get("owner"), "action owner"),
+                                parse_due(_text(obj.get("due"), "action due"))))
+    incident = replace(incident, review=review, actions=tuple(items))
+    verb = "review recorded" if before is None else f"review revised ({review.revisions})"
+    return _entry(incident, payload, EntryKind.REVIEW,
+                  f"{verb}: root cause: {review.root_cause}; {len(raw)} action item(s) added",
+                  who)
+
+
+def _action_done(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    number = payload.get("number")
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValueError("action number must be a whole number")
+    if not 1 <= number <= len(incident.actions):
+        raise ValueError(f"no action item {number}")
+    who = _text(payload.get("who"), "who")
+    wall_s = _num(payload.get("wall_s"), "wall_s")
+    note = _text(payload.get("note", ""), "note")
+    items = list(incident.actions)
+    item = items[number - 1]
+    if item.done:
+        raise ValueError(f"action item {number} is closed already")
+    items[number - 1] = replace(item, done_by=who, done_wall_s=wall_s, note=note)
+    incident = replace(incident, actions=tuple(items))
+    return _entry(incident, payload, EntryKind.ACTION,
+                  f"action item {number} done: {item.text}" + (f" ({note})" if note else ""),
+                  who)
 
 
 def _count(value: Any, what: str) -> int:
@@ -602,7 +889,109 @@ def _flight_recorder(incident: Incident, payload: Mapping[str, Any]) -> Incident
                   f"{start_s - trigger_s:+g} s to {end_s - trigger_s:+g} s around the trip")
 
 
+def _severity(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    level = Severity(_text(payload.get("level"), "level"))
+    previous = incident.severity
+    if previous is not None and level.rank <= previous.rank:
+        raise ValueError(f"severity {level} does not rise from {previous}")
+    change = SeverityChange(level, previous, _num(payload.get("wall_s"), "wall_s"),
+                            _opt_text(payload.get("by"), "by"),
+                            _text(payload.get("reason", ""), "reason"),
+                            _opt_text(payload.get("rule"), "rule"),
+                            _text(payload.get("source", ""), "source"))
+    incident = replace(incident, severity=level,
+                       severity_changes=(*incident.severity_changes, change))
+    text = f"severity {level}" + (f" (was {previous})" if previous is not None else "")
+    if change.reason:
+        text += f": {change.reason}"
+    return _entry(incident, payload, EntryKind.SEVERITY, text, change.by)
+
+
+def _consequence(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    frames = payload.get("frames", 0)
+    if isinstance(frames, bool) or not isinstance(frames, int):
+        raise ValueError("consequence frames must be a whole number")
+    c = Consequence(_opt_num(payload.get("min_margin"), "min_margin"),
+                    _opt_text(payload.get("sensor"), "sensor"),
+                    _opt_num(payload.get("value"), "value"), frames)
+    incident = replace(incident, consequence=c)
+    if c.min_margin is None:
+        text = "consequence: no watched sensor in the flight-recorder window"
+    else:
+        where = "beyond" if c.excursion else "from"
+        text = (f"consequence: closest approach {abs(c.min_margin):.1%} of the span {where} "
+                f"a danger limit ({c.sensor}={c.value:g}, {frames} frames)")
+    return _entry(incident, payload, EntryKind.CONSEQUENCE, text)
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list")
+    return tuple(_text(v, what) for v in value)
+
+
+def _escalate(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    step = payload.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError("escalate step must be a whole number")
+    e = Escalation(Severity(_text(payload.get("severity"), "severity")), step,
+                   _num(payload.get("after_s"), "after_s"),
+                   _text(payload.get("contact"), "contact"), _text(payload.get("role"), "role"),
+                   _names(payload.get("hooks", []), "hooks"),
+                   _text(payload.get("reason", ""), "reason"),
+                   _num(payload.get("wall_s"), "wall_s"))
+    incident = replace(incident, escalations=(*incident.escalations, e))
+    return _entry(incident, payload, EntryKind.ESCALATION,
+                  f"escalation ({e.severity}, step {e.step}): {e.contact} ({e.role}) notified"
+                  f" via {', '.join(e.hooks) or '-'}: {e.reason}")
+
+
+def _deadline(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    notice = _text(payload.get("notice"), "notice")
+    if notice not in ("reminder", "overdue"):
+        raise ValueError(f"deadline notice must be reminder or overdue, not {notice!r}")
+    d = DeadlineNotice(_text(payload.get("obligation"), "obligation"), notice,
+                       _num(payload.get("due_wall_s"), "due_wall_s"),
+                       _names(payload.get("contacts", []), "contacts"),
+                       _num(payload.get("wall_s"), "wall_s"))
+    incident = replace(incident, deadline_notices=(*incident.deadline_notices, d))
+    verb = "is due" if notice == "reminder" else "was due"
+    return _entry(incident, payload, EntryKind.DEADLINE,
+                  f"reporting {d.obligation} {verb} at {utc_text(d.due_wall_s)}; told "
+                  + ", ".join(d.contacts))
+
+
+def _reported(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    r = ReportMade(_text(payload.get("obligation"), "obligation"),
+                   _text(payload.get("who"), "who"), _text(payload.get("source", ""), "source"),
+                   _text(payload.get("ref", ""), "ref"), _num(payload.get("wall_s"), "wall_s"))
+    incident = replace(incident, reports=(*incident.reports, r))
+    return _entry(incident, payload, EntryKind.REPORTED,
+                  f"report {r.obligation} made" + (f": {r.ref}" if r.ref else ""), r.who)
+
+
+def _draft_approved(incident: Incident, payload: Mapping[str, Any]) -> Incident:
+    a = DraftApproval(_text(payload.get("audience"), "audience"),
+                      _text(payload.get("who"), "who"),
+                      _text(payload.get("source", ""), "source"),
+                      _text(payload.get("sha256"), "sha256"), _text(payload.get("text"), "text"),
+                      _num(payload.get("wall_s"), "wall_s"))
+    if hashlib.sha256(a.text.encode("utf-8")).hexdigest() != a.sha256:
+        raise ValueError("draft_approved: the text does not match its sha256")
+    incident = replace(incident, approvals=(*incident.approvals, a))
+    return _entry(incident, payload, EntryKind.DRAFT_APPROVED,
+                  f"draft for {a.audience} approved (sha256 {a.sha256[:12]}...)", a.who)
+
+
 _FOLDS: Final = {
+    "review": _review,
+    "action_done": _action_done,
+    "draft_approved": _draft_approved,
+    "severity": _severity,
+    "consequence": _consequence,
+    "escalate": _escalate,
+    "deadline": _deadline,
+    "reported": _reported,
     "phase": _phase,
     "event": _event,
     "note": _note,
@@ -623,7 +1012,10 @@ def fold_record(incident: Incident | None, payload: Mapping[str, Any]) -> Incide
     if action == "open":
         if incident is not None:
             raise ValueError(f"incident {incident.id} is opened twice")
-        return _open(payload)
+        try:
+            return _open(payload)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed open record: {exc}") from None
     if incident is None:
         raise ValueError(f"{action!r} record of an incident that was never opened")
     fn = _FOLDS.get(action) if isinstance(action, str) else None

@@ -17,6 +17,11 @@ loop.
   from /dev/null, the variables ``SG_INCIDENT``, ``SG_SITE``, ``SG_DETECTOR``, ``SG_REASON`` and
   ``SG_MESSAGE`` added to its environment; a non-zero exit or the timeout (the process is then
   killed) is a failure.
+
+:meth:`Notifier.start_timer` also runs a periodic task that asks the incident manager what the
+escalation plans and reporting clocks call for (:meth:`~gateway.incident.manager.IncidentManager.
+tick`) and sends it: escalations live here, beside the other notifications, never in the
+control cycle, so a slow webhook or command delays nothing but itself.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ class Notifier:
         self.clock = clock
         self._tasks: set[asyncio.Task[NotifyResult]] = set()
         self._failing: set[str] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -98,9 +105,46 @@ class Notifier:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def start_timer(self, tick: Callable[[], list[Notify]], period_s: float = 1.0) -> None:
+        """Call ``tick()`` every ``period_s`` seconds (and at once after :meth:`wake`) on the
+        running event loop, submitting what it returns. An exception from ``tick`` is logged
+        and the timer goes on. ``ValueError`` if ``period_s`` is not finite and > 0,
+        ``RuntimeError`` if a timer runs already or no event loop runs."""
+        if isinstance(period_s, bool) or not (isinstance(period_s, int | float)
+                                              and 0 < period_s < float("inf")):
+            raise ValueError(f"`period_s` must be finite and > 0, not {period_s!r}")
+        if self._timer is not None and not self._timer.done():
+            raise RuntimeError("the notifier's timer runs already")
+        coro = self._tick_loop(tick, float(period_s))
+        self._timer = (self.task_group.create_task(coro) if self.task_group is not None
+                       else asyncio.get_running_loop().create_task(coro))
+
+    def wake(self) -> None:
+        """Make the timer tick now (e.g. an incident just opened: its first escalation step
+        is due at once). Cheap; safe to call from the control cycle."""
+        self._wake.set()
+
+    async def _tick_loop(self, tick: Callable[[], list[Notify]], period_s: float) -> None:
+        while True:
+            try:
+                actions = tick()
+            except Exception:  # a bug of the manager's must not stop the escalations
+                log.exception("escalation tick failed; trying again in %g s", period_s)
+                actions = []
+            for action in actions:
+                self.submit(action)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period_s):
+                    await self._wake.wait()
+            self._wake.clear()
+
     async def aclose(self, timeout_s: float = 10.0) -> None:
-        """Wait up to ``timeout_s`` for the notifications still running; cancel the rest
-        (each cancelled one is reported as failed)."""
+        """Stop the timer; wait up to ``timeout_s`` for the notifications still running;
+        cancel the rest (each cancelled one is reported as failed)."""
+        timer, self._timer = self._timer, None
+        if timer is not None and not timer.done():
+            timer.cancel()
+            await asyncio.wait([timer])  # returns once it ended; raises nothing of its own
         tasks = set(self._tasks)
         if not tasks:
             return

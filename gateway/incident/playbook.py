@@ -7,7 +7,9 @@ A playbook maps triggers (detector names, matched by shell-style patterns: ``env
   to the supervisor as requester ``playbook``; a step the supervisor's trip already satisfies is
   recorded as such and not requested), ``rate_limit`` with a ``factor`` in (0, 1] (the runtime
   scales the actuators' rate limits, if it supports that), ``quarantine_model`` (keep the model
-  from being re-enabled until it is investigated);
+  from being re-enabled until it is investigated), ``procedure`` with a ``name`` (and a
+  document ``ref``): a manual-operation procedure the people on shift carry out (recorded in
+  the incident and added to its containment checklist; the gateway itself does nothing);
 * **notifications**: named hooks of kind ``log``, ``webhook`` (``url``, ``timeout_s``) or
   ``command`` (``argv``, a list: never a shell string; ``timeout_s``);
 * **checklist** items per phase of incident response (detection, containment, investigation,
@@ -60,7 +62,16 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from gateway.config.loader import Abort, ConfigError, Ctx, Section
 from gateway.config.yamlsrc import Issue, Node, SourceError
 from gateway.config.yamlsrc import load as load_yaml
-from gateway.incident.model import ChecklistPhase
+from gateway.incident.model import ChecklistPhase, ResolveRequirements
+from gateway.incident.people import (
+    Contact,
+    ContactRole,
+    EscalationStep,
+    Obligation,
+    PeoplePlan,
+    Severity,
+    SeverityRule,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -93,6 +104,7 @@ class ContainmentKind(StrEnum):
     SAFE_STOP = "safe_stop"
     RATE_LIMIT = "rate_limit"
     QUARANTINE_MODEL = "quarantine_model"
+    PROCEDURE = "procedure"
 
 
 class HookKind(StrEnum):
@@ -103,12 +115,20 @@ class HookKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ContainmentStep:
-    """One containment step; ``factor`` (0 < factor <= 1) only for ``rate_limit``."""
+    """One containment step; ``factor`` (0 < factor <= 1) only for ``rate_limit``;
+    ``procedure`` (its name) and ``ref`` (where it is written down) only for ``procedure``."""
 
     kind: ContainmentKind
     factor: float | None = None
+    procedure: str | None = None
+    ref: str = ""
 
     def __post_init__(self) -> None:
+        if self.kind is ContainmentKind.PROCEDURE:
+            if not self.procedure or not self.procedure.strip():
+                raise ValueError("a procedure step needs the procedure's `name`")
+        elif self.procedure is not None or self.ref:
+            raise ValueError(f"`name` and `ref` apply to procedure steps only, not {self.kind}")
         if self.kind is ContainmentKind.RATE_LIMIT:
             if self.factor is None or not (math.isfinite(self.factor)
                                            and 0.0 < self.factor <= 1.0):
@@ -117,7 +137,21 @@ class ContainmentStep:
             raise ValueError(f"`factor` applies to rate_limit only, not {self.kind}")
 
     def describe(self) -> str:
+        if self.procedure is not None:
+            return f"procedure {self.procedure}" + (f" ({self.ref})" if self.ref else "")
         return self.kind.value if self.factor is None else f"{self.kind} x{self.factor:g}"
+
+    @property
+    def key(self) -> str:
+        """What makes a step distinct within an incident (one per kind; procedures by name)."""
+        return self.kind.value if self.procedure is None else f"procedure:{self.procedure}"
+
+    def checklist_item(self) -> str | None:
+        """The containment checklist item a procedure step adds (None for other steps)."""
+        if self.procedure is None:
+            return None
+        return (f"carry out the manual-operation procedure {self.procedure}"
+                + (f" ({self.ref})" if self.ref else "") + "; record who and when")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +236,10 @@ class Playbook:
     description: str = ""
     source: str | None = None
     sha256: str | None = None
+    plant_safety: str = ""
+    people: PeoplePlan = field(default_factory=PeoplePlan)
+    danger_limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    resolve_requires: ResolveRequirements = field(default_factory=ResolveRequirements)
     _cache: dict[str, Rule | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +247,11 @@ class Playbook:
             for hook in rule.notify:
                 if hook not in self.hooks:
                     raise ValueError(f"rule {rule.name!r} notifies unknown hook {hook!r}")
+        for contact in self.people.contacts.values():
+            for hook in contact.reach:
+                if hook not in self.hooks:
+                    raise ValueError(f"contact {contact.name!r} is reached by unknown hook "
+                                     f"{hook!r}")
 
     def rule_for(self, detector: str) -> Rule | None:
         """The first rule matching ``detector`` (None if none does). Cached per name."""
@@ -227,12 +270,16 @@ class Playbook:
         return self.join_open_incident
 
     def checklist_for(self, rule: Rule | None) -> dict[str, list[str]]:
-        """The common checklist plus ``rule``'s items, per phase (JSON-ready)."""
+        """The common checklist plus ``rule``'s items, per phase (JSON-ready); a rule's
+        procedure steps add their items to the containment phase."""
         out: dict[str, list[str]] = {}
         for phase in ChecklistPhase:
             items = list(self.checklist.get(phase, ()))
             if rule is not None:
-                items += [i for i in rule.checklist.get(phase, ()) if i not in items]
+                extra = list(rule.checklist.get(phase, ()))
+                if phase is ChecklistPhase.CONTAINMENT:
+                    extra += [t for t in (s.checklist_item() for s in rule.containment) if t]
+                items += [i for i in extra if i not in items]
             out[phase.value] = items
         return out
 
@@ -293,6 +340,7 @@ def _read(ctx: Ctx, m: Section, path: Path, digest: str) -> Playbook | None:
     ok = [True]
     name = _grab(lambda: m.opt_str("name"), ok) or path.stem
     description = _grab(lambda: m.opt_str("description"), ok) or ""
+    plant_safety = _grab(lambda: m.opt_str("plant_safety"), ok) or ""
     join = _grab(lambda: m.opt_bool("join_open_incident"), ok)
 
     hooks: dict[str, NotificationSpec] = {}
@@ -337,12 +385,17 @@ def _read(ctx: Ctx, m: Section, path: Path, digest: str) -> Playbook | None:
                 rules.append(_read_rule(rm, hooks, hm if isinstance(hm, Section) else None))
             except Abort:
                 ok[0] = False
+    people = _read_people(ctx, m, hooks, hm if isinstance(hm, Section) else None, ok)
+    danger = _read_danger(m, ok)
+    requires = _read_requires(m, ok)
     m.finish()
-    if not ok[0]:
+    if not ok[0] or people is None:
         return None
     return Playbook(name=str(name), rules=tuple(rules), hooks=hooks, checklist=checklist,
                     join_open_incident=True if join is None else bool(join),
-                    description=str(description), source=str(path), sha256=digest)
+                    description=str(description), source=str(path), sha256=digest,
+                    people=people, danger_limits=danger, resolve_requires=requires,
+                    plant_safety=" ".join(str(plant_safety).split()))
 
 
 def _read_hook(ctx: Ctx, name: str, node: Node, where: str) -> NotificationSpec:
@@ -417,7 +470,7 @@ def _read_rule(rm: Section, hooks: Mapping[str, NotificationSpec],
         except Abort:
             ok[0] = False
     kinds = [s.kind for s in containment]
-    if len(set(kinds)) != len(kinds):
+    if len({s.key for s in containment}) != len(containment):
         rm.error("containment", "a step is listed twice")
         ok[0] = False
     modes = {ContainmentKind.MANUAL, ContainmentKind.SHADOW, ContainmentKind.SAFE_STOP}
@@ -476,12 +529,246 @@ def _read_step(ctx: Ctx, node: Node, where: str) -> ContainmentStep:
     sm = Section(ctx, node, where)
     kind = sm.req_enum("kind", ContainmentKind)
     factor = sm.opt_float("factor")
+    name = sm.opt_str("name")
+    ref = sm.opt_str("ref")
     sm.finish()
     if kind is ContainmentKind.RATE_LIMIT and factor is None:
         ctx.error(node.line, f"{where}.factor", "required for rate_limit (0 < factor <= 1)")
         raise Abort
+    if kind is ContainmentKind.PROCEDURE and (name is None or not name.strip()):
+        ctx.error(node.line, f"{where}.name", "a procedure step needs the procedure's name")
+        raise Abort
     try:
-        return ContainmentStep(kind, factor)
+        return ContainmentStep(kind, factor, None if name is None else name.strip(),
+                               (ref or "").strip())
     except ValueError as exc:
-        sm.error("factor", str(exc).replace("rate_limit `factor` ", "").replace("`factor` ", ""))
+        key = "name" if "`name`" in str(exc) and sm.has("name") else (
+            "ref" if sm.has("ref") and "`ref`" in str(exc) else "factor")
+        sm.error(key, str(exc).replace("rate_limit `factor` ", "").replace("`factor` ", ""))
         raise Abort from None
+
+
+# ------------------------------------------------------------------- people (contacts, ...)
+
+
+def _read_people(ctx: Ctx, m: Section, hooks: Mapping[str, NotificationSpec],
+                 hook_map: Section | None, ok: list[bool]) -> PeoplePlan | None:
+    """``contacts``, ``severity``, ``escalation`` and ``reporting`` (all optional)."""
+    defined_hooks = sorted(hook_map.items) if hook_map is not None else sorted(hooks)
+    contacts: dict[str, Contact] = {}
+    contact_lines: set[str] = set()  # contacts named, even those that failed to read
+    cm = _grab(lambda: m.map("contacts"), ok)
+    if isinstance(cm, Section):
+        for key, node, where in cm.entries():
+            contact_lines.add(key)
+            try:
+                contacts[key] = _read_contact(ctx, key, node, where, defined_hooks)
+            except Abort:
+                ok[0] = False
+        cm.finish()
+    known = contact_lines
+
+    def contact_names(sec: Section, key: str) -> tuple[str, ...]:
+        names = _strs_or_one(sec, key, required=True)
+        if not names:
+            sec.error(key, "must name at least one contact")
+            raise Abort
+        for name in names:
+            if name not in known:
+                sec.error(key, f"unknown contact {name!r}; defined: "
+                               + (", ".join(sorted(known)) or "none"))
+                raise Abort
+        return names
+
+    default = Severity.MEDIUM
+    rules: list[SeverityRule] = []
+    sm = _grab(lambda: m.map("severity"), ok)
+    if isinstance(sm, Section):
+        given = _grab(lambda: sm.opt_enum("default", Severity), ok)
+        default = given if isinstance(given, Severity) else Severity.MEDIUM
+        seen: dict[str, int] = {}
+        for node, where in _grab(lambda: sm.items_of("rules"), ok) or []:
+            try:
+                rule = _read_severity_rule(ctx, node, where)
+            except Abort:
+                ok[0] = False
+                continue
+            first = seen.setdefault(rule.name, node.line)
+            if first != node.line:
+                ctx.error(node.line, f"{where}.name",
+                          f"duplicate severity rule name (first at line {first})")
+                ok[0] = False
+            rules.append(rule)
+        sm.finish()
+
+    escalation: dict[Severity, tuple[EscalationStep, ...]] = {}
+    em = _grab(lambda: m.map("escalation"), ok)
+    if isinstance(em, Section):
+        for key, _node, _where in em.entries():
+            try:
+                level = Severity(key)
+            except ValueError:
+                em.error(key, "unknown severity; use " + ", ".join(s.value for s in Severity))
+                ok[0] = False
+                continue
+            steps: list[EscalationStep] = []
+            try:
+                items = em.items_of(key)
+            except Abort:
+                ok[0] = False
+                continue
+            for item, item_where in items:
+                try:
+                    step_m = Section(ctx, item, item_where)
+                    after = step_m.req_float("after_min")
+                    names = contact_names(step_m, "notify")
+                    step_m.finish()
+                    if not after >= 0:
+                        step_m.error("after_min", f"must be >= 0, not {after:g}")
+                        raise Abort
+                    steps.append(EscalationStep(after * 60.0, names))
+                except Abort:
+                    ok[0] = False
+            afters = [st.after_s for st in steps]
+            if afters != sorted(afters):
+                em.error(key, "steps must be in order of after_min")
+                ok[0] = False
+            escalation[level] = tuple(steps)
+
+    obligations: list[Obligation] = []
+    rm = _grab(lambda: m.map("reporting"), ok)
+    if isinstance(rm, Section):
+        lead = _grab(lambda: rm.opt_float("lead_time_min"), ok)
+        default_lead_s = 60.0 * (60.0 if lead is None else lead)
+        names_seen: set[str] = set()
+        for node, where in _grab(lambda: rm.items_of("obligations"), ok) or []:
+            try:
+                om = Section(ctx, node, where)
+                name = om.req_str("name")
+                if not _NAME_RE.fullmatch(name):
+                    om.error("name", "must be 1-64 letters, digits, . _ -")
+                    raise Abort
+                if name in names_seen:
+                    om.error("name", "duplicate obligation name")
+                    raise Abort
+                names_seen.add(name)
+                within = om.req_float("within_h")
+                level = om.req_enum("min_severity", Severity)
+                names = contact_names(om, "notify")
+                own_lead = om.opt_float("lead_time_min")
+                description = om.opt_str("description") or ""
+                om.finish()
+                try:
+                    obligations.append(Obligation(
+                        name, within * 3600.0, level, names,
+                        default_lead_s if own_lead is None else own_lead * 60.0, description))
+                except ValueError as exc:
+                    key = "within_h" if str(exc).startswith("`within_h`") else (
+                        "lead_time_min" if own_lead is not None else "within_h")
+                    om.error(key, str(exc).replace(f"`{key}` ", "", 1))
+                    raise Abort from None
+            except Abort:
+                ok[0] = False
+        rm.finish()
+    if not ok[0]:
+        return None
+    return PeoplePlan(contacts, default, tuple(rules), escalation, tuple(obligations))
+
+
+def _read_contact(ctx: Ctx, name: str, node: Node, where: str,
+                  defined_hooks: list[str]) -> Contact:
+    if not _NAME_RE.fullmatch(name):
+        ctx.error(node.line, where, "a contact's name must be 1-64 letters, digits, . _ -")
+        raise Abort
+    cm = Section(ctx, node, where)
+    role = cm.req_enum("role", ContactRole)
+    reach = _strs_or_one(cm, "reach", required=True)
+    person = cm.opt_str("person") or ""
+    hours = cm.opt_str("hours") or ""
+    cm.finish()
+    if not reach:
+        cm.error("reach", "must name at least one hook (log, webhook or command)")
+        raise Abort
+    for hook in reach:
+        if hook not in defined_hooks:
+            cm.error("reach", f"unknown hook {hook!r}; defined: "
+                              + (", ".join(defined_hooks) or "none"))
+            raise Abort
+    return Contact(name, role, reach, person, hours)
+
+
+def _read_severity_rule(ctx: Ctx, node: Node, where: str) -> SeverityRule:
+    rm = Section(ctx, node, where)
+    ok = [True]
+    name = _grab(lambda: rm.req_str("name"), ok)
+    level = _grab(lambda: rm.req_enum("level", Severity), ok)
+    wm = _grab(lambda: rm.map("when", required=True), ok)
+    rm.finish()
+    trigger: tuple[str, ...] = ()
+    ai: bool | None = None
+    modes: tuple[str, ...] = ()
+    margin: float | None = None
+    if isinstance(wm, Section):
+        trigger = _grab(lambda: _strs_or_one(wm, "trigger", required=False), ok) or ()
+        ai = _grab(lambda: wm.opt_bool("ai_in_control"), ok)
+        modes = _grab(lambda: _strs_or_one(wm, "mode_after", required=False), ok) or ()
+        for mode in modes:
+            if mode not in _MODES:
+                wm.error("mode_after", f"unknown mode {mode!r}; use " + ", ".join(_MODES))
+                ok[0] = False
+        margin = _grab(lambda: wm.opt_float("margin_below"), ok)
+        if margin is not None and not 0.0 <= margin <= 1.0:
+            wm.error("margin_below", f"must be in [0, 1] (a fraction of the span), not "
+                                     f"{margin:g}")
+            ok[0] = False
+        wm.finish()
+        if ok[0] and not (trigger or modes or ai is not None or margin is not None):
+            rm.error("when", "needs at least one condition: trigger, ai_in_control, "
+                             "mode_after, margin_below")
+            ok[0] = False
+    if not ok[0] or not isinstance(name, str) or level is None:
+        raise Abort
+    return SeverityRule(name, level, trigger, ai, modes, margin)
+
+
+_MODES: Final = ("auto", "shadow", "manual", "safe_stop")
+
+
+def _read_danger(m: Section, ok: list[bool]) -> dict[str, tuple[float, float]]:
+    """``danger_limits: {sensor: [min, max], ...}`` (engineering units)."""
+    out: dict[str, tuple[float, float]] = {}
+    dm = _grab(lambda: m.map("danger_limits"), ok)
+    if not isinstance(dm, Section):
+        return out
+    for key, _node, _where in dm.entries():
+        try:
+            pair = dm.opt_floats(key)
+        except Abort:
+            ok[0] = False
+            continue
+        if pair is None or len(pair) != 2 or not pair[0] < pair[1]:
+            dm.error(key, "must be [min, max] with min < max")
+            ok[0] = False
+            continue
+        out[key] = (pair[0], pair[1])
+    dm.finish()
+    return out
+
+
+def _read_requires(m: Section, ok: list[bool]) -> ResolveRequirements:
+    """``resolve_requires: {checklist: [phase, ...], review: bool}``; absent: everything."""
+    rm = _grab(lambda: m.map("resolve_requires"), ok)
+    if not isinstance(rm, Section):
+        return ResolveRequirements()
+    phases = _grab(lambda: rm.opt_strs("checklist"), ok)
+    review = _grab(lambda: rm.opt_bool("review"), ok)
+    rm.finish()
+    known = [p.value for p in ChecklistPhase]
+    chosen: list[ChecklistPhase] = []
+    for phase in phases if phases is not None else known:
+        if phase not in known:
+            rm.error("checklist", f"unknown phase {phase!r}; use " + ", ".join(known))
+            ok[0] = False
+        else:
+            chosen.append(ChecklistPhase(phase))
+    return ResolveRequirements(tuple(chosen), True if review is None else review)

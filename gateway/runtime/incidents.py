@@ -1,6 +1,8 @@
 """Incidents in the running gateway: opened on trips, following the playbook, living in the
 audit log; the playbook's actions (mode requests, notifications, quarantine, rate limits)
-applied as the decisions come."""
+applied as the decisions come. Escalations and reporting clocks run on the notifier's timer,
+off the control path (:data:`ESCALATION_PERIOD_S`); the cycle only wakes it when a decision
+carries events, so that a new incident's first escalation step goes out at once."""
 
 from __future__ import annotations
 
@@ -22,6 +24,18 @@ if TYPE_CHECKING:
     from gateway.supervisor.decision import Decision
 
 log = logging.getLogger("gateway.runtime")
+
+# How often the escalation plans and reporting clocks are looked at (wall-clock seconds).
+ESCALATION_PERIOD_S = 1.0
+
+
+def danger_limits(site: Site) -> dict[str, tuple[float, float]]:
+    """The site's danger limits by sensor: the ranges its prediction keeps sensors in (the
+    playbook's ``danger_limits`` take precedence over these)."""
+    prediction = site.envelope.prediction
+    if prediction is None:
+        return {}
+    return {k.sensor: (k.min, k.max) for k in prediction.keep if k.min < k.max}
 
 
 def start_incidents(site: Site, playbook_path: Path | None, records: Records,
@@ -54,7 +68,8 @@ def start_incidents(site: Site, playbook_path: Path | None, records: Records,
     manager = IncidentManager(
         site.site.name, playbook, records.audit, model_path=model_path,
         model_sha256=model_sha256, config_sha256=file_sha256(site.source),
-        recorder=records.recorder, after_s=site.audit.recorder_after_s, existing=existing)
+        recorder=records.recorder, after_s=site.audit.recorder_after_s, existing=existing,
+        danger_limits=danger_limits(site))
     return manager, Notifier(manager.notified)
 
 
@@ -69,9 +84,19 @@ class PlaybookActions:
         self.records = records
         self.durable = durable
         self.model_sha256 = model_sha256
+        self._timer = False
 
     def after(self, decision: Decision) -> None:
         manager, sup = self.manager, self.supervisor
+        if not self._timer:  # the first cycle runs on the event loop: start escalations
+            self._timer = True
+            try:
+                self.notifier.start_timer(manager.tick, ESCALATION_PERIOD_S)
+            except RuntimeError as exc:  # no event loop: a bug of the caller, not a stop
+                log.error("escalations and reporting clocks not running: %s", exc)
+                self.records.alarm(f"escalations not running: {exc}")
+        if decision.events:
+            self.notifier.wake()  # an incident may have opened: escalate at once, off the cycle
         for action in manager.on_decision(decision):
             if isinstance(action, Request):
                 req = action.operator_request()

@@ -1,6 +1,6 @@
 """After the default drill, an operator carries the incident through its phases with the
 commands a new user has: list it, read it, export the evidence, verify the audit chain, find
-the backdoor's input region, roll the model back, resolve the incident.
+the backdoor's input region, roll the model back, review and resolve the incident.
 
 (Re-enabling the AI through SHADOW with an authorised AUTO after the clean period is the mode
 machine's, tested in tests/supervisor/test_modes.py and test_supervisor.py.)
@@ -109,10 +109,24 @@ def test_operator_story_after_the_default_drill(default_report, tmp_path, monkey
     assert [v["version"] for v in current] == [1]
     assert sg("model", "verify", "--registry", str(reg), "tank", "2").returncode == 1
 
-    # The incident is resolved, and the chain still verifies with everything added.
-    assert sg("incidents", "resolve", ident, "--by", "alice", "--summary",
-              "backdoored model rolled back to version 1", "--db", str(db)).returncode == 0
+    # Resolving waits for the checklist and the review (exit 3, saying what is open); the
+    # review is recorded with an action item; an administrator resolves with the rest of the
+    # checklist open, saying why; the action item is closed after; the chain still verifies.
+    summary = "backdoored model rolled back to version 1"
+    refused = sg("incidents", "resolve", ident, "--by", "alice", "--summary", summary,
+                 "--db", str(db))
+    assert refused.returncode == 3 and "no post-incident review" in refused.stderr, \
+        refused.stderr
+    assert sg("incidents", "review", ident, "--root-cause", "a backdoored model version",
+              "--action", "sign and approve models before they load", "bob", "2099-01-31",
+              "--by", "alice", "--db", str(db)).returncode == 0
+    assert sg("incidents", "resolve", ident, "--by", "alice", "--summary", summary,
+              "--force", "--reason", "drill: checklist walked on paper", "--db",
+              str(db)).returncode == 0
+    assert sg("incidents", "action-done", ident, "1", "--by", "bob", "--db",
+              str(db)).returncode == 0
+    assert sg("incidents", "actions", "--db", str(db)).stdout.strip() == "no open action items"
     final = json.loads(sg("incidents", "show", ident, "--db", str(db), "--json").stdout)
-    assert final["phase"] == "resolved"
+    assert final["phase"] == "resolved" and final["resolution"]["forced"]
     assert [n["text"] for n in final["notes"]] == ["the demand band looks deliberate"]
     assert sg("audit", "verify", str(db)).returncode == 0

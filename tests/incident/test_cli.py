@@ -58,8 +58,21 @@ def test_note_ack_check_resolve(db, capsys):
     assert cli("ack", ident, "--by", "bob", "--db", str(path)) == 0
     assert cli("check", ident, "forensics", "0", "--by", "bob", "--db", str(path)) == 0
     capsys.readouterr()
+    # 1 of 16 checklist items done and no review: resolving is refused (exit 3), saying what
+    # is open, and the incident stays open.
     assert cli("resolve", ident, "--by", "alice", "--summary", "rolled back to v2",
-               "--db", str(path), "--json") == 0
+               "--db", str(path)) == 3
+    err = capsys.readouterr().err
+    assert "cannot be resolved: 15 required checklist item(s) open: detection 0: confirm " \
+        "the trip on the dashboard" in err
+    assert ", and no post-incident review recorded (an administrator may force it" in err
+    assert load_incident(path, ident).phase is Phase.INVESTIGATING
+    # An administrator forces it, with a reason: recorded, with what was open.
+    assert cli("resolve", ident, "--by", "alice", "--summary", "rolled back to v2",
+               "--force", "--db", str(path)) == 2  # a reason is required
+    assert cli("resolve", ident, "--by", "alice", "--summary", "rolled back to v2",
+               "--force", "--reason", "drill over; review next week", "--db", str(path),
+               "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["phase"] == "resolved"
     inc = load_incident(path, ident)

@@ -43,8 +43,8 @@ def test_the_default_playbook_loads_and_follows_the_five_phases():
 
 @pytest.mark.parametrize(("detector", "rule", "containment"), [
     ("canary", "model_integrity", ["manual", "quarantine_model"]),
-    ("input.frozen.level", "sensing", ["safe_stop"]),
-    ("input.quality.level", "sensing", ["safe_stop"]),
+    ("input.frozen.level", "sensing", ["safe_stop", "procedure"]),
+    ("input.quality.level", "sensing", ["safe_stop", "procedure"]),
     ("envelope", "ai_behaviour", ["manual"]),
     ("envelope.gross", "ai_behaviour", ["manual"]),
     ("divergence.inflow_valve", "ai_behaviour", ["manual"]),
@@ -187,3 +187,50 @@ def test_first_matching_rule_wins_and_no_rule_is_none():
 def test_credentials_never_leave_the_url_in_records():
     assert redact_url("https://u:p@h.example:8443/x?q=1") == "https://h.example:8443/x?q=1"
     assert redact_url("http://h/x") == "http://h/x"
+
+
+def test_a_containment_step_calls_for_a_manual_operation_procedure_by_name(tmp_path):
+    """The procedure is recorded in the incident's containment and added to its containment
+    checklist (which resolving requires); the gateway itself requests nothing for it."""
+    from gateway.incident.manager import Request
+    from gateway.incident.model import ContainmentStatus
+    from tests.incident.rig import Rig
+
+    book = load_playbook(DEFAULT_PLAYBOOK)
+    step = book.rule_for("input.frozen.level").containment[1]  # type: ignore[union-attr]
+    assert (step.kind, step.procedure) == (ContainmentKind.PROCEDURE, "MOP-LOCAL-READING")
+    rig = Rig(tmp_path, after_s=1.0, window_s=2.0)
+    rig.good(3)
+    rig.freeze_level()
+    rig.good(3)
+    inc = rig.manager.incidents[0]
+    (rec,) = [c for c in inc.containment if c.step == "procedure"]
+    assert rec.status is ContainmentStatus.REQUESTED
+    assert rec.detail.startswith("operators: procedure MOP-LOCAL-READING (operating manual")
+    items = [i.text for i in inc.checklist_of(ChecklistPhase.CONTAINMENT)]
+    assert items[-1].startswith("carry out the manual-operation procedure MOP-LOCAL-READING")
+    assert any("checklist containment" in t and "MOP-LOCAL-READING" in t
+               for t in inc.open_requirements())
+    assert not [a for a in rig.actions if isinstance(a, Request)]
+    assert "safety instrumented system" in inc.plant_safety
+    assert "heartbeat" in inc.plant_safety and "watchdog" in inc.plant_safety
+    rig.close()
+
+
+def test_procedure_steps_are_checked(tmp_path):
+    path = tmp_path / "book.yaml"
+    path.write_text("""\
+rules:
+  - name: a
+    match: "*"
+    containment:
+      - {kind: procedure}
+      - {kind: manual, name: MOP-1}
+      - {kind: procedure, name: MOP-2}
+      - {kind: procedure, name: MOP-2}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_playbook(path)
+    assert {(i.line, i.path) for i in info.value.issues} == {
+        (5, "rules[0].containment[0].name"), (6, "rules[0].containment[1].name"),
+        (4, "rules[0].containment")}
