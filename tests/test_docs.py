@@ -318,6 +318,10 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str,
 def test_the_first_run_block_runs(workspace: Path) -> None:
     # The block as a user types it, in a copy of the repository's layout: two exports, check,
     # the simulator in the background, the gateway; then ctl status from a second terminal.
+    # The block uses the example sites' fixed ports: someone else's server on one of them
+    # would answer in place of ours.
+    busy = [port for port in (5020, 4840, 1502, 4841) if _listening(port)]
+    assert not busy, f"the example ports are taken on this machine: {busy}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs: list[subprocess.Popen[str]] = []
     export, check, simulate, run, status = (FIRST_RUN[:2], FIRST_RUN[2], FIRST_RUN[3],
