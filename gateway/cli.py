@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -145,9 +146,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def wire_map(site: Site) -> dict[str, Any]:
-    """The northbound Modbus map, the OPC UA node ids and the southbound addresses of a site."""
+    """The northbound Modbus map, the OPC UA variables and methods, and the southbound
+    addresses of a site, as ``map --json`` prints them: ``opcua`` lists the variables (tag,
+    nodeid, writable), ``opcua_methods`` the methods (name, nodeid, inputs, outputs, roles,
+    does), ``modbus_codes`` and ``opcua_refusals`` what the status codes mean."""
     from gateway.adapters.modbus.map import NorthboundMap, status_codes
-    from gateway.adapters.opcua.server import opcua_nodes, refusal_statuses
+    from gateway.adapters.opcua.server import opcua_methods, opcua_nodes, refusal_statuses
     from gateway.config.schema import ModbusRef
 
     nmap = NorthboundMap.from_site(site)
@@ -163,9 +167,36 @@ def wire_map(site: Site) -> dict[str, Any]:
             "kind": tag.kind.value})
     return {"unit": nmap.unit, "modbus": nmap.entries(), "modbus_codes": status_codes(),
             "opcua": [{k: n[k] for k in ("tag", "nodeid", "writable")}
-                      for n in opcua_nodes(site)],
+                      for n in opcua_nodes(site) if n["kind"] != "method"],
+            "opcua_methods": opcua_methods(),
             "opcua_refusals": refusal_statuses(),
             "southbound": southbound}
+
+
+# What the columns and codes of `map` mean, printed after the map (a reader of the map is
+# configuring a SCADA or a PLC and should not need the source to read it).
+MAP_LEGEND = """\
+legend:
+  access       r  read only; rw  a client may write it. A write is a request: it is checked
+               against the safety envelope, after encoding, before anything reaches the
+               equipment, and reading returns the value applied, not the value written.
+  Modbus       float32 values take two registers, big-endian (ABCD), engineering units.
+               Addresses are 0-based (input register 0 is 30001, holding register 0 is 40001
+               in 1-based tools). Writes come from northbound.modbus.allow; addresses in
+               ai_clients propose as the AI, the others write operator setpoints (MANUAL
+               only). A refused write gets exception 1 (function not supported), 2 (address
+               not mapped, not writable, or role not allowed), 3 (outside the envelope, or a
+               bad quantity), 4 (anything else), 6 (busy: retry) or 11 (unknown unit id),
+               and status.rejection says why (codes above). status.latched and
+               status.incident are 1 (yes) or 0; status.heartbeat counts cycles (alarm when it
+               stops changing).
+  OPC UA       writes need role ai, operator or admin; a refused write gets the status above
+               for that node alone, and Status.LastRejection says why.
+  methods      call them on the Gateway object; each answers Accepted (Boolean) and Message
+               (String): the gateway's real outcome. A caller whose role is not listed gets
+               BadUserAccessDenied; wrong arguments get BadInvalidArgument.
+  southbound   xS+O: engineering value = wire value x S + O.
+"""
 
 
 def cmd_map(args: argparse.Namespace) -> int:
@@ -181,20 +212,32 @@ def cmd_map(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     print(f"northbound Modbus (unit {result['unit']}):")
+    print(f"  {'table':<17} {'addr':>5}  {'access':<6}  {'type':<8} tag")
     for e in result["modbus"]:
-        rw = "rw" if e["writable"] else "r "
-        print(f"  {e['table']:<17} {e['address']:>5}  {rw}  {e['type']:<8} {e['tag']}")
+        rw = "rw" if e["writable"] else "r"
+        print(f"  {e['table']:<17} {e['address']:>5}  {rw:<6}  {e['type']:<8} {e['tag']}")
     for register, codes in result["modbus_codes"].items():
-        print(f"  {register}: " + ", ".join(f"{c} {text}" for c, text in codes.items()))
-    print("northbound OPC UA:")
+        print(f"  {register}:")
+        for code, text in codes.items():
+            print(f"    {code:>2}  {text}")
+    print("northbound OPC UA variables:")
+    print(f"  {'node id':<45} {'access':<6}  tag")
     for n in result["opcua"]:
-        print(f"  {n['nodeid']:<45} {'rw' if n['writable'] else 'r '}  {n['tag']}")
-    print("  refused writes: " + ", ".join(f"{kind} -> {status}" for kind, status
-                                           in result["opcua_refusals"].items()))
+        print(f"  {n['nodeid']:<45} {'rw' if n['writable'] else 'r':<6}  {n['tag']}")
+    print("  a refused write gets:")
+    for kind, status in result["opcua_refusals"].items():
+        print(f"    {status:<24} {kind}")
+    print("northbound OPC UA methods (outputs: Accepted Boolean, Message String):")
+    for m in result["opcua_methods"]:
+        inputs = ", ".join(f"{a['name']}: {a['type']}" for a in m["inputs"])
+        print(f"  {m['name']}({inputs})")
+        print(f"      node {m['nodeid']}; may call: {', '.join(m['roles'])}")
+        print(f"      {m['does']}")
     print("southbound:")
     for s in result["southbound"]:
         print(f"  {s['device']:<12} {s['table']:<17} {s['address']!s:<28} {s['type']:<8} "
               f"x{s['scale']:g}{s['offset']:+g}  {s['tag']} ({s['kind']})")
+    print(MAP_LEGEND, end="")
     return EXIT_OK
 
 
@@ -392,7 +435,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub)
     add_drill(sub)
     add_certs(sub)
+    _plain_help(parser)
     return parser
+
+
+# A reST role with its target (:func:`add_parser`, :class:`~gateway.audit.log.AuditLog`).
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]*)`")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without reStructuredText markup: a role keeps its target (the last dotted
+    part after ``~``, as Sphinx shows it), ``literals`` and `interpreted text` lose their
+    backticks, **strong** its asterisks. Descriptions are taken from module docstrings,
+    written for developers; a user reading ``--help`` should see plain text."""
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2),
+                     text)
+    return text.replace("``", "").replace("`", "").replace("**", "")
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Make every description, epilog and argument help of ``parser`` and its subcommands
+    plain text (:func:`plain_text`), wherever each subcommand's module wrote it."""
+    for attr in ("description", "epilog"):
+        value = getattr(parser, attr)
+        if isinstance(value, str):
+            setattr(parser, attr, plain_text(value))
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = plain_text(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:  # the subcommands' one-line summaries
+                if isinstance(choice.help, str):
+                    choice.help = plain_text(choice.help)
+            for sub in set(action.choices.values()):
+                _plain_help(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -135,6 +135,43 @@ _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip":
                         "IncidentCheck": (Role.OPERATOR, Role.ADMIN),
                         "IncidentResolve": (Role.ADMIN,)}
 _WRITER_ROLES: Final = (Role.AI, Role.OPERATOR, Role.ADMIN)
+# Each method's input arguments (name, type) and what it does: the server declares exactly
+# these, and `safety-gateway map` prints them, so the two cannot disagree.
+_METHOD_INPUTS: Final[dict[str, tuple[tuple[str, ua.VariantType], ...]]] = {
+    "RequestMode": (("Mode", ua.VariantType.String),),
+    "ResetTrip": (),
+    "Bypass": (("Detector", ua.VariantType.String), ("Seconds", ua.VariantType.Double)),
+    "EndBypass": (("Detector", ua.VariantType.String),),
+    **{name: tuple((arg, ua.VariantType.String) for arg in names)
+       for name, (_, names) in _INCIDENT_METHODS.items()},
+}
+_METHOD_OUTPUTS: Final = (("Accepted", ua.VariantType.Boolean),
+                          ("Message", ua.VariantType.String))
+_METHOD_PURPOSE: Final = {
+    "RequestMode": "ask for a mode: " + ", ".join(_MODE_REQUESTS),
+    "ResetTrip": "reset a latched trip (refused while its cause persists)",
+    "Bypass": "bypass a detector for Seconds (bounded by operation.bypass_max_s)",
+    "EndBypass": "end a detector's bypass",
+    "IncidentNote": "add a note to an incident's timeline",
+    "IncidentAcknowledge": "take an incident on (it moves to investigating)",
+    "IncidentCheck": "tick a checklist item of a phase (Item: its number from 0, or its text)",
+    "IncidentResolve": "resolve an incident with a summary",
+}
+
+
+def opcua_methods() -> list[dict[str, Any]]:
+    """The northbound OPC UA methods, as ``safety-gateway map`` shows them: ``name``,
+    ``nodeid``, ``inputs`` and ``outputs`` (lists of ``{"name", "type"}``, OPC UA built-in
+    type names), ``roles`` (who may call it; anyone else gets BadUserAccessDenied) and
+    ``does``. Every method answers with its real outcome: Accepted and the gateway's Message.
+    Pure: no server is started."""
+    def args(spec: tuple[tuple[str, ua.VariantType], ...]) -> list[dict[str, str]]:
+        return [{"name": name, "type": vtype.name} for name, vtype in spec]
+
+    return [{"name": name, "nodeid": _nodeid_text(name), "inputs": args(_METHOD_INPUTS[name]),
+             "outputs": args(_METHOD_OUTPUTS),
+             "roles": [str(r) for r in _METHOD_ROLES[name]], "does": _METHOD_PURPOSE[name]}
+            for name in METHODS]
 
 
 def refusal_statuses() -> dict[str, str]:
@@ -353,16 +390,10 @@ class OpcUaServer:
         def arg(name: str, vtype: ua.VariantType) -> ua.Argument:
             return ua.Argument(Name=name, DataType=ua.NodeId(ua.Int32(vtype.value)), ValueRank=-1)
 
-        outputs = [arg("Accepted", ua.VariantType.Boolean), arg("Message", ua.VariantType.String)]
-        detector = arg("Detector", ua.VariantType.String)
-        signatures = {"RequestMode": [arg("Mode", ua.VariantType.String)], "ResetTrip": [],
-                      "Bypass": [detector, arg("Seconds", ua.VariantType.Double)],
-                      "EndBypass": [detector]}
-        for name, (_, names) in _INCIDENT_METHODS.items():
-            signatures[name] = [arg(n, ua.VariantType.String) for n in names]
+        outputs = [arg(n, t) for n, t in _METHOD_OUTPUTS]
         for name in METHODS:
-            await gateway.add_method(_nid(name), f"{ns}:{name}",
-                                     self._method(name), signatures[name], outputs)
+            await gateway.add_method(_nid(name), f"{ns}:{name}", self._method(name),
+                                     [arg(n, t) for n, t in _METHOD_INPUTS[name]], outputs)
 
     # ----------------------------------------------------------------- hooks into asyncua
 
