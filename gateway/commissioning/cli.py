@@ -80,7 +80,7 @@ def _load(config: str, sources: list[str]) -> tuple[Site, History] | None:
         print(str(exc), file=sys.stderr)
         return None
     try:
-        history = load_history(sources)
+        history = load_history(sources, [t.name for t in site.sensors])
     except HistoryError as exc:
         print(f"safety-gateway: {exc}", file=sys.stderr)
         return None

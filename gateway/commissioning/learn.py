@@ -45,7 +45,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.commissioning.fitting import SensorFit, echoes, fit_sensor
+from gateway.commissioning.fitting import ECHO_R2, SensorFit, echoes, fit_sensor
 from gateway.commissioning.stats import TagStats, tag_stats
 from gateway.config.schema import Policy, Table, WireType
 
@@ -366,6 +366,15 @@ def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...
     regressors = acts + [s.name for s in usable if s.name not in echo]
     fits = []
     for s in usable:
+        if s.name in echo:
+            # Its value follows the commands; the model integrates rates, and the prediction
+            # holds it constant: neither describes it.
+            fits.append(SensorFit(s.name, (), 0.0, math.nan, math.nan, math.nan, 0,
+                                  opt.fit_window_s, (), False,
+                                  f"its value follows the commands (R² >= {ECHO_R2:g} against "
+                                  "the actuators' values): an echo of them, not a state the "
+                                  "model can integrate"))
+            continue
         fits.append(fit_sensor(history, s.name, regressors, opt.fit_window_s, s.stats.period_s,
                                opt.min_r2))
     pred = site.envelope.prediction

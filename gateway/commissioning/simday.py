@@ -9,8 +9,9 @@ at a fixed value to a new setpoint every ``hold_s`` seconds (drawn uniformly wit
 ``spread`` of its range around the fixed value, from a seeded generator); the disturbances
 (the tank's demand, the boiler's steam load) vary by themselves.
 
-Each row is one step: the time in seconds from 0, each sensor's reading and each actuator's
-written command.
+Each row is one step: the time in seconds from 0, each sensor's reading as the gateway would
+read it (decoded from the tag's wire type: a ``uint16`` of scale 0.001 reads in steps of
+0.001, a ``float32`` with float32's precision) and each actuator's written command.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from gateway.config.schema import Site
+    from gateway.config.schema import Site, Tag
 
 __all__ = ["simulate_day"]
 
@@ -78,7 +79,8 @@ def simulate_day(site: Site, plant_name: str, out: Path, duration_s: float = 86_
                                           lim.min, lim.max))
                     sup.set_operator_setpoint(i, value)
             readings = plant.sensors()
-            values = np.array([readings[n] for n in sensors], dtype=np.float64)
+            values = np.array([_as_read(tag, readings[tag.name]) for tag in site.sensors],
+                              dtype=np.float64)
             decision = sup.step(Snapshot(values, good, age), None, now)
             command = decision.command
             writer.writerow([repr(now), *(repr(float(v)) for v in values),
@@ -87,3 +89,16 @@ def simulate_day(site: Site, plant_name: str, out: Path, duration_s: float = 86_
                 plant.set_actuator(name, float(command[i]))
             plant.step(step_s)
     return steps + 1
+
+
+def _as_read(tag: Tag, value: float) -> float:
+    """``value`` as the gateway reads it over the tag's wire type (what a historian records)."""
+    from gateway.config.schema import WireType
+
+    if tag.wire_type is WireType.FLOAT32:
+        return float(np.float32((value - tag.offset) / tag.scale)) * tag.scale + tag.offset
+    if tag.wire_type.is_integer or tag.wire_type is WireType.BOOL:
+        low, high = tag.wire_type.integer_range
+        raw = min(max(round((value - tag.offset) / tag.scale), low), high)
+        return raw * tag.scale + tag.offset
+    return value

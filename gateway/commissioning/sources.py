@@ -253,16 +253,21 @@ def read_recording(path: Path) -> History:
 
 # --------------------------------------------------------------------------- audit database
 
-def read_audit(path: Path) -> History:
+def read_audit(path: Path, sensor_order: Sequence[str]) -> History:
     """The ``decision`` records of an audit database (:mod:`gateway.audit.store`): the
     sampled and the non-nominal cycles, each with its sensors and written command. Only a
     sample of the cycles, so rates and steps between them are not per cycle: prefer a
-    recording or a historian export for those (the report says how thin the data is)."""
+    recording or a historian export for those (the report says how thin the data is).
+
+    ``sensor_order`` is the site's sensor order: a record's payload is canonical JSON (its
+    keys sorted), and its reading qualities (``good``) are listed in the site's order.
+    HistoryError for a file that is not an audit database, one without decision records, or
+    records whose sensors are not ``sensor_order``'s."""
     from gateway.audit.store import AuditError, read_records
 
     times: list[float] = []
     rows: list[list[float]] = []
-    sensor_names: tuple[str, ...] | None = None
+    order = tuple(sensor_order)
     actuator_names: tuple[str, ...] | None = None
     last = -math.inf
     try:
@@ -273,16 +278,19 @@ def read_audit(path: Path) -> History:
                 sensors: dict[str, float] = data["sensors"]
                 command: dict[str, float] = data["command"]
                 good = list(data.get("good") or [True] * len(sensors))
-                if sensor_names is None:
-                    sensor_names, actuator_names = tuple(sensors), tuple(command)
-                if tuple(sensors) != sensor_names or tuple(command) != actuator_names:
-                    raise ValueError("the tags changed within the database (a new site file)")
-                row = [float(v) if g else math.nan
-                       for v, g in zip(sensors.values(), good, strict=True)]
-                row += [float(v) for v in command.values()]
+                if set(sensors) != set(order) or len(good) != len(order):
+                    raise ValueError(f"its sensors {sorted(sensors)} are not the site's "
+                                     f"{sorted(order)}")
+                if actuator_names is None:
+                    actuator_names = tuple(sorted(command))
+                if tuple(sorted(command)) != actuator_names:
+                    raise ValueError("the actuators changed within the database")
+                row = [float(sensors[n]) if g else math.nan
+                       for n, g in zip(order, good, strict=True)]
+                row += [float(command[n]) for n in actuator_names]
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise HistoryError(f"{path}: audit record {record.seq}: not a decision "
-                                   f"record this reader knows ({exc})") from None
+                                   f"record of this site ({exc})") from None
             if not at_s > last:
                 continue
             last = at_s
@@ -292,10 +300,9 @@ def read_audit(path: Path) -> History:
         raise HistoryError(f"{path}: {exc}") from None
     except sqlite3.Error as exc:
         raise HistoryError(f"{path}: cannot read the audit database: {exc}") from None
-    if not rows or sensor_names is None or actuator_names is None:
+    if not rows or actuator_names is None:
         raise HistoryError(f"{path}: the audit database holds no decision records")
-    return History(np.array(times), (*sensor_names, *actuator_names), np.array(rows),
-                   (str(path),))
+    return History(np.array(times), (*order, *actuator_names), np.array(rows), (str(path),))
 
 
 # --------------------------------------------------------------------------- any source
@@ -313,12 +320,13 @@ def _kind(path: Path) -> str:
     return "csv"
 
 
-def read_any(path: Path) -> History:
+def read_any(path: Path, sensor_order: Sequence[str]) -> History:
     """Read ``path`` with the reader its content asks for: an SQLite file is an audit
-    database, a file starting with ``{`` a flight recording, anything else a CSV export."""
+    database, a file starting with ``{`` a flight recording, anything else a CSV export.
+    ``sensor_order``: the site's sensors, in its order (for an audit database)."""
     kind = _kind(path)
     if kind == "audit":
-        return read_audit(path)
+        return read_audit(path, sensor_order)
     if kind == "recording":
         return read_recording(path)
     return read_csv(path)
@@ -353,8 +361,8 @@ def join(histories: Iterable[History]) -> History:
     return History(times, tuple(names), values, tuple(s for p in parts for s in p.sources))
 
 
-def load_history(paths: Sequence[str | Path]) -> History:
+def load_history(paths: Sequence[str | Path], sensor_order: Sequence[str]) -> History:
     """Read every source and join them (see :func:`read_any` and :func:`join`)."""
     if not paths:
         raise HistoryError("no history source given")
-    return join(read_any(Path(p)) for p in paths)
+    return join(read_any(Path(p), sensor_order) for p in paths)

@@ -31,12 +31,12 @@ _REBASED_SECTIONS = ("controller", "northbound", "audit")
 
 
 def num(x: float) -> str:
-    """A YAML 1.1 float that reads back as ``x`` to 6 significant digits: never exponent
-    notation (PyYAML reads ``1e-05`` as a string)."""
+    """``x`` as a YAML 1.1 float that reads back bit for bit (the shortest such digits):
+    rounding could move a limit past what was seen or outside a declared range. Never
+    exponent notation, which PyYAML reads as a string (``1e-05``)."""
     if not math.isfinite(x):
         raise ValueError(f"not a finite number: {x}")
-    return str(np.format_float_positional(x, precision=6, unique=True, fractional=False,
-                                          trim="0"))
+    return str(np.format_float_positional(x, unique=True, trim="0"))
 
 
 def _dump(obj: Any, indent: int) -> list[str]:
@@ -87,8 +87,7 @@ def render_site(proposal: Proposal, raw: dict[str, Any], out: Path) -> str:
                 prop = sensors.get(name)
                 if prop is not None and prop.learned and isinstance(body, dict):
                     body = dict(body)
-                    body["range"] = [float(num(prop.range_min.value)),
-                                     float(num(prop.range_max.value))]
+                    body["range"] = [prop.range_min.value, prop.range_max.value]
                     lines += _comment(f"range min: {prop.range_min.why}", 2)
                     lines += _comment(f"range max: {prop.range_max.why}", 2)
                 lines += _dump({name: body}, 2)
