@@ -32,20 +32,24 @@ Sensors (the tag's ``range`` and ``detection``), from the readings:
 * counters (only ever rising) get neither, and no model.
 
 The process model (``envelope.prediction``): see :mod:`.fitting`; the regressors are the
-actuators and the sensors that are not echoes of the commands (:func:`.fitting.echoes`); the
-kept ranges are the site's own where it has them, else the learned range. Linear
-constraints, interlocks and conditional safe values are the site's own, unchanged: they cannot
-be learned from a clean history. A tag with fewer than ``min_samples`` readings keeps its
-hand-written settings, and the report lists it as thin.
+actuators, the sensor itself and the other sensors that are not echoes of the commands
+(:func:`.fitting.echoes`), and an echo whose value the actuators explain better than the
+model explains its rate gets no model; the kept ranges are the site's own where it has them,
+else the learned range. Linear constraints, interlocks and conditional safe values are the
+site's own, unchanged: they cannot be learned from a clean history. A tag with fewer than
+``min_samples`` readings keeps its hand-written settings, and the report lists it as thin.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.commissioning.fitting import ECHO_R2, SensorFit, echoes, fit_sensor
+import numpy as np
+
+from gateway.commissioning.fitting import SensorFit, echoes, fit_sensor, windows
 from gateway.commissioning.stats import TagStats, tag_stats
 from gateway.config.schema import Policy, Table, WireType
 
@@ -336,7 +340,6 @@ def learn(site: Site, history: History, opt: LearnOptions) -> Proposal:
         if tag.name in history.names:
             return tag_stats(tag.name, t, history.column(tag.name), opt.percentile)
         if nan_col is None:
-            import numpy as np
             nan_col = np.full(t.shape[0], np.nan)
         return tag_stats(tag.name, t, nan_col, opt.percentile)
 
@@ -362,21 +365,26 @@ def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...
     usable = [s for s in sensors if s.learned and not s.stats.counter
               and math.isfinite(s.stats.period_s)]
     acts = [a.name for a in actuators if a.stats.n >= opt.min_samples]
-    echo = set(echoes(history, [s.name for s in usable], acts))
+    echo = echoes(history, [s.name for s in usable], acts)
     regressors = acts + [s.name for s in usable if s.name not in echo]
     fits = []
-    for s in usable:
-        if s.name in echo:
-            # Its value follows the commands; the model integrates rates, and the prediction
-            # holds it constant: neither describes it.
-            fits.append(SensorFit(s.name, (), 0.0, math.nan, math.nan, math.nan, 0,
-                                  opt.fit_window_s, (), False,
-                                  f"its value follows the commands (R² >= {ECHO_R2:g} against "
-                                  "the actuators' values): an echo of them, not a state the "
-                                  "model can integrate"))
-            continue
-        fits.append(fit_sensor(history, s.name, regressors, opt.fit_window_s, s.stats.period_s,
-                               opt.min_r2))
+    if usable:
+        period = float(np.median(np.diff(history.time_s)))
+        win = windows(history, opt.fit_window_s, period)
+        for s in usable:
+            # Its own value is always a regressor (self-regulation, losses), echo or not.
+            own = regressors if s.name in regressors else [*regressors, s.name]
+            fit = fit_sensor(win, s.name, own, opt.min_r2)
+            value_r2 = echo.get(s.name)
+            if fit.accepted and value_r2 is not None and not fit.r2 > value_r2:
+                # Its value follows the commands at once, better than its rate follows the
+                # model: an echo (a flow meter behind its valve), not a state whose excursion
+                # a rolled-forward model could foresee.
+                fit = dataclasses.replace(fit, accepted=False, reason=(
+                    f"an echo of the commands: its value follows them (R² {value_r2:.3f} "
+                    f"against the actuators' values) better than its rate follows the model "
+                    f"(R² {fit.r2:.3f})"))
+            fits.append(fit)
     pred = site.envelope.prediction
     site_keep = {k.sensor: k for k in (pred.keep if pred is not None else ())}
     keep: list[tuple[str, float, float, str]] = []

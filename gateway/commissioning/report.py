@@ -6,13 +6,16 @@ limits, with its unit; matplotlib's Agg backend, no display needed)."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from gateway.commissioning.learn import ActuatorProposal, Learned, Proposal, SensorProposal
-    from gateway.commissioning.sources import History
+    from gateway.commissioning.sources import F64, History
     from gateway.commissioning.stats import TagStats
 
 __all__ = ["plot_actuators", "report_json", "report_markdown"]
@@ -184,23 +187,49 @@ def plot_actuators(p: Proposal, history: History, folder: Path, stem: str) -> di
 
     files: dict[str, str] = {}
     t0 = float(history.time_s[0]) if history.n_samples else 0.0
-    for a in p.actuators:
-        if a.stats.n == 0 or a.name not in history.names:
-            continue
-        fig, ax = plt.subplots(figsize=(8, 3), dpi=80)
-        try:
-            hours = (history.time_s - t0) / 3600.0
-            ax.plot(hours, history.column(a.name), lw=0.6, label="commands")
+    hours = (history.time_s - t0) / 3600.0
+    # One figure redrawn for every actuator, and at most _PLOT_POINTS points per line (each
+    # bucket's minimum and maximum, so that no excursion is hidden): a day at 1 s is 86,400
+    # points, and drawing them all for each of a site's actuators took most of `learn`'s time.
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=80)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.17, top=0.88)
+    try:
+        for a in p.actuators:
+            if a.stats.n == 0 or a.name not in history.names:
+                continue
+            ax.clear()
+            x, y = _envelope_points(hours, history.column(a.name))
+            ax.plot(x, y, lw=0.6, label="commands")
             ax.axhline(a.min.value, color="tab:red", ls="--", lw=0.8, label="proposed min/max")
             ax.axhline(a.max.value, color="tab:red", ls="--", lw=0.8)
             ax.set_xlabel("hours since the first sample")
             ax.set_ylabel(f"{a.name} ({a.unit})" if a.unit else a.name)
             ax.set_title(f"{a.name}: {a.stats.n} commands")
             ax.legend(loc="upper right", fontsize=7)
-            fig.tight_layout()
             name = f"{stem}.{a.name}.png"
             fig.savefig(folder / name)
             files[a.name] = name
-        finally:
-            plt.close(fig)
+    finally:
+        plt.close(fig)
     return files
+
+
+_PLOT_POINTS = 2000
+
+
+def _envelope_points(x: F64, y: F64) -> tuple[F64, F64]:
+    """At most about ``_PLOT_POINTS`` points of (x, y) that keep each bucket's extremes."""
+    n = x.shape[0]
+    if n <= _PLOT_POINTS:
+        return x, y
+    per = -(-n // (_PLOT_POINTS // 2))
+    cut = (n // per) * per
+    yb = y[:cut].reshape(-1, per)
+    xb = x[:cut].reshape(-1, per)
+    with warnings.catch_warnings():  # a bucket of missing readings is a gap: NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo = np.nanmin(yb, axis=1)
+        hi = np.nanmax(yb, axis=1)
+    xs = np.repeat(xb[:, 0], 2)
+    ys = np.column_stack([lo, hi]).ravel()
+    return xs, ys

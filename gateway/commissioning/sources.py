@@ -153,7 +153,10 @@ def read_csv(path: Path) -> History:
     except OSError as exc:
         raise HistoryError(f"{name}: cannot read: {exc.strerror or exc}") from None
     times: list[float] = []
+    lines: list[int] = []
+    chunks: list[npt.NDArray[np.float64]] = []
     rows: list[list[float]] = []
+    tags: list[str] = []
     with src:
         reader = csv.reader(src)
         try:
@@ -191,30 +194,47 @@ def read_csv(path: Path) -> History:
                                        "increase (rows must be in time order, one per time)")
                 last = t
                 try:
-                    values = [_cell(c.strip()) for c in row[1:]]
+                    # The fast path, float() in C: numbers and "nan". Anything else (an empty
+                    # cell, NA, true/false, or an error) takes the cell-by-cell path.
+                    values = list(map(float, row[1:]))
                 except ValueError:
-                    values = _explain_row(name, line, tags, row[1:])
+                    values = _cells(name, line, tags, row[1:])
                 times.append(t)
+                lines.append(line)
                 rows.append(values)
+                if len(rows) == _CHUNK:  # bounded memory: a day of 100 tags as floats, not lists
+                    chunks.append(np.array(rows, dtype=np.float64))
+                    rows = []
         except csv.Error as exc:
             raise HistoryError(f"{name}:{reader.line_num}: not valid CSV: {exc}") from None
         except UnicodeDecodeError as exc:
             raise HistoryError(f"{name}: not UTF-8 text: {exc.reason}") from None
-    if not rows:
+    if rows:
+        chunks.append(np.array(rows, dtype=np.float64))
+    if not chunks:
         raise HistoryError(f"{name}: no data rows after the header")
-    table = np.array(rows, dtype=np.float64)
+    table = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    infinite = np.isinf(table)
+    if infinite.any():
+        r, c = (int(i) for i in np.argwhere(infinite)[0])
+        raise HistoryError(f"{name}:{lines[r]}: column {tags[c]!r}: {float(table[r, c])!r} is "
+                           "not a finite number (leave the cell empty for a missing reading)")
     return History(np.array(times, dtype=np.float64), tuple(tags), table, (name,))
 
 
-def _explain_row(name: str, line: int, tags: Sequence[str], cells: Sequence[str]) -> list[float]:
+_CHUNK = 4096
+
+
+def _cells(name: str, line: int, tags: Sequence[str], cells: Sequence[str]) -> list[float]:
+    values: list[float] = []
     for tag, cell in zip(tags, cells, strict=True):
         try:
-            _cell(cell.strip())
+            values.append(_cell(cell.strip()))
         except ValueError:
             raise HistoryError(f"{name}:{line}: column {tag!r}: {cell.strip()!r} is not a "
                                "finite number (leave the cell empty for a missing reading)"
                                ) from None
-    raise AssertionError("unreachable: some cell failed to parse")  # pragma: no cover
+    return values
 
 
 # --------------------------------------------------------------------------- flight recordings

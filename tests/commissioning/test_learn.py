@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from gateway.commissioning.fitting import fit_sensor
+from gateway.commissioning.fitting import fit_sensor, windows
 from gateway.commissioning.learn import LearnOptions, learn
 from gateway.commissioning.report import report_json, report_markdown
 from gateway.commissioning.sources import History, read_csv
@@ -110,7 +110,7 @@ def test_fit_recovers_a_known_linear_model() -> None:
     for k in range(n - 1):  # dx/dt = 0.002 u - 0.01 x + 0.05
         x[k + 1] = x[k] + 0.002 * u[k] - 0.01 * x[k] + 0.05
     h = History(t, ("x", "u"), np.column_stack([x, u]), ("synthetic",))
-    fit = fit_sensor(h, "x", ["u", "x"], window_s=1.0, period_s=1.0, min_r2=0.6)
+    fit = fit_sensor(windows(h, 1.0, 1.0), "x", ["u", "x"], min_r2=0.6)
     terms = dict(fit.terms)
     assert fit.accepted and fit.r2 > 0.999
     assert terms["u"] == pytest.approx(0.002, rel=1e-6)
@@ -181,3 +181,23 @@ def test_numbers_are_written_as_yaml_floats(x: float) -> None:
     value = yaml.safe_load(f"v: {text}")["v"]
     assert isinstance(value, float)
     assert value == x  # bit for bit: a rounded limit could exclude what was seen
+
+
+def test_a_missing_reading_loses_only_its_own_window() -> None:
+    rng = np.random.default_rng(5)
+    n = 3000
+    t = np.arange(n, dtype=np.float64)
+    u = np.repeat(rng.uniform(0, 100, n // 30), 30)
+    x = np.empty(n)
+    x[0] = 10.0
+    for k in range(n - 1):
+        x[k + 1] = x[k] + 0.002 * u[k] - 0.01 * x[k] + 0.05
+    u_missing = u.copy()
+    u_missing[[15, 1234]] = np.nan  # two missing commands, in windows 1 and 123 of 10 s
+    h = History(t, ("x", "u"), np.column_stack([x, u_missing]), ("synthetic",))
+    win = windows(h, 10.0, 1.0)
+    assert win.means.shape[0] == 299
+    assert np.flatnonzero(np.isnan(win.means[:, 1])).tolist() == [1, 123]
+    fit = fit_sensor(win, "x", ["u", "x"], min_r2=0.6)
+    assert fit.n_windows == 297
+    assert fit.accepted

@@ -62,7 +62,8 @@ def test_csv_times_missing_cells_and_booleans(tmp_path: Path) -> None:
     ("time,level,level\n0,1,2\n", 1, "appears twice"),
     ("time,level\n0,1\n1,2,3\n", 3, "3 cells, the header has 2"),
     ("time,level\n0,1\n1,2\n2,high\n", 4, "column 'level': 'high' is not a finite number"),
-    ("time,level\n0,1\n1,inf\n", 3, "'inf' is not a finite number"),
+    ("time,level\n0,1\n1,inf\n", 3, "column 'level': inf is not a finite number"),
+    ("time,level\n0,1\n1,-Infinity\n", 3, "column 'level': -inf is not a finite number"),
     ("time,level\n0,1\n1,2\n1,3\n", 4, "does not increase"),
     ("time,level\nyesterday,1\n", 2, "neither seconds nor an ISO 8601"),
 ])
