@@ -35,8 +35,8 @@ def _fraction(text: str) -> float:
 def add_parser(sub: Any) -> None:
     learn = sub.add_parser("learn", help="propose an envelope from the plant's history")
     learn.add_argument("sources", nargs="+", metavar="SOURCE",
-                       help="history: historian CSV, flight recording (.jsonl) or audit "
-                            "database (see docs/commissioning.md)")
+                       help="history: historian CSV, flight recording (.jsonl), audit "
+                            "database or Modbus/TCP capture (see docs/commissioning.md)")
     learn.add_argument("--site", required=True, help="the site file (tags, devices)")
     learn.add_argument("--out", required=True, help="where to write the proposed site file; "
                                                     "the report goes beside it (.md, .json, .png)")
@@ -80,7 +80,7 @@ def _load(config: str, sources: list[str]) -> tuple[Site, History] | None:
         print(str(exc), file=sys.stderr)
         return None
     try:
-        history = load_history(sources, [t.name for t in site.sensors])
+        history = load_history(sources, site)
     except HistoryError as exc:
         print(f"safety-gateway: {exc}", file=sys.stderr)
         return None

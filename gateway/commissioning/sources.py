@@ -12,7 +12,8 @@ Readers (all read only):
   :func:`gateway.forensics.recorder.read_jsonl`): every cycle's snapshot and written command;
 * the gateway's audit database (:func:`read_audit`, through
   :func:`gateway.audit.store.read_records`): the ``decision`` records (every cycle that
-  differed from nominal and one nominal cycle in ``audit.sample_every_n``).
+  differed from nominal and one nominal cycle in ``audit.sample_every_n``);
+* a capture of Modbus/TCP traffic (:func:`gateway.commissioning.pcap.read_pcap`).
 
 :func:`load_history` picks the reader by content and joins several sources into one history.
 Every problem is a :class:`HistoryError` whose message names the file (and the line, for
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     import numpy.typing as npt
+
+    from gateway.config.schema import Site
 
     F64 = npt.NDArray[np.float64]
 
@@ -335,18 +338,27 @@ def _kind(path: Path) -> str:
         raise HistoryError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if head.startswith(b"SQLite format 3"):
         return "audit"
+    from gateway.commissioning.pcap import is_pcap
+
+    if is_pcap(head):
+        return "pcap"
     if head.lstrip().startswith(b"{"):
         return "recording"
     return "csv"
 
 
-def read_any(path: Path, sensor_order: Sequence[str]) -> History:
+def read_any(path: Path, site: Site) -> History:
     """Read ``path`` with the reader its content asks for: an SQLite file is an audit
-    database, a file starting with ``{`` a flight recording, anything else a CSV export.
-    ``sensor_order``: the site's sensors, in its order (for an audit database)."""
+    database, a pcap or pcapng file a capture of Modbus traffic
+    (:func:`gateway.commissioning.pcap.read_pcap`), a file starting with ``{`` a flight
+    recording, anything else a CSV export. ``site`` says what the tags are."""
     kind = _kind(path)
     if kind == "audit":
-        return read_audit(path, sensor_order)
+        return read_audit(path, [t.name for t in site.sensors])
+    if kind == "pcap":
+        from gateway.commissioning.pcap import read_pcap
+
+        return read_pcap(path, site)
     if kind == "recording":
         return read_recording(path)
     return read_csv(path)
@@ -381,8 +393,8 @@ def join(histories: Iterable[History]) -> History:
     return History(times, tuple(names), values, tuple(s for p in parts for s in p.sources))
 
 
-def load_history(paths: Sequence[str | Path], sensor_order: Sequence[str]) -> History:
+def load_history(paths: Sequence[str | Path], site: Site) -> History:
     """Read every source and join them (see :func:`read_any` and :func:`join`)."""
     if not paths:
         raise HistoryError("no history source given")
-    return join(read_any(Path(p), sensor_order) for p in paths)
+    return join(read_any(Path(p), site) for p in paths)

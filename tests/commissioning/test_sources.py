@@ -19,10 +19,12 @@ from gateway.commissioning.sources import (
     read_any,
     read_csv,
 )
+from gateway.config import load_config
 from gateway.forensics.recorder import FlightRecorder, RecordingInfo, write_jsonl
 from gateway.runtime.records import Records
 from gateway.supervisor.core import Supervisor
 from gateway.supervisor.decision import Decision, Snapshot
+from tests.commissioning.conftest import WATER
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
     from gateway.config.schema import Site
 
 
-SENSORS = ("level", "inflow_rate", "demand", "uptime_s")
+
+
+SITE = load_config(WATER)
 
 
 def write(tmp_path: Path, text: str, name: str = "h.csv") -> Path:
@@ -80,15 +84,15 @@ def test_csv_without_rows_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(HistoryError, match="no data rows"):
         read_csv(write(tmp_path, "time,level\n"))
     with pytest.raises(HistoryError, match="cannot read"):
-        load_history([tmp_path / "nope.csv"], SENSORS)
+        load_history([tmp_path / "nope.csv"], SITE)
     with pytest.raises(HistoryError, match="no history source"):
-        load_history([], SENSORS)
+        load_history([], SITE)
 
 
 def test_join_takes_the_union_of_columns_and_refuses_overlaps(tmp_path: Path) -> None:
     a = write(tmp_path, "time,level\n0,1\n2,3\n", "a.csv")
     b = write(tmp_path, "time,drain_valve\n1,0\n3,1\n", "b.csv")
-    h = load_history([a, b], SENSORS)
+    h = load_history([a, b], SITE)
     assert h.time_s.tolist() == [0.0, 1.0, 2.0, 3.0]
     assert h.names == ("level", "drain_valve")
     assert np.array_equal(h.values, np.array([[1, np.nan], [np.nan, 0], [3, np.nan],
@@ -129,7 +133,7 @@ def test_flight_recording_gives_readings_and_written_commands(tmp_path: Path,
         rec.record_cycle(now, snap, None, None, decision)
     path = tmp_path / "rec.jsonl"
     write_jsonl(path, rec.frames(), info)
-    h = read_any(path, SENSORS)
+    h = read_any(path, SITE)
     assert h.names == ("level", "inflow_rate", "demand", "uptime_s", "inflow_valve",
                        "outflow_pump", "drain_valve")
     assert h.time_s.tolist() == [now for now, _, _ in steps]
@@ -142,7 +146,7 @@ def test_flight_recording_gives_readings_and_written_commands(tmp_path: Path,
 def test_bad_recording_is_a_located_error(tmp_path: Path) -> None:
     path = write(tmp_path, '{"format": "something-else", "version": 1}\n', "r.jsonl")
     with pytest.raises(HistoryError, match=rf"^{path}:1: "):
-        read_any(path, SENSORS)
+        read_any(path, SITE)
 
 
 def test_audit_database_gives_the_decision_records(tmp_path: Path, water_site: Site) -> None:
@@ -152,7 +156,7 @@ def test_audit_database_gives_the_decision_records(tmp_path: Path, water_site: S
         records = Records(water_site, audit)
         for _, snap, decision in steps:
             records.cycle(snap, None, None, decision)
-    h = read_any(db, SENSORS)
+    h = read_any(db, SITE)
     # The payload's keys are sorted (canonical JSON); the sensors come back in site order.
     assert h.names == ("level", "inflow_rate", "demand", "uptime_s", "drain_valve",
                        "inflow_valve", "outflow_pump")
@@ -175,4 +179,4 @@ def test_not_an_audit_database(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
     path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
     with pytest.raises(HistoryError, match=str(path)):
-        read_any(path, SENSORS)
+        read_any(path, SITE)
