@@ -41,11 +41,17 @@ def add_parser(sub: Any) -> None:
     learn.add_argument("--out", required=True, help="where to write the proposed site file; "
                                                     "the report goes beside it (.md, .json, .png)")
     learn.add_argument("--margin", type=float, default=0.1,
-                       help="fraction of each tag's range added around what was seen, and to "
-                            "rates and steps (default 0.1)")
+                       help="fraction of each tag's range added around what was seen "
+                            "(default 0.1)")
     learn.add_argument("--percentile", type=float, default=99.9,
                        help="percentile of the moves for actuator rate and step limits "
                             "(default 99.9)")
+    learn.add_argument("--rate-factor", type=float, default=2.0,
+                       help="actuator rate and step limits and sensor rate limits are what "
+                            "was seen times this (default 2)")
+    learn.add_argument("--learn-ranges", action="store_true",
+                       help="also write the sensors' learned ranges (default: report them; "
+                            "a reading outside its range takes the plant to SAFE_STOP)")
     learn.add_argument("--max-discrete", type=int, default=8,
                        help="at most this many distinct values make a discrete actuator")
     learn.add_argument("--min-samples", type=int, default=100,
@@ -97,6 +103,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     try:
         opt = LearnOptions(margin=args.margin, percentile=args.percentile,
+                           rate_factor=args.rate_factor, learn_ranges=args.learn_ranges,
                            max_discrete=args.max_discrete, min_samples=args.min_samples,
                            fit_window_s=args.fit_window, min_r2=args.min_r2,
                            holdout=args.holdout)

@@ -13,18 +13,24 @@ Actuators (``envelope.limits``), from the commands written:
   is discrete by nature (a coil, or integral values on an integer register of scale >= 1);
   then ``max_step`` is the largest observed step and no rate is learned.
 * ``max_rate_per_s`` / ``max_step``: the ``percentile`` of the moves between readings times
-  ``1 + margin``, at least ``margin`` x span / 60 (per second, per write: an actuator seen
-  (nearly) still can still cross its margin within a minute); for an actuator whose limits
-  ``trip``, at least the largest move seen, so that its own history never trips it.
+  ``rate_factor``, at least ``margin`` x span / 10 (per second, per write: an actuator seen
+  (nearly) still can still cross its margin within ten seconds); for an actuator whose limits
+  ``trip``, at least the largest move seen, so that its own history never trips it. The
+  factor (default 2) is there because a clamp is not free: every clamped proposal counts
+  toward the violation-rate detector, and a controller's moves on another day (a start-up,
+  a disturbance the history did not hold) are not bounded by one day's percentile.
 
 Sensors (the tag's ``range`` and ``detection``), from the readings:
 
-* ``range``: the observed extremes widened by ``margin`` x declared span, within the declared
-  range (the input range detector demands SAFE_STOP outside it).
+* ``range``: proposed as the observed extremes widened by ``margin`` x declared span, within
+  the declared range, and written only with ``learn_ranges``: the input range detector
+  demands SAFE_STOP outside it, and a process that visits a state the history did not hold
+  (a heavier demand, a start-up) is not a faulty instrument. By default the declared range
+  (the instrument's) stays, and the report shows the proposal.
 * ``detection.max_rate_per_s``: the largest rate seen, and the largest change between two
   readings as if it had happened within one cycle (``site.cycle_ms``; the detector judges
   readings at least one cycle apart, and what moved between two historian samples could be
-  noise between two cycles), times ``1 + margin``. A finding demands SAFE_STOP, so the
+  noise between two cycles), times ``rate_factor``. A finding demands SAFE_STOP, so the
   maximum, not a percentile.
 * ``detection.frozen_after_s``: the longest run of identical readings (at least 5 update
   periods) times ``1 + margin``; none for a sensor that repeats itself in more than
@@ -70,6 +76,8 @@ class LearnOptions:
 
     margin: float = 0.1
     percentile: float = 99.9
+    rate_factor: float = 2.0
+    learn_ranges: bool = False
     max_discrete: int = 8
     min_samples: int = 100
     fit_window_s: float = 60.0
@@ -79,6 +87,8 @@ class LearnOptions:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.margin) and 0.0 <= self.margin <= 1.0):
             raise ValueError(f"--margin must be in [0, 1], not {self.margin}")
+        if not (math.isfinite(self.rate_factor) and 1.0 <= self.rate_factor <= 100.0):
+            raise ValueError(f"--rate-factor must be in [1, 100], not {self.rate_factor}")
         if not 50.0 <= self.percentile <= 100.0:
             raise ValueError(f"--percentile must be in [50, 100], not {self.percentile}")
         if not 1 <= self.max_discrete <= 64:
@@ -128,6 +138,7 @@ class SensorProposal:
     max_rate_per_s: Learned | None
     frozen_after_s: Learned | None
     notes: tuple[str, ...] = ()
+    range_applied: bool = False  # whether range_min/max are written (else only proposed)
 
 
 @dataclass(frozen=True)
@@ -239,20 +250,20 @@ def _actuator(site: Site, tag: Tag, lim: ActuatorLimits, st: TagStats,
         lo, lo_why = min(safe), f"the safe value {_num(min(safe))} (below what was observed)"
     if safe and max(safe) > hi:
         hi, hi_why = max(safe), f"the safe value {_num(max(safe))} (above what was observed)"
-    factor = 1.0 + opt.margin
-    floor = opt.margin * span / 60.0
+    factor = opt.rate_factor
+    floor = opt.margin * span / 10.0
     rate_value = max(st.rate_pct_per_s * factor, floor)
     rate_why = (f"P{opt.percentile:g} {_num(st.rate_pct_per_s)}/s of {st.n_moves} moves x "
-                f"(1 + margin {opt.margin:g})")
+                f"rate factor {factor:g}")
     if rate_value == floor and st.rate_pct_per_s * factor < floor:
-        rate_why = f"floor: margin {opt.margin:g} x span per minute (P{opt.percentile:g} " \
-                   f"{_num(st.rate_pct_per_s)}/s is smaller)"
+        rate_why = (f"floor: margin {opt.margin:g} x span per 10 s (P{opt.percentile:g} "
+                    f"{_num(st.rate_pct_per_s)}/s x {factor:g} is smaller)")
     step_value = max(st.step_pct * factor, floor)
     step_why = (f"P{opt.percentile:g} {_num(st.step_pct)} of {st.n_moves} moves x "
-                f"(1 + margin {opt.margin:g})")
+                f"rate factor {factor:g}")
     if step_value == floor and st.step_pct * factor < floor:
-        step_why = f"floor: margin {opt.margin:g} x span / 60 (P{opt.percentile:g} " \
-                   f"{_num(st.step_pct)} is smaller)"
+        step_why = (f"floor: margin {opt.margin:g} x span / 10 (P{opt.percentile:g} "
+                    f"{_num(st.step_pct)} x {factor:g} is smaller)")
     if lim.policy is Policy.TRIP:
         if st.rate_max_per_s > rate_value:
             rate_value, rate_why = st.rate_max_per_s, (
@@ -295,8 +306,12 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
         lo_why += f", held at the declared min {_num(tag.range_min)}"
     if hi == tag.range_max:
         hi_why += f", held at the declared max {_num(tag.range_max)}"
+    if not opt.learn_ranges:
+        notes.append(f"observed {_num(st.min)} .. {_num(st.max)}; proposed range "
+                     f"{_num(lo)} .. {_num(hi)} not written (--learn-ranges): the declared "
+                     "range stays")
     cycle_s = site.site.cycle_ms / 1000.0
-    factor = 1.0 + opt.margin
+    factor = opt.rate_factor
     rate: Learned | None = None
     if st.n_moves >= 1:
         per_cycle = st.step_max / cycle_s
@@ -305,7 +320,7 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
             rate = Learned(base * factor, (
                 f"max(largest rate {_num(st.rate_max_per_s)}/s, largest change "
                 f"{_num(st.step_max)} within one {cycle_s:g} s cycle) of {st.n_moves} moves x "
-                f"(1 + margin {opt.margin:g})"))
+                f"rate factor {factor:g}"))
         else:
             notes.append("never changed: no rate limit")
     frozen: Learned | None = None
@@ -314,13 +329,13 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
                      "slow): no freeze limit")
     elif math.isfinite(st.period_s):
         base = max(st.longest_repeat_s, 5.0 * st.period_s)
-        frozen = Learned(base * factor, (
+        frozen = Learned(base * (1.0 + opt.margin), (
             f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update period "
             f"{_num(st.period_s)} s) x (1 + margin {opt.margin:g})"))
     if st.n_moves < opt.min_samples:
         notes.append(f"thin data: {st.n_moves} moves for the rate and freeze limits")
     return SensorProposal(tag.name, tag.unit, st, True, Learned(lo, lo_why), Learned(hi, hi_why),
-                          rate, frozen, tuple(notes))
+                          rate, frozen, tuple(notes), range_applied=opt.learn_ranges)
 
 
 def learn(site: Site, history: History, opt: LearnOptions) -> Proposal:

@@ -48,6 +48,7 @@ def report_json(p: Proposal, out_site: Path | None) -> dict[str, Any]:
         "sources": list(p.sources), "n_samples": p.n_samples,
         "t_first_s": _f(p.t_first_s), "t_last_s": _f(p.t_last_s),
         "options": {"margin": opt.margin, "percentile": opt.percentile,
+                    "rate_factor": opt.rate_factor, "learn_ranges": opt.learn_ranges,
                     "max_discrete": opt.max_discrete, "min_samples": opt.min_samples,
                     "fit_window_s": opt.fit_window_s, "min_r2": opt.min_r2,
                     "holdout": opt.holdout},
@@ -59,6 +60,7 @@ def report_json(p: Proposal, out_site: Path | None) -> dict[str, Any]:
                        "allowed_why": a.allowed_why or None, "notes": list(a.notes),
                        "stats": _stats(a.stats)} for a in p.actuators],
         "sensors": [{"name": s.name, "unit": s.unit, "learned": s.learned,
+                     "range_applied": s.range_applied,
                      "range_min": _learned(s.range_min), "range_max": _learned(s.range_max),
                      "max_rate_per_s": _learned(s.max_rate_per_s),
                      "frozen_after_s": _learned(s.frozen_after_s), "notes": list(s.notes),
@@ -99,7 +101,9 @@ def report_markdown(p: Proposal, out_site: Path | None, plots: dict[str, str]) -
               f"- History: {p.n_samples} samples over {hours:.2f} h from "
               + ", ".join(f"`{s}`" for s in p.sources),
               f"- Options: margin {p.options.margin:g} of each tag's range, percentile "
-              f"{p.options.percentile:g}, at least {p.options.min_samples} samples per tag, "
+              f"{p.options.percentile:g}, rate factor {p.options.rate_factor:g}, sensor ranges "
+              f"{'learned' if p.options.learn_ranges else 'declared (proposals reported)'}, "
+              f"at least {p.options.min_samples} samples per tag, "
               f"model windows {p.options.fit_window_s:g} s, R² threshold {p.options.min_r2:g}, "
               f"holdout {p.options.holdout:g}", ""]
     if data["thin"]:
@@ -133,12 +137,14 @@ def report_markdown(p: Proposal, out_site: Path | None, plots: dict[str, str]) -
         if a.name in plots:
             lines.append(f"\n![{a.name}]({plots[a.name]})\n")
     lines += ["", "## Sensors (range, detection)", "",
-              "| sensor | unit | samples | update period s | observed | range | max rate /s | "
-              "frozen after s |", "|---|---|---|---|---|---|---|---|"]
+              "| sensor | unit | samples | update period s | observed | proposed range | "
+              "written | max rate /s | frozen after s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in p.sensors:
         obs = (f"{s.stats.min:.4g} .. {s.stats.max:.4g}" if s.stats.n else "no data")
         lines.append(f"| `{s.name}` | {s.unit} | {s.stats.n} | {s.stats.period_s:.3g} | {obs} | "
                      f"{_cell(s.range_min)} .. {_cell(s.range_max)} | "
+                     f"{'yes' if s.range_applied else 'no'} | "
                      f"{_cell(s.max_rate_per_s)} | {_cell(s.frozen_after_s)} |")
     lines += ["", "Provenance:", ""]
     for s in p.sensors:

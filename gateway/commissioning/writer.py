@@ -6,7 +6,8 @@ The site's other sections are written back as they were read (``yaml.safe_load``
 replace: each sensor tag's ``range``, ``envelope.limits``, ``envelope.prediction``, and
 ``detection.frozen_after_s`` / ``detection.max_rate_per_s``. Relative paths of the
 ``controller``, ``northbound`` and ``audit`` sections are rewritten relative to the output's
-folder, since the loader resolves them against the file's own folder.
+folder, since the loader resolves them against the file's own folder. A sensor's ``range`` is
+replaced only with ``--learn-ranges``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def render_site(proposal: Proposal, raw: dict[str, Any], out: Path) -> str:
     lines += _comment(f"Proposed by `safety-gateway learn` on {when} from {proposal.n_samples} "
                       f"samples ({span_h:.2f} h) of: {', '.join(proposal.sources)}", 0)
     lines += _comment(f"Site: {site.source}. Margin {opt.margin:g} (fraction of each tag's "
-                      f"range), percentile {opt.percentile:g}, holdout {opt.holdout:g}.", 0)
+                      f"range), percentile {opt.percentile:g}, rate factor "
+                      f"{opt.rate_factor:g}, holdout {opt.holdout:g}"
+                      + (", sensor ranges learned." if opt.learn_ranges else "."), 0)
     lines += _comment("Each learned number has a comment saying where it came from; the "
                       "report beside this file has the details. Review it before use.", 0)
     sensors = {s.name: s for s in proposal.sensors}
@@ -85,7 +88,8 @@ def render_site(proposal: Proposal, raw: dict[str, Any], out: Path) -> str:
             lines.append("tags:")
             for name, body in value.items():
                 prop = sensors.get(name)
-                if prop is not None and prop.learned and isinstance(body, dict):
+                if (prop is not None and prop.learned and prop.range_applied
+                        and isinstance(body, dict)):
                     body = dict(body)
                     body["range"] = [prop.range_min.value, prop.range_max.value]
                     lines += _comment(f"range min: {prop.range_min.why}", 2)

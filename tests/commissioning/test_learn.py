@@ -49,29 +49,33 @@ def test_learned_site_loads_and_holds_what_was_seen(tmp_path: Path, water_site: 
         assert lim.min <= col.min() and col.max() <= lim.max, tag.name
         assert tag.safe_value is not None and lim.min <= tag.safe_value <= lim.max
     # Continuous actuators: min/max are the observations widened by margin x span, within
-    # the hand-written limits; the rate is P99.9 of the moves x 1.1 (or the floor).
+    # the hand-written limits; the rate is P99.9 of the moves x the rate factor 2, at least
+    # margin x span / 10 s.
     inflow = history.column("inflow_valve")
     assert limits["inflow_valve"].max == pytest.approx(min(inflow.max() + 10.0, 100.0), abs=1e-3)
     moves = np.abs(np.diff(inflow))  # one row per second: rates and steps are equal
-    expected = max(float(np.percentile(moves, 99.9)) * 1.1, 10.0 / 60.0)
+    expected = max(float(np.percentile(moves, 99.9)) * 2.0, 10.0 / 10.0)
     rate = limits["inflow_valve"].max_rate_per_s
     assert rate is not None and rate == pytest.approx(expected, rel=1e-5)
     # The drain valve (a coil) never moved: a discrete actuator of one value.
     assert limits["drain_valve"].allowed == (0.0,)
-    # Sensors: the learned range holds every reading, within the declared range.
-    for tag in learned.sensors:
-        col = history.column(tag.name)
-        declared = water_site.tag(tag.name)
-        assert tag.range_min is not None and tag.range_max is not None
+    # Sensors keep their declared ranges unless asked (--learn-ranges); the proposal holds
+    # every reading, within the declared range.
+    assert [(t.range_min, t.range_max) for t in learned.sensors] == [
+        (t.range_min, t.range_max) for t in water_site.sensors]
+    for prop in proposal.sensors:
+        col = history.column(prop.name)
+        declared = water_site.tag(prop.name)
         assert declared.range_min is not None and declared.range_max is not None
-        assert declared.range_min <= tag.range_min <= col.min(), tag.name
-        assert col.max() <= tag.range_max <= declared.range_max, tag.name
+        assert not prop.range_applied
+        assert declared.range_min <= prop.range_min.value <= col.min(), prop.name
+        assert col.max() <= prop.range_max.value <= declared.range_max, prop.name
     rates = dict(learned.detection.max_rate_per_s)
     frozen = dict(learned.detection.frozen_after_s)
     assert "uptime_s" not in rates and "uptime_s" not in frozen  # a counter
     assert set(frozen) == {"level"}  # the uint16 flows repeat themselves: no freeze limit
     level = history.column("level")
-    assert rates["level"] == pytest.approx(np.abs(np.diff(level)).max() / 0.1 * 1.1, rel=1e-5)
+    assert rates["level"] == pytest.approx(np.abs(np.diff(level)).max() / 0.1 * 2.0, rel=1e-5)
     assert proposal.warnings == ()
 
 
@@ -123,11 +127,26 @@ def test_every_learned_number_has_its_provenance_comment(tmp_path: Path, water_s
     _, out = propose(water_site, read_csv(water_day), tmp_path)
     text = out.read_text()
     for fragment in ("# inflow_valve max: observed max", "of 7201 commands + margin 0.1",
-                     "# inflow_valve max_rate_per_s: P99.9", "# drain_valve allowed: the 1 "
-                     "distinct values of 7201 commands", "# range min: observed min",
-                     "# level: R² 0.9", "# demand: no model (R²",
-                     "# uptime_s: a counter"):
+                     "# inflow_valve max_rate_per_s: ", "moves x rate factor 2",
+                     "# drain_valve allowed: the 1 distinct values of 7201 commands",
+                     "# level: R² 0.9", "# demand: no model (R²", "# uptime_s: a counter",
+                     "# level: observed 2."):
         assert fragment in text, fragment
+
+
+def test_learned_ranges_are_written_when_asked(tmp_path: Path, water_site: Site,
+                                              water_day: Path) -> None:
+    history = read_csv(water_day)
+    proposal, out = propose(water_site, history, tmp_path, learn_ranges=True)
+    learned = load_config(out)
+    for tag in learned.sensors:
+        prop = next(p for p in proposal.sensors if p.name == tag.name)
+        assert (tag.range_min, tag.range_max) == (prop.range_min.value, prop.range_max.value)
+    level = learned.tag("level")
+    col = history.column("level")
+    assert level.range_min == pytest.approx(col.min() - 0.5)  # margin 0.1 x declared span 5
+    assert level.range_max == pytest.approx(col.max() + 0.5)
+    assert "# range min: observed min" in out.read_text()
 
 
 def test_thin_data_keeps_the_hand_written_settings(tmp_path: Path, water_site: Site,
@@ -169,7 +188,8 @@ def test_a_toggling_coil_learns_both_values(tmp_path: Path, water_site: Site,
 
 def test_options_are_checked() -> None:
     for bad in ({"margin": -0.1}, {"margin": math.nan}, {"percentile": 20.0},
-                {"holdout": 1.0}, {"min_samples": 1}, {"fit_window_s": 0.0}):
+                {"holdout": 1.0}, {"min_samples": 1}, {"fit_window_s": 0.0},
+                {"rate_factor": 0.5}):
         with pytest.raises(ValueError, match="--"):
             LearnOptions(**bad)
 
