@@ -33,8 +33,9 @@ Sensors (the tag's ``range`` and ``detection``), from the readings:
   noise between two cycles), times ``rate_factor``. A finding demands SAFE_STOP, so the
   maximum, not a percentile.
 * ``detection.frozen_after_s``: the longest run of identical readings (at least 5 update
-  periods) times ``1 + margin``; none for a sensor that repeats itself in more than
-  ``REPEATING`` of its moves (quantised or slow values).
+  periods) times ``1 + margin``, and at least the time the device may take to renew a
+  reading (its update period plus its timeout: what the loader requires); none for a sensor
+  that repeats itself in more than ``REPEATING`` of its moves (quantised or slow values).
 * counters (only ever rising) get neither, and no model.
 
 The process model (``envelope.prediction``): see :mod:`.fitting`; the regressors are the
@@ -57,7 +58,7 @@ import numpy as np
 
 from gateway.commissioning.fitting import SensorFit, echoes, fit_sensor, windows
 from gateway.commissioning.stats import TagStats, tag_stats
-from gateway.config.schema import Policy, Table, WireType
+from gateway.config.schema import Policy, Table, WireType, min_stale_after_ms
 
 if TYPE_CHECKING:
     from gateway.commissioning.sources import History
@@ -329,9 +330,20 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
                      "slow): no freeze limit")
     elif math.isfinite(st.period_s):
         base = max(st.longest_repeat_s, 5.0 * st.period_s)
-        frozen = Learned(base * (1.0 + opt.margin), (
-            f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update period "
-            f"{_num(st.period_s)} s) x (1 + margin {opt.margin:g})"))
+        value = base * (1.0 + opt.margin)
+        why = (f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update period "
+               f"{_num(st.period_s)} s) x (1 + margin {opt.margin:g})")
+        # Never shorter than the device renews a healthy reading (its update period plus its
+        # timeout: the loader's own floor, gateway/config/sanity.py), whatever the history's
+        # sampling: a historian sampling faster than the device is polled would otherwise
+        # propose a limit that judges every healthy reading frozen.
+        device = next(d for d in site.devices if d.name == tag.device)
+        renew_s = min_stale_after_ms(device) / 1000.0
+        if value < renew_s:
+            value = renew_s
+            why = (f"the time device {device.name!r} may take to renew a reading "
+                   f"({_num(renew_s)} s; {why} is shorter)")
+        frozen = Learned(value, why)
     if st.n_moves < opt.min_samples:
         notes.append(f"thin data: {st.n_moves} moves for the rate and freeze limits")
     return SensorProposal(tag.name, tag.unit, st, True, Learned(lo, lo_why), Learned(hi, hi_why),

@@ -221,3 +221,15 @@ def test_a_missing_reading_loses_only_its_own_window() -> None:
     fit = fit_sensor(win, "x", ["u", "x"], min_r2=0.6)
     assert fit.n_windows == 297
     assert fit.accepted
+
+
+def test_a_fast_history_never_proposes_a_freeze_limit_the_device_cannot_meet(
+        tmp_path: Path, water_site: Site, water_day: Path) -> None:
+    full = read_csv(water_day)
+    # The same readings ten times a second: 5 update periods x 1.1 would be 0.55 s, under
+    # the 0.6 s the PLC may take to renew a reading (poll_ms 100 + timeout_ms 500).
+    fast = History(full.time_s / 10.0, full.names, full.values, full.sources)
+    _, out = propose(water_site, fast, tmp_path)
+    frozen = dict(load_config(out).detection.frozen_after_s)
+    assert frozen["level"] == pytest.approx(0.6)
+    assert "the time device 'plc' may take to renew a reading (0.6 s" in out.read_text()
