@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 TARGETS = {"wall_s_max": 30.0, "max_rss_mb_max": 1024.0}
+FULL_S = 86_400
+QUICK_S = 3_600
 N_SENSORS = 80
 N_ACTUATORS = 20
 
@@ -86,7 +88,7 @@ def write_csv(path: Path, t: np.ndarray, x: np.ndarray, u: np.ndarray) -> None:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    duration = 3_600 if quick else 86_400
+    duration = QUICK_S if quick else FULL_S
     with tempfile.TemporaryDirectory(prefix="bench-learn-") as tmp:
         folder = Path(tmp)
         site = folder / "site.yaml"
