@@ -33,8 +33,8 @@ Sensors (the tag's ``range`` and ``detection``), from the readings:
   noise between two cycles), times ``rate_factor``. A finding demands SAFE_STOP, so the
   maximum, not a percentile.
 * ``detection.frozen_after_s``: the longest run of identical readings (at least 5 update
-  periods) times ``1 + margin``, and at least the time the device may take to renew a
-  reading (its update period plus its timeout: what the loader requires); none for a sensor
+  periods) times ``1 + margin``, and at least twice the time the device may take to renew a
+  reading (its update period plus its timeout; the loader requires once); none for a sensor
   that repeats itself in more than ``REPEATING`` of its moves (quantised or slow values).
 * counters (only ever rising) get neither, and no model.
 
@@ -333,16 +333,17 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
         value = base * (1.0 + opt.margin)
         why = (f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update period "
                f"{_num(st.period_s)} s) x (1 + margin {opt.margin:g})")
-        # Never shorter than the device renews a healthy reading (its update period plus its
-        # timeout: the loader's own floor, gateway/config/sanity.py), whatever the history's
-        # sampling: a historian sampling faster than the device is polled would otherwise
-        # propose a limit that judges every healthy reading frozen.
+        # Never shorter than twice the time the device may take to renew a healthy reading
+        # (its update period plus its timeout: the loader's own floor, in
+        # gateway/config/sanity.py, is once), whatever the history's sampling: a history at
+        # the cycle sees a fresh value every sample, but a healthy device answering near its
+        # timeout twice in a row leaves the reading unchanged that long.
         device = next(d for d in site.devices if d.name == tag.device)
-        renew_s = min_stale_after_ms(device) / 1000.0
+        renew_s = 2.0 * min_stale_after_ms(device) / 1000.0
         if value < renew_s:
             value = renew_s
-            why = (f"the time device {device.name!r} may take to renew a reading "
-                   f"({_num(renew_s)} s; {why} is shorter)")
+            why = (f"twice the time device {device.name!r} may take to renew a reading "
+                   f"(2 x {_num(renew_s / 2.0)} s; {why} is shorter)")
         frozen = Learned(value, why)
     if st.n_moves < opt.min_samples:
         notes.append(f"thin data: {st.n_moves} moves for the rate and freeze limits")

@@ -100,7 +100,9 @@ def tag_stats(name: str, time_s: F64, column: F64, percentile: float) -> TagStat
         rate_pct_per_s=rate_pct, rate_max_per_s=rate_max, rate_max_at_s=rate_at,
         step_pct=step_pct, step_max=step_max, distinct=distinct,
         repeat_fraction=repeat_fraction, longest_repeat_s=_longest_repeat(t, v, moves),
-        counter=bool(n_moves > 10 and np.all(dvs >= 0) and np.mean(dvs > 0) > 0.9),
+        # Never falls and rose more than ten times: a counter, however often it is sampled
+        # between two of its increments (an uptime in whole seconds read every 0.1 s).
+        counter=bool(n_moves > 10 and np.all(dvs >= 0) and int(np.count_nonzero(dvs)) > 10),
     )
 
 

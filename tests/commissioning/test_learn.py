@@ -227,9 +227,14 @@ def test_a_fast_history_never_proposes_a_freeze_limit_the_device_cannot_meet(
         tmp_path: Path, water_site: Site, water_day: Path) -> None:
     full = read_csv(water_day)
     # The same readings ten times a second: 5 update periods x 1.1 would be 0.55 s, under
-    # the 0.6 s the PLC may take to renew a reading (poll_ms 100 + timeout_ms 500).
+    # the 0.6 s the PLC may take to renew a reading (poll_ms 100 + timeout_ms 500), which
+    # the loader refuses; the floor is twice that.
     fast = History(full.time_s / 10.0, full.names, full.values, full.sources)
-    _, out = propose(water_site, fast, tmp_path)
+    proposal, out = propose(water_site, fast, tmp_path)
     frozen = dict(load_config(out).detection.frozen_after_s)
-    assert frozen["level"] == pytest.approx(0.6)
-    assert "the time device 'plc' may take to renew a reading (0.6 s" in out.read_text()
+    assert frozen["level"] == pytest.approx(1.2)
+    assert "twice the time device 'plc' may take to renew a reading (2 x 0.6 s" in (
+        out.read_text())
+    # The uptime counter rises once every ten samples: still a counter.
+    uptime = next(s for s in proposal.sensors if s.name == "uptime_s")
+    assert uptime.stats.counter and uptime.max_rate_per_s is None
