@@ -14,6 +14,7 @@ from gateway.commissioning.fitting import fit_sensor, windows
 from gateway.commissioning.learn import LearnOptions, learn
 from gateway.commissioning.report import report_json, report_markdown
 from gateway.commissioning.sources import History, read_csv
+from gateway.commissioning.stats import tag_stats
 from gateway.commissioning.writer import num, write_site
 from gateway.config import load_config
 
@@ -235,6 +236,13 @@ def test_a_fast_history_never_proposes_a_freeze_limit_the_device_cannot_meet(
     assert frozen["level"] == pytest.approx(1.2)
     assert "twice the time device 'plc' may take to renew a reading (2 x 0.6 s" in (
         out.read_text())
-    # The uptime counter rises once every ten samples: still a counter.
-    uptime = next(s for s in proposal.sensors if s.name == "uptime_s")
-    assert uptime.stats.counter and uptime.max_rate_per_s is None
+    assert proposal.sensors[0].name == "level"
+
+
+def test_a_counter_read_faster_than_it_counts_is_a_counter() -> None:
+    t = np.arange(0.0, 120.0, 0.1)
+    uptime = np.floor(t)  # whole seconds, read every 0.1 s: nine reads in ten repeat
+    st = tag_stats("uptime_s", t, uptime, 99.9)
+    assert st.counter
+    noisy = 2.5 + np.random.default_rng(1).normal(0, 0.002, t.shape)
+    assert not tag_stats("level", t, noisy, 99.9).counter
