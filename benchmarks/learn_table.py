@@ -51,12 +51,24 @@ def _prove(site_path: Path, day: Path) -> dict[str, Any]:
             "trip_by": trips, "refusal_by": refusals, "clamp_by": clamps}
 
 
+def _absolute(obj: Any, folder: Path) -> Any:
+    """``obj`` with every string that names an existing file relative to ``folder`` made
+    absolute (a scenario's own model file), so that the copy runs from another folder."""
+    if isinstance(obj, dict):
+        return {k: _absolute(v, folder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_absolute(v, folder) for v in obj]
+    if isinstance(obj, str) and obj and not Path(obj).is_absolute() and (
+            folder / obj).is_file():
+        return str((folder / obj).resolve())
+    return obj
+
+
 def _drills(plant: str, site_path: Path, folder: Path, jobs: int) -> list[dict[str, Any]]:
     scenarios = sorted((ROOT / "configs" / "drills").glob(f"*_{plant}.yaml"))
     copies = []
     for path in scenarios:
-        data = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(data)
+        raw = _absolute(yaml.safe_load(path.read_text(encoding="utf-8")), path.parent)
         raw["site"] = str(site_path.resolve())
         copy = folder / f"{path.stem}.{site_path.stem}.yaml"
         copy.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
