@@ -150,16 +150,25 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _when(at_s: float) -> str:
+    """A time as the history gave it: seconds, or a UTC date and time for epoch seconds."""
+    if at_s >= 1e9:  # after 2001-09-09: seconds since the epoch, not since a run's start
+        import datetime as dt
+
+        return dt.datetime.fromtimestamp(at_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{at_s:.1f} s"
+
+
 def _text(result: ProofResult) -> list[str]:
     lines = [f"{result.label}: {result.n_rows} rows, {result.n_commands} commands judged: "
              f"{result.trips} trips, {result.count('reject')} refusals, "
              f"{result.count('clamp')} clamps"]
     for t in sorted(result.tallies.values(), key=lambda t: (t.action != "trip", t.name)):
         lines.append(f"  {t.action:<6} {t.kind:<10} {t.name}: {t.count} "
-                     f"(first at {t.first_s:.1f} s, last at {t.last_s:.1f} s)")
+                     f"(first at {_when(t.first_s)}, last at {_when(t.last_s)})")
         for at, mag, detail in t.worst[:3]:
             what = "" if mag != mag else f"moved {mag:.4g}: "
-            lines.append(f"           at {at:.1f} s: {what}{detail}")
+            lines.append(f"           at {_when(at)}: {what}{detail}")
     if result.not_judged:
         lines.append(f"  not in the history (not judged): {', '.join(result.not_judged)}")
     return lines

@@ -68,6 +68,12 @@ def test_prove_fails_with_exit_1_and_reports_json(tmp_path: Path,
     assert code == EXIT_FAILED
     assert "FAIL: 2 trips" in stdout
     assert "trip   detector   input.rate.level: 1 (first at 1000.0 s" in stdout
+    # Epoch times are shown as UTC dates.
+    epoch = tmp_path / "epoch.csv"
+    epoch.write_text("time,level\n1764930000,2.5\n1764930001,0.5\n")
+    code, stdout, _ = run(capsys, "prove", str(WATER), str(epoch))
+    assert code == EXIT_FAILED
+    assert "input.rate.level: 1 (first at 2025-12-05T10:20:01.000000Z" in stdout
 
 
 @pytest.mark.parametrize(("content", "expected"), [
