@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from benchmarks import audit, envelope, interference, replay, startup, supervisor, wire
+from benchmarks import audit, envelope, interference, learn, replay, startup, supervisor, wire
 
 
 class BenchModule(Protocol):
@@ -23,6 +23,7 @@ BENCHES: dict[str, BenchModule] = {
     "audit": audit,
     "envelope": envelope,
     "interference": interference,
+    "learn": learn,
     "replay": replay,
     "startup": startup,
     "supervisor": supervisor,

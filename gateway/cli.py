@@ -435,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub)
     add_drill(sub)
     add_certs(sub)
+    from gateway.commissioning.cli import add_parser as add_commissioning
+
+    add_commissioning(sub)  # learn, prove (issue 20)
     _plain_help(parser)
     return parser
 
