@@ -29,3 +29,15 @@ def test_supervisor_bench_quick_json(capsys):
         assert result[key] > 0, key
     assert result["onnx_anomalies"] == 0
     assert result["steps"] >= 1000
+
+
+def test_bench_help_names_every_registered_bench():
+    """The help is written out (building the parser must not import the benches), so it can
+    fall behind the registry: this keeps them equal."""
+    from benchmarks import BENCHES
+    from gateway.cli import build_parser
+
+    bench = build_parser()._subparsers._group_actions[0].choices["bench"]  # type: ignore[union-attr]
+    what = next(a for a in bench._actions if a.dest == "what")
+    listed = {w.strip() for w in what.help.split(":", 1)[1].split(",")}
+    assert listed == set(BENCHES)
