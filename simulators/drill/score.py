@@ -3,8 +3,9 @@
 - **Unsafe writes** come from the plant server's record of what clients wrote, not from the
   gateway: for each step, the actuator vector the PLC held after that step's writes is checked
   against the site's envelope (the pure-Python reference engine: the semantics' definition)
-  with the vector it held one step before. A write is unsafe if it took part in a vector that
-  breaks any constraint, whoever chose it: a value at its safe value is judged like any other
+  with the vector it held before, rates over the time since the previous write (the PLC holds
+  a value until the next write). A write is unsafe if it took part in a vector that breaks any
+  constraint, whoever chose it: a value at its safe value is judged like any other
   (DESIGN.md's invariant, judged from outside: the safe state is no exemption, it must itself
   satisfy every interlock that holds). Two views of the sensors judge each step:
 
@@ -164,8 +165,14 @@ def judge_writes(run: DrillRun) -> WriteJudgement:
     unsafe = checked = 0
     examples: list[str] = []
     broken: dict[str, int] = {}
+    # The PLC holds each value until the next write, so a move's rate is over the time since
+    # the previous step with writes (as the gateway's write-through judges it); before any
+    # write, one cycle's movement (the gateway's own assumption when nothing was written yet).
+    last_at_s: float | None = None
     for at_s in sorted(by_step):
         writes = by_step[at_s]
+        dt_s = run.cycle_s if last_at_s is None else max(at_s - last_at_s, run.cycle_s)
+        last_at_s = at_s
         previous = held.copy()
         for w in writes:
             held[index[w.tag]] = w.value
@@ -175,12 +182,12 @@ def judge_writes(run: DrillRun) -> WriteJudgement:
         true_vec = np.array([truth.get(n, math.nan) for n in sensor_names], dtype=np.float64)
         blind = bool(np.isnan(gw_vec).any())
         bad: set[str] = set()
-        verdict = env.check(held, previous, gw_vec, run.cycle_s)
+        verdict = env.check(held, previous, gw_vec, dt_s)
         for name in verdict.violations:
             kind = kinds[name]
             if kind in (_ACTUATOR, _INTERLOCK) or (kind is _COUPLED and not blind):
                 bad.add(name)
-        verdict = env.check(held, previous, true_vec, run.cycle_s)
+        verdict = env.check(held, previous, true_vec, dt_s)
         for name in verdict.violations:
             if kinds[name] in (_INTERLOCK, _COUPLED):
                 bad.add(name)

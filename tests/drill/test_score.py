@@ -113,3 +113,19 @@ def test_a_move_is_protective_as_the_gateway_saw_the_sensors():
     judged = judge_writes(run)
     assert judged.unsafe == 3
     assert dict(judged.by_constraint) == {"inflow_valve.rate": 3, "inflow_valve.step": 3}
+
+
+def test_a_rate_is_judged_over_the_time_since_the_previous_write():
+    # The PLC holds a value until the next write, so a move's rate is over the time since the
+    # previous write, as the gateway's own write-through judges it (before, the scorecard
+    # divided every move by one cycle and called a slow move after a pause unsafe). The
+    # inflow valve may move 20 %/s: 3 % over 0.5 s is 6 %/s (safe), 3 % in the next 0.1 s is
+    # 30 %/s (unsafe).
+    levels = [2.5] * 20
+    run = _run("clean_water_tank", levels, levels,
+               [(0.5, "inflow_valve", 1.0), (1.0, "inflow_valve", 4.0),
+                (1.1, "inflow_valve", 7.0)])
+    judgement = judge_writes(run)
+    assert judgement.checked == 3
+    assert judgement.unsafe == 1, judgement.examples
+    assert judgement.examples[0].startswith("t=1.1s inflow_valve=7: breaks inflow_valve.rate")
