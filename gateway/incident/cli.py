@@ -311,7 +311,7 @@ def _list(args: argparse.Namespace) -> int:
         return EXIT_OK
     for inc in incidents:
         s = inc.summary()
-        print(f"{inc.id}  {inc.phase:<13}  {inc.severity or '-':<8}  "
+        print(f"{inc.id}  {inc.phase:<13}  {inc.severity or '-':<8}  {inc.cause:<14}  "
               f"opened {_utc(inc.opened_wall_s)}  "
               f"{inc.trigger.detector}: {inc.trigger.reason}  "
               f"(trips {s['trips']}, checklist {s['checklist_done']}/{s['checklist_items']})")
@@ -354,7 +354,8 @@ def format_incident(incident: Incident, now_wall_s: float | None = None) -> str:
     lines = [f"{incident.id}  ({incident.phase})",
              f"  site      {incident.site}",
              f"  opened    {_utc(incident.opened_wall_s)}  (supervisor time {t0})",
-             f"  trigger   {incident.trigger.detector}: {incident.trigger.reason}"]
+             f"  trigger   {incident.trigger.detector}: {incident.trigger.reason}",
+             f"  cause     {incident.cause}"]
     if incident.trigger.evidence:
         lines.append(f"  evidence  {evidence_text(incident.trigger.evidence)}")
     lines += [f"  mode      {incident.mode_at_trip} -> {incident.mode_after_trip}",

@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from gateway.incident.causes import CAUSE_WORDS
 from gateway.incident.model import Phase, evidence_text, utc_text
 
 if TYPE_CHECKING:
@@ -64,7 +65,10 @@ PLACEHOLDERS: Final = {
     "acknowledged_utc": "when a person first acknowledged it (UTC), or 'not yet'",
     "resolved_utc": "when it was resolved (UTC), or 'not yet'",
     "now_utc": "when the draft was rendered (UTC)",
-    "what_happened": "the trigger in words: detector, reason and evidence",
+    "what_happened": "the trigger in words: detector, reason and evidence, and the cause "
+                     "it names",
+    "cause": "the cause the trip names: ai_behaviour, sensing, device, ai_unavailable or "
+             "other, with what it means",
     "trips": "how many trips the incident holds",
     "ai_in_control": "whether the AI controlled the plant at the trip, in words",
     "process_impact": "what the process did: mode after the trip, closest approach to a "
@@ -94,6 +98,8 @@ def facts(incident: Incident, now_wall_s: float, next_update: str | None = None
     what = f"detector `{trig.detector}` tripped: {trig.reason}"
     if trig.evidence:
         what += f" ({evidence_text(trig.evidence)})"
+    cause = f"{incident.cause}: {CAUSE_WORDS[incident.cause]}"
+    what += f". Cause: {cause}."
     ai = ("yes: the AI controller's output was being applied when the gateway tripped"
           if incident.mode_at_trip == "auto" else
           f"no: the plant was in {incident.mode_at_trip} mode; the AI's output was not "
@@ -129,7 +135,8 @@ def facts(incident: Incident, now_wall_s: float, next_update: str | None = None
         "acknowledged_utc": utc_text(acked) if acked is not None else "not yet",
         "resolved_utc": utc_text(res.wall_s) if res else "not yet",
         "now_utc": utc_text(now_wall_s),
-        "what_happened": what, "trips": str(len(incident.trips)), "ai_in_control": ai,
+        "what_happened": what, "cause": cause, "trips": str(len(incident.trips)),
+        "ai_in_control": ai,
         "process_impact": "; ".join(impact), "containment": "\n".join(containment),
         "model": f"{incident.model.path or '-'} (sha256 {incident.model.sha256 or '-'})",
         "deadlines": "\n".join(lines) or "- no reporting clock runs for this incident",

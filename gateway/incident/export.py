@@ -32,8 +32,14 @@
     audit record, copied when its sha256 is the incident's ``config_sha256``) and the playbook
     (likewise against the playbook's sha256); ``config.json`` gives their sources, hashes and
     copies (or why they are missing);
+``drafts/<audience>.md``, ``drafts/<audience>.approved-<n>.md``
+    the communications drafts (regulator, customers, board, internal) as they render at
+    export, and every approved text with who approved it
+    (:func:`gateway.incident.comms.bundle_drafts`);
 ``report.md`` and its plots (``process.png``, ``commands.png``, ``modes.png``)
-    the post-incident report;
+    the post-incident report: with the incident's cause, severity, reporting deadlines and
+    their state at export, the post-incident review and its action items, the plant-safety
+    statement, and whether the resolution was forced (and why);
 ``manifest.json``
     the sha256 and size of every other file of the bundle.
 
@@ -51,6 +57,7 @@ import math
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -64,6 +71,8 @@ from gateway.audit.signed_head import (
 )
 from gateway.audit.store import open_read, read_records, verify
 from gateway.forensics.recorder import read_jsonl, write_csv
+from gateway.incident.causes import CAUSE_WORDS
+from gateway.incident.comms import bundle_drafts
 from gateway.incident.model import (
     ChecklistPhase,
     Incident,
@@ -220,6 +229,12 @@ def _write_bundle(db: str | os.PathLike[str], incident: Incident, work: Path,
         playbook_entry.update({"file": None, "missing": "built-in playbook, no file"})
     _dump(work / "config.json", {"config_sha256": incident.config_sha256,
                                  "site": site_entry, "playbook": playbook_entry})
+
+    drafts = bundle_drafts(incident, now_wall_s=exported_at)
+    for name, text in drafts.items():
+        path = work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
 
     plots = _plots(work, incident, recording) if recording is not None and \
         recording.frames else []
@@ -394,6 +409,8 @@ def render_report(incident: Incident, recording: Recording | None, proof: dict[s
            f"| Phase | **{incident.phase}** |",
            f"| Opened | {utc_text(incident.opened_wall_s)} (supervisor time {_t(t0)}) |",
            f"| Trigger | `{_cell(trig.detector)}`: {_cell(trig.reason)} |",
+           f"| Cause | **{incident.cause}**: {_cell(CAUSE_WORDS[incident.cause])} |",
+           f"| Severity | {incident.severity or 'not classified'} |",
            f"| Mode at trip | {incident.mode_at_trip} → {incident.mode_after_trip} |",
            f"| Trips | {len(incident.trips)} |",
            f"| Model | `{_cell(incident.model.path or '-')}` sha256 "
@@ -407,6 +424,11 @@ def render_report(incident: Incident, recording: Recording | None, proof: dict[s
     if resolved is not None:
         md += [f"**Resolution** by {_cell(resolved.who)} at {utc_text(resolved.wall_s)}: "
                f"{resolved.summary}", ""]
+        if resolved.forced:
+            md += [f"**Resolved by force**: {resolved.force_reason}. Still open then:", ""]
+            md += [f"- {item}" for item in resolved.open] or ["- nothing listed"]
+            md.append("")
+    md += _people_sections(incident, exported_wall_s)
 
     md += ["## Trigger and evidence", "",
            f"Detector `{trig.detector}` tripped at supervisor time {_t(trig.at_s)} "
@@ -514,9 +536,64 @@ def render_report(incident: Incident, recording: Recording | None, proof: dict[s
            "hashes; copies in `models/`, `site.yaml`, `playbook.yaml` (`safety-gateway replay "
            "--bundle` and `localise --bundle` run from them)",
            "- `audit_head.json`: the audit chain's signed head, when the database had one",
+           "- `drafts/`: the communications drafts as rendered at export, and every approved "
+           "text",
            "- `manifest.json`: sha256 of every file in this bundle (check with "
            "`safety-gateway incidents verify-bundle DIR`)", ""]
     return "\n".join(md)
+
+
+def _people_sections(incident: Incident, now_wall_s: float) -> list[str]:
+    """Severity, reporting deadlines (their state at ``now_wall_s``), the review with its
+    action items, and the plant-safety statement, as report sections."""
+    md: list[str] = ["## Severity", ""]
+    if incident.severity_changes:
+        md += ["| Level | Since (UTC) | Why | By |", "|---|---|---|---|"]
+        md += [f"| {c.level} | {utc_text(c.wall_s)} | {_cell(c.reason)} | "
+               f"{_cell(c.by or 'gateway')} |" for c in incident.severity_changes]
+    else:
+        md.append("Not classified.")
+    md.append("")
+    md += ["## Reporting deadlines", ""]
+    deadlines = incident.deadlines()
+    if deadlines:
+        md += ["| Obligation | Due (UTC) | State at export | Report |", "|---|---|---|---|"]
+        for d in deadlines:
+            made = ("-" if d.report is None else
+                    f"by {_cell(d.report.who)} at {utc_text(d.report.wall_s)}: "
+                    f"{_cell(d.report.ref)}")
+            md.append(f"| {_cell(d.obligation)} | {utc_text(d.due_wall_s)} | "
+                      f"{d.status(now_wall_s)} | {made} |")
+    else:
+        md.append("No reporting clock runs for this incident.")
+    md.append("")
+    md += ["## Post-incident review", ""]
+    review = incident.review
+    if review is None:
+        md.append("No review recorded.")
+    else:
+        md += [f"By {_cell(review.who)} at {utc_text(review.wall_s)} (revision "
+               f"{review.revisions}).", "", f"**Root cause**: {review.root_cause}", ""]
+        for title, items in (("Contributing factors", review.factors),
+                             ("Went well", review.went_well),
+                             ("Went badly", review.went_badly)):
+            if items:
+                md += [f"{title}:", "", *(f"- {item}" for item in items), ""]
+    if incident.actions:
+        today = datetime.fromtimestamp(now_wall_s, UTC).date()
+        if md[-1]:
+            md.append("")
+        md += ["| # | Action | Owner | Due | State |", "|---|---|---|---|---|"]
+        for a in incident.actions:
+            state = (f"done by {_cell(a.done_by)} at {utc_text(a.done_wall_s or 0.0)}"
+                     + (f": {_cell(a.note)}" if a.note else "") if a.done else
+                     "**overdue**" if a.overdue(today) else "open")
+            md.append(f"| {a.number} | {_cell(a.text)} | {_cell(a.owner)} | "
+                      f"{a.due.isoformat()} | {state} |")
+    md.append("")
+    md += ["## Plant safety systems", "",
+           incident.plant_safety or "Not stated in the playbook.", ""]
+    return md
 
 
 def _plots(work: Path, incident: Incident, recording: Recording) -> list[Path]:

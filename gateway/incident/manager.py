@@ -40,6 +40,7 @@ import numpy as np
 
 from gateway.audit.chain import canonical_payload
 from gateway.forensics.recorder import FORMAT, FORMAT_VERSION, frame_json, info_json
+from gateway.incident.causes import cause_of
 from gateway.incident.escalation import due_escalations, due_notices
 from gateway.incident.model import (
     KIND,
@@ -719,6 +720,8 @@ class IncidentManager:
             "people": self.playbook.people.to_json(),
             "resolve_requires": self.playbook.resolve_requires.to_json(),
             "plant_safety": self.playbook.plant_safety,
+            # What the trip names as the cause: one mapping, shared with the drills.
+            "cause": cause_of(event.name).value,
         }
         self._record(ident, payload, wall_s=wall_s)
         if ident not in self._incidents:  # not folded: a bug, already logged

@@ -16,9 +16,12 @@ the cycle concerned, null when there is none, e.g. for an operator's note before
     playbook {name, source, sha256, rule}, checklist {phase: [item, ...]}, notify [hook, ...],
     flight_recorder {trigger_s, start_s, end_s} | null, people {...} | absent,
     resolve_requires {checklist: [phase, ...], review: bool} | absent,
-    plant_safety TEXT | absent`` (``plant_safety``: how the gateway's actions relate to the
-    plant's own safety instrumented system, as the playbook states it; ``people``: the
-    playbook's contacts, severity rules, escalation and reporting obligations,
+    plant_safety TEXT | absent, cause CAUSE | absent`` (``cause``: what the trip names as
+    the incident's cause, :mod:`gateway.incident.causes`; an older record without it is given
+    its trigger detector's cause by the same mapping; ``plant_safety``: how the gateway's
+    actions relate to the plant's own safety instrumented system, as the playbook states
+    it; ``people``: the playbook's contacts, severity rules, escalation and reporting
+    obligations,
     :meth:`gateway.incident.people.PeoplePlan.to_json`; ``resolve_requires`` absent means
     every checklist item and a review).
 ``phase``
@@ -89,6 +92,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.incident.causes import Cause, cause_of
 from gateway.incident.people import Consequence, PeoplePlan, Severity
 from gateway.incident.review import ActionItem, Review, parse_due
 
@@ -491,6 +495,8 @@ class Incident:
     plant_safety: str = ""
     review: Review | None = None
     actions: tuple[ActionItem, ...] = ()
+    # What the trip names as the cause (gateway.incident.causes), set when it opens.
+    cause: Cause = Cause.OTHER
 
     @property
     def is_open(self) -> bool:
@@ -554,6 +560,7 @@ class Incident:
                 "detector": self.trigger.detector, "reason": self.trigger.reason,
                 "trips": len(self.trips), "notes": len(self.notes),
                 "severity": None if self.severity is None else self.severity.value,
+                "cause": self.cause.value,
                 "checklist_done": done, "checklist_items": len(self.checklist),
                 "flight_recorder_stored": (self.flight_recorder is not None
                                            and self.flight_recorder.stored)}
@@ -647,6 +654,17 @@ def _entry(incident: Incident, payload: Mapping[str, Any], kind: EntryKind, text
                    records=incident.records + 1)
 
 
+def _cause(value: Any, detector: str) -> Cause:
+    """The recorded cause; a record from before causes were recorded gets its trigger's."""
+    if value is None:
+        return cause_of(detector)
+    try:
+        return Cause(_text(value, "cause"))
+    except ValueError:
+        raise ValueError(f"cause must be one of {', '.join(c.value for c in Cause)}, "
+                         f"not {value!r}") from None
+
+
 def _open(payload: Mapping[str, Any]) -> Incident:
     trigger = _trigger(payload.get("trigger"))
     model = payload.get("model") or {}
@@ -686,7 +704,8 @@ def _open(payload: Mapping[str, Any]) -> Incident:
         trips=(trigger,), flight_recorder=recorder,
         people=PeoplePlan.from_json(payload.get("people")),
         resolve_requires=ResolveRequirements.from_json(payload.get("resolve_requires")),
-        plant_safety=_text(payload.get("plant_safety", ""), "plant_safety"))
+        plant_safety=_text(payload.get("plant_safety", ""), "plant_safety"),
+        cause=_cause(payload.get("cause"), trigger.detector))
     text = f"incident opened: {trigger.detector}: {trigger.reason}"
     if trigger.evidence:
         text += f" ({evidence_text(trigger.evidence)})"

@@ -121,7 +121,8 @@ class CounterLayout:
         """Every detector name with a slot of its own, then ``other``."""
         per_sensor = tuple(f"{kind}.{s}" for s in self.sensors for kind in _PER_SENSOR)
         return (*_FIXED_DETECTORS, *per_sensor,
-                *(f"divergence.{a}" for a in self.actuators), OTHER)
+                *(f"divergence.{a}" for a in self.actuators),
+                *(f"device.{d}" for d in self.devices), OTHER)
 
     @functools.cached_property
     def detector_index(self) -> dict[str, int]:

@@ -389,6 +389,7 @@ def _detector_names(inputs: InputHealth, divergence: Divergence) -> tuple[str, .
     """Every detector name a finding of this site can carry (what a bypass may name), sorted.
     Kept beside the detectors' own naming: a test checks each finding's name is listed."""
     names = {"violation_rate", "envelope", "envelope.gross", "canary", *ControllerHealth.names()}
+    names |= {f"device.{device}" for device, _ in inputs.devices}
     for sensor in inputs.names:
         names |= {f"input.quality.{sensor}", f"input.stale.{sensor}", f"input.range.{sensor}"}
     for w in inputs.watches:

@@ -75,12 +75,24 @@ class InputHealth:
     reading does not move the baseline, so a value that jumped stays implausible until the
     time since the last plausible reading would have allowed the jump; each finding repeats
     while its condition holds (the supervisor reports a detector once per latch).
+
+    A device that serves two or more sensors and whose every sensor is of bad quality or stale
+    in the same check is lost as a whole (its connection is down: the adapters mark all its
+    tags bad at once): a ``device.<name>`` finding, listed before its sensors' own, names it.
+    It demands what they demand (SAFE_STOP) in the same check: it classifies the trip, it
+    neither delays nor adds one. A device with one sensor cannot be told from its sensor, and
+    is left to the sensor's finding.
     """
 
     def __init__(self, site: Site) -> None:
         det = site.detection
         margin = det.input_range_margin
         self.names = tuple(t.name for t in site.sensors)
+        # Per device serving two sensors or more: its sensors' indices (a lost device).
+        served: dict[str, list[int]] = {}
+        for i, t in enumerate(site.sensors):
+            served.setdefault(t.device, []).append(i)
+        self.devices = tuple((name, tuple(ix)) for name, ix in served.items() if len(ix) >= 2)
         self.lo: list[float] = []
         self.hi: list[float] = []
         for t in site.sensors:
@@ -123,12 +135,15 @@ class InputHealth:
         """
         masked = list(sensors)
         findings: list[Finding] = []
+        lost: set[int] = set()  # bad quality or stale: what a lost device shows
         for i, value in enumerate(sensors):
             if not good[i]:
                 why, name = "bad quality", "input.quality"
+                lost.add(i)
             elif not (age_s[i] <= self.stale_s[i]):
                 why, name = (f"stale: {age_s[i]:.3f} s old (limit {self.stale_s[i]} s)",
                              "input.stale")
+                lost.add(i)
             elif not (self.lo[i] <= value <= self.hi[i]):
                 why, name = (
                     f"reading {value} outside its range [{self.lo[i]}, {self.hi[i]}]",
@@ -145,6 +160,8 @@ class InputHealth:
                     (("value", value), ("age_s", age_s[i])),
                 )
             )
+        if len(lost) >= 2:
+            findings[:0] = self._lost_devices(lost, good)
         if self.watches:
             if now_s is None:
                 for w in self.watches:
@@ -153,6 +170,21 @@ class InputHealth:
             else:
                 self._plausibility(masked, age_s, now_s, findings)
         return masked, findings
+
+    def _lost_devices(self, lost: set[int], good: Sequence[bool]) -> list[Finding]:
+        """A ``device.<name>`` finding for each device whose every sensor is in ``lost``."""
+        out: list[Finding] = []
+        for device, indices in self.devices:
+            if lost.issuperset(indices):
+                bad = sum(1 for i in indices if not good[i])
+                sensors = ", ".join(self.names[i] for i in indices)
+                out.append(Finding(
+                    f"device.{device}", Mode.SAFE_STOP,
+                    f"device {device}: all its {len(indices)} sensor tags bad or stale at "
+                    f"once ({bad} bad quality, {len(indices) - bad} stale): the device or its "
+                    "connection is lost",
+                    (("device", device), ("sensors", sensors))))
+        return out
 
     def _plausibility(self, masked: list[float], age_s: Sequence[float], now_s: float,
                       findings: list[Finding]) -> None:

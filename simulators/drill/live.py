@@ -65,6 +65,8 @@ def handover_text(incident: str, db: Path) -> str:
         f"  safety-gateway incidents show {incident} {where}",
         f"  safety-gateway incidents ack {incident} {where} --by WHO",
         f"  safety-gateway incidents check {incident} PHASE ITEM {where} --by WHO",
+        # resolve requires a post-incident review (and every required checklist item).
+        f"  safety-gateway incidents review {incident} {where} --by WHO --root-cause TEXT",
         f"  safety-gateway incidents resolve {incident} {where} --by WHO --summary TEXT",
         "waiting until it is resolved, or acknowledged with every checklist item done",
     ])

@@ -121,3 +121,19 @@ def test_tags_missing_from_the_history_are_not_judged(water_site: Site, water_da
     result = prove(water_site, partial)
     assert result.not_judged == ("uptime_s",)
     assert result.trips == 0
+
+
+def test_a_device_whose_sensors_the_history_lacks_is_not_lost(water_site: Site,
+                                                              water_day: Path) -> None:
+    # None of the PLC's sensors recorded: none is judged by the input detectors, and the
+    # device is not "lost" (they name a device whose every sensor tag is bad; prove leaves
+    # that to the sensors' own findings). The envelope still judges the commands.
+    history = read_csv(water_day)
+    sensors = {t.name for t in water_site.sensors}
+    keep = [i for i, n in enumerate(history.names) if n not in sensors]
+    partial = History(history.time_s, tuple(history.names[i] for i in keep),
+                      history.values[:, keep], history.sources)
+    result = prove(water_site, partial)
+    assert set(result.not_judged) >= sensors
+    assert not any(name.startswith(("device.", "input.")) for name in result.tallies), \
+        list(result.tallies)

@@ -102,10 +102,11 @@ def test_each_sensor_is_judged_against_its_own_devices_limit(tmp_path):
     names = list(health.names)
     values = [2.5, 0.01, 0.01, 100.0]
     good = [True] * 4
-    # 1.3 s old everywhere: stale for the fast PLC's tags, current for the slow one's.
+    # 1.3 s old everywhere: stale for the fast PLC's tags, current for the slow one's (every
+    # tag of the fast PLC stale at once: the device is named too, the slow one is not).
     masked, findings = health.check(values, good, [1.3] * 4)
     assert sorted(f.detector for f in findings) == [
-        "input.stale.demand", "input.stale.inflow_rate", "input.stale.level"]
+        "device.plc", "input.stale.demand", "input.stale.inflow_rate", "input.stale.level"]
     assert masked[names.index("uptime_s")] == 100.0
     assert all(math.isnan(masked[names.index(n)]) for n in ("level", "inflow_rate", "demand"))
     # Past the slow device's own limit, its tag is stale too.

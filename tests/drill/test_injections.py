@@ -40,10 +40,11 @@ def test_a_sensor_follows_its_profile_and_is_lifted(tmp_path):
     assert r.expect == "no_trip" and r.passed, r.verdict
 
 
-def test_a_benign_injection_that_trips_fails_and_a_wrong_cause_fails(tmp_path):
+def test_a_benign_injection_that_trips_fails_and_a_device_fault_names_the_device(tmp_path):
     # Two injections: a "benign" step of the level reading (the gateway trips on its rate:
-    # the benign one fails), and a PLC disconnect declared as a device fault: the gateway has
-    # no device detector, its incident names sensing, and the drill says so.
+    # the benign one fails), and a PLC disconnect declared as a device fault: every tag of the
+    # PLC goes bad in the same cycle, the trip names the device, and the drill scores it so.
+    # (Before the device finding the trip named input.quality.level: cause sensing, failed.)
     _, card = _run(tmp_path, "duration_s: 12\ndetect_budget_s: 2\ninjections:\n"
                      "  - {at_s: 4, kind: sensor_profile, tag: level, expect: no_trip, "
                      "duration_s: 1, profile: {shape: step, to: 1.0}}\n"
@@ -51,13 +52,36 @@ def test_a_benign_injection_that_trips_fails_and_a_wrong_cause_fails(tmp_path):
     benign, device = card.injections
     assert not benign.passed
     assert benign.verdict.startswith("tripped at 4.1 s (input.rate.level) on a benign")
-    assert device.cause_named == "sensing" and device.cause_expected == "device"
-    assert device.cause_scored and device.cause_ok is False
-    assert not device.passed and "the incident names sensing" in device.verdict
+    assert device.detector == "device.plc"
+    assert device.cause_named == "device" and device.cause_expected == "device"
+    assert device.cause_scored and device.cause_ok is True
+    assert device.passed, device.verdict
     assert not card.passed
     assert card.false_trips > 0  # the benign injection's trip came before the first attack
     assert [r.split(":")[0] for r in card.reasons if r.startswith("injection")] == [
-        "injection 1 (sensor_profile at 4 s)", "injection 2 (plc_disconnect at 7 s)"]
+        "injection 1 (sensor_profile at 4 s)"]
+
+
+def test_a_plc_disconnect_opens_an_incident_whose_cause_is_the_device(tmp_path):
+    # A real drill: the PLC drops off the network in AUTO. The incident it opens names the
+    # device as its cause, with the device in the trigger's evidence; the sensors' own trips
+    # come in the same cycle (classification only: the trip is not later than before).
+    from gateway.incident.store import load_incidents
+
+    run, card = _run(tmp_path, "duration_s: 8\ndetect_budget_s: 1.2\ninjections:\n"
+                     "  - {at_s: 5, kind: plc_disconnect, duration_s: 2, cause: device}\n")
+    (r,) = card.injections
+    assert r.passed and r.detector == "device.plc" and r.cause_ok, r.verdict
+    (incident,) = load_incidents(run.audit_db)
+    assert incident.cause == "device"
+    assert incident.trigger.detector == "device.plc"
+    assert ("device", "plc") in incident.trigger.evidence
+    trips = [m for m in run.marks if m.kind == "trip"]
+    device_at = min(m.at_s for m in trips if m.name == "device.plc")
+    sensor_at = min(m.at_s for m in trips if m.name.startswith("input.quality."))
+    assert device_at == sensor_at
+    assert {t.detector for t in incident.trips} >= {"device.plc", "input.quality.level"}
+    assert card.incident_causes[0][1] == "device"
 
 
 def test_a_disturbance_follows_its_profile(tmp_path):

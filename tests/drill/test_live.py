@@ -108,3 +108,13 @@ def test_an_unworked_incident_times_out_unacknowledged(own_run):
     assert score.checklist_done == 0 < score.checklist_items
     assert now[0] >= 1060.0
     assert "not acknowledged" in score.text()
+
+
+def test_the_handover_asks_for_the_review_before_resolve(tmp_path):
+    # resolve is refused without a post-incident review: the people are told to record one.
+    from simulators.drill.live import handover_text
+
+    lines = handover_text("INC-1", tmp_path / "audit.db").splitlines()
+    review = next(i for i, line in enumerate(lines) if " incidents review INC-1 " in line)
+    resolve = next(i for i, line in enumerate(lines) if " incidents resolve INC-1 " in line)
+    assert review < resolve and "--root-cause TEXT" in lines[review]

@@ -19,7 +19,8 @@ from tests.incident.rig import CONFIG_SHA, MODEL_SHA, Rig, recorder_of
 FILES = {"incident.json", "flight_recorder.csv", "flight_recorder.jsonl", "audit_excerpt.jsonl",
          "chain_proof.json", "models.json", "config.json", "report.md", "manifest.json",
          "process.png", "commands.png", "modes.png", "playbook.yaml", "audit_head.json",
-         "audit_head.pub"}
+         "audit_head.pub", "drafts"}
+DRAFTS = {f"drafts/{a}.md" for a in ("regulator", "customers", "board", "internal")}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_export_writes_every_file_and_the_manifest_matches(incident_db, bundle):
     assert {p.name for p in bundle.iterdir()} == FILES
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["incident"] == ident
-    assert set(manifest["files"]) == FILES - {"manifest.json"}
+    assert set(manifest["files"]) == FILES - {"manifest.json", "drafts"} | DRAFTS
     for name, entry in manifest["files"].items():
         data = (bundle / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}

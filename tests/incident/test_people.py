@@ -211,7 +211,8 @@ def test_an_operator_raises_the_severity_with_a_reason(tmp_path, capsys):
     assert "cannot go through --via" in capsys.readouterr().err
     assert load_incident(db, ident).severity_changes == inc.severity_changes
     assert cli("list", "--db", db) == 0
-    assert f"{ident}  investigating  critical  opened" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert f"{ident}  investigating  critical  sensing " in listed and " opened " in listed
 
 
 def test_a_severity_record_that_does_not_rise_is_not_folded():
