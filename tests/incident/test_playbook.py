@@ -45,6 +45,7 @@ def test_the_default_playbook_loads_and_follows_the_five_phases():
     ("canary", "model_integrity", ["manual", "quarantine_model"]),
     ("input.frozen.level", "sensing", ["safe_stop", "procedure"]),
     ("input.quality.level", "sensing", ["safe_stop", "procedure"]),
+    ("device.plc", "device", ["safe_stop", "procedure"]),
     ("envelope", "ai_behaviour", ["manual"]),
     ("envelope.gross", "ai_behaviour", ["manual"]),
     ("divergence.inflow_valve", "ai_behaviour", ["manual"]),
@@ -60,7 +61,7 @@ def test_default_rules(detector, rule, containment):
     assert found is not None and found.name == rule
     assert [s.kind.value for s in found.containment] == containment
     # Never a shutdown beyond what the supervisor itself does for sensing faults.
-    if not detector.startswith("input."):
+    if not detector.startswith(("input.", "device.")):
         assert ContainmentKind.SAFE_STOP not in [s.kind for s in found.containment]
 
 
