@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from gateway.incident.model import Incident
 
-__all__ = ["LiveScore", "handover_text", "wait_for_people"]
+__all__ = ["LiveScore", "LiveWatch", "handover_text", "live_lines", "wait_for_people"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,59 @@ def score_incident(incident: Incident, scenario: str, handed_over_wall_s: float,
         checklist_done=done, checklist_items=len(incident.checklist),
         resolved_after_s=None if resolved is None else round(resolved - handed_over_wall_s, 3),
         timed_out=timed_out)
+
+
+def live_lines(incident: str, dashboard_url: str, via: str, users: tuple[str, ...]) -> list[str]:
+    """The handover's lines for a drill whose gateway keeps running: the dashboard, and the
+    commands that reach the running gateway (which holds the audit database meanwhile)."""
+    def via_args(user: str) -> str:
+        return f"--via {via} --user {user} --password-env SG_DRILL_PASSWORD"
+
+    user = users[0] if users else "NAME"
+    admin = users[-1] if users else "NAME"
+    return [
+        "the drill's gateway keeps running and holds the database while you work (--db",
+        "writes wait until it has closed): use its dashboard, or go through it with --via:",
+        f"  dashboard: {dashboard_url} (log in, acknowledge, tick the checklist)",
+        f"  safety-gateway incidents ack {incident} 'on it' {via_args(user)}",
+        f"  safety-gateway incidents check {incident} PHASE ITEM {via_args(user)}",
+        f"  safety-gateway incidents resolve {incident} --summary TEXT {via_args(admin)}",
+        f"  safety-gateway ctl status {via_args(user)}",
+    ]
+
+
+class LiveWatch:
+    """``drill --live`` inside the run: the runner calls :meth:`handover` once the timeline
+    has run, then :meth:`check` before each further step, and stops stepping (and closes the
+    gateway) once it returns a score. ``say`` prints the handover (stderr in the command);
+    ``wall`` is UTC seconds, the incident records' own clock."""
+
+    def __init__(self, timeout_s: float, say: Callable[[str], None],
+                 text: Callable[[str], str],
+                 wall: Callable[[], float] = time.time) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, not {timeout_s}")
+        self.timeout_s = timeout_s
+        self.say = say
+        self.text = text
+        self.wall = wall
+        self.start: float | None = None
+
+    def handover(self, incident: str) -> None:
+        self.start = self.wall()
+        self.say(self.text(incident))
+
+    def no_incident(self) -> None:
+        self.say("live drill: the drill opened no incident; nothing to work")
+
+    def check(self, incident: Incident, scenario: str) -> LiveScore | None:
+        """The score once the wait is over (worked, or timed out), else None."""
+        assert self.start is not None, "handover first"
+        if _finished(incident):
+            return score_incident(incident, scenario, self.start, timed_out=False)
+        if self.wall() - self.start >= self.timeout_s:
+            return score_incident(incident, scenario, self.start, timed_out=True)
+        return None
 
 
 def _finished(incident: Incident) -> bool:
