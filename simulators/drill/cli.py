@@ -1,5 +1,6 @@
 """``safety-gateway drill [SCENARIO ...] [--all] [--no-gateway] [--report DIR] [--json]
-[--markdown] [--seed N] [--duration-s S] [--jobs N]``.
+[--markdown] [--seed N] [--duration-s S] [--jobs N] [--live [--live-timeout-s S]]
+[--dashboard [HOST:]PORT] [--realtime] [--user NAME[:ROLE] ...]``.
 
 Exit codes: 0 every drill passed; 1 a drill failed (an unsafe write reached the plant, an
 attack was not detected within its budget, a false trip, the process left its safe range, or

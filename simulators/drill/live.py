@@ -1,14 +1,18 @@
-"""``drill --live``: after the drill, the people on shift work its incident, and are scored.
+"""``drill --live``: the people on shift work the drill's incident while its gateway runs,
+and are scored.
 
-The drill hands its incident over (its id, its audit database and the commands to work it)
-and waits, in wall time, while people acknowledge it, tick its checklist and resolve it with
-``safety-gateway incidents ack|check|resolve ... --db DB`` (the drill's gateway has closed, so
-the database is theirs; nothing here writes to it). It stops when the incident is resolved,
-when it is acknowledged and every checklist item is done, or at the timeout, and scores the
-time to acknowledge and the checklist's completion from the incident's own records.
+Once the scenario's timeline has run, the drill hands its first incident over (its id, the
+dashboard's address, the commands that reach the running gateway: :func:`handover_text` and
+:func:`live_lines`) and keeps the plant and the gateway stepping at wall pace, on fallback
+control after the trip, while people acknowledge it, tick its checklist and resolve it on the
+dashboard or with ``safety-gateway incidents ack|check|resolve ... --via ENDPOINT`` (the
+gateway holds the audit database meanwhile; ``--db`` reads work, writes wait for it to close).
+:class:`LiveWatch` decides, before each step, when the wait is over: the incident resolved, or
+acknowledged with every checklist item done, or the timeout. The gateway then closes and the
+time to acknowledge and the checklist's completion are scored from the incident's own records.
 
-The waiting is a loop over an injected clock and sleep, so a test can run it in virtual time;
-the command line passes the real ones.
+:func:`wait_for_people` is the same wait over a database no gateway holds (a loop over an
+injected clock and sleep, so a test runs it in virtual time).
 """
 
 from __future__ import annotations
@@ -106,14 +110,15 @@ def live_lines(incident: str, dashboard_url: str, via: str, users: tuple[str, ..
         return f"--via {via} --user {user} --password-env SG_DRILL_PASSWORD"
 
     user = users[0] if users else "NAME"
-    admin = users[-1] if users else "NAME"
     return [
         "the drill's gateway keeps running and holds the database while you work (--db",
         "writes wait until it has closed): use its dashboard, or go through it with --via:",
         f"  dashboard: {dashboard_url} (log in, acknowledge, tick the checklist)",
         f"  safety-gateway incidents ack {incident} 'on it' {via_args(user)}",
         f"  safety-gateway incidents check {incident} PHASE ITEM {via_args(user)}",
-        f"  safety-gateway incidents resolve {incident} --summary TEXT {via_args(admin)}",
+        # resolve requires a post-incident review, which cannot go through --via yet: the
+        # review (then resolve) goes with --db once the drill has closed its gateway.
+        "  (review, then resolve, with the --db commands above once the drill has closed)",
         f"  safety-gateway ctl status {via_args(user)}",
     ]
 

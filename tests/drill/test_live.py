@@ -106,6 +106,11 @@ def test_a_person_works_the_live_drills_incident_on_the_running_gateway(tmp_path
         code, shown = _sg("incidents", "show", ident, "--db", str(db), "--json")
         assert code == 0
         checklist = json.loads(shown)["checklist"]
+        # Writing with --db waits for the gateway to close: refused meanwhile, and said so.
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code, _ = _sg("incidents", "note", ident, "x", "--db", str(db), "--by", "bob")
+        assert code == 1 and "open for writing by a running gateway" in err.getvalue()
         index: dict[str, int] = {}
         items = []
         for item in checklist:
@@ -115,7 +120,12 @@ def test_a_person_works_the_live_drills_incident_on_the_running_gateway(tmp_path
         for phase, k in items[:-1]:
             status, body = page.incident("check", ident, phase, k)
             assert status == 200, (phase, k, body)
-        # The last item through the running gateway's OPC UA endpoint, as alice.
+        # ctl reaches the same running gateway: on fallback control since the trip.
+        code, status = _sg("ctl", "status", "--via", via.group(1), "--user", "alice",
+                           "--password-env", "SG_DRILL_PASSWORD", "--json")
+        assert code == 0 and json.loads(status)["mode"] in ("manual", "safe_stop"), status
+        # The last item through the running gateway's OPC UA endpoint, as alice; with it
+        # the wait is over.
         code, _ = _sg("incidents", "check", ident, *items[-1], "--via", via.group(1),
                       "--user", "alice", "--password-env", "SG_DRILL_PASSWORD")
         assert code == 0
@@ -185,3 +195,26 @@ def test_the_handover_asks_for_the_review_before_resolve(tmp_path):
     review = next(i for i, line in enumerate(lines) if " incidents review INC-1 " in line)
     resolve = next(i for i, line in enumerate(lines) if " incidents resolve INC-1 " in line)
     assert review < resolve and "--root-cause TEXT" in lines[review]
+
+
+def test_the_live_watch_ends_at_its_timeout_unworked(own_run):
+    # The in-run wait (the gateway still running): before each step the runner asks the
+    # watch; unworked, it answers None until the timeout has passed on its wall clock, then
+    # the score says timed out and never acknowledged.
+    from gateway.incident.store import load_incident
+    from simulators.drill.live import LiveWatch
+
+    run, _, db = own_run
+    (ident,) = run.incidents
+    incident = load_incident(db, ident)
+    said: list[str] = []
+    wall = [5000.0]
+    watch = LiveWatch(30.0, said.append, lambda i: f"yours: {i}", wall=lambda: wall[0])
+    watch.handover(ident)
+    assert said == [f"yours: {ident}"]
+    wall[0] += 29.9
+    assert watch.check(incident, run.scenario.name) is None
+    wall[0] += 0.1
+    score = watch.check(incident, run.scenario.name)
+    assert score is not None and score.timed_out and score.acknowledged_after_s is None
+    assert score.handed_over_wall_s == 5000.0
