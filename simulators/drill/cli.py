@@ -1,5 +1,6 @@
 """``safety-gateway drill [SCENARIO ...] [--all] [--no-gateway] [--report DIR] [--json]
-[--markdown] [--seed N] [--duration-s S] [--jobs N]``.
+[--markdown] [--seed N] [--duration-s S] [--jobs N] [--live [--live-timeout-s S]]
+[--dashboard [HOST:]PORT] [--realtime] [--user NAME[:ROLE] ...]``.
 
 Exit codes: 0 every drill passed; 1 a drill failed (an unsafe write reached the plant, an
 attack was not detected within its budget, a false trip, the process left its safe range, or
@@ -15,6 +16,7 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
     from simulators.drill.live import LiveScore
     from simulators.drill.score import Scorecard
+    from simulators.drill.serve import DrillServing
 
 __all__ = ["DEFAULT_SCENARIO", "add_parser", "drills_dir", "find_scenario"]
 
@@ -69,6 +72,19 @@ def add_parser(sub: Any) -> None:
                         "with --report")
     p.add_argument("--live-timeout-s", type=float, default=1800.0, metavar="S",
                    help="with --live: stop waiting after S wall seconds (default 1800)")
+    p.add_argument("--dashboard", metavar="[HOST:]PORT",
+                   help="one scenario: the drill's gateway serves its dashboard there (port 0: "
+                        "a free one) and an OPC UA endpoint on a free loopback port (ctl, "
+                        "incidents --via), printed at start; implies --realtime. --live "
+                        "serves both on free loopback ports when this is not given")
+    p.add_argument("--realtime", action="store_true",
+                   help="one scenario: pace the drill to wall time (plant seconds = wall "
+                        "seconds) instead of running as fast as it can")
+    p.add_argument("--user", action="append", default=[], metavar="NAME[:ROLE]",
+                   help="with --dashboard or --live: a drill account (role operator, admin or "
+                        "viewer; default operator); repeat for several (default: operator, "
+                        "and supervisor as admin). Their password: $SG_DRILL_PASSWORD, "
+                        "generated and printed when unset")
     p.add_argument("--seed", type=int, default=None, help="override the scenarios' seeds")
     p.add_argument("--duration-s", type=float, default=None, metavar="S",
                    help="run each scenario for S simulated seconds instead of its own "
@@ -98,6 +114,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
         return 2
     if not args.live_timeout_s > 0:
         print("safety-gateway drill: --live-timeout-s must be > 0", file=sys.stderr)
+        return 2
+    watch = _watch(args)
+    if isinstance(watch, str):
+        print(f"safety-gateway drill: {watch}", file=sys.stderr)
         return 2
     if args.all:
         paths = sorted(drills_dir().glob("*.yaml"))
@@ -136,7 +156,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
     # can say what the gateway prevented; --no-gateway runs the baseline alone.
     several = args.all or len(paths) > 1
     baseline = args.baselines or not several
-    jobs = [(str(p), not args.no_gateway, report, args.seed, baseline, args.duration_s)
+    if watch is not None and watch.serving is not None:
+        print("\n".join(watch.serving.lines()), file=sys.stderr, flush=True)
+    jobs = [(str(p), not args.no_gateway, report, args.seed, baseline, args.duration_s, watch)
             for p in paths]
     progress = _Progress(len(jobs)) if several else None
     if args.jobs > 1 and len(jobs) > 1:
@@ -182,8 +204,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
     live: dict[str, Any] = {}
     if args.live:
         assert report is not None
-        score = _live(report, results[0][1][0], args.live_timeout_s)
+        score = results[0][3]
         if score is not None:
+            print(score.text(), flush=True)
+            (report / score.scenario / "live.json").write_text(
+                json.dumps(score.as_json(), indent=2) + "\n")
             live[score.scenario] = score
         passed = passed and score is not None and score.acknowledged_after_s is not None
     if args.markdown and not args.json:
@@ -204,21 +229,39 @@ def cmd_drill(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-def _live(report: Path, card: Scorecard, timeout_s: float) -> LiveScore | None:
-    """Hand the drill's incident to the people on shift, wait, print and keep their score
-    (``<report>/<scenario>/live.json``). None if the drill opened no incident."""
-    from simulators.drill.live import handover_text, wait_for_people
+@dataclass(frozen=True)
+class _Watch:
+    """How people watch and work a single drill: where its gateway serves (None: nowhere),
+    whether it runs at wall pace, and the live wait's timeout (None: not live)."""
 
-    if card.incident is None:
-        print("live drill: the drill opened no incident; nothing to work", file=sys.stderr)
+    serving: DrillServing | None
+    realtime: bool
+    live_timeout_s: float | None
+
+
+def _watch(args: argparse.Namespace) -> _Watch | str | None:
+    """The options of a watched drill, None for a plain one, or the reason they are wrong."""
+    from simulators.drill.serve import DrillServing, parse_address, parse_user
+
+    if not (args.dashboard or args.realtime or args.live or args.user):
         return None
-    db = report / card.scenario / "audit.db"
-    print(handover_text(card.incident, db), file=sys.stderr, flush=True)
-    live = wait_for_people(db, card.incident, card.scenario, timeout_s=timeout_s)
-    print(live.text(), flush=True)
-    (report / card.scenario / "live.json").write_text(json.dumps(live.as_json(), indent=2)
-                                                      + "\n")
-    return live
+    if args.all or len(args.scenario) > 1:
+        return "--dashboard, --realtime and --live run one scenario"
+    if args.no_gateway and (args.dashboard or args.live):
+        return "--dashboard and --live show the gateway: not with --no-gateway"
+    if args.user and not (args.dashboard or args.live):
+        return "--user goes with --dashboard or --live"
+    try:
+        address = parse_address(args.dashboard) if args.dashboard else None
+        users = tuple(parse_user(u) for u in args.user)
+    except ValueError as exc:
+        return f"--dashboard/--user: {exc}"
+    if len({n for n, _ in users}) != len(users):
+        return "--user: a name given twice"
+    serving = (DrillServing.create(address, users) if args.dashboard or args.live
+               else None)
+    return _Watch(serving, bool(args.realtime or args.dashboard),
+                  args.live_timeout_s if args.live else None)
 
 
 class _Progress:
@@ -257,8 +300,9 @@ def _has_baseline(path: Path) -> bool:
         return True  # reported as bad input below
 
 
-def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
-         ) -> tuple[list[Scorecard], tuple[Scorecard, Scorecard | None], str]:
+def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None, _Watch | None]
+         ) -> tuple[list[Scorecard], tuple[Scorecard, Scorecard | None], str,
+                    LiveScore | None]:
     """Run one scenario (and its baseline); in a worker process with --all."""
     import asyncio  # here, not at the top: every command builds this parser
     import shutil
@@ -269,7 +313,7 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
     from simulators.drill.score import score
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
-    path, with_gateway, report, seed, with_baseline, duration_s = job
+    path, with_gateway, report, seed, with_baseline, duration_s, watch = job
     scenario = load_scenario(path)
     if duration_s is not None:
         scenario = with_duration(scenario, duration_s)
@@ -292,7 +336,7 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
             if ran is not None and ran.exists():
                 shutil.rmtree(ran)  # a report describes one run
             runs.append(asyncio.run(run_drill(scenario, ran or work, gateway=True, seed=seed,
-                                              audit_db=audit_db)))
+                                              audit_db=audit_db, **_watched(watch, audit_db))))
             if ran is not None:
                 # The exact scenario, site and model files the run used, with their sha256.
                 keep_inputs(ran, runs[-1])
@@ -316,4 +360,31 @@ def _job(job: tuple[str, bool, Path | None, int | None, bool, float | None]
                                 overwrite=True)
         if with_gateway and base is not None:
             write_report(report, base, runs[1])
-    return cards, (main, base), text
+    return cards, (main, base), text, runs[0].live if with_gateway else None
+
+
+def _watched(watch: _Watch | None, db: Path | None) -> dict[str, Any]:
+    """``run_drill``'s keywords for a watched drill (the pacer, the servers, the live wait)."""
+    if watch is None:
+        return {}
+    from simulators.drill.live import LiveWatch, handover_text, live_lines
+    from simulators.drill.serve import WallPacer
+
+    out: dict[str, Any] = {"serving": watch.serving,
+                           "pacer": WallPacer() if watch.realtime else None}
+    serving = watch.serving
+    if watch.live_timeout_s is not None and serving is not None and db is not None:
+        names = tuple(n for n, _ in serving.users)
+
+        def text(incident: str) -> str:
+            lines = handover_text(incident, db).split("\n")
+            # The wait's own line last, after the commands that reach the running gateway.
+            return "\n".join(lines[:-1] + live_lines(incident, serving.dashboard_url,
+                                                       serving.opcua_endpoint, names)
+                              + lines[-1:])
+
+        def say(message: str) -> None:
+            print(message, file=sys.stderr, flush=True)
+
+        out["live"] = LiveWatch(watch.live_timeout_s, say, text)
+    return out

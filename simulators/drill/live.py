@@ -1,14 +1,18 @@
-"""``drill --live``: after the drill, the people on shift work its incident, and are scored.
+"""``drill --live``: the people on shift work the drill's incident while its gateway runs,
+and are scored.
 
-The drill hands its incident over (its id, its audit database and the commands to work it)
-and waits, in wall time, while people acknowledge it, tick its checklist and resolve it with
-``safety-gateway incidents ack|check|resolve ... --db DB`` (the drill's gateway has closed, so
-the database is theirs; nothing here writes to it). It stops when the incident is resolved,
-when it is acknowledged and every checklist item is done, or at the timeout, and scores the
-time to acknowledge and the checklist's completion from the incident's own records.
+Once the scenario's timeline has run, the drill hands its first incident over (its id, the
+dashboard's address, the commands that reach the running gateway: :func:`handover_text` and
+:func:`live_lines`) and keeps the plant and the gateway stepping at wall pace, on fallback
+control after the trip, while people acknowledge it, tick its checklist and resolve it on the
+dashboard or with ``safety-gateway incidents ack|check|resolve ... --via ENDPOINT`` (the
+gateway holds the audit database meanwhile; ``--db`` reads work, writes wait for it to close).
+:class:`LiveWatch` decides, before each step, when the wait is over: the incident resolved, or
+acknowledged with every checklist item done, or the timeout. The gateway then closes and the
+time to acknowledge and the checklist's completion are scored from the incident's own records.
 
-The waiting is a loop over an injected clock and sleep, so a test can run it in virtual time;
-the command line passes the real ones.
+:func:`wait_for_people` is the same wait over a database no gateway holds (a loop over an
+injected clock and sleep, so a test runs it in virtual time).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
 
     from gateway.incident.model import Incident
 
-__all__ = ["LiveScore", "handover_text", "wait_for_people"]
+__all__ = ["LiveScore", "LiveWatch", "handover_text", "live_lines", "wait_for_people"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,60 @@ def score_incident(incident: Incident, scenario: str, handed_over_wall_s: float,
         checklist_done=done, checklist_items=len(incident.checklist),
         resolved_after_s=None if resolved is None else round(resolved - handed_over_wall_s, 3),
         timed_out=timed_out)
+
+
+def live_lines(incident: str, dashboard_url: str, via: str, users: tuple[str, ...]) -> list[str]:
+    """The handover's lines for a drill whose gateway keeps running: the dashboard, and the
+    commands that reach the running gateway (which holds the audit database meanwhile)."""
+    def via_args(user: str) -> str:
+        return f"--via {via} --user {user} --password-env SG_DRILL_PASSWORD"
+
+    user = users[0] if users else "NAME"
+    return [
+        "the drill's gateway keeps running and holds the database while you work (--db",
+        "writes wait until it has closed): use its dashboard, or go through it with --via:",
+        f"  dashboard: {dashboard_url} (log in, acknowledge, tick the checklist)",
+        f"  safety-gateway incidents ack {incident} 'on it' {via_args(user)}",
+        f"  safety-gateway incidents check {incident} PHASE ITEM {via_args(user)}",
+        # resolve requires a post-incident review, which cannot go through --via yet: the
+        # review (then resolve) goes with --db once the drill has closed its gateway.
+        "  (review, then resolve, with the --db commands above once the drill has closed)",
+        f"  safety-gateway ctl status {via_args(user)}",
+    ]
+
+
+class LiveWatch:
+    """``drill --live`` inside the run: the runner calls :meth:`handover` once the timeline
+    has run, then :meth:`check` before each further step, and stops stepping (and closes the
+    gateway) once it returns a score. ``say`` prints the handover (stderr in the command);
+    ``wall`` is UTC seconds, the incident records' own clock."""
+
+    def __init__(self, timeout_s: float, say: Callable[[str], None],
+                 text: Callable[[str], str],
+                 wall: Callable[[], float] = time.time) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, not {timeout_s}")
+        self.timeout_s = timeout_s
+        self.say = say
+        self.text = text
+        self.wall = wall
+        self.start: float | None = None
+
+    def handover(self, incident: str) -> None:
+        self.start = self.wall()
+        self.say(self.text(incident))
+
+    def no_incident(self) -> None:
+        self.say("live drill: the drill opened no incident; nothing to work")
+
+    def check(self, incident: Incident, scenario: str) -> LiveScore | None:
+        """The score once the wait is over (worked, or timed out), else None."""
+        assert self.start is not None, "handover first"
+        if _finished(incident):
+            return score_incident(incident, scenario, self.start, timed_out=False)
+        if self.wall() - self.start >= self.timeout_s:
+            return score_incident(incident, scenario, self.start, timed_out=True)
+        return None
 
 
 def _finished(incident: Incident) -> bool:

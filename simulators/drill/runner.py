@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
     from gateway.config.schema import Device, Site
     from gateway.runtime.gateway import Gateway
+    from simulators.drill.live import LiveScore, LiveWatch
+    from simulators.drill.serve import DrillServing, WallPacer
     from simulators.plants.base import Plant, ProcessLimit
 
 __all__ = ["DrillRun", "SimClock", "Tick", "run_drill"]
@@ -121,6 +123,9 @@ class DrillRun:
     # The drill operator's AUTO requests: how many, and when one was granted (None: never).
     auto_requests: int = 0
     auto_granted_at_s: float | None = None
+    # ``drill --live``: how the people worked the incident while the gateway ran (None: not
+    # a live drill, or the drill opened no incident).
+    live: LiveScore | None = None
 
 
 def _plant(scenario: Scenario, uptime_s: float) -> Plant:
@@ -192,7 +197,8 @@ def _canary(site: Site, plant: str) -> CanaryCases:
 
 
 def _drill_site(site: Site, scenario: Scenario, server: Any, controller: ControllerSpec,
-                external_port: int | None) -> Site:
+                external_port: int | None, serving: DrillServing | None = None,
+                workdir: Path | None = None) -> Site:
     devices: list[Device] = []
     for dev in site.devices:
         if isinstance(dev, ModbusDevice):
@@ -205,6 +211,9 @@ def _drill_site(site: Site, scenario: Scenario, server: Any, controller: Control
         northbound = Northbound(modbus=ModbusServerSpec(
             host="127.0.0.1", port=external_port, unit=1, allow=("127.0.0.1",),
             ai_clients=("127.0.0.1",)))
+    if serving is not None:
+        assert workdir is not None
+        northbound = serving.northbound(northbound, workdir / "pki")
     # The drill's operator asks for AUTO at auto_after_s; the clean shadow period required
     # before it is shortened to fit (drills compress time; the rule itself still applies),
     # unless the scenario sets its own.
@@ -294,12 +303,20 @@ class ExternalAi:
 
 async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
                     seed: int | None = None, audit_db: Path | None = None,
-                    recording: Path | None = None) -> DrillRun:
+                    recording: Path | None = None, serving: DrillServing | None = None,
+                    pacer: WallPacer | None = None, live: LiveWatch | None = None
+                    ) -> DrillRun:
     """Run ``scenario`` (with the gateway, or the baseline without it) and return the record.
     ``audit_db``: the gateway's audit database (default: one in ``workdir``); the incidents
     the run opened are read back from it into ``DrillRun.incidents``. ``recording``: write the
     gateway's whole flight recording there (JSONL, for forensic replay); the recorder then
-    keeps the whole run, not only its last ``audit.recorder_before_s``."""
+    keeps the whole run, not only its last ``audit.recorder_before_s``.
+
+    ``serving``: the gateway serves its dashboard and OPC UA endpoint there while it runs.
+    ``pacer``: each step waits for its wall instant (plant seconds = wall seconds).
+    ``live``: after the timeline, hand the run's first incident to ``live`` and keep plant and
+    gateway stepping at wall pace until the people have worked it or ``live`` times out
+    (their score in ``DrillRun.live``); the gateway closes after that."""
     import time
 
     from simulators.plant_server import PlantServer
@@ -335,7 +352,8 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
         run.initial_published = server.published()
         ext_port = free_port() if (external and gateway) else None
         site = _drill_site(site0, scenario, server, _controller(site0, scenario, model_path,
-                                                               sha, kind), ext_port)
+                                                               sha, kind), ext_port,
+                           serving if gateway else None, workdir)
         if recording is not None:
             site = dataclasses.replace(site, audit=dataclasses.replace(
                 site.audit, recorder_before_s=scenario.duration_s + 1.0))
@@ -345,7 +363,8 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
         if gateway:
             run.audit_db = audit_db or workdir / f"{scenario.name}-audit.db"
             await _with_gateway(run, site, onnx_site, scenario, server, plant, clock,
-                                ext_port, workdir, recording)
+                                ext_port, workdir, recording, serving is not None, pacer,
+                                live)
             from gateway.incident.store import load_incidents
 
             found = load_incidents(run.audit_db)
@@ -482,7 +501,9 @@ class _Injector:
 
 async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenario,
                         server: Any, plant: Plant, clock: SimClock, ext_port: int | None,
-                        workdir: Path, recording: Path | None = None) -> None:
+                        workdir: Path, recording: Path | None = None, serve: bool = False,
+                        pacer: WallPacer | None = None, live: LiveWatch | None = None
+                        ) -> None:
     from gateway.runtime.gateway import Gateway
 
     external = ext_port is not None
@@ -490,7 +511,7 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
     # (its registry records its canary cases).
     canary = None if external or scenario.own_model is not None else _canary(
         site, scenario.plant)
-    gw = Gateway(site, clock=clock, stepped=True, servers=external, canary=canary,
+    gw = Gateway(site, clock=clock, stepped=True, servers=external or serve, canary=canary,
                  startup_wait_s=10.0, audit_path=run.audit_db)
     ext: ExternalAi | None = None
     injector = _Injector(run, scenario, server, plant, workdir)
@@ -501,7 +522,7 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
         if ext_port is not None:
             ext = ExternalAi(site, ext_port, _policy(onnx_site))
             await ext.connect()
-        await _loop(run, gw, ext, injector, server, clock, scenario)
+        await _loop(run, gw, ext, injector, server, clock, scenario, pacer, live)
         if recording is not None and gw.records.recorder is not None:
             gw.records.recorder.to_jsonl(recording)
     finally:
@@ -556,14 +577,40 @@ class _AutoOperator:
 
 
 async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _Injector,
-                server: Any, clock: SimClock, scenario: Scenario) -> None:
+                server: Any, clock: SimClock, scenario: Scenario,
+                pacer: WallPacer | None = None, live: LiveWatch | None = None) -> None:
+    """Step the scenario's timeline; then, for a live drill, keep stepping (at wall pace)
+    while the people work its incident."""
     dt = run.cycle_s
     steps = round(scenario.duration_s / dt)
     operator = _AutoOperator(run, scenario)
     n_a = len(run.actuators)
     mode = ""
-    for k in range(steps):
+    k = 0
+    incident: str | None = None
+    while True:
+        if k == steps:
+            if live is None or gw.incidents is None or not gw.incidents.incidents:
+                if live is not None:
+                    live.no_incident()
+                return
+            incident = gw.incidents.incidents[0].id
+            live.handover(incident)
+            if pacer is None:
+                # From here on a person watches: plant seconds = wall seconds.
+                from simulators.drill.serve import WallPacer
+
+                pacer = WallPacer()
+        if incident is not None:
+            assert live is not None
+            assert gw.incidents is not None
+            score = live.check(gw.incidents.get(incident), scenario.name)
+            if score is not None:
+                run.live = score
+                return
         t = k * dt
+        if pacer is not None:
+            await pacer.until(t)
         clock.now = t
         await injector.due(t, dt / 2)
         if k == 0:
@@ -594,6 +641,7 @@ async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _I
         for ev in decision.events:
             run.marks.append(Mark(ev.at_s, str(ev.kind), ev.name, ev.reason))
         await server.tick(dt)
+        k += 1
 
 
 async def _baseline(run: DrillRun, site: Site, onnx_site: Site, scenario: Scenario,
