@@ -316,10 +316,12 @@ def warm_start(sup: Supervisor, frames: Sequence[Frame]) -> None:
     schedule (the first cycle where a canary round was due). The rest is primed by the first
     frame (:func:`_prime`). Forensic replay only.
 
-    Not recoverable from a window: the state of detectors that accumulate over minutes (the
-    divergence detectors against the free-running reference controllers, the violation-rate
-    window) and a latched trip; they start fresh, so a trip they caused may come later or not
-    at all in the replay, which then reports the difference."""
+    Not recoverable from the frames alone: the state of detectors that accumulate over minutes
+    (the divergence detectors against the free-running reference controllers, the
+    violation-rate window) and a latched trip. A recording with checkpoints carries it
+    (:mod:`gateway.forensics.checkpoint`, restored by :func:`replay`); without one they start
+    fresh, so a trip they caused may come later or not at all in the replay, which then
+    reports the difference."""
     mode = _mode_before(frames[0])
     # ModeMachine refuses AUTO as a start mode (the AI must earn control); replay
     # reproduces a run in which it had.
