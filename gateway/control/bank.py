@@ -105,6 +105,13 @@ class FallbackBank:
             for i, track in self._reference_tracks:
                 track(applied[i])
 
+    def pids(self) -> tuple[tuple[str, int, Pid], ...]:
+        """Every PID of the bank, for a forensic checkpoint: ("loop" | "reference", actuator
+        index, controller), in a fixed order."""
+        loops = tuple(("loop", i, ctl) for i, (ctl, _, _) in enumerate(self._loops)
+                      if isinstance(ctl, Pid))
+        return loops + tuple(("reference", i, twin) for i, twin, _ in self._reference)
+
     def faults(self) -> list[tuple[int, str]]:
         """(actuator index, reason) for each controller that held its output this cycle."""
         found = []

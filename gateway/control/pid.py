@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from gateway.control.base import (
     FAULT_APPLIED_NOT_FINITE,
@@ -28,6 +29,9 @@ from gateway.control.base import (
 )
 
 __all__ = ["Pid", "PidConfig"]
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # Bound once at import: update()/track() run every cycle for every actuator, and a module
 # global is cheaper to look up than `math.isfinite` (attribute access on each call).
@@ -190,6 +194,26 @@ class Pid:
         is not finite.
         """
         self._setpoint = require_finite("value", value)
+
+    def state(self) -> dict[str, float | str | None]:
+        """The internal state, for a forensic checkpoint (see :meth:`restore`)."""
+        return {"setpoint": self._setpoint, "integral": self._integral,
+                "output": self._output, "pd_term": self._pd_term, "rate": self._rate,
+                "prev_measurement": self._prev_measurement, "last_fault": self._last_fault}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Put back what :meth:`state` returned. Forensic replay only: a live controller never
+        calls it. Raises ``KeyError``/``ValueError``/``TypeError`` on a malformed ``state``."""
+        prev, fault = state["prev_measurement"], state["last_fault"]
+        if fault is not None and not isinstance(fault, str):
+            raise TypeError(f"last_fault must be a string or null, got {fault!r}")
+        self._setpoint = float(state["setpoint"])
+        self._integral = float(state["integral"])
+        self._output = float(state["output"])
+        self._pd_term = float(state["pd_term"])
+        self._rate = float(state["rate"])
+        self._prev_measurement = None if prev is None else float(prev)
+        self._last_fault = fault
 
     def reset(self, output: float) -> None:
         """Forget all history and restart from ``output`` (actuator units, clamped to limits).

@@ -59,7 +59,7 @@ from gateway.supervisor.events import Event, EventKind
 from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     import numpy.typing as npt
 
@@ -90,6 +90,9 @@ FORMAT: Final = "safety-gateway-flight-recorder"
 FORMAT_VERSION: Final = 1
 
 _new = tuple.__new__
+# Cycles between two checkpoints: a window's replay starts at most this many cycles after its
+# first frame; capturing costs a few microseconds, paid once per so many cycles.
+CHECKPOINT_EVERY_N: Final = 20
 _NO_REQUESTS: tuple[OperatorRequest, ...] = ()
 _NO_INTERVENTIONS: tuple[Intervention, ...] = ()
 
@@ -129,7 +132,9 @@ class Frame(NamedTuple):
     the operator requests applied since the previous step (at that step's time; replay applies
     them just before this one),
     ``interventions`` the setpoints and write-backs made since the previous step, in order.
-    ``decision`` is what ``step`` returned.
+    ``decision`` is what ``step`` returned. ``checkpoint`` is the supervisor's accumulated
+    state right after this step (:mod:`gateway.forensics.checkpoint`), kept every
+    ``checkpoint_every_n`` cycles by a recorder given a checkpoint source; None otherwise.
 
     Immutable (a NamedTuple: no per-field ``__setattr__`` to pay for in the control loop).
     """
@@ -142,6 +147,7 @@ class Frame(NamedTuple):
     requests: tuple[OperatorRequest, ...]
     interventions: tuple[Intervention, ...]
     decision: Decision
+    checkpoint: dict[str, Any] | None = None
 
 
 class OperatorLog:
@@ -201,7 +207,7 @@ def frame_from_cycle(seq: int, now_s: float, snapshot: Snapshot, model_inputs: F
     else:
         requests, interventions = operator.drain()
     return _new(Frame, (seq, now_s, snapshot, model_inputs, proposal, requests, interventions,
-                        decision))
+                        decision, None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,11 +354,14 @@ class FlightRecorder:
 
     Holds ``ceil(window_s / cycle_s) + 1`` frames. :meth:`record` is O(1): an append to a
     bounded deque, plus one append per window still collecting. Raises ``ValueError`` if
-    ``window_s`` or ``cycle_s`` is not a finite number > 0.
+    ``window_s`` or ``cycle_s`` is not a finite number > 0. ``checkpoint``, when given, is
+    called right after every ``checkpoint_every_n``-th step (``seq`` a multiple of it) and its
+    dict kept in that frame (a forensic checkpoint for the replay's warm start).
     """
 
-    def __init__(self, window_s: float, cycle_s: float, info: RecordingInfo | None = None
-                 ) -> None:
+    def __init__(self, window_s: float, cycle_s: float, info: RecordingInfo | None = None,
+                 checkpoint: Callable[[], dict[str, Any]] | None = None,
+                 checkpoint_every_n: int = CHECKPOINT_EVERY_N) -> None:
         for key, value in (("window_s", window_s), ("cycle_s", cycle_s)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"`{key}` must be a number, got {type(value).__name__}")
@@ -366,6 +375,14 @@ class FlightRecorder:
         self.seq = 0
         self._ring: deque[Frame] = deque(maxlen=self.capacity)
         self._collecting: list[FrozenWindow] = []
+        # The supervisor's accumulated state (gateway.forensics.checkpoint.capture), taken
+        # every checkpoint_every_n cycles only: the control loop pays for it rarely.
+        if (isinstance(checkpoint_every_n, bool) or not isinstance(checkpoint_every_n, int)
+                or checkpoint_every_n < 1):
+            raise ValueError(f"`checkpoint_every_n` must be an integer >= 1, got "
+                             f"{checkpoint_every_n!r}")
+        self._checkpoint = checkpoint
+        self.checkpoint_every_n = checkpoint_every_n
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -388,8 +405,11 @@ class FlightRecorder:
         else:
             requests, interventions = _NO_REQUESTS, _NO_INTERVENTIONS
         seq = self.seq
+        source = self._checkpoint
+        checkpoint = (source() if source is not None and seq % self.checkpoint_every_n == 0
+                      else None)
         frame: Frame = _new(Frame, (seq, now_s, snapshot, model_inputs, proposal, requests,
-                                    interventions, decision))
+                                    interventions, decision, checkpoint))
         self._ring.append(frame)
         self.seq = seq + 1
         if self._collecting:
@@ -584,7 +604,17 @@ def frame_json(frame: Frame) -> dict[str, Any]:
         "requests": [_request_json(r) for r in frame.requests],
         "interventions": interventions,
         "decision": _decision_json(frame.decision),
+        **({} if frame.checkpoint is None else {"checkpoint": _tagged(frame.checkpoint)}),
     }
+
+
+def _tagged(value: Any) -> Any:
+    """``value`` (JSON-ready dicts, lists and scalars) with non-finite floats tagged."""
+    if isinstance(value, dict):
+        return {k: _tagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tagged(v) for v in value]
+    return _f(value)
 
 
 def _frame_from(obj: dict[str, Any]) -> Frame:
@@ -620,8 +650,10 @@ def _frame_from(obj: dict[str, Any]) -> Frame:
                         d["dt_s"])
     snapshot = Snapshot(_f64(obj["sensors"]), np.array(obj["good"], dtype=np.bool_),
                         _f64(obj["age_s"]))
+    checkpoint = obj.get("checkpoint")  # absent in older recordings
     return Frame(int(obj["seq"]), obj["now_s"], snapshot, _f64_or_none(obj["model_inputs"]),
-                 proposal, requests, tuple(interventions), decision)
+                 proposal, requests, tuple(interventions), decision,
+                 checkpoint if isinstance(checkpoint, dict) else None)
 
 
 def write_jsonl(path: Path, frames: Iterable[Frame], info: RecordingInfo | None = None) -> int:

@@ -37,6 +37,7 @@ from gateway.adapters import codec
 from gateway.config.schema import ControllerKind, StartMode
 from gateway.control.ai import AiWiring, onnx_policy_config
 from gateway.control.onnx_policy import load_policy
+from gateway.forensics.checkpoint import CheckpointError, restore, usable
 from gateway.forensics.recorder import (
     Frame,
     Recording,
@@ -171,7 +172,8 @@ class ReplayResult:
 def replay(site: Site, frames: Sequence[Frame], model: Path | None, *,
            engine: str | None = None, initial_command: npt.ArrayLike, start_s: float,
            canary: CanaryCases | None = None, tolerance: float = DEFAULT_TOLERANCE,
-           exact_start: bool = True, keep_decisions: bool = True) -> ReplayResult:
+           exact_start: bool = True, keep_decisions: bool = True,
+           checkpoint: dict[str, Any] | None = None) -> ReplayResult:
     """Run ``frames`` through a fresh supervisor for ``site`` and compare with the recording.
 
     ``initial_command`` and ``start_s`` (and ``canary``, the golden cases the live supervisor
@@ -182,10 +184,13 @@ def replay(site: Site, frames: Sequence[Frame], model: Path | None, *,
     ``tolerance`` (engineering units, >= 0) is how far a recomputed proposal value may be from
     the recorded one without counting as a divergence. ``exact_start`` is reported as given
     (:func:`replay_recording` sets it). ``keep_decisions=False`` drops the replayed decisions
-    from the result (long recordings).
+    from the result (long recordings). ``checkpoint`` (a warm start only) is the accumulated
+    state recorded with ``frames[0]``; it is restored right after that frame primes the
+    supervisor (:mod:`gateway.forensics.checkpoint`).
 
     Raises :class:`ReplayError` when the frames do not fit the site, ``model`` is given but
-    the site has no onnx controller, or the model cannot be loaded.
+    the site has no onnx controller, the model cannot be loaded, or ``checkpoint`` does not
+    fit the site or is malformed.
     """
     if not frames:
         raise ReplayError("the recording holds no frames")
@@ -210,7 +215,7 @@ def replay(site: Site, frames: Sequence[Frame], model: Path | None, *,
         warm_start(sup, frames)
     try:
         return _run(site, frames, sup, policy, sha, canary, tolerance, exact_start,
-                    keep_decisions)
+                    keep_decisions, None if exact_start else checkpoint)
     finally:
         if policy is not None:
             policy.close()
@@ -249,6 +254,13 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
         raise ReplayError(str(exc)) from None
     notes += as_run
     first = frames[0]
+    start_at = None if info is not None and first.seq == 0 else next(
+        (k for k, f in enumerate(frames) if usable(f.checkpoint)), None)
+    if start_at:
+        notes.append(f"cycles {first.seq}..{frames[start_at - 1].seq} precede the recording's "
+                     f"first checkpoint and are not replayed")
+        frames = frames[start_at:]
+        first = frames[0]
     if info is not None and first.seq == 0:
         result = replay(site, frames, model, engine=engine, initial_command=info.initial_command,
                         start_s=info.start_s, canary=canary if canary is not None else info.canary,
@@ -256,9 +268,14 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
     else:
         why = ("the recording has no header" if info is None
                else f"the recording starts at cycle {first.seq}, not at the supervisor's start")
+        restored = ("; the accumulated state (divergence detectors, reference PIDs, "
+                    "violation window, trip latches) is restored from its checkpoint"
+                    if start_at is not None else
+                    "; the recording has no usable checkpoint: the detectors that accumulate over "
+                    "minutes start fresh")
         notes.append(f"warm start ({why}): the supervisor starts in the recorded mode "
                      f"({_mode_before(first)}); cycle {first.seq} primes its state and is not "
-                     f"compared")
+                     f"compared{restored}")
         # The config's start modes are SHADOW and MANUAL; warm_start then sets the recorded
         # mode (AUTO too) directly.
         start_mode = (StartMode.SHADOW if _mode_before(first) in (Mode.AUTO, Mode.SHADOW)
@@ -270,7 +287,8 @@ def replay_recording(site: Site, recording: Recording | Sequence[Frame], model: 
                         start_s=first.now_s - first.decision.dt_s + cycle_s,
                         canary=canary if canary is not None else (
                             info.canary if info is not None else None),
-                        tolerance=tolerance, exact_start=False, keep_decisions=keep_decisions)
+                        tolerance=tolerance, exact_start=False, keep_decisions=keep_decisions,
+                        checkpoint=first.checkpoint if start_at is not None else None)
     if notes:
         result = replace(result, notes=tuple(notes) + result.notes)
     return result
@@ -298,10 +316,12 @@ def warm_start(sup: Supervisor, frames: Sequence[Frame]) -> None:
     schedule (the first cycle where a canary round was due). The rest is primed by the first
     frame (:func:`_prime`). Forensic replay only.
 
-    Not recoverable from a window: the state of detectors that accumulate over minutes (the
-    divergence detectors against the free-running reference controllers, the violation-rate
-    window) and a latched trip; they start fresh, so a trip they caused may come later or not
-    at all in the replay, which then reports the difference."""
+    Not recoverable from the frames alone: the state of detectors that accumulate over minutes
+    (the divergence detectors against the free-running reference controllers, the
+    violation-rate window) and a latched trip. A recording with checkpoints carries it
+    (:mod:`gateway.forensics.checkpoint`, restored by :func:`replay`); without one they start
+    fresh, so a trip they caused may come later or not at all in the replay, which then
+    reports the difference."""
     mode = _mode_before(frames[0])
     # ModeMachine refuses AUTO as a start mode (the AI must earn control); replay
     # reproduces a run in which it had.
@@ -406,7 +426,7 @@ def _canary_outputs(policy: OnnxPolicy, cases: CanaryCases) -> F64:
 
 def _run(site: Site, frames: Sequence[Frame], sup: Supervisor, policy: OnnxPolicy | None,
          sha: str | None, canary: CanaryCases | None, tolerance: float, exact_start: bool,
-         keep_decisions: bool) -> ReplayResult:
+         keep_decisions: bool, checkpoint: dict[str, Any] | None) -> ReplayResult:
     names = tuple(t.name for t in site.actuators)
     inputs = tuple(site.controller.inputs)
     n_a = len(names)
@@ -456,6 +476,11 @@ def _run(site: Site, frames: Sequence[Frame], sup: Supervisor, policy: OnnxPolic
         if prime:
             prime = False
             _prime(sup, frame.decision)
+            if checkpoint is not None:
+                try:
+                    restore(sup, checkpoint)
+                except CheckpointError as exc:
+                    raise ReplayError(f"cycle {frame.seq}: {exc}") from None
             differ: tuple[str, ...] = ()
         else:
             differ = _decision_diff(frame.decision, decision)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "REASON_DECREASE",
@@ -146,6 +149,23 @@ class _TwoSided:
         if g_neg > threshold:
             return self._raise(REASON_DECREASE)
         return False
+
+    def state(self) -> dict[str, float | int | bool | str | None]:
+        """The accumulated state, for a forensic checkpoint (see :meth:`restore`)."""
+        return {"g_pos": self._g_pos, "g_neg": self._g_neg, "n_samples": self._n_samples,
+                "alarm": self._alarm, "last_reason": self._last_reason}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Put back what :meth:`state` returned. Forensic replay only: a live detector never
+        calls it. Raises ``KeyError``/``ValueError``/``TypeError`` on a malformed ``state``."""
+        reason = state["last_reason"]
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"last_reason must be a string or null, got {reason!r}")
+        self._g_pos = float(state["g_pos"])
+        self._g_neg = float(state["g_neg"])
+        self._n_samples = int(state["n_samples"])
+        self._alarm = bool(state["alarm"])
+        self._last_reason = reason
 
     def _clear(self) -> None:
         self._g_pos = 0.0
@@ -320,6 +340,19 @@ class PageHinkley(_TwoSided):
             "alpha": cfg.alpha,
             "n_samples": float(self._n_samples),
         }
+
+    def state(self) -> dict[str, float | int | bool | str | None]:
+        """The accumulated state with the running mean and its weight (forensic checkpoint)."""
+        out = _TwoSided.state(self)
+        out["mean"] = self._mean
+        out["weight"] = self._weight
+        return out
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Put back what :meth:`state` returned. Forensic replay only."""
+        _TwoSided.restore(self, state)
+        self._mean = float(state["mean"])
+        self._weight = float(state["weight"])
 
     def reset(self) -> None:
         """Clear the alarm, the reason, the statistics, the running mean and the count."""

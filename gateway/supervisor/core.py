@@ -57,6 +57,8 @@ from gateway.supervisor.events import Event, EventKind
 from gateway.supervisor.modes import Mode, ModeConfig, ModeMachine
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from gateway.config.schema import Site
     from gateway.envelope.compiled import F64
     from gateway.envelope.engine import Envelope, Verdict
@@ -211,6 +213,18 @@ class Supervisor:
         if at_s is not None and at_s > self.written_at_s:
             self.written_at_s = float(at_s)
         self.bank.track(self.previous.tolist(), self._ai_in_control)
+
+    @property
+    def latches(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The detectors that tripped in the current latch, and those judging the AI that
+        fired while it was out of control (for a forensic checkpoint)."""
+        return frozenset(self._tripped), frozenset(self._observed)
+
+    def replay_latches(self, tripped: Iterable[str], observed: Iterable[str]) -> None:
+        """Set what :attr:`latches` returned. For forensic replay only; a live gateway never
+        calls it."""
+        self._tripped = set(tripped)
+        self._observed = set(observed)
 
     def step(self, snapshot: Snapshot, proposal: Proposal | None, now_s: float) -> Decision:
         """One control cycle. Never raises for anything the plant, the AI or an operator does."""

@@ -607,6 +607,17 @@ class ModeMachine:
         return Restored(self._mode, self._latched, self._trip_reason, restored, tuple(cut))
 
 
+    @property
+    def latch(self) -> tuple[bool, str | None]:
+        """Whether a trip is latched, and its reason (for a forensic checkpoint)."""
+        return self._latched, self._trip_reason
+
+    def replay_latch(self, latched: bool, trip_reason: str | None) -> None:
+        """Set the trip latch as a recorded run had it. For forensic replay only, like
+        :meth:`replay_from`; a live gateway never calls it."""
+        self._latched = bool(latched)
+        self._trip_reason = trip_reason if latched else None
+
     def replay_from(self, mode: Mode, shadow_clean_since_s: float | None = None) -> None:
         """Put the machine in ``mode`` as a recorded run was, AUTO included, with the clean
         shadow period begun at ``shadow_clean_since_s`` (kept unless given). For forensic

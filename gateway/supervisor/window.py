@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["FAULT_NOW_NOT_FINITE", "FAULT_TIME_WENT_BACKWARDS", "RateWindow"]
 
@@ -165,6 +168,31 @@ class RateWindow:
             self._window_total -= self._total.popleft()
             self._window_flagged -= self._flagged.popleft()
         return self._window_flagged > self._max_events
+
+    def state(self) -> dict[str, Any]:
+        """The window's contents, for a forensic checkpoint (see :meth:`restore`)."""
+        return {"times_s": list(self._times_s), "total": list(self._total),
+                "flagged": list(self._flagged), "last_now_s": self._last_now_s,
+                "last_fault": self._last_fault}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Put back what :meth:`state` returned. Forensic replay only: a live window never
+        calls it. Raises ``KeyError``/``ValueError``/``TypeError`` on a malformed ``state``."""
+        times = [float(t) for t in state["times_s"]]
+        total = [int(n) for n in state["total"]]
+        flagged = [int(n) for n in state["flagged"]]
+        if not len(times) == len(total) == len(flagged):
+            raise ValueError("times_s, total and flagged must have the same length")
+        last, fault = state["last_now_s"], state["last_fault"]
+        if fault is not None and not isinstance(fault, str):
+            raise TypeError(f"last_fault must be a string or null, got {fault!r}")
+        self._times_s = deque(times)
+        self._total = deque(total)
+        self._flagged = deque(flagged)
+        self._window_total = sum(total)
+        self._window_flagged = sum(flagged)
+        self._last_now_s = None if last is None else float(last)
+        self._last_fault = fault
 
     def reset(self) -> None:
         """Forget all cycles, the latest time and the fault."""
