@@ -211,7 +211,9 @@ class Gateway(NorthboundHandler):
         sup = Supervisor(self.site, self.envelope, initial, start_s, canary=canary,
                          codec=codec)
         self.supervisor = sup
-        self.records.start(start_s, initial, canary, sha)
+        from gateway.forensics.checkpoint import capture
+
+        self.records.start(start_s, initial, canary, sha, checkpoint=lambda: capture(sup))
         playbook = None
         started = start_incidents(self.site, self.playbook_path, self.records,
                                   str(policy.model_path if policy else

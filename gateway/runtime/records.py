@@ -25,6 +25,7 @@ from gateway.supervisor.decision import Source
 from gateway.supervisor.events import EventKind
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from gateway.audit.log import AuditSink
@@ -68,11 +69,16 @@ class Records:
     # ------------------------------------------------------------------ start-up
 
     def start(self, start_s: float, initial: F64, canary: CanaryCases | None,
-              model_sha256: str | None) -> None:
-        """The supervisor was built: start the flight recorder with what replay needs."""
+              model_sha256: str | None,
+              checkpoint: Callable[[], dict[str, Any]] | None = None) -> None:
+        """The supervisor was built: start the flight recorder with what replay needs
+        (``checkpoint``: the supervisor's accumulated state, kept every few frames so that
+        replay of a window that starts mid-run can restore it; see
+        :mod:`gateway.forensics.checkpoint`)."""
         cycle_s = self.site.site.cycle_ms / 1000.0
         info = RecordingInfo.of(self.site, start_s, initial, canary, model_sha256)
-        self.recorder = FlightRecorder(self.site.audit.recorder_before_s, cycle_s, info)
+        self.recorder = FlightRecorder(self.site.audit.recorder_before_s, cycle_s, info,
+                                       checkpoint=checkpoint)
 
     def config_loaded(self, engine: str) -> None:
         path = self.site.source

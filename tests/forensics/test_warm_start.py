@@ -36,3 +36,27 @@ def test_a_window_starting_in_shadow_as_auto_is_granted_replays_without_divergen
     result = json.loads(capsys.readouterr().out)
     assert result["decision_divergent_cycles"] == 0, result
     assert any("recorded mode (shadow)" in n for n in result["notes"])
+
+
+def test_a_divergence_trip_replays_from_the_gateways_checkpoint(tmp_path_factory, capsys):
+    """The drift drill trips a divergence detector whose statistic built up for a minute
+    before the recorded window: the running gateway keeps checkpoints of that state in its
+    flight recorder, so the replay restores it and trips where the live run did (without the
+    runtime's checkpoints, 300 of the window's cycles diverged)."""
+    from gateway.incident.export import export_incident
+    from simulators.drill.cli import drills_dir
+    from simulators.drill.runner import run_drill
+    from simulators.drill.scenario import load_scenario
+
+    scenario = load_scenario(drills_dir() / "drift_water_tank.yaml")
+    scenario = dataclasses.replace(scenario, duration_s=165.0)  # the trip near 128 s, +30 s
+    root = tmp_path_factory.mktemp("drift-drill")
+    run = asyncio.run(run_drill(scenario, root / "work", audit_db=root / "audit.db"))
+    assert len(run.incidents) == 1
+    bundle = export_incident(root / "audit.db", run.incidents[0], root / "bundles")
+    frames = (bundle / "flight_recorder.jsonl").read_text().splitlines()[1:]
+    assert any('"checkpoint"' in line for line in frames)
+    assert main(["replay", "--bundle", str(bundle), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision_divergent_cycles"] == 0, result
+    assert any("checkpoint" in n and "restored" in n for n in result["notes"]), result["notes"]
