@@ -288,7 +288,10 @@ class NorthboundRequests(NorthboundHandler):
         if allowed is None:
             return WriteOutcome(False, 3, f"unknown incident action {action!r}")
         if client.role not in allowed:
-            return WriteOutcome(False, 2, f"role {client.role} may not {action} incidents")
+            # NOT_AUTHORISED: the dashboard answers 403 and OPC UA BadUserAccessDenied (the
+            # code alone would read as a read-only tag's refusal).
+            return WriteOutcome(False, 2, f"role {client.role} may not {action} incidents",
+                                Refusal.NOT_AUTHORISED)
         who = client.user or client.address
         source = f"{client.protocol}:{client.address}"
         n = len(args)
