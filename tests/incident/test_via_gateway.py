@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import pytest
 
 import gateway
+from gateway.adapters.opcua.session import GatewayRefused, call_method
 from gateway.audit import verify
 from gateway.cli import main
 from gateway.config.schema import OpcUaUser
@@ -17,9 +19,6 @@ from gateway.incident.model import Phase
 from gateway.incident.store import load_incident
 from gateway.runtime.gateway import Gateway
 from simulators.ports import free_port
-
-if TYPE_CHECKING:
-    import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,6 +156,19 @@ async def scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
                                                "--action", "a", "b", "31/01/2031",
                                                "--via", url)
         assert code == 1 and "2031" in err  # the due date, named by the core
+        # A malformed review through the OPC UA method is refused with the reason, never a
+        # crash: not JSON, too long, unknown keys, a malformed action item, missing arguments.
+        for review, why in (("{not json", "not JSON"), ("[]", "JSON object"),
+                            ('{"root_cause": "x", "blame": "y"}', "unknown keys"),
+                            ('{"root_cause": "x", "actions": [["a", "b", "c"]]}',
+                             "`actions` item 0"),
+                            ('{"root_cause": "' + "x" * 20_000 + '"}', "at most 16000")):
+            accepted, message = await call_method(url, None, None, "IncidentReview",
+                                                  (ident, review))
+            assert not accepted and why in message, message
+        with pytest.raises(GatewayRefused, match="BadInvalidArgument"):
+            await call_method(url, None, None, "IncidentReview", (ident,))
+        assert len(gw.incidents.get(ident).actions) == 1
         code, out, err = await asyncio.to_thread(run, "action-done", ident, "1", "--note",
                                                  "in the rounds now", "--via", url)
         assert code == 0, err
