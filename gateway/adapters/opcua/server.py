@@ -143,7 +143,8 @@ _MODE_REQUESTS: Final = {"auto": "to_auto", "shadow": "to_shadow", "manual": "to
 _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip": (Role.ADMIN,),
                         "Bypass": (Role.ADMIN,), "EndBypass": (Role.ADMIN,),
                         # The incident methods: the same table as every other entry point.
-                        **{name: tuple(sorted(INCIDENT_ROLES[action]))
+                        **{name: tuple(r for r in (Role.OPERATOR, Role.ADMIN)
+                                       if r in INCIDENT_ROLES[action])
                            for name, (action, _) in _INCIDENT_METHODS.items()}}
 _WRITER_ROLES: Final = (Role.AI, Role.OPERATOR, Role.ADMIN)
 # Each method's input arguments (name, type) and what it does: the server declares exactly
@@ -166,7 +167,18 @@ _METHOD_PURPOSE: Final = {
     "IncidentNote": "add a note to an incident's timeline",
     "IncidentAcknowledge": "take an incident on (it moves to investigating)",
     "IncidentCheck": "tick a checklist item of a phase (Item: its number from 0, or its text)",
-    "IncidentResolve": "resolve an incident with a summary",
+    "IncidentResolve": "resolve an incident with a summary (refused while required "
+                       "checklist items or the review are open)",
+    "IncidentSeverity": "raise an incident's severity (Level: low, medium, high, critical) "
+                        "with a reason; never lowered",
+    "IncidentReported": "record that the report a reporting clock asks for was made (Ref: "
+                        "its reference)",
+    "IncidentReview": "record the post-incident review: Review is one JSON object "
+                      "(root_cause, factors, went_well, went_badly, actions), at most 16000 "
+                      "characters",
+    "IncidentActionDone": "close a review's action item (Number: from 1) with a note",
+    "IncidentForceResolve": "resolve although required items are open, recording the reason "
+                            "and what was open",
 }
 
 
