@@ -201,10 +201,18 @@ async def scenario(folder: Path) -> dict[str, float]:
                         r"^resolve: refused: .* cannot be resolved: \d+ required checklist"))
                     await expect(work).to_have_attribute("data-ok", "false")
                     # Raising the severity starts the reporting clocks, shown with their state.
+                    # (The playbook may have made it critical already when the recorder's
+                    # window completed, racing this click: then the core refuses, and the page
+                    # must say so; either way it shows the core's real answer.)
                     await page.select_option("#severity-level", "critical")
                     await page.fill("#severity-reason", "level unknown for minutes")
                     await page.click("#raise-severity")
                     await expect(work).to_have_text(re.compile("^severity critical: "))
+                    assert gw.incidents is not None
+                    raised = any(c.by == "boss" for c in
+                                 gw.incidents.get(incident_id).severity_changes)
+                    await expect(work).to_have_attribute("data-ok",
+                                                         "true" if raised else "false")
                     await expect(page.locator("#sel-severity")).to_have_text("critical",
                                                                              timeout=5_000)
                     await expect(page.locator("#sel-deadlines li").first).to_have_text(
