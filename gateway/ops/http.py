@@ -490,6 +490,9 @@ class Dashboard:
             "args", [])
         if not isinstance(action, str) or not isinstance(incident_id, str) or not incident_id:
             return _error(400, "action and incident_id: text")
+        if action == "evidence":  # only the download itself records one
+            return _error(400, "evidence downloads are recorded by GET "
+                               "/api/incidents/ID/evidence.zip")
         if (not isinstance(args, list) or not all(isinstance(a, str) for a in args)
                 or any(len(a) > MAX_TEXT for a in args)):
             return _error(400, f"args: a list of texts of at most {MAX_TEXT} characters")

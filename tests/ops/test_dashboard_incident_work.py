@@ -126,10 +126,13 @@ def test_incident_work_on_the_dashboard_goes_through_the_core(
                 assert gw.incidents.get(ident).is_open
                 # ... bad arguments are refused, not a crash ...
                 for action, args in (("force_resolve", ("only a summary",)),
-                                     ("severity", ("high", "a", "b")), ("evidence", ("x",)),
+                                     ("severity", ("high", "a", "b")),
                                      ("no_such_action", ())):
                     status, body = await do(csrf, action, *args)
                     assert (status, body["accepted"]) == (409, False), action
+                # A download is recorded by the download alone, never by a POST.
+                status, body = await do(csrf, "evidence")
+                assert (status, body["accepted"]) == (400, False)
                 # ... and forcing it records the reason.
                 status, body = await do(csrf, "force_resolve", "cable reseated",
                                         "checklist kept on paper")
