@@ -17,12 +17,14 @@ to a callable taking the parsed ``argparse.Namespace`` and returning the exit co
 Errors print one line on stderr, never a traceback.
 
 Reading (``list``, ``show``, ``export``) works while a gateway runs: it uses read-only
-connections. Writing (``note``, ``ack``, ``check``, ``resolve``) appends hash-chained records
+connections. Writing (``note``, ``ack``, ``check``, ``severity``, ``reported``, ``review``,
+``action-done``, ``approve-draft``, ``resolve``) appends hash-chained records
 through an :class:`~gateway.audit.log.AuditLog`, and only one audit log may write a database
 at a time (an exclusive lock beside it, so that two writers never fork the chain). While a
 gateway holds the database, these commands fail with exit 1 and say so: the request must then
 go through the running gateway, ``--via opc.tcp://HOST:PORT/PATH`` (its OPC UA incident
-methods, as the OPC UA user ``--user`` with the password from ``--password-env``), which records
+methods, as the OPC UA user ``--user`` with the password from ``--password-env``; all but
+``approve-draft``), which records
 it in the same chain with that user as the actor. Through ``--via`` the exit code is 0 when the
 gateway accepted, 1 when it refused (the reason is printed) or could not be reached.
 """
@@ -592,17 +594,16 @@ def _no_via(args: argparse.Namespace) -> None:
 
 
 def _severity(args: argparse.Namespace) -> int:
-    _no_via(args)
     return _write(args, lambda m: m.raise_severity(args.id, args.level, args.by, _source(),
                                                    args.reason),
-                  f"severity {args.level}", ("", ()))
+                  f"severity {args.level}", ("IncidentSeverity", (args.level, args.reason)))
 
 
 def _reported(args: argparse.Namespace) -> int:
-    _no_via(args)
     return _write(args, lambda m: m.report_made(args.id, args.obligation, args.by, _source(),
                                                 args.ref),
-                  f"report {args.obligation} recorded", ("", ()))
+                  f"report {args.obligation} recorded",
+                  ("IncidentReported", (args.obligation, args.ref)))
 
 
 def _render(args: argparse.Namespace, incident: Incident) -> str:
@@ -685,30 +686,32 @@ def _resolve(args: argparse.Namespace) -> int:
     if args.force != (args.reason is not None):
         raise _Fail(EXIT_INPUT, "--force and --reason go together (an administrator's "
                                 "reason for resolving with required items open)")
-    if args.force and args.via is not None:
-        raise _Fail(EXIT_INPUT, "--force cannot go through --via yet; the gateway's OPC UA "
-                                "resolve takes a summary only")
     # Through --db the database's file permissions are the authority (as for every command
     # here); the CLI enforces the playbook's requirements before resolving.
     return _write(args, lambda m: m.resolve(args.id, args.by, _source(), args.summary,
                                             enforce=True, force_reason=args.reason),
                   "resolved" + (" (forced)" if args.force else ""),
-                  ("IncidentResolve", (args.summary,)))
+                  ("IncidentForceResolve", (args.summary, args.reason)) if args.force
+                  else ("IncidentResolve", (args.summary,)))
 
 
 def _review(args: argparse.Namespace) -> int:
-    _no_via(args)
+    review = json.dumps({"root_cause": args.root_cause, "factors": args.factor,
+                         "went_well": args.went_well, "went_badly": args.went_badly,
+                         "actions": [{"text": t, "owner": o, "due": d}
+                                     for t, o, d in args.action]})
     return _write(args, lambda m: m.review(
         args.id, args.by, _source(), args.root_cause, factors=args.factor,
         went_well=args.went_well, went_badly=args.went_badly,
-        actions=[tuple(a) for a in args.action]), "review recorded", ("", ()))
+        actions=[tuple(a) for a in args.action]), "review recorded",
+        ("IncidentReview", (review,)))
 
 
 def _action_done(args: argparse.Namespace) -> int:
-    _no_via(args)
     return _write(args, lambda m: m.action_done(args.id, args.number, args.by, _source(),
                                                 args.note),
-                  f"action item {args.number} closed", ("", ()))
+                  f"action item {args.number} closed",
+                  ("IncidentActionDone", (args.number, args.note)))
 
 
 def _actions(args: argparse.Namespace) -> int:

@@ -980,6 +980,20 @@ class IncidentManager:
     def _update_busy(self) -> None:
         self._busy = bool(self._awaiting_containment or self._windows or self._storing)
 
+    def evidence_served(self, incident_id: str, who: str, source: str) -> Incident:
+        """Record on the incident's timeline that ``who`` (from ``source``) is given its
+        evidence bundle, before it is served: a note (so the fold and older readers take it
+        as they are), which does not move the incident's phase. Also for resolved incidents.
+        Raises :class:`IncidentError` for an unknown id, :class:`BadRequest` for an empty
+        name."""
+        self.get(incident_id)
+        _need_text("who", who)
+        self._record(incident_id, {"action": "note", "who": who, "source": source,
+                                   "text": "evidence bundle downloaded",
+                                   "acknowledge": False, "at_s": self._last_at_s},
+                     actor=who, source=source)
+        return self._incidents[incident_id]
+
 
 _STEP_OF_REQUEST: Final = {RequestKind.TO_MANUAL: ContainmentKind.MANUAL.value,
                            RequestKind.TO_SAFE_STOP: ContainmentKind.SAFE_STOP.value}

@@ -15,7 +15,10 @@ publisher nothing. Readers get:
 - ``GET /api/incidents/{id}/evidence.zip``: its evidence bundle, built on request
   (``gateway.incident.export``); only for a logged-in user whose role may read the audit
   (``gateway.ops.roles.AUDIT_READERS``: operators and administrators): 401 without a session,
-  403 for another role, 404 for an incident that does not exist;
+  403 for another role, 404 for an incident that does not exist. Each download is recorded
+  first by the core (incident action ``evidence``: a note on the incident's timeline in the
+  audit chain, with the user and address); if the core refuses or cannot be asked, nothing is
+  served (its refusal, or 503);
 - ``GET /api/events``: Server-Sent Events, one ``state`` event per new view (its
   ``incidents`` null when unchanged since the stream's last message), at most
   :data:`MAX_RATE_HZ` a second and at least every :data:`KEEPALIVE_S` (the same view again,
@@ -27,7 +30,8 @@ passwords and roles as OPC UA, checked by :class:`gateway.ops.users.UserTable` a
 like OPC UA logins), ``POST /api/login`` opens a session: an HttpOnly, SameSite=Strict cookie
 (Secure over HTTPS) and a CSRF token that every action must carry in ``X-CSRF-Token``.
 ``POST /api/request`` (mode requests, reset, bypasses) and ``POST /api/incident`` (note,
-acknowledge, check, resolve) go to the core through the same
+acknowledge, check, severity, reported, review, action_done, resolve, force_resolve; see
+``gateway.runtime.northbound``) go to the core through the same
 :class:`~gateway.adapters.base.NorthboundHandler` as the OPC UA methods: the core checks the
 role, applies or refuses, audits it with the user, and its answer is what the page shows.
 Without a session: 401; without the right CSRF token: 403; bad input: 400; refused by the
@@ -377,6 +381,16 @@ class Dashboard:
             except (NotAuditDatabase, ExportError, OSError, sqlite3.Error) as exc:
                 log.warning("evidence of %s for %s failed: %s", ident, session.user, exc)
                 return _error(503, f"the evidence bundle cannot be built: {exc}")
+        # The download is recorded by the core in the audit chain, on the incident's
+        # timeline, before anything is served: if it cannot be recorded, nothing is served.
+        if self.handler is None:
+            return _error(503, "no safety core to record the download; nothing is served")
+        outcome = await self.handler.incident(self._client(request, session), "evidence",
+                                              ident, ())
+        if not outcome.accepted:
+            log.warning("evidence of %s for %s refused by the core: %s", ident, session.user,
+                        outcome.reason)
+            return _outcome(outcome)
         log.info("evidence of incident %s downloaded by %s (%s) from %s, %d bytes", ident,
                  session.user, session.role, _address(request), len(data))
         return web.Response(body=data, headers={
@@ -476,6 +490,9 @@ class Dashboard:
             "args", [])
         if not isinstance(action, str) or not isinstance(incident_id, str) or not incident_id:
             return _error(400, "action and incident_id: text")
+        if action == "evidence":  # only the download itself records one
+            return _error(400, "evidence downloads are recorded by GET "
+                               "/api/incidents/ID/evidence.zip")
         if (not isinstance(args, list) or not all(isinstance(a, str) for a in args)
                 or any(len(a) > MAX_TEXT for a in args)):
             return _error(400, f"args: a list of texts of at most {MAX_TEXT} characters")

@@ -80,23 +80,52 @@ def _progress(incident: Incident) -> list[dict[str, Any]]:
     return out
 
 
+def _deadlines(incident: Incident) -> list[dict[str, Any]]:
+    # The page says "due in X" or "overdue" against the state's clock (now_wall_s), so the
+    # state stays right between two reads of the database.
+    return [{"obligation": d.obligation, "description": d.description,
+             "due_wall_s": _finite(d.due_wall_s), "remind_wall_s": _finite(d.remind_wall_s),
+             "reported": d.report is not None,
+             "reported_by": None if d.report is None else d.report.who,
+             "reported_wall_s": None if d.report is None else _finite(d.report.wall_s)}
+            for d in incident.deadlines()]
+
+
 def incident_summary(incident: Incident) -> dict[str, Any]:
     """An incident for the list: id, phase, when it opened (UTC seconds), the trigger, the
-    checklist's progress (done/total, overall and per phase), how many timeline entries."""
+    checklist's progress (done/total, overall and per phase), how many timeline entries, its
+    severity (null before one is set), its reporting deadlines (each with ``due_wall_s`` and
+    whether it was ``reported``), whether a review is recorded, how many action items are
+    open, and what resolving still needs (``open_requirements``, as the CLI's refusal says)."""
     progress = _progress(incident)
     return {"id": incident.id, "phase": incident.phase.value, "open": incident.is_open,
             "opened_wall_s": _finite(incident.opened_wall_s),
             "detector": incident.trigger.detector, "reason": incident.trigger.reason,
             "done": sum(p["done"] for p in progress), "total": sum(p["total"] for p in progress),
             "entries": len(incident.timeline),
-            "progress": [{k: p[k] for k in ("phase", "done", "total")} for p in progress]}
+            "progress": [{k: p[k] for k in ("phase", "done", "total")} for p in progress],
+            "severity": None if incident.severity is None else incident.severity.value,
+            "deadlines": _deadlines(incident),
+            "reviewed": incident.review is not None,
+            "open_actions": sum(1 for a in incident.actions if not a.done),
+            "open_requirements": list(incident.open_requirements()) if incident.is_open
+            else []}
 
 
 def incident_detail(incident: Incident) -> dict[str, Any]:
-    """The selected incident: its summary, the checklist by phase with each item, the
-    timeline (newest :data:`MAX_TIMELINE` entries, oldest first) and its phase changes."""
+    """The selected incident: its summary, the review (null when none) and the action items
+    (``due`` as YYYY-MM-DD), the checklist by phase with each item, the timeline (newest
+    :data:`MAX_TIMELINE` entries, oldest first) and its phase changes."""
     timeline = incident.timeline[-MAX_TIMELINE:]
+    review = incident.review
     return {**incident_summary(incident),
+            "review": None if review is None else {
+                "root_cause": review.root_cause, "factors": list(review.factors),
+                "went_well": list(review.went_well), "went_badly": list(review.went_badly),
+                "who": review.who, "wall_s": _finite(review.wall_s)},
+            "actions": [{"number": a.number, "text": a.text, "owner": a.owner,
+                         "due": a.due.isoformat(), "done": a.done, "done_by": a.done_by,
+                         "note": a.note} for a in incident.actions],
             "checklist": _progress(incident),
             "phases": [{"phase": c.phase.value, "wall_s": _finite(c.wall_s), "by": c.by,
                         "reason": c.reason} for c in incident.phases],

@@ -18,13 +18,22 @@ INCIDENT_ROLES: dict[str, frozenset[Role]] = {
     "note": frozenset({Role.OPERATOR, Role.ADMIN}),
     "acknowledge": frozenset({Role.OPERATOR, Role.ADMIN}),
     "check": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "severity": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "reported": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "review": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "action_done": frozenset({Role.OPERATOR, Role.ADMIN}),
     "resolve": frozenset({Role.ADMIN}),
+    # Resolving with required items open, and approving what is said to the outside.
+    "force_resolve": frozenset({Role.ADMIN}),
+    "approve_draft": frozenset({Role.ADMIN}),
+    # Recorded before the dashboard serves an evidence bundle: the same people may download.
+    "evidence": frozenset({Role.OPERATOR, Role.ADMIN}),
 }
 
 # Who may download an incident's evidence bundle from the dashboard: it holds the site's
 # configuration and an excerpt of the audit chain, which is for the people who run the plant
 # and answer for it, not for every account that may look at the page (viewers) nor for an AI.
-AUDIT_READERS: frozenset[Role] = frozenset({Role.OPERATOR, Role.ADMIN})
+AUDIT_READERS: frozenset[Role] = INCIDENT_ROLES["evidence"]
 
 # Who may write setpoints (an AI's writes are proposals; an operator's, setpoints).
 WRITERS: frozenset[Role] = frozenset({Role.AI, Role.OPERATOR, Role.ADMIN})

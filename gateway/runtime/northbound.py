@@ -11,8 +11,10 @@ that actuator's fallback until the mode leaves MANUAL. Every answer is the real 
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -267,8 +269,16 @@ class NorthboundRequests(NorthboundHandler):
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:
-        """An operator's note, acknowledgement, checklist item or resolution, recorded by the
-        running gateway in its own audit chain (the CLI cannot write it while we hold it)."""
+        """Incident work through the running gateway, recorded in its own audit chain (the CLI
+        cannot write it while we hold it), each with the client's user and source: note,
+        acknowledge, check, severity (level, reason), reported (obligation, ref), review (one
+        JSON object, see :func:`review_args`), action_done (number, note), approve_draft
+        (audience, text), evidence (no argument: recorded before the dashboard serves a
+        bundle), resolve (summary) and force_resolve (summary, reason). Resolve enforces the
+        playbook's requirements as the CLI does: refused, naming what is open, while required
+        checklist items or the review are open; force_resolve (administrators) resolves
+        anyway and records the reason and what was open. Codes: 2 role may not, 3 unknown
+        action or malformed arguments, 4 refused by the incident."""
         from gateway.incident.model import BadRequest, IncidentError
 
         manager = self.incidents
@@ -278,20 +288,43 @@ class NorthboundRequests(NorthboundHandler):
         if allowed is None:
             return WriteOutcome(False, 3, f"unknown incident action {action!r}")
         if client.role not in allowed:
-            return WriteOutcome(False, 2, f"role {client.role} may not {action} incidents")
+            # NOT_AUTHORISED: the dashboard answers 403 and OPC UA BadUserAccessDenied (the
+            # code alone would read as a read-only tag's refusal).
+            return WriteOutcome(False, 2, f"role {client.role} may not {action} incidents",
+                                Refusal.NOT_AUTHORISED)
         who = client.user or client.address
         source = f"{client.protocol}:{client.address}"
+        n = len(args)
         try:
-            if action == "note" and len(args) == 1:
+            if action == "note" and n == 1:
                 incident = manager.note(incident_id, who, source, args[0])
-            elif action == "acknowledge" and len(args) == 1:
+            elif action == "acknowledge" and n == 1:
                 incident = manager.acknowledge(incident_id, who, source, args[0])
-            elif action == "check" and len(args) == 2:
+            elif action == "check" and n == 2:
                 incident = manager.check(incident_id, args[0], args[1], who, source)
-            elif action == "resolve" and len(args) == 1:
-                incident = manager.resolve(incident_id, who, source, args[0])
+            elif action == "severity" and n == 2:
+                incident = manager.raise_severity(incident_id, args[0], who, source, args[1])
+            elif action == "reported" and n == 2:
+                incident = manager.report_made(incident_id, args[0], who, source, args[1])
+            elif action == "review" and n == 1:
+                review = review_args(args[0])
+                incident = manager.review(incident_id, who, source, review.root_cause,
+                                          factors=review.factors, went_well=review.went_well,
+                                          went_badly=review.went_badly,
+                                          actions=review.actions)
+            elif action == "action_done" and n == 2:
+                incident = manager.action_done(incident_id, args[0], who, source, args[1])
+            elif action == "approve_draft" and n == 2:
+                incident = manager.approve_draft(incident_id, args[0], args[1], who, source)
+            elif action == "evidence" and n == 0:
+                incident = manager.evidence_served(incident_id, who, source)
+            elif action == "resolve" and n == 1:
+                incident = manager.resolve(incident_id, who, source, args[0], enforce=True)
+            elif action == "force_resolve" and n == 2:
+                incident = manager.resolve(incident_id, who, source, args[0], enforce=True,
+                                           force_reason=args[1])
             else:
-                return WriteOutcome(False, 3, f"wrong arguments for {action}")
+                return WriteOutcome(False, 3, f"wrong arguments for {action} ({n} given)")
         except BadRequest as exc:
             return WriteOutcome(False, 3, str(exc))
         except IncidentError as exc:
@@ -300,3 +333,64 @@ class NorthboundRequests(NorthboundHandler):
                  incident.phase)
         self.durable.note()  # a resolved incident is no longer open
         return WriteOutcome(True, 0, f"{action} recorded; phase {incident.phase}")
+
+
+MAX_REVIEW_CHARS: Final = 16_000  # a review's JSON through the running gateway
+MAX_REVIEW_ENTRIES: Final = 50  # factors, lessons or action items, each
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewArgs:
+    """A post-incident review as it comes through the running gateway."""
+
+    root_cause: str
+    factors: tuple[str, ...]
+    went_well: tuple[str, ...]
+    went_badly: tuple[str, ...]
+    actions: tuple[tuple[str, str, str], ...]
+
+
+def review_args(text: str) -> ReviewArgs:
+    """Parse a review sent as one JSON object: ``root_cause`` (text), optional ``factors``,
+    ``went_well``, ``went_badly`` (lists of texts) and ``actions`` (a list of objects with
+    ``text``, ``owner`` and ``due`` YYYY-MM-DD); at most :data:`MAX_REVIEW_CHARS` characters
+    and :data:`MAX_REVIEW_ENTRIES` entries per list. Raises ``BadRequest`` naming what is
+    wrong (the manager then checks the texts and dates themselves)."""
+    from gateway.incident.model import BadRequest
+
+    if len(text) > MAX_REVIEW_CHARS:
+        raise BadRequest(f"the review has {len(text)} characters; at most {MAX_REVIEW_CHARS}")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"the review is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadRequest("the review must be a JSON object")
+    known = {"root_cause", "factors", "went_well", "went_badly", "actions"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise BadRequest(f"the review has unknown keys {unknown}; use {sorted(known)}")
+    root_cause = raw.get("root_cause")
+    if not isinstance(root_cause, str):
+        raise BadRequest("the review needs `root_cause`: a text")
+
+    def texts(key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"`{key}` must be a list of texts")
+        if len(value) > MAX_REVIEW_ENTRIES:
+            raise BadRequest(f"`{key}` has {len(value)} entries; at most {MAX_REVIEW_ENTRIES}")
+        return tuple(value)
+
+    actions = raw.get("actions", [])
+    if not isinstance(actions, list) or len(actions) > MAX_REVIEW_ENTRIES:
+        raise BadRequest(f"`actions` must be a list of at most {MAX_REVIEW_ENTRIES} items")
+    items = []
+    for k, item in enumerate(actions):
+        if (not isinstance(item, dict) or set(item) != {"text", "owner", "due"}
+                or not all(isinstance(item[f], str) for f in ("text", "owner", "due"))):
+            raise BadRequest(f"`actions` item {k}: an object with `text`, `owner` and `due` "
+                             "(texts)")
+        items.append((item["text"], item["owner"], item["due"]))
+    return ReviewArgs(root_cause, texts("factors", raw.get("factors", [])),
+                      texts("went_well", raw.get("went_well", [])),
+                      texts("went_badly", raw.get("went_badly", [])), tuple(items))

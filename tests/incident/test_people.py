@@ -207,8 +207,8 @@ def test_an_operator_raises_the_severity_with_a_reason(tmp_path, capsys):
     assert "unknown severity 'severe'" in capsys.readouterr().err
     assert cli("severity", ident, "critical", "--reason", " ", "--by", "bob", "--db", db) == 2
     assert cli("severity", ident, "critical", "--reason", "x", "--via",
-               "opc.tcp://127.0.0.1:1/", "--user", "u") == 2
-    assert "cannot go through --via" in capsys.readouterr().err
+               "opc.tcp://127.0.0.1:1/", "--user", "u") == 1  # it goes through --via now
+    assert "cannot reach the gateway" in capsys.readouterr().err
     assert load_incident(db, ident).severity_changes == inc.severity_changes
     assert cli("list", "--db", db) == 0
     listed = capsys.readouterr().out

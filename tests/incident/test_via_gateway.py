@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import pytest
 
 import gateway
+from gateway.adapters.opcua.session import GatewayRefused, call_method
 from gateway.audit import verify
 from gateway.cli import main
 from gateway.config.schema import OpcUaUser
@@ -17,9 +19,6 @@ from gateway.incident.model import Phase
 from gateway.incident.store import load_incident
 from gateway.runtime.gateway import Gateway
 from simulators.ports import free_port
-
-if TYPE_CHECKING:
-    import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +62,8 @@ async def scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
     site = replace(site, northbound=replace(
         north, modbus=replace(north.modbus, port=free_port()),
         opcua=replace(north.opcua, endpoint=url, allow_anonymous=True,
-                      users=(OpcUaUser("chief", "GW_TEST_CHIEF_PW", "admin"),),
+                      users=(OpcUaUser("chief", "GW_TEST_CHIEF_PW", "admin"),
+                             OpcUaUser("watcher", "GW_TEST_WATCHER_PW", "viewer")),
                       allow_insecure_passwords=True)))  # loopback test
     db = tmp_path / "audit.db"
     clock = Clock()
@@ -123,9 +123,64 @@ async def scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
                                                "--via", url, "--user", "chief",
                                                "--password-env", "GW_TEST_WRONG_PW")
         assert code == 1 and gw.incidents.get(ident).phase is Phase.INVESTIGATING
+        chief = ("--via", url, "--user", "chief", "--password-env", "GW_TEST_CHIEF_PW")
+        watcher = ("--via", url, "--user", "watcher", "--password-env", "GW_TEST_WATCHER_PW")
+        # Resolving enforces the playbook's requirements as the CLI does: refused while
+        # checklist items and the review are open, saying so (before: accepted).
         code, out, err = await asyncio.to_thread(
             run, "resolve", ident, "--summary", "cable reseated; level reads true again",
-            "--via", url, "--user", "chief", "--password-env", "GW_TEST_CHIEF_PW", "--json")
+            *chief, "--json")
+        assert code == 1, out
+        assert '"accepted": false' in out and "no post-incident review recorded" in err
+        assert gw.incidents.get(ident).phase is Phase.INVESTIGATING
+        # Severity, the review and its action items, each refused for a viewer ...
+        for argv in (("severity", ident, "high", "--reason", "x"),
+                     ("review", ident, "--root-cause", "x"),
+                     ("action-done", ident, "1")):
+            code, _, err = await asyncio.to_thread(run, *argv, *watcher)
+            assert code == 1 and "BadUserAccessDenied" in err, argv
+        # ... and taken from an operator, recorded with who and from where.
+        code, out, err = await asyncio.to_thread(
+            run, "severity", ident, "critical", "--reason", "level unknown for minutes",
+            "--via", url)
+        assert code == 0, err
+        code, _, err = await asyncio.to_thread(run, "severity", ident, "low", "--reason",
+                                               "calmer", "--via", url)
+        assert code == 1 and "can only be raised" in err
+        code, out, err = await asyncio.to_thread(
+            run, "review", ident, "--root-cause", "loose transmitter cable",
+            "--factor", "no cable check in the rounds", "--action", "add cable check",
+            "maint", "2031-01-31", "--via", url)
+        assert code == 0, err
+        code, _, err = await asyncio.to_thread(run, "review", ident, "--root-cause", "x",
+                                               "--action", "a", "b", "31/01/2031",
+                                               "--via", url)
+        assert code == 1 and "2031" in err  # the due date, named by the core
+        # A malformed review through the OPC UA method is refused with the reason, never a
+        # crash: not JSON, too long, unknown keys, a malformed action item, missing arguments.
+        for review, why in (("{not json", "not JSON"), ("[]", "JSON object"),
+                            ('{"root_cause": "x", "blame": "y"}', "unknown keys"),
+                            ('{"root_cause": "x", "actions": [["a", "b", "c"]]}',
+                             "`actions` item 0"),
+                            ('{"root_cause": "' + "x" * 20_000 + '"}', "at most 16000")):
+            accepted, message = await call_method(url, None, None, "IncidentReview",
+                                                  (ident, review))
+            assert not accepted and why in message, message
+        with pytest.raises(GatewayRefused, match="BadInvalidArgument"):
+            await call_method(url, None, None, "IncidentReview", (ident,))
+        assert len(gw.incidents.get(ident).actions) == 1
+        code, out, err = await asyncio.to_thread(run, "action-done", ident, "1", "--note",
+                                                 "in the rounds now", "--via", url)
+        assert code == 0, err
+        # Forcing is an administrator's: refused for an operator, recorded with the reason.
+        code, _, err = await asyncio.to_thread(
+            run, "resolve", ident, "--summary", "fixed", "--force", "--reason", "x",
+            "--via", url)
+        assert code == 1 and "BadUserAccessDenied" in err
+        code, out, err = await asyncio.to_thread(
+            run, "resolve", ident, "--summary", "cable reseated; level reads true again",
+            "--force", "--reason", "checklist kept on paper during the night shift",
+            *chief, "--json")
         assert code == 0, err
         assert '"accepted": true' in out
         assert gw.incidents.get(ident).phase is Phase.RESOLVED
@@ -142,6 +197,7 @@ def test_an_operator_works_an_incident_through_the_running_gateway(tmp_path, cap
                                                                     monkeypatch):
     monkeypatch.setenv("GW_TEST_CHIEF_PW", "correct horse")
     monkeypatch.setenv("GW_TEST_WRONG_PW", "battery staple")
+    monkeypatch.setenv("GW_TEST_WATCHER_PW", "just looking")
     monkeypatch.delenv("GW_TEST_UNSET_VAR", raising=False)
     db, ident = asyncio.run(scenario(tmp_path, capsys))
     # The gateway wrote it all to its own chain, with who did it and from where.
@@ -154,5 +210,15 @@ def test_an_operator_works_an_incident_through_the_running_gateway(tmp_path, cap
     assert incident.resolution is not None
     assert incident.resolution.who == "chief"
     assert incident.resolution.summary == "cable reseated; level reads true again"
+    assert incident.resolution.forced
+    assert incident.resolution.force_reason == "checklist kept on paper during the night shift"
+    change = incident.severity_changes[-1]
+    assert change.level == "critical" and change.reason == "level unknown for minutes"
+    assert change.source.startswith("opcua:127.0.0.1:")
+    assert incident.review is not None
+    assert incident.review.root_cause == "loose transmitter cable"
+    assert incident.review.factors == ("no cable check in the rounds",)
+    (item,) = incident.actions
+    assert item.done_by is not None and item.note == "in the rounds now"
     done = [i for i in incident.checklist if i.done]
     assert len(done) == 1 and done[0].phase == "detection"

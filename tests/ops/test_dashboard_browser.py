@@ -189,6 +189,36 @@ async def scenario(folder: Path) -> dict[str, float]:
                         re.compile(" · INVESTIGATING · "))
                     await expect(page.locator("#sel-timeline tbody")).to_contain_text(note)
                     assert await page.locator("#sel-timeline b, #events b").count() == 0
+                    # Resolving with the checklist and review open: the refusal, saying what
+                    # is open, never "accepted".
+                    await expect(page.locator("#sel-requires")).to_have_text(
+                        re.compile(r"^\d+ open: "))
+                    await expect(page.locator("#sel-review")).to_have_text("not recorded yet")
+                    work = page.locator("#incident-result")
+                    await page.fill("#resolve-summary", "level transmitter replaced")
+                    await page.click("#resolve")
+                    await expect(work).to_have_text(re.compile(
+                        r"^resolve: refused: .* cannot be resolved: \d+ required checklist"))
+                    await expect(work).to_have_attribute("data-ok", "false")
+                    # Raising the severity starts the reporting clocks, shown with their state.
+                    # (The playbook may have made it critical already when the recorder's
+                    # window completed, racing this click: then the core refuses, and the page
+                    # must say so; either way it shows the core's real answer.)
+                    await page.select_option("#severity-level", "critical")
+                    await page.fill("#severity-reason", "level unknown for minutes")
+                    await page.click("#raise-severity")
+                    await expect(work).to_have_text(re.compile("^severity critical: "))
+                    assert gw.incidents is not None
+                    raised = any(c.by == "boss" for c in
+                                 gw.incidents.get(incident_id).severity_changes)
+                    await expect(work).to_have_attribute("data-ok",
+                                                         "true" if raised else "false")
+                    await expect(page.locator("#sel-severity")).to_have_text("critical",
+                                                                             timeout=5_000)
+                    await expect(page.locator("#sel-deadlines li").first).to_have_text(
+                        re.compile(r"^early_warning: due in "))
+                    await expect(page.locator("#sel-deadlines li").first).to_have_attribute(
+                        "data-state", "due")
                     # Logged in (an administrator), the evidence bundle downloads: a zip of
                     # the export, with the incident and its manifest.
                     async with page.expect_download(timeout=60_000) as download_info:

@@ -35,8 +35,10 @@ Who: each session's user (UserName token, password checked against the environme
 session gets ``Role.OPERATOR`` and is only possible when ``allow_anonymous`` is true (otherwise the
 token type is not even offered, and the user manager refuses it as well). A user whose password
 variable is missing cannot log in (logged once). Methods: RequestMode needs operator or admin;
-ResetTrip, Bypass and EndBypass need admin; IncidentNote, IncidentAcknowledge and IncidentCheck
-need operator or admin, IncidentResolve admin; others get BadUserAccessDenied. A method returns
+ResetTrip, Bypass and EndBypass need admin; the incident methods follow
+``gateway.ops.roles.INCIDENT_ROLES``: IncidentNote, IncidentAcknowledge, IncidentCheck,
+IncidentSeverity, IncidentReported, IncidentReview and IncidentActionDone need operator or admin,
+IncidentResolve and IncidentForceResolve admin; others get BadUserAccessDenied. A method returns
 (Accepted: Boolean, Message: String) with a Good status once the runtime has answered, and the
 answer is the real outcome: the request was applied (Message says what changed) or refused
 (Message says why). Users whose password variable is unset or empty are disabled with a
@@ -86,6 +88,7 @@ from gateway.adapters.opcua.security import (
     policy_type,
 )
 from gateway.config.schema import SecurityPolicy
+from gateway.ops.roles import INCIDENT_ROLES
 from gateway.ops.users import UserTable
 
 if TYPE_CHECKING:
@@ -110,12 +113,21 @@ STATUS_NODES: Final = (("Mode", ua.VariantType.String), ("Latched", ua.VariantTy
                        ("Bypasses", ua.VariantType.String),
                        ("BypassExpiries", ua.VariantType.DateTime))
 METHODS: Final = ("RequestMode", "ResetTrip", "Bypass", "EndBypass", "IncidentNote",
-                  "IncidentAcknowledge", "IncidentCheck", "IncidentResolve")
-# Incident methods: (action, argument names); every argument is a String.
+                  "IncidentAcknowledge", "IncidentCheck", "IncidentResolve",
+                  "IncidentSeverity", "IncidentReported", "IncidentReview",
+                  "IncidentActionDone", "IncidentForceResolve")
+# Incident methods: (action, argument names); every argument is a String. The core checks
+# each argument's content (IncidentReview's Review is one JSON object, size-limited there).
 _INCIDENT_METHODS: Final = {"IncidentNote": ("note", ("Id", "Text")),
                             "IncidentAcknowledge": ("acknowledge", ("Id", "Text")),
                             "IncidentCheck": ("check", ("Id", "Phase", "Item")),
-                            "IncidentResolve": ("resolve", ("Id", "Summary"))}
+                            "IncidentResolve": ("resolve", ("Id", "Summary")),
+                            "IncidentSeverity": ("severity", ("Id", "Level", "Reason")),
+                            "IncidentReported": ("reported", ("Id", "Obligation", "Ref")),
+                            "IncidentReview": ("review", ("Id", "Review")),
+                            "IncidentActionDone": ("action_done", ("Id", "Number", "Note")),
+                            "IncidentForceResolve": ("force_resolve",
+                                                     ("Id", "Summary", "Reason"))}
 
 _REFUSAL_STATUS: Final = {Refusal.ENVELOPE: StatusCodes.BadOutOfRange,
                           Refusal.READ_ONLY: StatusCodes.BadNotWritable,
@@ -130,10 +142,10 @@ _MODE_REQUESTS: Final = {"auto": "to_auto", "shadow": "to_shadow", "manual": "to
                          "safe_stop": "to_safe_stop"}
 _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip": (Role.ADMIN,),
                         "Bypass": (Role.ADMIN,), "EndBypass": (Role.ADMIN,),
-                        "IncidentNote": (Role.OPERATOR, Role.ADMIN),
-                        "IncidentAcknowledge": (Role.OPERATOR, Role.ADMIN),
-                        "IncidentCheck": (Role.OPERATOR, Role.ADMIN),
-                        "IncidentResolve": (Role.ADMIN,)}
+                        # The incident methods: the same table as every other entry point.
+                        **{name: tuple(r for r in (Role.OPERATOR, Role.ADMIN)
+                                       if r in INCIDENT_ROLES[action])
+                           for name, (action, _) in _INCIDENT_METHODS.items()}}
 _WRITER_ROLES: Final = (Role.AI, Role.OPERATOR, Role.ADMIN)
 # Each method's input arguments (name, type) and what it does: the server declares exactly
 # these, and `safety-gateway map` prints them, so the two cannot disagree.
@@ -155,7 +167,18 @@ _METHOD_PURPOSE: Final = {
     "IncidentNote": "add a note to an incident's timeline",
     "IncidentAcknowledge": "take an incident on (it moves to investigating)",
     "IncidentCheck": "tick a checklist item of a phase (Item: its number from 0, or its text)",
-    "IncidentResolve": "resolve an incident with a summary",
+    "IncidentResolve": "resolve an incident with a summary (refused while required "
+                       "checklist items or the review are open)",
+    "IncidentSeverity": "raise an incident's severity (Level: low, medium, high, critical) "
+                        "with a reason; never lowered",
+    "IncidentReported": "record that the report a reporting clock asks for was made (Ref: "
+                        "its reference)",
+    "IncidentReview": "record the post-incident review: Review is one JSON object "
+                      "(root_cause, factors, went_well, went_badly, actions), at most 16000 "
+                      "characters",
+    "IncidentActionDone": "close a review's action item (Number: from 1) with a note",
+    "IncidentForceResolve": "resolve although required items are open, recording the reason "
+                            "and what was open",
 }
 
 

@@ -302,7 +302,10 @@ function showIncidents(doc, nowWall) {
     if (inc) tr.querySelector(".age").textContent = ageText(nowWall - inc.opened_wall_s);
     tr.setAttribute("aria-selected", tr.dataset.id === selectedIncident ? "true" : "false");
   }
-  if (selectedDetail) setText("sel-age", ageText(nowWall - selectedDetail.opened_wall_s));
+  if (selectedDetail) {
+    setText("sel-age", ageText(nowWall - selectedDetail.opened_wall_s));
+    showDeadlines(selectedDetail, nowWall);
+  }
   const ekey = JSON.stringify(doc.events.length ? doc.events[0].seq : null) + doc.events.length;
   if (ekey !== eventsKey) {
     eventsKey = ekey;
@@ -339,6 +342,31 @@ async function loadDetail(id) {
   setText("sel-trigger", d.detector + ": " + d.reason);
   setText("sel-age", ageText(lastNowWall - d.opened_wall_s));
   setText("evidence-result", "");
+  setText("sel-severity", d.severity || "not set");
+  showDeadlines(d, lastNowWall);
+  setText("sel-review", d.review ? "recorded by " + d.review.who + " (" + utc(d.review.wall_s) +
+          "): root cause: " + d.review.root_cause : "not recorded yet");
+  const actions = document.getElementById("sel-actions");
+  actions.replaceChildren();
+  if (d.actions.length === 0) actions.append(el("li", "none"));
+  for (const a of d.actions) {
+    const li = el("li", "#" + a.number + " " + a.text + " (" + a.owner + ", due " + a.due + "): " +
+                  (a.done ? "done by " + a.done_by : "open"));
+    li.dataset.number = String(a.number);
+    if (!a.done) {
+      const b = el("button", "Done");
+      b.type = "button";
+      b.className = "action-done";
+      b.addEventListener("click", () =>
+        act("/api/incident", {action: "action_done", incident_id: d.id, args: [String(a.number), ""]},
+            "action item " + a.number + " done", "incident-result"));
+      li.append(" ", b);
+    }
+    actions.append(li);
+  }
+  setText("sel-requires", !d.open ? "resolved" : d.open_requirements.length === 0 ? "nothing open" :
+          d.open_requirements.length + " open: " + d.open_requirements.slice(0, 5).join("; ") +
+          (d.open_requirements.length > 5 ? "; …" : ""));
   const list = document.getElementById("sel-checklist");
   list.replaceChildren();
   for (const p of d.checklist) {
@@ -358,6 +386,22 @@ async function loadDetail(id) {
   }
   for (const tr of document.querySelectorAll("#incidents tbody tr"))
     tr.setAttribute("aria-selected", tr.dataset.id === id ? "true" : "false");
+}
+
+// Each reporting deadline: reported, overdue, or due in how long (against the gateway's clock).
+function showDeadlines(d, nowWall) {
+  const ul = document.getElementById("sel-deadlines");
+  ul.replaceChildren();
+  if (d.deadlines.length === 0) ul.append(el("li", "none runs for this incident"));
+  for (const dl of d.deadlines) {
+    let state;
+    if (dl.reported) state = "reported by " + dl.reported_by + " (" + utc(dl.reported_wall_s) + ")";
+    else if (nowWall !== null && nowWall > dl.due_wall_s) state = "OVERDUE by " + ageText(nowWall - dl.due_wall_s);
+    else state = "due in " + ageText(nowWall === null ? null : dl.due_wall_s - nowWall) + " (" + utc(dl.due_wall_s) + ")";
+    const li = el("li", dl.obligation + ": " + state);
+    li.dataset.state = dl.reported ? "reported" : (nowWall !== null && nowWall > dl.due_wall_s ? "overdue" : "due");
+    ul.append(li);
+  }
 }
 
 async function downloadEvidence(e) {
@@ -428,8 +472,8 @@ function showSession(info) {
   if (info) { setText("who-user", info.user); setText("who-role", info.role); }
 }
 
-function result(ok, text) {
-  const r = document.getElementById("action-result");
+function result(ok, text, where) {
+  const r = document.getElementById(where || "action-result");
   r.dataset.ok = ok ? "true" : "false";
   r.textContent = text;
 }
@@ -447,11 +491,12 @@ async function post(path, body) {
   }
 }
 
-async function act(path, body, what) {
+async function act(path, body, what, where) {
   const {status, answer} = await post(path, body);
-  if (status === 401) { showSession(null); result(false, what + ": refused: log in first"); return; }
-  if (status === 200 && answer.accepted) { result(true, what + ": " + (answer.reason || "applied")); return; }
-  result(false, what + ": refused: " + (answer.reason || answer.error || ("HTTP " + status)));
+  if (status === 401) { showSession(null); result(false, what + ": refused: log in first", where); return; }
+  if (status === 200 && answer.accepted) { result(true, what + ": " + (answer.reason || "applied"), where); return; }
+  // A refusal shows the core's reason (for resolve: what is still open), never "accepted".
+  result(false, what + ": refused: " + (answer.reason || answer.error || ("HTTP " + status)), where);
 }
 
 function wireActions() {
@@ -483,6 +528,20 @@ function wireActions() {
     });
   }
   document.getElementById("evidence").addEventListener("click", downloadEvidence);
+  // Severity and resolve apply to the incident whose detail is shown.
+  document.getElementById("raise-severity").addEventListener("click", () => {
+    if (!selectedIncident) return;
+    const level = document.getElementById("severity-level").value;
+    const reason = document.getElementById("severity-reason").value;
+    act("/api/incident", {action: "severity", incident_id: selectedIncident, args: [level, reason]},
+        "severity " + level, "incident-result");
+  });
+  document.getElementById("resolve").addEventListener("click", () => {
+    if (!selectedIncident) return;
+    const summary = document.getElementById("resolve-summary").value;
+    act("/api/incident", {action: "resolve", incident_id: selectedIncident, args: [summary]},
+        "resolve", "incident-result");
+  });
   // A page reloaded while logged in picks its session up again.
   fetch("/api/session", {credentials: "same-origin"})
     .then((r) => (r.ok ? r.json() : null)).then(showSession).catch(() => showSession(null));
