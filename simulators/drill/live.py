@@ -116,9 +116,9 @@ def live_lines(incident: str, dashboard_url: str, via: str, users: tuple[str, ..
         f"  dashboard: {dashboard_url} (log in, acknowledge, tick the checklist)",
         f"  safety-gateway incidents ack {incident} 'on it' {via_args(user)}",
         f"  safety-gateway incidents check {incident} PHASE ITEM {via_args(user)}",
-        # resolve requires a post-incident review, which cannot go through --via yet: the
-        # review (then resolve) goes with --db once the drill has closed its gateway.
-        "  (review, then resolve, with the --db commands above once the drill has closed)",
+        # resolve requires a post-incident review first (the running gateway records both).
+        f"  safety-gateway incidents review {incident} --root-cause TEXT {via_args(user)}",
+        f"  safety-gateway incidents resolve {incident} --summary TEXT {via_args(user)}",
         f"  safety-gateway ctl status {via_args(user)}",
     ]
 
