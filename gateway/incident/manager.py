@@ -34,7 +34,8 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 import numpy as np
 
@@ -356,11 +357,7 @@ class IncidentManager:
         done."""
         incident = self.get(incident_id)
         _need_text("who", who)
-        try:
-            phase = ChecklistPhase(phase)
-        except ValueError:
-            raise BadRequest(f"unknown checklist phase {phase!r}; use "
-                                + ", ".join(p.value for p in ChecklistPhase)) from None
+        phase = _one_of(ChecklistPhase, phase, "checklist phase")
         items = incident.checklist_of(phase)
         if isinstance(item, str) and not item.isdigit():
             index = next((k for k, i in enumerate(items) if i.text == item), -1)
@@ -439,11 +436,7 @@ class IncidentManager:
         _need_text("who", who)
         if not authorised:
             raise IncidentError(f"{who} is not authorised to change an incident's severity")
-        try:
-            level = Severity(level)
-        except ValueError:
-            raise BadRequest(f"unknown severity {level!r}; use "
-                             + ", ".join(s.value for s in Severity)) from None
+        level = _one_of(Severity, level, "severity")
         _need_text("reason", reason)
         if not incident.is_open:
             raise IncidentError(f"{incident_id} is resolved; its severity stays "
@@ -554,11 +547,7 @@ class IncidentManager:
 
         self.get(incident_id)
         _need_text("who", who)
-        try:
-            audience = Audience(audience)
-        except ValueError:
-            raise BadRequest(f"unknown audience {audience!r}; use "
-                             + ", ".join(a.value for a in Audience)) from None
+        audience = _one_of(Audience, audience, "audience")
         _need_text("text", text)
         if len(text) > MAX_DRAFT_CHARS:
             raise BadRequest(f"the text has {len(text)} characters; at most "
@@ -997,6 +986,18 @@ class IncidentManager:
 
 _STEP_OF_REQUEST: Final = {RequestKind.TO_MANUAL: ContainmentKind.MANUAL.value,
                            RequestKind.TO_SAFE_STOP: ContainmentKind.SAFE_STOP.value}
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _one_of(kind: type[_E], value: str, what: str) -> _E:
+    """``value`` as a member of ``kind``, or :class:`BadRequest` naming the allowed ones."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise BadRequest(f"unknown {what} {value!r}; use "
+                         + ", ".join(m.value for m in kind)) from None
 
 
 def _need_text(what: str, value: object) -> None:
