@@ -211,8 +211,9 @@ MAPPED = {
     "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/safety-gateway drill "
     "--report reports/drill": ("tests/drill/test_drills.py::test_default_drill_with_report",),
     # CI runs the second command; this test keeps .ci/run identical to it.
-    "{ test -x /usr/bin/chromium && command -v promtool >/dev/null || { apt-get update -q && "
-    "apt-get install -y -q chromium prometheus; }; } && python3 -m venv .venv && "
+    "{ test -x /usr/bin/chromium && command -v promtool >/dev/null && command -v nats-server "
+    ">/dev/null || { apt-get update -q && apt-get install -y -q chromium prometheus "
+    "nats-server; }; } && python3 -m venv .venv && "
     "SAFETY_GATEWAY_REQUIRE_COMPILED=1 .venv/bin/pip install -q -e \".[test]\" && "
     ".venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest": (
         "tests/test_readme.py::test_ci_runs_exactly_the_readme_test_command",),

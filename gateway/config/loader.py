@@ -1048,7 +1048,7 @@ def _rebase_opcua(nb: s.Northbound, base: Path) -> s.Northbound:
 
 
 _SECTIONS = ("site", "devices", "tags", "envelope", "controller", "fallback", "detection",
-             "operation", "northbound", "audit")
+             "operation", "northbound", "audit", "fleet")
 
 
 def load_config(path: str | Path) -> s.Site:
@@ -1121,6 +1121,8 @@ def load_config(path: str | Path) -> s.Site:
         result["audit"] = dataclasses.replace(
             audit, path=base / audit.path, head_sinks=tuple(base / p for p in audit.head_sinks),
             key=None if audit.key is None else base / audit.key)
+    with _section(ctx):
+        result["fleet"] = _read_fleet(root, base, site_info)
     for key in root.items:
         if key not in _SECTIONS:
             root.error(key, f"unknown section (expected one of: {', '.join(_SECTIONS)})")
@@ -1133,6 +1135,29 @@ def load_config(path: str | Path) -> s.Site:
     _check_sanity(ctx, root, site)
     _prove(ctx, root, site)
     return site
+
+
+def _read_fleet(root: Section, base: Path, info: s.SiteInfo | None) -> s.FleetSpec | None:
+    """``fleet:``; ``site_id`` defaults to the site's name (an error at ``fleet.site_id``
+    when that name is not a subject token)."""
+    m = root.map("fleet")
+    if m is None:
+        return None
+    kwargs: dict[str, Any] = {"url": m.req_str("url")}
+    site_id = m.opt_str("site_id")
+    if site_id is None and info is None:
+        raise Abort  # the site section's own error is already recorded
+    kwargs["site_id"] = site_id if site_id is not None else _need(info).name
+    for key in ("ca", "certificate", "private_key", "credentials"):
+        value = m.opt_str(key)
+        if value is not None:
+            kwargs[key] = base / value
+    for key in ("heartbeat_s", "connect_timeout_s"):
+        number = m.opt_float(key)
+        if number is not None:
+            kwargs[key] = number
+    m.finish()
+    return _build(m, s.FleetSpec, **kwargs)
 
 
 def _line_of(root: Section, path: str) -> int:

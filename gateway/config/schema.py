@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Final
 
 
 class FieldError(ValueError):
@@ -1011,6 +1012,49 @@ class Northbound:
     http: HttpServerSpec | None = None
 
 
+SITE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a fleet site id may be: one NATS subject token (no dots, wildcards or spaces)."""
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The site's link to a fleet's central NATS JetStream (``gateway.fleet``), used only by
+    the communications process: the safety core never waits on it.
+
+    ``url`` is a ``nats://`` or ``tls://`` server (the central cluster, or a leaf node beside
+    the gateway). ``site_id`` names the site's subjects (``sg.site.<site_id>.>``) and defaults
+    to the site's name. The site authenticates with a client certificate (``certificate`` and
+    ``private_key``, PEM, checked against ``ca``) or a NATS credentials file
+    (``credentials``: a user JWT and nkey seed), or both; the central server's permissions let
+    it publish only under its own subjects. ``heartbeat_s`` is the period of its status
+    heartbeat."""
+
+    url: str
+    site_id: str
+    ca: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    credentials: Path | None = None
+    heartbeat_s: float = 5.0
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("nats://", "tls://")):
+            raise FieldError("url", f"must start with nats:// or tls://, not {self.url!r}")
+        if SITE_ID_PATTERN.fullmatch(self.site_id) is None:
+            raise FieldError("site_id", f"{self.site_id!r} is not a fleet site id (1 to 64 "
+                                        "letters, digits, '_' or '-'; set fleet.site_id)")
+        if (self.certificate is None) != (self.private_key is None):
+            raise FieldError("certificate" if self.certificate is None else "private_key",
+                             "a client certificate needs both certificate and private_key")
+        _positive("heartbeat_s", self.heartbeat_s)
+        _positive("connect_timeout_s", self.connect_timeout_s)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("tls://") or self.ca is not None or self.certificate is not None
+
+
 @dataclass(frozen=True)
 class AuditSpec:
     """The audit database, how many nominal cycles to sample (one in ``sample_every_n``;
@@ -1066,6 +1110,7 @@ class Site:
     operation: Operation = field(default_factory=Operation)
     northbound: Northbound = field(default_factory=Northbound)
     audit: AuditSpec = field(default_factory=AuditSpec)
+    fleet: FleetSpec | None = None
 
     @property
     def actuators(self) -> tuple[Tag, ...]:
