@@ -21,6 +21,11 @@ MSG_ID: Final = "Nats-Msg-Id"
 EXPECTED_LAST_MSG_ID: Final = "Nats-Expected-Last-Msg-Id"
 """JetStream's publish headers: deduplication, and the message the stream must hold last."""
 
+STATUS_STREAM: Final = "SG_STATUS"
+"""The central stream of every site's latest status heartbeat and metrics snapshot (one message
+kept per subject). A site's own stream (:attr:`SiteSubjects.stream`) holds its audit records,
+events and heads; the two never share a subject (JetStream forbids overlapping streams)."""
+
 ASSIGNMENTS_BUCKET: Final = "sg_assignments"
 """Key-value bucket of per-site model assignments; the key is the site id."""
 MODELS_BUCKET: Final = "sg_models"
@@ -90,6 +95,12 @@ class SiteSubjects:
     @property
     def commands(self) -> str:
         return f"{self.root}.cmd.>"
+
+    @property
+    def stream_subjects(self) -> tuple[str, str, str]:
+        """What the site's own stream holds: audit records, events and heads (never status,
+        metrics or commands: those live in :data:`STATUS_STREAM` or are request/reply)."""
+        return (self.audit, self.events, self.heads)
 
     @property
     def stream(self) -> str:
