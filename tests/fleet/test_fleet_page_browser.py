@@ -1,0 +1,102 @@
+"""The fleet page in a real browser (Debian's chromium, driven by Playwright) against a real
+nats-server holding the sites' heartbeats: the table, a stale site shown unreachable, a site
+that falls silent while the page is open turning stale, and the drill-down to a site's
+incidents. Waits are on page state with deadlines, never sleeps; screenshots go into the
+test's tmp folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import nats
+from playwright.async_api import async_playwright, expect
+
+from gateway.fleet.fleet_page import FleetPage
+from gateway.fleet.status import ensure_status_stream
+from gateway.fleet.subjects import SiteSubjects
+from tests.fleet.test_status_cli import status
+
+if TYPE_CHECKING:
+    from tests.fleet.natsserver import NatsServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    async def main() -> tuple[list[str], dict[str, Any], int]:
+        client = await nats.connect(nats_server.url)
+        js = client.jetstream()
+        await ensure_status_stream(js)
+        for doc in (status("east", heartbeat_s=600.0, open_incidents=2, mode="manual"),
+                    status("west", heartbeat_s=600.0, open_incidents=0),
+                    status("quiet", heartbeat_s=0.001, open_incidents=0),
+                    # Healthy now; silent from here on: stale after 3 s.
+                    status("fading", heartbeat_s=1.0, open_incidents=0)):
+            await js.publish(SiteSubjects(doc["site"]).status, json.dumps(doc).encode())
+        page_server = FleetPage(js, port=0, period_s=0.2)
+        await page_server.start()
+        errors: list[str] = []
+        try:
+            url = f"http://127.0.0.1:{page_server.port}/"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url) as r:
+                    headers = dict(r.headers)
+                async with http.get(url + "api/sites/nowhere") as r:
+                    missing = r.status
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=str(CHROMIUM),
+                                                   args=["--no-sandbox"])
+                try:
+                    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+                    page.on("pageerror", lambda exc: errors.append(str(exc)))
+                    await page.goto(url)
+                    rows = page.locator("#sites tbody tr")
+                    await expect(rows).to_have_count(4, timeout=15_000)
+                    east = page.locator("#sites tr[data-site='east']")
+                    await expect(east).to_have_attribute("data-health", "incident")
+                    await expect(east.locator("td").nth(2)).to_have_text("MANUAL")
+                    await expect(east.locator("td").nth(3)).to_have_text("2 (high)")
+                    west = page.locator("#sites tr[data-site='west']")
+                    await expect(west).to_have_attribute("data-health", "ok")
+                    await expect(west.locator("td").nth(7)).to_have_text(
+                        "tank-v3.onnx (abababababab)")
+                    quiet = page.locator("#sites tr[data-site='quiet']")
+                    await expect(quiet).to_have_attribute("data-health", "stale")
+                    await expect(quiet.locator("td.health")).to_have_text(
+                        "STALE (unreachable)")
+                    await expect(quiet.locator("td").nth(2)).to_have_text("AUTO (last known)")
+                    await expect(page.locator("#stale-banner")).to_be_visible()
+                    await page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
+                    # A site that stops sending goes stale on the open page.
+                    fading = page.locator("#sites tr[data-site='fading']")
+                    await expect(fading).to_have_attribute("data-health", "stale",
+                                                           timeout=15_000)
+                    await expect(page.locator("#stale-sites")).to_have_text(
+                        "fading, quiet")
+                    # Drill-down: the site's incidents, from its last heartbeat.
+                    await east.click()
+                    incidents = page.locator("#site-incidents tbody tr")
+                    await expect(incidents).to_have_count(2)
+                    await expect(incidents.first.locator("td").first).to_have_text(
+                        "INC-east-0")
+                    await expect(incidents.first.locator("td").nth(3)).to_have_text("high")
+                    await expect(page.locator("#detail-site")).to_have_text("east")
+                    await page.screenshot(path=str(tmp_path / "fleet-east.png"),
+                                          full_page=True)
+                finally:
+                    await browser.close()
+        finally:
+            await page_server.stop()
+            await client.close()
+        return errors, headers, missing
+
+    errors, headers, missing = asyncio.run(main())
+    assert errors == []
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in headers["Content-Security-Policy"]
+    assert missing == 404
