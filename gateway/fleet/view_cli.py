@@ -343,7 +343,12 @@ def _dashboard(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             await page.stop()
-            await client.close()
+            try:
+                await client.close()
+            except (ConnectionResetError, nats.errors.Error) as exc:
+                # nats-py flushes on close: a server already gone says so, nothing is lost.
+                print(f"safety-gateway fleet dashboard: closing the connection: {exc}",
+                      file=sys.stderr)
         return EXIT_OK
 
     return asyncio.run(main())

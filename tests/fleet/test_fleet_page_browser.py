@@ -1,12 +1,13 @@
 """The fleet page in a real browser (Debian's chromium, driven by Playwright) against a real
-nats-server holding the sites' heartbeats: the table, a stale site shown unreachable, a site
-that falls silent while the page is open turning stale, and the drill-down to a site's
-incidents. Waits are on page state with deadlines, never sleeps; screenshots go into the
-test's tmp folder."""
+nats-server holding the sites' heartbeats: the table, a stale site shown unreachable, the
+drill-down to a site's incidents, and, once the server is gone, the page saying so and a site
+whose last heartbeat ages past three periods turning stale on the page itself. Waits are on
+page state with deadlines, never sleeps; screenshots go into the test's tmp folder."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,8 @@ def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
         for doc in (status("east", heartbeat_s=600.0, open_incidents=2, mode="manual"),
                     status("west", heartbeat_s=600.0, open_incidents=0),
                     status("quiet", heartbeat_s=0.001, open_incidents=0),
-                    # Healthy now; silent from here on: stale after 3 s.
-                    status("fading", heartbeat_s=1.0, open_incidents=0)):
+                    # Healthy now; silent from here on: stale after 4.5 s.
+                    status("fading", heartbeat_s=1.5, open_incidents=0)):
             await js.publish(SiteSubjects(doc["site"]).status, json.dumps(doc).encode())
         page_server = FleetPage(js, port=0, period_s=0.2)
         await page_server.start()
@@ -72,12 +73,6 @@ def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
                     await expect(quiet.locator("td").nth(2)).to_have_text("AUTO (last known)")
                     await expect(page.locator("#stale-banner")).to_be_visible()
                     await page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
-                    # A site that stops sending goes stale on the open page.
-                    fading = page.locator("#sites tr[data-site='fading']")
-                    await expect(fading).to_have_attribute("data-health", "stale",
-                                                           timeout=15_000)
-                    await expect(page.locator("#stale-sites")).to_have_text(
-                        "fading, quiet")
                     # Drill-down: the site's incidents, from its last heartbeat.
                     await east.click()
                     incidents = page.locator("#site-incidents tbody tr")
@@ -88,11 +83,23 @@ def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
                     await expect(page.locator("#detail-site")).to_have_text("east")
                     await page.screenshot(path=str(tmp_path / "fleet-east.png"),
                                           full_page=True)
+                    # The server goes away: the page says it cannot read, and a site whose
+                    # last heartbeat ages past three periods turns stale on the page itself.
+                    nats_server.kill()
+                    await expect(page.locator("#link-lost")).to_be_visible(timeout=30_000)
+                    fading = page.locator("#sites tr[data-site='fading']")
+                    await expect(fading).to_have_attribute("data-health", "stale",
+                                                           timeout=15_000)
+                    await expect(page.locator("#stale-sites")).to_have_text(
+                        "fading, quiet")
+                    await expect(west).to_have_attribute("data-health", "ok")
                 finally:
                     await browser.close()
         finally:
             await page_server.stop()
-            await client.close()
+            # nats-py's close flushes to the server the test killed: it may say so.
+            with contextlib.suppress(ConnectionResetError):
+                await client.close()
         return errors, headers, missing
 
     errors, headers, missing = asyncio.run(main())
