@@ -20,7 +20,6 @@ The centre connects to ``--server`` (``nats://`` or ``tls://``), authenticated l
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import math
@@ -169,6 +168,8 @@ async def _quiet_error(exc: Exception) -> None:
 
 def _run(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
     """Connect, run ``work``, close; unreachable servers and timeouts exit 3."""
+    import asyncio
+
     import nats
     import nats.errors
 
@@ -309,6 +310,8 @@ def _dashboard(args: argparse.Namespace) -> int:
         raise _Fail(EXIT_INPUT, f"--port must be 0..65535, not {args.port}")
     if not (math.isfinite(args.period) and args.period > 0):
         raise _Fail(EXIT_INPUT, f"--period must be > 0, not {args.period}")
+
+    import asyncio
 
     async def main() -> int:
         import signal
