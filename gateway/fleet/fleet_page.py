@@ -13,8 +13,12 @@ its own; the same strict Content-Security-Policy; every value is inserted as tex
 status cannot be read (the NATS server is down), the document says so (``error``) and keeps
 the last rows, marked by the age of the reading, never as fresh.
 
-Incident work from the centre is the ``fleet incident`` command (the site decides); the page
-has no actions, so it has no logins.
+Incidents are worked from the page as with the ``fleet incident`` command (given the NATS
+``client``): each action carries the user name and password of the person's account **at the
+site**, typed into the page and forwarded with that one request (``POST /api/incident``; never
+stored here); the site checks them and the role, and decides; the page shows the site's
+answer. The centre has no accounts of its own and decides nothing. Serve the page on loopback
+(the default) or behind TLS: passwords cross the browser's connection.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from gateway.fleet.subjects import SiteIdError, check_site_id
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
 __all__ = ["FleetPage"]
@@ -44,6 +49,7 @@ log = logging.getLogger("gateway.fleet.page")
 PAGE_DIR: Final = Path(__file__).with_name("page")
 DASHBOARD_CSS: Final = Path(__file__).parents[1] / "ops" / "dashboard" / "dashboard.css"
 LOOKED_S: Final = 10.0  # the status is read while someone looked within this time
+MAX_BODY_BYTES: Final = 32 * 1024  # an incident action (a review's JSON is the largest)
 _FILES: Final = {"/": (PAGE_DIR / "index.html", "text/html"),
                  "/fleet.js": (PAGE_DIR / "fleet.js", "text/javascript"),
                  "/fleet.css": (PAGE_DIR / "fleet.css", "text/css"),
@@ -58,12 +64,15 @@ class FleetPage:
     the status through ``js`` every ``period_s`` seconds. Raises ValueError for a period that
     is not positive."""
 
-    def __init__(self, js: JetStreamContext, *, host: str = "127.0.0.1", port: int = 0,
-                 period_s: float = 2.0, wall_clock: Callable[[], float] = time.time,
+    def __init__(self, js: JetStreamContext, *, client: Client | None = None,
+                 host: str = "127.0.0.1", port: int = 0, period_s: float = 2.0,
+                 action_timeout_s: float = 10.0, wall_clock: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not (math.isfinite(period_s) and period_s > 0):
             raise ValueError(f"period_s must be > 0, not {period_s}")
         self.js = js
+        self.client = client
+        self.action_timeout_s = action_timeout_s
         self.host = host
         self.port = port
         self.period_s = period_s
@@ -73,7 +82,6 @@ class FleetPage:
         self._document: dict[str, Any] = {"sites": [], "error": "not read yet",
                                           "read_at_wall_s": None}
         self._sites: dict[str, dict[str, Any]] = {}
-        self._read_once = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._stream_ready = False
@@ -100,7 +108,6 @@ class FleetPage:
             self._document = {"sites": [{k: v for k, v in r.items() if k != "incidents"}
                                         for r in rows],
                               "error": None, "read_at_wall_s": now}
-        self._read_once.set()
 
     async def _run(self) -> None:
         while True:
@@ -109,12 +116,13 @@ class FleetPage:
             await asyncio.sleep(self.period_s)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.on_response_prepare.append(_headers)
         for path in _FILES:
             app.router.add_get(path, self._file)
         app.router.add_get("/api/fleet", self._fleet)
         app.router.add_get("/api/sites/{id}", self._site)
+        app.router.add_post("/api/incident", self._incident)
         return app
 
     async def start(self) -> None:
@@ -171,6 +179,70 @@ class FleetPage:
         if row is None:
             return _json({"error": "no such site has sent a heartbeat"}, 404)
         return _json({"site": row, "now_wall_s": self.wall_clock()})
+
+
+    async def _incident(self, request: web.Request) -> web.Response:
+        """Forward one incident action to its site and answer the site's decision: 200
+        accepted; 403 the site refused the login or the role; 409 the site refused the action;
+        504 the site did not answer; 502 its answer was not one. Nothing is decided here."""
+        from gateway.fleet.commands import Unreachable, ask_incident
+
+        if self.client is None:
+            return _json({"accepted": False, "reason": "this page has no actions"}, 404)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            # A page elsewhere may not make a browser send actions here.
+            return _json({"accepted": False, "reason": "cross-origin request refused"}, 403)
+        if request.content_type != "application/json":
+            return _json({"accepted": False, "reason": "send application/json"}, 415)
+        try:
+            body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            return _json({"accepted": False, "reason": f"body over {MAX_BODY_BYTES} bytes"},
+                         413)
+        except (ValueError, UnicodeDecodeError):
+            return _json({"accepted": False, "reason": "body is not JSON"}, 400)
+        fields = _action_fields(body)
+        if isinstance(fields, str):
+            return _json({"accepted": False, "reason": fields}, 400)
+        site, user, password, action, incident_id, args = fields
+        try:
+            answer = await ask_incident(self.client, site, user=user, password=password,
+                                        action=action, incident_id=incident_id, args=args,
+                                        timeout_s=self.action_timeout_s, requester="fleet-page")
+        except Unreachable as exc:
+            return _json({"accepted": False, "reason": str(exc)}, 504)
+        except ValueError as exc:
+            return _json({"accepted": False, "reason": str(exc)}, 502)
+        log.info("fleet page: %s %s of %s at %s by %s: %s", action, incident_id,
+                 "accepted" if answer.accepted else "refused", site, user, answer.reason)
+        status = 200 if answer.accepted else (
+            403 if answer.refusal == "not_authorised" else 409)
+        return _json({"accepted": answer.accepted, "reason": answer.reason,
+                      "refusal": answer.refusal, "site": site}, status)
+
+
+def _action_fields(body: Any) -> tuple[str, str, str, str, str, tuple[str, ...]] | str:
+    """The action's fields, or what is wrong with them."""
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    site, user, password = body.get("site"), body.get("user"), body.get("password")
+    action, incident_id, args = body.get("action"), body.get("incident_id"), body.get("args",
+                                                                                      [])
+    if not isinstance(site, str):
+        return "site: text"
+    try:
+        check_site_id(site)
+    except SiteIdError as exc:
+        return str(exc)
+    if not isinstance(user, str) or not user or not isinstance(password, str) or not password:
+        return "user and password: texts (your account at the site)"
+    if not isinstance(action, str) or not action or not isinstance(incident_id, str) \
+            or not incident_id:
+        return "action and incident_id: texts"
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return "args: a list of texts"
+    return site, user, password, action, incident_id, tuple(args)
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:

@@ -329,8 +329,8 @@ def _dashboard(args: argparse.Namespace) -> int:
         except (nats.errors.Error, OSError) as exc:
             raise _Fail(EXIT_UNREACHABLE, f"cannot reach {args.server}: "
                                           f"{exc or type(exc).__name__}") from None
-        page = FleetPage(client.jetstream(timeout=timeout), host=args.host, port=args.port,
-                         period_s=args.period)
+        page = FleetPage(client.jetstream(timeout=timeout), client=client, host=args.host,
+                         port=args.port, period_s=args.period, action_timeout_s=timeout)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -29,7 +29,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
         nats_server: NatsServer, tmp_path: Path) -> None:
-    async def main() -> tuple[list[str], dict[str, Any], int]:
+    async def main() -> tuple[list[str], dict[str, Any], int, list[dict[str, Any]]]:
         client = await nats.connect(nats_server.url)
         js = client.jetstream()
         await ensure_status_stream(js)
@@ -39,7 +39,18 @@ def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
                     # Healthy now; silent from here on: stale after 4.5 s.
                     status("fading", heartbeat_s=1.5, open_incidents=0)):
             await js.publish(SiteSubjects(doc["site"]).status, json.dumps(doc).encode())
-        page_server = FleetPage(js, port=0, period_s=0.2)
+        # The site "east" answers incident requests: here a stand-in that records what came
+        # and accepts it (the real site's decisions: test_fleet_page_actions, test_commands).
+        asked: list[dict[str, Any]] = []
+
+        async def east_site(msg: Any) -> None:
+            asked.append(json.loads(msg.data))
+            await msg.respond(json.dumps({"format": 1, "site": "east", "accepted": True,
+                                          "code": 0, "reason": "note recorded; phase "
+                                          "investigating", "refusal": None}).encode())
+
+        await client.subscribe(SiteSubjects("east").command("incident"), cb=east_site)
+        page_server = FleetPage(js, client=client, port=0, period_s=0.2)
         await page_server.start()
         errors: list[str] = []
         try:
@@ -81,6 +92,16 @@ def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
                         "INC-east-0")
                     await expect(incidents.first.locator("td").nth(3)).to_have_text("high")
                     await expect(page.locator("#detail-site")).to_have_text("east")
+                    # Work an incident: the site's answer is shown, the password cleared.
+                    await page.locator("#work-user").fill("olga")
+                    await page.locator("#work-password").fill("op-pw")
+                    await page.locator("#work-incident").select_option("INC-east-1")
+                    await page.locator("#work-action").select_option("note")
+                    await page.locator("#work-text").fill("called the site")
+                    await page.locator("#work-send").click()
+                    await expect(page.locator("#work-result")).to_have_text(
+                        "accepted by east: note recorded; phase investigating")
+                    await expect(page.locator("#work-password")).to_have_value("")
                     await page.screenshot(path=str(tmp_path / "fleet-east.png"),
                                           full_page=True)
                     # The server goes away: the page says it cannot read, and a site whose
@@ -100,9 +121,12 @@ def test_the_fleet_page_shows_every_site_and_a_silent_one_as_unreachable(
             # nats-py's close flushes to the server the test killed: it may say so.
             with contextlib.suppress(ConnectionResetError):
                 await client.close()
-        return errors, headers, missing
+        return errors, headers, missing, asked
 
-    errors, headers, missing = asyncio.run(main())
+    errors, headers, missing, asked = asyncio.run(main())
+    assert [(a["user"], a["password"], a["action"], a["incident_id"], a["args"],
+             a["requester"]) for a in asked] == [
+        ("olga", "op-pw", "note", "INC-east-1", ["called the site"], "fleet-page")]
     assert errors == []
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert "unsafe-inline" not in headers["Content-Security-Policy"]

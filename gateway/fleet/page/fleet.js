@@ -81,7 +81,11 @@ function render(doc) {
                    el("td", site.gateway_version === null ? "–" : site.gateway_version)];
     for (const c of cells) tr.appendChild(c);
     if (site.problem) tr.title = site.problem;
-    tr.addEventListener("click", () => { selected = site.site; showSite(); });
+    tr.addEventListener("click", () => {
+      if (selected !== site.site) setText("work-result", "");
+      selected = site.site;
+      showSite();
+    });
     rows.push(tr);
   }
   body.replaceChildren(...rows);
@@ -142,7 +146,57 @@ async function showSite() {
     rows.push(tr);
   }
   body.replaceChildren(...rows);
+  // The incidents that can be worked: the open ones (kept selected across refreshes).
+  const pick = document.getElementById("work-incident");
+  const chosen = pick.value;
+  const options = (site.incidents || []).filter((inc) => inc.open).map((inc) => {
+    const o = el("option", inc.id);
+    o.value = inc.id;
+    return o;
+  });
+  pick.replaceChildren(...options);
+  if (options.some((o) => o.value === chosen)) pick.value = chosen;
+  document.getElementById("work-send").disabled = options.length === 0;
 }
+
+async function sendWork(event) {
+  event.preventDefault();
+  const result = document.getElementById("work-result");
+  const password = document.getElementById("work-password");
+  const body = {
+    site: selected,
+    user: document.getElementById("work-user").value,
+    password: password.value,
+    action: document.getElementById("work-action").value,
+    incident_id: document.getElementById("work-incident").value,
+    args: [document.getElementById("work-text").value],
+  };
+  result.dataset.ok = "";
+  result.textContent = "sent to " + selected + "…";
+  let answer;
+  try {
+    answer = await fetch("/api/incident", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify(body), cache: "no-store"});
+  } catch (e) {
+    result.dataset.ok = "false";
+    result.textContent = "not sent: " + e.message;
+    return;
+  }
+  password.value = "";  // asked again for the next action: kept nowhere
+  let doc = {};
+  try {
+    doc = await answer.json();
+  } catch (e) {
+    doc = {reason: "HTTP " + answer.status};
+  }
+  result.dataset.ok = String(doc.accepted === true);
+  result.textContent = (doc.accepted ? "accepted by " : "refused: ")
+    + (doc.accepted ? doc.site + ": " : "") + (doc.reason || ("HTTP " + answer.status));
+  if (doc.accepted) document.getElementById("work-text").value = "";
+}
+
+document.getElementById("work-form").addEventListener("submit", sendWork);
 
 async function poll() {
   try {
