@@ -177,3 +177,19 @@ def test_metrics_are_null_before_the_core_counted(tmp_path: Path) -> None:
     site = load_config(ROOT / "configs" / "water_tank.yaml")
     layout = MirrorLayout.for_site(site).counters
     assert metrics_document(SITE, now_wall_s=1.0, view=None, layout=layout)["counters"] is None
+
+
+def test_the_mirrors_snapshot_is_read_as_the_core_published_it(tmp_path: Path) -> None:
+    # In the communications process the view is the mirror's snapshot (its time is wall_s).
+    from gateway.link.mirror import MirrorSnapshot
+
+    snap = MirrorSnapshot(cycle=7, heartbeat=3, wall_s=990.0, generation=1, mode="shadow",
+                          latched=False, trip_reason="", incident_id="", bypasses=(),
+                          sensor_values=(), sensor_good=(), sensor_read_s=(), applied=(),
+                          proposal=(), source=())
+    audit = AuditReading(tmp_path / "none.db")
+    doc = status_document(SITE, now_wall_s=1000.0, heartbeat_s=5.0, number=1, view=snap,
+                          audit=audit, publisher=None, version="x")
+    assert doc["core"] == {"mode": "shadow", "latched": False, "trip_reason": None,
+                           "incident_id": None, "cycle": 7, "last_cycle_wall_s": 990.0,
+                           "age_s": 10.0}
