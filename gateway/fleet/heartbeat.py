@@ -56,6 +56,8 @@ FORMAT: Final = 1
 """The version of the status and metrics documents (a reader refuses another)."""
 MAX_INCIDENTS: Final = 20
 """Incidents carried in a heartbeat: the open ones first, then the newest closed ones."""
+MAX_TEXT: Final = 300
+"""Characters of an incident's trigger reason carried in a heartbeat."""
 
 
 class PublisherState(Protocol):
@@ -127,8 +129,13 @@ class AuditReading:
             "id": i.id, "open": i.is_open, "phase": i.phase.value,
             "severity": None if i.severity is None else i.severity.value,
             "opened_wall_s": _finite(i.opened_wall_s), "detector": i.trigger.detector,
-            "reason": i.trigger.reason} for i in listed[:MAX_INCIDENTS]]
+            "reason": _cut(i.trigger.reason)} for i in listed[:MAX_INCIDENTS]]
         self.error = None
+
+
+def _cut(text: str) -> str:
+    """At most :data:`MAX_TEXT` characters (a heartbeat stays small whatever a reason says)."""
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
 
 
 def _model_of(payload: str) -> dict[str, Any] | None:
