@@ -438,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commissioning.cli import add_parser as add_commissioning
 
     add_commissioning(sub)  # learn, prove (issue 20)
+    # H14: fleet status|dashboard|incident, until gateway/fleet/cli.py's fleet group adds them.
+    from gateway.fleet.view_cli import add_temporary_group
+
+    add_temporary_group(sub)
     _plain_help(parser)
     return parser
 
