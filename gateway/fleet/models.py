@@ -48,10 +48,12 @@ __all__ = [
     "Manifest",
     "Plan",
     "RolloutError",
+    "RolloutInputError",
     "advance",
     "assign",
     "object_name",
     "publish",
+    "show",
     "stop",
 ]
 
@@ -69,8 +71,12 @@ _ROLLOUT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class RolloutError(Exception):
-    """A rollout step the centre refuses (unknown version, bad site list, stopped rollout);
+    """A rollout step the centre refuses (not published, stopped rollout, nothing left);
     the message says why."""
+
+
+class RolloutInputError(RolloutError):
+    """Bad input to a rollout step: a bad or repeated site id, stage or rollout id."""
 
 
 def object_name(name: str, version: int, file: str) -> str:
@@ -250,12 +256,12 @@ def check_sites(sites: Sequence[str]) -> list[str]:
         try:
             check_site_id(site)
         except ValueError as exc:
-            raise RolloutError(str(exc)) from None
+            raise RolloutInputError(str(exc)) from None
         if site in seen:
-            raise RolloutError(f"site {site!r} is listed twice")
+            raise RolloutInputError(f"site {site!r} is listed twice")
         seen.append(site)
     if not seen:
-        raise RolloutError("no sites given")
+        raise RolloutInputError("no sites given")
     return seen
 
 
@@ -265,10 +271,11 @@ async def assign(js: JetStreamContext, sites: Sequence[str], name: str, version:
     ``stage`` of them now (all if None); the rest wait for :func:`advance`."""
     order = check_sites(sites)
     if stage is not None and stage < 1:
-        raise RolloutError(f"--stage must be >= 1, not {stage}")
+        raise RolloutInputError(f"stage must be >= 1, not {stage}")
     rollout = rollout or f"{name}-v{version}-{uuid.uuid4().hex[:8]}"
     if _ROLLOUT_ID.fullmatch(rollout) is None:
-        raise RolloutError(f"{rollout!r} is not a rollout id (letters, digits, '_', '-')")
+        raise RolloutInputError(f"{rollout!r} is not a rollout id (1 to 64 letters, digits, "
+                                "'_', '-')")
     manifest = await published(js, name, version)
     _, _, plans = await ensure_buckets(js)
     plan = Plan(rollout, name, version, manifest.sha256, order)
@@ -310,6 +317,12 @@ async def stop(js: JetStreamContext, rollout: str, by: str, reason: str) -> tupl
     await record(js, rollout, "stopped", by=by, reason=reason, withdrawn=withdrawn,
                  never_assigned=plan.pending)
     return plan, withdrawn
+
+
+async def show(js: JetStreamContext, rollout: str) -> Plan:
+    """A rollout's plan; :class:`RolloutError` if there is none."""
+    plan, _ = await _plan(js, rollout)
+    return plan
 
 
 async def _plan(js: JetStreamContext, rollout: str) -> tuple[Plan, int]:

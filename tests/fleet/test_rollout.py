@@ -75,12 +75,17 @@ class Central:
                                       settings, self.key()).version
 
 
+def make_central(tmp: Path) -> Central:
+    """A central registry with one approver's key in its trust store."""
+    keys = generate_key(tmp / "approver.pem", PASSPHRASE)
+    registry = Registry(tmp / "central-registry")
+    registry.trust_key(keys.public_path)
+    return Central(tmp, registry)
+
+
 @pytest.fixture
 def central(tmp_path: Path) -> Central:
-    keys = generate_key(tmp_path / "approver.pem", PASSPHRASE)
-    registry = Registry(tmp_path / "central-registry")
-    registry.trust_key(keys.public_path)
-    return Central(tmp_path, registry)
+    return make_central(tmp_path)
 
 
 class SiteUnderTest:
