@@ -138,11 +138,12 @@ class SiteUnderTest:
                 for r in read_records(self.audit) if r.kind == "operator"]
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
+async def _until(condition: Callable[[], bool], what: str,
+                 seen: list[dict[str, Any]] | None = None) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE_S} s: {what}")
+            raise AssertionError(f"not within {DEADLINE_S} s: {what}; events {seen}")
         await asyncio.sleep(0.02)
 
 
@@ -212,7 +213,7 @@ def test_staged_rollout_lands_in_shadow_on_the_staged_sites_only_and_stops(
                                    stage=2, rollout="r1")
         assert plan.assigned == ["north", "south"] and plan.pending == ["east"]
         await _until(lambda: all("loaded" in _steps(events, s) for s in ("north", "south")),
-                     f"loaded on north and south; events {events}")
+                     "loaded on north and south", events)
         for site in (north, south):
             gw = site.gw
             assert gw.supervisor is not None and gw.supervisor.mode is Mode.SHADOW
@@ -227,7 +228,7 @@ def test_staged_rollout_lands_in_shadow_on_the_staged_sites_only_and_stops(
         with pytest.raises(models.RolloutError, match="stopped"):
             await models.advance(js, "r1", "rm")
         await _until(lambda: all("withdrawn" in _steps(events, s) for s in ("north", "south")),
-                     "the withdrawals reported")
+                     "the withdrawals reported", events)
         assert _steps(events, "east") == []
         kv = await js.key_value("sg_assignments")
         for name in ("north", "south"):  # withdrawn: deleted, the history kept
@@ -290,7 +291,7 @@ def test_a_bad_version_is_refused_audited_and_the_running_model_stays(
             await store.put(models.object_name("tank", version, "model.onnx"),
                             policies.build("water_tank", "backdoor"))
         await models.assign(js, ["west"], "tank", version, "rm", rollout="bad")
-        await _until(lambda: "refused" in _steps(events, "west"), f"refused; {events}")
+        await _until(lambda: "refused" in _steps(events, "west"), "refused", events)
         refusal = next(e for e in events if e["step"] == "refused")
         expected = {"tampered": "hash", "unapproved": "approval", "untrusted": "signature"}
         assert refusal["check"] == expected[spoil], refusal
@@ -349,3 +350,72 @@ def test_the_core_checks_again_and_refuses_what_the_communications_process_stage
     assert gw.supervisor is not None and gw.supervisor.mode is Mode.MANUAL
     records = site.close()
     assert [r["result"].split(":")[0] for r in records] == ["refused", "refused"]
+
+
+def _stage_approved(central: Central, site: SiteUnderTest) -> int:
+    """Stage an approved version in the site's folder as its watcher would."""
+    from gateway.registry.staged import stage
+
+    version = central.register("nominal")
+    central.registry.approve("tank", version, "alice", central.key())
+    folder = central.registry.path / "models" / "tank" / str(version)
+    files = {f: (folder / f).read_bytes() for f in ("model.onnx", "canary.json", "signature")}
+    files["index.json"] = (central.registry.path / "index.json").read_bytes()
+    assert site.site.fleet is not None and site.site.fleet.models_dir is not None
+    stage(site.site.fleet.models_dir, "tank", version, files)
+    return version
+
+
+@pytest.mark.parametrize("state", ["safe_stop", "latched", "setpoint_held"])
+def test_the_core_starts_no_trial_while_the_site_is_not_ready_for_one(
+        central: Central, tmp_path: Path, state: str) -> None:
+    site = SiteUnderTest(tmp_path, "busy", "nats://127.0.0.1:1", central.registry.trusted_dir)
+    version = _stage_approved(central, site)
+
+    async def body() -> tuple[str, str]:
+        await site.start()
+        gw = site.gw
+        sup = gw.supervisor
+        assert sup is not None
+        if state == "safe_stop":
+            sup.apply_request(OperatorRequest(RequestKind.TO_SAFE_STOP, "op", True))
+        elif state == "latched":
+            sup.modes.trip(sup.last_s, "canary", "test trip", Mode.MANUAL)
+        else:
+            sup.set_operator_setpoint(0, 20.0)
+        before = sup.mode
+        outcome = await site.channel.rollout("load_shadow", {"name": "tank",
+                                                             "version": str(version)})
+        assert not outcome.accepted
+        assert sup.mode is before
+        site.channel.close()
+        site.server.close()
+        return outcome.reason, str(before)
+
+    reason, _ = asyncio.run(body())
+    assert {"safe_stop": "safe_stop", "latched": "trip is latched",
+            "setpoint_held": "holds setpoints"}[state] in reason
+    assert site.gw.policy is not None and site.gw.policy.model_sha256 == site.running_sha
+    (record,) = site.close()
+    assert record["result"].startswith("refused: ")
+
+
+def test_a_model_that_does_not_answer_its_golden_cases_is_refused(
+        central: Central, tmp_path: Path) -> None:
+    # The canary check compares the model that will run with the outputs the registry
+    # recorded: another model in its place deviates.
+    from gateway.control.onnx_policy import load_policy
+    from gateway.registry.staged import StagedRefused, _run_canary
+
+    version = central.register("nominal")
+    central.registry.approve("tank", version, "alice", central.key())
+    verified = central.registry.load_verified("tank", version)
+    other = tmp_path / "swapped.onnx"
+    other.write_bytes(policies.build("water_tank", "swapped"))
+    config = replace(verified.policy_config(20.0), model_path=other,
+                     sha256=hashlib.sha256(other.read_bytes()).hexdigest())
+    with load_policy(config) as policy, pytest.raises(StagedRefused) as caught:
+        _run_canary(verified, policy)
+    assert caught.value.kind == "canary" and "deviate" in str(caught.value)
+    with load_policy(verified.policy_config(20.0)) as policy:
+        _run_canary(verified, policy)  # the registered model answers them
