@@ -141,7 +141,8 @@ class Gateway(NorthboundHandler):
         self.model_swap = ModelSwap(
             site, self.ai, self.durable, lambda: self.records, lambda: self.supervisor,
             None if audit_path is None
-            else audit_path.with_name(audit_path.name + ".fleet-witness.json"))
+            else audit_path.with_name(audit_path.name + ".fleet-witness.json"),
+            self._model_swapped)
         self.inline: Any = None
         if northbound is None and servers:
             from gateway.comms.servers import NorthboundServers
@@ -318,6 +319,14 @@ class Gateway(NorthboundHandler):
 
     async def rollout(self, action: str, args: Mapping[str, str]) -> WriteOutcome:
         return await self.model_swap.handle(action, args)
+
+    def _model_swapped(self, path: str, sha256: str) -> None:
+        """A rollout put a new model on trial: new incidents and a quarantine name it."""
+        if self.incidents is not None:
+            self.incidents.set_model(path, sha256)
+        playbook = self.control.playbook if self.control is not None else None
+        if playbook is not None:
+            playbook.model_sha256 = sha256
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                 code: int) -> None:

@@ -76,12 +76,15 @@ def _refused(reason: str, code: int = 4, why: Refusal | None = Refusal.MODE) -> 
 class ModelSwap:
     """Handles the core's ``rollout`` requests for one gateway (see the module docstring).
     The callables return the gateway's current records and supervisor (both are replaced
-    while the gateway opens)."""
+    while the gateway opens); ``on_swap(path, sha256)`` is called once a new model runs, so
+    that incidents and the playbook's quarantine name it."""
 
     def __init__(self, site: Site, ai: AiSource, durable: DurableState,
                  records: Callable[[], Records], supervisor: Callable[[], Supervisor | None],
-                 witness: Path | None) -> None:
+                 witness: Path | None,
+                 on_swap: Callable[[str, str], None] | None = None) -> None:
         self.site = site
+        self.on_swap = on_swap  # (path, sha256): incidents and the playbook name the new model
         self.ai = ai
         self.durable = durable
         self._records = records
@@ -163,6 +166,8 @@ class ModelSwap:
             old.close()
         sha = staged.verified.sha256
         self.loaded = (name, version, sha)
+        if self.on_swap is not None:
+            self.on_swap(str(staged.verified.path), sha)
         records = self._records()
         records.model_loaded(staged.verified.path, sha, True,
                              f"fleet rollout {rollout}: {staged.label}, in shadow")

@@ -218,6 +218,10 @@ def test_staged_rollout_lands_in_shadow_on_the_staged_sites_only_and_stops(
             gw = site.gw
             assert gw.supervisor is not None and gw.supervisor.mode is Mode.SHADOW
             assert gw.policy is not None and gw.policy.model_sha256 == rolled
+            # New incidents, and a playbook's quarantine, name the model on trial.
+            assert gw.incidents is not None and gw.incidents.model_sha256 == rolled
+            assert gw.control is not None and gw.control.playbook is not None
+            assert gw.control.playbook.model_sha256 == rolled
         # East was never assigned: nothing happened there.
         assert _steps(events, "east") == []
         assert east.gw.policy is not None and east.gw.policy.model_sha256 == east.running_sha
