@@ -423,3 +423,35 @@ def test_a_model_that_does_not_answer_its_golden_cases_is_refused(
     assert caught.value.kind == "canary" and "deviate" in str(caught.value)
     with load_policy(verified.policy_config(20.0)) as policy:
         _run_canary(verified, policy)  # the registered model answers them
+
+
+def test_the_channel_carries_rollout_requests_and_closes_on_a_malformed_one() -> None:
+    from gateway.adapters.base import NorthboundHandler, WriteOutcome
+    from gateway.link.channel import encode
+
+    class NoRollouts(NorthboundHandler):
+        async def write(self, client: Any, values: dict[str, float], atomic: bool
+                        ) -> dict[str, WriteOutcome]:
+            raise AssertionError("not called")
+
+        async def request(self, client: Any, kind: str, detector: str | None,
+                          duration_s: float | None) -> WriteOutcome:
+            raise AssertionError("not called")
+
+    async def body() -> None:
+        core, comms = socket.socketpair()
+        server = ChannelServer(core, NoRollouts())
+        client = ChannelClient(comms)
+        await server.start()
+        await client.start()
+        outcome = await client.rollout("load_shadow", {"name": "tank", "version": "1"})
+        assert not outcome.accepted and "takes no model rollouts" in outcome.reason
+        # A hostile communications process sends args that are not texts: the core closes.
+        assert client._proto.transport is not None
+        client._proto.transport.write(encode({"id": 99, "op": "rollout", "action": "record",
+                                              "args": {"step": 1}}))
+        await asyncio.wait_for(server.wait_closed(), DEADLINE_S)
+        assert "malformed" in server.reason
+        client.close()
+
+    asyncio.run(body())
