@@ -73,11 +73,17 @@ async def run_rollout_watcher(client: Client, site: Site, loader: RolloutLoader,
     if site.fleet is None:
         raise ValueError("the site has no fleet: section")
     watcher = _Watcher(client, site, loader)
+    last = ""
     while not stop.is_set():
         try:
             await watcher.watch(stop)
         except (TimeoutError, NatsError, JsError, OSError) as exc:
-            log.warning("rollout watcher: %s; watching again in %.0f s", exc, RETRY_S)
+            # Once per kind of failure, then at debug while it persists (no bucket yet, link
+            # down for hours).
+            text = f"{type(exc).__name__}: {exc}"
+            log.log(logging.DEBUG if text == last else logging.WARNING,
+                    "rollout watcher: %s; watching again in %.0f s", text, RETRY_S)
+            last = text
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RETRY_S)
 

@@ -148,12 +148,15 @@ async def _until(condition: Callable[[], bool], what: str,
 
 
 async def _fleet(server: NatsServer, sites: list[SiteUnderTest],
-                 body: Callable[[Any, list[dict[str, Any]]], Awaitable[None]]) -> None:
+                 body: Callable[[Any, list[dict[str, Any]]], Awaitable[None]],
+                 *, buckets: bool = True) -> None:
     """Start the sites and their watchers, collect the sites' rollout events on the centre's
-    side, run ``body(js, events)``, stop everything."""
+    side, run ``body(js, events)``, stop everything. ``buckets=False``: the sites start
+    before the centre has created its buckets."""
     central = await connect(FleetSpec(url=server.url, site_id="centre"))
     js = central.jetstream()
-    await models.ensure_buckets(js)
+    if buckets:
+        await models.ensure_buckets(js)
     events: list[dict[str, Any]] = []
 
     async def take(msg: Any) -> None:
@@ -455,3 +458,20 @@ def test_the_channel_carries_rollout_requests_and_closes_on_a_malformed_one() ->
         client.close()
 
     asyncio.run(body())
+
+
+def test_a_site_that_starts_before_the_centre_takes_the_rollout_once_it_comes(
+        nats_server: NatsServer, central: Central, tmp_path: Path) -> None:
+    version = central.register("nominal")
+    central.registry.approve("tank", version, "alice", central.key())
+    site = SiteUnderTest(tmp_path, "early", nats_server.url, central.registry.trusted_dir)
+
+    async def body(js: Any, events: list[dict[str, Any]]) -> None:
+        # The watcher is already running (and failing to find the bucket).
+        await models.publish(js, central.registry, "tank", version, "rm")
+        await models.assign(js, ["early"], "tank", version, "rm", rollout="late")
+        await _until(lambda: "loaded" in _steps(events, "early"), "loaded", events)
+
+    asyncio.run(_fleet(nats_server, [site], body, buckets=False))
+    assert site.gw.supervisor is not None and site.gw.supervisor.mode is Mode.SHADOW
+    site.close()
