@@ -173,7 +173,14 @@ class Plan:
 
     @classmethod
     def parse(cls, raw: bytes) -> Plan:
-        return cls(**json.loads(raw))
+        """Parse a plan; :class:`RolloutError` naming what is wrong."""
+        try:
+            plan = cls(**json.loads(raw))
+            if not (isinstance(plan.sites, list) and isinstance(plan.assigned, list)):
+                raise ValueError("sites and assigned must be lists")
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise RolloutError(f"malformed rollout plan ({exc})") from None
+        return plan
 
 
 def _now() -> str:
