@@ -239,3 +239,9 @@ class NorthboundHandler(ABC):
         (args: text), "acknowledge" (text), "check" (phase, item) or "resolve" (summary).
         Refused by default: a handler without incidents."""
         return WriteOutcome(False, 4, "this gateway keeps no incidents")
+
+    async def rollout(self, action: str, args: Mapping[str, str]) -> WriteOutcome:
+        """A step of a fleet model rollout from the communications process: ``record`` a
+        step in the audit chain, or ``load_shadow`` a staged version (the core verifies it
+        again; ``gateway.runtime.model_swap``). Refused by default."""
+        return WriteOutcome(False, 4, "this gateway takes no model rollouts")

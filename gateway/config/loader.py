@@ -1148,7 +1148,8 @@ def _read_fleet(root: Section, base: Path, info: s.SiteInfo | None) -> s.FleetSp
     if site_id is None and info is None:
         raise Abort  # the site section's own error is already recorded
     kwargs["site_id"] = site_id if site_id is not None else _need(info).name
-    for key in ("ca", "certificate", "private_key", "credentials"):
+    for key in ("ca", "certificate", "private_key", "credentials", "trusted_keys",
+                "models_dir"):
         value = m.opt_str(key)
         if value is not None:
             kwargs[key] = base / value

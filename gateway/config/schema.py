@@ -1027,7 +1027,12 @@ class FleetSpec:
     ``private_key``, PEM, checked against ``ca``) or a NATS credentials file
     (``credentials``: a user JWT and nkey seed), or both; the central server's permissions let
     it publish only under its own subjects. ``heartbeat_s`` is the period of its status
-    heartbeat."""
+    heartbeat.
+
+    Model rollout (``gateway.fleet.rollout``): ``trusted_keys`` is the site's own trust store,
+    a folder of ed25519 public keys (``*.pub``) whose signatures on a model version and on its
+    approvals the site accepts (no folder: every rollout is refused); ``models_dir`` is where
+    assigned versions are staged (default ``<audit path>.fleet-models``)."""
 
     url: str
     site_id: str
@@ -1037,6 +1042,8 @@ class FleetSpec:
     credentials: Path | None = None
     heartbeat_s: float = 5.0
     connect_timeout_s: float = 5.0
+    trusted_keys: Path | None = None
+    models_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("nats://", "tls://")):

@@ -15,6 +15,7 @@ Messages, communications -> core::
      "duration_s": float|null}
     {"id": n, "op": "incident", "client": C, "action": str, "incident_id": str,
      "args": [str]}
+    {"id": n, "op": "rollout", "action": str, "args": {str: str}}
     {"op": "refused", "client": C, "values": {...}, "reason": str, "code": int, "count": n}
     {"op": "refused_connection", "protocol": str, "address": str, "user": str|null,
      "event": str, "reason": str, "count": n}
@@ -398,6 +399,13 @@ class ChannelServer(_End):
                 _client(msg["client"]), _text(msg["action"], "action"),
                 _text(msg["incident_id"], "incident_id"),
                 tuple(_text(a, "an argument") for a in args)))
+        elif op == "rollout":
+            args = msg["args"]
+            if not isinstance(args, dict):
+                raise FrameError("args must be an object")
+            coro = self._answer(rid, handler.rollout(
+                _text(msg["action"], "action"),
+                {_text(k, "a key"): _text(v, "a value") for k, v in args.items()}))
         else:
             raise FrameError(f"unknown op {op!r}")
         task = asyncio.get_running_loop().create_task(coro)
@@ -573,6 +581,13 @@ class ChannelClient(_End, NorthboundHandler):
                        args: tuple[str, ...]) -> WriteOutcome:
         sent = self._send({"op": "incident", "client": _client_json(client), "action": action,
                            "incident_id": incident_id, "args": list(args)}, None)
+        if isinstance(sent, WriteOutcome):
+            return sent
+        result: WriteOutcome = await sent
+        return result
+
+    async def rollout(self, action: str, args: Mapping[str, str]) -> WriteOutcome:
+        sent = self._send({"op": "rollout", "action": action, "args": dict(args)}, None)
         if isinstance(sent, WriteOutcome):
             return sent
         result: WriteOutcome = await sent

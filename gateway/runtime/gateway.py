@@ -30,6 +30,7 @@ from gateway.runtime.external import ExternalCommands
 from gateway.runtime.faults import FaultLog
 from gateway.runtime.incidents import PlaybookActions, start_incidents
 from gateway.runtime.model_loading import load_model
+from gateway.runtime.model_swap import ModelSwap
 from gateway.runtime.northbound import NorthboundRequests
 from gateway.runtime.records import Records
 from gateway.runtime.refusals import RefusalLog
@@ -136,6 +137,12 @@ class Gateway(NorthboundHandler):
             site, self.envelope, self.store, self.southbound, self.external, self.durable,
             lambda: self.records, self.refusals, self.security_events, self.faults, clock,
             self.counters)
+        # Fleet model rollouts: a verified version loaded in SHADOW (gateway.runtime.model_swap).
+        self.model_swap = ModelSwap(
+            site, self.ai, self.durable, lambda: self.records, lambda: self.supervisor,
+            None if audit_path is None
+            else audit_path.with_name(audit_path.name + ".fleet-witness.json"),
+            self._model_swapped)
         self.inline: Any = None
         if northbound is None and servers:
             from gateway.comms.servers import NorthboundServers
@@ -309,6 +316,17 @@ class Gateway(NorthboundHandler):
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:
         return await self.requests.incident(client, action, incident_id, args)
+
+    async def rollout(self, action: str, args: Mapping[str, str]) -> WriteOutcome:
+        return await self.model_swap.handle(action, args)
+
+    def _model_swapped(self, path: str, sha256: str) -> None:
+        """A rollout put a new model on trial: new incidents and a quarantine name it."""
+        if self.incidents is not None:
+            self.incidents.set_model(path, sha256)
+        playbook = self.control.playbook if self.control is not None else None
+        if playbook is not None:
+            playbook.model_sha256 = sha256
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                 code: int) -> None:

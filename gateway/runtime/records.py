@@ -94,6 +94,10 @@ class Records:
         self._append("model_load", {"path": str(path), "sha256": sha256,
                                     "accepted": accepted, "reason": reason})
 
+    def rollout(self, step: dict[str, Any]) -> None:
+        """One step of a fleet model rollout (``gateway.runtime.model_swap``)."""
+        self._append("rollout", step, actor="fleet", source="fleet")
+
     # ------------------------------------------------------------------ operators
 
     def request(self, req: OperatorRequest, source: str, result: str) -> None:
