@@ -11,7 +11,8 @@ the request channel, with two narrow requests (``op: "rollout"``):
   name and number from the request: the folder follows from its own config, the trust store
   is its own ``fleet.trusted_keys``, and it checks everything again
   (:func:`gateway.registry.staged.verify_staged`: signature, approval, hashes, settings,
-  canary). Then, between two cycles (this runs in the core's loop, which runs the cycles),
+  canary; in a worker thread, so the cycles go on). Then, between two cycles (in the core's
+  loop, which runs the cycles),
   it takes the AI out of control if it was in control (AUTO or SHADOW -> MANUAL), swaps the
   policy, and puts the mode machine in SHADOW: the new model is computed and judged while the
   fallback drives the plant. AUTO still needs the site's own authorised request after a clean
@@ -29,6 +30,7 @@ rolled-out version the site's own is the site's decision).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,6 +93,7 @@ class ModelSwap:
         self._supervisor = supervisor
         self.witness = witness
         self.loaded: tuple[str, int, str] | None = None  # name, version, sha256 in shadow
+        self._loading = False  # one load at a time: a second would swap twice
 
     async def handle(self, action: str, args: Mapping[str, str]) -> WriteOutcome:
         """``record`` or ``load_shadow`` (see the module docstring); code 3 for malformed
@@ -100,7 +103,7 @@ class ModelSwap:
         if action == "record":
             return self._record(args)
         if action == "load_shadow":
-            return self._load_shadow(args)
+            return await self._load_shadow(args)
         return _refused(f"unknown rollout action {action!r}", 3, None)
 
     def _record(self, args: Mapping[str, str]) -> WriteOutcome:
@@ -113,9 +116,7 @@ class ModelSwap:
     def _append(self, payload: dict[str, Any]) -> None:
         self._records().rollout(payload)
 
-    def _load_shadow(self, args: Mapping[str, str]) -> WriteOutcome:
-        from gateway.registry.staged import StagedRefused, staged_folder, verify_staged
-
+    async def _load_shadow(self, args: Mapping[str, str]) -> WriteOutcome:
         name = args.get("name", "")
         text = args.get("version", "")
         rollout = args.get("rollout", "")
@@ -124,6 +125,8 @@ class ModelSwap:
         version = int(text)
         base = {"step": "load_shadow", "name": name, "version": text, "rollout": rollout}
         outcome = self._precheck()
+        if outcome is None and self._loading:
+            outcome = _refused("another version is being loaded", why=None)
         folder = models_dir(self.site)
         if outcome is None and folder is None:
             outcome = _refused("this site has no fleet: section")
@@ -132,14 +135,35 @@ class ModelSwap:
             return outcome
         assert folder is not None
         assert self.site.fleet is not None
+        self._loading = True
         try:
-            staged = verify_staged(staged_folder(folder, name, version),
-                                   self.site.fleet.trusted_keys, name, version, self.site,
-                                   witness=self.witness)
+            return await self._verify_and_swap(folder, name, version, base)
+        finally:
+            self._loading = False
+
+    async def _verify_and_swap(self, folder: Path, name: str, version: int,
+                               base: dict[str, Any]) -> WriteOutcome:
+        from gateway.registry.staged import StagedRefused, staged_folder, verify_staged
+
+        assert self.site.fleet is not None
+        text = str(version)
+        rollout = base["rollout"]
+        try:
+            # Hashing, loading the ONNX session and running the canary take milliseconds to
+            # seconds: done in a worker thread, so the cycles go on meanwhile.
+            staged = await asyncio.to_thread(
+                verify_staged, staged_folder(folder, name, version),
+                self.site.fleet.trusted_keys, name, version, self.site, witness=self.witness)
         except StagedRefused as exc:
             self._append({**base, "result": f"refused: {exc}", "check": exc.kind})
             log.error("rollout of %s v%s refused by the core: %s", name, text, exc)
             return _refused(f"refused ({exc.kind}): {exc}")
+        # The plant may have tripped, or an operator taken over, while the check ran.
+        outcome = self._precheck()
+        if outcome is not None:
+            staged.policy.close()
+            self._append({**base, "result": f"refused: {outcome.reason}"})
+            return outcome
         sup = self._supervisor()
         assert sup is not None  # _precheck
         # Out of control first (a move toward safety), then the trial: both as an operator

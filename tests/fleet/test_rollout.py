@@ -475,3 +475,51 @@ def test_a_site_that_starts_before_the_centre_takes_the_rollout_once_it_comes(
     asyncio.run(_fleet(nats_server, [site], body, buckets=False))
     assert site.gw.supervisor is not None and site.gw.supervisor.mode is Mode.SHADOW
     site.close()
+
+
+def test_the_core_verifies_off_its_loop_and_checks_again_after(
+        central: Central, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading an ONNX session and running the canary take time: the core's loop (which runs
+    # the cycles) must go on meanwhile, and a trip latched during the check stops the load.
+    import threading
+
+    import gateway.registry.staged as staged_module
+
+    site = SiteUnderTest(tmp_path, "slow", "nats://127.0.0.1:1", central.registry.trusted_dir)
+    version = _stage_approved(central, site)
+    real = staged_module.verify_staged
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow_verify(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(timeout=10)  # bounded: on a blocked loop nothing would ever release it
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(staged_module, "verify_staged", slow_verify)
+
+    async def body() -> tuple[bool, str, int]:
+        await site.start()
+        sup = site.gw.supervisor
+        assert sup is not None
+        load = asyncio.create_task(site.channel.rollout(
+            "load_shadow", {"name": "tank", "version": str(version)}))
+        ticks = 0
+        await _until(entered.is_set, "the core starts its check")
+        deadline = asyncio.get_running_loop().time() + 10
+        while ticks < 5 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+            ticks += 1  # the loop runs while the check waits in its thread
+        sup.modes.trip(sup.last_s, "canary", "tripped during the check", Mode.MANUAL)
+        release.set()
+        outcome = await load
+        site.channel.close()
+        site.server.close()
+        return outcome.accepted, outcome.reason, ticks
+
+    accepted, reason, ticks = asyncio.run(body())
+    assert ticks == 5
+    assert not accepted and "trip is latched" in reason
+    assert site.gw.policy is not None and site.gw.policy.model_sha256 == site.running_sha
+    (record,) = site.close()
+    assert record["result"].startswith("refused: ")
