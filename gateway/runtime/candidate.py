@@ -105,6 +105,7 @@ class CandidateJudge:
         self.error: str | None = None
         self.errors = 0
         self.judged = 0
+        self.writes_judged = 0  # operators' write-throughs (between cycles)
         self.disagreements = 0
         self.last_disagreement: tuple[float, float, str] | None = None  # (at_s, utc, what)
         self.totals = {"clamp": 0, "reject": 0, "trip": 0, "mode": 0}
@@ -147,6 +148,37 @@ class CandidateJudge:
             self.switch_off(exc)
         finally:
             self.cost_s += time.perf_counter() - t0
+
+    def judge_write(self, held: F64, written: F64, sensors: F64, dt_s: float, at_s: float
+                    ) -> None:
+        """Judge an operator's write-through as the candidate: ``written`` (what the devices
+        hold now) against ``held`` (what they held before), with the sensors and ``dt_s`` the
+        enforced side checked it with, at ``at_s`` (the core's clock). The enforced side
+        accepted it, so any violation is a disagreement. Never raises (see :meth:`judge`)."""
+        if not self.on:
+            return
+        t0 = time.perf_counter()
+        try:
+            self.writes_judged += 1
+            verdict = self.envelope.check(written, held, sensors, dt_s)
+            if verdict.action != Action.OK:
+                moved = (_moved(written, verdict.clamped) if verdict.clamped is not None
+                         else math.nan)
+                detail = "operator write-through: " + self._values(written, verdict.clamped)
+                for name in verdict.violations:
+                    action = _ACTIONS[self.policy.get(name, verdict.action)]
+                    self._count("write", name, action, at_s, moved, detail)
+                self._disagree(at_s, f"operator write-through: would "
+                                     f"{_ACTIONS[verdict.action]} "
+                                     f"({', '.join(verdict.violations)})")
+        except Exception as exc:  # the candidate must never reach the write-through
+            self.switch_off(exc)
+        finally:
+            self.cost_s += time.perf_counter() - t0
+
+    def _disagree(self, at_s: float, what: str) -> None:
+        self.disagreements += 1
+        self.last_disagreement = (at_s, self._wall(), what)
 
     def switch_off(self, exc: BaseException) -> None:
         """Stop judging for the rest of the run, because of ``exc``; said once in the log and
@@ -203,9 +235,7 @@ class CandidateJudge:
                         f"enforced mode {decision.mode.value}")
             disagree.append(f"would be in {mine.mode.value}, enforced {decision.mode.value}")
         if disagree:
-            self.disagreements += 1
-            what = "; ".join(disagree)
-            self.last_disagreement = (now_s, self._wall(), what)
+            self._disagree(now_s, "; ".join(disagree))
         if self._dirty and now_s >= self._summary_due_s:
             self._summary_due_s = now_s + RECORD_EVERY_S
             self._dirty = False
@@ -335,7 +365,8 @@ class CandidateJudge:
         last = self.last_disagreement
         return {"candidate": str(self.path), "on": self.on, "error": self.error,
                 "errors": self.errors, "started_utc": self.started_utc,
-                "cycles_judged": self.judged, "disagreements": self.disagreements,
+                "cycles_judged": self.judged, "writes_judged": self.writes_judged,
+                "disagreements": self.disagreements,
                 "last_disagreement": (None if last is None else
                                       {"at_s": last[0], "at_utc": last[1], "what": last[2]}),
                 "clamps": self.totals["clamp"], "refusals": self.totals["reject"],

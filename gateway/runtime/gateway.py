@@ -241,6 +241,8 @@ class Gateway(NorthboundHandler):
         self.write_through = WriteThrough(sup, south, lambda: self.records, self.clock,
                                           self.period_s, self.index,
                                           self.requests.sensors_now, self.counters)
+        if self.candidate is not None:
+            self.write_through.on_write = self.candidate.judge_write
         self.requests.attach(sup, self.write_through, self.incidents)
         publishers: list[Publisher] = [self.northbound] if self.northbound is not None else []
         if self.service is not None:
