@@ -40,6 +40,7 @@ summary is the report after a restart (:func:`last_summary`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from gateway.adapters.base import WriteOutcome
     from gateway.audit.log import AuditSink
     from gateway.config.schema import Site
     from gateway.envelope.compiled import F64
@@ -64,7 +66,8 @@ if TYPE_CHECKING:
     from gateway.envelope.wire import WireCodec
     from gateway.supervisor.decision import Decision, Proposal, Snapshot
 
-__all__ = ["AUDIT_KIND", "GAUGE_PREFIX", "CandidateJudge", "last_summary", "start_candidate"]
+__all__ = ["AUDIT_KIND", "GAUGE_PREFIX", "REPORT_REQUEST", "CandidateJudge", "last_summary",
+           "report_outcome", "start_candidate"]
 
 log = logging.getLogger("gateway.runtime")
 
@@ -386,6 +389,21 @@ def _moved(values: F64, clamped: F64) -> float:
     moved = np.abs(clamped - values)
     moved = moved[np.isfinite(moved)]
     return float(moved.max()) if moved.size else math.nan
+
+
+REPORT_REQUEST: Final = "candidate_report"
+"""The request kind that asks the core for the candidate's report (OPC UA CandidateReport)."""
+
+
+def report_outcome(judge: CandidateJudge | None, now_s: float) -> WriteOutcome:
+    """The answer to :data:`REPORT_REQUEST`: accepted with the report as one JSON object (no
+    NaN: JSON's own), or refused when the site names no candidate. Read only: it changes
+    nothing and is not audited."""
+    from gateway.adapters.base import WriteOutcome
+
+    if judge is None:
+        return WriteOutcome(False, 4, "this site names no candidate (commissioning.candidate)")
+    return WriteOutcome(True, 0, json.dumps(judge.report(now_s), allow_nan=False))
 
 
 def start_candidate(candidate: Site, engine: str, initial: F64, start_s: float,

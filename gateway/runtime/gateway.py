@@ -25,7 +25,12 @@ from gateway.adapters.factory import make_client
 from gateway.config.schema import ShutdownAction
 from gateway.link.counters import CoreCounters, CounterLayout
 from gateway.runtime.ai_source import AiSource
-from gateway.runtime.candidate import CandidateJudge, start_candidate
+from gateway.runtime.candidate import (
+    REPORT_REQUEST,
+    CandidateJudge,
+    report_outcome,
+    start_candidate,
+)
 from gateway.runtime.cycle import ControlCycle
 from gateway.runtime.external import ExternalCommands
 from gateway.runtime.faults import FaultLog
@@ -323,6 +328,8 @@ class Gateway(NorthboundHandler):
 
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
+        if kind == REPORT_REQUEST:  # read only (the server allowed the client's role)
+            return report_outcome(self.candidate, self.clock())
         return await self.requests.request(client, kind, detector, duration_s)
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
