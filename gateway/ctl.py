@@ -35,6 +35,7 @@ import math
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     commands = top.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND",
                                   parser_class=type(top))
 
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--via", required=True, metavar="ENDPOINT",
+    def common(parser: argparse.ArgumentParser, via_required: bool = True) -> None:
+        parser.add_argument("--via", required=via_required, metavar="ENDPOINT",
                             help="the running gateway's OPC UA endpoint (opc.tcp://...)")
         parser.add_argument("--user", metavar="NAME", help="OPC UA user name")
         parser.add_argument("--password-env", metavar="VAR",
@@ -100,7 +101,10 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 
     candidate = commands.add_parser("candidate",
                                     help="what the candidate site would have done so far")
-    common(candidate)
+    common(candidate, via_required=False)
+    candidate.add_argument("--audit", metavar="DB",
+                           help="instead of --via: the last report recorded in this audit "
+                                "database (every minute while it changes, and at the stop)")
     candidate.set_defaults(func=_command(_candidate))
 
 
@@ -233,6 +237,21 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _candidate(args: argparse.Namespace) -> int:
+    if (args.via is None) == (args.audit is None):
+        raise _Fail(EXIT_INPUT, "give either --via ENDPOINT (a running gateway) or --audit DB "
+                                "(the last recorded report)")
+    report = _recorded_report(args.audit) if args.audit is not None else _live_report(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_APPLIED
+    try:
+        print("\n".join(_candidate_text(report)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Fail(EXIT_REFUSED, f"the gateway's report is malformed ({exc!r})") from None
+    return EXIT_APPLIED
+
+
+def _live_report(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.adapters.opcua.session import call_method
 
     via, user, password, timeout = _session_args(args)
@@ -246,14 +265,25 @@ def _candidate(args: argparse.Namespace) -> int:
         raise _Fail(EXIT_REFUSED, "the gateway's answer is not a report (not JSON)") from None
     if not isinstance(report, dict):
         raise _Fail(EXIT_REFUSED, "the gateway's answer is not a report (not an object)")
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return EXIT_APPLIED
+    return report
+
+
+def _recorded_report(path: str) -> dict[str, Any]:
+    import sqlite3
+
+    from gateway.audit.store import AuditError
+    from gateway.runtime.candidate import last_summary
+
+    if not os.path.isfile(path):
+        raise _Fail(EXIT_INPUT, f"--audit {path!r}: no such file")
     try:
-        print("\n".join(_candidate_text(report)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _Fail(EXIT_REFUSED, f"the gateway's report is malformed ({exc!r})") from None
-    return EXIT_APPLIED
+        summary = last_summary(Path(path))
+    except (AuditError, sqlite3.Error, OSError, ValueError) as exc:
+        raise _Fail(EXIT_INPUT, f"--audit {path!r}: cannot be read ({exc})") from None
+    if summary is None or not isinstance(summary.get("report"), dict):
+        raise _Fail(EXIT_REFUSED, f"--audit {path!r}: no candidate report recorded")
+    report: dict[str, Any] = summary["report"]
+    return report
 
 
 _KINDS: Final = {"proposal": "AI proposal", "applied": "written", "write": "write-through",

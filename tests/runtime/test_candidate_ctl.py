@@ -107,6 +107,27 @@ def test_ctl_candidate_prints_the_report(tmp_path: Path, capsys: pytest.CaptureF
     assert summary is not None and summary["final"] is True
     assert summary["report"]["cycles_judged"] == 12
     assert summary["report"]["tallies"][0]["count"] == 5
+    # ... and `ctl candidate --audit` prints it from there, as it was at the stop.
+    assert main(["ctl", "candidate", "--audit", str(tmp_path / "audit.db")]) == 0
+    recorded = capsys.readouterr().out.splitlines()
+    assert recorded[0] == "candidate cand.yaml: judging"
+    assert recorded[1:3] == lines[1:3]
+    assert "  clamp  written       outflow_pump.max: 5" in recorded
+
+
+def test_ctl_candidate_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def run(*argv: str) -> tuple[int, str]:
+        code = main(["ctl", "candidate", *argv])
+        return code, capsys.readouterr().err.strip()
+
+    assert run() == (2, "safety-gateway ctl candidate: give either --via ENDPOINT (a running "
+                        "gateway) or --audit DB (the last recorded report)")
+    assert run("--via", "opc.tcp://127.0.0.1:1/", "--audit", "x.db")[0] == 2
+    code, err = run("--audit", str(tmp_path / "none.db"))
+    assert code == 2 and err.endswith("none.db': no such file")
+    (tmp_path / "junk.db").write_text("not a database")
+    code, err = run("--audit", str(tmp_path / "junk.db"))
+    assert code == 2 and "cannot be read" in err
 
 
 def test_ctl_candidate_without_a_candidate_is_refused(
@@ -118,3 +139,5 @@ def test_ctl_candidate_without_a_candidate_is_refused(
     assert err.strip() == ("safety-gateway ctl candidate: refused: this site names no "
                            "candidate (commissioning.candidate)")
     assert last_summary(tmp_path / "audit.db") is None
+    assert main(["ctl", "candidate", "--audit", str(tmp_path / "audit.db")]) == 1
+    assert capsys.readouterr().err.strip().endswith("no candidate report recorded")
