@@ -167,7 +167,10 @@ class CandidateJudge:
             if verdict.action != Action.OK:
                 moved = (_moved(written, verdict.clamped) if verdict.clamped is not None
                          else math.nan)
-                detail = "operator write-through: " + self._values(written, verdict.clamped)
+                clamped = verdict.clamped
+
+                def detail() -> str:
+                    return "operator write-through: " + self._values(written, clamped)
                 for name in verdict.violations:
                     action = _ACTIONS[self.policy.get(name, verdict.action)]
                     self._count("write", name, action, at_s, moved, detail)
@@ -229,13 +232,14 @@ class CandidateJudge:
         enforced_trips = {e.name for e in decision.events if e.kind is EventKind.TRIP}
         for event in mine.events:
             if event.kind is EventKind.TRIP:
-                self._count("detector", event.name, "trip", now_s, math.nan, event.reason)
+                self._count("detector", event.name, "trip", now_s, math.nan,
+                            _text(event.reason))
                 if event.name not in enforced_trips:
                     disagree.append(f"would trip {event.name}: {event.reason}")
         if mine.mode is not decision.mode:
             self.totals["mode"] += 1
             self._count("mode", f"to {mine.mode.value}", "mode", now_s, math.nan,
-                        f"enforced mode {decision.mode.value}")
+                        _text(f"enforced mode {decision.mode.value}"))
             disagree.append(f"would be in {mine.mode.value}, enforced {decision.mode.value}")
         if disagree:
             self._disagree(now_s, "; ".join(disagree))
@@ -253,7 +257,10 @@ class CandidateJudge:
             moved = (_moved(values, verdict.clamped)
                      if verdict.clamped is not None and isinstance(values, np.ndarray)
                      and values.shape == verdict.clamped.shape else math.nan)
-            detail = self._values(values, verdict.clamped)
+            clamped = verdict.clamped
+
+            def detail() -> str:
+                return self._values(values, clamped)
             for name in verdict.violations:
                 action = _ACTIONS[self.policy.get(name, verdict.action)]
                 self._count("proposal", name, action, now_s, moved, detail)
@@ -276,7 +283,10 @@ class CandidateJudge:
             return
         moved = (_moved(command, verdict.clamped) if verdict.clamped is not None
                  else math.nan)
-        detail = f"source {decision.source.value}: " + self._values(command, verdict.clamped)
+        clamped = verdict.clamped
+
+        def detail() -> str:
+            return f"source {decision.source.value}: " + self._values(command, clamped)
         for name in verdict.violations:
             action = _ACTIONS[self.policy.get(name, verdict.action)]
             self._count("applied", name, action, now_s, moved, detail)
@@ -297,7 +307,10 @@ class CandidateJudge:
         return ", ".join(out) + ("" if clamped is not None else " (refused)")
 
     def _count(self, kind: str, name: str, action: str, now_s: float, magnitude: float,
-               detail: str) -> None:
+               detail: Callable[[], str]) -> None:
+        """Count one would-``action`` of constraint or detector ``name`` (``kind``: what was
+        judged). ``detail`` is built only when it is kept: among the worst cases, or recorded
+        (most cycles of a lasting disagreement need neither)."""
         key = (kind, name)
         tally = self.tallies.get(key)
         if tally is None:
@@ -307,7 +320,14 @@ class CandidateJudge:
                 self._named.append(gauge)
                 self.gauge_names = tuple(GAUGE_PREFIX + n for n in (*_FIXED, *self._named))
                 self.gauge_limits = (math.nan,) * len(self.gauge_names)
-        tally.add(now_s, magnitude, detail)
+        worst = tally.worst
+        keep = len(worst) < 5 or (magnitude == magnitude and magnitude > worst[-1][1])
+        text = detail() if keep else ""
+        if keep:
+            tally.add(now_s, magnitude, text)
+        else:  # what Tally.add does for a case that is not among its worst
+            tally.count += 1
+            tally.last_s = now_s
         if action in self.totals and kind != "mode":
             self.totals[action] += 1
         self._dirty = True
@@ -315,7 +335,8 @@ class CandidateJudge:
         if now_s >= self._recorded.get(rec_key, -math.inf):
             self._recorded[rec_key] = now_s + RECORD_EVERY_S
             self._record({"type": "verdict", "kind": kind, "name": name, "action": action,
-                          "at_s": now_s, "at_utc": self._wall(), "detail": detail})
+                          "at_s": now_s, "at_utc": self._wall(),
+                          "detail": text or detail()})
 
     def _record(self, payload: dict[str, Any]) -> None:
         sink = self._audit()
@@ -381,6 +402,10 @@ class CandidateJudge:
     def close(self, now_s: float) -> None:
         """Record the final summary (the report that outlives the run)."""
         self._record({"type": "summary", "final": True, "report": self.report(now_s)})
+
+
+def _text(text: str) -> Callable[[], str]:
+    return lambda: text
 
 
 def _moved(values: F64, clamped: F64) -> float:
