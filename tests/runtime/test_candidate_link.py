@@ -33,6 +33,8 @@ from tests.ops.test_metrics import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
+
 PUMP_MAX = 20.0  # the candidate's; the enforced site allows 100 %, the fallback holds 30 %
 
 
@@ -124,3 +126,17 @@ def test_the_candidate_judges_every_writer_and_its_verdicts_reach_the_comms_side
                  rule="outflow_pump.max") == total
     assert value(s, p + "candidate_errors_total") == 0
     assert promtool_problems(out["text"]) == ""
+
+
+def test_a_candidate_that_cannot_be_built_leaves_the_gateway_without_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+
+    from gateway.runtime.candidate import start_candidate
+
+    site = site_for(5020)
+    initial = np.zeros(len(site.actuators))
+    assert start_candidate(site, "cython", initial, 0.0, None, lambda: None) is not None
+    with caplog.at_level("ERROR", logger="gateway.runtime"):
+        assert start_candidate(site, "no-such-engine", initial, 0.0, None, lambda: None) is None
+    assert "not started: ValueError: engine must be one of" in caplog.text
