@@ -130,8 +130,9 @@ class CandidateJudge:
     # ------------------------------------------------------------------ the cycle's hooks
 
     def before(self, enforced: Supervisor) -> None:
-        """Note the enforced side's situation as this cycle finds it (references only: the
-        supervisor replaces these arrays, it never changes them in place)."""
+        """Note the enforced side's situation as this cycle finds it (references only, cheap
+        on the write's path: the supervisor replaces these arrays rather than changing them,
+        and :meth:`judge` copies them before the candidate uses them)."""
         if not self.on:
             return
         modes = enforced.modes
@@ -163,6 +164,7 @@ class CandidateJudge:
         t0 = time.perf_counter()
         try:
             self.writes_judged += 1
+            sensors = np.array(sensors, dtype=np.float64)  # a copy: the caller's is left alone
             verdict = self.envelope.check(written, held, sensors, dt_s)
             if verdict.action != Action.OK:
                 moved = (_moved(written, verdict.clamped) if verdict.clamped is not None
@@ -211,9 +213,11 @@ class CandidateJudge:
             sup.violations.reset()
             sup.controller.reset()
         self._enforced_latches = latches
-        sup.previous = previous
+        # Copies: nothing the candidate does may touch the enforced side's arrays.
+        previous = previous.copy()
+        sup.previous = previous.copy()
         sup.written_at_s = written_at_s
-        sup.ai_previous = ai_previous
+        sup.ai_previous = ai_previous.copy()
         sup.modes.replay_from(mode, clean_since)
         sup.modes.replay_latch(*latch)
         sup.replay_latches(*latches)
@@ -276,9 +280,8 @@ class CandidateJudge:
 
     def _applied(self, now_s: float, decision: Decision, previous: F64, mine: Decision,
                  disagree: list[str]) -> None:
-        command = decision.command
-        verdict = self.envelope.check(np.ascontiguousarray(command, dtype=np.float64),
-                                      previous, mine.sensors, mine.dt_s)
+        command = np.array(decision.command, dtype=np.float64)  # a copy, contiguous
+        verdict = self.envelope.check(command, previous, mine.sensors, mine.dt_s)
         if verdict.action == Action.OK:
             return
         moved = (_moved(command, verdict.clamped) if verdict.clamped is not None
