@@ -135,10 +135,13 @@ class CandidateJudge:
         and :meth:`judge` copies them before the candidate uses them)."""
         if not self.on:
             return
-        modes = enforced.modes
-        self._before = (enforced.previous, enforced.written_at_s, enforced.ai_previous,
-                        modes.mode, modes.latch, modes.shadow_clean_since_s,
-                        dict(modes.bypasses), enforced.latches)
+        try:
+            modes = enforced.modes
+            self._before = (enforced.previous, enforced.written_at_s, enforced.ai_previous,
+                            modes.mode, modes.latch, modes.shadow_clean_since_s,
+                            dict(modes.bypasses), enforced.latches)
+        except Exception as exc:  # the candidate must never reach the cycle
+            self.switch_off(exc)
 
     def judge(self, snapshot: Snapshot, proposal: Proposal | None, decision: Decision) -> None:
         """Judge this cycle as the candidate (see the module docstring). Never raises: an
@@ -366,7 +369,15 @@ class CandidateJudge:
         return cached[1]
 
     def gauge_values(self) -> tuple[float, ...]:
-        """The gauges' values, in :attr:`gauge_names` order."""
+        """The gauges' values, in :attr:`gauge_names` order (as many). Never raises: an
+        error switches the candidate off and gives NaN for each gauge."""
+        try:
+            return self._gauge_values()
+        except Exception as exc:  # the view must go out whatever the candidate does
+            self.switch_off(exc)
+            return (math.nan,) * len(self.gauge_names)
+
+    def _gauge_values(self) -> tuple[float, ...]:
         last = self.last_disagreement
         t = self.totals
         named = []
@@ -403,8 +414,12 @@ class CandidateJudge:
                 "tallies": tallies}
 
     def close(self, now_s: float) -> None:
-        """Record the final summary (the report that outlives the run)."""
-        self._record({"type": "summary", "final": True, "report": self.report(now_s)})
+        """Record the final summary (the report that outlives the run). Never raises (the
+        gateway's close goes on: an error is logged)."""
+        try:
+            self._record({"type": "summary", "final": True, "report": self.report(now_s)})
+        except Exception:  # the shutdown record and the rest of close come after this
+            log.exception("candidate %s: the final summary could not be recorded", self.path)
 
 
 def _text(text: str) -> Callable[[], str]:

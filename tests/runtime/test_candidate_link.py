@@ -140,3 +140,27 @@ def test_a_candidate_that_cannot_be_built_leaves_the_gateway_without_one(
     with caplog.at_level("ERROR", logger="gateway.runtime"):
         assert start_candidate(site, "no-such-engine", initial, 0.0, None, lambda: None) is None
     assert "not started: ValueError: engine must be one of" in caplog.text
+
+
+def test_the_gauges_of_a_failing_candidate_still_fit_the_view(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import math
+
+    import numpy as np
+
+    from gateway.runtime.candidate import CandidateJudge, start_candidate
+
+    site = site_for(5020)
+    judge = start_candidate(site, "cython", np.zeros(len(site.actuators)), 0.0, None,
+                            lambda: None)
+    assert judge is not None
+
+    def broken(self: CandidateJudge) -> tuple[float, ...]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(CandidateJudge, "_gauge_values", broken)
+    with caplog.at_level("ERROR", logger="gateway.runtime"):
+        values = judge.gauge_values()
+    assert len(values) == len(judge.gauge_names) and all(math.isnan(v) for v in values)
+    assert judge.on is False and judge.errors == 1 and judge.error == "KeyError: 'a bug'"
+    assert "switched off after an error" in caplog.text
