@@ -95,9 +95,13 @@ def test_run_judges_with_the_candidate_named_in_the_site_file(tmp_path: Path) ->
                 assert report["cycles_judged"] >= shown["judged"]
                 tallies = {(t["kind"], t["name"]) for t in report["tallies"]}
                 assert ("applied", "outflow_pump.max") in tallies
-                # The PLC holds what the enforced site decided: 30 %.
-                regs = await plc.get_registers(Table.HOLDING_REGISTER, 1, 1)
-                assert regs == [3000]
+                # The PLC received only what the enforced site decided: the fallback's 30 %
+                # (or, if a stalled host let the readings go stale, the safe state's 0 %),
+                # never the candidate's 20 %.
+                pump = [w.values[1 - w.address] for w in plc.writes
+                        if w.function_code in (6, 16)
+                        and w.address <= 1 < w.address + len(w.values)]
+                assert pump and set(pump) <= {3000, 0}, pump
                 assert "candidate" in log.read_text()
             finally:
                 if proc.returncode is None:
