@@ -10,7 +10,12 @@ anonymous without ``--user``, if the site allows it) and does one thing:
   operator or admin);
 - ``reset``: reset a latched trip (ResetTrip; admin);
 - ``bypass DETECTOR SECONDS``: bypass a detector for that long (Bypass; admin);
-- ``unbypass DETECTOR``: end a bypass (EndBypass; admin).
+- ``unbypass DETECTOR``: end a bypass (EndBypass; admin);
+- ``candidate``: print the candidate site's report so far, in the shape of ``prove``'s: per
+  constraint and detector what the candidate would have done (clamp, reject, trip, another
+  mode) to the AI's proposals, the commands written and operators' write-throughs, how often,
+  the worst cases with their times, and the last disagreement (CandidateReport; any role;
+  ``--json``: the report as the gateway sent it; refused when the site names no candidate).
 
 The gateway answers each request with its real outcome, printed on one line. Exit codes:
 
@@ -30,6 +35,7 @@ import math
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -59,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     commands = top.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND",
                                   parser_class=type(top))
 
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--via", required=True, metavar="ENDPOINT",
+    def common(parser: argparse.ArgumentParser, via_required: bool = True) -> None:
+        parser.add_argument("--via", required=via_required, metavar="ENDPOINT",
                             help="the running gateway's OPC UA endpoint (opc.tcp://...)")
         parser.add_argument("--user", metavar="NAME", help="OPC UA user name")
         parser.add_argument("--password-env", metavar="VAR",
@@ -92,6 +98,14 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     unbypass.add_argument("detector", metavar="DETECTOR")
     common(unbypass)
     unbypass.set_defaults(func=_command(_unbypass))
+
+    candidate = commands.add_parser("candidate",
+                                    help="what the candidate site would have done so far")
+    common(candidate, via_required=False)
+    candidate.add_argument("--audit", metavar="DB",
+                           help="instead of --via: the last report recorded in this audit "
+                                "database (every minute while it changes, and at the stop)")
+    candidate.set_defaults(func=_command(_candidate))
 
 
 def _command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -220,3 +234,94 @@ def _status(args: argparse.Namespace) -> int:
     if view["last_rejection"]:
         print(f"last refused write: {view['last_rejection']}")
     return EXIT_APPLIED
+
+
+def _candidate(args: argparse.Namespace) -> int:
+    if (args.via is None) == (args.audit is None):
+        raise _Fail(EXIT_INPUT, "give either --via ENDPOINT (a running gateway) or --audit DB "
+                                "(the last recorded report)")
+    report = _recorded_report(args.audit) if args.audit is not None else _live_report(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_APPLIED
+    try:
+        print("\n".join(_candidate_text(report)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Fail(EXIT_REFUSED, f"the gateway's report is malformed ({exc!r})") from None
+    return EXIT_APPLIED
+
+
+def _live_report(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.adapters.opcua.session import call_method
+
+    via, user, password, timeout = _session_args(args)
+    accepted, message = _run(lambda: call_method(via, user, password, "CandidateReport", (),
+                                                 timeout), timeout)
+    if not accepted:
+        raise _Fail(EXIT_REFUSED, f"refused: {message}")
+    try:
+        report = json.loads(message)
+    except ValueError:
+        raise _Fail(EXIT_REFUSED, "the gateway's answer is not a report (not JSON)") from None
+    if not isinstance(report, dict):
+        raise _Fail(EXIT_REFUSED, "the gateway's answer is not a report (not an object)")
+    return report
+
+
+def _recorded_report(path: str) -> dict[str, Any]:
+    import sqlite3
+
+    from gateway.audit.store import AuditError
+    from gateway.runtime.candidate import last_summary
+
+    if not os.path.isfile(path):
+        raise _Fail(EXIT_INPUT, f"--audit {path!r}: no such file")
+    try:
+        summary = last_summary(Path(path))
+    except (AuditError, sqlite3.Error, OSError, ValueError) as exc:
+        raise _Fail(EXIT_INPUT, f"--audit {path!r}: cannot be read ({exc})") from None
+    if summary is None or not isinstance(summary.get("report"), dict):
+        raise _Fail(EXIT_REFUSED, f"--audit {path!r}: no candidate report recorded")
+    report: dict[str, Any] = summary["report"]
+    return report
+
+
+_KINDS: Final = {"proposal": "AI proposal", "applied": "written", "write": "write-through",
+                 "detector": "detector", "mode": "mode"}
+
+
+def _utc(at_utc: float | None) -> str:
+    if at_utc is None:
+        return "-"
+    return datetime.fromtimestamp(float(at_utc), UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _candidate_text(report: dict[str, Any]) -> list[str]:
+    """The report as lines of text (like ``prove``'s: a summary line, then per constraint or
+    detector its count, first and last time and up to three worst cases)."""
+    state = ("judging" if report["on"] else
+             f"SWITCHED OFF after an error: {report['error']}")
+    lines = [f"candidate {report['candidate']}: {state}",
+             f"  since {_utc(report['started_utc'])}: {report['cycles_judged']} cycles and "
+             f"{report.get('writes_judged', 0)} write-throughs judged, "
+             f"{report['disagreements']} disagreements with the enforced site",
+             f"  would have: {report['trips']} trips, {report['refusals']} refusals, "
+             f"{report['clamps']} clamps, {report['mode_changes']} cycles in another mode"]
+    cost = report.get("cost_us_per_cycle")
+    if cost is not None:
+        lines.append(f"  cost: {float(cost):.1f} us per cycle, after the write")
+    last = report.get("last_disagreement")
+    if last:
+        lines.append(f"  last disagreement at {_utc(last['at_utc'])}: {last['what']}")
+    order = {"trip": 0, "mode": 1, "reject": 2, "clamp": 3}
+    for t in sorted(report["tallies"], key=lambda t: (order.get(t["action"], 9), t["name"],
+                                                      t["kind"])):
+        kind = _KINDS.get(t["kind"], t["kind"])
+        lines.append(f"  {t['action']:<6} {kind:<13} {t['name']}: {t['count']}")
+        for w in t["worst"][:3]:
+            mag = w.get("magnitude")
+            what = "" if mag is None else f"moved {float(mag):.4g}: "
+            lines.append(f"      at {_utc(w.get('at_utc'))}: {what}{w['detail']}")
+    if not report["tallies"]:
+        lines.append("  nothing would have been clamped, refused or tripped")
+    return lines

@@ -1048,16 +1048,23 @@ def _rebase_opcua(nb: s.Northbound, base: Path) -> s.Northbound:
 
 
 _SECTIONS = ("site", "devices", "tags", "envelope", "controller", "fallback", "detection",
-             "operation", "northbound", "audit", "fleet")
+             "operation", "northbound", "audit", "fleet", "commissioning")
 
 
 def load_config(path: str | Path) -> s.Site:
     """Read and validate the site file at ``path``.
 
     Raises :class:`ConfigError` listing every problem as ``file:line: key.path: message``.
-    Relative paths inside the file (models, certificates, the audit database) are resolved
-    against the file's folder.
+    Relative paths inside the file (models, certificates, the audit database, the candidate
+    site) are resolved against the file's folder. A candidate site
+    (``commissioning.candidate``) is loaded and checked the same way, its own problems named
+    in its own file; it must have this site's tags in the same order, and cannot name a
+    candidate of its own.
     """
+    return _load_config(path, candidate_of=None)
+
+
+def _load_config(path: str | Path, candidate_of: str | None) -> s.Site:
     source = Path(path)
     name = str(path)
     try:
@@ -1123,6 +1130,8 @@ def load_config(path: str | Path) -> s.Site:
             key=None if audit.key is None else base / audit.key)
     with _section(ctx):
         result["fleet"] = _read_fleet(root, base, site_info)
+    with _section(ctx):
+        result["commissioning"] = _read_commissioning(root, base, candidate_of)
     for key in root.items:
         if key not in _SECTIONS:
             root.error(key, f"unknown section (expected one of: {', '.join(_SECTIONS)})")
@@ -1134,6 +1143,8 @@ def load_config(path: str | Path) -> s.Site:
                   tags=tuple(tags.values()), envelope=envelope, **result)
     _check_sanity(ctx, root, site)
     _prove(ctx, root, site)
+    if site.commissioning.candidate is not None:
+        site = _with_candidate(ctx, root, site)
     return site
 
 
@@ -1159,6 +1170,63 @@ def _read_fleet(root: Section, base: Path, info: s.SiteInfo | None) -> s.FleetSp
             kwargs[key] = number
     m.finish()
     return _build(m, s.FleetSpec, **kwargs)
+
+
+def _read_commissioning(root: Section, base: Path, candidate_of: str | None
+                        ) -> s.Commissioning:
+    """The ``commissioning`` section: ``candidate`` (a site file's path, relative to this
+    file). A candidate's own file may not name a candidate (no chains, no loops)."""
+    m = root.map("commissioning")
+    if m is None:
+        return s.Commissioning()
+    candidate = m.opt_str("candidate") if m.has("candidate") else None
+    m.finish()
+    if candidate is None:
+        return s.Commissioning()
+    if not candidate.strip():
+        m.error("candidate", "must name a site file")
+        raise Abort
+    if candidate_of is not None:
+        m.error("candidate", f"a candidate site cannot name a candidate of its own (this file "
+                             f"is the candidate of {candidate_of})")
+        raise Abort
+    return s.Commissioning(candidate=base / candidate)
+
+
+def _with_candidate(ctx: Ctx, root: Section, site: s.Site) -> s.Site:
+    """Load the candidate ``site`` names, checked like a site (its problems are reported in
+    its own file, with this file's ``commissioning.candidate`` line saying why it was read),
+    and refuse one whose tags are not this site's, in the same order."""
+    path = site.commissioning.candidate
+    assert path is not None
+    comm = root.map("commissioning")
+    assert comm is not None
+    line = comm.line("candidate")
+    key = "commissioning.candidate"
+    if not path.is_file():
+        ctx.error(line, key, f"candidate site {str(path)!r} is not a readable file")
+        raise ConfigError(ctx.issues)
+    try:
+        candidate = _load_config(path, candidate_of=str(site.source))
+    except ConfigError as exc:
+        ctx.error(line, key, f"the candidate site {str(path)!r} is invalid ({len(exc.issues)} "
+                             "problem(s), listed with their own file and line)")
+        raise ConfigError(ctx.issues + exc.issues) from None
+    ours = [(t.name, t.kind.value) for t in site.tags]
+    theirs = [(t.name, t.kind.value) for t in candidate.tags]
+    if ours != theirs:
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=False)):
+            if a != b:
+                what = (f"tag {i + 1} is {b[0]!r} ({b[1]}) in the candidate but {a[0]!r} "
+                        f"({a[1]}) here")
+                break
+        else:
+            what = f"the candidate has {len(theirs)} tags, this site {len(ours)}"
+        ctx.error(line, key, f"the candidate site {str(path)!r} must have this site's tags in "
+                             f"the same order: {what}")
+        raise ConfigError(ctx.issues)
+    return dataclasses.replace(site, commissioning=dataclasses.replace(
+        site.commissioning, candidate_site=candidate))
 
 
 def _line_of(root: Section, path: str) -> int:

@@ -1063,6 +1063,18 @@ class FleetSpec:
 
 
 @dataclass(frozen=True)
+class Commissioning:
+    """A candidate site judged beside this one (``commissioning.candidate``: its file, relative
+    to this site's file). ``candidate_site`` is that file, loaded and checked like the site
+    itself when this site is loaded, with the same tags in the same order; its envelope and
+    detectors judge every command this site's supervisor judges, and never act
+    (``gateway.runtime.candidate``). None: no candidate."""
+
+    candidate: Path | None = None
+    candidate_site: Site | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class AuditSpec:
     """The audit database, how many nominal cycles to sample (one in ``sample_every_n``;
     every cycle that differs from nominal is recorded), and the flight recorder's window:
@@ -1118,6 +1130,7 @@ class Site:
     northbound: Northbound = field(default_factory=Northbound)
     audit: AuditSpec = field(default_factory=AuditSpec)
     fleet: FleetSpec | None = None
+    commissioning: Commissioning = field(default_factory=Commissioning)
 
     @property
     def actuators(self) -> tuple[Tag, ...]:

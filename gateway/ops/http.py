@@ -61,7 +61,7 @@ from gateway.incident.model import UnknownIncident
 from gateway.link.mirror import MirrorLayout
 from gateway.ops.incidents import IncidentBoard, evidence_zip, valid_id
 from gateway.ops.margins import margins
-from gateway.ops.panels import detectors, health
+from gateway.ops.panels import candidate, detectors, health
 from gateway.ops.roles import AUDIT_READERS
 from gateway.ops.sessions import Session, Sessions
 from gateway.ops.users import UserTable
@@ -140,6 +140,7 @@ def view_json(site: Site, view: PlantView, counters: CounterLayout | None = None
     audit's and device links' health."""
     return {
         "detectors": detectors(view),
+        "candidate": candidate(view),
         "health": None if counters is None else health(view, counters),
         "cycle": view.cycle, "at_wall_s": view.at_wall_s, "mode": view.mode,
         "latched": view.latched, "trip_reason": view.trip_reason,

@@ -32,6 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway.link.counters import ACTIONS, LINK_STATES, REFUSALS, decode
+from gateway.ops.panels import candidate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -86,6 +87,7 @@ class GatewayCollector(Collector):
         yield from self._status(view)
         yield from self._counters(view)
         yield from self._tags(view)
+        yield from self._candidate(view)
 
     def _gauge(self, name: str, doc: str, value: float, labels: Sequence[str] = (),
                values: Sequence[str] = ()) -> GaugeMetricFamily:
@@ -111,6 +113,31 @@ class GatewayCollector(Collector):
                           float(view.cycle))
         yield self._gauge("core_publish_timestamp_seconds", "When the core made this view "
                           "(UTC seconds since the epoch)", view.at_wall_s)
+
+    def _candidate(self, view: PlantView) -> Iterator[Metric]:
+        """The candidate site's verdicts (``gateway.ops.panels.candidate``), when it has one:
+        the ``rule`` label is one of its constraints or detectors (at most 32 of them: the
+        core's bound on the candidate's named gauges)."""
+        c = candidate(view)
+        if c is None:
+            return
+        site = self.site
+        for name, key, doc in (
+                ("candidate_cycles_judged_total", "judged", "Cycles the candidate judged"),
+                ("candidate_disagreements_total", "disagreements",
+                 "Cycles where the candidate's outcome differed from the enforced site's"),
+                ("candidate_errors_total", "errors",
+                 "Errors of the candidate (it is switched off at the first)")):
+            family = CounterMetricFamily(PREFIX + name, doc, labels=["site"])
+            family.add_metric([site], float(c[key] or 0))
+            yield family
+        verdicts = CounterMetricFamily(
+            PREFIX + "candidate_verdicts_total", "What the candidate would have done (clamp, "
+            "reject, trip, mode), by constraint or detector (rule)",
+            labels=["site", "action", "rule"])
+        for v in c["verdicts"]:
+            verdicts.add_metric([site, v["action"], v["name"]], float(v["count"] or 0))
+        yield verdicts
 
     def _counters(self, view: PlantView) -> Iterator[Metric]:
         lay = self.layout

@@ -5,7 +5,8 @@ the audit sink's backlog, losses and fault, the audit alarms, each device link's
 connections, the communications process's restarts) and grades each part ``ok``, ``warn`` or
 ``bad``, so that the page can make a bad one impossible to miss. :func:`detectors` lists each
 detector's statistic against its threshold (``gateway.runtime.view.DetectorGauges``) with how
-near it is to tripping.
+near it is to tripping. :func:`candidate` reads the candidate site's verdicts, which travel
+in the same gauge block under names prefixed ``candidate.`` (``gateway.runtime.candidate``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ if TYPE_CHECKING:
     from gateway.link.counters import CounterLayout
     from gateway.runtime.view import PlantView
 
-__all__ = ["AUDIT_BACKLOG_WARN", "NEAR_FRACTION", "detectors", "health"]
+__all__ = ["AUDIT_BACKLOG_WARN", "NEAR_FRACTION", "candidate", "detectors", "health"]
 
 # An audit backlog this long (records not yet committed) is worth a look: the writer commits
 # in batches every few hundred milliseconds, so a healthy backlog is a cycle's worth or so.
 AUDIT_BACKLOG_WARN: Final = 1000
+# The candidate's gauges (gateway.runtime.candidate.GAUGE_PREFIX; the core's module is not
+# imported here: the communications process reads the view only).
+CANDIDATE_PREFIX: Final = "candidate."
+_CANDIDATE_TOTALS: Final = ("judged", "disagreements", "clamp", "reject", "trip", "mode",
+                            "errors")
 # A detector whose statistic has used this much of its threshold is shown as near.
 NEAR_FRACTION: Final = 0.8
 
@@ -82,6 +88,8 @@ def detectors(view: PlantView) -> list[dict[str, Any]]:
     out = []
     for name, value, limit in zip(view.detector_names, view.detector_values,
                                   view.detector_limits, strict=False):
+        if name.startswith(CANDIDATE_PREFIX):  # the candidate's verdicts: its own panel
+            continue
         fraction = value / limit if math.isfinite(value) and limit > 0 and math.isfinite(
             limit) else None
         if not math.isfinite(value):
@@ -94,4 +102,34 @@ def detectors(view: PlantView) -> list[dict[str, Any]]:
             level = "ok"
         out.append({"name": name, "value": _num(value), "limit": _num(limit),
                     "fraction": None if fraction is None else _num(fraction), "level": level})
+    return out
+
+
+def candidate(view: PlantView) -> dict[str, Any] | None:
+    """The candidate site's verdicts since the gateway started, or None without a candidate:
+    ``judged`` (cycles), ``disagreements`` (cycles where its outcome differed from the
+    enforced side's), would-``clamp``/``reject``/``trip`` totals, ``mode`` (cycles it would
+    have been in another mode), ``errors`` (1: it failed and was switched off),
+    ``last_disagreement_utc`` (UTC seconds, None: none yet) and ``verdicts``: per constraint
+    or detector, its action and count, most frequent first. ``level``: ``bad`` when the
+    candidate is off, ``warn`` with disagreements, else ``ok``."""
+    found: dict[str, float] = {}
+    verdicts = []
+    for name, value in zip(view.detector_names, view.detector_values, strict=False):
+        if not name.startswith(CANDIDATE_PREFIX):
+            continue
+        key = name[len(CANDIDATE_PREFIX):]
+        if key in _CANDIDATE_TOTALS or key == "last_disagreement_utc":
+            found[key] = value
+        else:
+            action, _, what = key.partition(".")
+            verdicts.append({"action": action, "name": what,
+                             "count": int(value) if math.isfinite(value) else None})
+    if not found:
+        return None
+    out: dict[str, Any] = {k: int(found[k]) if math.isfinite(found.get(k, math.nan)) else None
+                           for k in _CANDIDATE_TOTALS}
+    out["last_disagreement_utc"] = _num(found.get("last_disagreement_utc", math.nan))
+    out["verdicts"] = sorted(verdicts, key=lambda v: (-(v["count"] or 0), v["name"]))
+    out["level"] = ("bad" if out["errors"] else "warn" if out["disagreements"] else "ok")
     return out

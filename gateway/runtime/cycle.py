@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from gateway.incident.manager import IncidentManager
     from gateway.link.counters import CoreCounters
     from gateway.runtime.ai_source import AiSource
+    from gateway.runtime.candidate import CandidateJudge
     from gateway.runtime.incidents import PlaybookActions
     from gateway.runtime.records import Records
     from gateway.runtime.refusals import RefusalLog
@@ -88,6 +89,9 @@ class ControlCycle:
         self._links = ([southbound.clients.get(d) for d in counters.layout.devices]
                        if counters is not None else [])
         self._audit_due_s = -float("inf")  # when the audit sink's figures are read next
+        # A candidate site judging beside the enforced one (gateway.runtime.candidate): it
+        # sees each cycle after the write was issued, and can never act.
+        self.candidate: CandidateJudge | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at the site's period until ``stop`` is set."""
@@ -117,6 +121,9 @@ class ControlCycle:
         south = self.southbound
         snapshot = self.store.snapshot(self.sensor_names, now)
         proposal = self.ai.proposal(snapshot.sensors, south.applied, now)
+        candidate = self.candidate
+        if candidate is not None:
+            candidate.before(sup)
         decision = sup.step(snapshot, proposal, now)
         counters = self.counters
         if counters is not None:
@@ -151,6 +158,8 @@ class ControlCycle:
             await south.write(command, heartbeat=True, only=changed)
             south.applied = command.copy()  # the decision stays as decided
             south.last_write_s = now
+        if candidate is not None:  # after the write: off its latency path; never raises
+            candidate.judge(snapshot, proposal, decision)
         for event in decision.events:
             if counters is not None and event.kind is EventKind.TRIP:
                 counters.trip(event.name)
@@ -176,6 +185,12 @@ class ControlCycle:
         sensor_values = tuple(r.value for r in readings)
         sensor_at_s = tuple(r.at_s for r in readings)
         gauges = self._gauges
+        names, limits = gauges.names, gauges.limits
+        values = gauges.values(decision.at_s, self.ai.last, sensor_values, sensor_at_s)
+        candidate = self.candidate
+        if candidate is not None:
+            names, limits = candidate.gauges(names, limits)
+            values += candidate.gauge_values()
         last = self.ai.last
         proposal = (tuple(last.values.tolist()) if last is not None and last.values is not None
                     else (float("nan"),) * len(decision.command))
@@ -194,9 +209,7 @@ class ControlCycle:
             bypass_left_s=(min(modes.bypasses.values()) - decision.at_s if modes.bypasses
                            else None),
             counters=self._count_now(decision.at_s),
-            detector_names=gauges.names, detector_limits=gauges.limits,
-            detector_values=gauges.values(decision.at_s, last, sensor_values,
-                                           sensor_at_s))
+            detector_names=names, detector_limits=limits, detector_values=values)
 
     def _count_now(self, now_s: float) -> bytes:
         """The counters with what others keep counted (skipped cycles, link states and

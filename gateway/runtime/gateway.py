@@ -25,6 +25,12 @@ from gateway.adapters.factory import make_client
 from gateway.config.schema import ShutdownAction
 from gateway.link.counters import CoreCounters, CounterLayout
 from gateway.runtime.ai_source import AiSource
+from gateway.runtime.candidate import (
+    REPORT_REQUEST,
+    CandidateJudge,
+    report_outcome,
+    start_candidate,
+)
 from gateway.runtime.cycle import ControlCycle
 from gateway.runtime.external import ExternalCommands
 from gateway.runtime.faults import FaultLog
@@ -157,6 +163,7 @@ class Gateway(NorthboundHandler):
         self.supervisor: Supervisor | None = None
         self.write_through: WriteThrough | None = None
         self.control: ControlCycle | None = None
+        self.candidate: CandidateJudge | None = None  # commissioning.candidate, when named
         self.incidents: IncidentManager | None = None
         self.notifier: Notifier | None = None
         # What stopped the gateway (a signal's name), for the shutdown record.
@@ -221,6 +228,11 @@ class Gateway(NorthboundHandler):
         from gateway.forensics.checkpoint import capture
 
         self.records.start(start_s, initial, canary, sha, checkpoint=lambda: capture(sup))
+        candidate_site = self.site.commissioning.candidate_site
+        if candidate_site is not None:
+            self.candidate = start_candidate(candidate_site, self.envelope.engine, initial,
+                                             start_s, codec, lambda: self.records.audit,
+                                             self.wall_clock)
         playbook = None
         started = start_incidents(self.site, self.playbook_path, self.records,
                                   str(policy.model_path if policy else
@@ -234,6 +246,8 @@ class Gateway(NorthboundHandler):
         self.write_through = WriteThrough(sup, south, lambda: self.records, self.clock,
                                           self.period_s, self.index,
                                           self.requests.sensors_now, self.counters)
+        if self.candidate is not None:
+            self.write_through.on_write = self.candidate.judge_write
         self.requests.attach(sup, self.write_through, self.incidents)
         publishers: list[Publisher] = [self.northbound] if self.northbound is not None else []
         if self.service is not None:
@@ -247,6 +261,7 @@ class Gateway(NorthboundHandler):
             sup, self.store, self.sensor_names, self.ai, south, self.records, self.durable,
             playbook, self.incidents, (self.refusals, self.security_events), publishers,
             self.period_s, self.clock, self.wall_clock, self.counters, restarts)
+        self.control.candidate = self.candidate
 
     async def close(self) -> None:
         """Leave each actuator as its shutdown policy says, stop devices and the northbound
@@ -287,6 +302,8 @@ class Gateway(NorthboundHandler):
             await self.notifier.aclose()
         self.refusals.flush()
         self.security_events.flush()
+        if self.candidate is not None:
+            self.candidate.close(self.clock())
         if left is not None:
             # Last, after the incidents' own records: a chain whose last run ends without
             # this record ended uncleanly (see gateway.runtime.durable).
@@ -311,6 +328,8 @@ class Gateway(NorthboundHandler):
 
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
+        if kind == REPORT_REQUEST:  # read only (the server allowed the client's role)
+            return report_outcome(self.candidate, self.clock())
         return await self.requests.request(client, kind, detector, duration_s)
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,

@@ -15,7 +15,7 @@ server registers), under ``Objects/Gateway``::
     Status/Bypasses    String[]              ns=2;s=Gateway.Status.Bypasses
     Status/BypassExpiries DateTime[]         ns=2;s=Gateway.Status.BypassExpiries
     RequestMode(Mode: String), ResetTrip(), Bypass(Detector: String, Seconds: Double),
-    EndBypass(Detector: String)              ns=2;s=Gateway.<method>
+    EndBypass(Detector: String), CandidateReport()   ns=2;s=Gateway.<method>
 
 Writes. Every WriteValue that targets an Actuators variable is handed to the runtime on its own
 (``handler.write(client, {tag: value}, atomic=False)``); the others of the same request go on
@@ -38,7 +38,9 @@ variable is missing cannot log in (logged once). Methods: RequestMode needs oper
 ResetTrip, Bypass and EndBypass need admin; the incident methods follow
 ``gateway.ops.roles.INCIDENT_ROLES``: IncidentNote, IncidentAcknowledge, IncidentCheck,
 IncidentSeverity, IncidentReported, IncidentReview and IncidentActionDone need operator or admin,
-IncidentResolve and IncidentForceResolve admin; others get BadUserAccessDenied. A method returns
+IncidentResolve and IncidentForceResolve admin; CandidateReport (read only: the candidate
+site's report as one JSON object in Message, see ``gateway.runtime.candidate``) viewer,
+operator or admin; others get BadUserAccessDenied. A method returns
 (Accepted: Boolean, Message: String) with a Good status once the runtime has answered, and the
 answer is the real outcome: the request was applied (Message says what changed) or refused
 (Message says why). Users whose password variable is unset or empty are disabled with a
@@ -115,7 +117,7 @@ STATUS_NODES: Final = (("Mode", ua.VariantType.String), ("Latched", ua.VariantTy
 METHODS: Final = ("RequestMode", "ResetTrip", "Bypass", "EndBypass", "IncidentNote",
                   "IncidentAcknowledge", "IncidentCheck", "IncidentResolve",
                   "IncidentSeverity", "IncidentReported", "IncidentReview",
-                  "IncidentActionDone", "IncidentForceResolve")
+                  "IncidentActionDone", "IncidentForceResolve", "CandidateReport")
 # Incident methods: (action, argument names); every argument is a String. The core checks
 # each argument's content (IncidentReview's Review is one JSON object, size-limited there).
 _INCIDENT_METHODS: Final = {"IncidentNote": ("note", ("Id", "Text")),
@@ -145,7 +147,8 @@ _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip":
                         # The incident methods: the same table as every other entry point.
                         **{name: tuple(r for r in (Role.OPERATOR, Role.ADMIN)
                                        if r in INCIDENT_ROLES[action])
-                           for name, (action, _) in _INCIDENT_METHODS.items()}}
+                           for name, (action, _) in _INCIDENT_METHODS.items()},
+                        "CandidateReport": (Role.VIEWER, Role.OPERATOR, Role.ADMIN)}
 _WRITER_ROLES: Final = (Role.AI, Role.OPERATOR, Role.ADMIN)
 # Each method's input arguments (name, type) and what it does: the server declares exactly
 # these, and `safety-gateway map` prints them, so the two cannot disagree.
@@ -156,6 +159,7 @@ _METHOD_INPUTS: Final[dict[str, tuple[tuple[str, ua.VariantType], ...]]] = {
     "EndBypass": (("Detector", ua.VariantType.String),),
     **{name: tuple((arg, ua.VariantType.String) for arg in names)
        for name, (_, names) in _INCIDENT_METHODS.items()},
+    "CandidateReport": (),
 }
 _METHOD_OUTPUTS: Final = (("Accepted", ua.VariantType.Boolean),
                           ("Message", ua.VariantType.String))
@@ -179,6 +183,8 @@ _METHOD_PURPOSE: Final = {
     "IncidentActionDone": "close a review's action item (Number: from 1) with a note",
     "IncidentForceResolve": "resolve although required items are open, recording the reason "
                             "and what was open",
+    "CandidateReport": "read the candidate site's report so far (Message: one JSON object; "
+                       "refused when the site names no candidate)",
 }
 
 
@@ -623,6 +629,8 @@ def _parse_request(name: str, values: list[Any]
         return None if kind is None else (kind, None, None)
     if name == "ResetTrip":
         return ("reset_trip", None, None) if not values else None
+    if name == "CandidateReport":
+        return ("candidate_report", None, None) if not values else None
     if name == "EndBypass":
         if len(values) != 1 or not isinstance(values[0], str) or not values[0]:
             return None

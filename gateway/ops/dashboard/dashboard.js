@@ -160,6 +160,7 @@ function show(msg) {
   showHeaderIncident(msg);
   showHealth(v.health);
   showDetectors(v.detectors);
+  showCandidate(v.candidate);
   setText("bypasses", v.bypasses.length === 0 ? "none" :
           v.bypasses.map((b) => b.detector + " until " + b.expires).join(", "));
   setText("cycle", String(v.cycle));
@@ -257,6 +258,37 @@ function showDetectors(list) {
     r.fill.className = "bar " + (d.level === "bad" ? "bad" : d.level === "near" ? "near" : "");
     const frac = d.fraction === null ? (d.level === "bad" ? 1 : 0) : Math.max(0, Math.min(1, d.fraction));
     r.fill.style.width = Math.round(frac * 100) + "px";
+  }
+}
+
+// ---------------------------------------------------------------- candidate
+
+let candidateKey = null;  // the verdict table as last drawn (redrawn when it changes)
+
+function showCandidate(c) {
+  const panel = document.getElementById("candidate-panel");
+  panel.hidden = !c;
+  if (!c) return;
+  const status = document.getElementById("candidate-status");
+  status.textContent = c.errors ? "OFF: it failed and was switched off (see the log)" :
+    c.disagreements ? "judging; it disagrees with the enforced site" : "judging; no disagreement";
+  status.dataset.level = c.level;
+  setText("candidate-judged", String(c.judged));
+  setText("candidate-disagreements", String(c.disagreements) + (c.mode ? " (" + c.mode +
+          " cycles in another mode)" : ""));
+  setText("candidate-totals", c.clamp + " / " + c.reject + " / " + c.trip);
+  setText("candidate-last", c.last_disagreement_utc === null ? "none" :
+          utc(c.last_disagreement_utc) + " UTC");
+  const key = c.verdicts.map((d) => d.action + " " + d.name + " " + d.count).join("|");
+  if (key === candidateKey) return;
+  candidateKey = key;
+  const body = document.querySelector("#candidate-verdicts tbody");
+  body.replaceChildren();
+  for (const d of c.verdicts) {
+    const tr = el("tr");
+    tr.dataset.name = d.name;
+    tr.append(el("td", d.name), el("td", d.action), el("td", String(d.count), "num"));
+    body.append(tr);
   }
 }
 
