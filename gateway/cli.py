@@ -295,7 +295,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # peer does can delay the cycle.
         link = None
         nb = site.northbound
-        if nb.modbus is not None or nb.opcua is not None or nb.http is not None:
+        # A site in a fleet (fleet:) publishes its audit chain from that process too.
+        if (nb.modbus is not None or nb.opcua is not None or nb.http is not None
+                or site.fleet is not None):
             from gateway.comms.link import CommsLink, comms_recorder
 
             link = CommsLink(site, site_path,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from gateway.comms.servers import NorthboundServers
     from gateway.config.schema import Site
+    from gateway.fleet.site_link import SiteLink
     from gateway.link.channel import ChannelClient
 
 log = logging.getLogger("gateway.comms")
@@ -89,6 +90,7 @@ class Comms:
         self.mirror_name = mirror_name
         self.channel_sock = channel_sock
         self.servers: NorthboundServers | None = None
+        self.fleet: SiteLink | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set or the channel closes; returns the exit code."""
@@ -106,6 +108,7 @@ class Comms:
         channel = ChannelClient(self.channel_sock, max_in_flight=self.max_in_flight)
         front = Front(channel)
         pumping: asyncio.Task[None] | None = None
+        fleet: asyncio.Task[None] | None = None
         try:
             await channel.start()
             try:
@@ -120,6 +123,8 @@ class Comms:
                 # a port taken, a certificate missing: the supervisor retries with backoff
                 log.error("cannot start the northbound servers: %s", exc)
                 return EXIT_START_FAILED
+            if site.fleet is not None:
+                fleet = asyncio.create_task(self._fleet_link(site), name="fleet link")
             stopping = asyncio.create_task(stop.wait(), name="stop")
             gone = asyncio.create_task(channel.wait_closed(), name="channel")
             await asyncio.wait({pumping, stopping, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -136,13 +141,29 @@ class Comms:
                             "stale is served", channel.reason)
             return code
         finally:
-            if pumping is not None:
-                pumping.cancel()
-                await asyncio.gather(pumping, return_exceptions=True)
+            for leftover in (pumping, fleet):
+                if leftover is not None:
+                    leftover.cancel()
+                    await asyncio.gather(leftover, return_exceptions=True)
             if self.servers is not None:
                 await self.servers.stop()
             channel.close()
             reader.close()
+
+
+    async def _fleet_link(self, site: Site) -> None:
+        """The site's fleet link (``fleet:``): publishes the audit chain. Its own task, never
+        awaited by the servers; if it fails, the servers go on and the failure is logged."""
+        from gateway.fleet.site_link import SiteLink
+
+        assert site.fleet is not None
+        self.fleet = SiteLink(site.fleet, site.audit.path)
+        try:
+            await self.fleet.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the fleet is optional: never the reason the servers stop
+            log.exception("the fleet link failed; the servers go on without it")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
