@@ -440,17 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commissioning.cli import add_parser as add_commissioning
 
     add_commissioning(sub)  # learn, prove (issue 20)
-    # The `fleet` group, until gateway/fleet/cli.py owns it (issue 21): the fleet view's
-    # commands (status, dashboard, incident) and the model rollout's (model ...).
-    fleet = sub.add_parser("fleet", help="the fleet of gateways on NATS JetStream",
-                           description="The fleet of gateways on NATS JetStream.")
-    fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True,
-                                          metavar="COMMAND", parser_class=_Parser)
-    from gateway.fleet.model_cli import add_parsers as add_fleet_model
-    from gateway.fleet.view_cli import add_parsers as add_fleet_view
+    from gateway.fleet.cli import add_parser as add_fleet
 
-    add_fleet_view(fleet_commands)
-    add_fleet_model(fleet_commands)
+    # fleet init, verify, nats-config; status, dashboard, incident (gateway.fleet.view_cli)
+    # join through gateway.fleet.cli.EXTENSIONS (issue 21)
+    add_fleet(sub)
     _plain_help(parser)
     return parser
 

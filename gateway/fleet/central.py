@@ -97,6 +97,8 @@ def central_options(url: str, *, ca: Path | None = None, certificate: Path | Non
     spec = FleetSpec(url=url, site_id=name, ca=ca, certificate=certificate,
                      private_key=private_key, credentials=credentials)
     options = connect_options(spec)
+    # nats-py tries a server max_reconnect_attempts + 1 times even for the first connection
+    # (0 means forever): one retry, a fraction of a second apart.
     options.update(name=f"safety-gateway/{name}", allow_reconnect=False,
-                   max_reconnect_attempts=0)
+                   max_reconnect_attempts=1, reconnect_time_wait=0.2)
     return options
