@@ -356,8 +356,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.errors import BenchUnavailable
     from gateway.config import ConfigError
 
+    options = {key: getattr(args, key) for key in ("sites", "rate")
+               if getattr(args, key, None) is not None}
+    if options and args.what != "fleet":
+        print(f"--sites and --rate apply to bench fleet only, not {args.what!r}",
+              file=sys.stderr)
+        return EXIT_INPUT
     try:
-        result = bench.run(quick=args.quick)
+        result = bench.run(quick=args.quick, **options)
+    except ValueError as exc:  # an option out of range
+        print(f"safety-gateway bench {args.what}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     except ConfigError as exc:
         # The benches use the example sites of a source checkout (configs/).
         print(f"safety-gateway bench {args.what}: needs the example sites of a source "
@@ -414,9 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure performance figures")
     bench.add_argument("what", help="which bench: envelope, supervisor, wire, audit, replay, "
-                                    "startup, interference, learn")
+                                    "startup, interference, learn, fleet")
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    bench.add_argument("--sites", type=int, help="bench fleet: simulated sites (default 100)")
+    bench.add_argument("--rate", type=float,
+                       help="bench fleet: audit records per second per site (default 50)")
     bench.set_defaults(func=cmd_bench)
 
     # Commands that live with their own subsystem register themselves.
