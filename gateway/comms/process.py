@@ -6,7 +6,9 @@ Modbus/TLS sharing the plain server's register image (one mirror serves both), O
 security listener reporting refused channels, certificates and logins. Their handler is the
 channel (:class:`~gateway.link.channel.ChannelClient`) behind :class:`Front`, which shows each
 refusal the core answered on the servers' status. asyncua is imported only when the site has
-``northbound.opcua``.
+``northbound.opcua``. A site with ``fleet:`` also gets its fleet link
+(:class:`gateway.fleet.site_link.SiteLink`: the audit chain published to the centre) as one
+more task; nothing here waits on it, and its failure is logged without stopping the servers.
 
 It ends on SIGTERM or SIGINT (exit 0), and when the channel closes (exit 3): without a core
 there is nothing true to serve, so it never serves stale values. It fails to start with exit

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -205,3 +206,89 @@ def test_an_outage_costs_nothing_and_the_backlog_catches_up(nats_server: NatsSer
     caught_up_s = asyncio.run(asyncio.wait_for(main(), 240))
     print(f"caught up 6000 records in {caught_up_s:.2f} s")
     assert caught_up_s <= 60
+
+
+def test_a_site_that_cannot_continue_the_central_chain_stalls_and_says_why(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """The centre holds records of another database (the site's was replaced), or a record
+    the site now holds differently (rewritten): the publisher publishes nothing and its
+    state says why."""
+    import nats
+
+    first = tmp_path / "first.db"
+    write_records(first, 5)
+    second = tmp_path / "second.db"
+    write_records(second, 8)
+
+    async def main() -> list[str | None]:
+        client = await nats.connect(nats_server.url)
+        try:
+            await make_stream(client, SITE)
+            publisher = Publisher(client, SITE, first)
+            await publisher.sync()
+            assert await publisher.step() == 5
+            problems = []
+            for db in (second, first):
+                if db == first:  # rewrite record 5 of the first database after publishing
+                    conn = sqlite3.connect(db)
+                    conn.execute("DROP TRIGGER records_no_update")
+                    conn.execute("UPDATE records SET hash = ? WHERE seq = 5", ("0" * 64,))
+                    conn.commit()
+                    conn.close()
+                stale = Publisher(client, SITE, db, retry_s=0.05)
+                task = asyncio.create_task(stale.run())
+                await until(lambda p=stale: p.state.link is LinkState.STALLED, 30, "stalled")
+                problems.append(stale.state.problem)
+                assert stale.state.published_total == 0
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            held = await held_audit(client, SITE)
+            assert [m["seq"] for m in held] == [1, 2, 3, 4, 5]
+            return problems
+        finally:
+            await client.close()
+
+    replaced, rewritten = asyncio.run(asyncio.wait_for(main(), 120))
+    assert replaced is not None and "replaced database" in replaced
+    assert rewritten is not None and "seq 5 differs" in rewritten
+
+
+def test_site_link_runs_the_site_tasks_beside_the_publisher(nats_server: NatsServer,
+                                                            tmp_path: Path) -> None:
+    """Extra site tasks get the connected client; one that fails is logged and the
+    publisher goes on."""
+    import nats
+
+    from gateway.config.schema import FleetSpec
+    from gateway.fleet.site_link import SiteLink
+
+    db = tmp_path / "audit.db"
+    write_records(db, 3)
+    seen: list[str] = []
+
+    async def heartbeat(client: Any) -> None:
+        await client.publish(SiteSubjects(SITE).status, b"{}")
+        seen.append("heartbeat")
+        await asyncio.Event().wait()
+
+    async def broken(client: Any) -> None:
+        raise RuntimeError("a bug in a site task")
+
+    async def main() -> None:
+        admin = await nats.connect(nats_server.url)
+        try:
+            await make_stream(admin, SITE)
+            link = SiteLink(FleetSpec(url=nats_server.url, site_id=SITE), db,
+                            tasks=[heartbeat, broken], publisher_options={"poll_s": 0.02})
+            task = asyncio.create_task(link.run())
+            await until(lambda: link.state.acked_seq == 3, 30, "published through the link")
+            write_records(db, 2)
+            await until(lambda: link.state.acked_seq == 5, 30, "still publishing")
+            assert seen == ["heartbeat"]
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert link.client is not None and link.client.is_closed
+        finally:
+            await admin.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
