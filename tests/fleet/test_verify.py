@@ -91,6 +91,24 @@ def test_a_record_edited_on_the_site_after_publishing_is_caught(
     assert "FAILED" in out and "record seq 7 on the site's disk differs" in out
 
 
+def test_records_deleted_on_the_site_after_publishing_are_caught(
+        nats_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "audit.db"
+    write_records(db, 20)
+    publish_all(nats_server.url, db, 20)
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TRIGGER records_no_delete")
+    conn.execute("DELETE FROM records WHERE seq >= 18")  # the tail: the chain still links
+    conn.commit()
+    conn.close()
+    assert verify(db).ok
+    code = main(["fleet", "verify", SITE, "--server", nats_server.url, "--db", str(db),
+                 "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["broken_seq"] == 18
+    assert any("missing from the site's database" in p for p in out["problems"])
+
+
 def test_a_record_edited_before_publishing_breaks_the_central_chain(
         nats_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "audit.db"
