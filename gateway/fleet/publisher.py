@@ -276,11 +276,13 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish until cancelled (see the class docstring)."""
+        refused_in_a_row = 0
         while True:
             try:
                 if not self._synced:
                     await self.sync()
                 sent = await self.step()
+                refused_in_a_row = 0
                 if sent == 0:
                     await self.publish_head()
                     await asyncio.sleep(self.poll_s)
@@ -289,6 +291,9 @@ class Publisher:
                 self._synced = False
                 log.warning("fleet: the stream %s refused a publish (%s); re-reading what it "
                             "holds and resuming", self.names.stream, exc)
+                refused_in_a_row += 1
+                if refused_in_a_row > 1:  # something keeps racing us: do not spin
+                    await asyncio.sleep(self.retry_s)
             except Stalled as exc:
                 self._synced = False
                 self._set_problem(LinkState.STALLED, str(exc))
