@@ -84,11 +84,17 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _server_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", required=True, help="nats:// or tls:// URL of the centre")
-    parser.add_argument("--ca", type=Path, help="CA certificate to check the server against")
-    parser.add_argument("--cert", type=Path, help="client certificate (PEM)")
-    parser.add_argument("--key", type=Path, help="client private key (PEM)")
-    parser.add_argument("--creds", type=Path, help="NATS credentials file")
+    # The same connection options as the other fleet commands (gateway.fleet.view_cli).
+    parser.add_argument("--server", required=True, metavar="URL",
+                        help="the central NATS server (nats://host:port or tls://...)")
+    parser.add_argument("--credentials", metavar="FILE", type=Path,
+                        help="NATS credentials file (user JWT and nkey seed)")
+    parser.add_argument("--ca", metavar="FILE", type=Path,
+                        help="CA certificate(s) the server's certificate is checked against")
+    parser.add_argument("--certificate", metavar="FILE", type=Path,
+                        help="client certificate (PEM; with --private-key)")
+    parser.add_argument("--private-key", metavar="FILE", type=Path,
+                        help="the client certificate's private key (PEM)")
 
 
 async def connect_central(args: argparse.Namespace) -> Client:
@@ -99,8 +105,8 @@ async def connect_central(args: argparse.Namespace) -> Client:
     from gateway.fleet.central import central_options
 
     return await nats.connect(**central_options(
-        args.server, ca=args.ca, certificate=args.cert, private_key=args.key,
-        credentials=args.creds), error_cb=_quiet)
+        args.server, ca=args.ca, certificate=args.certificate, private_key=args.private_key,
+        credentials=args.credentials), error_cb=_quiet)
 
 
 async def _quiet(exc: Exception) -> None:

@@ -264,6 +264,14 @@ class Publisher:
         self._head_seq = -1           # the last head published
         self._head_mtime_ns = -1
         self._acks: AckInbox | None = None
+        self._site_last_read = False
+        self._acked_known = False
+
+    @property
+    def knows_backlog(self) -> bool:
+        """Whether the site's last seq has been read and the stream's last record learnt at
+        least once (before, the backlog is not known)."""
+        return self._site_last_read and self._acked_known
 
     @property
     def state(self) -> PublisherState:
@@ -312,6 +320,7 @@ class Publisher:
     async def _note_site_last(self) -> None:
         try:
             self._c.site_last_seq = (await asyncio.to_thread(last_head, self.reader.path)).seq
+            self._site_last_read = True
         except (AuditError, sqlite3.Error, OSError) as exc:
             log.debug("fleet: cannot read the audit database's last seq: %s", exc)
 
@@ -372,6 +381,7 @@ class Publisher:
         self._stream_last = info.state.last_seq
         self._audit_last = 0 if last_audit is None else (last_audit.seq or 0)
         self._c.acked_seq = acked
+        self._acked_known = True
         if last_head is not None:
             self._head_seq = int(_loads(last_head.data or b"").get("head", {}).get("seq", -1))
         self._synced = True
@@ -386,6 +396,7 @@ class Publisher:
         header, records, last = await asyncio.to_thread(self.reader.after, self._c.acked_seq,
                                                         self.batch_max)
         self._c.site_last_seq = last
+        self._site_last_read = True
         now = self.clock()
         names = self.names
         site = names.site_id

@@ -52,6 +52,19 @@ class SiteLink:
             return PublisherState(LinkState.CONNECTING, 0, 0, 0, 0, None)
         return self.publisher.state
 
+    @property
+    def link_state(self) -> str:
+        """The link's state as text (for the status heartbeat,
+        :class:`gateway.fleet.heartbeat.PublisherState`)."""
+        return str(self.state.link)
+
+    @property
+    def backlog_records(self) -> int | None:
+        """Audit records the centre has not acknowledged; None until known."""
+        if self.publisher is None or not self.publisher.knows_backlog:
+            return None
+        return self.state.backlog
+
     async def run(self) -> None:
         """Connect and run until cancelled; closes the connection on the way out. A task that
         fails is logged and the others go on (never raises but cancellation)."""

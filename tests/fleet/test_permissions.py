@@ -36,10 +36,10 @@ def test_sites_are_confined_and_the_centre_cannot_write_their_records(
     db = tmp_path / "audit.db"
     write_records(db, 12)
     server_args = ["--server", url, "--ca", str(certs / "ca.pem")]
-    central_args = [*server_args, "--cert", str(certs / "central.pem"),
-                    "--key", str(certs / "central.key")]
-    admin_args = [*server_args, "--cert", str(certs / "fleet-admin.pem"),
-                  "--key", str(certs / "fleet-admin.key")]
+    central_args = [*server_args, "--certificate", str(certs / "central.pem"),
+                    "--private-key", str(certs / "central.key")]
+    admin_args = [*server_args, "--certificate", str(certs / "fleet-admin.pem"),
+                  "--private-key", str(certs / "fleet-admin.key")]
     assert main(["fleet", "init", "--sites", "north,south", *admin_args]) == 0
 
     def site_spec(name: str) -> FleetSpec:

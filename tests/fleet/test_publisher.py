@@ -280,8 +280,10 @@ def test_site_link_runs_the_site_tasks_beside_the_publisher(nats_server: NatsSer
             await make_stream(admin, SITE)
             link = SiteLink(FleetSpec(url=nats_server.url, site_id=SITE), db,
                             tasks=[heartbeat, broken], publisher_options={"poll_s": 0.02})
+            assert link.backlog_records is None and link.link_state == "connecting"
             task = asyncio.create_task(link.run())
             await until(lambda: link.state.acked_seq == 3, 30, "published through the link")
+            assert link.backlog_records == 0 and link.link_state == "up"  # for the heartbeat
             write_records(db, 2)
             await until(lambda: link.state.acked_seq == 5, 30, "still publishing")
             assert seen == ["heartbeat"]
