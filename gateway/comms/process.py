@@ -35,10 +35,13 @@ from gateway.adapters.base import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from nats.aio.client import Client
+
     from gateway.comms.servers import NorthboundServers
     from gateway.config.schema import Site
     from gateway.fleet.site_link import SiteLink
     from gateway.link.channel import ChannelClient
+    from gateway.link.mirror import MirrorReader
 
 log = logging.getLogger("gateway.comms")
 
@@ -126,7 +129,8 @@ class Comms:
                 log.error("cannot start the northbound servers: %s", exc)
                 return EXIT_START_FAILED
             if site.fleet is not None:
-                fleet = asyncio.create_task(self._fleet_link(site), name="fleet link")
+                fleet = asyncio.create_task(self._fleet_link(site, reader, front),
+                                            name="fleet link")
             stopping = asyncio.create_task(stop.wait(), name="stop")
             gone = asyncio.create_task(channel.wait_closed(), name="channel")
             await asyncio.wait({pumping, stopping, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -153,15 +157,30 @@ class Comms:
             reader.close()
 
 
-    async def _fleet_link(self, site: Site) -> None:
-        """The site's fleet link (``fleet:``): publishes the audit chain. Its own task, never
-        awaited by the servers; if it fails, the servers go on and the failure is logged."""
+    async def _fleet_link(self, site: Site, reader: MirrorReader, front: Front) -> None:
+        """The site's fleet link (``fleet:``): publishes the audit chain, and on the same
+        connection the status heartbeat (the core's view from the mirror, the publisher's
+        link and backlog) and the answers to the centre's incident requests (through
+        ``front``, the servers' own path to the core). Its own task, never awaited by the
+        servers; if it fails, the servers go on and the failure is logged."""
+        from gateway.fleet.commands import run_command_responder
+        from gateway.fleet.heartbeat import run_heartbeat
         from gateway.fleet.site_link import SiteLink
 
         assert site.fleet is not None
-        self.fleet = SiteLink(site.fleet, site.audit.path)
+        never = asyncio.Event()  # the tasks end by cancellation, with the link
+
+        async def heartbeat(client: Client) -> None:
+            await run_heartbeat(client, site, reader.read, link, stop=never,
+                                audit_path=site.audit.path)
+
+        async def commands(client: Client) -> None:
+            await run_command_responder(client, site, front, never)
+
+        link = SiteLink(site.fleet, site.audit.path, tasks=(heartbeat, commands))
+        self.fleet = link
         try:
-            await self.fleet.run()
+            await link.run()
         except asyncio.CancelledError:
             raise
         except Exception:  # the fleet is optional: never the reason the servers stop

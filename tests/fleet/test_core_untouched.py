@@ -1,8 +1,9 @@
 """The safety core never depends on the fleet: the real core (``Gateway``, stepped on an
 injected clock) with a site in a fleet, its communications process publishing the audit chain
-to a real nats-server, decides exactly what the same core decides without a fleet, while the
-server is killed, the communications process (the publisher) is killed and restarted, and the
-server comes back; afterwards the centre holds the chain and ``fleet verify`` passes."""
+(and its status heartbeat) to a real nats-server, decides exactly what the same core decides
+without a fleet, while the server is killed, the communications process (the publisher) is
+killed and restarted, and the server comes back; afterwards the centre holds the chain and
+``fleet verify`` passes."""
 
 from __future__ import annotations
 
@@ -111,8 +112,20 @@ def test_a_dead_link_or_publisher_changes_nothing_the_core_decides(
                      audit_path=site.audit.path)
         link.handler = gw
 
+        beats: list[dict[str, Any]] = []
+        watcher = await nats.connect(nats_server.url)
+
+        async def beat(msg: Any) -> None:
+            beats.append(json.loads(msg.data))
+
+        await watcher.subscribe(SiteSubjects(SITE).status, cb=beat)
+
         async def published_some() -> None:
             await until(lambda: _ok(held()), 60, "the communications process publishes")
+            # the heartbeat rides the same link and carries the publisher's state
+            await until(lambda: any(b.get("link_state") == "up" for b in beats), 60,
+                        "a heartbeat with the link up")
+            await watcher.close()
 
         async def server_killed() -> None:
             await asyncio.to_thread(nats_server.kill)
