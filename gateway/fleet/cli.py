@@ -19,9 +19,7 @@ Exit codes: 0 done / verified, 1 verification failed, 2 bad input, 3 server unre
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -70,9 +68,14 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     ver.add_argument("--json", action="store_true", help="print the verdict as JSON")
     ver.set_defaults(func=cmd_verify)
 
-    from gateway.fleet.permissions import add_parser as add_nats_config
-
-    add_nats_config(commands)
+    cmd = commands.add_parser("nats-config", help="write a nats-server configuration with TLS "
+                                                  "and per-site permissions")
+    cmd.add_argument("--sites", required=True, help="site ids, comma separated")
+    cmd.add_argument("--out", required=True, type=Path, help="folder to write into")
+    cmd.add_argument("--host", default="localhost", help="the server's host name (its "
+                                                          "certificate names it)")
+    cmd.add_argument("--port", type=int, default=4222, help="client port (4222)")
+    cmd.set_defaults(func=cmd_nats_config)
     for name in EXTENSIONS:
         try:
             module = importlib.import_module(name)
@@ -81,6 +84,12 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
                 raise
             continue
         module.add_parsers(commands)
+
+
+def cmd_nats_config(args: argparse.Namespace) -> int:
+    from gateway.fleet.permissions import cmd_nats_config as run
+
+    return run(args)
 
 
 def _server_args(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +138,8 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gateway.fleet.central import RetentionPolicy, ensure_streams
 
     try:
@@ -165,6 +176,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
     from gateway.audit.signed_head import SignedHeadError, public_key_path, read_public_key
     from gateway.audit.signed_head import key_path as head_key_path
     from gateway.audit.store import NotAuditDatabase

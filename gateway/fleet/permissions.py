@@ -45,7 +45,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from cryptography import x509
@@ -57,6 +56,7 @@ from gateway.fleet.subjects import ASSIGNMENTS_BUCKET, MODELS_BUCKET, SiteSubjec
 
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
 
 CENTRAL: Final = "central"
 ADMIN: Final = "fleet-admin"
@@ -247,18 +247,8 @@ def write_fleet_config(dir_: Path, sites: list[str], *, host: str = "localhost",
     return conf
 
 
-def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
-    cmd = commands.add_parser("nats-config", help="write a nats-server configuration with TLS "
-                                                  "and per-site permissions")
-    cmd.add_argument("--sites", required=True, help="site ids, comma separated")
-    cmd.add_argument("--out", required=True, type=Path, help="folder to write into")
-    cmd.add_argument("--host", default="localhost", help="the server's host name (its "
-                                                          "certificate names it)")
-    cmd.add_argument("--port", type=int, default=4222, help="client port (4222)")
-    cmd.set_defaults(func=cmd_nats_config)
-
-
 def cmd_nats_config(args: argparse.Namespace) -> int:
+    """``fleet nats-config`` (its parser is in :mod:`gateway.fleet.cli`)."""
     from gateway.fleet.subjects import SiteIdError
 
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
