@@ -11,8 +11,8 @@
   (:mod:`gateway.fleet.permissions`).
 
 Other fleet commands (``status``, ``dashboard``, ``incident``: :mod:`gateway.fleet.view_cli`;
-the model rollout's) live in their own modules and register here through
-:data:`EXTENSIONS`.
+``model ...``: :mod:`gateway.fleet.model_cli`) live in their own modules and register
+here through :data:`EXTENSIONS`.
 
 Exit codes: 0 done / verified, 1 verification failed, 2 bad input, 3 server unreachable.
 """
@@ -34,10 +34,10 @@ EXIT_FAILED: Final = 1
 EXIT_INPUT: Final = 2
 EXIT_UNREACHABLE: Final = 3
 
-EXTENSIONS: Final = ("gateway.fleet.view_cli", "gateway.fleet.rollout_cli")
+EXTENSIONS: Final = ("gateway.fleet.view_cli", "gateway.fleet.model_cli")
 """Modules that add ``fleet`` subcommands: each, if present, has ``add_parsers(commands)``
-taking this group's subparsers (``view_cli``: status, dashboard, incident; the model
-rollout's commands in the second)."""
+taking this group's subparsers (``view_cli``: status, dashboard, incident; ``model_cli``:
+model publish, assign, advance, stop, show)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
