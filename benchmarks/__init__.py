@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from benchmarks import audit, envelope, interference, learn, replay, startup, supervisor, wire
+from benchmarks import (
+    audit,
+    envelope,
+    fleet,
+    interference,
+    learn,
+    replay,
+    startup,
+    supervisor,
+    wire,
+)
 
 
 class BenchModule(Protocol):
@@ -22,6 +32,7 @@ class BenchModule(Protocol):
 BENCHES: dict[str, BenchModule] = {
     "audit": audit,
     "envelope": envelope,
+    "fleet": fleet,
     "interference": interference,
     "learn": learn,
     "replay": replay,

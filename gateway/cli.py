@@ -295,7 +295,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # peer does can delay the cycle.
         link = None
         nb = site.northbound
-        if nb.modbus is not None or nb.opcua is not None or nb.http is not None:
+        # A site in a fleet (fleet:) publishes its audit chain from that process too.
+        if (nb.modbus is not None or nb.opcua is not None or nb.http is not None
+                or site.fleet is not None):
             from gateway.comms.link import CommsLink, comms_recorder
 
             link = CommsLink(site, site_path,
@@ -354,8 +356,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.errors import BenchUnavailable
     from gateway.config import ConfigError
 
+    options = {key: getattr(args, key) for key in ("sites", "rate")
+               if getattr(args, key, None) is not None}
+    if options and args.what != "fleet":
+        print(f"--sites and --rate apply to bench fleet only, not {args.what!r}",
+              file=sys.stderr)
+        return EXIT_INPUT
     try:
-        result = bench.run(quick=args.quick)
+        result = bench.run(quick=args.quick, **options)
+    except ValueError as exc:  # an option out of range
+        print(f"safety-gateway bench {args.what}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     except ConfigError as exc:
         # The benches use the example sites of a source checkout (configs/).
         print(f"safety-gateway bench {args.what}: needs the example sites of a source "
@@ -412,9 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure performance figures")
     bench.add_argument("what", help="which bench: envelope, supervisor, wire, audit, replay, "
-                                    "startup, interference, learn")
+                                    "startup, interference, learn, fleet")
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    bench.add_argument("--sites", type=int, help="bench fleet: simulated sites (default 100)")
+    bench.add_argument("--rate", type=float,
+                       help="bench fleet: audit records per second per site (default 50)")
     bench.set_defaults(func=cmd_bench)
 
     # Commands that live with their own subsystem register themselves.
@@ -438,17 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commissioning.cli import add_parser as add_commissioning
 
     add_commissioning(sub)  # learn, prove (issue 20)
-    # The `fleet` group, until gateway/fleet/cli.py owns it (issue 21): the fleet view's
-    # commands (status, dashboard, incident) and the model rollout's (model ...).
-    fleet = sub.add_parser("fleet", help="the fleet of gateways on NATS JetStream",
-                           description="The fleet of gateways on NATS JetStream.")
-    fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True,
-                                          metavar="COMMAND", parser_class=_Parser)
-    from gateway.fleet.model_cli import add_parsers as add_fleet_model
-    from gateway.fleet.view_cli import add_parsers as add_fleet_view
+    from gateway.fleet.cli import add_parser as add_fleet
 
-    add_fleet_view(fleet_commands)
-    add_fleet_model(fleet_commands)
+    # fleet init, verify, nats-config; status, dashboard, incident (gateway.fleet.view_cli)
+    # join through gateway.fleet.cli.EXTENSIONS (issue 21)
+    add_fleet(sub)
     _plain_help(parser)
     return parser
 

@@ -6,7 +6,9 @@ Modbus/TLS sharing the plain server's register image (one mirror serves both), O
 security listener reporting refused channels, certificates and logins. Their handler is the
 channel (:class:`~gateway.link.channel.ChannelClient`) behind :class:`Front`, which shows each
 refusal the core answered on the servers' status. asyncua is imported only when the site has
-``northbound.opcua``.
+``northbound.opcua``. A site with ``fleet:`` also gets its fleet link
+(:class:`gateway.fleet.site_link.SiteLink`: the audit chain published to the centre) as one
+more task; nothing here waits on it, and its failure is logged without stopping the servers.
 
 It ends on SIGTERM or SIGINT (exit 0), and when the channel closes (exit 3): without a core
 there is nothing true to serve, so it never serves stale values. It fails to start with exit
@@ -33,9 +35,13 @@ from gateway.adapters.base import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from nats.aio.client import Client
+
     from gateway.comms.servers import NorthboundServers
     from gateway.config.schema import Site
+    from gateway.fleet.site_link import SiteLink
     from gateway.link.channel import ChannelClient
+    from gateway.link.mirror import MirrorReader
 
 log = logging.getLogger("gateway.comms")
 
@@ -89,6 +95,7 @@ class Comms:
         self.mirror_name = mirror_name
         self.channel_sock = channel_sock
         self.servers: NorthboundServers | None = None
+        self.fleet: SiteLink | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set or the channel closes; returns the exit code."""
@@ -106,6 +113,7 @@ class Comms:
         channel = ChannelClient(self.channel_sock, max_in_flight=self.max_in_flight)
         front = Front(channel)
         pumping: asyncio.Task[None] | None = None
+        fleet: asyncio.Task[None] | None = None
         try:
             await channel.start()
             try:
@@ -120,6 +128,9 @@ class Comms:
                 # a port taken, a certificate missing: the supervisor retries with backoff
                 log.error("cannot start the northbound servers: %s", exc)
                 return EXIT_START_FAILED
+            if site.fleet is not None:
+                fleet = asyncio.create_task(self._fleet_link(site, reader, front),
+                                            name="fleet link")
             stopping = asyncio.create_task(stop.wait(), name="stop")
             gone = asyncio.create_task(channel.wait_closed(), name="channel")
             await asyncio.wait({pumping, stopping, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -136,13 +147,44 @@ class Comms:
                             "stale is served", channel.reason)
             return code
         finally:
-            if pumping is not None:
-                pumping.cancel()
-                await asyncio.gather(pumping, return_exceptions=True)
+            for leftover in (pumping, fleet):
+                if leftover is not None:
+                    leftover.cancel()
+                    await asyncio.gather(leftover, return_exceptions=True)
             if self.servers is not None:
                 await self.servers.stop()
             channel.close()
             reader.close()
+
+
+    async def _fleet_link(self, site: Site, reader: MirrorReader, front: Front) -> None:
+        """The site's fleet link (``fleet:``): publishes the audit chain, and on the same
+        connection the status heartbeat (the core's view from the mirror, the publisher's
+        link and backlog) and the answers to the centre's incident requests (through
+        ``front``, the servers' own path to the core). Its own task, never awaited by the
+        servers; if it fails, the servers go on and the failure is logged."""
+        from gateway.fleet.commands import run_command_responder
+        from gateway.fleet.heartbeat import run_heartbeat
+        from gateway.fleet.site_link import SiteLink
+
+        assert site.fleet is not None
+        never = asyncio.Event()  # the tasks end by cancellation, with the link
+
+        async def heartbeat(client: Client) -> None:
+            await run_heartbeat(client, site, reader.read, link, stop=never,
+                                audit_path=site.audit.path)
+
+        async def commands(client: Client) -> None:
+            await run_command_responder(client, site, front, never)
+
+        link = SiteLink(site.fleet, site.audit.path, tasks=(heartbeat, commands))
+        self.fleet = link
+        try:
+            await link.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the fleet is optional: never the reason the servers stop
+            log.exception("the fleet link failed; the servers go on without it")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -19,7 +19,10 @@ PREFIX: Final = "sg.site"
 
 MSG_ID: Final = "Nats-Msg-Id"
 EXPECTED_LAST_MSG_ID: Final = "Nats-Expected-Last-Msg-Id"
-"""JetStream's publish headers: deduplication, and the message the stream must hold last."""
+EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+"""JetStream's publish headers: deduplication, and the message the stream must hold last (by
+its id, or by the stream sequence of the subject's last message; see
+:mod:`gateway.fleet.publisher` for which the publisher uses when)."""
 
 STATUS_STREAM: Final = "SG_STATUS"
 """The central stream of every site's latest status heartbeat and metrics snapshot (one message
