@@ -129,7 +129,7 @@ class Comms:
                 log.error("cannot start the northbound servers: %s", exc)
                 return EXIT_START_FAILED
             if site.fleet is not None:
-                fleet = asyncio.create_task(self._fleet_link(site, reader, front),
+                fleet = asyncio.create_task(self._fleet_link(site, reader, front, channel),
                                             name="fleet link")
             stopping = asyncio.create_task(stop.wait(), name="stop")
             gone = asyncio.create_task(channel.wait_closed(), name="channel")
@@ -157,14 +157,18 @@ class Comms:
             reader.close()
 
 
-    async def _fleet_link(self, site: Site, reader: MirrorReader, front: Front) -> None:
+    async def _fleet_link(self, site: Site, reader: MirrorReader, front: Front,
+                          channel: ChannelClient) -> None:
         """The site's fleet link (``fleet:``): publishes the audit chain, and on the same
         connection the status heartbeat (the core's view from the mirror, the publisher's
-        link and backlog) and the answers to the centre's incident requests (through
-        ``front``, the servers' own path to the core). Its own task, never awaited by the
-        servers; if it fails, the servers go on and the failure is logged."""
+        link and backlog), the answers to the centre's incident requests (through
+        ``front``, the servers' own path to the core) and the model rollout watcher (which
+        asks the core, over ``channel``, to check again and load an assigned version in
+        SHADOW). Its own task, never awaited by the servers; if it fails, the servers go on
+        and the failure is logged."""
         from gateway.fleet.commands import run_command_responder
         from gateway.fleet.heartbeat import run_heartbeat
+        from gateway.fleet.rollout import run_rollout_watcher
         from gateway.fleet.site_link import SiteLink
 
         assert site.fleet is not None
@@ -177,7 +181,10 @@ class Comms:
         async def commands(client: Client) -> None:
             await run_command_responder(client, site, front, never)
 
-        link = SiteLink(site.fleet, site.audit.path, tasks=(heartbeat, commands))
+        async def rollouts(client: Client) -> None:
+            await run_rollout_watcher(client, site, channel, never)
+
+        link = SiteLink(site.fleet, site.audit.path, tasks=(heartbeat, commands, rollouts))
         self.fleet = link
         try:
             await link.run()

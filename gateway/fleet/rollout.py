@@ -187,8 +187,11 @@ class _Watcher:
             folder = stage(self.models_dir, assignment.name, assignment.version,
                            {f: files[f] for f in PUBLISHED_FILES})
             try:
-                staged = verify_staged(folder, self.site.fleet.trusted_keys, assignment.name,
-                                       assignment.version, self.site)
+                # An ONNX session and the canary take time: off the loop, which also serves
+                # the site's Modbus, OPC UA and dashboard clients.
+                staged = await asyncio.to_thread(
+                    verify_staged, folder, self.site.fleet.trusted_keys, assignment.name,
+                    assignment.version, self.site)
             except StagedRefused:
                 discard(folder)
                 raise
