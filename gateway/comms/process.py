@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.adapters.base import (
     AdapterError,
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from gateway.comms.servers import NorthboundServers
     from gateway.config.schema import Site
     from gateway.link.channel import ChannelClient
+    from gateway.mcp.outcome import ProposalOutcome
 
 log = logging.getLogger("gateway.comms")
 
@@ -69,6 +70,12 @@ class Front(NorthboundHandler):
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:
         return await self.channel.incident(client, action, incident_id, args)
+
+    async def propose(self, client: ClientInfo, values: dict[str, float]) -> ProposalOutcome:
+        return await self.channel.propose(client, values)
+
+    def agent_calls(self, window: dict[str, Any]) -> None:
+        self.channel.agent_calls(window)
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                 code: int) -> None:
