@@ -9,11 +9,14 @@ the same servers, the same mapping of a view onto them.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.adapters.base import Refusal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.adapters.base import NorthboundHandler, WriteOutcome
     from gateway.config.schema import Site
     from gateway.runtime.view import PlantView
@@ -23,14 +26,17 @@ log = logging.getLogger("gateway.comms")
 
 class NorthboundServers:
     """The site's northbound Modbus (plain and/or Modbus/TCP Security) and OPC UA servers, its
-    dashboard (HTTP) and its MCP server for agents (``gateway.mcp``).
+    dashboard (HTTP) and its MCP server for agents (``gateway.mcp``). ``clock`` times the
+    agents' rate limits and call windows (the core's clock when they run in its process: a
+    drill's simulated time).
 
     The Modbus servers are built at once (their register image exists before they listen, so
     a first :meth:`publish` is what their first client reads); :meth:`start` starts them, then
     the OPC UA server (slower to start: a view published meanwhile reaches the Modbus servers
     only). :meth:`stop` stops whatever started, each server on its own."""
 
-    def __init__(self, site: Site, handler: NorthboundHandler) -> None:
+    def __init__(self, site: Site, handler: NorthboundHandler,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.site = site
         self.handler = handler
         self.index = {t.name: i for i, t in enumerate(site.actuators)}
@@ -68,7 +74,7 @@ class NorthboundServers:
             # The SDK is imported only for a site that serves agents.
             from gateway.mcp.server import McpServer
 
-            self.mcp = McpServer(site, nb.mcp, handler)
+            self.mcp = McpServer(site, nb.mcp, handler, clock)
 
     async def start(self) -> None:
         """Start listening: Modbus first, then the dashboard, then OPC UA. Raises what a server

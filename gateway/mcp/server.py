@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
@@ -139,11 +140,12 @@ def _bind(host: str, port: int) -> socket.socket:
 class McpServer:
     """The site's MCP server over streamable HTTP (see the module docstring)."""
 
-    def __init__(self, site: Site, spec: McpServerSpec, handler: NorthboundHandler) -> None:
+    def __init__(self, site: Site, spec: McpServerSpec, handler: NorthboundHandler,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.site = site
         self.spec = spec
         self.handler = handler
-        self.box = ToolBox(site, spec, handler)
+        self.box = ToolBox(site, spec, handler, clock=clock)
         self.agents: AgentTable | None = None
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None

@@ -154,7 +154,7 @@ class Gateway(NorthboundHandler):
         if northbound is None and servers:
             from gateway.comms.servers import NorthboundServers
 
-            self.inline = NorthboundServers(site, self)
+            self.inline = NorthboundServers(site, self, clock)
             self.requests.on_refusal = self.inline.show_rejection
             northbound = self.inline
         self.northbound = northbound
