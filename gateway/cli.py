@@ -423,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.ctl import add_parser as add_ctl
     from gateway.forensics.cli import add_parser as add_forensics
     from gateway.incident.cli import add_parser as add_incidents
+    from gateway.mcp.stdio import add_parser as add_mcp_stdio
     from gateway.registry.cli import add_parser as add_model
     from simulators.drill.cli import add_parser as add_drill
     from simulators.simulate_args import add_parser as add_simulate
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub)
     add_drill(sub)
     add_certs(sub)
+    add_mcp_stdio(sub)
     from gateway.commissioning.cli import add_parser as add_commissioning
 
     add_commissioning(sub)  # learn, prove (issue 20)
