@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from benchmarks import audit, envelope, interference, learn, replay, startup, supervisor, wire
+from benchmarks import (
+    audit,
+    envelope,
+    interference,
+    learn,
+    mcp,
+    replay,
+    startup,
+    supervisor,
+    wire,
+)
 
 
 class BenchModule(Protocol):
@@ -24,6 +34,7 @@ BENCHES: dict[str, BenchModule] = {
     "envelope": envelope,
     "interference": interference,
     "learn": learn,
+    "mcp": mcp,
     "replay": replay,
     "startup": startup,
     "supervisor": supervisor,

@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure performance figures")
     bench.add_argument("what", help="which bench: envelope, supervisor, wire, audit, replay, "
-                                    "startup, interference, learn")
+                                    "startup, interference, learn, mcp")
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     bench.set_defaults(func=cmd_bench)
