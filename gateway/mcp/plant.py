@@ -58,18 +58,21 @@ class PlantFacts:
 
     # ------------------------------------------------------------------ read_plant
 
-    def read_plant(self, view: PlantView | None, now_wall_s: float) -> dict[str, Any]:
+    def read_plant(self, view: PlantView | None, now_s: float, now_wall_s: float
+                   ) -> dict[str, Any]:
         """Sensors with units, quality and age; actuators with the applied value and its
-        source; mode, latch, trip reason, the open incident, bypasses."""
+        source; mode, latch, trip reason, the open incident, bypasses. ``now_s`` is the
+        core's clock: the age of a reading is ``now_s`` less when the core read it (the
+        communications process reads the machine's monotonic clock, which the core's
+        ``run`` uses too; in the core's process, its own clock)."""
         if view is None:
             return {"available": False, "why": "no_view_yet"}
-        at_s = view.at_s
         sensors = []
         for tag, value, good, read_s in zip(self.site.sensors, view.sensor_values,
                                             view.sensor_good, view.sensor_at_s, strict=True):
             sensors.append({"name": tag.name, "unit": tag.unit, "value": num(value),
                             "good": bool(good),
-                            "age_s": num(at_s - read_s) if math.isfinite(at_s) else None})
+                            "age_s": num(max(0.0, now_s - read_s))})
         actuators = []
         for tag, value, source, proposed in zip(self.site.actuators, view.applied,
                                                 view.sources, view.proposal, strict=True):

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -192,6 +193,10 @@ class McpServer:
             access_log=False, lifespan="on",
             ssl_certfile=str(self.spec.certificate) if self.spec.certificate else None,
             ssl_keyfile=str(self.spec.private_key) if self.spec.private_key else None)
+        config.load()
+        if config.ssl is not None:
+            # As the dashboard: TLS 1.2 or later, whatever the system's OpenSSL defaults.
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         # Bound here, so that a port taken is an OSError (uvicorn would exit the process).
         sock = _bind(self.spec.host, self.spec.port)
         self._server = uvicorn.Server(config)

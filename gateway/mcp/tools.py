@@ -144,7 +144,8 @@ class ToolBox:
     # ------------------------------------------------------------------ the tools
 
     async def _read_plant(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-        return {"status": "done", **self.facts.read_plant(self.view, self.wall_clock())}
+        return {"status": "done", **self.facts.read_plant(self.view, self.clock(),
+                                                          self.wall_clock())}
 
     async def _describe_envelope(self, caller: Caller, args: dict[str, Any]
                                  ) -> dict[str, Any]:

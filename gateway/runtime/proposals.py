@@ -109,9 +109,8 @@ class ProposalWaiters:
         name = action.name.lower()
         violations = tuple(verdict.violations)
         if action in (Action.REJECT, Action.TRIP):
-            why = ("outside the envelope; the fallback's values were applied"
-                   if action is Action.REJECT else
-                   "outside the envelope (a trip constraint); the gateway failed over")
+            why = ("outside the envelope; not applied" if action is Action.REJECT else
+                   "outside the envelope (a trip constraint); not applied")
             return ProposalOutcome(Result.REFUSED, mode.value, name, violations, (), applied,
                                    why, decision.at_s)
         if mode is Mode.SHADOW:
