@@ -176,3 +176,30 @@ def test_descriptions_carry_the_sites_limits() -> None:
     tools = describe_tools(replace(site))
     assert '"inflow_valve":{"unit":"%","min":0.0,"max":100.0' in tools["propose"][0]
     assert "Role ai only" in tools["propose"][0]
+
+
+def test_the_core_holds_at_most_max_waiting_proposals_and_refuses_the_rest() -> None:
+    from gateway.adapters.base import ClientInfo, Role
+    from tests.runtime.test_northbound_handler import VIEWER, started
+
+    ai = ClientInfo("mcp", "127.0.0.1:1", "planner", Role.AI)
+
+    async def main() -> None:
+        gw, device = await started()
+        full = gw.requests.proposals.max_waiting
+        waiting = [asyncio.create_task(gw.propose(ai, {"inflow_valve": 10.0}))
+                   for _ in range(full)]
+        await asyncio.sleep(0)
+        assert len(gw.requests.proposals) == full
+        busy = await gw.propose(ai, {"inflow_valve": 10.0})
+        assert busy.result is Result.REFUSED and "too many proposals" in busy.reason
+        assert (await gw.propose(VIEWER, {"inflow_valve": 10.0})).result is Result.REFUSED
+        assert gw.refusals.total == 2  # both kept as evidence
+        await gw.cycle(gw.clock())
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        # MANUAL, and this stand-in's unread sensors take it to SAFE_STOP: not in control.
+        assert {o.result for o in outcomes} == {Result.NOT_IN_CONTROL}
+        assert len(gw.requests.proposals) == 0
+        # Out of control, the proposals were judged, never written (the cycle wrote its own).
+        assert all(w.get("inflow_valve") != 10.0 for w in device.writes)
+    asyncio.run(main())
