@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.runtime")
 
 _OUTSIDE: Final = "outside the envelope: "
+# The largest window of an agent's calls kept whole in the audit chain (JSON characters).
+MAX_CALL_WINDOW_CHARS: Final = 16_384
 
 STARTING = WriteOutcome(False, 4, "gateway is starting (its supervisor is not running yet)",
                         Refusal.STARTING)
@@ -231,7 +233,15 @@ class NorthboundRequests(NorthboundHandler):
 
     def agent_calls(self, window: dict[str, Any]) -> None:
         """One agent's calls of one tool with one outcome over a window (already aggregated
-        by the communications process): into the audit chain."""
+        by the communications process): into the audit chain. A window larger than
+        :data:`MAX_CALL_WINDOW_CHARS` of JSON (the communications process cuts arguments far
+        below that; more means it misbehaves) is kept as its counts and a cut of its text."""
+        text = json.dumps(window, separators=(",", ":"), default=str)
+        if len(text) > MAX_CALL_WINDOW_CHARS:
+            window = {k: window.get(k) for k in ("agent", "role", "tool", "outcome", "count")
+                      if isinstance(window.get(k), str | int)}
+            window["oversized_json"] = text[:MAX_CALL_WINDOW_CHARS // 2]
+            window["chars"] = len(text)
         self._records().agent_calls(window)
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,

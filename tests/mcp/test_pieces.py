@@ -203,3 +203,21 @@ def test_the_core_holds_at_most_max_waiting_proposals_and_refuses_the_rest() -> 
         # Out of control, the proposals were judged, never written (the cycle wrote its own).
         assert all(w.get("inflow_valve") != 10.0 for w in device.writes)
     asyncio.run(main())
+
+
+def test_an_oversized_call_window_is_cut_before_the_audit_chain() -> None:
+    from tests.runtime.test_northbound_handler import started
+
+    kept: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        gw, _ = await started()
+        gw.records.agent_calls = kept.append  # type: ignore[method-assign]
+        gw.agent_calls({"agent": "a", "tool": "propose", "outcome": "ok", "count": 3,
+                        "first": {"args": "x" * 100_000}})
+        gw.agent_calls({"agent": "a", "tool": "read_plant", "outcome": "ok", "count": 1})
+    asyncio.run(main())
+    big, small = kept
+    assert big["count"] == 3 and big["chars"] > 100_000
+    assert len(big["oversized_json"]) == 8192 and "first" not in big
+    assert small == {"agent": "a", "tool": "read_plant", "outcome": "ok", "count": 1}
