@@ -36,6 +36,7 @@ class _Waiting(NamedTuple):
     values: dict[str, float]
     indexes: tuple[int, ...]
     future: asyncio.Future[ProposalOutcome]
+    seq: int  # the external command's write count once this proposal was written
 
 
 class ProposalWaiters:
@@ -68,19 +69,25 @@ class ProposalWaiters:
             raise RuntimeError("ProposalWaiters is full")
         future: asyncio.Future[ProposalOutcome] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(dict(values), tuple(self.index[n] for n in values),
-                                      future))
+                                      future, self.external.writes))
         return future
 
     def judged(self, decision: Decision) -> None:
-        """Resolve every waiting proposal from ``decision`` (the cycle's, after its write)."""
+        """Resolve, from ``decision`` (the cycle's, after its write), every waiting proposal
+        that the cycle's proposal included; one written after the cycle took its proposal
+        (while it was writing to the devices) waits for the next cycle."""
         if not self._waiting:
             return
         waiting, self._waiting = self._waiting, []
-        latest = self.external.values
+        ext = self.external
+        taken = ext.taken_values  # what this cycle judged
         for item in waiting:
             if item.future.done():  # its caller went away
                 continue
-            superseded = any(not _same(latest[i], v)
+            if item.seq > ext.taken:
+                self._waiting.append(item)
+                continue
+            superseded = any(not _same(taken[i], v)
                              for i, v in zip(item.indexes, item.values.values(), strict=True))
             outcome = (ProposalOutcome(Result.SUPERSEDED, decision.mode.value,
                                        reason="a later proposal replaced it before a cycle "

@@ -47,6 +47,7 @@ def test_waiters_answer_what_the_cycle_did() -> None:
         ext.write({"a": 2.0, "b": 3.0}, 0.0)  # replaces a: the first is superseded
         second = waiters.wait({"a": 2.0, "b": 3.0})
         assert waiters.full
+        ext.proposal(np.zeros(2))  # the cycle takes its proposal
         waiters.judged(decision(Mode.AUTO, Action.CLAMP, [1.5, 3.0],
                                 violations=("a.rate",)))
         assert first.result().result is Result.SUPERSEDED
@@ -61,12 +62,24 @@ def test_waiters_answer_what_the_cycle_did() -> None:
                  (Mode.MANUAL, Action.OK, Source.FALLBACK, Result.NOT_IN_CONTROL),
                  (Mode.AUTO, Action.OK, Source.SAFE, Result.REFUSED)]
         for mode, action, source, expected in cases:
+            ext.write({"a": 2.0}, 0.0)
             fut = waiters.wait({"a": 2.0})
+            ext.proposal(np.zeros(2))
             waiters.judged(decision(mode, action, [2.0, 3.0], source))
             got = fut.result()
             assert got.result is expected, (mode, action, source)
             assert got.reached_plant == (expected in (Result.APPLIED, Result.CLAMPED))
             assert (got.written != ()) == got.reached_plant
+        # Written after the cycle took its proposal: that cycle's decision does not answer it.
+        ext.write({"a": 4.0}, 0.0)
+        late = waiters.wait({"a": 4.0})
+        waiters.judged(decision(Mode.AUTO, Action.OK, [2.0, 3.0]))
+        assert not late.done() and len(waiters) == 1
+        ext.proposal(np.zeros(2))
+        ext.write({"a": 5.0}, 0.0)  # a later write after this cycle took: not superseding
+        waiters.judged(decision(Mode.AUTO, Action.OK, [4.0, 3.0]))
+        assert late.result().result is Result.APPLIED
+        assert late.result().written == (("a", 4.0),)
         left = waiters.wait({"a": 2.0})
         waiters.close("stopping")
         assert left.result().result is Result.REFUSED
