@@ -3,7 +3,8 @@
 It loads the site, attaches to the core's mirror, takes over the request channel's socket,
 and starts the servers the site configures, as the core did before the split: plain Modbus,
 Modbus/TLS sharing the plain server's register image (one mirror serves both), OPC UA with its
-security listener reporting refused channels, certificates and logins. Their handler is the
+security listener reporting refused channels, certificates and logins, the dashboard, and
+the MCP server for LLM agents (``gateway.mcp``). Their handler is the
 channel (:class:`~gateway.link.channel.ChannelClient`) behind :class:`Front`, which shows each
 refusal the core answered on the servers' status. asyncua is imported only when the site has
 ``northbound.opcua``.

@@ -12,6 +12,7 @@ OPC UA does, and the envelope, the detectors and the mode machine dispose.
   answer, from the core's latest view (pure).
 - :mod:`gateway.mcp.calls`: every call as evidence, aggregated per window.
 - :mod:`gateway.mcp.tools`: the tools, by role, rate limited and audited (no SDK).
+- :mod:`gateway.mcp.descriptions`: the tools' descriptions and schemas, from the site.
 - :mod:`gateway.mcp.server`: the official ``mcp`` SDK's streamable HTTP server around them.
 - :mod:`gateway.mcp.stdio`: ``safety-gateway mcp-stdio``: stdio for a local agent, relayed to
   a running gateway's HTTP endpoint.
