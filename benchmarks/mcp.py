@@ -92,8 +92,8 @@ async def _measure(quick: bool) -> dict[str, Any]:
     from gateway.runtime.gateway import Gateway
     from simulators.plant_server import encode_registers
 
-    n_calls = 300 if quick else 3000
-    n_proposals = 15 if quick else 100
+    n_calls = 100 if quick else 3000
+    n_proposals = 5 if quick else 100
     with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
         path, modbus_port, mcp_port = _site_file(Path(tmp))
         site = load_config(path)
