@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure performance figures")
     bench.add_argument("what", help="which bench: envelope, supervisor, wire, audit, replay, "
-                                    "startup, interference, learn, fleet")
+                                    "startup, interference, learn, fleet, mcp")
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     bench.add_argument("--sites", type=int, help="bench fleet: simulated sites (default 100)")
@@ -437,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.ctl import add_parser as add_ctl
     from gateway.forensics.cli import add_parser as add_forensics
     from gateway.incident.cli import add_parser as add_incidents
+    from gateway.mcp.stdio import add_parser as add_mcp_stdio
     from gateway.registry.cli import add_parser as add_model
     from simulators.drill.cli import add_parser as add_drill
     from simulators.simulate_args import add_parser as add_simulate
@@ -449,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub)
     add_drill(sub)
     add_certs(sub)
+    add_mcp_stdio(sub)
     from gateway.commissioning.cli import add_parser as add_commissioning
 
     add_commissioning(sub)  # learn, prove (issue 20)

@@ -9,7 +9,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from gateway.supervisor.decision import Snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    from gateway.mcp.outcome import ProposalOutcome
 
 
 class ConnectionState(StrEnum):
@@ -245,3 +247,17 @@ class NorthboundHandler(ABC):
         step in the audit chain, or ``load_shadow`` a staged version (the core verifies it
         again; ``gateway.runtime.model_swap``). Refused by default."""
         return WriteOutcome(False, 4, "this gateway takes no model rollouts")
+
+    async def propose(self, client: ClientInfo, values: dict[str, float]) -> ProposalOutcome:
+        """An AI agent's proposal (MCP ``propose``): taken as an external AI's write, and
+        answered with the real outcome of the control cycle that judged it (see
+        :mod:`gateway.mcp.outcome`). Refused by default: a handler without a control cycle."""
+        from gateway.mcp.outcome import refused
+
+        return refused("this gateway takes no proposals")
+
+    def agent_calls(self, window: dict[str, Any]) -> None:
+        """MCP tool calls of one agent, tool and outcome over one window, aggregated by the
+        communications process (:mod:`gateway.mcp.calls`): evidence for the audit chain.
+        Must not block or raise. Ignored by default."""
+        return None

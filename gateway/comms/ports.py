@@ -31,6 +31,8 @@ def northbound_addresses(site: Site) -> list[tuple[str, str, int]]:
         out.append(("northbound OPC UA", url.hostname or "0.0.0.0", url.port or 4840))
     if nb.http is not None:
         out.append(("dashboard (HTTP)", nb.http.host, nb.http.port))
+    if nb.mcp is not None:
+        out.append(("MCP server", nb.mcp.host, nb.mcp.port))
     return out
 
 

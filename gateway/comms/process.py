@@ -3,7 +3,8 @@
 It loads the site, attaches to the core's mirror, takes over the request channel's socket,
 and starts the servers the site configures, as the core did before the split: plain Modbus,
 Modbus/TLS sharing the plain server's register image (one mirror serves both), OPC UA with its
-security listener reporting refused channels, certificates and logins. Their handler is the
+security listener reporting refused channels, certificates and logins, the dashboard, and
+the MCP server for LLM agents (``gateway.mcp``). Their handler is the
 channel (:class:`~gateway.link.channel.ChannelClient`) behind :class:`Front`, which shows each
 refusal the core answered on the servers' status. asyncua is imported only when the site has
 ``northbound.opcua``. A site with ``fleet:`` also gets its fleet link
@@ -23,7 +24,7 @@ import contextlib
 import logging
 import signal
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.adapters.base import (
     AdapterError,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from gateway.fleet.site_link import SiteLink
     from gateway.link.channel import ChannelClient
     from gateway.link.mirror import MirrorReader
+    from gateway.mcp.outcome import ProposalOutcome
 
 log = logging.getLogger("gateway.comms")
 
@@ -75,6 +77,12 @@ class Front(NorthboundHandler):
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:
         return await self.channel.incident(client, action, incident_id, args)
+
+    async def propose(self, client: ClientInfo, values: dict[str, float]) -> ProposalOutcome:
+        return await self.channel.propose(client, values)
+
+    def agent_calls(self, window: dict[str, Any]) -> None:
+        self.channel.agent_calls(window)
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                 code: int) -> None:

@@ -9,11 +9,14 @@ the same servers, the same mapping of a view onto them.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.adapters.base import Refusal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.adapters.base import NorthboundHandler, WriteOutcome
     from gateway.config.schema import Site
     from gateway.runtime.view import PlantView
@@ -22,15 +25,18 @@ log = logging.getLogger("gateway.comms")
 
 
 class NorthboundServers:
-    """The site's northbound Modbus (plain and/or Modbus/TCP Security) and OPC UA servers, and
-    its dashboard (HTTP).
+    """The site's northbound Modbus (plain and/or Modbus/TCP Security) and OPC UA servers, its
+    dashboard (HTTP) and its MCP server for agents (``gateway.mcp``). ``clock`` times the
+    agents' rate limits and call windows (the core's clock when they run in its process: a
+    drill's simulated time).
 
     The Modbus servers are built at once (their register image exists before they listen, so
     a first :meth:`publish` is what their first client reads); :meth:`start` starts them, then
     the OPC UA server (slower to start: a view published meanwhile reaches the Modbus servers
     only). :meth:`stop` stops whatever started, each server on its own."""
 
-    def __init__(self, site: Site, handler: NorthboundHandler) -> None:
+    def __init__(self, site: Site, handler: NorthboundHandler,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.site = site
         self.handler = handler
         self.index = {t.name: i for i, t in enumerate(site.actuators)}
@@ -38,6 +44,7 @@ class NorthboundServers:
         self.modbus_tls: Any = None  # beside a plain server, sharing its image
         self.opcua: Any = None  # set once started
         self.http: Any = None  # the dashboard (gateway.ops.http), when the site has one
+        self.mcp: Any = None  # the MCP server for agents (gateway.mcp), when the site has one
         self._started: list[Any] = []
         self._unknown_mode: str | None = None
         self._last: PlantView | None = None
@@ -63,11 +70,16 @@ class NorthboundServers:
             from gateway.ops.http import Dashboard
 
             self.http = Dashboard(site, nb.http, handler)
+        if nb.mcp is not None:
+            # The SDK is imported only for a site that serves agents.
+            from gateway.mcp.server import McpServer
+
+            self.mcp = McpServer(site, nb.mcp, handler, clock)
 
     async def start(self) -> None:
         """Start listening: Modbus first, then the dashboard, then OPC UA. Raises what a server
         raises (OSError for a port taken, AdapterError for a certificate missing...)."""
-        for server in (self.modbus, self.modbus_tls, self.http):
+        for server in (self.modbus, self.modbus_tls, self.http, self.mcp):
             if server is not None:
                 await server.start()
                 self._started.append(server)
@@ -102,6 +114,8 @@ class NorthboundServers:
             self._publish_modbus(view)
         if self.http is not None:
             self.http.publish(view)
+        if self.mcp is not None:
+            self.mcp.publish(view)
         if self.opcua is not None:
             await self._publish_opcua(view)
 

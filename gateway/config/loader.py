@@ -952,7 +952,8 @@ def _read_modbus_tls(tm: Section, base: Path) -> s.ModbusTlsSpec:
     return spec
 
 
-def _read_northbound(ctx: Ctx, root: Section, base: Path) -> s.Northbound:
+def _read_northbound(ctx: Ctx, root: Section, base: Path,
+                     controller: s.ControllerSpec | None = None) -> s.Northbound:
     m = root.map("northbound")
     if m is None:
         return s.Northbound()
@@ -1031,8 +1032,55 @@ def _read_northbound(ctx: Ctx, root: Section, base: Path) -> s.Northbound:
                     hkw[key] = base / hm.req_str(key)
             http = _build(hm, s.HttpServerSpec, **hkw)
             hm.finish()
+    mcp = None
+    cm = m.map("mcp")
+    if cm is not None:
+        with _section(ctx):
+            mcp = _read_mcp(ctx, cm, base, controller)
     m.finish()
-    return s.Northbound(modbus=modbus, opcua=opcua, http=http)
+    return s.Northbound(modbus=modbus, opcua=opcua, http=http, mcp=mcp)
+
+
+def _read_mcp(ctx: Ctx, cm: Section, base: Path,
+              controller: s.ControllerSpec | None) -> s.McpServerSpec:
+    """``northbound.mcp``: the MCP server and its agents (token files relative to the site
+    file)."""
+    agents: list[s.McpAgent] = []
+    for anode, apath in cm.items_of("agents"):
+        with _section(ctx):
+            am = Section(ctx, anode, apath)
+            akw: dict[str, Any] = {"name": am.req_str("name"), "role": am.req_str("role")}
+            if am.has("token_file"):
+                akw["token_file"] = base / am.req_str("token_file")
+            if am.has("token_env"):
+                akw["token_env"] = am.req_str("token_env")
+            if am.has("calls_per_s"):
+                akw["calls_per_s"] = am.req_float("calls_per_s")
+            if am.has("burst"):
+                akw["burst"] = am.req_int("burst")
+            agent = _build(am, s.McpAgent, **akw)
+            if (agent.role == "ai" and controller is not None
+                    and controller.kind is not s.ControllerKind.EXTERNAL):
+                # Its proposals would never be used: accepting them would tell it they count.
+                am.error("role", "an `ai` agent proposes as an external AI: the site's "
+                                 "controller.kind must be external")
+            agents.append(agent)
+            am.finish()
+    kw: dict[str, Any] = {"agents": tuple(agents)}
+    for key in ("host", "path"):
+        if cm.has(key):
+            kw[key] = cm.req_str(key)
+    if cm.has("port"):
+        kw["port"] = cm.req_int("port")
+    for key in ("certificate", "private_key"):
+        if cm.has(key):
+            kw[key] = base / cm.req_str(key)
+    if not cm.has("agents"):
+        cm.error("agents", "list at least one agent")
+        raise Abort
+    spec = _build(cm, s.McpServerSpec, **kw)
+    cm.finish()
+    return spec
 
 
 def _rebase_opcua(nb: s.Northbound, base: Path) -> s.Northbound:
@@ -1113,7 +1161,8 @@ def _load_config(path: str | Path, candidate_of: str | None) -> s.Site:
             "bypass_second_approval_s": lambda m, k: m.opt_float(k),
         })
     with _section(ctx):
-        result["northbound"] = _rebase_opcua(_read_northbound(ctx, root, base), base)
+        result["northbound"] = _rebase_opcua(
+            _read_northbound(ctx, root, base, result.get("controller")), base)
     with _section(ctx):
         audit = _read_simple(root, "audit", s.AuditSpec, {
             "path": lambda m, k: Path(m.req_str(k)),

@@ -1005,11 +1005,84 @@ class HttpServerSpec:
                              "HTTPS needs both certificate and private_key")
 
 
+_AGENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True)
+class McpAgent:
+    """One MCP agent: its name (the identity in the audit chain), its role (``viewer``
+    reads; ``ai`` proposes, as an external AI; ``operator`` sets setpoints in MANUAL) and where
+    its bearer token is read: ``token_file`` (a file holding the token, relative to the site
+    file) or ``token_env`` (an environment variable), exactly one, never the command line.
+    ``calls_per_s`` and ``burst``: its call rate limit (a token bucket); calls beyond it are
+    refused and recorded."""
+
+    name: str
+    role: str
+    token_file: Path | None = None
+    token_env: str | None = None
+    calls_per_s: float = 20.0
+    burst: int = 40
+
+    def __post_init__(self) -> None:
+        if not _AGENT_NAME.fullmatch(self.name):
+            raise FieldError("name", f"must be 1-64 letters, digits, '_', '.' or '-', not "
+                                     f"{self.name!r}")
+        if self.role not in ("viewer", "ai", "operator"):
+            raise FieldError("role", f"must be viewer, ai or operator, not {self.role!r}")
+        if (self.token_file is None) == (self.token_env is None):
+            raise FieldError("token_file", "set exactly one of token_file and token_env")
+        if self.token_env is not None and not self.token_env:
+            raise FieldError("token_env", "must name an environment variable")
+        _positive("calls_per_s", self.calls_per_s)
+        if not 1 <= self.burst <= 100_000:
+            raise FieldError("burst", f"must be 1..100000, not {self.burst}")
+
+
+@dataclass(frozen=True)
+class McpServerSpec:
+    """The MCP server for LLM agents (``gateway.mcp``), served by the communications process:
+    streamable HTTP on ``host``:``port`` at ``path``, or HTTPS when ``certificate`` and
+    ``private_key`` (PEM files) are both set; each agent authenticates with its bearer token."""
+
+    agents: tuple[McpAgent, ...]
+    host: str = "127.0.0.1"
+    port: int = 8765
+    path: str = "/mcp"
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise FieldError("host", "must not be empty")
+        if not 1 <= self.port <= 65535:
+            raise FieldError("port", f"must be 1..65535, not {self.port}")
+        if not (self.path.startswith("/") and len(self.path) > 1):
+            raise FieldError("path", f"must start with / and name a path, not {self.path!r}")
+        if (self.certificate is None) != (self.private_key is None):
+            raise FieldError("certificate" if self.certificate is None else "private_key",
+                             "HTTPS needs both certificate and private_key")
+        if not self.agents:
+            raise FieldError("agents", "list at least one agent")
+        names = [a.name for a in self.agents]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise FieldError("agents", f"duplicate agent names: {', '.join(dup)}")
+
+    def agent(self, name: str) -> McpAgent:
+        """The agent called ``name``; KeyError if none."""
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise KeyError(name)
+
+
 @dataclass(frozen=True)
 class Northbound:
     modbus: ModbusServerSpec | None = None
     opcua: OpcUaServerSpec | None = None
     http: HttpServerSpec | None = None
+    mcp: McpServerSpec | None = None
 
 
 SITE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")

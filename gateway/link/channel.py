@@ -16,17 +16,23 @@ Messages, communications -> core::
     {"id": n, "op": "incident", "client": C, "action": str, "incident_id": str,
      "args": [str]}
     {"id": n, "op": "rollout", "action": str, "args": {str: str}}
+    {"id": n, "op": "propose", "client": C, "values": {tag: float}}
     {"op": "refused", "client": C, "values": {...}, "reason": str, "code": int, "count": n}
+    {"op": "calls", "window": W, "count": n}
     {"op": "refused_connection", "protocol": str, "address": str, "user": str|null,
      "event": str, "reason": str, "count": n}
     {"op": "pong", "n": k}
 
 core -> communications::
 
-    {"re": n, "outcomes": {tag: O}}   {"re": n, "outcome": O}   {"op": "ping", "n": k}
+    {"re": n, "outcomes": {tag: O}}   {"re": n, "outcome": O}   {"re": n, "judged": P}
+    {"op": "ping", "n": k}
 
 with ``C = [protocol, address, user|null, role]`` and ``O = [accepted, code, reason,
-refusal|null]`` (a :class:`~gateway.adapters.base.WriteOutcome`).
+refusal|null]`` (a :class:`~gateway.adapters.base.WriteOutcome`), ``P`` a
+:class:`~gateway.mcp.outcome.ProposalOutcome` as JSON (the real outcome of the cycle that
+judged an MCP agent's proposal) and ``W`` one window of an agent's MCP calls
+(:mod:`gateway.mcp.calls`), counted like refusal reports.
 
 :class:`ChannelClient` (communications side) is a
 :class:`~gateway.adapters.base.NorthboundHandler`: the servers call it as they would call the
@@ -57,6 +63,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.adapters.base import ClientInfo, NorthboundHandler, Refusal, Role, WriteOutcome
+from gateway.mcp.outcome import ProposalOutcome, Result
 
 if TYPE_CHECKING:
     import socket
@@ -79,6 +86,18 @@ LOST: Final = WriteOutcome(False, 4, "the safety core did not answer (its channe
                            "the request may or may not have been applied", Refusal.DEVICE)
 FAILED: Final = WriteOutcome(False, 4, "the safety core failed to handle the request",
                              Refusal.DEVICE)
+# What a proposal's caller hears when no cycle's answer can be had (never "applied").
+_PROPOSAL_FAILED: Final = ProposalOutcome(
+    Result.UNKNOWN, reason="the safety core's answer could not be read; the proposal may or "
+                           "may not have been taken")
+_JUDGED: Final = "judged"  # a waiting call whose answer is a proposal outcome
+
+
+def _proposal_answer(outcome: WriteOutcome) -> ProposalOutcome:
+    """A proposal answered by the channel itself (busy, gone, lost)."""
+    if outcome is LOST:
+        return ProposalOutcome(Result.UNKNOWN, reason=outcome.reason)
+    return ProposalOutcome(Result.REFUSED, reason=outcome.reason)
 
 
 class FrameError(ValueError):
@@ -367,7 +386,7 @@ class ChannelServer(_End):
             self.pongs += 1
             self.last_pong_s = self.clock()
             return
-        if op in ("refused", "refused_connection"):
+        if op in ("refused", "refused_connection", "calls"):
             self._note(op, msg)
             return
         rid = msg.get("id")
@@ -406,6 +425,11 @@ class ChannelServer(_End):
             coro = self._answer(rid, handler.rollout(
                 _text(msg["action"], "action"),
                 {_text(k, "a key"): _text(v, "a value") for k, v in args.items()}))
+        elif op == "propose":
+            values = _values(msg["values"])
+            if not values:
+                raise FrameError("a proposal of no values")
+            coro = self._answer_judged(rid, handler.propose(_client(msg["client"]), values))
         else:
             raise FrameError(f"unknown op {op!r}")
         task = asyncio.get_running_loop().create_task(coro)
@@ -448,6 +472,19 @@ class ChannelServer(_End):
         self.handled += 1
         self._proto.send({"re": rid, "outcome": _outcome_json(outcome)})
 
+    async def _answer_judged(self, rid: int, call: Any) -> None:
+        try:
+            outcome = await call
+            if not isinstance(outcome, ProposalOutcome):
+                log.error("channel: the handler answered %r, not a proposal outcome",
+                          type(outcome).__name__)
+                outcome = _PROPOSAL_FAILED
+        except Exception:
+            log.exception("channel: the handler failed on a proposal")
+            outcome = _PROPOSAL_FAILED
+        self.handled += 1
+        self._proto.send({"re": rid, "judged": outcome.to_json()})
+
     def _note(self, op: str, msg: dict[str, Any]) -> None:
         # A budget per second: the client aggregates, so more means a faulty or hostile
         # communications process; the core's time is not its to take.
@@ -464,6 +501,18 @@ class ChannelServer(_End):
                           "rest of this second", self.max_notes_per_s)
             return
         count = _count(msg["count"])
+        if op == "calls":
+            window = msg["window"]
+            if not (isinstance(window, dict) and isinstance(window.get("agent"), str)
+                    and isinstance(window.get("tool"), str)):
+                raise FrameError("calls: a window with an agent and a tool")
+            window["count"] = count
+            self.notes += 1
+            try:
+                self.handler.agent_calls(window)
+            except Exception:  # must not raise (NorthboundHandler); a bug must not close us
+                log.exception("channel: the handler failed to take an agent's calls")
+            return
         reason = _text(msg["reason"], "reason")
         self.notes += 1
         try:
@@ -520,7 +569,9 @@ class ChannelClient(_End, NorthboundHandler):
         self._proto = _Frames("communications channel", max_frame_bytes, write_limit_bytes,
                               64, self._message, self._lost)
         self._next_id = 0
-        self._waiting: dict[int, tuple[asyncio.Future[Any], tuple[str, ...] | None]] = {}
+        # Per request: its future, and what its answer is (the tags written, None for one
+        # outcome, _JUDGED for a proposal's outcome).
+        self._waiting: dict[int, tuple[asyncio.Future[Any], tuple[str, ...] | str | None]] = {}
         self._closed = asyncio.Event()
         self._windows: dict[tuple[Any, ...], _Window] = {}
         self._flusher: asyncio.TimerHandle | None = None
@@ -540,7 +591,7 @@ class ChannelClient(_End, NorthboundHandler):
 
     # ------------------------------------------------------------------ requests
 
-    def _send(self, message: dict[str, Any], tags: tuple[str, ...] | None
+    def _send(self, message: dict[str, Any], tags: tuple[str, ...] | str | None
               ) -> asyncio.Future[Any] | WriteOutcome:
         if self._closed.is_set() or self._proto.transport is None:
             return GONE
@@ -593,6 +644,23 @@ class ChannelClient(_End, NorthboundHandler):
         result: WriteOutcome = await sent
         return result
 
+    async def propose(self, client: ClientInfo, values: dict[str, float]) -> ProposalOutcome:
+        sent = self._send({"op": "propose", "client": _client_json(client),
+                           "values": {k: float(v) for k, v in values.items()}}, _JUDGED)
+        if isinstance(sent, WriteOutcome):
+            return _proposal_answer(sent)
+        result: ProposalOutcome = await sent
+        return result
+
+    def agent_calls(self, window: dict[str, Any]) -> None:
+        """Send one window of an agent's calls (already aggregated by its
+        :class:`~gateway.mcp.calls.CallLog`); dropped once the channel is closed."""
+        if self._closed.is_set():
+            return
+        count = window.get("count", 1)
+        self._proto.send({"op": "calls", "window": window,
+                          "count": count if isinstance(count, int) and count >= 1 else 1})
+
     def _message(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "ping":
             n = msg.get("n")
@@ -606,8 +674,13 @@ class ChannelClient(_End, NorthboundHandler):
             raise FrameError(f"an answer to no request ({rid!r})")
         future, tags = entry
         try:
-            if tags is None:
-                answer: Any = _outcome(msg["outcome"])
+            if tags == _JUDGED:
+                try:
+                    answer: Any = ProposalOutcome.from_json(msg["judged"])
+                except ValueError as exc:
+                    raise FrameError(f"judged: {exc}") from None
+            elif tags is None:
+                answer = _outcome(msg["outcome"])
             else:
                 raw = msg["outcomes"]
                 if not (isinstance(raw, dict) and set(raw) == set(tags)):
@@ -616,7 +689,8 @@ class ChannelClient(_End, NorthboundHandler):
         except (FrameError, KeyError):
             # Never "accepted" for an answer we cannot read: this call is refused, and the
             # channel closes (the rest get LOST).
-            answer = FAILED if tags is None else dict.fromkeys(tags, FAILED)
+            answer = (_PROPOSAL_FAILED if tags == _JUDGED else FAILED if tags is None
+                      else dict.fromkeys(tags, FAILED))
             if not future.done():
                 future.set_result(answer)
             raise
@@ -632,7 +706,8 @@ class ChannelClient(_End, NorthboundHandler):
         waiting, self._waiting = self._waiting, {}
         for future, tags in waiting.values():
             if not future.done():
-                future.set_result(LOST if tags is None else dict.fromkeys(tags, LOST))
+                future.set_result(_proposal_answer(LOST) if tags == _JUDGED else LOST
+                                  if tags is None else dict.fromkeys(tags, LOST))
         log.log(logging.INFO if self._closing else logging.WARNING,
                 "communications channel closed: %s", reason)
 

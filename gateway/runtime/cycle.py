@@ -92,6 +92,9 @@ class ControlCycle:
         # A candidate site judging beside the enforced one (gateway.runtime.candidate): it
         # sees each cycle after the write was issued, and can never act.
         self.candidate: CandidateJudge | None = None
+        # Called with each decision once its command is written (MCP agents' proposals wait
+        # for it: gateway.runtime.proposals); must not block or raise.
+        self.on_decision: Callable[[Decision], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at the site's period until ``stop`` is set."""
@@ -160,6 +163,8 @@ class ControlCycle:
             south.last_write_s = now
         if candidate is not None:  # after the write: off its latency path; never raises
             candidate.judge(snapshot, proposal, decision)
+        if self.on_decision is not None:
+            self.on_decision(decision)
         for event in decision.events:
             if counters is not None and event.kind is EventKind.TRIP:
                 counters.trip(event.name)

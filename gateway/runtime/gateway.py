@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from gateway.control.proposal import Proposal
     from gateway.incident.manager import IncidentManager
     from gateway.incident.notify import Notifier
+    from gateway.mcp.outcome import ProposalOutcome
     from gateway.runtime.sdnotify import ServiceNotifier
     from gateway.runtime.view import PlantView, Publisher
     from gateway.supervisor.decision import Decision
@@ -153,7 +154,7 @@ class Gateway(NorthboundHandler):
         if northbound is None and servers:
             from gateway.comms.servers import NorthboundServers
 
-            self.inline = NorthboundServers(site, self)
+            self.inline = NorthboundServers(site, self, clock)
             self.requests.on_refusal = self.inline.show_rejection
             northbound = self.inline
         self.northbound = northbound
@@ -262,6 +263,7 @@ class Gateway(NorthboundHandler):
             playbook, self.incidents, (self.refusals, self.security_events), publishers,
             self.period_s, self.clock, self.wall_clock, self.counters, restarts)
         self.control.candidate = self.candidate
+        self.control.on_decision = self.requests.proposals.judged
 
     async def close(self) -> None:
         """Leave each actuator as its shutdown policy says, stop devices and the northbound
@@ -269,6 +271,7 @@ class Gateway(NorthboundHandler):
         if self.service is not None:
             self.service.stopping()
         self.requests.stopping = True
+        self.requests.proposals.close("the gateway is shutting down")
         if self.write_through is not None:
             await self.write_through.stop(_TASK_STOP_S, log.error)
         south = self.southbound
@@ -346,6 +349,12 @@ class Gateway(NorthboundHandler):
         playbook = self.control.playbook if self.control is not None else None
         if playbook is not None:
             playbook.model_sha256 = sha256
+
+    async def propose(self, client: ClientInfo, values: dict[str, float]) -> ProposalOutcome:
+        return await self.requests.propose(client, values)
+
+    def agent_calls(self, window: dict[str, Any]) -> None:
+        self.requests.agent_calls(window)
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                 code: int) -> None:

@@ -20,7 +20,9 @@ import numpy as np
 
 from gateway.adapters.base import ACCEPTED, NorthboundHandler, Refusal, Role, WriteOutcome
 from gateway.config.schema import ControllerKind
+from gateway.mcp.outcome import refused as proposal_refused
 from gateway.ops import roles
+from gateway.runtime.proposals import BUSY_REASON, ProposalWaiters
 from gateway.runtime.requests_log import request_result
 from gateway.runtime.write_through import STOPPING, manual_only
 from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from gateway.envelope.engine import Envelope
     from gateway.incident.manager import IncidentManager
     from gateway.link.counters import CoreCounters
+    from gateway.mcp.outcome import ProposalOutcome
     from gateway.runtime.external import ExternalCommands
     from gateway.runtime.faults import FaultLog
     from gateway.runtime.records import Records
@@ -44,6 +47,10 @@ if TYPE_CHECKING:
     from gateway.supervisor.core import Supervisor
 
 log = logging.getLogger("gateway.runtime")
+
+_OUTSIDE: Final = "outside the envelope: "
+# The largest window of an agent's calls kept whole in the audit chain (JSON characters).
+MAX_CALL_WINDOW_CHARS: Final = 16_384
 
 STARTING = WriteOutcome(False, 4, "gateway is starting (its supervisor is not running yet)",
                         Refusal.STARTING)
@@ -81,6 +88,9 @@ class NorthboundRequests(NorthboundHandler):
         # Called after each refused write with the tag and the outcome (the servers in this
         # process show the latest refusal on their status; None: nobody to show it).
         self.on_refusal: Callable[[str, WriteOutcome], Awaitable[None]] | None = None
+        # MCP agents' proposals waiting for the cycle that judges them (the cycle resolves
+        # them: ControlCycle.on_decision).
+        self.proposals = ProposalWaiters(self.names, external)
 
     def attach(self, supervisor: Supervisor, write_through: WriteThrough,
                incidents: IncidentManager | None) -> None:
@@ -191,6 +201,48 @@ class NorthboundRequests(NorthboundHandler):
             log.debug("operator write by=%s from=%s values=%s", client.user, client.address,
                       group)
         return outcome
+
+    async def propose(self, client: ClientInfo, values: dict[str, float]) -> ProposalOutcome:
+        """An MCP agent's proposal: taken exactly as an external AI's write (the same checks,
+        the same refusals recorded as evidence), then answered with what the next cycle
+        decided (``gateway.runtime.proposals``). Only role ``ai`` proposes."""
+        if client.role is not Role.AI:
+            outcome = WriteOutcome(False, 2, f"role {client.role} may not propose",
+                                   Refusal.NOT_AUTHORISED)
+            self._refused(client, values, outcome.reason, outcome.code, 1, outcome.why)
+            return proposal_refused(outcome.reason)
+        if not values:
+            return proposal_refused("a proposal of no values")
+        if self.stopping:
+            return proposal_refused(STOPPING.reason)
+        if self.proposals.full:
+            self.proposals.busy += 1
+            self._refused(client, values, BUSY_REASON, 6, 1, Refusal.BUSY)
+            return proposal_refused(BUSY_REASON)
+        outcomes = await self.write(client, values, atomic=True)
+        first = next(iter(outcomes.values()))
+        if not first.accepted:
+            reason = first.reason
+            violations: tuple[str, ...] = ()
+            if first.why is Refusal.ENVELOPE and reason.startswith(_OUTSIDE):
+                violations = tuple(reason.removeprefix(_OUTSIDE).split(", "))
+                reason = "outside the envelope as a setpoint; never entered a cycle"
+            return proposal_refused(reason, violations)
+        # No await since the write took the values: the next cycle cannot have run yet.
+        return await self.proposals.wait(values)
+
+    def agent_calls(self, window: dict[str, Any]) -> None:
+        """One agent's calls of one tool with one outcome over a window (already aggregated
+        by the communications process): into the audit chain. A window larger than
+        :data:`MAX_CALL_WINDOW_CHARS` of JSON (the communications process cuts arguments far
+        below that; more means it misbehaves) is kept as its counts and a cut of its text."""
+        text = json.dumps(window, separators=(",", ":"), default=str)
+        if len(text) > MAX_CALL_WINDOW_CHARS:
+            window = {k: window.get(k) for k in ("agent", "role", "tool", "outcome", "count")
+                      if isinstance(window.get(k), str | int)}
+            window["oversized_json"] = text[:MAX_CALL_WINDOW_CHARS // 2]
+            window["chars"] = len(text)
+        self._records().agent_calls(window)
 
     def refused(self, client: ClientInfo, values: Mapping[str, float], reason: str,
                 code: int) -> None:

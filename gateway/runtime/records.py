@@ -132,6 +132,13 @@ class Records:
             actor=window.get("user") or "", source=f"{window.get('protocol')}:"
                                                    f"{window.get('client')}")
 
+    def agent_calls(self, window: dict[str, Any]) -> None:
+        """MCP tool calls of one agent, tool and outcome over (at most) a window, aggregated
+        by the communications process (``gateway.mcp.calls``): the count, the first and last
+        arguments and outcomes, the span."""
+        self._append("agent_call", window, actor=str(window.get("agent") or "?"),
+                     source=f"mcp:{window.get('address') or ''}")
+
     def setpoint(self, actuator: int, value: float | None) -> None:
         if self.recorder is not None:
             self.recorder.operator.setpoint(actuator, value)

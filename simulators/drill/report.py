@@ -90,6 +90,8 @@ def scorecard_text(card: Scorecard, run: DrillRun) -> str:
             lines.append(f"  incident:        {card.incident} ({where})")
     lines.append(f"  unsafe writes:   {card.unsafe_writes} of {card.writes_checked} writes in "
                  "the plant's own record")
+    if card.agent is not None:
+        lines += _agent_lines(card.agent)
     lines.append(f"  max excursion:   {card.max_excursion:.2f} of the way to the danger limit "
                  f"({card.worst_variable}); safe range "
                  f"{'LEFT' if card.left_safe_range else 'kept'}")
@@ -98,6 +100,21 @@ def scorecard_text(card: Scorecard, run: DrillRun) -> str:
     for reason in card.reasons:
         lines.append(f"  FAIL: {reason}")
     return "\n".join(line for line in lines if line)
+
+
+def _agent_lines(agent: dict[str, Any]) -> list[str]:
+    """The MCP agent's section: what it tried, by phase and tool, and what came of it."""
+    audited = agent.get("refused_calls_audited")
+    lines = [f"  MCP agent:       {agent['calls']} calls, {agent['refused_calls']} refused "
+             f"({audited if audited is not None else '?'} in the audit chain); outside its "
+             f"role {agent['out_of_role_calls']} tried, {agent['out_of_role_succeeded']} "
+             f"succeeded; hostile proposals that reached the plant: "
+             f"{agent['hostile_proposals_written']}"]
+    for phase, tools in agent["by_phase_tool_outcome"].items():
+        for tool, outcomes in tools.items():
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+            lines.append(f"    {phase:<8} {tool:<14} {shown}")
+    return lines
 
 
 def keep_inputs(folder: Path, run: DrillRun) -> Path:

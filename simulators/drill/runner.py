@@ -34,6 +34,8 @@ from gateway.config import load_config
 from gateway.config.schema import (
     ControllerKind,
     ControllerSpec,
+    McpAgent,
+    McpServerSpec,
     ModbusDevice,
     ModbusServerSpec,
     Northbound,
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
     from gateway.config.schema import Device, Site
     from gateway.runtime.gateway import Gateway
+    from simulators.drill.agent import McpAgentDriver
     from simulators.drill.live import LiveScore, LiveWatch
     from simulators.drill.serve import DrillServing, WallPacer
     from simulators.plants.base import Plant, ProcessLimit
@@ -60,6 +63,10 @@ log = logging.getLogger("simulators.drill")
 
 # The inference deadline in drills (see _controller).
 DRILL_DEADLINE_MS = 500.0
+# The drill's MCP agent's rate limit (northbound.mcp.agents[].calls_per_s, burst): a
+# well-behaved agent makes two calls a step; a flood meets it.
+AGENT_CALLS_PER_S = 40.0
+AGENT_BURST = 20
 OPERATOR = ClientInfo("drill", "127.0.0.1:0", "drill-operator", Role.ADMIN)
 
 
@@ -118,6 +125,9 @@ class DrillRun:
     drill_site: Site | None = None  # the site as the drill ran it (ports, controller, ...)
     # Per incident: the detectors of its trips, first (its trigger) first.
     incident_trips: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The MCP agent's calls and what came of them (controller kind mcp; see
+    # simulators.drill.agent.McpAgentDriver.summary).
+    agent: dict[str, Any] | None = None
     # The model files the run loaded: (role, path, sha256); "ai" first, then swapped-in ones.
     models: list[tuple[str, Path, str]] = field(default_factory=list)
     # The drill operator's AUTO requests: how many, and when one was granted (None: never).
@@ -198,7 +208,7 @@ def _canary(site: Site, plant: str) -> CanaryCases:
 
 def _drill_site(site: Site, scenario: Scenario, server: Any, controller: ControllerSpec,
                 external_port: int | None, serving: DrillServing | None = None,
-                workdir: Path | None = None) -> Site:
+                workdir: Path | None = None, mcp: McpServerSpec | None = None) -> Site:
     devices: list[Device] = []
     for dev in site.devices:
         if isinstance(dev, ModbusDevice):
@@ -211,6 +221,8 @@ def _drill_site(site: Site, scenario: Scenario, server: Any, controller: Control
         northbound = Northbound(modbus=ModbusServerSpec(
             host="127.0.0.1", port=external_port, unit=1, allow=("127.0.0.1",),
             ai_clients=("127.0.0.1",)))
+    if mcp is not None:
+        northbound = dataclasses.replace(northbound, mcp=mcp)
     if serving is not None:
         assert workdir is not None
         northbound = serving.northbound(northbound, workdir / "pki")
@@ -334,13 +346,14 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
     clock = SimClock()
     server = PlantServer(plant, clock=clock, **_server_options(site0))
     external = scenario.controller is ControllerMode.EXTERNAL
+    agent = scenario.controller is ControllerMode.MCP
     if scenario.own_model is not None:
         # The team's own file (the scenario's, or the site's own model): run as it is, never
         # replaced by a zoo model. Its hash is checked again when the gateway loads it.
         model_path, sha = scenario.own_model.path, scenario.own_model.sha256
     else:
         model_path, sha = _model_file(workdir, scenario.plant, scenario.model)
-    kind = ControllerKind.EXTERNAL if external else ControllerKind.ONNX
+    kind = ControllerKind.EXTERNAL if external or agent else ControllerKind.ONNX
     run = DrillRun(scenario, gateway, site0, cycle_s, tuple(t.name for t in site0.actuators),
                    limits=tuple(plant.limits),
                    safe_values=tuple(float(t.safe_value or 0.0) for t in site0.actuators),
@@ -351,9 +364,10 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
         await server.publish()
         run.initial_published = server.published()
         ext_port = free_port() if (external and gateway) else None
+        mcp = _mcp_spec(scenario, workdir) if (agent and gateway) else None
         site = _drill_site(site0, scenario, server, _controller(site0, scenario, model_path,
                                                                sha, kind), ext_port,
-                           serving if gateway else None, workdir)
+                           serving if gateway else None, workdir, mcp)
         if recording is not None:
             site = dataclasses.replace(site, audit=dataclasses.replace(
                 site.audit, recorder_before_s=scenario.duration_s + 1.0))
@@ -367,6 +381,9 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
                                 live)
             from gateway.incident.store import load_incidents
 
+            if run.agent is not None:
+                run.agent["refused_calls_audited"] = _audited_refusals(run.audit_db,
+                                                                        scenario.agent)
             found = load_incidents(run.audit_db)
             run.incidents = [i.id for i in found]
             run.incident_trips = {i.id: tuple(t.detector for t in (i.trips or (i.trigger,)))
@@ -379,6 +396,32 @@ async def run_drill(scenario: Scenario, workdir: Path, *, gateway: bool = True,
     run.history = list(server.history)
     run.wall_s = time.perf_counter() - wall0
     return run
+
+
+def _mcp_spec(scenario: Scenario, workdir: Path) -> McpServerSpec:
+    """The drill's MCP server: one agent in role ``ai``, a fresh token in a file (0600)."""
+    import secrets
+
+    token = workdir / f"{scenario.name}-agent.token"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text(secrets.token_urlsafe(32))
+    token.chmod(0o600)
+    return McpServerSpec(agents=(McpAgent(scenario.agent, "ai", token_file=token,
+                                          calls_per_s=AGENT_CALLS_PER_S,
+                                          burst=AGENT_BURST),),
+                         host="127.0.0.1", port=free_port())
+
+
+def _audited_refusals(db: Path, agent: str) -> int:
+    """The agent's refused calls as the audit chain counts them (``agent_call`` records)."""
+    from gateway.audit import read_records
+
+    total = 0
+    for record in read_records(db, kinds=("agent_call",)):
+        data = record.data()
+        if data.get("agent") == agent and str(data.get("outcome", "")).startswith("refused"):
+            total += int(data.get("count", 0))
+    return total
 
 
 @dataclass
@@ -406,6 +449,7 @@ class _Injector:
         self.workdir = workdir
         self.swap_to: str | None = None
         self.silence = False
+        self.hostile = False  # the MCP agent has turned hostile (it stays so)
 
     async def due(self, t: float, eps: float) -> None:
         for act in [a for a in self.active if t + eps >= a.end_s]:
@@ -459,6 +503,8 @@ class _Injector:
             await self.server.disconnect()
         elif k is InjectionKind.AI_SILENT:
             self.silence = True
+        elif k is InjectionKind.AGENT_HOSTILE:
+            self.hostile = True
         elif k in (InjectionKind.SENSOR_PROFILE, InjectionKind.DISTURBANCE):
             self.active.append(_Active(inj, t, self._current(inj), end))
             return
@@ -506,7 +552,8 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
                         ) -> None:
     from gateway.runtime.gateway import Gateway
 
-    external = ext_port is not None
+    mcp = site.northbound.mcp
+    external = ext_port is not None or mcp is not None
     # The zoo's golden inputs fit only the zoo's models; a team's own model has none here
     # (its registry records its canary cases).
     canary = None if external or scenario.own_model is not None else _canary(
@@ -514,6 +561,7 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
     gw = Gateway(site, clock=clock, stepped=True, servers=external or serve, canary=canary,
                  startup_wait_s=10.0, audit_path=run.audit_db)
     ext: ExternalAi | None = None
+    agent: McpAgentDriver | None = None
     injector = _Injector(run, scenario, server, plant, workdir)
     await gw.open()
     try:
@@ -522,13 +570,26 @@ async def _with_gateway(run: DrillRun, site: Site, onnx_site: Site, scenario: Sc
         if ext_port is not None:
             ext = ExternalAi(site, ext_port, _policy(onnx_site))
             await ext.connect()
-        await _loop(run, gw, ext, injector, server, clock, scenario, pacer, live)
+        if mcp is not None:
+            from simulators.drill.agent import McpAgentDriver
+
+            token = mcp.agents[0].token_file
+            assert token is not None
+            agent = McpAgentDriver(site, f"http://{mcp.host}:{mcp.port}{mcp.path}",
+                                   token.read_text(), _policy(onnx_site),
+                                   lambda: len(gw.requests.proposals))
+            await agent.connect()
+        await _loop(run, gw, ext, injector, server, clock, scenario, pacer, live, agent)
         if recording is not None and gw.records.recorder is not None:
             gw.records.recorder.to_jsonl(recording)
     finally:
         if ext is not None:
             ext.close()
             ext.policy.close()
+        if agent is not None:
+            await agent.close()
+            agent.policy.close()
+            run.agent = agent.summary(None)
         await gw.close()
 
 
@@ -578,7 +639,8 @@ class _AutoOperator:
 
 async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _Injector,
                 server: Any, clock: SimClock, scenario: Scenario,
-                pacer: WallPacer | None = None, live: LiveWatch | None = None) -> None:
+                pacer: WallPacer | None = None, live: LiveWatch | None = None,
+                agent: McpAgentDriver | None = None) -> None:
     """Step the scenario's timeline; then, for a live drill, keep stepping (at wall pace)
     while the people work its incident."""
     dt = run.cycle_s
@@ -626,13 +688,22 @@ async def _loop(run: DrillRun, gw: Gateway, ext: ExternalAi | None, injector: _I
         if ext is not None:
             ext.silent = injector.silence
             await ext.step()
+        if agent is not None:
+            agent.silent = injector.silence
+            agent.hostile = injector.hostile
+            await agent.step(t)  # its proposals now wait in the core for this cycle
         decision = await gw.cycle(t)
+        if agent is not None:
+            await agent.settle()
         prop = gw.last_proposal
         proposal = (tuple(prop.values.tolist()) if prop is not None and prop.values is not None
                     else (math.nan,) * n_a)
         if ext is not None:
             proposal = (tuple(ext.last.tolist()) if ext.last is not None and not ext.silent
                         else (math.nan,) * n_a)
+        if agent is not None:
+            proposal = (tuple(agent.last.tolist()) if agent.last is not None
+                        and not agent.silent and not agent.hostile else proposal)
         untrusted = tuple(name for name, x in zip(gw.sensor_names, decision.sensors.tolist(),
                                                   strict=True) if math.isnan(x))
         run.ticks.append(Tick(t, str(decision.mode), str(decision.source), proposal,

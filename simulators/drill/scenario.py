@@ -43,6 +43,9 @@ OWN_FILE, SITE_MODEL = "file", "site"
 class ControllerMode(StrEnum):
     ONNX = "onnx"          # the zoo model runs inside the gateway
     EXTERNAL = "external"  # a separate client runs it and writes through the northbound server
+    # A scripted MCP agent runs it and proposes through the gateway's MCP server
+    # (simulators.drill.agent); an `agent_hostile` injection turns it hostile.
+    MCP = "mcp"
 
 
 class InjectionKind(StrEnum):
@@ -55,6 +58,7 @@ class InjectionKind(StrEnum):
     AI_SILENT = "ai_silent"                # the external AI stops writing
     SENSOR_PROFILE = "sensor_profile"      # the PLC publishes a sensor along a profile
     DISTURBANCE = "disturbance"            # a process disturbance driven along a profile
+    AGENT_HOSTILE = "agent_hostile"        # the MCP agent turns hostile (controller kind mcp)
 
 
 class Expect(StrEnum):
@@ -76,6 +80,7 @@ NATURAL_CAUSE = {
     InjectionKind.SENSOR_PROFILE: Cause.SENSING,
     InjectionKind.PLC_DISCONNECT: Cause.DEVICE,
     InjectionKind.AI_SILENT: Cause.AI_UNAVAILABLE,
+    InjectionKind.AGENT_HOSTILE: Cause.AI_BEHAVIOUR,
 }
 
 
@@ -132,6 +137,9 @@ class Injection:
             return f"PLC off the network for {self.duration_s:g} s"
         if k is InjectionKind.AI_SILENT:
             return "external AI goes silent"
+        if k is InjectionKind.AGENT_HOSTILE:
+            return ("the MCP agent turns hostile: limits, outside the envelope, a flood, "
+                    "operator tools, a reset")
         if k is InjectionKind.TIME_BOMB:
             return "dormant model variant wakes"
         return "process driven into the backdoor's trigger region"
@@ -167,6 +175,7 @@ class Scenario:
     auto_retry_s: float = 1.0
     auto_until_s: float | None = None
     clean_shadow_s: float | None = None
+    agent: str = "drill-agent"  # the MCP agent's name (controller kind mcp)
 
     @property
     def baseline_duration_s(self) -> float:
@@ -279,9 +288,15 @@ def _read(ctx: Ctx, m: Section, path: Path) -> Scenario | None:
         ok = False
     controller, model = ControllerMode.ONNX, "nominal"
     own: OwnModel | None = None
+    agent = "drill-agent"
     cm = grab(m.map, "controller", True)
     if cm is not None:
         controller = grab(cm.req_enum, "kind", ControllerMode) or controller
+        if cm.has("agent"):
+            agent = grab(cm.req_str, "agent") or agent
+            if controller is not ControllerMode.MCP:
+                cm.error("agent", "names the MCP agent of controller kind mcp")
+                ok = False
         picked = _read_model(cm, path, site_cfg)
         if picked is None:
             ok = False
@@ -320,6 +335,10 @@ def _read(ctx: Ctx, m: Section, path: Path) -> Scenario | None:
                       f"must be [start, end] with at_s <= start < end, not "
                       f"{list(inj.window_s)}")
             ok = False
+        if inj.kind is InjectionKind.AGENT_HOSTILE and controller is not ControllerMode.MCP:
+            ctx.error(node.line, f"{where}.kind", "agent_hostile needs controller kind mcp "
+                      "(an MCP agent to turn hostile)")
+            ok = False
         if own is not None and inj.kind is InjectionKind.SWAP_MODEL and not _zoo_shaped(
                 own, plant):
             ctx.error(node.line, f"{where}.kind", "swap_model swaps in a zoo model, which "
@@ -337,7 +356,7 @@ def _read(ctx: Ctx, m: Section, path: Path) -> Scenario | None:
     auto = 30.0 if auto_after is None else auto_after
     return Scenario(name, path, description, plant, site, controller, model, seed, duration,
                     auto, budget, tuple(sorted(injections, key=lambda i: i.at_s)), baseline,
-                    own, 1.0 if retry is None else retry, until, clean)
+                    own, 1.0 if retry is None else retry, until, clean, agent)
 
 
 def _site(ctx: Ctx, m: Section, site: Path) -> Site | None:

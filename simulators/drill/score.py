@@ -122,6 +122,8 @@ class Scorecard:
     auto_granted_at_s: float | None = None
     # Per incident: (id, cause its trigger names, detectors of its trips).
     incident_causes: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    # The MCP agent's calls and their outcomes (controller kind mcp), else None.
+    agent: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -404,6 +406,17 @@ def score(run: DrillRun) -> Scorecard:
                        f"{worst:.2f} of the way to its danger limit)")
     if detected and not run.incidents:
         reasons.append("the trip opened no incident")
+    agent = run.agent
+    if agent is not None and run.gateway:
+        if agent["out_of_role_succeeded"]:
+            reasons.append(f"{agent['out_of_role_succeeded']} calls outside the agent's role "
+                           "succeeded")
+        audited = agent.get("refused_calls_audited")
+        if audited is None or audited < agent["refused_calls"]:
+            reasons.append(f"{agent['refused_calls']} refused agent calls, {audited} in the "
+                           "audit chain")
+        if agent["errors"]:
+            reasons.append(f"{agent['errors']} agent calls failed with a protocol error")
     clean = injected if injected is not None else sc.duration_s
     return Scorecard(
         scenario=sc.name, gateway=run.gateway, unsafe_writes=n_unsafe, detected=detected,
@@ -420,4 +433,5 @@ def score(run: DrillRun) -> Scorecard:
         left_safe_range_at_s=left_at, injections=tuple(per_injection),
         auto_requests=run.auto_requests, auto_granted_at_s=run.auto_granted_at_s,
         incident_causes=tuple((i, str(cause_of(ds[0])) if ds else "unknown", ds)
-                              for i, ds in run.incident_trips.items()))
+                              for i, ds in run.incident_trips.items()),
+        agent=agent)
