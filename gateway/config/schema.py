@@ -829,8 +829,20 @@ class StartMode(StrEnum):
 
 
 @dataclass(frozen=True)
+class ChangeControl:
+    """How a running gateway takes a changed site file (``operation.change``).
+
+    ``two_person``: a reload is staged by one authorised user and committed by a second,
+    different one (``ctl reload`` twice, or SIGHUP then ``ctl reload``); false (the default):
+    one authorised user's reload commits at once."""
+
+    two_person: bool = False
+
+
+@dataclass(frozen=True)
 class Operation:
-    """Mode policy: where the gateway starts and how recovery toward the AI is gated."""
+    """Mode policy: where the gateway starts and how recovery toward the AI is gated, and
+    how a changed site file is taken (``change``)."""
 
     start_mode: StartMode = StartMode.MANUAL
     clean_shadow_s: float = 300.0
@@ -839,6 +851,7 @@ class Operation:
     # (None: never), a bypass needs a second, different approver.
     bypass_max_concurrent: int = 3
     bypass_second_approval_s: float | None = None
+    change: ChangeControl = field(default_factory=ChangeControl)
 
     def __post_init__(self) -> None:
         _positive("clean_shadow_s", self.clean_shadow_s)

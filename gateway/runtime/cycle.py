@@ -92,6 +92,10 @@ class ControlCycle:
         # A candidate site judging beside the enforced one (gateway.runtime.candidate): it
         # sees each cycle after the write was issued, and can never act.
         self.candidate: CandidateJudge | None = None
+        # Called with ``now`` at the top of each step, before anything reads the supervisor:
+        # where a reload swaps in a committed site and moves a ramp's bounds
+        # (gateway.runtime.reloader); None: nothing to do.
+        self.between: Callable[[float], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at the site's period until ``stop`` is set."""
@@ -117,6 +121,8 @@ class ControlCycle:
 
     async def step(self, now: float) -> Decision:
         """One control cycle (drills step it themselves, with their own clock)."""
+        if self.between is not None:
+            self.between(now)
         sup = self.supervisor
         south = self.southbound
         snapshot = self.store.snapshot(self.sensor_names, now)

@@ -40,6 +40,8 @@ from gateway.runtime.model_swap import ModelSwap
 from gateway.runtime.northbound import NorthboundRequests
 from gateway.runtime.records import Records
 from gateway.runtime.refusals import RefusalLog
+from gateway.runtime.reload import Outcome, Status, file_sha256
+from gateway.runtime.reloader import Reloader
 from gateway.runtime.safety_state import DurableState
 from gateway.runtime.southbound import Southbound
 from gateway.runtime.startup import open_records, read_back
@@ -68,6 +70,14 @@ log = logging.getLogger("gateway.runtime")
 # How long shutdown waits for a device task to end once its client is closed and it is
 # cancelled (it normally takes one loop step), and for the writes on their way.
 _TASK_STOP_S = 5.0
+
+
+def _sha256_of(path: Path) -> str:
+    """The sha256 of the file's bytes ("" when it cannot be read: a site built in code)."""
+    try:
+        return file_sha256(path.read_bytes())
+    except OSError:
+        return ""
 
 
 class Northbound(Protocol):
@@ -169,6 +179,10 @@ class Gateway(NorthboundHandler):
         # What stopped the gateway (a signal's name), for the shutdown record.
         self.stop_cause: str | None = None
         self.ready = asyncio.Event()
+        # The running site file's sha256 (a reload names it and the new one); the reloader
+        # exists once the cycle does.
+        self.site_sha256 = _sha256_of(site.source)
+        self.reloader: Reloader | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,7 +241,9 @@ class Gateway(NorthboundHandler):
         self.supervisor = sup
         from gateway.forensics.checkpoint import capture
 
-        self.records.start(start_s, initial, canary, sha, checkpoint=lambda: capture(sup))
+        # The supervisor of the moment: a reload swaps in another one.
+        self.records.start(start_s, initial, canary, sha,
+                           checkpoint=lambda: capture(self.supervisor or sup))
         candidate_site = self.site.commissioning.candidate_site
         if candidate_site is not None:
             self.candidate = start_candidate(candidate_site, self.envelope.engine, initial,
@@ -262,6 +278,8 @@ class Gateway(NorthboundHandler):
             playbook, self.incidents, (self.refusals, self.security_events), publishers,
             self.period_s, self.clock, self.wall_clock, self.counters, restarts)
         self.control.candidate = self.candidate
+        self.reloader = Reloader(self, self.site_sha256)
+        self.control.between = self.reloader.between
 
     async def close(self) -> None:
         """Leave each actuator as its shutdown policy says, stop devices and the northbound
@@ -310,6 +328,16 @@ class Gateway(NorthboundHandler):
             self.records.shutdown(left, self.stop_cause, self.durable.to_json())
         self.records.close()
         log.info("stopped")
+
+    async def reload(self, user: str, *, dry_run: bool = False) -> Outcome:
+        """Re-read the site file this gateway was started with, check it, and (unless
+        ``dry_run``) stage or commit it between two cycles; see
+        :mod:`gateway.runtime.reloader`. The outcome says what happened; never raises for
+        a bad file or a refused change."""
+        if self.reloader is None:
+            return Outcome(Status.REFUSED, "the gateway is not running its cycle yet; "
+                           "nothing changed", self.site_sha256)
+        return await self.reloader.request(user, dry_run=dry_run)
 
     async def refresh(self) -> None:
         """Read every device's tags once now (stepped time; see the class docstring)."""
