@@ -70,7 +70,31 @@ class Front(NorthboundHandler):
 
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
-        return await self.channel.request(client, kind, detector, duration_s)
+        outcome = await self.channel.request(client, kind, detector, duration_s)
+        if kind.startswith("reload") and outcome.accepted and self.servers is not None:
+            await self._reloaded(outcome.reason)
+        return outcome
+
+    async def _reloaded(self, answer: str) -> None:
+        """The core applied a reload: show the new site (read from the same file, which
+        the core has just checked) without restarting a server."""
+        import json
+
+        from gateway.config import ConfigError, load_config
+
+        servers = self.servers
+        try:
+            status = json.loads(answer).get("status")
+        except (ValueError, AttributeError):
+            return
+        if status != "applied" or servers is None:
+            return
+        try:
+            site = await asyncio.to_thread(load_config, servers.site.source)
+        except ConfigError as exc:  # changed again since: the core will say so next time
+            log.warning("reload: the site file no longer loads for display: %s", exc)
+            return
+        servers.site_reloaded(site)
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:

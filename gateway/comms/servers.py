@@ -64,6 +64,17 @@ class NorthboundServers:
 
             self.http = Dashboard(site, nb.http, handler)
 
+    def site_reloaded(self, site: Site) -> None:
+        """Show ``site`` from now on (a reload applied it): the dashboard's facts (limits,
+        constraints, interlocks). Nothing restarts: the maps and listeners depend only on
+        what a reload may not change (tags, northbound settings)."""
+        self.site = site
+        if self.http is not None:
+            from gateway.ops.http import site_facts
+
+            self.http.site = site
+            self.http.facts = site_facts(site)
+
     async def start(self) -> None:
         """Start listening: Modbus first, then the dashboard, then OPC UA. Raises what a server
         raises (OSError for a port taken, AdapterError for a certificate missing...)."""

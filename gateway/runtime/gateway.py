@@ -72,6 +72,10 @@ log = logging.getLogger("gateway.runtime")
 _TASK_STOP_S = 5.0
 
 
+# The northbound request kinds of a reload (OPC UA ReloadSite's modes).
+_RELOADS = frozenset({"reload", "reload_dry_run", "reload_commit"})
+
+
 def _sha256_of(path: Path) -> str:
     """The sha256 of the file's bytes ("" when it cannot be read: a site built in code)."""
     try:
@@ -358,7 +362,35 @@ class Gateway(NorthboundHandler):
                       duration_s: float | None) -> WriteOutcome:
         if kind == REPORT_REQUEST:  # read only (the server allowed the client's role)
             return report_outcome(self.candidate, self.clock())
+        if kind in _RELOADS:
+            return await self._reload_request(client, kind)
         return await self.requests.request(client, kind, detector, duration_s)
+
+    async def _reload_request(self, client: ClientInfo, kind: str) -> WriteOutcome:
+        """A reload asked for northbound (OPC UA ``ReloadSite``): the answer's reason is the
+        outcome as one JSON object. Only an admin may stage or commit; anyone the method
+        admits (operator, admin) may see the difference."""
+        import json
+
+        from gateway.adapters.base import Refusal, Role, WriteOutcome
+
+        dry_run = kind == "reload_dry_run"
+        if not dry_run and client.role is not Role.ADMIN:
+            out = Outcome(Status.REFUSED, f"only an admin may stage or commit a reload, not "
+                          f"{client.user or client.address} ({client.role}); nothing changed",
+                          self.reloader.state.sha256 if self.reloader else self.site_sha256)
+            if self.reloader is not None:
+                self.reloader.refused(out, client.user or client.address)
+            return WriteOutcome(False, 4, json.dumps(out.as_json()), Refusal.NOT_AUTHORISED)
+        user = client.user or f"{client.protocol}:{client.address}"
+        if self.reloader is None:
+            out = Outcome(Status.REFUSED, "the gateway is not running its cycle yet; "
+                          "nothing changed", self.site_sha256)
+        else:
+            out = await self.reloader.request(user, dry_run=dry_run,
+                                              commit_only=kind == "reload_commit")
+        return WriteOutcome(out.accepted, 0 if out.accepted else 4, json.dumps(out.as_json()),
+                            None if out.accepted else Refusal.MODE)
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:

@@ -71,14 +71,20 @@ class Reloader:
 
     # ------------------------------------------------------------------ requests
 
-    async def request(self, user: str, *, dry_run: bool = False) -> Outcome:
+    async def request(self, user: str, *, dry_run: bool = False,
+                      commit_only: bool = False) -> Outcome:
         """Re-read the running site's file and check it; with ``dry_run`` stop at the
-        difference; else stage or commit (see the module docstring). Never raises for a bad
-        file or a refused change: the outcome says what happened."""
+        difference; else stage or commit (see the module docstring; ``commit_only``: commit
+        a staged change, never stage). Never raises for a bad file or a refused change: the
+        outcome says what happened."""
         async with self._lock:
-            return await self._request(user, dry_run)
+            return await self._request(user, dry_run, commit_only)
 
-    async def _request(self, user: str, dry_run: bool) -> Outcome:
+    def refused(self, out: Outcome, user: str) -> None:
+        """Record a reload refused before it was read (e.g. the requester's role)."""
+        self._audit(out, user, "refuse")
+
+    async def _request(self, user: str, dry_run: bool, commit_only: bool) -> Outcome:
         gw = self.gw
         old_sha = self.state.sha256
         running = gw.site
@@ -106,6 +112,11 @@ class Reloader:
             return self._audit(out, user, "refuse")
         if running.operation.change.two_person:
             staged = self.state.staged
+            if staged is None and commit_only:
+                out = Outcome(Status.REFUSED, "nothing is staged to commit (the file changed "
+                              "since, or the staged change expired); nothing changed",
+                              old_sha, cand.sha256, cand.diff)
+                return self._audit(out, user, "refuse")
             if staged is None or user == SIGHUP_USER:
                 if staged is None:
                     self.state.staged = Staged(cand.sha256, user, gw.clock())

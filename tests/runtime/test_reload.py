@@ -14,6 +14,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
 import gateway
 from gateway.audit.store import read_records
 from gateway.config.schema import Table
@@ -147,3 +150,216 @@ def test_a_max_tightened_below_the_position_is_reached_at_the_rate_limit(
     assert records[-1]["action"] == "ramp_done"
     assert records[0]["old_sha256"] != records[0]["new_sha256"]
     assert records[0]["actor"] == "admin"
+
+
+# ---------------------------------------------------------------------------- live sessions
+
+
+def test_reload_through_opcua_keeps_sessions_up_and_applies_within_two_cycles(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ctl reload``'s path (the OPC UA method ReloadSite, as admin) while a Modbus client and
+    an OPC UA client stay connected: both still answer on the same connection afterwards, the
+    change is in force within two cycles of its commit, and no cycle around it is late beyond
+    the baseline's worst plus one period."""
+    from asyncua import Client
+
+    from gateway.adapters.opcua.session import call_method
+
+    monkeypatch.setenv("SAFETY_GATEWAY_ADMIN_PASSWORD", "admin-pw")
+    monkeypatch.setenv("SAFETY_GATEWAY_OPERATOR_PASSWORD", "operator-pw")
+
+    async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
+        site = gw.site
+        assert site.northbound.modbus is not None and site.northbound.opcua is not None
+        url = site.northbound.opcua.endpoint
+        modbus = AsyncModbusTcpClient("127.0.0.1", port=site.northbound.modbus.port)
+        await modbus.connect()
+        ua_client = Client(url)
+        await ua_client.connect()
+        try:
+            beat = ua_client.get_node("ns=2;s=Gateway.Status.Heartbeat")
+            first = await beat.read_value()
+            rr = await modbus.read_holding_registers(0, count=2, device_id=1)
+            assert not rr.isError(), rr
+            accepted = gw.modbus_server.stats.accepted
+            await until(lambda: len(gw.decisions) >= 30, 30, "a baseline of cycles")
+            baseline_end = gw.clock()
+            # An operator may look (dry run) but not commit.
+            ok, message = await call_method(url, "operator", "operator-pw", "ReloadSite",
+                                            ("",), 10.0)
+            assert not ok and "only an admin" in message
+            edit_file(path, tighten_inflow_max(80.0))
+            ok, message = await call_method(url, "operator", "operator-pw", "ReloadSite",
+                                            ("dry_run",), 10.0)
+            assert ok and '"dry_run"' in message and "tightened" in message
+            assert gw.site.envelope.limits[0].max == 100.0
+            ok, message = await call_method(url, "admin", "admin-pw", "ReloadSite", ("",),
+                                            10.0)
+            assert ok, message
+            assert gw.site.envelope.limits[0].max == 80.0
+            assert gw.supervisor is not None and gw.supervisor.envelope.compiled.act_max[0] == 80
+            reload_end = gw.clock()
+            assert gw.control is not None
+            control = gw.control
+            after = control.count + 10
+            await until(lambda: control.count >= after, 30, "cycles after the reload")
+            # The same sessions answer: the OPC UA heartbeat moved, Modbus reads, and the
+            # gateway's Modbus server took no new connection.
+            second = await beat.read_value()
+            rr = await modbus.read_holding_registers(0, count=2, device_id=1)
+            assert not rr.isError(), rr
+            assert second != first
+            assert gw.modbus_server.stats.accepted == accepted
+            assert modbus.connected
+            assert gw.reloader is not None
+            return gw.reloader.state.history, gw.stats(), baseline_end, reload_end
+        finally:
+            modbus.close()
+            await ua_client.disconnect()
+
+    history, stats, baseline_end, reload_end = asyncio.run(
+        running(tmp_path, "cython", 30.0, body, opcua=True))
+    [swap] = history
+    assert swap["applied_cycle"] - swap["committed_cycle"] <= 2, swap
+    timeline = stats["timeline"]
+    late = list(zip(timeline["at_s"], timeline["lateness_ms"], strict=True))
+    base = sorted(x for t, x in late if t < baseline_end)[5:]  # without the start-up cycles
+    during = [x for t, x in late if baseline_end <= t <= reload_end + 0.5]
+    assert base and during
+    # The figure is for the bench (`bench reload`); here, on a shared host, no cycle around the
+    # reload is later than the baseline's worst plus one period (100 ms): a reload that
+    # compiled or read the file in the cycle would block it for longer than that on 2 cores.
+    assert max(during) <= max(base) + 100.0, (max(during), max(base))
+    records = reload_records(tmp_path)
+    actions = [(r["action"], r["actor"]) for r in records]
+    assert ("refuse", "operator") in actions
+    assert ("commit", "admin") in actions and ("applied", "admin") in actions
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def test_a_file_that_fails_check_or_needs_a_restart_changes_nothing(tmp_path: Path) -> None:
+    async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
+        sup, envelope, site = gw.supervisor, gw.envelope, gw.site
+        good = path.read_text()
+        edit_file(path, lambda t: t.replace("max: 100.0, max_rate_per_s: 20.0",
+                                            "max: -5.0, max_rate_per_s: 20.0"))
+        invalid = await gw.reload("admin")
+        edit_file(path, lambda t: good.replace("poll_ms: 20", "poll_ms: 30").replace(
+            "max: 100.0, max_rate_per_s: 20.0", "max: 90.0, max_rate_per_s: 20.0"))
+        restart = await gw.reload("admin")
+        assert gw.supervisor is sup and gw.envelope is envelope and gw.site is site
+        return invalid, restart
+
+    invalid, restart = asyncio.run(running(tmp_path, "cython", 30.0, body))
+    assert invalid.status is Status.INVALID and invalid.errors
+    # Exactly what `check` prints for the same file.
+    import subprocess
+    import sys
+    path = tmp_path / "site.yaml"
+    path.write_text(path.read_text().replace("max: 90.0, max_rate_per_s: 20.0",
+                                             "max: -5.0, max_rate_per_s: 20.0").replace(
+        "poll_ms: 30", "poll_ms: 20"))
+    checked = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(path)],
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 2
+    assert checked.stderr.strip() == "\n".join(invalid.errors).strip()
+    assert restart.status is Status.REFUSED
+    assert restart.message.startswith("needs a restart: device plc.poll_ms changed: 20 -> 30")
+    assert restart.diff is not None and not restart.diff.live
+    assert [r["action"] for r in reload_records(tmp_path)] == ["refuse", "refuse"]
+
+
+def test_a_failure_at_the_swap_leaves_everything_as_it_was(tmp_path: Path) -> None:
+    async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
+        assert gw.reloader is not None and gw.control is not None
+        refs = {name: getattr(obj, name) for obj, name in
+                [(gw, "site"), (gw, "envelope"), (gw, "supervisor")]}
+        holders = (gw.requests.supervisor, gw.write_through.supervisor if gw.write_through
+                   else None, gw.control.supervisor, gw.control._gauges)
+        sup = gw.supervisor
+        assert sup is not None
+        config = sup.modes.config
+
+        def fail(step: str) -> None:
+            if step == "assign:supervisor":  # in the middle of switching the references
+                raise RuntimeError("injected")
+
+        gw.reloader.fault = fail
+        edit_file(path, tighten_inflow_max(20.0))
+        out = await gw.reload("admin")
+        assert out.status is Status.FAILED and "injected" in out.message
+        assert {name: getattr(gw, name) for name in refs} == refs
+        assert (gw.requests.supervisor, gw.write_through.supervisor if gw.write_through
+                else None, gw.control.supervisor, gw.control._gauges) == holders
+        assert sup.modes.config is config
+        assert gw.reloader.state.ramp is None and gw.site.envelope.limits[0].max == 100.0
+        n = len(gw.decisions)
+        await until(lambda: len(gw.decisions) >= n + 5, 30, "cycles after the failure")
+        # Without the fault the same file applies.
+        gw.reloader.fault = None
+        again = await gw.reload("admin")
+        return out, again
+
+    out, again = asyncio.run(running(tmp_path, "cython", 30.0, body))
+    assert again.status is Status.APPLIED, again.text()
+    assert [r["action"] for r in reload_records(tmp_path)][:2] == ["commit", "fail"]
+
+
+def test_two_person_change_stages_then_a_different_user_commits(tmp_path: Path) -> None:
+    def two_person(text: str) -> str:
+        return text.replace("  clean_shadow_s: 1\n",
+                            "  clean_shadow_s: 1\n  change: {two_person: true}\n")
+
+    async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
+        assert gw.site.operation.change.two_person
+        assert gw.reloader is not None
+        edit_file(path, tighten_inflow_max(70.0))
+        staged = await gw.reload("alice")
+        same = await gw.reload("alice")
+        limit_while_staged = gw.site.envelope.limits[0].max
+        # The file changes again: the staged change is dropped, and the next request stages
+        # the new content instead of committing it.
+        edit_file(path, lambda t: t.replace("max: 70.0,", "max: 60.0,"))
+        restaged = await gw.reload("bob")
+        commit = await gw.reload("alice")
+        # An expired staged change is dropped too (the gateway's clock, 15 min on).
+        edit_file(path, lambda t: t.replace("max: 60.0,", "max: 50.0,"))
+        staged2 = await gw.reload("alice")
+        gw.reloader.state.staged.at_s -= 901.0  # type: ignore[union-attr]
+        expired = await gw.reload("bob")
+        return staged, same, limit_while_staged, restaged, commit, staged2, expired, gw.site
+
+    async def main() -> Any:
+        async with TestPLC(holding=128) as plc:
+            await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)
+            await plc.set_registers(Table.INPUT_REGISTER, 2, [10])
+            await plc.set_registers(Table.HOLDING_REGISTER, 0, [3000, 3000])
+            path = write_site(tmp_path, plc.port, free_port(), None, two_person)
+            gw = Gateway(gateway.load_config(path), engine="cython",
+                         audit_path=tmp_path / "audit.db")
+            stop = asyncio.Event()
+            runner = asyncio.create_task(gw.run(stop))
+            try:
+                await asyncio.wait_for(gw.ready.wait(), 30)
+                await until(lambda: len(gw.decisions) >= 3, 30, "the first cycles")
+                return await body(gw, plc, path)
+            finally:
+                stop.set()
+                await asyncio.wait_for(runner, 30)
+
+    staged, same, limit_while_staged, restaged, commit, staged2, expired, site = asyncio.run(
+        main())
+    assert staged.status is Status.STAGED
+    assert same.status is Status.REFUSED and "different" in same.message
+    assert limit_while_staged == 100.0
+    assert restaged.status is Status.STAGED
+    assert commit.status is Status.APPLIED, commit.text()
+    assert staged2.status is Status.STAGED
+    assert expired.status is Status.STAGED  # bob's request staged afresh, not committed
+    assert site.envelope.limits[0].max == 60.0
+    actions = [(r["action"], r["actor"]) for r in reload_records(tmp_path)]
+    assert actions == [("stage", "alice"), ("refuse", "alice"), ("drop", "alice"),
+                       ("stage", "bob"), ("commit", "alice"), ("applied", "alice"),
+                       ("stage", "alice"), ("drop", "alice"), ("stage", "bob")]
