@@ -20,7 +20,7 @@ anonymous without ``--user``, if the site allows it) and does one thing:
 - ``reload [--dry-run | --commit]``: re-read and check the site file the gateway was started
   with, show the difference, and apply it between two cycles (ReloadSite; admin; ``--dry-run``
   only shows the difference, operator or admin). Where the site asks for two-person change
-  (``operation.change: {two_person: true}``) the first call stages it and a second call
+  (``operation.two_person_change: true``) the first call stages it and a second call
   (``--commit``) by a different admin commits it. A file that does not pass ``check`` is
   refused with ``check``'s errors and its exit code (2).
 

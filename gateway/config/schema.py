@@ -829,20 +829,12 @@ class StartMode(StrEnum):
 
 
 @dataclass(frozen=True)
-class ChangeControl:
-    """How a running gateway takes a changed site file (``operation.change``).
-
-    ``two_person``: a reload is staged by one authorised user and committed by a second,
-    different one (``ctl reload`` twice, or SIGHUP then ``ctl reload``); false (the default):
-    one authorised user's reload commits at once."""
-
-    two_person: bool = False
-
-
-@dataclass(frozen=True)
 class Operation:
     """Mode policy: where the gateway starts and how recovery toward the AI is gated, and
-    how a changed site file is taken (``change``)."""
+    how a changed site file is taken: with ``two_person_change`` a reload is staged by one
+    authorised user and committed by a second, different one (``ctl reload`` twice, or
+    SIGHUP then ``ctl reload --commit``); without it (the default) one admin's reload
+    commits at once."""
 
     start_mode: StartMode = StartMode.MANUAL
     clean_shadow_s: float = 300.0
@@ -851,7 +843,7 @@ class Operation:
     # (None: never), a bypass needs a second, different approver.
     bypass_max_concurrent: int = 3
     bypass_second_approval_s: float | None = None
-    change: ChangeControl = field(default_factory=ChangeControl)
+    two_person_change: bool = False
 
     def __post_init__(self) -> None:
         _positive("clean_shadow_s", self.clean_shadow_s)

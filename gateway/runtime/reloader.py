@@ -6,7 +6,7 @@ cycle calls :meth:`Reloader.between` at the top of each step, where a committed 
 swapped in and a ramp's bounds move (see :mod:`gateway.runtime.reload` and
 :mod:`gateway.runtime.ramp`).
 
-Two-person change: where the running site says ``operation.change: {two_person: true}``, the
+Two-person change: where the running site says ``operation.two_person_change: true``, the
 first approver's request stages the change (its file hash) and a second request by a
 *different* user commits it. A staged change is dropped when it is older than
 ``STAGED_FOR_S`` (15 minutes) or when the file's content changes again. SIGHUP only stages
@@ -110,7 +110,7 @@ class Reloader:
             out = Outcome(Status.REFUSED, "the gateway is not running its cycle yet; "
                           "nothing changed", old_sha, cand.sha256, cand.diff)
             return self._audit(out, user, "refuse")
-        if running.operation.change.two_person:
+        if running.operation.two_person_change:
             staged = self.state.staged
             if staged is None and commit_only:
                 out = Outcome(Status.REFUSED, "nothing is staged to commit (the file changed "

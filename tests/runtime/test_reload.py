@@ -28,6 +28,8 @@ from simulators.ports import free_port
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 INFLOW_RATE_PER_S = 20.0  # configs/water_tank.yaml
 INFLOW_STEP = 10.0
@@ -59,6 +61,10 @@ def tighten_inflow_max(value: float) -> Callable[[str], str]:
         assert old in text
         return text.replace(old, f"inflow_valve: {{min: 0.0, max: {value},")
     return edit
+
+
+def read_file(path: Path) -> str:
+    return path.read_text()
 
 
 def edit_file(path: Path, edit: Callable[[str], str]) -> None:
@@ -242,7 +248,7 @@ def test_reload_through_opcua_keeps_sessions_up_and_applies_within_two_cycles(
 def test_a_file_that_fails_check_or_needs_a_restart_changes_nothing(tmp_path: Path) -> None:
     async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
         sup, envelope, site = gw.supervisor, gw.envelope, gw.site
-        good = path.read_text()
+        good = read_file(path)
         edit_file(path, lambda t: t.replace("max: 100.0, max_rate_per_s: 20.0",
                                             "max: -5.0, max_rate_per_s: 20.0"))
         invalid = await gw.reload("admin")
@@ -302,7 +308,7 @@ def test_a_failure_at_the_swap_leaves_everything_as_it_was(tmp_path: Path) -> No
         again = await gw.reload("admin")
         return out, again
 
-    out, again = asyncio.run(running(tmp_path, "cython", 30.0, body))
+    _out, again = asyncio.run(running(tmp_path, "cython", 30.0, body))
     assert again.status is Status.APPLIED, again.text()
     assert [r["action"] for r in reload_records(tmp_path)][:2] == ["commit", "fail"]
 
@@ -310,10 +316,10 @@ def test_a_failure_at_the_swap_leaves_everything_as_it_was(tmp_path: Path) -> No
 def test_two_person_change_stages_then_a_different_user_commits(tmp_path: Path) -> None:
     def two_person(text: str) -> str:
         return text.replace("  clean_shadow_s: 1\n",
-                            "  clean_shadow_s: 1\n  change: {two_person: true}\n")
+                            "  clean_shadow_s: 1\n  two_person_change: true\n")
 
     async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
-        assert gw.site.operation.change.two_person
+        assert gw.site.operation.two_person_change
         assert gw.reloader is not None
         edit_file(path, tighten_inflow_max(70.0))
         staged = await gw.reload("alice")
