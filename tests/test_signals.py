@@ -134,5 +134,5 @@ async def hup_then(tmp_path: Path, sig: signal.Signals) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT])
-def test_sighup_is_ignored_and_a_stopping_signal_applies_the_shutdown_policy(tmp_path, sig):
+def test_sighup_reloads_and_a_stopping_signal_applies_the_shutdown_policy(tmp_path, sig):
     asyncio.run(hup_then(tmp_path, sig))
