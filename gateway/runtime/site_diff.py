@@ -275,12 +275,20 @@ def diff_sites(old: Site, new: Site) -> SiteDiff:
                        "the northbound listeners are opened at start"))
     out.extend(_fields("audit", "", old.audit, new.audit,
                        "the audit log is opened at start"))
+    # Any other section (added to the site file after this module was written): never
+    # applied silently; a restart takes it.
+    for f in fields(old):
+        if f.name not in _HANDLED and getattr(old, f.name) != getattr(new, f.name):
+            out.append(Change("other", f.name, "", Direction.CHANGED, "", "",
+                              f"this reload does not apply the {f.name} section"))
     out.sort(key=_order)
     return SiteDiff(tuple(out))
 
 
+_HANDLED = frozenset({"source", "site", "devices", "tags", "envelope", "controller", "fallback",
+                      "detection", "operation", "northbound", "audit"})
 _AREAS = ("site", "device", "tag", "limit", "constraint", "interlock", "prediction", "envelope",
-          "detection", "fallback", "operation", "controller", "northbound", "audit")
+          "detection", "fallback", "operation", "controller", "northbound", "audit", "other")
 
 
 def _order(c: Change) -> tuple[int, str, str]:
