@@ -72,6 +72,10 @@ class NorthboundServers:
         if self.http is not None:
             from gateway.ops.http import site_facts
 
+            # The mirror's counter slots were laid out for the site the core started with
+            # (a reload may add constraints, which keep counting under "other"): pin them
+            # before the site changes.
+            _ = self.http.counter_layout
             self.http.site = site
             self.http.facts = site_facts(site)
 
