@@ -129,6 +129,9 @@ class Gateway(NorthboundHandler):
         self.period_s = site.site.cycle_ms / 1000.0
         self.startup_wait_s = startup_wait_s
         self.stepped = stepped
+        # Whether the gateway made its device clients (a reload may then reconnect a device
+        # whose settings changed) or was given them (tests, drills).
+        self.own_clients = clients is None
         if clients is None:
             clients = {d.name: make_client(d, [t for t in site.tags if t.device == d.name],
                                            self.store, clock, not stepped)

@@ -192,7 +192,7 @@ def transfer(old: Supervisor, new: Supervisor) -> None:
     else:
         new.bank.track(new.previous.tolist(), False)
         new.bank.overrides.update(old.bank.overrides)
-    if a.detection == b.detection and a.sensors == b.sensors:
+    if a.detection == b.detection and a.sensors == b.sensors and a.devices == b.devices:
         new.inputs = old.inputs
     if (a.fallback == b.fallback and _same(a, b, "divergence", "divergence_method",
                                             "divergence_drift", "divergence_threshold")):
@@ -233,6 +233,7 @@ class Swap:
     committed_s: float
     committed_cycle: int
     done: Any = None  # asyncio.Future[Outcome], set by Reloader.commit
+    clients: dict[str, Any] = field(default_factory=dict)  # devices that reconnect: new clients
     applied_cycle: int | None = None
     ramp: Ramp | None = None
 

@@ -23,6 +23,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from gateway.adapters.base import AdapterError
+from gateway.adapters.factory import make_client
 from gateway.runtime.ramp import Ramp
 from gateway.runtime.reload import (
     STAGED_FOR_S,
@@ -45,8 +47,9 @@ from gateway.runtime.reload import (
 from gateway.runtime.view import DetectorGauges
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
+    from gateway.adapters.base import DeviceClient
     from gateway.runtime.gateway import Gateway
 
 log = logging.getLogger("gateway.runtime")
@@ -57,6 +60,8 @@ SIGHUP_USER = "signal:SIGHUP"
 # How long a commit waits for the cycle to swap it in before it gives up (and withdraws it).
 _SWAP_WAIT_CYCLES = 50
 _SWAP_WAIT_MIN_S = 5.0
+# How long a retired device task may take to end once its client is closed and it is cancelled.
+_TASK_STOP_S = 5.0
 
 
 class Reloader:
@@ -68,6 +73,7 @@ class Reloader:
         self.state = Reload(sha256)
         self.fault: Callable[[str], None] | None = None
         self._lock = asyncio.Lock()  # one request at a time
+        self._tasks: set[asyncio.Task[None]] = set()  # device reconnections under way
 
     # ------------------------------------------------------------------ requests
 
@@ -171,9 +177,27 @@ class Reloader:
                           "change (the mirror's layout); nothing changed", old_sha,
                           cand.sha256, cand.diff)
             return self._audit(out, user, "refuse")
+        old_devices = {d.name: d for d in gw.site.devices}
+        changed = [d for d in built.site.devices if d != old_devices.get(d.name)]
+        if changed and not gw.own_clients:
+            out = Outcome(Status.REFUSED, "needs a restart: this gateway's device clients were "
+                          "given to it, it cannot reconnect them; nothing changed", old_sha,
+                          cand.sha256, cand.diff)
+            return self._audit(out, user, "refuse")
+        try:
+            # Built here, not started: the swap starts each once its old client has closed.
+            clients = {d.name: make_client(d, [t for t in built.site.tags
+                                               if t.device == d.name],
+                                           gw.store, gw.clock, not gw.stepped)
+                       for d in changed}
+        except (ValueError, AdapterError) as exc:
+            out = Outcome(Status.FAILED, f"a device client could not be built: {exc}; "
+                          "nothing changed", old_sha, cand.sha256, cand.diff)
+            return self._audit(out, user, "fail")
         self.state.staged = None
         loop = asyncio.get_running_loop()
-        swap = Swap(built, user, old_sha, gw.clock(), control.count, loop.create_future())
+        swap = Swap(built, user, old_sha, gw.clock(), control.count, loop.create_future(),
+                    clients=clients)
         self._audit(Outcome(Status.APPLIED, "committed", old_sha, cand.sha256, cand.diff),
                     user, "commit", extra={"cycle": control.count})
         self.state.pending = swap
@@ -201,6 +225,8 @@ class Reloader:
                 outcome = self._swap(swap)
             except Exception as exc:  # any failure: everything was set back (apply_all)
                 log.exception("reload: the swap failed; nothing changed")
+                for client in swap.clients.values():  # built, never started
+                    self._spawn(client.close(), "reload: close an unused client")
                 outcome = self._audit(
                     Outcome(Status.FAILED, f"the swap failed ({type(exc).__name__}: {exc}); "
                             "nothing changed", swap.old_sha256, swap.built.sha256,
@@ -231,9 +257,21 @@ class Reloader:
         ramp = Ramp.plan(built.envelope, new.previous, tuple(t.name for t in built.site.actuators))
         refs = [*references(gw), (old.modes, "_config")]
         values = [*swap_values(gw, built), mode_config(built.site, new)]
+        south = gw.southbound
+        old_clients = dict(south.clients)
+        if swap.clients:
+            clients = {**south.clients, **swap.clients}
+            counters = gw.control.counters
+            refs += [(gw, "clients"), (south, "clients"), (south, "devices"),
+                     (gw.control, "_links")]
+            values += [clients, clients, {d.name: d for d in built.site.devices},
+                       [clients.get(d) for d in counters.layout.devices]
+                       if counters is not None else []]
         if fault is not None:
             fault("swap")
         apply_all(refs, values, fault)
+        for name, client in swap.clients.items():
+            self._spawn(self._reconnect(name, old_clients[name], client), f"reconnect:{name}")
         self.state.sha256 = built.sha256
         self.state.ramp = ramp if ramp.bounds else None
         swap.ramp = ramp
@@ -251,6 +289,35 @@ class Reloader:
                                                       "committed_cycle": swap.committed_cycle})
         self._notify(built)
         return out
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reconnect(self, name: str, old: DeviceClient, new: DeviceClient) -> None:
+        """Retire ``old`` (after its write on its way, if any, within the device's bound) and
+        start ``new`` in its place: only this device reconnects. Meanwhile the cycle's writes
+        to it fail as to a device not connected (its actuators stay unknown and are written
+        again once it answers)."""
+        south = self.gw.southbound
+        pending = south.on_its_way(name)
+        if pending is not None:
+            await asyncio.wait([pending], timeout=south.write_bound_s(name))
+        await old.close()
+        old_tasks = [t for t in south.tasks if t.get_name() == f"device:{name}"]
+        for task in old_tasks:
+            task.cancel()
+        if old_tasks:
+            await asyncio.wait(old_tasks, timeout=_TASK_STOP_S)
+        if south.clients.get(name) is not new or self.gw.requests.stopping:
+            await new.close()  # replaced again meanwhile, or the gateway is closing
+            return
+        task = asyncio.get_running_loop().create_task(new.run(), name=f"device:{name}")
+        south.tasks = [t for t in south.tasks if t not in old_tasks] + [task]
+        log.info("reload: device %s reconnects with its new settings", name)
+        self.gw.records.reload({"action": "reconnect", "device": name,
+                                "sha256": self.state.sha256}, actor="gateway")
 
     def _notify(self, built: Built) -> None:
         """Tell what shows the site (northbound servers here, or the communications process)

@@ -8,12 +8,14 @@ which direction for safety (a limit *tightened* or *loosened*; a constraint *add
 
 Live (applied between two cycles, see :mod:`gateway.runtime.reload`): the envelope (limits,
 linear constraints, interlocks, the predictive check, safe cases, the non-finite policy),
-detection thresholds, fallback controllers, the operation policy and the site's description.
+detection thresholds, fallback controllers, the operation policy, the site's description, and
+a device's settings (that device alone reconnects; the others keep their connections).
 
 Needs a restart (refused, nothing changes): the tags (their set, order, addresses or wire
-types fix the shared-memory mirror's layout and the northbound maps), the devices (their
-connections), the controller (the model is loaded and hashed at start), the northbound
-listeners, the audit log, the site's name and cycle period.
+types fix the shared-memory mirror's layout and the northbound maps), adding or removing a
+device or changing its protocol, the controller (the model is loaded and hashed at start), the
+northbound listeners, the audit log, the site's name and cycle period, and any section this
+module does not know.
 """
 
 from __future__ import annotations
@@ -212,7 +214,9 @@ def diff_sites(old: Site, new: Site) -> SiteDiff:
     # Devices and tags: their connections, the mirror layout and the northbound maps.
     a_dev = {d.name: d for d in old.devices}
     b_dev = {d.name: d for d in new.devices}
-    dev_restart = "device connections are opened at start"
+    # A device's settings change live: that device alone reconnects with them. Adding or
+    # removing a device, or changing its protocol, changes the mirror's layout and the tags.
+    dev_restart = "the set of devices and their protocols fix the mirror's layout and the tags"
     for name in a_dev.keys() | b_dev.keys():
         if name not in b_dev:
             out.append(Change("device", name, "", Direction.REMOVED, name, "", dev_restart))
@@ -224,7 +228,7 @@ def diff_sites(old: Site, new: Site) -> SiteDiff:
                                   type(a_dev[name]).__name__, type(b_dev[name]).__name__,
                                   dev_restart))
             else:
-                out.extend(_fields("device", name, a_dev[name], b_dev[name], dev_restart))
+                out.extend(_fields("device", name, a_dev[name], b_dev[name]))
     tag_restart = "the tag set fixes the mirror layout and the northbound maps"
     a_tags = {t.name: t for t in old.tags}
     b_tags = {t.name: t for t in new.tags}

@@ -252,7 +252,7 @@ def test_a_file_that_fails_check_or_needs_a_restart_changes_nothing(tmp_path: Pa
         edit_file(path, lambda t: t.replace("max: 100.0, max_rate_per_s: 20.0",
                                             "max: -5.0, max_rate_per_s: 20.0"))
         invalid = await gw.reload("admin")
-        edit_file(path, lambda t: good.replace("poll_ms: 20", "poll_ms: 30").replace(
+        edit_file(path, lambda t: good.replace("    unit: m\n", "    unit: ft\n").replace(
             "max: 100.0, max_rate_per_s: 20.0", "max: 90.0, max_rate_per_s: 20.0"))
         restart = await gw.reload("admin")
         assert gw.supervisor is sup and gw.envelope is envelope and gw.site is site
@@ -266,13 +266,13 @@ def test_a_file_that_fails_check_or_needs_a_restart_changes_nothing(tmp_path: Pa
     path = tmp_path / "site.yaml"
     path.write_text(path.read_text().replace("max: 90.0, max_rate_per_s: 20.0",
                                              "max: -5.0, max_rate_per_s: 20.0").replace(
-        "poll_ms: 30", "poll_ms: 20"))
+        "    unit: ft\n", "    unit: m\n"))
     checked = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(path)],
                              capture_output=True, text=True, check=False)
     assert checked.returncode == 2
     assert checked.stderr.strip() == "\n".join(invalid.errors).strip()
     assert restart.status is Status.REFUSED
-    assert restart.message.startswith("needs a restart: device plc.poll_ms changed: 20 -> 30")
+    assert restart.message.startswith("needs a restart: tag level.unit changed: m -> ft")
     assert restart.diff is not None and not restart.diff.live
     assert [r["action"] for r in reload_records(tmp_path)] == ["refuse", "refuse"]
 
@@ -369,3 +369,70 @@ def test_two_person_change_stages_then_a_different_user_commits(tmp_path: Path) 
     assert actions == [("stage", "alice"), ("refuse", "alice"), ("drop", "alice"),
                        ("stage", "bob"), ("commit", "alice"), ("applied", "alice"),
                        ("stage", "alice"), ("drop", "alice"), ("stage", "bob")]
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def test_a_device_whose_settings_changed_reconnects_alone(tmp_path: Path) -> None:
+    """The drain valve on a second PLC: moving that PLC to another port reconnects it (the
+    new PLC receives the heartbeat and the drain valve's writes), while the first PLC's client
+    and connection are kept."""
+
+    def second_plc(port: int) -> Callable[[str], str]:
+        def edit(text: str) -> str:
+            device = ("  plc2:\n    protocol: modbus_tcp\n    host: 127.0.0.1\n"
+                      f"    port: {port}\n    unit: 1\n    timeout_ms: 500\n    poll_ms: 20\n"
+                      "    heartbeat: {table: holding_register, address: 100}\n\ntags:\n")
+            text = text.replace("\ntags:\n", "\n" + device, 1)
+            old = "  drain_valve:\n    device: plc\n"
+            assert old in text
+            return text.replace(old, "  drain_valve:\n    device: plc2\n")
+        return edit
+
+    async def main() -> Any:
+        async with TestPLC(holding=128) as plc, TestPLC(holding=128) as old2, \
+                TestPLC(holding=128) as new2:
+            await plc.set_float32(Table.INPUT_REGISTER, 0, 2.5)
+            await plc.set_registers(Table.HOLDING_REGISTER, 0, [3000, 3000])
+            path = write_site(tmp_path, plc.port, free_port(), None, second_plc(old2.port))
+            gw = Gateway(gateway.load_config(path), engine="cython",
+                         audit_path=tmp_path / "audit.db")
+            stop = asyncio.Event()
+            runner = asyncio.create_task(gw.run(stop))
+            try:
+                await asyncio.wait_for(gw.ready.wait(), 30)
+                await until(lambda: len(gw.decisions) >= 3, 30, "the first cycles")
+                first = gw.clients["plc"]
+                connects = first.connects  # type: ignore[attr-defined]
+                edit_file(path, lambda t: t.replace(f"port: {old2.port}",
+                                                    f"port: {new2.port}"))
+                out = await gw.reload("admin")
+                assert out.status is Status.APPLIED, out.text()
+                assert out.diff is not None
+                assert f"device plc2.port changed: {old2.port} -> {new2.port}" in out.diff.lines()
+
+                def beats(p: TestPLC) -> int:
+                    return sum(1 for w in p.writes if w.address == 100 and w.result == 0)
+
+                await until(lambda: beats(new2) >= 5, 30, "heartbeats at the new PLC")
+                retired = beats(old2)
+                n = gw.control.count if gw.control is not None else 0
+                await until(lambda: gw.control is not None and gw.control.count >= n + 10, 30,
+                            "cycles after the reconnect")
+                # The drain valve's coil is written at the new PLC (every second at least).
+                await until(lambda: any(w.table is Table.COIL for w in new2.writes), 30,
+                            "the drain valve written at the new PLC")
+                return (first, connects, gw.clients["plc"], gw.clients["plc2"], retired,
+                        beats(old2), gw.site.devices[1].port, new2.port)
+            finally:
+                stop.set()
+                await asyncio.wait_for(runner, 30)
+
+    first, connects, kept, moved, retired, later, port, new_port = asyncio.run(main())
+    assert kept is first and kept.connects == connects  # type: ignore[attr-defined]
+    assert moved.connects == 1  # type: ignore[attr-defined]
+    assert later == retired  # nothing more reached the old PLC
+    assert port == new_port
+    actions = [r["action"] for r in reload_records(tmp_path)]
+    assert actions[:3] == ["commit", "applied", "reconnect"]

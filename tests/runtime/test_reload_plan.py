@@ -52,15 +52,18 @@ def test_constraints_added_removed_changed_and_sections_that_need_a_restart() ->
     assert ("constraint", "total_flow", Direction.CHANGED) in kinds
     assert ("interlock", "low_level_stops_pump", Direction.REMOVED) in kinds
     assert diff.live
-    # Devices, tags, northbound, audit, the cycle period: refused, named.
-    device = replace(SITE.devices[0], port=1234)
+    # A device's settings are live (it reconnects); another device, a tag, the cycle
+    # period: refused, named.
+    moved = diff_sites(SITE, replace(SITE, devices=(replace(SITE.devices[0], port=1234),)))
+    assert moved.live and moved.lines() == ["device plc.port changed: 5020 -> 1234"]
+    devices = (SITE.devices[0], replace(SITE.devices[0], name="plc9"))
     tags = (replace(SITE.tags[0], unit="ft"), *SITE.tags[1:])
-    refused = diff_sites(SITE, replace(SITE, devices=(device,), tags=tags,
+    refused = diff_sites(SITE, replace(SITE, devices=devices, tags=tags,
                                        site=replace(SITE.site, cycle_ms=50.0)))
     assert not refused.live
     reason = refused.restart_reason()
     assert reason.startswith("needs a restart: ")
-    assert "device plc.port changed: 5020 -> 1234" in reason
+    assert "device plc9 added" in reason
     assert "tag level.unit changed: m -> ft" in reason
     assert "site cycle_ms changed: 100 -> 50" in reason
     # The tag order alone fixes the mirror's layout too.
