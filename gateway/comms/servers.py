@@ -64,7 +64,7 @@ class NorthboundServers:
 
             self.http = Dashboard(site, nb.http, handler)
 
-    def site_reloaded(self, site: Site) -> None:
+    def site_reloaded(self, site: Site, sha256: str = "") -> None:
         """Show ``site`` from now on (a reload applied it): the dashboard's facts (limits,
         constraints, interlocks). Nothing restarts: the maps and listeners depend only on
         what a reload may not change (tags, northbound settings)."""

@@ -325,7 +325,7 @@ class Reloader:
         north = self.gw.northbound
         reloaded = getattr(north, "site_reloaded", None)
         if reloaded is not None:
-            reloaded(built.site)
+            reloaded(built.site, built.sha256)
 
     # ------------------------------------------------------------------ audit
 

@@ -1,7 +1,8 @@
 """``safety-gateway ctl reload`` against a real ``safety-gateway run``: the safety core and its
 communications process (northbound Modbus, OPC UA and the dashboard) on loopback, a test PLC
 below. A Modbus client, an OPC UA session and a dashboard event stream stay connected across
-the reload and still answer on the same connections; the dashboard shows the new limit."""
+the reloads (``ctl reload``, then SIGHUP) and still answer on the same connections; the
+dashboard shows each new limit."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -132,6 +134,17 @@ async def scenario(tmp_path: Path) -> None:
             assert modbus.ctx.transport.get_extra_info("sockname") == local
             second = await beat.read_value()
             assert second != first
+            # SIGHUP does the same; the core tells the communications process, whose
+            # dashboard shows the new limit on the same stream.
+            edit_file(path, lambda t: t.replace("max: 80.0,", "max: 70.0,"))
+            proc.send_signal(signal.SIGHUP)
+            for _ in range(200):
+                if inflow_max(await next_state(stream.content)) == 70.0:
+                    break
+            else:
+                raise AssertionError("the dashboard never showed the SIGHUP's max")
+            assert modbus.ctx.transport.get_extra_info("sockname") == local
+            assert await beat.read_value() != second
             stream.close()
         finally:
             modbus.close()
