@@ -159,6 +159,10 @@ def build(candidate: Candidate, engine: str, codec: WireCodec, canary: CanaryCas
     return Built(candidate.site, envelope, sup, candidate.sha256, candidate.diff)
 
 
+def _spans(site: Site) -> dict[str, tuple[float, float]]:
+    return {lim.actuator: (lim.min, lim.max) for lim in site.envelope.limits}
+
+
 def _same(a: Site, b: Site, *fields_: str) -> bool:
     return all(getattr(a.detection, f) == getattr(b.detection, f) for f in fields_)
 
@@ -171,10 +175,10 @@ def transfer(old: Supervisor, new: Supervisor) -> None:
     clock, pending second approvals; with the new operation policy), the last write and its
     time (rate limits measure from it), the AI's own trajectory, the trip and observation
     latches, the containment rate factor, the AI's silence clock, operator setpoints. Kept
-    when their settings did not change: the fallback controllers (PID integrals; else the new
-    ones start bumplessly from the last write), the input-health detectors, the divergence
-    detectors (their CUSUM/Page-Hinkley statistics), the violation-rate window, the deadline
-    counter and the canary clock."""
+    when their settings did not change: the fallback controllers (PID integrals, kept when no
+    fallback and no actuator bound changed; else the new ones start bumplessly from the last
+    write), the input-health detectors, each divergence detector (its CUSUM/Page-Hinkley
+    statistic), the violation-rate window, the deadline counter and the canary clock."""
     a, b = old.site, new.site
     new.modes = old.modes  # the config is switched with the rest in Reloader.swap
     new.previous = old.previous.copy()
@@ -187,16 +191,29 @@ def transfer(old: Supervisor, new: Supervisor) -> None:
     new.rate_factor = old.rate_factor
     new._no_proposal_since = old._no_proposal_since
     new._ai_in_control = old._ai_in_control
-    if a.fallback == b.fallback:
+    # The PIDs clamp their output (anti-windup) to the actuator's min and max: kept only when
+    # neither the fallbacks nor any bound changed; else the new ones start from the last
+    # write (bumpless).
+    if a.fallback == b.fallback and _spans(a) == _spans(b):
         new.bank = old.bank
     else:
         new.bank.track(new.previous.tolist(), False)
         new.bank.overrides.update(old.bank.overrides)
     if a.detection == b.detection and a.sensors == b.sensors and a.devices == b.devices:
         new.inputs = old.inputs
-    if (a.fallback == b.fallback and _same(a, b, "divergence", "divergence_method",
-                                            "divergence_drift", "divergence_threshold")):
-        new.divergence = old.divergence
+    # Each divergence detector keeps its statistic when its own settings did not change (the
+    # method, drift and threshold, its actuator's fallback and span).
+    if _same(a, b, "divergence", "divergence_method", "divergence_drift",
+             "divergence_threshold"):
+        kept = {name: (inv_span, det) for _, name, inv_span, det in old.divergence.watch}
+        fb_a = {f.actuator: f for f in a.fallback}
+        fb_b = {f.actuator: f for f in b.fallback}
+        watch = new.divergence.watch
+        for k, (i, name, inv_span, _det) in enumerate(watch):
+            old_one = kept.get(name)
+            if (old_one is not None and old_one[0] == inv_span
+                    and fb_a.get(name) == fb_b.get(name)):
+                watch[k] = (i, name, inv_span, old_one[1])
     if _same(a, b, "violation_window_s", "violation_max"):
         new.violations = old.violations
     if _same(a, b, "deadline_misses_max"):

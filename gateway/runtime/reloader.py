@@ -139,6 +139,7 @@ class Reloader:
                               "authorised user must commit it", old_sha, cand.sha256,
                               cand.diff)
                 return self._audit(out, user, "refuse")
+            return await self._commit(cand, user, old_sha, staged.user)
         return await self._commit(cand, user, old_sha)
 
     def _expire(self, sha: str) -> None:
@@ -158,7 +159,10 @@ class Reloader:
                                     "new_sha256": staged.sha256, "staged_by": staged.user},
                                    actor=staged.user)
 
-    async def _commit(self, cand: Candidate, user: str, old_sha: str) -> Outcome:
+    async def _commit(self, cand: Candidate, user: str, old_sha: str,
+                      staged_by: str | None = None) -> Outcome:
+        """Build the new supervisor off the cycle, record the commit (naming who staged it,
+        with two-person change) and wait for the cycle to swap it in."""
         gw = self.gw
         sup, control = gw.supervisor, gw.control
         assert sup is not None
@@ -198,8 +202,11 @@ class Reloader:
         loop = asyncio.get_running_loop()
         swap = Swap(built, user, old_sha, gw.clock(), control.count, loop.create_future(),
                     clients=clients)
+        extra: dict[str, Any] = {"cycle": control.count}
+        if staged_by is not None:
+            extra["staged_by"] = staged_by
         self._audit(Outcome(Status.APPLIED, "committed", old_sha, cand.sha256, cand.diff),
-                    user, "commit", extra={"cycle": control.count})
+                    user, "commit", extra=extra)
         self.state.pending = swap
         wait_s = max(_SWAP_WAIT_MIN_S, _SWAP_WAIT_CYCLES * gw.period_s)
         try:

@@ -173,6 +173,23 @@ def test_reload_through_opcua_keeps_sessions_up_and_applies_within_two_cycles(
 
     monkeypatch.setenv("SAFETY_GATEWAY_ADMIN_PASSWORD", "admin-pw")
     monkeypatch.setenv("SAFETY_GATEWAY_OPERATOR_PASSWORD", "operator-pw")
+    # Reading and checking the file (tens of ms here) and building the new supervisor run
+    # off the event loop's thread, so that the cycle never waits for them.
+    import threading
+
+    import gateway.runtime.reloader as reloader
+
+    threads: dict[str, list[int]] = {"read": [], "build": []}
+    loop_thread = threading.get_ident()
+
+    def spy(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            threads[name].append(threading.get_ident())
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(reloader, "read_candidate", spy("read", reloader.read_candidate))
+    monkeypatch.setattr(reloader, "build", spy("build", reloader.build))
 
     async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
         site = gw.site
@@ -225,6 +242,8 @@ def test_reload_through_opcua_keeps_sessions_up_and_applies_within_two_cycles(
 
     history, stats, baseline_end, reload_end = asyncio.run(
         running(tmp_path, "cython", 30.0, body, opcua=True))
+    assert threads["read"] and threads["build"]
+    assert loop_thread not in threads["read"] + threads["build"]
     [swap] = history
     assert swap["applied_cycle"] - swap["committed_cycle"] <= 2, swap
     timeline = stats["timeline"]
@@ -365,7 +384,9 @@ def test_two_person_change_stages_then_a_different_user_commits(tmp_path: Path) 
     assert staged2.status is Status.STAGED
     assert expired.status is Status.STAGED  # bob's request staged afresh, not committed
     assert site.envelope.limits[0].max == 60.0
-    actions = [(r["action"], r["actor"]) for r in reload_records(tmp_path)]
+    records = reload_records(tmp_path)
+    assert [r.get("staged_by") for r in records if r["action"] == "commit"] == ["bob"]
+    actions = [(r["action"], r["actor"]) for r in records]
     assert actions == [("stage", "alice"), ("refuse", "alice"), ("drop", "alice"),
                        ("stage", "bob"), ("commit", "alice"), ("applied", "alice"),
                        ("stage", "alice"), ("drop", "alice"), ("stage", "bob")]

@@ -1,5 +1,6 @@
-"""The pure parts of a reload: the difference between two sites and what of it is live, and
-the ramp of a tightened bound inside the transitional envelope (both engines)."""
+"""The pure parts of a reload: the difference between two sites and what of it is live, the
+ramp of a tightened bound inside the transitional envelope, and the supervisor state carried
+into the new supervisor (both engines)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import gateway
 from gateway.config.schema import LinearConstraint, Policy
 from gateway.envelope.compiled import Action, compile_site
 from gateway.runtime.ramp import Ramp, private_envelope
+from gateway.runtime.reload import transfer
 from gateway.runtime.site_diff import Direction, diff_sites
+from gateway.supervisor.core import Supervisor
+from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = gateway.load_config(ROOT / "configs" / "water_tank.yaml")
@@ -110,3 +114,51 @@ def test_a_raised_min_ramps_up_and_an_unlimited_actuator_takes_the_bound_at_once
     assert [(b.name, b.upper, b.bound) for b in ramp.bounds] == [("inflow_valve", False, 20.0)]
     ramp.advance(0.1)
     assert ramp.bounds[0].bound == 22.0
+
+
+def _supervisor(site: gateway.config.Site, engine: str) -> Supervisor:
+    env = private_envelope(compile_site(site), engine)
+    return Supervisor(site, env, np.array([30.0, 30.0, 0.0]), 0.0)
+
+
+def test_transfer_keeps_the_safety_state_and_the_statistics_that_still_apply(
+        engine: str) -> None:
+    old = _supervisor(SITE, engine)
+    old.apply_request(OperatorRequest(RequestKind.BYPASS, "admin", True, "ai_silent", 600.0))
+    old.modes.trip(0.0, "canary", "test trip", Mode.SAFE_STOP)
+    ((_, name, _, detector),) = old.divergence.watch
+    assert name == "inflow_valve"
+    for _ in range(5):
+        detector.update(0.1)  # some statistic built up
+    old.previous = np.array([42.0, 31.0, 0.0])
+    old.written_at_s = 12.5
+    old.set_rate_factor(0.5)
+
+    # A constraint changed: every bound is the same, so the PIDs and the inflow's divergence
+    # detector carry on as they were.
+    env = SITE.envelope
+    same_bounds = replace(SITE, envelope=replace(env, constraints=(
+        replace(env.constraints[0], rhs=150.0), *env.constraints[1:])))
+    new = _supervisor(same_bounds, engine)
+    transfer(old, new)
+    assert new.modes is old.modes and new.modes.latched and new.mode is Mode.SAFE_STOP
+    assert "ai_silent" in new.modes.bypasses
+    assert new.previous.tolist() == [42.0, 31.0, 0.0] and new.written_at_s == 12.5
+    assert new.rate_factor == 0.5
+    assert new.bank is old.bank
+    assert new.divergence.watch[0][3] is detector
+    assert new.latches == old.latches
+
+    # The outflow's max changed: the bank starts afresh (the PIDs' output limits moved), the
+    # inflow's divergence detector (its span unchanged) keeps its statistic.
+    moved = with_limit(SITE, "outflow_pump", max=90.0)
+    other = _supervisor(moved, engine)
+    transfer(old, other)
+    assert other.bank is not old.bank
+    assert other.divergence.watch[0][3] is detector
+    # The inflow's span changed: its divergence statistic starts afresh (the residual is
+    # measured in fractions of the span).
+    narrowed = _supervisor(with_limit(SITE, "inflow_valve", max=50.0), engine)
+    transfer(old, narrowed)
+    assert narrowed.divergence.watch[0][3] is not detector
+    assert narrowed.modes is old.modes and narrowed.mode is Mode.SAFE_STOP
