@@ -386,7 +386,10 @@ class Gateway(NorthboundHandler):
                 self.reloader.refused(out, client.user or client.address)
             return WriteOutcome(False, 4, json.dumps(out.as_json()), Refusal.NOT_AUTHORISED)
         user = client.user or f"{client.protocol}:{client.address}"
-        if self.reloader is None:
+        if self.requests.stopping:
+            out = Outcome(Status.REFUSED, "the gateway is stopping; nothing changed",
+                          self.site_sha256)
+        elif self.reloader is None:
             out = Outcome(Status.REFUSED, "the gateway is not running its cycle yet; "
                           "nothing changed", self.site_sha256)
         else:
