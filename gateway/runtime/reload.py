@@ -26,10 +26,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from gateway.control.bank import FallbackBank
 from gateway.runtime.ramp import Ramp, private_envelope
 from gateway.runtime.site_diff import SiteDiff, diff_sites
 from gateway.runtime.view import DetectorGauges
@@ -220,6 +223,27 @@ def transfer(old: Supervisor, new: Supervisor) -> None:
         new.controller = old.controller
     if _same(a, b, "canary_period_s", "canary_tolerance"):
         new.canary = old.canary
+
+
+def ramp_site(site: Site, ramp: Ramp) -> Site:
+    """``site`` with each ramped bound at its value in force now (for the fallbacks' output
+    limits during a ramp)."""
+    bounds = {b.name: b for b in ramp.bounds}
+    limits = []
+    for lim in site.envelope.limits:
+        b = bounds.get(lim.actuator)
+        if b is not None:
+            lim = replace(lim, max=b.bound) if b.upper else replace(lim, min=b.bound)
+        limits.append(lim)
+    return replace(site, envelope=replace(site.envelope, limits=tuple(limits)))
+
+
+def fallback_bank(site: Site, previous: Any, overrides: dict[int, float]) -> FallbackBank:
+    """New fallback controllers for ``site`` starting from ``previous`` (the last write:
+    bumpless), with the operator setpoints of ``overrides``."""
+    bank = FallbackBank(site, np.array(previous, dtype=np.float64))
+    bank.overrides.update(overrides)
+    return bank
 
 
 def mode_config(site: Site, sup: Supervisor) -> ModeConfig:

@@ -38,7 +38,9 @@ from gateway.runtime.reload import (
     Swap,
     apply_all,
     build,
+    fallback_bank,
     mode_config,
+    ramp_site,
     read_candidate,
     references,
     swap_values,
@@ -250,6 +252,9 @@ class Reloader:
                                    "value": b.target}, actor="gateway")
             if ramp.done:
                 self.state.ramp = None
+                # The fallbacks' own bounds are the site's again; they start from the last
+                # write, which lies inside them now (bumpless).
+                sup.bank = fallback_bank(sup.site, sup.previous, sup.bank.overrides)
 
     def _swap(self, swap: Swap) -> Outcome:
         gw = self.gw
@@ -262,6 +267,13 @@ class Reloader:
         if fault is not None:
             fault("transfer")
         ramp = Ramp.plan(built.envelope, new.previous, tuple(t.name for t in built.site.actuators))
+        if ramp.bounds:
+            # The fallback PIDs clamp their output to their actuator's bounds: during the ramp
+            # they take the bounds in force (a PID clamped at once to the new max would jump
+            # there, a move the envelope allows because it heads for the safe state); the
+            # ramp's end gives them the site's own (between()).
+            new.bank = fallback_bank(ramp_site(built.site, ramp), new.previous,
+                                     old.bank.overrides)
         refs = [*references(gw), (old.modes, "_config")]
         values = [*swap_values(gw, built), mode_config(built.site, new)]
         south = gw.southbound

@@ -130,10 +130,24 @@ def test_a_max_tightened_below_the_position_is_reached_at_the_rate_limit(
                     30, "the valve at its new max")
         await until(lambda: gw.reloader is not None and gw.reloader.state.ramp is None, 30,
                     "the end of the ramp")
-        return out, plc.writes[before:], gw.site.envelope.limits[0].max
+        assert gw.reloader is not None
+        applied_at = gw.reloader.state.history[0]["applied_s"]
+        decided = [(float(d.command[0]), d.dt_s) for d in gw.decisions
+                   if d.at_s >= applied_at]
+        return out, plc.writes[before:], gw.site.envelope.limits[0].max, decided
 
-    _out, writes, new_max = asyncio.run(running(tmp_path, engine, 60.0, body))
+    _out, writes, new_max, decided = asyncio.run(running(tmp_path, engine, 60.0, body))
     assert new_max == 30.0
+    # What the supervisor decided, cycle by cycle from the swap: down from 60 % to 30 % over
+    # many cycles, each move within the rate limit over its write window and the step limit,
+    # although a move toward the safe state (0 %) is never rate limited by the envelope: the
+    # fallback PID follows the bound in force (it jumped to 30 % before it did).
+    assert decided[-1][0] == 30.0
+    steps = list(itertools.pairwise(decided))
+    assert len([1 for (x1, _), (x2, _) in steps if x2 < x1]) >= 5, decided
+    for (x1, _), (x2, dt) in steps:
+        assert abs(x2 - x1) <= min(INFLOW_RATE_PER_S * dt, INFLOW_STEP) + RESOLUTION, (
+            x1, x2, dt)
     got = [(w.at_s, w.values[0] * RESOLUTION) for w in writes
            if w.table is Table.HOLDING_REGISTER and w.address == 0 and w.result == 0]
     assert got, "no inflow write after the reload"
