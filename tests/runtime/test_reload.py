@@ -254,7 +254,7 @@ def test_reload_through_opcua_keeps_sessions_up_and_applies_within_two_cycles(
             modbus.close()
             await ua_client.disconnect()
 
-    history, stats, baseline_end, reload_end = asyncio.run(
+    history, stats, baseline_end, _reload_end = asyncio.run(
         running(tmp_path, "cython", 30.0, body, opcua=True))
     assert threads["read"] and threads["build"]
     assert loop_thread not in threads["read"] + threads["build"]
@@ -263,11 +263,14 @@ def test_reload_through_opcua_keeps_sessions_up_and_applies_within_two_cycles(
     timeline = stats["timeline"]
     late = list(zip(timeline["at_s"], timeline["lateness_ms"], strict=True))
     base = sorted(x for t, x in late if t < baseline_end)[5:]  # without the start-up cycles
-    during = [x for t, x in late if baseline_end <= t <= reload_end + 0.5]
+    # The cycles from the commit to three cycles after the swap (the OPC UA sessions this test
+    # opens run in the gateway's own loop: their set-up is left out of the window).
+    during = [x for t, x in late
+              if swap["committed_s"] <= t <= swap["applied_s"] + 0.3]
     assert base and during
     # The figure is for the bench (`bench reload`); here, on a shared host, no cycle around the
-    # reload is later than the baseline's worst plus one period (100 ms): a reload that
-    # compiled or read the file in the cycle would block it for longer than that on 2 cores.
+    # swap is later than the baseline's worst plus one period (100 ms). Reading and checking
+    # the file and building the supervisor run off the loop (asserted above).
     assert max(during) <= max(base) + 100.0, (max(during), max(base))
     records = reload_records(tmp_path)
     actions = [(r["action"], r["actor"]) for r in records]
