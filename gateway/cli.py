@@ -272,6 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.incident.playbook import DEFAULT_PLAYBOOK, load_playbook
     from gateway.runtime.gateway import Gateway
     from gateway.runtime.heap import GcPauses, freeze_startup_heap
+    from gateway.runtime.reloader import SIGHUP_USER
     from gateway.runtime.sdnotify import ServiceNotifier
 
     playbook = Path(args.playbook) if args.playbook else DEFAULT_PLAYBOOK
@@ -286,7 +287,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
         # Signals (gateway/runtime/signals.py): the handler records, this loop acts. SIGHUP
-        # is logged and ignored; a stopping signal applies the shutdown policy first.
+        # reloads the site file (as `ctl reload`); a stopping signal applies the shutdown
+        # policy first.
         watch = SignalWatch(stop)
         watch.install()
         watcher = asyncio.create_task(watch.run(), name="signals")
@@ -309,6 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if link is not None:
             link.handler = gw
         watch.on_stop = gw.stopped_by
+        watch.on_reload = lambda: gw.reload(SIGHUP_USER)
         pauses = GcPauses()
 
         def opened() -> None:  # just before the first cycle: start-up's pauses do not count
@@ -423,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure performance figures")
     bench.add_argument("what", help="which bench: envelope, supervisor, wire, audit, replay, "
-                                    "startup, interference, learn, fleet, mcp")
+                                    "startup, interference, learn, fleet, mcp, reload")
     bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     bench.add_argument("--sites", type=int, help="bench fleet: simulated sites (default 100)")

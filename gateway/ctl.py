@@ -1,4 +1,5 @@
-"""``safety-gateway ctl status|mode|reset|bypass|unbypass --via ENDPOINT``: the shift's controls.
+"""``safety-gateway ctl status|mode|reset|bypass|unbypass|reload --via ENDPOINT``: the
+shift's controls.
 
 Each command opens one OPC UA session with the running gateway (its northbound server, as the
 user ``--user`` with the password read from the environment variable ``--password-env``;
@@ -16,6 +17,12 @@ anonymous without ``--user``, if the site allows it) and does one thing:
   mode) to the AI's proposals, the commands written and operators' write-throughs, how often,
   the worst cases with their times, and the last disagreement (CandidateReport; any role;
   ``--json``: the report as the gateway sent it; refused when the site names no candidate).
+- ``reload [--dry-run | --commit]``: re-read and check the site file the gateway was started
+  with, show the difference, and apply it between two cycles (ReloadSite; admin; ``--dry-run``
+  only shows the difference, operator or admin). Where the site asks for two-person change
+  (``operation.two_person_change: true``) the first call stages it and a second call
+  (``--commit``) by a different admin commits it. A file that does not pass ``check`` is
+  refused with ``check``'s errors and its exit code (2).
 
 The gateway answers each request with its real outcome, printed on one line. Exit codes:
 
@@ -106,6 +113,16 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
                            help="instead of --via: the last report recorded in this audit "
                                 "database (every minute while it changes, and at the stop)")
     candidate.set_defaults(func=_command(_candidate))
+
+    reload = commands.add_parser("reload", help="re-read the site file and apply it between "
+                                 "two cycles (admin)")
+    how = reload.add_mutually_exclusive_group()
+    how.add_argument("--dry-run", action="store_true",
+                     help="check and show the difference; change nothing")
+    how.add_argument("--commit", action="store_true",
+                     help="commit a change staged by another admin (two-person change)")
+    common(reload)
+    reload.set_defaults(func=_command(_reload))
 
 
 def _command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -209,6 +226,50 @@ def _bypass(args: argparse.Namespace) -> int:
 
 def _unbypass(args: argparse.Namespace) -> int:
     return _call(args, "EndBypass", (_detector(args),))
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """ReloadSite; prints the outcome (the check's errors, or the difference). Exit codes:
+    0 applied, staged, unchanged or dry run; 2 the file does not pass check; 1 refused or
+    failed; 3 unreachable."""
+    from gateway.adapters.opcua.session import call_method
+
+    via, user, password, timeout = _session_args(args)
+    mode = "dry_run" if args.dry_run else "commit" if args.commit else ""
+    _, message = _run(lambda: call_method(via, user, password, "ReloadSite", (mode,),
+                                          timeout), timeout)
+    try:
+        outcome = json.loads(message)
+        status = str(outcome["status"])
+    except (ValueError, KeyError, TypeError):
+        raise _Fail(EXIT_REFUSED, f"refused: {message}") from None
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+    else:
+        stream = sys.stdout if status in _RELOAD_OK else sys.stderr
+        print(f"{status}: {outcome.get('message', '')}", file=stream)
+        for error in outcome.get("errors") or ():
+            print(error, file=sys.stderr)  # exactly as `safety-gateway check` prints them
+        diff = outcome.get("diff") or {}
+        if not outcome.get("errors"):
+            for change in diff.get("changes", ()):
+                print(f"  {_change_text(change)}", file=stream)
+    if status == "invalid":
+        return EXIT_INPUT
+    return EXIT_APPLIED if status in _RELOAD_OK else EXIT_REFUSED
+
+
+_RELOAD_OK: Final = ("applied", "staged", "unchanged", "dry_run")
+
+
+def _change_text(change: dict[str, Any]) -> str:
+    where = ".".join(p for p in (change.get("name"), change.get("field")) if p)
+    text = f"{change.get('area')} {where}".rstrip() + f" {change.get('direction')}"
+    if change.get("old") or change.get("new"):
+        text += f": {change.get('old') or '-'} -> {change.get('new') or '-'}"
+    if change.get("restart"):
+        text += f" (needs a restart: {change['restart']})"
+    return text
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""Signals to a real `safety-gateway run` process against a real simulated PLC: SIGHUP is
-logged and ignored, every stopping signal applies the shutdown policy first."""
+"""Signals to a real `safety-gateway run` process against a real simulated PLC: SIGHUP
+reloads the site file and never stops the gateway; every stopping signal applies the
+shutdown policy first."""
 
 from __future__ import annotations
 
@@ -77,15 +78,19 @@ async def hup_then(tmp_path: Path, sig: signal.Signals) -> None:
     async with TestPLC(holding=128) as plc:
         proc = await start_gateway(tmp_path, plc, log)
         try:
-            # SIGHUP to the whole group (a closed terminal does that): the audit writer
-            # process must survive it too.
+            # SIGHUP reloads the site file: tighten the inflow's max above its position (no
+            # ramp needed), then SIGHUP to the whole group (a closed terminal does that): the
+            # audit writer process must survive it too.
+            site = tmp_path / "site.yaml"
+            site.write_text(site.read_text().replace(
+                "inflow_valve: {min: 0.0, max: 100.0,", "inflow_valve: {min: 0.0, max: 90.0,"))
             os.killpg(proc.pid, signal.SIGHUP)
 
             async def logged() -> bool:
                 assert proc.returncode is None, f"SIGHUP ended the gateway:\n{log.read_text()}"
-                return "SIGHUP" in log.read_text()
+                return "SIGHUP: applied" in log.read_text()
 
-            await wait_for(logged, 20, "the SIGHUP log line")
+            await wait_for(logged, 20, "the SIGHUP reload's log line")
             beat = await heartbeat(plc)
 
             async def cycling() -> bool:
@@ -106,7 +111,11 @@ async def hup_then(tmp_path: Path, sig: signal.Signals) -> None:
         err = log.read_text()
         assert proc.returncode == 0, err
         assert "Traceback" not in err
-        assert "SIGHUP received: ignored" in err
+        assert "SIGHUP received: reloading the site file" in err
+        records = read_records(tmp_path / "audit.db", kinds=("reload",))
+        assert [(r.data()["action"], r.data()["summary"], r.actor) for r in records][:2] == [
+            ("commit", "1 tightened", "signal:SIGHUP"), ("applied", "1 tightened",
+                                                         "signal:SIGHUP")]
         assert f"{sig.name} received: stopping" in err
         assert "audit writer process exited unexpectedly" not in err
         # The PLC's own record: the last write to the inflow valve (holding 0) is its safe 0.
@@ -125,5 +134,5 @@ async def hup_then(tmp_path: Path, sig: signal.Signals) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT])
-def test_sighup_is_ignored_and_a_stopping_signal_applies_the_shutdown_policy(tmp_path, sig):
+def test_sighup_reloads_and_a_stopping_signal_applies_the_shutdown_policy(tmp_path, sig):
     asyncio.run(hup_then(tmp_path, sig))

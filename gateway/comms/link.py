@@ -88,6 +88,16 @@ class CommsLink:
             detector_names=view.detector_names, detector_values=view.detector_values,
             detector_limits=view.detector_limits)
 
+    def site_reloaded(self, site: Site, sha256: str) -> None:
+        """A reload applied ``site`` (its file's bytes hash to ``sha256``): tell the
+        communications process, which reads the file again for what it shows. A process
+        started later loads the file itself."""
+        self.site = site
+        sup = self.supervisor
+        channel = sup.channel if sup is not None else None
+        if channel is not None:
+            channel.site_reloaded(sha256)
+
     @property
     def restarts(self) -> int:
         """How many times the supervisor started the communications process again (0 before

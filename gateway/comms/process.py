@@ -61,6 +61,8 @@ class Front(NorthboundHandler):
     def __init__(self, channel: ChannelClient) -> None:
         self.channel = channel
         self.servers: NorthboundServers | None = None
+        self._reloads: set[asyncio.Task[None]] = set()  # site files being read for display
+        channel.on_site = self.site_reloaded
 
     async def write(self, client: ClientInfo, values: dict[str, float], atomic: bool
                     ) -> dict[str, WriteOutcome]:
@@ -73,6 +75,36 @@ class Front(NorthboundHandler):
     async def request(self, client: ClientInfo, kind: str, detector: str | None,
                       duration_s: float | None) -> WriteOutcome:
         return await self.channel.request(client, kind, detector, duration_s)
+
+    def site_reloaded(self, sha256: str) -> None:
+        """The core's notice that a reload applied the site file hashing to ``sha256``
+        (``ctl reload`` or SIGHUP): show it, read in the background, without restarting a
+        server."""
+        task = asyncio.get_running_loop().create_task(self._show(sha256), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _show(self, sha256: str) -> None:
+        import hashlib
+
+        from gateway.config import ConfigError, load_config
+
+        servers = self.servers
+        if servers is None:
+            return
+        path = servers.site.source
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+            site = await asyncio.to_thread(load_config, path)
+        except (OSError, ConfigError) as exc:
+            log.warning("reload: the site file cannot be shown: %s", exc)
+            return
+        if hashlib.sha256(data).hexdigest() != sha256:
+            # Changed again since the core applied it: what the core runs is not this file.
+            log.warning("reload: %s changed again since the core applied it; the dashboard "
+                        "keeps the site it showed", path)
+            return
+        servers.site_reloaded(site, sha256)
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:

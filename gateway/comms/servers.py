@@ -76,6 +76,21 @@ class NorthboundServers:
 
             self.mcp = McpServer(site, nb.mcp, handler, clock)
 
+    def site_reloaded(self, site: Site, sha256: str = "") -> None:
+        """Show ``site`` from now on (a reload applied it): the dashboard's facts (limits,
+        constraints, interlocks). Nothing restarts: the maps and listeners depend only on
+        what a reload may not change (tags, northbound settings)."""
+        self.site = site
+        if self.http is not None:
+            from gateway.ops.http import site_facts
+
+            # The mirror's counter slots were laid out for the site the core started with
+            # (a reload may add constraints, which keep counting under "other"): pin them
+            # before the site changes.
+            _ = self.http.counter_layout
+            self.http.site = site
+            self.http.facts = site_facts(site)
+
     async def start(self) -> None:
         """Start listening: Modbus first, then the dashboard, then OPC UA. Raises what a server
         raises (OSError for a port taken, AdapterError for a certificate missing...)."""

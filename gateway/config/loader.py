@@ -1159,6 +1159,7 @@ def _load_config(path: str | Path, candidate_of: str | None) -> s.Site:
             "bypass_max_s": lambda m, k: m.opt_float(k),
             "bypass_max_concurrent": lambda m, k: m.opt_int(k),
             "bypass_second_approval_s": lambda m, k: m.opt_float(k),
+            "two_person_change": lambda m, k: m.opt_bool(k),
         })
     with _section(ctx):
         result["northbound"] = _rebase_opcua(

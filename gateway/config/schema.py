@@ -830,7 +830,11 @@ class StartMode(StrEnum):
 
 @dataclass(frozen=True)
 class Operation:
-    """Mode policy: where the gateway starts and how recovery toward the AI is gated."""
+    """Mode policy: where the gateway starts and how recovery toward the AI is gated, and
+    how a changed site file is taken: with ``two_person_change`` a reload is staged by one
+    authorised user and committed by a second, different one (``ctl reload`` twice, or
+    SIGHUP then ``ctl reload --commit``); without it (the default) one admin's reload
+    commits at once."""
 
     start_mode: StartMode = StartMode.MANUAL
     clean_shadow_s: float = 300.0
@@ -839,6 +843,7 @@ class Operation:
     # (None: never), a bypass needs a second, different approver.
     bypass_max_concurrent: int = 3
     bypass_second_approval_s: float | None = None
+    two_person_change: bool = False
 
     def __post_init__(self) -> None:
         _positive("clean_shadow_s", self.clean_shadow_s)

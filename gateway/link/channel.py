@@ -27,6 +27,7 @@ core -> communications::
 
     {"re": n, "outcomes": {tag: O}}   {"re": n, "outcome": O}   {"re": n, "judged": P}
     {"op": "ping", "n": k}
+    {"op": "site", "sha256": str}   (a reload applied the site file with that hash)
 
 with ``C = [protocol, address, user|null, role]`` and ``O = [accepted, code, reason,
 refusal|null]`` (a :class:`~gateway.adapters.base.WriteOutcome`), ``P`` a
@@ -366,6 +367,11 @@ class ChannelServer(_End):
         self._ping += 1
         self._proto.send({"op": "ping", "n": self._ping})
 
+    def site_reloaded(self, sha256: str) -> None:
+        """Tell the peer that a reload applied the site file whose bytes hash to ``sha256``
+        (it reads the file again for what it shows; nothing waits for an answer)."""
+        self._proto.send({"op": "site", "sha256": sha256})
+
     def _lost(self, reason: str) -> None:
         if self._closed.is_set():
             return
@@ -577,6 +583,8 @@ class ChannelClient(_End, NorthboundHandler):
         self._flusher: asyncio.TimerHandle | None = None
         self.busy = 0  # calls refused because max_in_flight were waiting
         self._closing = False
+        # Called with the sha256 of the site file a reload applied (the core's "site" notice).
+        self.on_site: Callable[[str], None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -667,6 +675,13 @@ class ChannelClient(_End, NorthboundHandler):
             if isinstance(n, bool) or not isinstance(n, int):
                 raise FrameError("ping without an integer n")
             self._proto.send({"op": "pong", "n": n})
+            return
+        if msg.get("op") == "site":
+            sha = msg.get("sha256")
+            if not isinstance(sha, str):
+                raise FrameError("site without a sha256 text")
+            if self.on_site is not None:
+                self.on_site(sha)
             return
         rid = msg.get("re")
         entry = self._waiting.pop(rid, None) if isinstance(rid, int) else None

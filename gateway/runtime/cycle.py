@@ -95,6 +95,10 @@ class ControlCycle:
         # Called with each decision once its command is written (MCP agents' proposals wait
         # for it: gateway.runtime.proposals); must not block or raise.
         self.on_decision: Callable[[Decision], None] | None = None
+        # Called with ``now`` at the top of each step, before anything reads the supervisor:
+        # where a reload swaps in a committed site and moves a ramp's bounds
+        # (gateway.runtime.reloader); None: nothing to do.
+        self.between: Callable[[float], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at the site's period until ``stop`` is set."""
@@ -120,6 +124,8 @@ class ControlCycle:
 
     async def step(self, now: float) -> Decision:
         """One control cycle (drills step it themselves, with their own clock)."""
+        if self.between is not None:
+            self.between(now)
         sup = self.supervisor
         south = self.southbound
         snapshot = self.store.snapshot(self.sensor_names, now)

@@ -40,6 +40,8 @@ from gateway.runtime.model_swap import ModelSwap
 from gateway.runtime.northbound import NorthboundRequests
 from gateway.runtime.records import Records
 from gateway.runtime.refusals import RefusalLog
+from gateway.runtime.reload import Outcome, Status, file_sha256
+from gateway.runtime.reloader import Reloader
 from gateway.runtime.safety_state import DurableState
 from gateway.runtime.southbound import Southbound
 from gateway.runtime.startup import open_records, read_back
@@ -69,6 +71,18 @@ log = logging.getLogger("gateway.runtime")
 # How long shutdown waits for a device task to end once its client is closed and it is
 # cancelled (it normally takes one loop step), and for the writes on their way.
 _TASK_STOP_S = 5.0
+
+
+# The northbound request kinds of a reload (OPC UA ReloadSite's modes).
+_RELOADS = frozenset({"reload", "reload_dry_run", "reload_commit"})
+
+
+def _sha256_of(path: Path) -> str:
+    """The sha256 of the file's bytes ("" when it cannot be read: a site built in code)."""
+    try:
+        return file_sha256(path.read_bytes())
+    except OSError:
+        return ""
 
 
 class Northbound(Protocol):
@@ -116,6 +130,9 @@ class Gateway(NorthboundHandler):
         self.period_s = site.site.cycle_ms / 1000.0
         self.startup_wait_s = startup_wait_s
         self.stepped = stepped
+        # Whether the gateway made its device clients (a reload may then reconnect a device
+        # whose settings changed) or was given them (tests, drills).
+        self.own_clients = clients is None
         if clients is None:
             clients = {d.name: make_client(d, [t for t in site.tags if t.device == d.name],
                                            self.store, clock, not stepped)
@@ -170,6 +187,10 @@ class Gateway(NorthboundHandler):
         # What stopped the gateway (a signal's name), for the shutdown record.
         self.stop_cause: str | None = None
         self.ready = asyncio.Event()
+        # The running site file's sha256 (a reload names it and the new one); the reloader
+        # exists once the cycle does.
+        self.site_sha256 = _sha256_of(site.source)
+        self.reloader: Reloader | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -228,7 +249,9 @@ class Gateway(NorthboundHandler):
         self.supervisor = sup
         from gateway.forensics.checkpoint import capture
 
-        self.records.start(start_s, initial, canary, sha, checkpoint=lambda: capture(sup))
+        # The supervisor of the moment: a reload swaps in another one.
+        self.records.start(start_s, initial, canary, sha,
+                           checkpoint=lambda: capture(self.supervisor or sup))
         candidate_site = self.site.commissioning.candidate_site
         if candidate_site is not None:
             self.candidate = start_candidate(candidate_site, self.envelope.engine, initial,
@@ -264,6 +287,8 @@ class Gateway(NorthboundHandler):
             self.period_s, self.clock, self.wall_clock, self.counters, restarts)
         self.control.candidate = self.candidate
         self.control.on_decision = self.requests.proposals.judged
+        self.reloader = Reloader(self, self.site_sha256)
+        self.control.between = self.reloader.between
 
     async def close(self) -> None:
         """Leave each actuator as its shutdown policy says, stop devices and the northbound
@@ -314,6 +339,16 @@ class Gateway(NorthboundHandler):
         self.records.close()
         log.info("stopped")
 
+    async def reload(self, user: str, *, dry_run: bool = False) -> Outcome:
+        """Re-read the site file this gateway was started with, check it, and (unless
+        ``dry_run``) stage or commit it between two cycles; see
+        :mod:`gateway.runtime.reloader`. The outcome says what happened; never raises for
+        a bad file or a refused change."""
+        if self.reloader is None:
+            return Outcome(Status.REFUSED, "the gateway is not running its cycle yet; "
+                           "nothing changed", self.site_sha256)
+        return await self.reloader.request(user, dry_run=dry_run)
+
     async def refresh(self) -> None:
         """Read every device's tags once now (stepped time; see the class docstring)."""
         await self.southbound.refresh()
@@ -333,7 +368,38 @@ class Gateway(NorthboundHandler):
                       duration_s: float | None) -> WriteOutcome:
         if kind == REPORT_REQUEST:  # read only (the server allowed the client's role)
             return report_outcome(self.candidate, self.clock())
+        if kind in _RELOADS:
+            return await self._reload_request(client, kind)
         return await self.requests.request(client, kind, detector, duration_s)
+
+    async def _reload_request(self, client: ClientInfo, kind: str) -> WriteOutcome:
+        """A reload asked for northbound (OPC UA ``ReloadSite``): the answer's reason is the
+        outcome as one JSON object. Only an admin may stage or commit; anyone the method
+        admits (operator, admin) may see the difference."""
+        import json
+
+        from gateway.adapters.base import Refusal, Role, WriteOutcome
+
+        dry_run = kind == "reload_dry_run"
+        if not dry_run and client.role is not Role.ADMIN:
+            out = Outcome(Status.REFUSED, f"only an admin may stage or commit a reload, not "
+                          f"{client.user or client.address} ({client.role}); nothing changed",
+                          self.reloader.state.sha256 if self.reloader else self.site_sha256)
+            if self.reloader is not None:
+                self.reloader.refused(out, client.user or client.address)
+            return WriteOutcome(False, 4, json.dumps(out.as_json()), Refusal.NOT_AUTHORISED)
+        user = client.user or f"{client.protocol}:{client.address}"
+        if self.requests.stopping:
+            out = Outcome(Status.REFUSED, "the gateway is stopping; nothing changed",
+                          self.site_sha256)
+        elif self.reloader is None:
+            out = Outcome(Status.REFUSED, "the gateway is not running its cycle yet; "
+                          "nothing changed", self.site_sha256)
+        else:
+            out = await self.reloader.request(user, dry_run=dry_run,
+                                              commit_only=kind == "reload_commit")
+        return WriteOutcome(out.accepted, 0 if out.accepted else 4, json.dumps(out.as_json()),
+                            None if out.accepted else Refusal.MODE)
 
     async def incident(self, client: ClientInfo, action: str, incident_id: str,
                        args: tuple[str, ...]) -> WriteOutcome:

@@ -242,6 +242,11 @@ class Records:
         evidence (``gateway.comms.supervisor``)."""
         self._append("comms", event)
 
+    def reload(self, payload: dict[str, Any], actor: str) -> None:
+        """A reload's stage, commit, refusal, failure, swap or ramp end
+        (:mod:`gateway.runtime.reloader`), by ``actor`` (a user, or ``signal:SIGHUP``)."""
+        self._append("reload", payload, actor=actor)
+
     def alarm(self, message: str) -> None:
         self.alarms += 1
         self._append("alarm", {"message": message})

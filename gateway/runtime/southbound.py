@@ -64,6 +64,11 @@ class Southbound:
         """Read every device's tags once now (stepped drills)."""
         await asyncio.gather(*(c.refresh() for c in self.clients.values()))
 
+    def on_its_way(self, device: str) -> asyncio.Task[bool] | None:
+        """The task of ``device``'s write still waiting for its answer, if any."""
+        entry = self._in_flight.get(device)
+        return None if entry is None else entry[0]
+
     @property
     def in_flight(self) -> tuple[str, ...]:
         """The devices whose last write is still waiting for the device's answer."""

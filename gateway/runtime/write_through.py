@@ -173,11 +173,13 @@ class WriteThrough:
         """Check the batch's setpoints one after another, each on top of those before it
         (the envelope's linear constraints span actuators), write the accepted ones' first
         steps in one go, and answer each client."""
-        sup = self.supervisor
-        wire = sup.wire
-        assert wire is not None
         south = self.southbound
         async with south.lock:
+            # Taken under the lock: a reload swaps the supervisor only while no write holds
+            # it (gateway.runtime.reloader), so this one stays in force until the write ends.
+            sup = self.supervisor
+            wire = sup.wire
+            assert wire is not None
             now = self.clock()
             # The setpoint is the target; the first step toward it (within the rate and step
             # limits since the last write) goes to the device before the answer, and the

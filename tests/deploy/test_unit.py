@@ -85,7 +85,8 @@ def test_the_unit_asks_for_what_a_safety_service_needs():
     # (4 stages bounded by 5 s each in gateway/runtime/gateway.py, then the children).
     assert d["WatchdogSec"] == ["10s"]
     assert d["TimeoutStopSec"] == ["60s"]
-    assert "ExecReload" not in d  # there is no reload yet
+    # `systemctl reload` re-reads the site file (SIGHUP: gateway.runtime.signals).
+    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     users = (ROOT / "deploy" / "sysusers.d" / "safety-gateway.conf").read_text()
     assert re.search(r"^u safety-gateway ", users, re.MULTILINE)
 

@@ -117,7 +117,10 @@ STATUS_NODES: Final = (("Mode", ua.VariantType.String), ("Latched", ua.VariantTy
 METHODS: Final = ("RequestMode", "ResetTrip", "Bypass", "EndBypass", "IncidentNote",
                   "IncidentAcknowledge", "IncidentCheck", "IncidentResolve",
                   "IncidentSeverity", "IncidentReported", "IncidentReview",
-                  "IncidentActionDone", "IncidentForceResolve", "CandidateReport")
+                  "IncidentActionDone", "IncidentForceResolve", "CandidateReport",
+                  "ReloadSite")
+# ReloadSite's Mode: what the core does with the site file (gateway.runtime.reloader).
+_RELOAD_MODES: Final = {"": "reload", "dry_run": "reload_dry_run", "commit": "reload_commit"}
 # Incident methods: (action, argument names); every argument is a String. The core checks
 # each argument's content (IncidentReview's Review is one JSON object, size-limited there).
 _INCIDENT_METHODS: Final = {"IncidentNote": ("note", ("Id", "Text")),
@@ -144,6 +147,9 @@ _MODE_REQUESTS: Final = {"auto": "to_auto", "shadow": "to_shadow", "manual": "to
                          "safe_stop": "to_safe_stop"}
 _METHOD_ROLES: Final = {"RequestMode": (Role.OPERATOR, Role.ADMIN), "ResetTrip": (Role.ADMIN,),
                         "Bypass": (Role.ADMIN,), "EndBypass": (Role.ADMIN,),
+                        # An operator may see the difference (dry_run); the core lets only an
+                        # admin stage or commit.
+                        "ReloadSite": (Role.OPERATOR, Role.ADMIN),
                         # The incident methods: the same table as every other entry point.
                         **{name: tuple(r for r in (Role.OPERATOR, Role.ADMIN)
                                        if r in INCIDENT_ROLES[action])
@@ -157,6 +163,7 @@ _METHOD_INPUTS: Final[dict[str, tuple[tuple[str, ua.VariantType], ...]]] = {
     "ResetTrip": (),
     "Bypass": (("Detector", ua.VariantType.String), ("Seconds", ua.VariantType.Double)),
     "EndBypass": (("Detector", ua.VariantType.String),),
+    "ReloadSite": (("Mode", ua.VariantType.String),),
     **{name: tuple((arg, ua.VariantType.String) for arg in names)
        for name, (_, names) in _INCIDENT_METHODS.items()},
     "CandidateReport": (),
@@ -168,6 +175,10 @@ _METHOD_PURPOSE: Final = {
     "ResetTrip": "reset a latched trip (refused while its cause persists)",
     "Bypass": "bypass a detector for Seconds (bounded by operation.bypass_max_s)",
     "EndBypass": "end a detector's bypass",
+    "ReloadSite": "re-read and check the site file the gateway was started with, and apply it "
+                  "between two cycles (Mode: \"\" to stage or commit, \"dry_run\" to only "
+                  "show the difference, \"commit\" to commit a staged change); Message is "
+                  "the outcome as one JSON object",
     "IncidentNote": "add a note to an incident's timeline",
     "IncidentAcknowledge": "take an incident on (it moves to investigating)",
     "IncidentCheck": "tick a checklist item of a phase (Item: its number from 0, or its text)",
@@ -631,6 +642,11 @@ def _parse_request(name: str, values: list[Any]
         return ("reset_trip", None, None) if not values else None
     if name == "CandidateReport":
         return ("candidate_report", None, None) if not values else None
+    if name == "ReloadSite":
+        if len(values) != 1 or not isinstance(values[0], str):
+            return None
+        reload = _RELOAD_MODES.get(values[0].strip().lower())
+        return None if reload is None else (reload, None, None)
     if name == "EndBypass":
         if len(values) != 1 or not isinstance(values[0], str) or not values[0]:
             return None
