@@ -277,6 +277,9 @@ class Swap:
     clients: dict[str, Any] = field(default_factory=dict)  # devices that reconnect: new clients
     applied_cycle: int | None = None
     ramp: Ramp | None = None
+    # commissioning.candidate changed: the judge that replaces the running one (None: none)
+    candidate_changed: bool = False
+    judge: Any = None
 
 
 @dataclass

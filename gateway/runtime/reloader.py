@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.adapters.base import AdapterError
 from gateway.adapters.factory import make_client
+from gateway.runtime.candidate import start_candidate
 from gateway.runtime.ramp import Ramp
 from gateway.runtime.reload import (
     STAGED_FOR_S,
@@ -200,10 +201,24 @@ class Reloader:
             out = Outcome(Status.FAILED, f"a device client could not be built: {exc}; "
                           "nothing changed", old_sha, cand.sha256, cand.diff)
             return self._audit(out, user, "fail")
+        candidate_changed = any(c.area == "commissioning" for c in cand.diff.changes)
+        judge = gw.candidate
+        if candidate_changed:
+            judged = built.site.commissioning.candidate_site
+            judge = None if judged is None else await asyncio.to_thread(
+                start_candidate, judged, gw.envelope.engine, sup.previous.copy(), sup.last_s,
+                _codec(), lambda: gw.records.audit, gw.wall_clock)
+            if judged is not None and judge is None:
+                for client in clients.values():  # built, never started
+                    self._spawn(client.close(), "reload: close an unused client")
+                out = Outcome(Status.FAILED, f"the candidate {judged.source} could not be "
+                              "built (see the log); nothing changed", old_sha, cand.sha256,
+                              cand.diff)
+                return self._audit(out, user, "fail")
         self.state.staged = None
         loop = asyncio.get_running_loop()
         swap = Swap(built, user, old_sha, gw.clock(), control.count, loop.create_future(),
-                    clients=clients)
+                    clients=clients, candidate_changed=candidate_changed, judge=judge)
         extra: dict[str, Any] = {"cycle": control.count}
         if staged_by is not None:
             extra["staged_by"] = staged_by
@@ -286,9 +301,19 @@ class Reloader:
             values += [clients, clients, {d.name: d for d in built.site.devices},
                        [clients.get(d) for d in counters.layout.devices]
                        if counters is not None else []]
+        old_judge = gw.candidate
+        if swap.candidate_changed:
+            judge = swap.judge
+            refs += [(gw, "candidate"), (gw.control, "candidate")]
+            values += [judge, judge]
+            if gw.write_through is not None:
+                refs.append((gw.write_through, "on_write"))
+                values.append(None if judge is None else judge.judge_write)
         if fault is not None:
             fault("swap")
         apply_all(refs, values, fault)
+        if swap.candidate_changed and old_judge is not None:
+            old_judge.close(gw.clock())  # its final report stays in the audit chain
         for name, client in swap.clients.items():
             self._spawn(self._reconnect(name, old_clients[name], client), f"reconnect:{name}")
         self.state.sha256 = built.sha256

@@ -8,8 +8,9 @@ which direction for safety (a limit *tightened* or *loosened*; a constraint *add
 
 Live (applied between two cycles, see :mod:`gateway.runtime.reload`): the envelope (limits,
 linear constraints, interlocks, the predictive check, safe cases, the non-finite policy),
-detection thresholds, fallback controllers, the operation policy, the site's description, and
-a device's settings (that device alone reconnects; the others keep their connections).
+detection thresholds, fallback controllers, the operation policy, the site's description, a
+device's settings (that device alone reconnects; the others keep their connections), and the
+candidate judged beside the site (``commissioning.candidate``: named, dropped or replaced).
 
 Needs a restart (refused, nothing changes): the tags (their set, order, addresses or wire
 types fix the shared-memory mirror's layout and the northbound maps), adding or removing a
@@ -279,6 +280,7 @@ def diff_sites(old: Site, new: Site) -> SiteDiff:
                        "the northbound listeners are opened at start"))
     out.extend(_fields("audit", "", old.audit, new.audit,
                        "the audit log is opened at start"))
+    out.extend(_commissioning(old, new))
     # Any other section (added to the site file after this module was written): never
     # applied silently; a restart takes it.
     for f in fields(old):
@@ -289,10 +291,27 @@ def diff_sites(old: Site, new: Site) -> SiteDiff:
     return SiteDiff(tuple(out))
 
 
+def _commissioning(old: Site, new: Site) -> list[Change]:
+    """The candidate judged beside the site: named, dropped, another file, or the same file
+    with other contents. Live: a reload replaces the judge (it never acts on the plant)."""
+    a, b = old.commissioning, new.commissioning
+    if a.candidate != b.candidate:
+        direction = (Direction.ADDED if a.candidate is None else
+                     Direction.REMOVED if b.candidate is None else Direction.CHANGED)
+        return [Change("commissioning", "candidate", "", direction,
+                       "" if a.candidate is None else str(a.candidate),
+                       "" if b.candidate is None else str(b.candidate))]
+    if a.candidate_site != b.candidate_site:
+        return [Change("commissioning", "candidate", "", Direction.CHANGED,
+                       str(a.candidate), f"{b.candidate} (its contents)")]
+    return []
+
+
 _HANDLED = frozenset({"source", "site", "devices", "tags", "envelope", "controller", "fallback",
-                      "detection", "operation", "northbound", "audit"})
+                      "detection", "operation", "northbound", "audit", "commissioning"})
 _AREAS = ("site", "device", "tag", "limit", "constraint", "interlock", "prediction", "envelope",
-          "detection", "fallback", "operation", "controller", "northbound", "audit", "other")
+          "detection", "fallback", "operation", "controller", "northbound", "audit",
+          "commissioning", "other")
 
 
 def _order(c: Change) -> tuple[int, str, str]:

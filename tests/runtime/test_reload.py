@@ -474,3 +474,40 @@ def test_a_device_whose_settings_changed_reconnects_alone(tmp_path: Path) -> Non
     assert port == new_port
     actions = [r["action"] for r in reload_records(tmp_path)]
     assert actions[:3] == ["commit", "applied", "reconnect"]
+
+
+def test_a_reload_names_replaces_and_drops_the_candidate_live(tmp_path: Path) -> None:
+    # Commissioning: a candidate is named beside the enforced site, then committed (the site
+    # takes the candidate's limit and names no candidate): both without a restart. The old
+    # judge's final report stays in the audit chain; the enforced side never changes hands.
+    async def body(gw: Gateway, plc: TestPLC, path: Path) -> Any:
+        enforced = read_file(path)
+        candidate = tighten_inflow_max(35.0)(enforced).replace(
+            "path: audit.db", "path: candidate-audit.db")
+        (tmp_path / "candidate.yaml").write_text(candidate)
+        assert gw.candidate is None
+        edit_file(path, lambda t: t + "\ncommissioning:\n  candidate: candidate.yaml\n")
+        named = await gw.reload("admin")
+        judge = gw.candidate
+        assert judge is not None and gw.control is not None and gw.control.candidate is judge
+        assert gw.write_through is not None and gw.write_through.on_write is not None
+        n = judge.judged
+        await until(lambda: judge.judged >= n + 5, 30, "the candidate judging cycles")
+        assert gw.site.envelope.limits[0].max == 100.0  # the enforced site is unchanged
+        edit_file(path, lambda t: tighten_inflow_max(35.0)(t.split("\ncommissioning:")[0]))
+        committed = await gw.reload("admin")
+        assert gw.candidate is None and gw.control.candidate is None
+        assert gw.write_through.on_write is None
+        assert gw.site.envelope.limits[0].max == 35.0
+        return named, committed
+
+    named, committed = asyncio.run(running(tmp_path, "cython", 30.0, body))
+    assert named.status is Status.APPLIED, named.text()
+    assert any("commissioning candidate added" in line for line in named.diff.lines())
+    assert committed.status is Status.APPLIED, committed.text()
+    lines = committed.diff.lines()
+    assert any("commissioning candidate removed" in line for line in lines)
+    assert any("limit inflow_valve.max tightened: 100" in line for line in lines)
+    summaries = [r.data() for r in read_records(tmp_path / "audit.db", kinds=("candidate",))
+                 if r.data().get("type") == "summary"]
+    assert summaries and summaries[-1].get("final") is True
