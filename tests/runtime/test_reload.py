@@ -130,6 +130,9 @@ def test_a_max_tightened_below_the_position_is_reached_at_the_rate_limit(
                     30, "the valve at its new max")
         await until(lambda: gw.reloader is not None and gw.reloader.state.ramp is None, 30,
                     "the end of the ramp")
+        # The bound reaches 30 % at the top of a cycle; that cycle's decision follows it.
+        await until(lambda: float(gw.decisions[-1].command[0]) <= 30.0, 30,
+                    "a decision at the new max")
         assert gw.reloader is not None
         applied_at = gw.reloader.state.history[0]["applied_s"]
         decided = [(float(d.command[0]), d.dt_s) for d in gw.decisions
