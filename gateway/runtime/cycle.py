@@ -23,6 +23,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from gateway.runtime.schedule import CycleSchedule
 from gateway.runtime.view import BypassClock, DetectorGauges, PlantView
 from gateway.supervisor.events import EventKind
@@ -164,9 +166,18 @@ class ControlCycle:
                 changed = {i for i, (a, b) in enumerate(zip(command.tolist(),
                                                             south.written.tolist(), strict=True))
                            if a != b}
-            await south.write(command, heartbeat=True, only=changed)
+            confirmed = await south.write(command, heartbeat=True, only=changed)
             south.applied = command.copy()  # the decision stays as decided
             south.last_write_s = now
+            # A device still busy with an earlier write was skipped (the write is then not
+            # confirmed): it never receives this decision, so the next step's rate and step
+            # limits are measured from what it was really sent, or its next write would carry
+            # two cycles' moves in one.
+            sent = (command if confirmed
+                    else np.where(np.isnan(south.sent), command, south.sent))
+            if sent is not command and not np.array_equal(sent, command):
+                self.records.write(sent)
+                sup.record_write(sent)
         if candidate is not None:  # after the write: off its latency path; never raises
             candidate.judge(snapshot, proposal, decision)
         if self.on_decision is not None:

@@ -46,6 +46,9 @@ class Southbound:
         self.last_write_s = -math.inf
         # What each actuator was last confirmed to hold (NaN: unknown, write it next cycle).
         self.written = np.full(len(site.actuators), math.nan)
+        # The value last handed to each actuator's device (on its way or confirmed), NaN
+        # before the first: a cycle that skips a busy device compares it with its decision.
+        self.sent = np.full(len(site.actuators), math.nan)
         self.heartbeat = 0
         # Orders whole writes: a cycle's, a write-through batch's, the shutdown's.
         self.lock = asyncio.Lock()
@@ -136,6 +139,7 @@ class Southbound:
                 continue
             for i in chosen:
                 self.written[i] = math.nan  # unknown until the device confirms
+                self.sent[i] = float(values[i])
             task = loop.create_task(
                 self._write_device(device, {i: float(values[i]) for i in chosen},
                                    self.heartbeat if heartbeat else None),
