@@ -72,6 +72,10 @@ def add_parser(sub: Any) -> None:
     prove.add_argument("--holdout", type=_fraction, default=0.0, metavar="FRACTION",
                        help="also report the last FRACTION of the history on its own (the "
                             "part `learn --holdout` did not see)")
+    prove.add_argument("--commands", choices=("ai", "written"), default=None,
+                       help="judge the history's commands as the AI's proposals in AUTO "
+                            "(default for a site with an AI controller) or as written by an "
+                            "operator or the fallback in MANUAL (default without one)")
     prove.add_argument("--json", action="store_true", help="machine-readable result")
     prove.set_defaults(func=cmd_prove)
 
@@ -171,20 +175,32 @@ def _text(result: ProofResult) -> list[str]:
             lines.append(f"           at {_when(at)}: {what}{detail}")
     if result.not_judged:
         lines.append(f"  not in the history (not judged): {', '.join(result.not_judged)}")
+    if result.supervisor:
+        modes = ", ".join(f"{m} {s:.1f} s" for m, s in result.time_in_mode_s.items())
+        lines.append(f"  supervisor: commands judged as {result.commands_as}; time in mode: "
+                     f"{modes or 'none'}; re-armed after a trip {result.rearms} times")
+        quiet = [d for d in result.detectors_judged if d not in result.tallies]
+        if quiet:
+            lines.append(f"  judged, never tripped: {', '.join(quiet)}")
+        for detector, why in result.detectors_not_judged:
+            lines.append(f"  not judged: {detector}: {why}")
+    lines += [f"  note: {n}" for n in result.notes]
     return lines
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from gateway.commissioning.prove import prove
+    from gateway.commissioning.prove import CommandsAs, prove
 
     loaded = _load(args.config, args.sources)
     if loaded is None:
         return EXIT_INPUT
     site, history = loaded
-    results = [prove(site, history, "all")]
+    commands = None if args.commands is None else CommandsAs(args.commands)
+    results = [prove(site, history, "all", commands=commands)]
     if args.holdout:
         _, held = history.split(args.holdout)
-        results.append(prove(site, held, f"held back (last {args.holdout:g})"))
+        results.append(prove(site, held, f"held back (last {args.holdout:g})",
+                             commands=commands))
     if args.json:
         print(json.dumps({"site": str(site.source), "sources": list(history.sources),
                           "passed": results[0].trips == 0,
