@@ -31,7 +31,12 @@ Sensors (the tag's ``range`` and ``detection``), from the readings:
   readings as if it had happened within one cycle (``site.cycle_ms``; the detector judges
   readings at least one cycle apart, and what moved between two historian samples could be
   noise between two cycles), times ``rate_factor``. A finding demands SAFE_STOP, so the
-  maximum, not a percentile.
+  maximum, not a percentile. Only for a sensor whose rate the fitted process model explains
+  (its fit accepted: a state whose motion the actuators and the plant bound, seen moving):
+  a disturbance from outside (a consumers' demand), an echo of the commands (a flow meter
+  behind its valve, which jumps when the gateway fails over to the safe values) and a state
+  the history hardly moved get none, because one day's fastest change does not bound
+  another's. Never looser than the site's own limit, which stays where none is learned.
 * ``detection.frozen_after_s``: the longest run of identical readings (at least 5 update
   periods) times ``1 + margin``, and at least twice the time the device may take to renew a
   reading (its update period plus its timeout; the loader requires once); none for a sensor
@@ -381,6 +386,7 @@ def learn(site: Site, history: History, opt: LearnOptions) -> Proposal:
             warnings.append(f"{prop.name}: no data in the history; its hand-written settings "
                             "are kept")
     prediction = _prediction(site, history, sensors, actuators, opt)
+    sensors = _rate_limits(site, sensors, prediction, opt)
     return Proposal(site, opt, history.sources, history.n_samples,
                     float(t[0]) if t.shape[0] else math.nan,
                     float(t[-1]) if t.shape[0] else math.nan, actuators, sensors, prediction,
@@ -432,3 +438,38 @@ def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...
     if not fits:
         return None
     return PredictionProposal(step_s, horizon, policy, tuple(fits), tuple(keep))
+
+
+def _rate_limits(site: Site, sensors: tuple[SensorProposal, ...],
+                 prediction: PredictionProposal | None, opt: LearnOptions
+                 ) -> tuple[SensorProposal, ...]:
+    """Each sensor's ``detection.max_rate_per_s`` as proposed, decided once the process model
+    is known (see the module docstring): kept from the history only for a sensor whose rate
+    the model explains; never looser than the site's own limit; the site's own limit where
+    none is learned."""
+    own = dict(site.detection.max_rate_per_s)
+    fits = {f.sensor: f for f in prediction.fits} if prediction is not None else {}
+    out = []
+    for prop in sensors:
+        rate, notes = prop.max_rate_per_s, list(prop.notes)
+        fit = fits.get(prop.name)
+        if rate is not None and not (fit is not None and fit.accepted):
+            # Neither the actuators nor the plant's other sensors explain how it moves (a
+            # disturbance from outside, such as a consumers' demand; an echo of the commands,
+            # which jumps when the gateway fails over to the safe values; a state this history
+            # hardly moved): one day's fastest change does not bound another day's, and a
+            # finding demands SAFE_STOP.
+            why = (fit.reason if fit is not None and fit.reason else
+                   "no model of its rate was fitted")
+            notes.append(f"no rate limit learned ({why}): the history does not bound how "
+                         f"fast it can move (learned from the history: {_num(rate.value)}/s)")
+            rate = None
+        hand = own.get(prop.name)
+        if hand is not None:
+            if rate is None:
+                rate = Learned(hand, "hand-written (kept: none learned, see the report)")
+            elif rate.value > hand:
+                rate = Learned(hand, f"hand-written (kept: the learned {_num(rate.value)}/s, "
+                                     f"{rate.why}, is looser)")
+        out.append(dataclasses.replace(prop, max_rate_per_s=rate, notes=tuple(notes)))
+    return tuple(out)

@@ -246,3 +246,55 @@ def test_a_counter_read_faster_than_it_counts_is_a_counter() -> None:
     assert st.counter
     noisy = 2.5 + np.random.default_rng(1).normal(0, 0.002, t.shape)
     assert not tag_stats("level", t, noisy, 99.9).counter
+
+
+def test_sensors_whose_motion_the_history_does_not_bound_get_no_learned_rate_limit(
+        tmp_path: Path, water_site: Site, water_ai_day: Path) -> None:
+    # A day run by the AI holds the level nearly still (its rate model does not fit), the
+    # demand varies by itself (a disturbance) and the inflow meter echoes the valve: one calm
+    # day's fastest change bounds none of them. The drills' benign demand swing tripped the
+    # rate limit learned from such a day (the mixed_causes drill, before this rule).
+    from gateway.commissioning.prove import prove
+
+    history = read_csv(water_ai_day)
+    proposal, out = propose(water_site, history, tmp_path)
+    learned = load_config(out)
+    rates = dict(learned.detection.max_rate_per_s)
+    assert "demand" not in rates and "inflow_rate" not in rates
+    assert rates["level"] == 0.25  # the site's own, kept
+    notes = {p.name: " ".join(p.notes) for p in proposal.sensors}
+    assert "no rate limit learned" in notes["demand"]
+    # The drill's swing (a triangle between 2 and 8 l/s every 6 s) passes the learned site,
+    # and a forged level still trips at once.
+    time_s, values = history.time_s, history.values.copy()
+    demand, level = history.names.index("demand"), history.names.index("level")
+    swing = slice(3000, 3120)
+    phase = (time_s[swing] - time_s[3000]) % 6.0 / 6.0
+    values[swing, demand] = 0.002 + 0.006 * (1.0 - np.abs(2.0 * phase - 1.0))
+    values[5000, level] = 1.5
+    result = prove(learned, History(time_s, history.names, values, history.sources))
+    found = {t.name: t.first_s for t in result.tallies.values()
+             if t.kind == "detector" and t.action == "trip"}
+    assert found["input.rate.level"] == float(time_s[5000])
+    # Nothing before the forged reading (the distrusted level also makes the envelope fail
+    # safe on the AI's command at that moment: a gross violation, at the same time).
+    assert min(found.values()) == float(time_s[5000]), found
+
+
+def test_a_learned_sensor_rate_is_never_looser_than_the_sites_own(
+        tmp_path: Path, water_site: Site, water_day: Path) -> None:
+    import dataclasses
+
+    # On a day an operator moved the pump, the level's model fits and its rate is learned;
+    # a site whose own limit is tighter keeps its own.
+    site = dataclasses.replace(water_site, detection=dataclasses.replace(
+        water_site.detection, max_rate_per_s=(("level", 0.01),)))
+    proposal = learn(site, read_csv(water_day), LearnOptions())
+    level = next(p for p in proposal.sensors if p.name == "level")
+    assert level.max_rate_per_s is not None
+    assert level.max_rate_per_s.value == 0.01
+    assert level.max_rate_per_s.why.startswith("hand-written (kept: the learned ")
+    free = learn(water_site, read_csv(water_day), LearnOptions())
+    level = next(p for p in free.sensors if p.name == "level")
+    assert level.max_rate_per_s is not None and level.max_rate_per_s.value < 0.25
+    assert "rate factor 2" in level.max_rate_per_s.why
