@@ -39,8 +39,10 @@ Sensors (the tag's ``range`` and ``detection``), from the readings:
   another's. Never looser than the site's own limit, which stays where none is learned.
 * ``detection.frozen_after_s``: the longest run of identical readings (at least 5 update
   periods) times ``1 + margin``, and at least twice the time the device may take to renew a
-  reading (its update period plus its timeout; the loader requires once); none for a sensor
-  that repeats itself in more than ``REPEATING`` of its moves (quantised or slow values).
+  reading (its update period plus its timeout; the loader requires once) and the site's
+  staleness limit for the tag plus one update period, times ``1 + margin`` (a reading the
+  site still calls fresh is not frozen); none for a sensor that repeats itself in more than
+  ``REPEATING`` of its moves (quantised or slow values).
 * counters (only ever rising) get neither, and no model.
 
 The process model (``envelope.prediction``): see :mod:`.fitting`; the regressors are the
@@ -63,7 +65,13 @@ import numpy as np
 
 from gateway.commissioning.fitting import SensorFit, echoes, fit_sensor, windows
 from gateway.commissioning.stats import TagStats, tag_stats
-from gateway.config.schema import Policy, Table, WireType, min_stale_after_ms
+from gateway.config.schema import (
+    Policy,
+    Table,
+    WireType,
+    min_stale_after_ms,
+    update_period_ms,
+)
 
 if TYPE_CHECKING:
     from gateway.commissioning.sources import History
@@ -335,9 +343,9 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
                      "slow): no freeze limit")
     elif math.isfinite(st.period_s):
         base = max(st.longest_repeat_s, 5.0 * st.period_s)
-        value = base * (1.0 + opt.margin)
-        why = (f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update period "
-               f"{_num(st.period_s)} s) x (1 + margin {opt.margin:g})")
+        seen = base * (1.0 + opt.margin)
+        seen_why = (f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update "
+                    f"period {_num(st.period_s)} s) x (1 + margin {opt.margin:g})")
         # Never shorter than twice the time the device may take to renew a healthy reading
         # (its update period plus its timeout: the loader's own floor, in
         # gateway/config/sanity.py, is once), whatever the history's sampling: a history at
@@ -345,10 +353,24 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
         # timeout twice in a row leaves the reading unchanged that long.
         device = next(d for d in site.devices if d.name == tag.device)
         renew_s = 2.0 * min_stale_after_ms(device) / 1000.0
-        if value < renew_s:
-            value = renew_s
-            why = (f"twice the time device {device.name!r} may take to renew a reading "
-                   f"(2 x {_num(renew_s / 2.0)} s; {why} is shorter)")
+        renew_why = (f"twice the time device {device.name!r} may take to renew a reading "
+                     f"(2 x {_num(renew_s / 2.0)} s)")
+        # Nor shorter than the site's own staleness limit for the tag plus the update that
+        # ends the run, with the margin: the site declares that a healthy device may leave a
+        # reading unrenewed that long (behind the other requests of a round, on a busy host),
+        # and a reading the staleness detector still calls fresh is not frozen. A drill on a
+        # loaded machine tripped a learned 1.2 s on a healthy PLC.
+        stale_s = site.stale_after_ms(tag) / 1000.0
+        period_s = update_period_ms(device) / 1000.0
+        healthy_s = (stale_s + period_s) * (1.0 + opt.margin)
+        healthy_why = (f"the site's staleness limit for it {_num(stale_s)} s + update period "
+                       f"{_num(period_s)} s, x (1 + margin {opt.margin:g})")
+        value, why = max((seen, seen_why), (renew_s, renew_why), (healthy_s, healthy_why),
+                         key=lambda c: c[0])
+        others = [w for v, w in ((seen, seen_why), (renew_s, renew_why),
+                                 (healthy_s, healthy_why)) if w != why]
+        if why != seen_why:
+            why += f" (larger than {'; '.join(others)})"
         frozen = Learned(value, why)
     if st.n_moves < opt.min_samples:
         notes.append(f"thin data: {st.n_moves} moves for the rate and freeze limits")

@@ -229,13 +229,16 @@ def test_a_fast_history_never_proposes_a_freeze_limit_the_device_cannot_meet(
     full = read_csv(water_day)
     # The same readings ten times a second: 5 update periods x 1.1 would be 0.55 s, under
     # the 0.6 s the PLC may take to renew a reading (poll_ms 100 + timeout_ms 500), which
-    # the loader refuses; the floor is twice that.
+    # the loader refuses, and twice that (1.2 s) is still under the site's staleness limit
+    # (2 s): a reading the site calls fresh is not frozen. The floor is that limit plus one
+    # update period, with the margin (a loaded drill host tripped 1.2 s on a healthy PLC).
     fast = History(full.time_s / 10.0, full.names, full.values, full.sources)
     proposal, out = propose(water_site, fast, tmp_path)
     frozen = dict(load_config(out).detection.frozen_after_s)
-    assert frozen["level"] == pytest.approx(1.2)
-    assert "twice the time device 'plc' may take to renew a reading (2 x 0.6 s" in (
-        out.read_text())
+    assert frozen["level"] == pytest.approx((2.0 + 0.1) * 1.1)
+    text = out.read_text()
+    assert "# the site's staleness limit for it 2 s + update period 0.1 s, x (1 + margin " in text
+    assert "twice the time device 'plc' may take to renew a reading (2 x 0.6 s)" in text
     assert proposal.sensors[0].name == "level"
 
 
