@@ -147,9 +147,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
     for warning in proposal.warnings:
         print(f"safety-gateway learn: warning: {warning}", file=sys.stderr)
     models = proposal.prediction.models if proposal.prediction is not None else ()
+    predicted = [m.sensor for m in models] + [f"{n} (the site's own model, kept)"
+                                              for n in proposal.kept_models]
     print(f"{out}: proposed from {proposal.n_samples} samples: {len(proposal.actuators)} "
           f"actuators, {len(proposal.sensors)} sensors, prediction for "
-          f"{', '.join(m.sensor for m in models) or 'no sensor'}; report "
+          f"{', '.join(predicted) or 'no sensor'}; report "
           f"{out.parent / (stem + '.md')}")
     return EXIT_OK
 

@@ -45,13 +45,16 @@ Sensors (the tag's ``range`` and ``detection``), from the readings:
   ``REPEATING`` of its moves (quantised or slow values).
 * counters (only ever rising) get neither, and no model.
 
-The process model (``envelope.prediction``): see :mod:`.fitting`; the regressors are the
-actuators, the sensor itself and the other sensors that are not echoes of the commands
-(:func:`.fitting.echoes`), and an echo whose value the actuators explain better than the
-model explains its rate gets no model; the kept ranges are the site's own where it has them,
-else the learned range. Linear constraints, interlocks and conditional safe values are the
-site's own, unchanged: they cannot be learned from a clean history. A tag with fewer than
-``min_samples`` readings keeps its hand-written settings, and the report lists it as thin.
+The process model (``envelope.prediction``): see :mod:`.fitting`. A sensor the history cannot
+fit keeps the site's own model and keep range where the site has them (``kept_models``: a
+calm history cannot teach dynamics, and dropping the model would drop the predictive check).
+The regressors are the actuators, the sensor itself and the other sensors that are not
+echoes of the commands (:func:`.fitting.echoes`), and an echo whose value the actuators
+explain better than the model explains its rate gets no model; the kept ranges are the site's
+own where it has them, else the learned range. Linear constraints, interlocks and conditional
+safe values are the site's own, unchanged: they cannot be learned from a clean history. A tag
+with fewer than ``min_samples`` readings keeps its hand-written settings, and the report lists
+it as thin.
 """
 
 from __future__ import annotations
@@ -183,6 +186,9 @@ class Proposal:
     prediction: PredictionProposal | None
     unknown_columns: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
+    # Sensors of the site's own prediction model that the history could not fit: their model
+    # and keep range are kept as the site has them (see the module docstring).
+    kept_models: tuple[str, ...] = ()
 
 
 def _num(x: float) -> str:
@@ -409,10 +415,15 @@ def learn(site: Site, history: History, opt: LearnOptions) -> Proposal:
                             "are kept")
     prediction = _prediction(site, history, sensors, actuators, opt)
     sensors = _rate_limits(site, sensors, prediction, opt)
+    fitted = {m.sensor for m in prediction.models} if prediction is not None else set()
+    own = site.envelope.prediction
+    kept = () if own is None else tuple(
+        m.sensor for m in own.model
+        if m.sensor not in fitted and m.sensor in {k.sensor for k in own.keep})
     return Proposal(site, opt, history.sources, history.n_samples,
                     float(t[0]) if t.shape[0] else math.nan,
                     float(t[-1]) if t.shape[0] else math.nan, actuators, sensors, prediction,
-                    unknown, tuple(warnings))
+                    unknown, tuple(warnings), kept)
 
 
 def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...],

@@ -159,7 +159,9 @@ def test_thin_data_keeps_the_hand_written_settings(tmp_path: Path, water_site: S
     assert learned.envelope.limits == water_site.envelope.limits
     assert [(t.range_min, t.range_max) for t in learned.sensors] == [
         (t.range_min, t.range_max) for t in water_site.sensors]
-    assert learned.envelope.prediction is None
+    # Nothing could be fitted: the site's own model stays, as its own limits do.
+    assert learned.envelope.prediction == water_site.envelope.prediction
+    assert proposal.kept_models == ("level",)
     data = report_json(proposal, out)
     assert set(data["thin"]) == {t.name for t in water_site.tags}
     assert "## Thin data" in report_markdown(proposal, out, {})
@@ -267,6 +269,13 @@ def test_sensors_whose_motion_the_history_does_not_bound_get_no_learned_rate_lim
     assert rates["level"] == 0.25  # the site's own, kept
     notes = {p.name: " ".join(p.notes) for p in proposal.sensors}
     assert "no rate limit learned" in notes["demand"]
+    # Nor can such a stretch teach the level's dynamics (too few windows here; R² near 0 on a
+    # whole day): the site's own model and keep range stay, so the learned site keeps the
+    # predictive check.
+    assert proposal.kept_models == ("level",)
+    assert learned.envelope.prediction == water_site.envelope.prediction
+    assert "level: the site's own model, kept (the history's: " in " ".join(
+        line.strip(" #") for line in out.read_text().splitlines())
     # The drill's swing (a triangle between 2 and 8 l/s every 6 s) passes the learned site,
     # and a forged level still trips at once.
     time_s, values = history.time_s, history.values.copy()
