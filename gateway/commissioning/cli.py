@@ -72,10 +72,12 @@ def add_parser(sub: Any) -> None:
     prove.add_argument("--holdout", type=_fraction, default=0.0, metavar="FRACTION",
                        help="also report the last FRACTION of the history on its own (the "
                             "part `learn --holdout` did not see)")
-    prove.add_argument("--commands", choices=("ai", "written"), default=None,
+    prove.add_argument("--commands", choices=("ai", "written", "recorded"), default=None,
                        help="judge the history's commands as the AI's proposals in AUTO "
-                            "(default for a site with an AI controller) or as written by an "
-                            "operator or the fallback in MANUAL (default without one)")
+                            "(default for a site with an AI controller), as written by an "
+                            "operator or the fallback in MANUAL (default without one), or "
+                            "judge a flight recording's own proposals in its recorded modes "
+                            "(default for a recording)")
     prove.add_argument("--json", action="store_true", help="machine-readable result")
     prove.set_defaults(func=cmd_prove)
 
@@ -198,7 +200,11 @@ def cmd_prove(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     site, history = loaded
     commands = None if args.commands is None else CommandsAs(args.commands)
-    results = [prove(site, history, "all", commands=commands)]
+    try:
+        results = [prove(site, history, "all", commands=commands)]
+    except ValueError as exc:
+        print(f"safety-gateway prove: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     if args.holdout:
         _, held = history.split(args.holdout)
         results.append(prove(site, held, f"held back (last {args.holdout:g})",

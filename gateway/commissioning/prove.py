@@ -13,15 +13,17 @@ per detector.
    trip); the worst clamps are those the projection moved furthest. The sensors it is judged
    with are those the input detectors trust (untrusted ones NaN: the envelope fails safe).
 2. **Detectors.** The history runs through the supervisor
-   (:mod:`gateway.commissioning.supervised`): with the commands as the AI's proposals in AUTO
-   (:attr:`CommandsAs.AI`, the default for a site with an AI controller) or as an operator's
-   writes in MANUAL (``WRITTEN``). Every trip the supervisor latches is counted under its
-   detector (``input.rate.level``, ``violation_rate``, ``divergence.inflow_valve``,
-   ``device.plc``, ...), and prove re-arms it as an operator would so that the rest of the
-   history is judged. Detectors no history can exercise (the canary, the deadline) are listed
-   with the reason. When a sensor of the site has no column in the history the supervisor
-   cannot run (that sensor would be of bad quality throughout): the input detectors alone
-   judge the readings, as before, and the result says so.
+   (:mod:`gateway.commissioning.supervised`): with a flight recording's own proposals in the
+   modes it recorded (:attr:`CommandsAs.RECORDED`, the default for one), the commands as the
+   AI's proposals in AUTO (``AI``, the default for other sources and a site with an AI
+   controller) or as an operator's writes in MANUAL (``WRITTEN``). Every trip the supervisor
+   latches is counted under its detector (``input.rate.level``, ``violation_rate``,
+   ``divergence.inflow_valve``, ``device.plc``, ...), and prove re-arms it as an operator
+   would so that the rest of the history is judged. Detectors the history cannot exercise
+   (the canary; the deadline and silence without a recording) are listed with the reason.
+   When a sensor of the site has no column in the history the supervisor cannot run (that
+   sensor would be of bad quality throughout): the input detectors alone judge the readings,
+   as before, and the result says so.
 
 The first command has no previous one and is not judged. A proof "passes" when nothing would
 have tripped; clamps and refusals are reported, not failures.
@@ -139,15 +141,21 @@ def prove(site: Site, history: History, label: str = "all",
           engine: str | None = None, commands: CommandsAs | None = None) -> ProofResult:
     """Replay ``history`` through ``site``'s envelope and supervisor (see the module
     docstring). ``engine``: the envelope engine (default: the one the gateway runs);
-    ``commands``: how the history's commands are judged (default: as the AI's proposals when
-    the site has an AI controller, else as written)."""
+    ``commands``: how the history's commands are judged (default: a flight recording's own
+    proposals in its recorded modes; else as the AI's proposals when the site has an AI
+    controller, else as written). ValueError for ``RECORDED`` without recorded proposals."""
     import gateway.envelope
-    from gateway.commissioning.supervised import supervise
+    from gateway.commissioning.supervised import recorded_proposals, supervise
     from gateway.config.schema import ControllerKind
     from gateway.supervisor.detectors import InputHealth
 
+    if commands is CommandsAs.RECORDED and recorded_proposals(site, history) is None:
+        raise ValueError("--commands recorded needs a flight recording (a single one) that "
+                         "holds every actuator of the site; this history has no recorded "
+                         "proposals")
     if commands is None:
-        commands = (CommandsAs.WRITTEN if site.controller.kind is ControllerKind.NONE
+        commands = (CommandsAs.RECORDED if recorded_proposals(site, history) is not None
+                    else CommandsAs.WRITTEN if site.controller.kind is ControllerKind.NONE
                     else CommandsAs.AI)
     env = gateway.envelope.compile(site, engine)
     inputs = InputHealth(site)

@@ -13,7 +13,12 @@ How the history is fed, row by row, in time order:
   held) is the AI's proposal, judged in AUTO, the mode an AI-run site runs in, so that the
   envelope, the violation rate, gross violations and divergence from the fallback's reference
   judge it as live; with ``WRITTEN``, the commands are an operator's (MANUAL, each actuator
-  held at the written value), and only the input detectors and the mode machine are judged.
+  held at the written value), and only the input detectors and the mode machine are judged;
+  with ``RECORDED`` (a flight recording, which holds them), the AI's own proposals, in the mode
+  each cycle was judged in (AUTO or SHADOW: the AI judged; MANUAL: the written commands held
+  as an operator's; SAFE_STOP: the mode prove had stays, its own detectors decide). A trip in
+  the recording is not copied: prove's supervisor trips or not by itself, and follows the
+  recorded mode from the next cycle.
   Either way what the history wrote is what the devices held
   (:meth:`Supervisor.record_write`): the next row's rate and step limits are measured from it.
 * **Trips** latch as live. So that the rest of the history is still judged, prove then acts as
@@ -54,6 +59,25 @@ class CommandsAs(StrEnum):
 
     AI = "ai"  # the AI's proposals, judged in AUTO
     WRITTEN = "written"  # an operator's or the fallback's writes, in MANUAL
+    RECORDED = "recorded"  # a flight recording's own proposals, in the mode it recorded
+
+
+def recorded_proposals(site: Site, history: History) -> np.ndarray | None:
+    """The recording's proposals in ``site``'s actuator order (shape (n, actuators), NaN rows
+    where there was none), or None when ``history`` holds none or lacks one of the site's
+    actuators."""
+    rec = history.recorded
+    if rec is None:
+        return None
+    idx = {n: i for i, n in enumerate(rec.actuators)}
+    if any(t.name not in idx for t in site.actuators):
+        return None
+    # A fresh float64 array: the supervisor refuses a proposal whose dtype is not numpy's own
+    # float64 (by identity), and an array decoded from a file may carry an equal but distinct
+    # dtype object.
+    out = np.empty((rec.proposals.shape[0], len(site.actuators)), dtype=np.float64)
+    out[:] = rec.proposals[:, [idx[t.name] for t in site.actuators]]
+    return out
 
 
 @dataclass
@@ -75,14 +99,16 @@ def not_judged_reasons(detector_names: tuple[str, ...], commands: CommandsAs
                        ) -> dict[str, str]:
     """Why each detector in ``detector_names`` that no history can exercise is not judged."""
     why: dict[str, str] = {}
-    ai = commands is CommandsAs.AI
+    ai = commands in (CommandsAs.AI, CommandsAs.RECORDED)
+    recorded = commands is CommandsAs.RECORDED
     for name in detector_names:
         if name == "canary":
-            why[name] = "a history holds no runs of the model on its golden inputs"
-        elif name == "deadline" or name.startswith("controller."):
+            why[name] = ("the canary compares the model's outputs on its golden inputs, "
+                         "which a history does not hold")
+        elif (name == "deadline" or name.startswith("controller.")) and not recorded:
             why[name] = ("a history holds commands, not the AI's inference (its timing and "
                          "errors)")
-        elif name == "ai_silent":
+        elif name == "ai_silent" and not recorded:
             why[name] = ("a history holds no proposal times: a command held across rows is "
                          "taken as repeated")
         elif name == "envelope":
@@ -104,7 +130,7 @@ def supervise(site: Site, envelope: Envelope, history: History, commands: Comman
     from gateway.config.schema import StartMode
     from gateway.envelope.gate import Gate
     from gateway.supervisor.core import Supervisor
-    from gateway.supervisor.decision import Proposal, Snapshot
+    from gateway.supervisor.decision import Proposal, ProposalAnomaly, Snapshot
     from gateway.supervisor.events import EventKind
     from gateway.supervisor.modes import Mode, OperatorRequest, RequestKind
 
@@ -133,7 +159,12 @@ def supervise(site: Site, envelope: Envelope, history: History, commands: Comman
     why = not_judged_reasons(sup.detector_names, commands)
     run = SupervisedRun(tuple(n for n in sup.detector_names if n not in why),
                         tuple(sorted(why.items())))
-    as_ai = commands is CommandsAs.AI
+    recorded = recorded_proposals(site, history) if commands is CommandsAs.RECORDED else None
+    if commands is CommandsAs.RECORDED and recorded is None:
+        raise ValueError("the history holds no recorded proposals for the site's actuators")
+    modes_seen = history.recorded.modes if history.recorded is not None else ()
+    anomalies = history.recorded.anomalies if history.recorded is not None else ()
+    target = Mode.AUTO if commands is CommandsAs.AI else Mode.MANUAL
     operator = "prove"
     last_s = np.full(n_s, np.nan)
     seen_at = np.full(n_s, -np.inf)
@@ -168,23 +199,46 @@ def supervise(site: Site, envelope: Envelope, history: History, commands: Comman
                 if v == v:
                     command[i] = v
         have = have or not bool(np.isnan(command).any())
+        if recorded is not None:
+            # The mode the recorded cycle was judged in: a move toward the AI was an operator's
+            # request, applied before the step (the mode the cycle ended in); a move toward
+            # safety was the step's own trip, which prove's supervisor decides anew: it
+            # follows from the next cycle. SAFE_STOP is never imposed: prove's own detectors
+            # decide it.
+            ended = Mode(modes_seen[r])
+            before = Mode(modes_seen[r - 1]) if r else ended
+            judged_in = ended if ended.safety_rank < before.safety_rank else before
+            if judged_in is not Mode.SAFE_STOP:
+                target = judged_in
         # Re-arm (or, before the first trip, arm): one step at a time toward the mode the
         # history's commands are judged in.
         if sup.modes.latched:
             ask(RequestKind.RESET_TRIP)
         if sup.mode is Mode.SAFE_STOP:
             ask(RequestKind.TO_MANUAL)
-        if as_ai and have and not sup.modes.latched:
+        if target in (Mode.AUTO, Mode.SHADOW) and have and not sup.modes.latched:
             if sup.mode is Mode.MANUAL and manual_steps >= 1:
                 ask(RequestKind.TO_SHADOW)
-            elif sup.mode is Mode.SHADOW and ask(RequestKind.TO_AUTO) and tripped:
+            elif (sup.mode is Mode.SHADOW and target is Mode.AUTO
+                  and ask(RequestKind.TO_AUTO) and tripped):
                 run.rearms += 1
                 tripped = False
+        elif target is Mode.MANUAL and sup.mode in (Mode.AUTO, Mode.SHADOW):
+            ask(RequestKind.TO_MANUAL)
         was_manual = have and sup.mode is Mode.MANUAL
         if was_manual:
             for i in range(n_a):
                 sup.set_operator_setpoint(i, float(command[i]))
-        proposal = Proposal(command.copy()) if as_ai and have else None
+        proposal = None
+        if recorded is not None:
+            if not bool(np.isnan(recorded[r]).any()):
+                proposal = Proposal(recorded[r].copy())
+            else:
+                anomaly = anomalies[r]
+                if anomaly is not None:
+                    proposal = Proposal(None, ProposalAnomaly(anomaly))
+        elif commands is CommandsAs.AI and have:
+            proposal = Proposal(command.copy())
         age = now - seen_at
         decision = sup.step(Snapshot(last_s.copy(), good.copy(), age), proposal, now)
         trip_now = False

@@ -71,7 +71,7 @@ def test_prove_fails_with_exit_1_and_reports_json(tmp_path: Path,
     # The full supervisor judged it, and says what it could not judge and why.
     assert "supervisor: commands judged as ai; time in mode: " in stdout
     assert "judged, never tripped: device.plc, divergence.inflow_valve, " in stdout
-    assert "not judged: canary: a history holds no runs of the model" in stdout
+    assert "not judged: canary: the canary compares the model's outputs on its golden" in stdout
     assert data["results"][0]["supervisor"] is True
     code, stdout, _ = run(capsys, "prove", str(WATER), str(forged), "--commands", "written")
     assert code == EXIT_FAILED

@@ -130,3 +130,54 @@ def test_without_every_sensor_the_supervisor_does_not_run_and_says_so(
     assert not result.supervisor
     assert result.notes and "demand" in result.notes[0]
     assert result.json()["supervisor"] is False
+
+
+def test_a_recording_is_judged_on_its_own_proposals_in_its_recorded_modes(
+        tmp_path: Path, water_site: Site) -> None:
+    import dataclasses
+
+    import gateway.envelope
+    from gateway.commissioning.sources import read_any
+    from gateway.forensics.recorder import FlightRecorder, RecordingInfo, write_jsonl
+    from gateway.supervisor.core import Supervisor
+    from gateway.supervisor.decision import Proposal, Snapshot
+    from gateway.supervisor.events import EventKind
+    from gateway.supervisor.modes import OperatorRequest, RequestKind
+
+    # A gateway's own recording: MANUAL, SHADOW, then AUTO, where the AI's valve command
+    # jerks 15 % up every other cycle. The live supervisor clamps each (what was written moved
+    # 2 % a cycle, within the rate limit) and its violation rate trips.
+    site = dataclasses.replace(water_site, operation=dataclasses.replace(
+        water_site.operation, clean_shadow_s=1.0))
+    initial = np.array([40.0, 30.0, 0.0])
+    sup = Supervisor(site, gateway.envelope.compile(site), initial, 0.0)
+    info = RecordingInfo.of(site, 0.0, initial)
+    recorder = FlightRecorder(600.0, 0.1, info)
+    live_trip = None
+    for k in range(600):
+        now = 0.1 * (k + 1)
+        for at, kind in ((5, RequestKind.TO_SHADOW), (30, RequestKind.TO_AUTO)):
+            if k == at:
+                request = OperatorRequest(kind, "op", True)
+                sup.apply_request(request)
+        snap = Snapshot(np.array([2.5 + 0.001 * np.sin(k), 0.02, 0.004, float(k)]),
+                        np.ones(4, dtype=bool), np.zeros(4))
+        valve = 40.0 + (15.0 if 300 <= k < 360 and k % 2 == 0 else 0.0)
+        proposal = Proposal(np.array([valve, 30.0, 0.0]))
+        decision = sup.step(snap, proposal, now)
+        recorder.record_cycle(now, snap, None, proposal, decision)
+        if live_trip is None and any(e.kind is EventKind.TRIP and e.name == "violation_rate"
+                                     for e in decision.events):
+            live_trip = now
+    assert live_trip is not None
+    path = tmp_path / "rec.jsonl"
+    write_jsonl(path, recorder.frames(), info)
+    history = read_any(path, site)
+    result = prove(site, history)
+    assert result.commands_as == "recorded"
+    assert trips(result) == {"violation_rate": (1, live_trip)}
+    assert {"ai_silent", "deadline"} <= set(result.detectors_judged)
+    assert set(result.time_in_mode_s) == {"manual", "shadow", "auto"}
+    # The written commands alone, judged as if they were the AI's, were never clamped: only
+    # the recorded proposals show what the AI asked for.
+    assert trips(prove(site, history, commands=CommandsAs.AI)) == {}
