@@ -77,6 +77,10 @@ def test_prove_fails_with_exit_1_and_reports_json(tmp_path: Path,
     assert code == EXIT_FAILED
     assert "supervisor: commands judged as written; time in mode: manual " in stdout
     assert "not judged: violation_rate: the history's commands are judged as written" in stdout
+    # A CSV holds no proposals: judging recorded ones is refused with a clear error.
+    code, stdout, err = run(capsys, "prove", str(WATER), str(forged), "--commands", "recorded")
+    assert code == EXIT_INPUT
+    assert "--commands recorded needs a flight recording" in err
     # Epoch times are shown as UTC dates.
     epoch = tmp_path / "epoch.csv"
     epoch.write_text("time,level\n1764930000,2.5\n1764930001,0.5\n")
