@@ -189,6 +189,9 @@ class Proposal:
     # Sensors of the site's own prediction model that the history could not fit: their model
     # and keep range are kept as the site has them (see the module docstring).
     kept_models: tuple[str, ...] = ()
+    # Detection settings rescaled for the learned limits (``divergence_drift``,
+    # ``divergence_threshold``): key -> value and why.
+    detection: tuple[tuple[str, Learned], ...] = ()
 
 
 def _num(x: float) -> str:
@@ -423,7 +426,51 @@ def learn(site: Site, history: History, opt: LearnOptions) -> Proposal:
     return Proposal(site, opt, history.sources, history.n_samples,
                     float(t[0]) if t.shape[0] else math.nan,
                     float(t[-1]) if t.shape[0] else math.nan, actuators, sensors, prediction,
-                    unknown, tuple(warnings), kept)
+                    unknown, tuple(warnings), kept, _divergence(site, actuators))
+
+
+def _divergence(site: Site, actuators: tuple[ActuatorProposal, ...]
+                ) -> tuple[tuple[str, Learned], ...]:
+    """The divergence detector's drift and threshold rescaled for the learned limits.
+
+    The detector measures the AI's disagreement with the fallback's reference as a fraction of
+    each watched actuator's range (``max - min`` of its limits): learned limits narrower than
+    the site's by a factor ``k`` make every disagreement ``k`` times larger, and the detector
+    ``k`` times more sensitive in engineering units (the boiler's learned heater range of 0 to
+    47.5 % tripped 37 times on a clean day). Drift and threshold scaled by ``k`` judge the same
+    disagreement in engineering units exactly (CUSUM and Page-Hinkley are linear in both). With
+    several watched actuators the smallest ``k`` is taken: none is judged more loosely than the
+    site's own settings judge it."""
+    from gateway.config.schema import FallbackKind
+
+    det = site.detection
+    if not det.divergence:
+        return ()
+    fallback = {f.actuator: f.kind for f in site.fallback}
+    driven = set(site.controller.outputs) if site.controller.outputs else {
+        t.name for t in site.actuators}
+    limits = {lim.actuator: lim for lim in site.envelope.limits}
+    ratios: list[tuple[float, str]] = []
+    for a in actuators:
+        lim = limits[a.name]
+        if (fallback.get(a.name) is not FallbackKind.PID or a.name not in driven
+                or a.allowed is not None):
+            continue
+        learned_span = a.max.value - a.min.value
+        if learned_span > 0 and lim.max > lim.min:
+            ratios.append(((lim.max - lim.min) / learned_span, a.name))
+    if not ratios:
+        return ()
+    k, name = min(ratios)
+    if not k > 1.0:
+        return ()
+    why = (f"the site's {{}} x {k:.4g}: {name}'s learned range is {k:.4g} times narrower than "
+           "the site's, and divergence is measured in fractions of it (the same disagreement "
+           "in engineering units)")
+    return (("divergence_drift", Learned(det.divergence_drift * k,
+                                         why.format(f"{det.divergence_drift:g}"))),
+            ("divergence_threshold", Learned(det.divergence_threshold * k,
+                                             why.format(f"{det.divergence_threshold:g}"))))
 
 
 def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...],
@@ -442,6 +489,17 @@ def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...
             # Its own value is always a regressor (self-regulation, losses), echo or not.
             own = regressors if s.name in regressors else [*regressors, s.name]
             fit = fit_sensor(win, s.name, own, opt.min_r2)
+            self_coef = dict(fit.terms).get(s.name, 0.0)
+            if fit.accepted and self_coef > 0.0:
+                # Its rate grows with its own value: rolled forward with the command held, the
+                # prediction runs away exponentially wherever the plant is away from the
+                # history's operating point (a boiler cooling in SAFE_STOP), and rejects even
+                # the safe state there. A stable process loses what it holds (a negative
+                # coefficient); a positive one from a clean day is a correlated sensor (the
+                # pressure on the saturation curve) mistaken for a cause.
+                fit = dataclasses.replace(fit, accepted=False, reason=(
+                    f"unstable: its rate grows with its own value ({self_coef:+.4g}/s), so "
+                    "the prediction would run away from the history's operating point"))
             value_r2 = echo.get(s.name)
             if fit.accepted and value_r2 is not None and not fit.r2 > value_r2:
                 # Its value follows the commands at once, better than its rate follows the

@@ -192,9 +192,14 @@ def _envelope(proposal: Proposal, env: dict[str, Any]) -> list[str]:
 
 def _detection(proposal: Proposal, det: dict[str, Any]) -> list[str]:
     lines = ["detection:"]
-    rest = {k: v for k, v in det.items() if k not in ("frozen_after_s", "max_rate_per_s")}
+    scaled = dict(proposal.detection)
+    rest = {k: v for k, v in det.items()
+            if k not in ("frozen_after_s", "max_rate_per_s", *scaled)}
     if rest:
         lines += _dump(rest, 2)
+    for key, learned in scaled.items():
+        lines += _comment(f"{key}: {learned.why}", 2)
+        lines.append(f"  {key}: {num(learned.value)}")
     frozen = [s for s in proposal.sensors if s.frozen_after_s is not None]
     rates = [s for s in proposal.sensors if s.max_rate_per_s is not None]
     if frozen:

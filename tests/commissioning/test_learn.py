@@ -310,3 +310,60 @@ def test_a_learned_sensor_rate_is_never_looser_than_the_sites_own(
     level = next(p for p in free.sensors if p.name == "level")
     assert level.max_rate_per_s is not None and level.max_rate_per_s.value < 0.25
     assert "rate factor 2" in level.max_rate_per_s.why
+
+
+def test_a_fit_whose_rate_grows_with_its_own_value_is_not_accepted(
+        tmp_path: Path, water_site: Site) -> None:
+    # A level whose rate follows the valve and grows with the level itself (+0.002/s): a fit
+    # with R² near 1, but rolled forward it runs away from the operating point it was fitted
+    # at (a boiler's temperature model, learned from a clean day, rejected the safe state of
+    # a boiler cooling in SAFE_STOP). The site's own model is kept.
+    rng = np.random.default_rng(3)
+    n = 7200
+    t = np.arange(n, dtype=np.float64)
+    level, valve = np.empty(n), np.empty(n)
+    x, u = 2.5, 40.0
+    for i in range(n):
+        if i % 120 == 0:
+            u = 40.0 + (-10.0 if x > 2.5 else 10.0) + rng.uniform(-3.0, 3.0)
+        level[i], valve[i] = x, u
+        x += 1e-4 * (u - 40.0) + 0.002 * (x - 2.5)
+    values = np.column_stack([level + rng.normal(0.0, 1e-4, n), np.full(n, 0.02),
+                              np.full(n, 0.004), t, valve, np.full(n, 30.0), np.zeros(n)])
+    history = History(t, ("level", "inflow_rate", "demand", "uptime_s", "inflow_valve",
+                           "outflow_pump", "drain_valve"), values, ("synthetic",))
+    proposal, out = propose(water_site, history, tmp_path)
+    assert proposal.prediction is not None
+    fit = next(f for f in proposal.prediction.fits if f.sensor == "level")
+    assert fit.r2 > 0.9
+    assert not fit.accepted and fit.reason.startswith("unstable: its rate grows with its own")
+    assert proposal.kept_models == ("level",)
+    assert load_config(out).envelope.prediction == water_site.envelope.prediction
+
+
+def test_divergence_is_rescaled_for_the_learned_range(tmp_path: Path, water_site: Site,
+                                                      water_ai_day: Path) -> None:
+    # Divergence is measured in fractions of the valve's range: the learned range is
+    # narrower, so drift and threshold scale with it and a biased AI trips when it would
+    # have with the site's own settings (the boiler's learned heater range, 2.1 times
+    # narrower, false-tripped 37 times on a clean day before).
+    from gateway.commissioning.prove import prove
+
+    history = read_csv(water_ai_day)
+    proposal, out = propose(water_site, history, tmp_path)
+    learned = load_config(out)
+    valve = next(a for a in proposal.actuators if a.name == "inflow_valve")
+    k = 100.0 / (valve.max.value - valve.min.value)
+    assert k > 1.5
+    assert learned.detection.divergence_drift == pytest.approx(0.2 * k)
+    assert learned.detection.divergence_threshold == pytest.approx(20.0 * k)
+    values = history.values.copy()
+    col = history.names.index("inflow_valve")
+    n = history.n_samples - 6000
+    # Down by up to 30 % of the full range (within the learned range, which keeps 0: the safe
+    # value), ramped within the learned rate limits.
+    values[6000:, col] -= np.minimum(np.arange(1, n + 1) * 0.05, 30.0)
+    forged = History(history.time_s, history.names, values, history.sources)
+    own = prove(water_site, forged).tallies["divergence.inflow_valve"]
+    new = prove(learned, forged).tallies["divergence.inflow_valve"]
+    assert new.first_s == own.first_s
