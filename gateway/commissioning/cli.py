@@ -72,6 +72,12 @@ def add_parser(sub: Any) -> None:
     prove.add_argument("--holdout", type=_fraction, default=0.0, metavar="FRACTION",
                        help="also report the last FRACTION of the history on its own (the "
                             "part `learn --holdout` did not see)")
+    prove.add_argument("--commands", choices=("ai", "written", "recorded"), default=None,
+                       help="judge the history's commands as the AI's proposals in AUTO "
+                            "(default for a site with an AI controller), as written by an "
+                            "operator or the fallback in MANUAL (default without one), or "
+                            "judge a flight recording's own proposals in its recorded modes "
+                            "(default for a recording)")
     prove.add_argument("--json", action="store_true", help="machine-readable result")
     prove.set_defaults(func=cmd_prove)
 
@@ -143,9 +149,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
     for warning in proposal.warnings:
         print(f"safety-gateway learn: warning: {warning}", file=sys.stderr)
     models = proposal.prediction.models if proposal.prediction is not None else ()
+    predicted = [m.sensor for m in models] + [f"{n} (the site's own model, kept)"
+                                              for n in proposal.kept_models]
     print(f"{out}: proposed from {proposal.n_samples} samples: {len(proposal.actuators)} "
           f"actuators, {len(proposal.sensors)} sensors, prediction for "
-          f"{', '.join(m.sensor for m in models) or 'no sensor'}; report "
+          f"{', '.join(predicted) or 'no sensor'}; report "
           f"{out.parent / (stem + '.md')}")
     return EXIT_OK
 
@@ -171,20 +179,36 @@ def _text(result: ProofResult) -> list[str]:
             lines.append(f"           at {_when(at)}: {what}{detail}")
     if result.not_judged:
         lines.append(f"  not in the history (not judged): {', '.join(result.not_judged)}")
+    if result.supervisor:
+        modes = ", ".join(f"{m} {s:.1f} s" for m, s in result.time_in_mode_s.items())
+        lines.append(f"  supervisor: commands judged as {result.commands_as}; time in mode: "
+                     f"{modes or 'none'}; re-armed after a trip {result.rearms} times")
+        quiet = [d for d in result.detectors_judged if d not in result.tallies]
+        if quiet:
+            lines.append(f"  judged, never tripped: {', '.join(quiet)}")
+        for detector, why in result.detectors_not_judged:
+            lines.append(f"  not judged: {detector}: {why}")
+    lines += [f"  note: {n}" for n in result.notes]
     return lines
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from gateway.commissioning.prove import prove
+    from gateway.commissioning.prove import CommandsAs, prove
 
     loaded = _load(args.config, args.sources)
     if loaded is None:
         return EXIT_INPUT
     site, history = loaded
-    results = [prove(site, history, "all")]
+    commands = None if args.commands is None else CommandsAs(args.commands)
+    try:
+        results = [prove(site, history, "all", commands=commands)]
+    except ValueError as exc:
+        print(f"safety-gateway prove: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     if args.holdout:
         _, held = history.split(args.holdout)
-        results.append(prove(site, held, f"held back (last {args.holdout:g})"))
+        results.append(prove(site, held, f"held back (last {args.holdout:g})",
+                             commands=commands))
     if args.json:
         print(json.dumps({"site": str(site.source), "sources": list(history.sources),
                           "passed": results[0].trips == 0,

@@ -31,20 +31,30 @@ Sensors (the tag's ``range`` and ``detection``), from the readings:
   readings as if it had happened within one cycle (``site.cycle_ms``; the detector judges
   readings at least one cycle apart, and what moved between two historian samples could be
   noise between two cycles), times ``rate_factor``. A finding demands SAFE_STOP, so the
-  maximum, not a percentile.
+  maximum, not a percentile. Only for a sensor whose rate the fitted process model explains
+  (its fit accepted: a state whose motion the actuators and the plant bound, seen moving):
+  a disturbance from outside (a consumers' demand), an echo of the commands (a flow meter
+  behind its valve, which jumps when the gateway fails over to the safe values) and a state
+  the history hardly moved get none, because one day's fastest change does not bound
+  another's. Never looser than the site's own limit, which stays where none is learned.
 * ``detection.frozen_after_s``: the longest run of identical readings (at least 5 update
   periods) times ``1 + margin``, and at least twice the time the device may take to renew a
-  reading (its update period plus its timeout; the loader requires once); none for a sensor
-  that repeats itself in more than ``REPEATING`` of its moves (quantised or slow values).
+  reading (its update period plus its timeout; the loader requires once) and the site's
+  staleness limit for the tag plus one update period, times ``1 + margin`` (a reading the
+  site still calls fresh is not frozen); none for a sensor that repeats itself in more than
+  ``REPEATING`` of its moves (quantised or slow values).
 * counters (only ever rising) get neither, and no model.
 
-The process model (``envelope.prediction``): see :mod:`.fitting`; the regressors are the
-actuators, the sensor itself and the other sensors that are not echoes of the commands
-(:func:`.fitting.echoes`), and an echo whose value the actuators explain better than the
-model explains its rate gets no model; the kept ranges are the site's own where it has them,
-else the learned range. Linear constraints, interlocks and conditional safe values are the
-site's own, unchanged: they cannot be learned from a clean history. A tag with fewer than
-``min_samples`` readings keeps its hand-written settings, and the report lists it as thin.
+The process model (``envelope.prediction``): see :mod:`.fitting`. A sensor the history cannot
+fit keeps the site's own model and keep range where the site has them (``kept_models``: a
+calm history cannot teach dynamics, and dropping the model would drop the predictive check).
+The regressors are the actuators, the sensor itself and the other sensors that are not
+echoes of the commands (:func:`.fitting.echoes`), and an echo whose value the actuators
+explain better than the model explains its rate gets no model; the kept ranges are the site's
+own where it has them, else the learned range. Linear constraints, interlocks and conditional
+safe values are the site's own, unchanged: they cannot be learned from a clean history. A tag
+with fewer than ``min_samples`` readings keeps its hand-written settings, and the report lists
+it as thin.
 """
 
 from __future__ import annotations
@@ -58,7 +68,13 @@ import numpy as np
 
 from gateway.commissioning.fitting import SensorFit, echoes, fit_sensor, windows
 from gateway.commissioning.stats import TagStats, tag_stats
-from gateway.config.schema import Policy, Table, WireType, min_stale_after_ms
+from gateway.config.schema import (
+    Policy,
+    Table,
+    WireType,
+    min_stale_after_ms,
+    update_period_ms,
+)
 
 if TYPE_CHECKING:
     from gateway.commissioning.sources import History
@@ -170,6 +186,12 @@ class Proposal:
     prediction: PredictionProposal | None
     unknown_columns: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
+    # Sensors of the site's own prediction model that the history could not fit: their model
+    # and keep range are kept as the site has them (see the module docstring).
+    kept_models: tuple[str, ...] = ()
+    # Detection settings rescaled for the learned limits (``divergence_drift``,
+    # ``divergence_threshold``): key -> value and why.
+    detection: tuple[tuple[str, Learned], ...] = ()
 
 
 def _num(x: float) -> str:
@@ -330,9 +352,9 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
                      "slow): no freeze limit")
     elif math.isfinite(st.period_s):
         base = max(st.longest_repeat_s, 5.0 * st.period_s)
-        value = base * (1.0 + opt.margin)
-        why = (f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update period "
-               f"{_num(st.period_s)} s) x (1 + margin {opt.margin:g})")
+        seen = base * (1.0 + opt.margin)
+        seen_why = (f"max(longest unchanged run {_num(st.longest_repeat_s)} s, 5 x update "
+                    f"period {_num(st.period_s)} s) x (1 + margin {opt.margin:g})")
         # Never shorter than twice the time the device may take to renew a healthy reading
         # (its update period plus its timeout: the loader's own floor, in
         # gateway/config/sanity.py, is once), whatever the history's sampling: a history at
@@ -340,10 +362,24 @@ def _sensor(site: Site, tag: Tag, st: TagStats, opt: LearnOptions) -> SensorProp
         # timeout twice in a row leaves the reading unchanged that long.
         device = next(d for d in site.devices if d.name == tag.device)
         renew_s = 2.0 * min_stale_after_ms(device) / 1000.0
-        if value < renew_s:
-            value = renew_s
-            why = (f"twice the time device {device.name!r} may take to renew a reading "
-                   f"(2 x {_num(renew_s / 2.0)} s; {why} is shorter)")
+        renew_why = (f"twice the time device {device.name!r} may take to renew a reading "
+                     f"(2 x {_num(renew_s / 2.0)} s)")
+        # Nor shorter than the site's own staleness limit for the tag plus the update that
+        # ends the run, with the margin: the site declares that a healthy device may leave a
+        # reading unrenewed that long (behind the other requests of a round, on a busy host),
+        # and a reading the staleness detector still calls fresh is not frozen. A drill on a
+        # loaded machine tripped a learned 1.2 s on a healthy PLC.
+        stale_s = site.stale_after_ms(tag) / 1000.0
+        period_s = update_period_ms(device) / 1000.0
+        healthy_s = (stale_s + period_s) * (1.0 + opt.margin)
+        healthy_why = (f"the site's staleness limit for it {_num(stale_s)} s + update period "
+                       f"{_num(period_s)} s, x (1 + margin {opt.margin:g})")
+        value, why = max((seen, seen_why), (renew_s, renew_why), (healthy_s, healthy_why),
+                         key=lambda c: c[0])
+        others = [w for v, w in ((seen, seen_why), (renew_s, renew_why),
+                                 (healthy_s, healthy_why)) if w != why]
+        if why != seen_why:
+            why += f" (larger than {'; '.join(others)})"
         frozen = Learned(value, why)
     if st.n_moves < opt.min_samples:
         notes.append(f"thin data: {st.n_moves} moves for the rate and freeze limits")
@@ -381,10 +417,60 @@ def learn(site: Site, history: History, opt: LearnOptions) -> Proposal:
             warnings.append(f"{prop.name}: no data in the history; its hand-written settings "
                             "are kept")
     prediction = _prediction(site, history, sensors, actuators, opt)
+    sensors = _rate_limits(site, sensors, prediction, opt)
+    fitted = {m.sensor for m in prediction.models} if prediction is not None else set()
+    own = site.envelope.prediction
+    kept = () if own is None else tuple(
+        m.sensor for m in own.model
+        if m.sensor not in fitted and m.sensor in {k.sensor for k in own.keep})
     return Proposal(site, opt, history.sources, history.n_samples,
                     float(t[0]) if t.shape[0] else math.nan,
                     float(t[-1]) if t.shape[0] else math.nan, actuators, sensors, prediction,
-                    unknown, tuple(warnings))
+                    unknown, tuple(warnings), kept, _divergence(site, actuators))
+
+
+def _divergence(site: Site, actuators: tuple[ActuatorProposal, ...]
+                ) -> tuple[tuple[str, Learned], ...]:
+    """The divergence detector's drift and threshold rescaled for the learned limits.
+
+    The detector measures the AI's disagreement with the fallback's reference as a fraction of
+    each watched actuator's range (``max - min`` of its limits): learned limits narrower than
+    the site's by a factor ``k`` make every disagreement ``k`` times larger, and the detector
+    ``k`` times more sensitive in engineering units (the boiler's learned heater range of 0 to
+    47.5 % tripped 37 times on a clean day). Drift and threshold scaled by ``k`` judge the same
+    disagreement in engineering units exactly (CUSUM and Page-Hinkley are linear in both). With
+    several watched actuators the smallest ``k`` is taken: none is judged more loosely than the
+    site's own settings judge it."""
+    from gateway.config.schema import FallbackKind
+
+    det = site.detection
+    if not det.divergence:
+        return ()
+    fallback = {f.actuator: f.kind for f in site.fallback}
+    driven = set(site.controller.outputs) if site.controller.outputs else {
+        t.name for t in site.actuators}
+    limits = {lim.actuator: lim for lim in site.envelope.limits}
+    ratios: list[tuple[float, str]] = []
+    for a in actuators:
+        lim = limits[a.name]
+        if (fallback.get(a.name) is not FallbackKind.PID or a.name not in driven
+                or a.allowed is not None):
+            continue
+        learned_span = a.max.value - a.min.value
+        if learned_span > 0 and lim.max > lim.min:
+            ratios.append(((lim.max - lim.min) / learned_span, a.name))
+    if not ratios:
+        return ()
+    k, name = min(ratios)
+    if not k > 1.0:
+        return ()
+    why = (f"the site's {{}} x {k:.4g}: {name}'s learned range is {k:.4g} times narrower than "
+           "the site's, and divergence is measured in fractions of it (the same disagreement "
+           "in engineering units)")
+    return (("divergence_drift", Learned(det.divergence_drift * k,
+                                         why.format(f"{det.divergence_drift:g}"))),
+            ("divergence_threshold", Learned(det.divergence_threshold * k,
+                                             why.format(f"{det.divergence_threshold:g}"))))
 
 
 def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...],
@@ -403,6 +489,17 @@ def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...
             # Its own value is always a regressor (self-regulation, losses), echo or not.
             own = regressors if s.name in regressors else [*regressors, s.name]
             fit = fit_sensor(win, s.name, own, opt.min_r2)
+            self_coef = dict(fit.terms).get(s.name, 0.0)
+            if fit.accepted and self_coef > 0.0:
+                # Its rate grows with its own value: rolled forward with the command held, the
+                # prediction runs away exponentially wherever the plant is away from the
+                # history's operating point (a boiler cooling in SAFE_STOP), and rejects even
+                # the safe state there. A stable process loses what it holds (a negative
+                # coefficient); a positive one from a clean day is a correlated sensor (the
+                # pressure on the saturation curve) mistaken for a cause.
+                fit = dataclasses.replace(fit, accepted=False, reason=(
+                    f"unstable: its rate grows with its own value ({self_coef:+.4g}/s), so "
+                    "the prediction would run away from the history's operating point"))
             value_r2 = echo.get(s.name)
             if fit.accepted and value_r2 is not None and not fit.r2 > value_r2:
                 # Its value follows the commands at once, better than its rate follows the
@@ -432,3 +529,38 @@ def _prediction(site: Site, history: History, sensors: tuple[SensorProposal, ...
     if not fits:
         return None
     return PredictionProposal(step_s, horizon, policy, tuple(fits), tuple(keep))
+
+
+def _rate_limits(site: Site, sensors: tuple[SensorProposal, ...],
+                 prediction: PredictionProposal | None, opt: LearnOptions
+                 ) -> tuple[SensorProposal, ...]:
+    """Each sensor's ``detection.max_rate_per_s`` as proposed, decided once the process model
+    is known (see the module docstring): kept from the history only for a sensor whose rate
+    the model explains; never looser than the site's own limit; the site's own limit where
+    none is learned."""
+    own = dict(site.detection.max_rate_per_s)
+    fits = {f.sensor: f for f in prediction.fits} if prediction is not None else {}
+    out = []
+    for prop in sensors:
+        rate, notes = prop.max_rate_per_s, list(prop.notes)
+        fit = fits.get(prop.name)
+        if rate is not None and not (fit is not None and fit.accepted):
+            # Neither the actuators nor the plant's other sensors explain how it moves (a
+            # disturbance from outside, such as a consumers' demand; an echo of the commands,
+            # which jumps when the gateway fails over to the safe values; a state this history
+            # hardly moved): one day's fastest change does not bound another day's, and a
+            # finding demands SAFE_STOP.
+            why = (fit.reason if fit is not None and fit.reason else
+                   "no model of its rate was fitted")
+            notes.append(f"no rate limit learned ({why}): the history does not bound how "
+                         f"fast it can move (learned from the history: {_num(rate.value)}/s)")
+            rate = None
+        hand = own.get(prop.name)
+        if hand is not None:
+            if rate is None:
+                rate = Learned(hand, "hand-written (kept: none learned, see the report)")
+            elif rate.value > hand:
+                rate = Learned(hand, f"hand-written (kept: the learned {_num(rate.value)}/s, "
+                                     f"{rate.why}, is looser)")
+        out.append(dataclasses.replace(prop, max_rate_per_s=rate, notes=tuple(notes)))
+    return tuple(out)

@@ -1,20 +1,29 @@
 """Prove a site against history: replay every historical command and reading offline through the
-live gateway's own envelope (:func:`gateway.envelope.compile`, the engine the gateway runs)
-and input detectors (:class:`gateway.supervisor.detectors.InputHealth`), with the history's
-times as the clock, and count what they would have done.
+live gateway's own code, with the history's times as the clock, and count what it would have
+done: the envelope (:func:`gateway.envelope.compile`, the engine the gateway runs) per
+constraint, and the full supervisor (:class:`gateway.supervisor.core.Supervisor`: input
+health, the violation rate, gross violations, divergence from the fallback, the mode machine)
+per detector.
 
-Per history row, in time order, as the supervisor does each cycle:
-
-1. The readings go through the input detectors (quality, staleness, range, freeze, rate) at
-   the row's time. A missing cell is no new reading: the last value stands and ages, so that a
-   gap longer than the staleness limit is stale. Untrusted readings become NaN for the
-   envelope, and each finding demands SAFE_STOP: a trip.
-2. A row with a command (any actuator's cell present; missing ones hold the last command) is
-   checked against the envelope with the previous historical command as what the device held
-   and the time since it as ``dt``: each historical write judged as it happened, whatever the
-   envelope would have done to the ones before. Its violations are counted per constraint,
-   under the constraint's policy (clamp, reject, trip); the worst clamps are those the
-   projection moved furthest.
+1. **Constraints.** A row with a command (any actuator's cell present; missing ones hold the
+   last command) is checked against the envelope with the previous historical command as what
+   the device held and the time since it as ``dt``: each historical write judged as it
+   happened, whatever the envelope would have done to the ones before, in whatever mode.
+   Its violations are counted per constraint, under the constraint's policy (clamp, reject,
+   trip); the worst clamps are those the projection moved furthest. The sensors it is judged
+   with are those the input detectors trust (untrusted ones NaN: the envelope fails safe).
+2. **Detectors.** The history runs through the supervisor
+   (:mod:`gateway.commissioning.supervised`): with a flight recording's own proposals in the
+   modes it recorded (:attr:`CommandsAs.RECORDED`, the default for one), the commands as the
+   AI's proposals in AUTO (``AI``, the default for other sources and a site with an AI
+   controller) or as an operator's writes in MANUAL (``WRITTEN``). Every trip the supervisor
+   latches is counted under its detector (``input.rate.level``, ``violation_rate``,
+   ``divergence.inflow_valve``, ``device.plc``, ...), and prove re-arms it as an operator
+   would so that the rest of the history is judged. Detectors the history cannot exercise
+   (the canary; the deadline and silence without a recording) are listed with the reason.
+   When a sensor of the site has no column in the history the supervisor cannot run (that
+   sensor would be of bad quality throughout): the input detectors alone judge the readings,
+   as before, and the result says so.
 
 The first command has no previous one and is not judged. A proof "passes" when nothing would
 have tripped; clamps and refusals are reported, not failures.
@@ -28,11 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gateway.commissioning.supervised import CommandsAs
+
 if TYPE_CHECKING:
     from gateway.commissioning.sources import History
     from gateway.config.schema import Site
 
-__all__ = ["ProofResult", "Tally", "prove"]
+__all__ = ["CommandsAs", "ProofResult", "Tally", "prove"]
 
 _ACTIONS = {0: "ok", 1: "clamp", 2: "reject", 3: "trip"}
 _KEEP_WORST = 5
@@ -78,7 +89,15 @@ def _f(x: float) -> float | None:
 
 @dataclass
 class ProofResult:
-    """The outcome of :func:`prove` over one stretch of history."""
+    """The outcome of :func:`prove` over one stretch of history.
+
+    ``not_judged``: tags without a column in the history. ``supervisor``: whether the full
+    supervisor judged the detectors (False: the input detectors alone, see ``notes``);
+    ``commands_as``: how the history's commands were judged (``ai`` or ``written``);
+    ``detectors_judged``: every detector the site can raise that was judged (those without a
+    tally never tripped); ``detectors_not_judged``: (detector, why) for the others;
+    ``time_in_mode_s``: seconds of history in each mode; ``rearms``: trips after which prove
+    returned the AI to AUTO; ``notes``: what else a reader must know."""
 
     label: str
     n_rows: int
@@ -87,6 +106,13 @@ class ProofResult:
     t_last_s: float
     tallies: dict[str, Tally]
     not_judged: tuple[str, ...] = ()
+    supervisor: bool = False
+    commands_as: str = ""
+    detectors_judged: tuple[str, ...] = ()
+    detectors_not_judged: tuple[tuple[str, str], ...] = ()
+    time_in_mode_s: dict[str, float] = field(default_factory=dict)
+    rearms: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def trips(self) -> int:
@@ -101,17 +127,36 @@ class ProofResult:
                 "trips": self.trips, "clamps": self.count("clamp"),
                 "refusals": self.count("reject"), "passed": self.trips == 0,
                 "not_judged": list(self.not_judged),
+                "supervisor": self.supervisor, "commands_as": self.commands_as,
+                "detectors_judged": list(self.detectors_judged),
+                "detectors_not_judged": [{"detector": d, "why": w}
+                                         for d, w in self.detectors_not_judged],
+                "time_in_mode_s": dict(self.time_in_mode_s), "rearms": self.rearms,
+                "notes": list(self.notes),
                 "tallies": [t.json() for t in sorted(self.tallies.values(),
                                                      key=lambda t: (t.kind, t.name))]}
 
 
 def prove(site: Site, history: History, label: str = "all",
-          engine: str | None = None) -> ProofResult:
-    """Replay ``history`` through ``site``'s envelope and input detectors (see the module
-    docstring). ``engine``: the envelope engine (default: the one the gateway runs)."""
+          engine: str | None = None, commands: CommandsAs | None = None) -> ProofResult:
+    """Replay ``history`` through ``site``'s envelope and supervisor (see the module
+    docstring). ``engine``: the envelope engine (default: the one the gateway runs);
+    ``commands``: how the history's commands are judged (default: a flight recording's own
+    proposals in its recorded modes; else as the AI's proposals when the site has an AI
+    controller, else as written). ValueError for ``RECORDED`` without recorded proposals."""
     import gateway.envelope
+    from gateway.commissioning.supervised import recorded_proposals, supervise
+    from gateway.config.schema import ControllerKind
     from gateway.supervisor.detectors import InputHealth
 
+    if commands is CommandsAs.RECORDED and recorded_proposals(site, history) is None:
+        raise ValueError("--commands recorded needs a flight recording (a single one) that "
+                         "holds every actuator of the site; this history has no recorded "
+                         "proposals")
+    if commands is None:
+        commands = (CommandsAs.RECORDED if recorded_proposals(site, history) is not None
+                    else CommandsAs.WRITTEN if site.controller.kind is ControllerKind.NONE
+                    else CommandsAs.AI)
     env = gateway.envelope.compile(site, engine)
     inputs = InputHealth(site)
     cols = {n: i for i, n in enumerate(history.names)}
@@ -127,6 +172,8 @@ def prove(site: Site, history: History, label: str = "all",
     slot_names = env.constraint_names
     tallies: dict[str, Tally] = {}
     unjudged_sensors = {n for n in not_judged if n in s_names}
+    # The full supervisor needs every sensor; without one, the input detectors alone.
+    full = not unjudged_sensors and history.n_samples > 0
 
     def tally(name: str, kind: str, action: str) -> Tally:
         t = tallies.get(name)
@@ -155,7 +202,7 @@ def prove(site: Site, history: History, label: str = "all",
                     good[j] = True
         age = now - seen_at
         sensors, findings = inputs.check(last_s.tolist(), good.tolist(), age.tolist(), now)
-        for finding in findings:
+        for finding in findings if not full else ():
             if finding.detector.startswith("device."):
                 # A lost device classifies its sensors' own findings (each tallied below),
                 # adds no trip; and a device whose columns the history lacks is not lost.
@@ -189,9 +236,27 @@ def prove(site: Site, history: History, label: str = "all",
                 tally(slot_names[k], "constraint", action).add(
                     now, moved if action == "clamp" else math.nan, detail)
         previous, prev_t = cmd.copy(), now
-    return ProofResult(label, history.n_samples, n_commands,
-                       float(times[0]) if history.n_samples else math.nan,
-                       float(times[-1]) if history.n_samples else math.nan, tallies, not_judged)
+    result = ProofResult(label, history.n_samples, n_commands,
+                         float(times[0]) if history.n_samples else math.nan,
+                         float(times[-1]) if history.n_samples else math.nan, tallies,
+                         not_judged, commands_as=commands.value)
+    if full:
+        def on_trip(at_s: float, detector: str, reason: str) -> None:
+            tally(detector, "detector", "trip").add(at_s, math.nan, reason)
+
+        run = supervise(site, env, history, commands, on_trip)
+        result.supervisor = True
+        result.detectors_judged = run.judged
+        result.detectors_not_judged = run.not_judged
+        result.time_in_mode_s = run.time_in_mode_s
+        result.rearms = run.rearms
+    elif history.n_samples:
+        result.notes = (
+            f"the full supervisor did not run: the history has no column for sensor(s) "
+            f"{', '.join(sorted(unjudged_sensors))} (it would read as bad quality throughout); "
+            "the readings were judged by the input detectors alone (lost devices not "
+            "judged), and the detectors that judge the AI and the mode machine not at all",)
+    return result
 
 
 def _detail(names: list[str], cmd: np.ndarray, previous: np.ndarray, out: np.ndarray | None,

@@ -65,6 +65,7 @@ def report_json(p: Proposal, out_site: Path | None) -> dict[str, Any]:
                      "max_rate_per_s": _learned(s.max_rate_per_s),
                      "frozen_after_s": _learned(s.frozen_after_s), "notes": list(s.notes),
                      "stats": _stats(s.stats)} for s in p.sensors],
+        "kept_models": list(p.kept_models),
         "prediction": None if pred is None else {
             "step_s": pred.step_s, "horizon_steps": pred.horizon_steps, "policy": pred.policy,
             "fits": [{"sensor": f.sensor, "accepted": f.accepted and f in pred.models,
@@ -177,6 +178,10 @@ def report_markdown(p: Proposal, out_site: Path | None, plots: dict[str, str]) -
         lines.append("")
         for sensor, lo, hi, why in pred.keep:
             lines.append(f"- keep `{sensor}` in [{lo:g}, {hi:g}]: {why}")
+    if p.kept_models:
+        lines += ["", f"The site's own model and keep range are kept for "
+                  f"{', '.join(f'`{n}`' for n in p.kept_models)}: the history could not fit "
+                  "them, and a calm history cannot teach dynamics."]
     lines += ["", "Linear constraints, interlocks and conditional safe values are the site's "
               "own, unchanged: a clean history cannot teach them.", ""]
     return "\n".join(x for x in lines if x is not None) + "\n"

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     F64 = npt.NDArray[np.float64]
 
-__all__ = ["History", "HistoryError", "join", "load_history", "read_audit", "read_csv",
+__all__ = ["History", "HistoryError", "Recorded", "join", "load_history", "read_audit", "read_csv",
            "read_recording"]
 
 # Cells that mean "no reading at this time" in a historian export.
@@ -56,19 +56,41 @@ class HistoryError(ValueError):
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """What a flight recording holds beyond tag values, row for row with its history: the
+    AI's proposal of each cycle (``proposals``, shape (n, len(actuators)), in the recording's
+    ``actuators`` order, NaN rows where there was none), why there was none when the AI said
+    so (``anomalies``, :class:`gateway.control.proposal.ProposalAnomaly` values, else None),
+    and the mode each cycle ended in (``modes``, :class:`gateway.supervisor.modes.Mode`
+    values)."""
+
+    actuators: tuple[str, ...]
+    proposals: F64
+    anomalies: tuple[str | None, ...]
+    modes: tuple[str, ...]
+
+    def rows(self, rows: slice) -> Recorded:
+        return Recorded(self.actuators, self.proposals[rows], self.anomalies[rows],
+                        self.modes[rows])
+
+
+@dataclass(frozen=True)
 class History:
     """Tag values over time.
 
     ``time_s``: shape (n,), strictly increasing seconds (since the epoch for sources with wall
     clock times, else since an arbitrary origin). ``names``: the column names, tag names of
     the site. ``values``: shape (n, len(names)), engineering units, NaN where a tag has no
-    reading at that time. ``sources``: the files it came from, for provenance.
+    reading at that time. ``sources``: the files it came from, for provenance. ``recorded``:
+    the proposals and modes of a single flight recording (None for other sources, and for
+    several sources joined).
     """
 
     time_s: F64
     names: tuple[str, ...]
     values: F64
     sources: tuple[str, ...]
+    recorded: Recorded | None = None
 
     def __post_init__(self) -> None:
         n = self.time_s.shape[0]
@@ -98,7 +120,8 @@ class History:
         return self._rows(slice(0, cut)), self._rows(slice(cut, None))
 
     def _rows(self, rows: slice) -> History:
-        return History(self.time_s[rows], self.names, self.values[rows], self.sources)
+        return History(self.time_s[rows], self.names, self.values[rows], self.sources,
+                       None if self.recorded is None else self.recorded.rows(rows))
 
 
 # --------------------------------------------------------------------------- CSV
@@ -261,8 +284,13 @@ def read_recording(path: Path) -> History:
     if not rec.frames:
         raise HistoryError(f"{path}: the recording holds no cycles")
     names = (*rec.info.sensor_names, *rec.info.actuator_names)
+    n_a = len(rec.info.actuator_names)
     times: list[float] = []
     rows: list[npt.NDArray[np.float64]] = []
+    proposals: list[npt.NDArray[np.float64]] = []
+    modes: list[str] = []
+    anomalies: list[str | None] = []
+    none = np.full(n_a, np.nan)
     last = -math.inf
     for frame in rec.frames:
         if not frame.now_s > last:
@@ -271,7 +299,15 @@ def read_recording(path: Path) -> History:
         sensors = np.where(frame.snapshot.good, frame.snapshot.sensors, np.nan)
         times.append(frame.now_s)
         rows.append(np.concatenate([sensors, frame.decision.command]))
-    return History(np.array(times), names, np.vstack(rows), (str(path),))
+        values = frame.proposal.values if frame.proposal is not None else None
+        proposals.append(np.asarray(values, dtype=np.float64)
+                         if values is not None and np.shape(values) == (n_a,) else none)
+        anomaly = frame.proposal.anomaly if frame.proposal is not None else None
+        anomalies.append(None if anomaly is None else str(anomaly.value))
+        modes.append(str(frame.decision.mode.value))
+    return History(np.array(times), names, np.vstack(rows), (str(path),),
+                   Recorded(tuple(rec.info.actuator_names), np.vstack(proposals),
+                            tuple(anomalies), tuple(modes)))
 
 
 # --------------------------------------------------------------------------- audit database

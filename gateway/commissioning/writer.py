@@ -13,6 +13,7 @@ replaced only with ``--learn-ranges``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 from pathlib import Path  # noqa: TC003 (used at run time: site_dir / value)
@@ -137,41 +138,68 @@ def _envelope(proposal: Proposal, env: dict[str, Any]) -> list[str]:
         lines.append(f"    {a.name}: {{{', '.join(fields)}}}")
     pred = proposal.prediction
     models = pred.models if pred is not None else ()
-    if pred is None or not models:
+    # The site's own model of a sensor the history could not fit stays (as a hand-written
+    # limit stays where none is learned): a calm history that hardly moved a sensor cannot
+    # teach its dynamics, and dropping the model would drop the predictive check.
+    own = env.get("prediction") if isinstance(env.get("prediction"), dict) else None
+    own_models = dict((own or {}).get("model") or {})
+    own_keep = dict((own or {}).get("keep") or {})
+    fitted = {m.sensor for m in models}
+    kept = {n: e for n, e in own_models.items() if n in proposal.kept_models}
+    if (pred is None or not models) and not kept:
         lines += _comment("prediction: none (no sensor's model fits well enough; see the "
                           "report)", 2)
         return lines
     lines.append("  prediction:")
     lines += _comment("Fitted by least squares from the history (gateway/commissioning/"
-                      "fitting.py); a sensor whose fit is poor has no row.", 4)
-    lines.append(f"    step_s: {num(pred.step_s)}")
-    lines.append(f"    horizon_steps: {pred.horizon_steps}")
+                      "fitting.py); a sensor whose fit is poor has no row, unless the site "
+                      "had its own model for it (kept).", 4)
+    own_d: dict[str, Any] = own or {}
+    step_s = pred.step_s if pred is not None else float(own_d.get("step_s", 1.0))
+    lines.append(f"    step_s: {num(step_s)}")
+    horizon = pred.horizon_steps if pred is not None else own_d.get("horizon_steps", 10)
+    lines.append(f"    horizon_steps: {horizon}")
     lines.append("    model:")
     for fit in models:
         lines += _comment(f"{fit.sensor}: R² {fit.r2:.4f}, residual RMS "
                           f"{fit.residual_rms_per_s:.3g}/s over {fit.n_windows} windows of "
                           f"{fit.window_s:g} s", 6)
         lines.append(f"      {fit.sensor}: \"{fit.expr()}\"")
-    for fit in pred.fits:
-        if not fit.accepted:
-            lines += _comment(f"{fit.sensor}: no model ({fit.reason})", 6)
+    reasons = {f.sensor: f.reason for f in (pred.fits if pred is not None else ())
+               if not f.accepted}
+    for sensor, expr in kept.items():
+        why = reasons.get(sensor, "no fit from the history")
+        lines += _comment(f"{sensor}: the site's own model, kept (the history's: {why})", 6)
+        lines.append(f"      {sensor}: {json.dumps(str(expr))}")
+    for sensor, why in reasons.items():
+        if sensor not in kept:
+            lines += _comment(f"{sensor}: no model ({why})", 6)
     lines.append("    keep:")
-    for sensor, lo, hi, why in pred.keep:
-        if sensor not in {m.sensor for m in models}:
+    for sensor, lo, hi, why in (pred.keep if pred is not None else ()):
+        if sensor not in fitted:
             continue
         lines += _comment(f"{sensor}: {why}", 6)
         parts = ([f"min: {num(lo)}"] if math.isfinite(lo) else []) + (
             [f"max: {num(hi)}"] if math.isfinite(hi) else [])
         lines.append(f"      {sensor}: {{{', '.join(parts)}}}")
-    lines.append(f"    policy: {pred.policy}")
+    for sensor in kept:
+        lines += _comment(f"{sensor}: the site's own keep range (its model kept)", 6)
+        lines += _dump({sensor: own_keep[sensor]}, 6)
+    policy = pred.policy if pred is not None else own_d.get("policy", "reject")
+    lines.append(f"    policy: {policy}")
     return lines
 
 
 def _detection(proposal: Proposal, det: dict[str, Any]) -> list[str]:
     lines = ["detection:"]
-    rest = {k: v for k, v in det.items() if k not in ("frozen_after_s", "max_rate_per_s")}
+    scaled = dict(proposal.detection)
+    rest = {k: v for k, v in det.items()
+            if k not in ("frozen_after_s", "max_rate_per_s", *scaled)}
     if rest:
         lines += _dump(rest, 2)
+    for key, learned in scaled.items():
+        lines += _comment(f"{key}: {learned.why}", 2)
+        lines.append(f"  {key}: {num(learned.value)}")
     frozen = [s for s in proposal.sensors if s.frozen_after_s is not None]
     rates = [s for s in proposal.sensors if s.max_rate_per_s is not None]
     if frozen:

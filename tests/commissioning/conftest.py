@@ -38,3 +38,13 @@ def water_day2(tmp_path_factory: pytest.TempPathFactory, water_site: Site) -> Pa
     out = tmp_path_factory.mktemp("history") / "water_day2.csv"
     simulate_day(water_site, "water_tank", out, duration_s=7200.0, hold_s=600.0, seed=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def water_ai_day(tmp_path_factory: pytest.TempPathFactory, water_site: Site) -> Path:
+    """A thousand clean seconds of the water tank run by the zoo's nominal model in AUTO, one row
+    per 0.1 s cycle (as in the clean drills)."""
+    out = tmp_path_factory.mktemp("history") / "water_ai_day.csv"
+    simulate_day(water_site, "water_tank", out, duration_s=1000.0, step_s=0.1, seed=0,
+                 controller="ai")
+    return out

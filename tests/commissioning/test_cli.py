@@ -68,6 +68,19 @@ def test_prove_fails_with_exit_1_and_reports_json(tmp_path: Path,
     assert code == EXIT_FAILED
     assert "FAIL: 2 trips" in stdout
     assert "trip   detector   input.rate.level: 1 (first at 1000.0 s" in stdout
+    # The full supervisor judged it, and says what it could not judge and why.
+    assert "supervisor: commands judged as ai; time in mode: " in stdout
+    assert "judged, never tripped: device.plc, divergence.inflow_valve, " in stdout
+    assert "not judged: canary: the canary compares the model's outputs on its golden" in stdout
+    assert data["results"][0]["supervisor"] is True
+    code, stdout, _ = run(capsys, "prove", str(WATER), str(forged), "--commands", "written")
+    assert code == EXIT_FAILED
+    assert "supervisor: commands judged as written; time in mode: manual " in stdout
+    assert "not judged: violation_rate: the history's commands are judged as written" in stdout
+    # A CSV holds no proposals: judging recorded ones is refused with a clear error.
+    code, stdout, err = run(capsys, "prove", str(WATER), str(forged), "--commands", "recorded")
+    assert code == EXIT_INPUT
+    assert "--commands recorded needs a flight recording" in err
     # Epoch times are shown as UTC dates.
     epoch = tmp_path / "epoch.csv"
     epoch.write_text("time,level\n1764930000,2.5\n1764930001,0.5\n")
