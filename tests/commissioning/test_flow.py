@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -34,6 +33,8 @@ from simulators.ports import free_port
 from tests.runtime.test_reload import until, write_site
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pytest
 
 HISTORY_S = 1800.0  # half an hour of 1 s rows: enough samples to learn, quick to simulate
@@ -122,14 +123,20 @@ def test_learn_prove_shadow_commit_and_tighten_on_the_simulated_tank(
             assert gw.site.envelope.limits[0].max == 100.0
             await until(lambda: bool(inflow_writes(plant)), 30, "the valve written")
 
-            # 3. Commit: the learned site becomes the site file (still naming a candidate,
-            # unchanged, so the reload does not touch the commissioning section), reloaded.
+            # 3. Commit: the learned site becomes the site file (it names no candidate: the
+            # candidate is dropped with the same reload), reloaded.
             old_sha = hashlib.sha256(site_file.read_bytes()).hexdigest()
-            site_file.write_text(with_candidate(learned.read_text()))
+            site_file.write_bytes(learned.read_bytes())
             new_sha = hashlib.sha256(site_file.read_bytes()).hexdigest()
             committed = await gw.reload("admin")
             assert committed.status is Status.APPLIED, committed.text()
+            assert committed.diff is not None
+            lines = committed.diff.lines()
+            assert any("commissioning candidate removed" in line for line in lines), lines
+            assert any("limit inflow_valve.max tightened: 100" in line for line in lines), lines
             assert gw.site.envelope.limits[0].max == learned_inflow.max
+            assert gw.candidate is None
+            assert gw.control is not None and gw.control.candidate is None
             n = gw.control.count if gw.control is not None else 0
             await until(lambda: gw.control is not None and gw.control.count >= n + 10, 30,
                         "cycles after the commit")
@@ -216,3 +223,8 @@ def test_learn_prove_shadow_commit_and_tighten_on_the_simulated_tank(
         (tmp_path / "site.yaml").read_bytes()).hexdigest()
     assert all(r["actor"] == "admin" for r in commits)
     assert records[-1]["action"] == "ramp_done"
+    # The dropped candidate's final report stays in the audit chain.
+    summaries = [r.data() for r in read_records(tmp_path / "audit.db", kinds=("candidate",))
+                 if r.data().get("type") == "summary"]
+    assert summaries and summaries[-1].get("final") is True
+    assert summaries[-1]["report"]["cycles_judged"] >= shadow["cycles_judged"]
