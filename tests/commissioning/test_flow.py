@@ -75,13 +75,16 @@ def test_learn_prove_shadow_commit_and_tighten_on_the_simulated_tank(
     simulate_day(hand_site, "water_tank", day1, duration_s=HISTORY_S, hold_s=300.0, seed=0)
     simulate_day(hand_site, "water_tank", day2, duration_s=HISTORY_S, hold_s=300.0, seed=1)
     learned = tmp_path / "learned.yaml"
-    code, out = cli(capsys, "learn", str(day1), "--site", str(hand), "--out", str(learned),
-                    "--no-plots")
+    code, out = cli(capsys, "learn", str(day1), "--site", str(hand), "--out", str(learned))
     assert code == EXIT_OK, out
+    # The report, for people (with a plot per actuator) and for programs.
     report = json.loads((tmp_path / "learned.json").read_text())
     assert report["proposed_site"] == str(learned)
     assert report["n_samples"] == int(HISTORY_S) + 1
-    assert "inflow_valve" in (tmp_path / "learned.md").read_text()
+    md = (tmp_path / "learned.md").read_text()
+    for actuator in ("inflow_valve", "outflow_pump", "drain_valve"):
+        assert (tmp_path / f"learned.{actuator}.png").read_bytes().startswith(b"\x89PNG")
+        assert f"](learned.{actuator}.png)" in md
     assert cli(capsys, "check", str(learned))[0] == EXIT_OK
     code, out = cli(capsys, "prove", str(learned), str(day2))
     assert code == EXIT_OK, out
