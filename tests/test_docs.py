@@ -224,6 +224,11 @@ MAPPED = {
         "tests/drill/test_drills.py::test_default_drill_with_report"),
     ".venv/bin/safety-gateway drill --all --jobs 2": (
         "tests/drill/test_drills.py::test_scenario_passes_its_scorecard",),
+    # ctl reload against a real `safety-gateway run` with its communications process.
+    ".venv/bin/safety-gateway ctl reload --via opc.tcp://127.0.0.1:4841/gateway/ --user admin "
+    "--password-env SAFETY_GATEWAY_ADMIN_PASSWORD --dry-run": (
+        "tests/runtime/test_reload_run.py::"
+        "test_ctl_reload_against_a_running_gateway_keeps_every_session",),
     # The incident commands need an incident: tests/incident/test_cli.py makes one.
     f".venv/bin/safety-gateway incidents show ID --db {DRILL_DB}": (
         "tests/incident/test_cli.py::test_list_and_show",),

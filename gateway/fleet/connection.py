@@ -1,8 +1,9 @@
 """A site's connection to the fleet's NATS server, authenticated as ``fleet:`` says.
 
-The connection belongs to the communications process. nats-py keeps reconnecting once it has
-connected; a first connection that fails raises, and the caller retries on its own schedule
-(the audit database is the site's outbox, so nothing waits on the link).
+The connection belongs to the communications process. With these options nats-py keeps
+trying, the first connection included (it raises only on errors it does not retry, such as a
+refused TLS handshake), and the caller copes with either (the audit database is the site's
+outbox, so nothing waits on the link). Central one-shot tools pass a bounded setting instead.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ async def connect(spec: FleetSpec,
                   *, disconnected: Callable[[], Awaitable[None]] | None = None,
                   reconnected: Callable[[], Awaitable[None]] | None = None,
                   error: Callable[[Exception], Awaitable[None]] | None = None) -> Client:
-    """Connect once (raises on failure: ``nats.errors.NoServersError``, ``OSError``,
-    ``ssl.SSLError``); the returned client reconnects by itself afterwards."""
+    """Connect (trying again as :func:`connect_options` says; an error it does not retry
+    raises, e.g. ``ssl.SSLError``); the returned client reconnects by itself afterwards."""
     import nats  # only the communications process and central tools import nats-py
 
     options = connect_options(spec)
