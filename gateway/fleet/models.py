@@ -201,7 +201,8 @@ async def ensure_buckets(js: JetStreamContext) -> tuple[ObjectStore, KeyValue, K
         try:
             buckets.append(await js.key_value(bucket))
         except (BucketNotFoundError, NotFoundError):
-            buckets.append(await js.create_key_value(bucket=bucket, history=16))
+            # Direct gets: a site reads its own key by subject, which its permissions name.
+            buckets.append(await js.create_key_value(bucket=bucket, history=16, direct=True))
     try:
         await js.stream_info(ROLLOUT_STREAM)
     except NotFoundError:

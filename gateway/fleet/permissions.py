@@ -90,6 +90,9 @@ def site_permissions(site: str) -> dict[str, Any]:
             f"$JS.API.STREAM.INFO.{obj}",
             f"$JS.API.STREAM.MSG.GET.{obj}",
             f"$JS.API.DIRECT.GET.{obj}.>",
+            # nats-py's object store looks the stream up by subject before it reads a
+            # model's chunks: the answer names streams (site ids), never their contents.
+            "$JS.API.STREAM.NAMES",
             f"$JS.API.CONSUMER.CREATE.{obj}",
             f"$JS.API.CONSUMER.CREATE.{obj}.>",
             f"$JS.API.CONSUMER.DELETE.{obj}.>",

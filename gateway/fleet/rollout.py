@@ -51,6 +51,9 @@ log = logging.getLogger("gateway.fleet.rollout")
 
 POLL_S: Final = 0.5
 """How often the watcher looks at ``stop`` while no assignment arrives."""
+ASSIGNMENT_POLL_S: Final = 2.0
+"""How often a site reads its own assignment: a new one is taken within this time (one small
+direct get per site per period on the centre: 5,000 a second for 10,000 sites)."""
 RETRY_S: Final = 2.0
 """Wait before watching again after the bucket or the link failed."""
 
@@ -103,27 +106,35 @@ class _Watcher:
         # The assignment handled last (its rollout, name, version): the same one seen again
         # (a reconnect replays the last value) is not handled twice.
         self.done: tuple[str, str, int] | None = None
+        self.revision: int | None = None  # the key's revision acted on last
 
     async def watch(self, stop: asyncio.Event) -> None:
-        import nats.errors
+        """Read this site's own key every :data:`ASSIGNMENT_POLL_S` and act on each new revision. A
+        direct get of one key is what the site's permissions allow (``fleet nats-config``);
+        a KV watch would need a consumer on the whole bucket, which would let a site read
+        every other site's assignment."""
+        from nats.js.errors import KeyNotFoundError
 
         js = self.client.jetstream()
         kv = await js.key_value(ASSIGNMENTS_BUCKET)
-        watcher = await kv.watch(self.names.site_id)
-        try:
-            while not stop.is_set():
-                try:
-                    entry = await watcher.updates(timeout=POLL_S)  # type: ignore[no-untyped-call]
-                except nats.errors.TimeoutError:
-                    continue
-                if entry is None:  # the initial "nothing more pending" marker
-                    continue
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    await self.step("withdrawn", {"revision": str(entry.revision)})
-                    continue
-                await self.handle(entry.value)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        while not stop.is_set():
+            try:
+                entry = await kv.get(self.names.site_id)
+            except KeyNotFoundError as exc:
+                # Withdrawn (a delete marker, with its revision), or never assigned (none).
+                revision = getattr(exc.entry, "revision", None)
+                if revision is not None and revision != self.revision:
+                    self.revision = revision
+                    await self.step("withdrawn", {"revision": str(revision)})
+            else:
+                if entry.revision != self.revision:
+                    self.revision = entry.revision
+                    if entry.value:
+                        await self.handle(entry.value)
+                    else:
+                        await self.step("withdrawn", {"revision": str(entry.revision)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), ASSIGNMENT_POLL_S)
 
     async def handle(self, raw: bytes) -> None:
         try:
