@@ -52,13 +52,12 @@ def _free_port() -> int:
 
 
 def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    """The resident memory of the bench's own nats-server. A server that is gone raises
+    (OSError), and so does a status without VmRSS: the bench reports no made-up figure."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def _record(site: str, seq: int, due_s: float, prev: str) -> bytes:

@@ -131,11 +131,8 @@ def parse_time(text: str) -> float:
     ISO 8601 date and time (``2026-12-05T10:00:00Z``, ``2026-12-05 10:00:00.250+01:00``; no
     zone means UTC). ValueError otherwise."""
     text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
+    value = _number(text)
+    if value is not None:
         if not math.isfinite(value):
             raise ValueError(f"time {text!r} is not finite")
         return value
@@ -147,6 +144,14 @@ def parse_time(text: str) -> float:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return stamp.timestamp()
+
+
+def _number(text: str) -> float | None:
+    """``float``'s own grammar (1e3, nan, inf), or None when the text is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _cell(text: str) -> float:

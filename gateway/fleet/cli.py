@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
                                     parser_class=type(fleet))
 
     init = commands.add_parser("init", help="create the sites' streams with retention")
-    _server_args(init)
+    server_args(init)
     init.add_argument("--sites", required=True, help="site ids, comma separated")
     init.add_argument("--max-age-days", type=float, default=0.0,
                       help="keep records this many days (0: no limit; default 0)")
@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 
     ver = commands.add_parser("verify", help="re-verify a site's chain from the central copy")
     ver.add_argument("site", help="the site id")
-    _server_args(ver)
+    server_args(ver)
     ver.add_argument("--db", type=Path, help="the site's audit database, to compare with")
     ver.add_argument("--public-key", type=Path,
                      help="the site's audit public key (<db>.head-key.pub) to pin; default "
@@ -92,8 +92,9 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _server_args(parser: argparse.ArgumentParser) -> None:
-    # The same connection options as the other fleet commands (gateway.fleet.view_cli).
+def server_args(parser: argparse.ArgumentParser) -> None:
+    """The centre's connection options, the same for every ``fleet`` command (the view and
+    model commands add theirs beside them)."""
     parser.add_argument("--server", required=True, metavar="URL",
                         help="the central NATS server (nats://host:port or tls://...)")
     parser.add_argument("--credentials", metavar="FILE", type=Path,

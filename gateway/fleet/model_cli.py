@@ -41,15 +41,10 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     sub = model.add_subparsers(dest="fleet_model_command", required=True, metavar="COMMAND",
                                parser_class=type(model))
 
+    from gateway.fleet.cli import server_args as connection_args
+
     def server_args(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--server", required=True, metavar="URL",
-                            help="the central NATS server (nats://host:port or tls://...)")
-        parser.add_argument("--credentials", type=Path, metavar="FILE",
-                            help="NATS credentials file (user JWT and nkey seed)")
-        parser.add_argument("--ca", type=Path, metavar="PEM", help="CA of the server")
-        parser.add_argument("--certificate", type=Path, metavar="PEM",
-                            help="client certificate (with --private-key)")
-        parser.add_argument("--private-key", type=Path, metavar="PEM")
+        connection_args(parser)
         parser.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                             help="give up connecting, or waiting for the server's answer, "
                                  "after this many seconds (default 10)")

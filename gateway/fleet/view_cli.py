@@ -63,17 +63,10 @@ def add_temporary_group(sub: argparse._SubParsersAction[Any]) -> None:
 def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``status``, ``dashboard`` and ``incident`` to the ``fleet`` group's ``commands``."""
 
+    from gateway.fleet.cli import server_args
+
     def server(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--server", required=True, metavar="URL",
-                            help="the central NATS server (nats://host:port or tls://...)")
-        parser.add_argument("--credentials", metavar="FILE", type=Path,
-                            help="NATS credentials file (user JWT and nkey seed)")
-        parser.add_argument("--ca", metavar="FILE", type=Path,
-                            help="CA certificate(s) the server's certificate is checked against")
-        parser.add_argument("--certificate", metavar="FILE", type=Path,
-                            help="client certificate (PEM; with --private-key)")
-        parser.add_argument("--private-key", metavar="FILE", type=Path,
-                            help="the client certificate's private key (PEM)")
+        server_args(parser)
         parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                             help="give up after this many seconds (default 10)")
 

@@ -35,8 +35,9 @@ def publish_all(url: str, db: Path, count: int) -> None:
             await make_stream(client, SITE)
             publisher = Publisher(client, SITE, db, poll_s=0.02)
             await publisher.sync()
-            while await publisher.step():
-                pass
+            more = True
+            while more:  # until the database holds nothing left to publish
+                more = await publisher.step()
             assert publisher.state.acked_seq == count
             assert await publisher.publish_head()
         finally:
